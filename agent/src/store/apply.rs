@@ -1,0 +1,354 @@
+//! The write path: applies commands inside one redb write transaction.
+//!
+//! Invariant: a command either fails a check before it writes anything (a
+//! request error, returned to its caller while the batch goes on) or writes
+//! all it has to. Storage errors abort the whole transaction.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
+use super::tables::{
+    Record, CHANGES, KV, LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_REVISION,
+};
+use super::types::{
+    Applied, Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    DeleteRangeResponse, Event, KeyValue, Proposal, PutRequest, PutResponse, Result, StoreError,
+    TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
+};
+
+/// The revision a command writes at: all its changes share `main`, each gets
+/// its own `sub`, as in etcd.
+struct WriteRevision {
+    main: i64,
+    sub: u32,
+    time_unix_ms: i64,
+}
+
+pub(crate) struct Writer<'txn> {
+    kv: Table<'txn, (&'static [u8], i64), &'static [u8]>,
+    changes: Table<'txn, (i64, u32), &'static [u8]>,
+    leases: Table<'txn, i64, i64>,
+    lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
+    meta: Table<'txn, &'static str, u64>,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub events: Vec<Event>,
+}
+
+impl<'txn> Writer<'txn> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        let meta = txn.open_table(META)?;
+        let read_meta = |name| -> Result<i64> {
+            Ok(meta.get(name)?.map(|v| v.value() as i64).unwrap_or(0))
+        };
+        let revision = read_meta(META_REVISION)?;
+        let compact_revision = read_meta(META_COMPACT_REVISION)?;
+        Ok(Self {
+            kv: txn.open_table(KV)?,
+            changes: txn.open_table(CHANGES)?,
+            leases: txn.open_table(LEASES)?,
+            lease_keys: txn.open_table(LEASE_KEYS)?,
+            meta,
+            revision,
+            compact_revision,
+            events: Vec::new(),
+        })
+    }
+
+    /// Records the revision counters; call once before committing.
+    pub fn finish(&mut self) -> Result<()> {
+        self.meta.insert(META_REVISION, self.revision as u64)?;
+        self.meta
+            .insert(META_COMPACT_REVISION, self.compact_revision as u64)?;
+        Ok(())
+    }
+
+    pub fn apply(&mut self, proposal: &Proposal) -> Result<Applied> {
+        let mut at = WriteRevision {
+            main: self.revision + 1,
+            sub: 0,
+            time_unix_ms: proposal.time_unix_ms,
+        };
+        let response = match &proposal.command {
+            Command::Put(req) => {
+                self.check_put(req)?;
+                CommandResponse::Put(self.put(req, &mut at)?)
+            }
+            Command::DeleteRange(req) => CommandResponse::DeleteRange(self.delete(req, &mut at)?),
+            Command::Txn(req) => CommandResponse::Txn(self.txn(req, &mut at)?),
+            Command::Compact { revision } => {
+                self.compact(*revision)?;
+                CommandResponse::Compact
+            }
+            Command::LeaseGrant { id, ttl } => {
+                self.lease_grant(*id, *ttl)?;
+                CommandResponse::LeaseGrant { id: *id, ttl: *ttl }
+            }
+            Command::LeaseRevoke { id } => {
+                self.lease_revoke(*id, &mut at)?;
+                CommandResponse::LeaseRevoke
+            }
+        };
+        if at.sub > 0 {
+            self.revision = at.main;
+        }
+        Ok(Applied {
+            revision: self.revision,
+            response,
+        })
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<(i64, Record)>> {
+        get_at(&self.kv, key, i64::MAX)
+    }
+
+    fn check_put(&self, req: &PutRequest) -> Result<()> {
+        if req.key.is_empty() {
+            return Err(StoreError::InvalidRequest("key is not provided".into()));
+        }
+        if req.ignore_value || req.ignore_lease {
+            if self.current(&req.key)?.is_none() {
+                return Err(StoreError::KeyNotFound(lossy(&req.key)));
+            }
+        }
+        if req.lease != 0 && !req.ignore_lease && self.leases.get(req.lease)?.is_none() {
+            return Err(StoreError::LeaseNotFound(req.lease));
+        }
+        Ok(())
+    }
+
+    fn write_row(&mut self, key: &[u8], at: &mut WriteRevision, record: &Record) -> Result<()> {
+        self.kv.insert((key, at.main), record.encode().as_slice())?;
+        self.changes.insert((at.main, at.sub), key)?;
+        at.sub += 1;
+        Ok(())
+    }
+
+    /// Writes a put that [`Self::check_put`] accepted.
+    fn put(&mut self, req: &PutRequest, at: &mut WriteRevision) -> Result<PutResponse> {
+        let prev = self.current(&req.key)?;
+        let prev_record = prev.as_ref().map(|(_, record)| record);
+        let value = match prev_record {
+            Some(record) if req.ignore_value => record.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match prev_record {
+            Some(record) if req.ignore_lease => record.lease,
+            _ => req.lease,
+        };
+        let record = Record {
+            deleted: false,
+            create_revision: prev_record.map_or(at.main, |r| r.create_revision),
+            version: prev_record.map_or(1, |r| r.version + 1),
+            lease,
+            time_unix_ms: at.time_unix_ms,
+            value,
+        };
+        self.write_row(&req.key, at, &record)?;
+        if let Some(old_lease) = prev_record.map(|r| r.lease).filter(|&l| l != 0 && l != lease) {
+            self.lease_keys.remove((old_lease, req.key.as_slice()))?;
+        }
+        if lease != 0 {
+            self.lease_keys.insert((lease, req.key.as_slice()), ())?;
+        }
+        let prev_kv = prev.map(|(rev, record)| record.to_key_value(&req.key, rev));
+        self.events
+            .push(event_from_record(&req.key, at.main, &record, prev_kv.clone()));
+        Ok(PutResponse {
+            prev_kv: prev_kv.filter(|_| req.prev_kv),
+        })
+    }
+
+    fn delete(
+        &mut self,
+        req: &DeleteRangeRequest,
+        at: &mut WriteRevision,
+    ) -> Result<DeleteRangeResponse> {
+        let mut doomed = Vec::new();
+        for_each_live(&self.kv, &req.range, i64::MAX, |key, rev, record| {
+            doomed.push(record.to_key_value(key, rev));
+            Ok(())
+        })?;
+        for prev in &doomed {
+            self.delete_key(prev.clone(), at)?;
+        }
+        Ok(DeleteRangeResponse {
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        })
+    }
+
+    fn delete_key(&mut self, prev: KeyValue, at: &mut WriteRevision) -> Result<()> {
+        let tombstone = Record::tombstone(at.time_unix_ms);
+        self.write_row(&prev.key, at, &tombstone)?;
+        if prev.lease != 0 {
+            self.lease_keys.remove((prev.lease, prev.key.as_slice()))?;
+        }
+        let key = prev.key.clone();
+        self.events
+            .push(event_from_record(&key, at.main, &tombstone, Some(prev)));
+        Ok(())
+    }
+
+    fn txn(&mut self, req: &TxnRequest, at: &mut WriteRevision) -> Result<TxnResponse> {
+        let mut succeeded = true;
+        for compare in &req.compare {
+            if !self.compare(compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &req.success } else { &req.failure };
+        self.check_txn_ops(ops)?;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                TxnOp::Range(range_req) => {
+                    // Reads see this transaction's own earlier writes.
+                    let current = if at.sub > 0 { at.main } else { self.revision };
+                    TxnOpResponse::Range(range(&self.kv, range_req, current, self.compact_revision)?)
+                }
+                TxnOp::Put(put_req) => TxnOpResponse::Put(self.put(put_req, at)?),
+                TxnOp::DeleteRange(del_req) => TxnOpResponse::DeleteRange(self.delete(del_req, at)?),
+            });
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+
+    /// Everything that could make a transaction's branch fail, checked before
+    /// its first write.
+    fn check_txn_ops(&self, ops: &[TxnOp]) -> Result<()> {
+        let mut put_keys = BTreeSet::new();
+        for op in ops {
+            match op {
+                TxnOp::Put(put) => {
+                    self.check_put(put)?;
+                    if !put_keys.insert(put.key.as_slice()) {
+                        return Err(StoreError::DuplicateKey(lossy(&put.key)));
+                    }
+                }
+                TxnOp::Range(range_req) => {
+                    resolve_revision(range_req.revision, self.revision, self.compact_revision)?;
+                }
+                TxnOp::DeleteRange(_) => {}
+            }
+        }
+        for op in ops {
+            if let TxnOp::DeleteRange(del) = op {
+                if let Some(key) = put_keys.iter().find(|key| del.range.contains(key)) {
+                    return Err(StoreError::DuplicateKey(lossy(key)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&self, compare: &Compare) -> Result<bool> {
+        let mut kvs = Vec::new();
+        for_each_live(&self.kv, &compare.range, i64::MAX, |key, rev, record| {
+            kvs.push(record.to_key_value(key, rev));
+            Ok(())
+        })?;
+        if kvs.is_empty() {
+            // A missing key has version, revisions and lease 0 but no value.
+            if matches!(compare.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            kvs.push(KeyValue::default());
+        }
+        Ok(kvs.iter().all(|kv| compare_one(kv, compare)))
+    }
+
+    fn compact(&mut self, revision: i64) -> Result<()> {
+        if revision <= self.compact_revision {
+            return Err(StoreError::Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        if revision > self.revision {
+            return Err(StoreError::FutureRevision {
+                current: self.revision,
+            });
+        }
+        let mut touched = BTreeSet::new();
+        for entry in self.changes.range(..(revision, 0u32))? {
+            touched.insert(entry?.1.value().to_vec());
+        }
+        for key in &touched {
+            // Keep the version visible at `revision` so reads there still
+            // work, unless it is a tombstone older than `revision`.
+            let mut doomed = Vec::new();
+            for entry in self.kv.range((key.as_slice(), i64::MIN)..=(key.as_slice(), revision))? {
+                let (row_key, bytes) = entry?;
+                let rev = row_key.value().1;
+                doomed.push((rev, Record::decode(key, rev, bytes.value())?.deleted));
+            }
+            if let Some(&(rev, deleted)) = doomed.last() {
+                if rev == revision || !deleted {
+                    doomed.pop();
+                }
+            }
+            for (rev, _) in doomed {
+                self.kv.remove((key.as_slice(), rev))?;
+            }
+        }
+        self.changes.retain_in(..(revision, 0u32), |_, _| false)?;
+        self.compact_revision = revision;
+        Ok(())
+    }
+
+    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
+        if id <= 0 || ttl <= 0 {
+            return Err(StoreError::InvalidRequest(format!(
+                "lease id and TTL must be positive (got id {id}, TTL {ttl})"
+            )));
+        }
+        if self.leases.get(id)?.is_some() {
+            return Err(StoreError::LeaseExists(id));
+        }
+        self.leases.insert(id, ttl)?;
+        Ok(())
+    }
+
+    fn lease_revoke(&mut self, id: i64, at: &mut WriteRevision) -> Result<()> {
+        if self.leases.get(id)?.is_none() {
+            return Err(StoreError::LeaseNotFound(id));
+        }
+        let mut keys = Vec::new();
+        for entry in self.lease_keys.range((id, &[][..])..(id.saturating_add(1), &[][..]))? {
+            keys.push(entry?.0.value().1.to_vec());
+        }
+        for key in keys {
+            if let Some((rev, record)) = self.current(&key)? {
+                self.delete_key(record.to_key_value(&key, rev), at)?;
+            }
+        }
+        self.leases.remove(id)?;
+        Ok(())
+    }
+}
+
+fn compare_one(kv: &KeyValue, compare: &Compare) -> bool {
+    let ordering = match &compare.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+    };
+    match compare.result {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+pub(crate) fn lossy(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}

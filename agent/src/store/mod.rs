@@ -1,0 +1,212 @@
+//! The MVCC key-value store on redb: revisions, history, leases' key
+//! bookkeeping, compaction and the events watchers consume.
+//!
+//! The store applies commands it is given, in the order given, and serves
+//! reads. It never touches the network, never reads a clock (proposals carry
+//! their time) and never decides *whether* a write should happen: ordering
+//! and acceptance belong to the consensus layer above it.
+
+mod apply;
+mod read;
+mod tables;
+mod types;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::broadcast;
+
+pub use types::*;
+pub use watch::{Committed, Watcher};
+
+use tables::{CHANGES, KV, LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_REVISION};
+
+/// A lease as the store knows it: its TTL and the keys bound to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    /// The last committed revision, readable without a transaction.
+    revision: AtomicI64,
+    live: broadcast::Sender<Arc<Committed>>,
+    /// Held from the start of a write transaction until its events are
+    /// published, so watchers receive batches in commit order.
+    write_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store file. redb recovers from a crash on open:
+    /// the last committed transaction is what is there.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            // Create every table up front so read transactions find them.
+            txn.open_table(KV)?;
+            txn.open_table(CHANGES)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(LEASE_KEYS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let (live, _) = broadcast::channel(watch::LIVE_CAPACITY);
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+            revision: AtomicI64::new(0),
+            live,
+            write_lock: Mutex::new(()),
+        };
+        let (revision, _) = store.revisions()?;
+        store.revision.store(revision, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last committed revision.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    /// `(current revision, compact revision)` from one snapshot.
+    pub fn revisions(&self) -> Result<(i64, i64)> {
+        snapshot_revisions(&self.db.begin_read()?)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Reads a range; returns it with the revision it was read at.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        let txn = self.db.begin_read()?;
+        let (current, compacted) = snapshot_revisions(&txn)?;
+        let kv = txn.open_table(KV)?;
+        Ok((read::range(&kv, req, current, compacted)?, current))
+    }
+
+    pub fn history(&self, key: &[u8]) -> Result<History> {
+        let txn = self.db.begin_read()?;
+        let (revision, compact_revision) = snapshot_revisions(&txn)?;
+        let kv = txn.open_table(KV)?;
+        Ok(History {
+            entries: read::history(&kv, key)?,
+            compact_revision,
+            revision,
+        })
+    }
+
+    /// Events on `range` in revisions `from..=to`, at most about `max_events`
+    /// (whole revisions only), and the last revision covered.
+    pub fn events_between(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<(Vec<Event>, i64)> {
+        let txn = self.db.begin_read()?;
+        let (_, compacted) = snapshot_revisions(&txn)?;
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                compact_revision: compacted,
+            });
+        }
+        let kv = txn.open_table(KV)?;
+        let changes = txn.open_table(CHANGES)?;
+        read::events_between(&kv, &changes, range, from, to, max_events)
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>> {
+        let txn = self.db.begin_read()?;
+        let Some(ttl) = txn.open_table(LEASES)?.get(id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let mut keys = Vec::new();
+        let lease_keys = txn.open_table(LEASE_KEYS)?;
+        for entry in lease_keys.range((id, &[][..])..(id.saturating_add(1), &[][..]))? {
+            keys.push(entry?.0.value().1.to_vec());
+        }
+        Ok(Some(LeaseInfo { id, ttl, keys }))
+    }
+
+    /// Every granted lease as `(id, ttl)`.
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        let txn = self.db.begin_read()?;
+        let leases = txn.open_table(LEASES)?;
+        let mut all = Vec::new();
+        for entry in leases.iter()? {
+            let (id, ttl) = entry?;
+            all.push((id.value(), ttl.value()));
+        }
+        Ok(all)
+    }
+
+    /// Applies proposals in order, in one write transaction with one fsync,
+    /// and returns each one's outcome once that transaction is durable.
+    /// A request error fails only its own proposal; a storage error fails
+    /// the whole batch and leaves the store as it was.
+    pub fn apply_batch(&self, proposals: &[Proposal]) -> Result<Vec<Result<Applied>>> {
+        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write()?;
+        let (outcomes, committed) = {
+            let mut writer = apply::Writer::open(&txn)?;
+            let mut outcomes = Vec::with_capacity(proposals.len());
+            for proposal in proposals {
+                match writer.apply(proposal) {
+                    Err(err) if !err.is_request_error() => return Err(err),
+                    outcome => outcomes.push(outcome),
+                }
+            }
+            writer.finish()?;
+            let committed = Committed {
+                revision: writer.revision,
+                events: std::mem::take(&mut writer.events),
+            };
+            (outcomes, committed)
+        };
+        txn.commit()?;
+        self.revision.store(committed.revision, Ordering::SeqCst);
+        // No receivers is fine: nobody is watching.
+        let _ = self.live.send(Arc::new(committed));
+        Ok(outcomes)
+    }
+
+    /// Applies one proposal on its own (tests, tools).
+    pub fn apply(&self, proposal: Proposal) -> Result<Applied> {
+        self.apply_batch(std::slice::from_ref(&proposal))?
+            .pop()
+            .expect("one outcome per proposal")
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.live.subscribe()
+    }
+
+    /// A watcher of `range` starting at `start_revision` (0: from now on).
+    pub fn watch(self: &Arc<Self>, range: KeyRange, start_revision: i64) -> Watcher {
+        Watcher::new(self.clone(), range, start_revision)
+    }
+}
+
+fn snapshot_revisions(txn: &redb::ReadTransaction) -> Result<(i64, i64)> {
+    let meta = txn.open_table(META)?;
+    let get = |name| -> Result<i64> { Ok(meta.get(name)?.map(|v| v.value() as i64).unwrap_or(0)) };
+    Ok((get(META_REVISION)?, get(META_COMPACT_REVISION)?))
+}

@@ -1,0 +1,75 @@
+//! The redb tables and the encoding of their rows. `docs/design.md` describes
+//! the layout; this file is the only place that knows it byte by byte.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use super::types::{KeyValue, Result, StoreError};
+
+/// Every retained version of every key: `(key, mod_revision) -> Record`.
+pub(crate) const KV: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("kv");
+
+/// The revision log in commit order: `(revision, sub) -> key`. Watches replay
+/// it; the record itself lives in [`KV`].
+pub(crate) const CHANGES: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("changes");
+
+/// Granted leases: `lease id -> TTL in seconds`.
+pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+
+/// Keys attached to a lease: `(lease id, key) -> ()`.
+pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
+
+/// Scalars: see the `META_*` names.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub(crate) const META_REVISION: &str = "revision";
+pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
+
+/// One version of a key as stored in [`KV`]; the key and `mod_revision` are
+/// the row's key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub deleted: bool,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub time_unix_ms: i64,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    pub fn tombstone(time_unix_ms: i64) -> Self {
+        Self {
+            deleted: true,
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            time_unix_ms,
+            value: Vec::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding a record into memory cannot fail")
+    }
+
+    pub fn decode(key: &[u8], revision: i64, bytes: &[u8]) -> Result<Self> {
+        postcard::from_bytes(bytes).map_err(|err| {
+            StoreError::Corrupt(format!(
+                "record of key {:?} at revision {revision}: {err}",
+                String::from_utf8_lossy(key)
+            ))
+        })
+    }
+
+    pub fn to_key_value(&self, key: &[u8], mod_revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! Behaviour of the MVCC store on real redb files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn open() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.redb")).unwrap();
+    (dir, Arc::new(store))
+}
+
+fn run(store: &Store, command: Command) -> Result<Applied> {
+    store.apply(Proposal {
+        command,
+        time_unix_ms: 1_700_000_000_000,
+    })
+}
+
+fn put(store: &Store, key: &str, value: &str) -> i64 {
+    run(store, Command::Put(PutRequest::new(key, value)))
+        .unwrap()
+        .revision
+}
+
+fn get_at(store: &Store, key: &str, revision: i64) -> Option<KeyValue> {
+    let mut req = RangeRequest::new(KeyRange::single(key));
+    req.revision = revision;
+    store.range(&req).unwrap().0.kvs.pop()
+}
+
+fn keys(resp: &RangeResponse) -> Vec<String> {
+    resp.kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect()
+}
+
+fn prefix(store: &Store, p: &str) -> RangeResponse {
+    store
+        .range(&RangeRequest::new(KeyRange::prefix(p)))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn every_write_makes_a_new_revision_and_key_versions_count_up() {
+    let (_dir, store) = open();
+    assert_eq!(put(&store, "a", "1"), 1);
+    assert_eq!(put(&store, "b", "1"), 2);
+    assert_eq!(put(&store, "a", "2"), 3);
+    let a = get_at(&store, "a", 0).unwrap();
+    assert_eq!(
+        (a.create_revision, a.mod_revision, a.version, a.value.as_slice()),
+        (1, 3, 2, &b"2"[..])
+    );
+}
+
+#[test]
+fn old_revisions_stay_readable_and_deletes_reset_the_version() {
+    let (_dir, store) = open();
+    put(&store, "k", "v1");
+    put(&store, "k", "v2");
+    let del = run(
+        &store,
+        Command::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::single("k"),
+            prev_kv: true,
+        }),
+    )
+    .unwrap();
+    assert_eq!(del.revision, 3);
+    match del.response {
+        CommandResponse::DeleteRange(resp) => {
+            assert_eq!(resp.deleted, 1);
+            assert_eq!(resp.prev_kvs[0].value, b"v2");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(get_at(&store, "k", 1).unwrap().value, b"v1");
+    assert_eq!(get_at(&store, "k", 2).unwrap().value, b"v2");
+    assert!(get_at(&store, "k", 3).is_none());
+    put(&store, "k", "v3");
+    let k = get_at(&store, "k", 0).unwrap();
+    assert_eq!((k.create_revision, k.version), (4, 1));
+}
+
+#[test]
+fn deleting_nothing_does_not_bump_the_revision() {
+    let (_dir, store) = open();
+    put(&store, "a", "1");
+    let del = run(
+        &store,
+        Command::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::single("missing"),
+            prev_kv: false,
+        }),
+    )
+    .unwrap();
+    assert_eq!(del.revision, 1);
+}
+
+#[test]
+fn ranges_by_prefix_interval_limit_sort_and_count() {
+    let (_dir, store) = open();
+    for (k, v) in [("/app/b", "2"), ("/app/a", "3"), ("/app/c", "1"), ("/apq", "x"), ("/z", "y")] {
+        put(&store, k, v);
+    }
+    assert_eq!(keys(&prefix(&store, "/app/")), ["/app/a", "/app/b", "/app/c"]);
+
+    let interval = KeyRange::from_etcd(b"/app/b".to_vec(), b"/apq".to_vec());
+    let resp = store.range(&RangeRequest::new(interval)).unwrap().0;
+    assert_eq!(keys(&resp), ["/app/b", "/app/c"]);
+
+    let everything = KeyRange::from_etcd(vec![0], vec![0]);
+    assert_eq!(store.range(&RangeRequest::new(everything)).unwrap().0.count, 5);
+
+    let mut limited = RangeRequest::new(KeyRange::prefix("/app/"));
+    limited.limit = 2;
+    let resp = store.range(&limited).unwrap().0;
+    assert_eq!((keys(&resp), resp.more, resp.count), (vec!["/app/a".into(), "/app/b".into()], true, 3));
+
+    let mut by_value = RangeRequest::new(KeyRange::prefix("/app/"));
+    by_value.sort_target = SortTarget::Value;
+    by_value.sort_order = SortOrder::Descend;
+    by_value.limit = 1;
+    assert_eq!(keys(&store.range(&by_value).unwrap().0), ["/app/a"]);
+
+    let mut keys_only = RangeRequest::new(KeyRange::prefix("/app/"));
+    keys_only.keys_only = true;
+    assert!(store.range(&keys_only).unwrap().0.kvs.iter().all(|kv| kv.value.is_empty()));
+
+    let mut count_only = RangeRequest::new(KeyRange::prefix("/app/"));
+    count_only.count_only = true;
+    let resp = store.range(&count_only).unwrap().0;
+    assert_eq!((resp.kvs.len(), resp.count, resp.more), (0, 3, false));
+}
+
+#[test]
+fn a_prefix_of_ff_bytes_has_no_upper_end() {
+    assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+    assert_eq!(prefix_end(b"\xff\xff"), None);
+    assert!(KeyRange::prefix(&b"\xff"[..]).contains(b"\xff\xff\x01"));
+}
+
+#[test]
+fn txn_compares_choose_the_branch_and_reads_see_earlier_writes() {
+    let (_dir, store) = open();
+    put(&store, "k", "v1");
+    let txn = |target, result| {
+        Command::Txn(TxnRequest {
+            compare: vec![Compare {
+                range: KeyRange::single("k"),
+                result,
+                target,
+            }],
+            success: vec![
+                TxnOp::Put(PutRequest::new("k", "won")),
+                TxnOp::Range(RangeRequest::new(KeyRange::single("k"))),
+            ],
+            failure: vec![TxnOp::Range(RangeRequest::new(KeyRange::single("k")))],
+        })
+    };
+    let cases = [
+        (CompareTarget::Value(b"v1".to_vec()), CompareResult::Equal, true),
+        (CompareTarget::Value(b"v0".to_vec()), CompareResult::Greater, true),
+        (CompareTarget::Version(100), CompareResult::Less, true),
+        (CompareTarget::Create(1), CompareResult::NotEqual, false),
+        (CompareTarget::Mod(999), CompareResult::Equal, false),
+        (CompareTarget::Lease(0), CompareResult::Equal, true),
+    ];
+    for (target, result, expect) in cases {
+        let before = store.revision();
+        let applied = run(&store, txn(target.clone(), result)).unwrap();
+        let CommandResponse::Txn(resp) = applied.response else {
+            panic!("not a txn response")
+        };
+        assert_eq!(resp.succeeded, expect, "{target:?} {result:?}");
+        if expect {
+            assert_eq!(applied.revision, before + 1);
+            let TxnOpResponse::Range(read) = &resp.responses[1] else {
+                panic!("not a range")
+            };
+            assert_eq!(read.kvs[0].value, b"won");
+            put(&store, "k", "v1");
+        } else {
+            assert_eq!(applied.revision, before, "a read-only branch writes nothing");
+        }
+    }
+}
+
+#[test]
+fn txn_value_compare_on_a_missing_key_fails_but_version_zero_matches() {
+    let (_dir, store) = open();
+    let create_if_absent = |target| {
+        Command::Txn(TxnRequest {
+            compare: vec![Compare {
+                range: KeyRange::single("new"),
+                result: CompareResult::Equal,
+                target,
+            }],
+            success: vec![TxnOp::Put(PutRequest::new("new", "x"))],
+            failure: vec![],
+        })
+    };
+    let value = run(&store, create_if_absent(CompareTarget::Value(vec![]))).unwrap();
+    assert!(matches!(value.response, CommandResponse::Txn(TxnResponse { succeeded: false, .. })));
+    let version = run(&store, create_if_absent(CompareTarget::Version(0))).unwrap();
+    assert!(matches!(version.response, CommandResponse::Txn(TxnResponse { succeeded: true, .. })));
+}
+
+#[test]
+fn a_failing_txn_op_leaves_the_store_unchanged() {
+    let (_dir, store) = open();
+    put(&store, "a", "1");
+    let bad = Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            TxnOp::Put(PutRequest::new("a", "2")),
+            TxnOp::Put(PutRequest {
+                lease: 42,
+                ..PutRequest::new("b", "1")
+            }),
+        ],
+        failure: vec![],
+    });
+    assert!(matches!(run(&store, bad), Err(StoreError::LeaseNotFound(42))));
+    let dup = Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            TxnOp::Put(PutRequest::new("a", "2")),
+            TxnOp::Put(PutRequest::new("a", "3")),
+        ],
+        failure: vec![],
+    });
+    assert!(matches!(run(&store, dup), Err(StoreError::DuplicateKey(_))));
+    assert_eq!(store.revision(), 1);
+    assert_eq!(get_at(&store, "a", 0).unwrap().value, b"1");
+}
+
+#[test]
+fn compaction_keeps_the_state_at_its_revision_and_refuses_older_reads() {
+    let (_dir, store) = open();
+    put(&store, "a", "1"); // 1
+    put(&store, "a", "2"); // 2
+    put(&store, "b", "1"); // 3
+    run(
+        &store,
+        Command::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::single("b"),
+            prev_kv: false,
+        }),
+    )
+    .unwrap(); // 4
+    put(&store, "a", "3"); // 5
+    run(&store, Command::Compact { revision: 4 }).unwrap();
+
+    assert_eq!(get_at(&store, "a", 4).unwrap().value, b"2");
+    assert_eq!(get_at(&store, "a", 0).unwrap().value, b"3");
+    let mut old = RangeRequest::new(KeyRange::single("a"));
+    old.revision = 3;
+    assert!(matches!(
+        store.range(&old),
+        Err(StoreError::Compacted { compact_revision: 4 })
+    ));
+    let history: Vec<i64> = store.history(b"a").unwrap().entries.iter().map(|e| e.revision).collect();
+    assert_eq!(history, [2, 5]);
+    // The delete at revision 4 is the compaction point: it stays replayable.
+    assert_eq!(store.history(b"b").unwrap().entries.len(), 1);
+    assert!(matches!(
+        run(&store, Command::Compact { revision: 3 }),
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        run(&store, Command::Compact { revision: 99 }),
+        Err(StoreError::FutureRevision { current: 5 })
+    ));
+}
+
+#[test]
+fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+    let (_dir, store) = open();
+    run(&store, Command::LeaseGrant { id: 7, ttl: 10 }).unwrap();
+    for key in ["x", "y"] {
+        run(
+            &store,
+            Command::Put(PutRequest {
+                lease: 7,
+                ..PutRequest::new(key, "v")
+            }),
+        )
+        .unwrap();
+    }
+    put(&store, "z", "unleased");
+    let lease = store.lease(7).unwrap().unwrap();
+    assert_eq!((lease.ttl, lease.keys.len()), (10, 2));
+    let revoked = run(&store, Command::LeaseRevoke { id: 7 }).unwrap();
+    assert_eq!(revoked.revision, 4);
+    assert_eq!(keys(&prefix(&store, "")), ["z"]);
+    assert!(store.lease(7).unwrap().is_none());
+    assert!(matches!(
+        run(&store, Command::LeaseRevoke { id: 7 }),
+        Err(StoreError::LeaseNotFound(7))
+    ));
+}
+
+#[test]
+fn moving_a_key_to_another_lease_detaches_it_from_the_first() {
+    let (_dir, store) = open();
+    run(&store, Command::LeaseGrant { id: 1, ttl: 10 }).unwrap();
+    run(&store, Command::LeaseGrant { id: 2, ttl: 10 }).unwrap();
+    let leased = |lease| Command::Put(PutRequest { lease, ..PutRequest::new("k", "v") });
+    run(&store, leased(1)).unwrap();
+    run(&store, leased(2)).unwrap();
+    run(&store, Command::LeaseRevoke { id: 1 }).unwrap();
+    assert!(get_at(&store, "k", 0).is_some(), "revoking lease 1 must not delete k");
+}
+
+#[test]
+fn state_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        put(&store, "a", "1");
+        put(&store, "a", "2");
+        run(&store, Command::LeaseGrant { id: 3, ttl: 5 }).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.revision(), 2);
+    assert_eq!(get_at(&store, "a", 1).unwrap().value, b"1");
+    assert_eq!(store.leases().unwrap(), [(3, 5)]);
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_streams_live_events_once() {
+    let (_dir, store) = open();
+    put(&store, "/w/a", "1"); // 1
+    put(&store, "/other", "x"); // 2
+    put(&store, "/w/a", "2"); // 3
+    let mut watcher = store.watch(KeyRange::prefix("/w/"), 1);
+    let replayed = watcher.next().await.unwrap();
+    assert_eq!(
+        replayed.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(replayed[1].prev_kv.as_ref().unwrap().value, b"1");
+
+    let writer = store.clone();
+    tokio::task::spawn_blocking(move || {
+        put(&writer, "/w/b", "live");
+        run(
+            &writer,
+            Command::DeleteRange(DeleteRangeRequest {
+                range: KeyRange::single("/w/a"),
+                prev_kv: false,
+            }),
+        )
+        .unwrap();
+    });
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let events = tokio::time::timeout(Duration::from_secs(5), watcher.next())
+            .await
+            .expect("live events arrive")
+            .unwrap();
+        live.extend(events);
+    }
+    assert_eq!(live[0].kind, EventKind::Put);
+    assert_eq!(live[0].kv.key, b"/w/b");
+    assert_eq!(live[1].kind, EventKind::Delete);
+    assert_eq!(live[1].kv.mod_revision, 5);
+}
+
+#[tokio::test]
+async fn a_watcher_that_lags_behind_the_live_channel_catches_up_from_disk() {
+    let (_dir, store) = open();
+    let mut watcher = store.watch(KeyRange::single("k"), 0);
+    let total = watch::LIVE_CAPACITY as i64 + 50;
+    for i in 0..total {
+        put(&store, "k", &i.to_string());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < total as usize {
+        seen.extend(watcher.next().await.unwrap().into_iter().map(|e| e.kv.mod_revision));
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn watching_from_a_compacted_revision_reports_the_compact_revision() {
+    let (_dir, store) = open();
+    for i in 0..5 {
+        put(&store, "k", &i.to_string());
+    }
+    run(&store, Command::Compact { revision: 4 }).unwrap();
+    let mut watcher = store.watch(KeyRange::single("k"), 2);
+    assert!(matches!(
+        watcher.next().await,
+        Err(StoreError::Compacted { compact_revision: 4 })
+    ));
+    let mut from_compact = store.watch(KeyRange::single("k"), 4);
+    let events = from_compact.next().await.unwrap();
+    assert_eq!(events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), [4, 5]);
+}
+
+#[test]
+fn batches_apply_in_order_and_a_bad_command_fails_alone() {
+    let (_dir, store) = open();
+    let proposals: Vec<Proposal> = [
+        Command::Put(PutRequest::new("a", "1")),
+        Command::Put(PutRequest {
+            lease: 9,
+            ..PutRequest::new("b", "1")
+        }),
+        Command::Put(PutRequest::new("a", "2")),
+    ]
+    .into_iter()
+    .map(|command| Proposal {
+        command,
+        time_unix_ms: 0,
+    })
+    .collect();
+    let outcomes = store.apply_batch(&proposals).unwrap();
+    assert_eq!(outcomes[0].as_ref().unwrap().revision, 1);
+    assert!(matches!(outcomes[1], Err(StoreError::LeaseNotFound(9))));
+    assert_eq!(outcomes[2].as_ref().unwrap().revision, 2);
+}
