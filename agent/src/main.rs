@@ -1,1 +1,46 @@
-fn main() {}
+//! The `edgeconf` binary: parses the command line and runs the agent or a
+//! client command. Errors end here: one line on stderr and exit code 1.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use edgeconf::cli::{self, Cli, Command};
+use edgeconf::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Agent(ref args) => run_agent(args),
+        _ => runtime().and_then(|rt| rt.block_on(cli::run_client(cli))),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), args.overrides())?;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let rt = runtime()?;
+    let writer = rt.block_on(edgeconf::agent::run(config))?;
+    // Dropping the runtime drops every task and with them the proposal
+    // queue, so the writer thread finishes its batch and closes the store.
+    drop(rt);
+    let _ = writer.join();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -88,6 +88,25 @@ impl Store {
         snapshot_revisions(&self.db.begin_read()?)
     }
 
+    /// Reads a scalar the agent keeps beside the data (such as its ids),
+    /// storing `default` first if it is not set yet.
+    pub fn meta_or_insert(&self, name: &str, default: u64) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let value = {
+            let mut meta = txn.open_table(META)?;
+            let existing = meta.get(name)?.map(|v| v.value());
+            match existing {
+                Some(value) => value,
+                None => {
+                    meta.insert(name, default)?;
+                    default
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(value)
+    }
+
     /// Size of the database file in bytes.
     pub fn size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)

@@ -1,0 +1,105 @@
+//! `edgeconf agent`: wires the layers together and runs until a signal.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::api;
+use crate::config::Config;
+use crate::consensus::{Identity, Member, Node};
+use crate::store::{Store, StoreError};
+
+/// How long in-flight requests get to finish once a stop is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the agent until SIGINT or SIGTERM. Returns the writer thread: join it
+/// after the runtime is dropped, to close the store cleanly.
+pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}: choose a writable directory",
+            config.data_dir.display()
+        )
+    })?;
+    let store_path = config.store_path();
+    let store = Store::open(&store_path).map_err(|err| match err {
+        StoreError::Storage(redb::Error::DatabaseAlreadyOpen) => anyhow::anyhow!(
+            "store {} is in use by another process: is an agent already running with data_dir {}?",
+            store_path.display(),
+            config.data_dir.display()
+        ),
+        err => anyhow::anyhow!("cannot open store {}: {err}", store_path.display()),
+    })?;
+    let store = Arc::new(store);
+    let identity = load_identity(&store, &config)?;
+    let member = Member {
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+    };
+    let (node, writer) = Node::start(store.clone(), identity, member)?;
+    let listeners = api::bind(&config.listen_client).await?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (node, stopped) = (node.clone(), stopped.clone());
+        tasks.spawn(async move {
+            if let Err(err) = api::serve(node, listener, stopped).await {
+                tracing::error!(error = %err, "client API server failed");
+            }
+        });
+    }
+    {
+        let node = node.clone();
+        tasks.spawn(async move { node.expire_leases(stopped).await });
+    }
+    tracing::info!(
+        name = %config.name,
+        member_id = format_args!("{:x}", identity.member_id),
+        cluster_id = format_args!("{:x}", identity.cluster_id),
+        clients = ?config.listen_client,
+        data_dir = %config.data_dir.display(),
+        revision = store.revision(),
+        "edgeconf agent ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop.send(true);
+    // Watch streams never end by themselves: give requests a moment, then
+    // drop what is left. Acknowledged writes are already durable.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    Ok(writer)
+}
+
+/// The ids this member was born with; derived from the config only once.
+fn load_identity(store: &Store, config: &Config) -> anyhow::Result<Identity> {
+    let derived = Identity::derive(&config.name, &config.initial_cluster);
+    Ok(Identity {
+        cluster_id: store.meta_or_insert("cluster_id", derived.cluster_id)?,
+        member_id: store.meta_or_insert("member_id", derived.member_id)?,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,128 @@
+//! The client API: etcd v3 gRPC services (KV, Watch, Lease, Maintenance,
+//! Cluster) and the Edgeconf service, on the client URLs.
+//!
+//! Handlers translate between protobuf messages and store types, send writes
+//! through the consensus layer and read from the store. They hold no state
+//! of their own beyond open streams.
+
+mod cluster;
+mod convert;
+mod edgeconf;
+mod kv;
+mod lease;
+mod maintenance;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
+    PbWatchServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+use crate::consensus::{Node, ProposeError};
+use crate::store::StoreError;
+
+/// Generated code for `proto/edgeconf/v1/edgeconf.proto`.
+pub mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("edgeconf.v1");
+}
+
+/// What every handler needs: the node, and through it the store.
+#[derive(Clone)]
+pub(crate) struct Context {
+    node: Arc<Node>,
+}
+
+impl Context {
+    fn header(&self, revision: i64) -> PbResponseHeader {
+        let identity = self.node.identity();
+        PbResponseHeader {
+            cluster_id: identity.cluster_id,
+            member_id: identity.member_id,
+            revision,
+            raft_term: self.node.term(),
+        }
+    }
+
+    /// A header at the current revision.
+    fn current_header(&self) -> PbResponseHeader {
+        self.header(self.node.store().revision())
+    }
+}
+
+/// Binds every client address first, so a port in use fails start-up with a
+/// clear error instead of failing later in the background.
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).await.map_err(|err| {
+            anyhow::anyhow!("cannot listen for clients on {addr}: {err} (is another agent or etcd running there? change listen_client_urls)")
+        })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves the API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let context = Context { node };
+    tonic::transport::Server::builder()
+        .add_service(PbKvServer::new(kv::KvService(context.clone())))
+        .add_service(PbWatchServer::new(watch::WatchService(context.clone())))
+        .add_service(PbLeaseServer::new(lease::LeaseService(context.clone())))
+        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(
+            context.clone(),
+        )))
+        .add_service(PbClusterServer::new(cluster::ClusterService(context.clone())))
+        .add_service(pb::edgeconf_server::EdgeconfServer::new(
+            edgeconf::EdgeconfService(context),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+/// Maps store errors to gRPC statuses, with etcd's messages where etcd
+/// clients match on them.
+pub(crate) fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::Compacted { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        StoreError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
+        StoreError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+        StoreError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
+        err @ (StoreError::KeyNotFound(_)
+        | StoreError::DuplicateKey(_)
+        | StoreError::InvalidRequest(_)) => Status::invalid_argument(format!("etcdserver: {err}")),
+        err @ (StoreError::Corrupt(_) | StoreError::Storage(_)) => {
+            tracing::error!(error = %err, "store error");
+            Status::internal(format!("etcdserver: {err}"))
+        }
+    }
+}
+
+pub(crate) fn propose_status(err: ProposeError) -> Status {
+    match err {
+        ProposeError::Rejected(err) => store_status(err),
+        ProposeError::Failed(msg) => Status::unavailable(format!("etcdserver: write failed: {msg}")),
+        ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
+    }
+}
+
+fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!("edgeconf does not support {what} yet"))
+}

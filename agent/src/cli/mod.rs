@@ -1,0 +1,133 @@
+//! The `edgeconf` command line. Every command except `agent` is a client of
+//! the API, with etcdctl's flags, output formats and exit codes.
+
+mod client;
+mod kv;
+mod lease;
+mod output;
+mod status;
+mod watch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ClusterState, ConfigFile};
+
+pub use client::Client;
+pub use output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgeconf", version, about = "Configuration agent for edge fleets", max_term_width = 100)]
+pub struct Cli {
+    /// Agents to talk to, comma-separated HOST:PORT.
+    #[arg(long, global = true, env = "EDGECONF_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value_t = Format::Simple)]
+    pub format: Format,
+
+    /// How long to wait for a connection.
+    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub dial_timeout: Duration,
+
+    /// How long to wait for a request (not watches or keep-alives).
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub command_timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent.
+    Agent(AgentArgs),
+    /// Write a key.
+    Put(kv::PutArgs),
+    /// Read a key or a range of keys.
+    Get(kv::GetArgs),
+    /// Delete a key or a range of keys.
+    Del(kv::DelArgs),
+    /// Stream changes to a key or a range of keys.
+    Watch(watch::WatchArgs),
+    /// Show every retained revision of a key.
+    History(kv::HistoryArgs),
+    /// Write the value a key had at an earlier revision as a new revision.
+    Rollback(kv::RollbackArgs),
+    /// Discard history below a revision.
+    Compact(kv::CompactArgs),
+    /// Grant, revoke, keep alive and inspect leases.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Show the status of each endpoint.
+    Status,
+}
+
+/// `edgeconf agent`: the TOML file, and the same settings as flags, which
+/// win over the file.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The bootstrap TOML file.
+    #[arg(long, short = 'c', env = "EDGECONF_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated http://HOST:PORT URLs to serve clients on.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_client_urls: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_client_urls: Option<Vec<String>>,
+    /// Comma-separated quic://HOST:PORT URLs for peers.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_peer_urls: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Option<Vec<String>>,
+    /// NAME=quic://HOST:PORT,... of the initial members.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    #[arg(long, value_enum)]
+    pub initial_cluster_state: Option<ClusterState>,
+    /// Log filter, e.g. info or edgeconf=debug.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl AgentArgs {
+    /// The flags as a config layer that overrides the file.
+    pub fn overrides(&self) -> ConfigFile {
+        ConfigFile {
+            name: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            listen_client_urls: self.listen_client_urls.clone(),
+            advertise_client_urls: self.advertise_client_urls.clone(),
+            listen_peer_urls: self.listen_peer_urls.clone(),
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls.clone(),
+            initial_cluster: self.initial_cluster.clone(),
+            initial_cluster_state: self.initial_cluster_state,
+            log_level: self.log_level.clone(),
+        }
+    }
+}
+
+/// Runs a client command.
+pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.endpoints, cli.dial_timeout, cli.command_timeout);
+    let format = cli.format;
+    match cli.command {
+        Command::Agent(_) => anyhow::bail!("`agent` runs an agent; it is not a client command"),
+        Command::Put(args) => kv::put(&client, format, args).await,
+        Command::Get(args) => kv::get(&client, format, args).await,
+        Command::Del(args) => kv::del(&client, format, args).await,
+        Command::Watch(args) => watch::watch(&client, format, args).await,
+        Command::History(args) => kv::history(&client, format, args).await,
+        Command::Rollback(args) => kv::rollback(&client, format, args).await,
+        Command::Compact(args) => kv::compact(&client, format, args).await,
+        Command::Lease(command) => lease::run(&client, format, command).await,
+        Command::Status => status::status(&client, format).await,
+    }
+}

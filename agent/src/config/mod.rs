@@ -1,0 +1,306 @@
+//! The bootstrap configuration: one TOML file whose keys are etcd's flag names
+//! in snake_case, overridden by the same settings given as flags.
+//!
+//! Loading either yields a fully checked [`Config`] or an error that names
+//! the file, line and field at fault; nothing starts from a bad file.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests;
+
+/// The file as written. Every field is optional: defaults fill the gaps.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub name: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub listen_client_urls: Option<Vec<String>>,
+    pub advertise_client_urls: Option<Vec<String>>,
+    pub listen_peer_urls: Option<Vec<String>>,
+    pub initial_advertise_peer_urls: Option<Vec<String>>,
+    pub initial_cluster: Option<String>,
+    pub initial_cluster_state: Option<ClusterState>,
+    /// A tracing filter such as `info` or `edgeconf=debug`.
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
+/// A checked configuration, ready to start an agent from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `(name, peer url)` of every initial member.
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: ClusterState,
+    pub log_level: String,
+}
+
+pub const DEFAULT_NAME: &str = "default";
+pub const DEFAULT_DATA_DIR: &str = "edgeconf.data";
+pub const DEFAULT_CLIENT_URL: &str = "http://127.0.0.1:2379";
+pub const DEFAULT_PEER_URL: &str = "quic://127.0.0.1:2380";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{location}: `{field}` {problem}")]
+    Invalid {
+        location: String,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Where a setting came from, for error messages.
+struct Origin<'a> {
+    file: Option<(&'a Path, &'a str)>,
+}
+
+impl Origin<'_> {
+    fn invalid(&self, field: &'static str, problem: String) -> ConfigError {
+        let location = match self.file {
+            Some((path, text)) => match line_of(text, field) {
+                Some(line) => format!("{}:{line}", path.display()),
+                None => format!("{} (or its --flag)", path.display()),
+            },
+            None => "command line".to_string(),
+        };
+        ConfigError::Invalid {
+            location,
+            field,
+            problem,
+        }
+    }
+}
+
+/// The 1-based line where `field` is set in a TOML text, if it is.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    text.lines().position(|line| {
+        line.trim_start()
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+    .map(|index| index + 1)
+}
+
+impl ConfigFile {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Settings present in `overrides` replace those of `self`.
+    pub fn overridden_by(self, overrides: ConfigFile) -> ConfigFile {
+        ConfigFile {
+            name: overrides.name.or(self.name),
+            data_dir: overrides.data_dir.or(self.data_dir),
+            listen_client_urls: overrides.listen_client_urls.or(self.listen_client_urls),
+            advertise_client_urls: overrides.advertise_client_urls.or(self.advertise_client_urls),
+            listen_peer_urls: overrides.listen_peer_urls.or(self.listen_peer_urls),
+            initial_advertise_peer_urls: overrides
+                .initial_advertise_peer_urls
+                .or(self.initial_advertise_peer_urls),
+            initial_cluster: overrides.initial_cluster.or(self.initial_cluster),
+            initial_cluster_state: overrides.initial_cluster_state.or(self.initial_cluster_state),
+            log_level: overrides.log_level.or(self.log_level),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), applies `overrides` (the flags) and checks the
+    /// result.
+    pub fn load(path: Option<&Path>, overrides: ConfigFile) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Self::check(overrides, &Origin { file: None });
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = ConfigFile::parse(path, &text)?;
+        Self::check(
+            file.overridden_by(overrides),
+            &Origin {
+                file: Some((path, &text)),
+            },
+        )
+    }
+
+    fn check(file: ConfigFile, origin: &Origin) -> Result<Config, ConfigError> {
+        let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
+        if name.is_empty() || name.contains(['=', ',']) || name.chars().any(char::is_whitespace) {
+            return Err(origin.invalid(
+                "name",
+                format!("is {name:?}: expected a non-empty name without spaces, '=' or ','"),
+            ));
+        }
+        let data_dir = file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(origin.invalid("data_dir", "is empty: expected a directory path".into()));
+        }
+
+        let client_urls = file
+            .listen_client_urls
+            .unwrap_or_else(|| vec![DEFAULT_CLIENT_URL.to_string()]);
+        let listen_client = listen_addrs(origin, "listen_client_urls", &client_urls, "http")?;
+        let advertise_client_urls = file.advertise_client_urls.unwrap_or(client_urls);
+        listen_addrs(origin, "advertise_client_urls", &advertise_client_urls, "http")?;
+
+        let peer_urls = file
+            .listen_peer_urls
+            .unwrap_or_else(|| vec![DEFAULT_PEER_URL.to_string()]);
+        let listen_peer = listen_addrs(origin, "listen_peer_urls", &peer_urls, "quic")?;
+        let initial_advertise_peer_urls = file.initial_advertise_peer_urls.unwrap_or(peer_urls);
+        listen_addrs(
+            origin,
+            "initial_advertise_peer_urls",
+            &initial_advertise_peer_urls,
+            "quic",
+        )?;
+
+        let initial_cluster = match file.initial_cluster {
+            Some(text) => parse_initial_cluster(origin, &text)?,
+            None => vec![(name.clone(), initial_advertise_peer_urls[0].clone())],
+        };
+        let own: Vec<&String> = initial_cluster
+            .iter()
+            .filter(|(member, _)| *member == name)
+            .map(|(_, url)| url)
+            .collect();
+        if own.is_empty() {
+            return Err(origin.invalid(
+                "initial_cluster",
+                format!("does not list this agent's name {name:?}: add `{name}=<peer url>`"),
+            ));
+        }
+        if let Some(url) = own.iter().find(|url| !initial_advertise_peer_urls.contains(url)) {
+            return Err(origin.invalid(
+                "initial_cluster",
+                format!(
+                    "gives {name}={url}, which is not among initial_advertise_peer_urls {initial_advertise_peer_urls:?}"
+                ),
+            ));
+        }
+
+        let log_level = file.log_level.unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(origin.invalid(
+                "log_level",
+                format!("is {log_level:?}: expected a level such as \"info\" or \"edgeconf=debug\""),
+            ));
+        }
+
+        Ok(Config {
+            name,
+            data_dir,
+            listen_client,
+            advertise_client_urls,
+            listen_peer,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state: file.initial_cluster_state.unwrap_or_default(),
+            log_level,
+        })
+    }
+
+    /// The redb file holding the store.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.redb")
+    }
+}
+
+fn listen_addrs(
+    origin: &Origin,
+    field: &'static str,
+    urls: &[String],
+    scheme: &str,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    if urls.is_empty() {
+        return Err(origin.invalid(
+            field,
+            format!("is empty: expected at least one URL such as \"{scheme}://127.0.0.1:PORT\""),
+        ));
+    }
+    urls.iter()
+        .map(|url| socket_addr(url, scheme).map_err(|problem| origin.invalid(field, problem)))
+        .collect()
+}
+
+/// Parses `scheme://HOST:PORT`, where HOST is an IP address or `localhost`.
+pub fn socket_addr(text: &str, scheme: &str) -> Result<SocketAddr, String> {
+    let expected = format!("expected \"{scheme}://HOST:PORT\" with an IP address or localhost");
+    let url = url::Url::parse(text).map_err(|err| format!("has {text:?}: {err}; {expected}"))?;
+    if url.scheme() != scheme {
+        return Err(format!(
+            "has {text:?} with scheme {:?}; {expected}",
+            url.scheme()
+        ));
+    }
+    if !(url.path().is_empty() || url.path() == "/") || url.query().is_some() {
+        return Err(format!("has {text:?} with a path or query; {expected}"));
+    }
+    let port = url
+        .port()
+        .ok_or_else(|| format!("has {text:?} without a port; {expected}"))?;
+    let not_an_ip = || format!("has {text:?} whose host is not an IP address; {expected}");
+    let ip = match url.host().ok_or_else(not_an_ip)? {
+        url::Host::Ipv4(ip) => IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => IpAddr::V6(ip),
+        url::Host::Domain("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        // Non-http schemes keep the host opaque: parse it ourselves.
+        url::Host::Domain(host) => host.parse().map_err(|_| not_an_ip())?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn parse_initial_cluster(origin: &Origin, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut members: Vec<(String, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(origin.invalid(
+                "initial_cluster",
+                format!("has {entry:?}: expected NAME=quic://HOST:PORT entries separated by commas"),
+            ));
+        };
+        socket_addr(url, "quic").map_err(|problem| origin.invalid("initial_cluster", problem))?;
+        if members.iter().any(|(_, known)| known == url) {
+            return Err(origin.invalid(
+                "initial_cluster",
+                format!("lists peer URL {url} twice"),
+            ));
+        }
+        members.push((name.to_string(), url.to_string()));
+    }
+    if members.is_empty() {
+        return Err(origin.invalid(
+            "initial_cluster",
+            "is empty: expected NAME=quic://HOST:PORT entries separated by commas".into(),
+        ));
+    }
+    Ok(members)
+}
