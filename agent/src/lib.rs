@@ -7,9 +7,9 @@
 //! - [`api`]: the etcd v3 gRPC API and the Edgeconf service;
 //! - [`cli`]: the `edgeconf` command line, a client of the API.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod store;
-pub mod api;
-pub mod agent;
-pub mod cli;

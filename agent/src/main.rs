@@ -24,11 +24,24 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
+    if args.check {
+        let source = args
+            .config
+            .as_ref()
+            .map_or("the defaults".to_string(), |p| p.display().to_string());
+        println!(
+            "config {source} is valid:
+{config:#?}"
+        );
+        return Ok(());
+    }
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)

@@ -31,28 +31,39 @@ impl PbClusterService for ClusterService {
         }))
     }
 
-    async fn member_add(&self, _r: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(unsupported("membership changes (they need a replicated cluster)"))
+    async fn member_add(
+        &self,
+        _r: Request<PbMemberAddRequest>,
+    ) -> Result<Response<PbMemberAddResponse>, Status> {
+        Err(unsupported(
+            "membership changes (they need a replicated cluster)",
+        ))
     }
 
     async fn member_remove(
         &self,
         _r: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(unsupported("membership changes (they need a replicated cluster)"))
+        Err(unsupported(
+            "membership changes (they need a replicated cluster)",
+        ))
     }
 
     async fn member_update(
         &self,
         _r: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        Err(unsupported("membership changes (they need a replicated cluster)"))
+        Err(unsupported(
+            "membership changes (they need a replicated cluster)",
+        ))
     }
 
     async fn member_promote(
         &self,
         _r: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(unsupported("membership changes (they need a replicated cluster)"))
+        Err(unsupported(
+            "membership changes (they need a replicated cluster)",
+        ))
     }
 }

@@ -1,16 +1,16 @@
 //! Conversions between etcd protobuf messages and store types.
 
 use etcd_client::proto::{
-    PbCompare, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbPutRequest,
-    PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp,
-    PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+    PbCompare, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbPutRequest, PbPutResponse,
+    PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
+    PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use tonic::Status;
 
 use crate::store::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
-    EventKind, KeyRange, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
+    EventKind, KeyRange, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, SortOrder,
+    SortTarget, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
 };
 
 /// etcd's limit on operations in one transaction.
@@ -40,7 +40,11 @@ pub fn range_from_pb(req: PbRangeRequest) -> Result<RangeRequest, Status> {
         0 => SortOrder::None,
         1 => SortOrder::Ascend,
         2 => SortOrder::Descend,
-        other => return Err(Status::invalid_argument(format!("unknown sort order {other}"))),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown sort order {other}"
+            )))
+        }
     };
     let sort_target = match req.sort_target {
         0 => SortTarget::Key,
@@ -48,7 +52,11 @@ pub fn range_from_pb(req: PbRangeRequest) -> Result<RangeRequest, Status> {
         2 => SortTarget::Create,
         3 => SortTarget::Mod,
         4 => SortTarget::Value,
-        other => return Err(Status::invalid_argument(format!("unknown sort target {other}"))),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown sort target {other}"
+            )))
+        }
     };
     if req.min_mod_revision != 0
         || req.max_mod_revision != 0
@@ -134,7 +142,9 @@ pub fn txn_from_pb(req: PbTxnRequest) -> Result<TxnRequest, Status> {
                 Some(PbTxnOpRequest::RequestTxn(_)) => Err(Status::unimplemented(
                     "edgeconf does not support nested transactions yet",
                 )),
-                None => Err(Status::invalid_argument("etcdserver: txn operation is empty")),
+                None => Err(Status::invalid_argument(
+                    "etcdserver: txn operation is empty",
+                )),
             })
             .collect()
     };
@@ -156,7 +166,11 @@ fn compare_from_pb(c: PbCompare) -> Result<Compare, Status> {
         1 => CompareResult::Greater,
         2 => CompareResult::Less,
         3 => CompareResult::NotEqual,
-        other => return Err(Status::invalid_argument(format!("unknown compare result {other}"))),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown compare result {other}"
+            )))
+        }
     };
     // The union carries the operand; `target` says which field to compare.
     let target = match (c.target, c.target_union) {

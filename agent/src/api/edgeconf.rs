@@ -17,7 +17,12 @@ impl Edgeconf for EdgeconfService {
         if req.key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
-        let history = self.0.node.store().history(&req.key).map_err(store_status)?;
+        let history = self
+            .0
+            .node
+            .store()
+            .history(&req.key)
+            .map_err(store_status)?;
         let header = self.0.header(history.revision);
         let revisions = history
             .entries
@@ -30,7 +35,11 @@ impl Edgeconf for EdgeconfService {
                 deleted: entry.deleted,
                 time_unix_ms: entry.time_unix_ms,
                 value_size: entry.value.len() as u64,
-                value: if req.with_values { entry.value } else { Vec::new() },
+                value: if req.with_values {
+                    entry.value
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         Ok(Response::new(pb::HistoryResponse {

@@ -8,8 +8,8 @@ use etcd_client::proto::{
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb,
-    txn_from_pb, txn_to_pb,
+    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
+    txn_to_pb,
 };
 use super::{propose_status, store_status, unsupported, Context};
 use crate::store::{Command, CommandResponse};
@@ -29,7 +29,10 @@ fn unexpected(response: CommandResponse) -> Status {
 
 #[tonic::async_trait]
 impl PbKvService for KvService {
-    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
         // One member: every read is linearizable, `serializable` or not.
         let req = range_from_pb(request.into_inner())?;
         let (resp, revision) = self.0.node.store().range(&req).map_err(store_status)?;

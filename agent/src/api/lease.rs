@@ -113,7 +113,10 @@ impl PbLeaseService for LeaseService {
         let leases = self.0.node.store().leases().map_err(store_status)?;
         Ok(Response::new(PbLeaseLeasesResponse {
             header: Some(self.0.current_header()),
-            leases: leases.into_iter().map(|(id, _)| PbLeaseStatus { id }).collect(),
+            leases: leases
+                .into_iter()
+                .map(|(id, _)| PbLeaseStatus { id })
+                .collect(),
         }))
     }
 }

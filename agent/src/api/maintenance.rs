@@ -4,10 +4,10 @@
 use std::pin::Pin;
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse,
-    PbDowngradeRequest, PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest,
-    PbHashResponse, PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse,
-    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
+    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
+    PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse,
+    PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse, PbSnapshotRequest,
+    PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -21,7 +21,10 @@ pub(crate) struct MaintenanceService(pub Context);
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, _request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        _request: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
         // No alarms are raised yet (no space quota): report none.
         Ok(Response::new(PbAlarmResponse {
             header: Some(self.0.current_header()),
@@ -29,7 +32,10 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
-    async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
         let node = &self.0.node;
         let revision = node.store().revision();
         let db_size = node.store().size_bytes() as i64;
@@ -55,11 +61,17 @@ impl PbMaintenanceService for MaintenanceService {
         Err(unsupported("Defragment"))
     }
 
-    async fn hash(&self, _request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(
+        &self,
+        _request: Request<PbHashRequest>,
+    ) -> Result<Response<PbHashResponse>, Status> {
         Err(unsupported("Hash"))
     }
 
-    async fn hash_kv(&self, _request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _request: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
         Err(unsupported("HashKV"))
     }
 

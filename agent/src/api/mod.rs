@@ -83,7 +83,9 @@ pub async fn serve(
         .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(
             context.clone(),
         )))
-        .add_service(PbClusterServer::new(cluster::ClusterService(context.clone())))
+        .add_service(PbClusterServer::new(cluster::ClusterService(
+            context.clone(),
+        )))
         .add_service(pb::edgeconf_server::EdgeconfServer::new(
             edgeconf::EdgeconfService(context),
         ))
@@ -104,7 +106,9 @@ pub(crate) fn store_status(err: StoreError) -> Status {
             Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
         }
         StoreError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
-        StoreError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
+        StoreError::LeaseExists(_) => {
+            Status::failed_precondition("etcdserver: lease already exists")
+        }
         err @ (StoreError::KeyNotFound(_)
         | StoreError::DuplicateKey(_)
         | StoreError::InvalidRequest(_)) => Status::invalid_argument(format!("etcdserver: {err}")),
@@ -118,7 +122,9 @@ pub(crate) fn store_status(err: StoreError) -> Status {
 pub(crate) fn propose_status(err: ProposeError) -> Status {
     match err {
         ProposeError::Rejected(err) => store_status(err),
-        ProposeError::Failed(msg) => Status::unavailable(format!("etcdserver: write failed: {msg}")),
+        ProposeError::Failed(msg) => {
+            Status::unavailable(format!("etcdserver: write failed: {msg}"))
+        }
         ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
     }
 }

@@ -80,7 +80,9 @@ impl WatchStream {
                     self.create(range, create.start_revision, create.watch_id, options)
                         .await
                 }
-                Some(PbWatchRequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id).await,
+                Some(PbWatchRequestUnion::CancelRequest(cancel)) => {
+                    self.cancel(cancel.watch_id).await
+                }
                 Some(PbWatchRequestUnion::ProgressRequest(_)) => self.progress().await,
                 None => true,
             };
@@ -97,8 +99,18 @@ impl WatchStream {
         self.outbox.send(Ok(response)).await.is_ok()
     }
 
-    async fn create(&mut self, range: KeyRange, start_revision: i64, requested_id: i64, filters: Filters) -> bool {
-        let id = if requested_id > 0 { requested_id } else { self.unused_id() };
+    async fn create(
+        &mut self,
+        range: KeyRange,
+        start_revision: i64,
+        requested_id: i64,
+        filters: Filters,
+    ) -> bool {
+        let id = if requested_id > 0 {
+            requested_id
+        } else {
+            self.unused_id()
+        };
         if self.watchers.contains_key(&id) {
             return self
                 .send(PbWatchResponse {

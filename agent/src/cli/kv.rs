@@ -168,7 +168,9 @@ pub async fn put(client: &Client, format: Format, args: PutArgs) -> anyhow::Resu
 }
 
 pub async fn get(client: &Client, format: Format, args: GetArgs) -> anyhow::Result<()> {
-    let mut options = GetOptions::new().with_revision(args.rev).with_limit(args.limit);
+    let mut options = GetOptions::new()
+        .with_revision(args.rev)
+        .with_limit(args.limit);
     if args.prefix {
         options = options.with_prefix();
     } else if args.from_key {
@@ -280,7 +282,10 @@ pub async fn history(client: &Client, format: Format, args: HistoryArgs) -> anyh
         key: args.key.clone().into_bytes(),
         with_values: args.values || format == Format::Json,
     };
-    let resp = client.request(edgeconf.history(request)).await?.into_inner();
+    let resp = client
+        .request(edgeconf.history(request))
+        .await?
+        .into_inner();
     if resp.revisions.is_empty() {
         bail!(
             "key {:?} has no retained history (never written, or compacted away below revision {})",
@@ -337,7 +342,10 @@ pub async fn history(client: &Client, format: Format, args: HistoryArgs) -> anyh
 pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> anyhow::Result<()> {
     let mut etcd = client.etcd().await?;
     let old = client
-        .request(etcd.get(args.key.as_str(), Some(GetOptions::new().with_revision(args.to_rev))))
+        .request(etcd.get(
+            args.key.as_str(),
+            Some(GetOptions::new().with_revision(args.to_rev)),
+        ))
         .await
         .with_context(|| format!("cannot read {:?} at revision {}", args.key, args.to_rev))?;
     let Some(old) = old.kvs().first() else {
@@ -353,11 +361,18 @@ pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> an
     let current_mod = current.kvs().first().map_or(0, |kv| kv.mod_revision());
     // Write only if nobody changed the key meanwhile.
     let txn = Txn::new()
-        .when([Compare::mod_revision(args.key.as_str(), CompareOp::Equal, current_mod)])
+        .when([Compare::mod_revision(
+            args.key.as_str(),
+            CompareOp::Equal,
+            current_mod,
+        )])
         .and_then([TxnOp::put(args.key.as_str(), value, None)]);
     let resp = client.request(etcd.txn(txn)).await?;
     if !resp.succeeded() {
-        bail!("key {:?} changed while rolling back; nothing was written, try again", args.key);
+        bail!(
+            "key {:?} changed while rolling back; nothing was written, try again",
+            args.key
+        );
     }
     let revision = resp.header().map_or(0, |h| h.revision());
     match format {

@@ -19,10 +19,21 @@ pub use client::Client;
 pub use output::Format;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgeconf", version, about = "Configuration agent for edge fleets", max_term_width = 100)]
+#[command(
+    name = "edgeconf",
+    version,
+    about = "Configuration agent for edge fleets",
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Agents to talk to, comma-separated HOST:PORT.
-    #[arg(long, global = true, env = "EDGECONF_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "EDGECONF_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
 
     /// Output format.
@@ -73,6 +84,9 @@ pub struct AgentArgs {
     /// The bootstrap TOML file.
     #[arg(long, short = 'c', env = "EDGECONF_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Check the configuration, print what it resolves to and exit.
+    #[arg(long)]
+    pub check: bool,
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long)]

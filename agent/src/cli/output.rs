@@ -62,7 +62,9 @@ pub fn print_json(value: &Value) {
 
 pub fn print_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(headers.to_vec());
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(headers.to_vec());
     for row in rows {
         table.add_row(row);
     }

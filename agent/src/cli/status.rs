@@ -46,7 +46,16 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                     s.header().map_or(0, |h| h.revision()).to_string(),
                 ]
             });
-            let headers = ["ENDPOINT", "ID", "VERSION", "DB SIZE", "IS LEADER", "RAFT TERM", "RAFT INDEX", "REVISION"];
+            let headers = [
+                "ENDPOINT",
+                "ID",
+                "VERSION",
+                "DB SIZE",
+                "IS LEADER",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "REVISION",
+            ];
             if format == Format::Table {
                 print_table(&headers, lines);
             } else {

@@ -97,12 +97,13 @@ impl Origin<'_> {
 
 /// The 1-based line where `field` is set in a TOML text, if it is.
 fn line_of(text: &str, field: &str) -> Option<usize> {
-    text.lines().position(|line| {
-        line.trim_start()
-            .strip_prefix(field)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|index| index + 1)
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
 }
 
 impl ConfigFile {
@@ -119,13 +120,17 @@ impl ConfigFile {
             name: overrides.name.or(self.name),
             data_dir: overrides.data_dir.or(self.data_dir),
             listen_client_urls: overrides.listen_client_urls.or(self.listen_client_urls),
-            advertise_client_urls: overrides.advertise_client_urls.or(self.advertise_client_urls),
+            advertise_client_urls: overrides
+                .advertise_client_urls
+                .or(self.advertise_client_urls),
             listen_peer_urls: overrides.listen_peer_urls.or(self.listen_peer_urls),
             initial_advertise_peer_urls: overrides
                 .initial_advertise_peer_urls
                 .or(self.initial_advertise_peer_urls),
             initial_cluster: overrides.initial_cluster.or(self.initial_cluster),
-            initial_cluster_state: overrides.initial_cluster_state.or(self.initial_cluster_state),
+            initial_cluster_state: overrides
+                .initial_cluster_state
+                .or(self.initial_cluster_state),
             log_level: overrides.log_level.or(self.log_level),
         }
     }
@@ -159,7 +164,9 @@ impl Config {
                 format!("is {name:?}: expected a non-empty name without spaces, '=' or ','"),
             ));
         }
-        let data_dir = file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = file
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
             return Err(origin.invalid("data_dir", "is empty: expected a directory path".into()));
         }
@@ -169,7 +176,12 @@ impl Config {
             .unwrap_or_else(|| vec![DEFAULT_CLIENT_URL.to_string()]);
         let listen_client = listen_addrs(origin, "listen_client_urls", &client_urls, "http")?;
         let advertise_client_urls = file.advertise_client_urls.unwrap_or(client_urls);
-        listen_addrs(origin, "advertise_client_urls", &advertise_client_urls, "http")?;
+        listen_addrs(
+            origin,
+            "advertise_client_urls",
+            &advertise_client_urls,
+            "http",
+        )?;
 
         let peer_urls = file
             .listen_peer_urls
@@ -198,7 +210,10 @@ impl Config {
                 format!("does not list this agent's name {name:?}: add `{name}=<peer url>`"),
             ));
         }
-        if let Some(url) = own.iter().find(|url| !initial_advertise_peer_urls.contains(url)) {
+        if let Some(url) = own
+            .iter()
+            .find(|url| !initial_advertise_peer_urls.contains(url))
+        {
             return Err(origin.invalid(
                 "initial_cluster",
                 format!(
@@ -211,7 +226,9 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(origin.invalid(
                 "log_level",
-                format!("is {log_level:?}: expected a level such as \"info\" or \"edgeconf=debug\""),
+                format!(
+                    "is {log_level:?}: expected a level such as \"info\" or \"edgeconf=debug\""
+                ),
             ));
         }
 
@@ -278,21 +295,23 @@ pub fn socket_addr(text: &str, scheme: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn parse_initial_cluster(origin: &Origin, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+fn parse_initial_cluster(
+    origin: &Origin,
+    text: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut members: Vec<(String, String)> = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((name, url)) = entry.split_once('=') else {
             return Err(origin.invalid(
                 "initial_cluster",
-                format!("has {entry:?}: expected NAME=quic://HOST:PORT entries separated by commas"),
+                format!(
+                    "has {entry:?}: expected NAME=quic://HOST:PORT entries separated by commas"
+                ),
             ));
         };
         socket_addr(url, "quic").map_err(|problem| origin.invalid("initial_cluster", problem))?;
         if members.iter().any(|(_, known)| known == url) {
-            return Err(origin.invalid(
-                "initial_cluster",
-                format!("lists peer URL {url} twice"),
-            ));
+            return Err(origin.invalid("initial_cluster", format!("lists peer URL {url} twice")));
         }
         members.push((name.to_string(), url.to_string()));
     }

@@ -73,12 +73,36 @@ fn a_wrong_type_is_an_error_naming_the_field() {
 #[test]
 fn bad_values_name_file_line_field_and_what_is_expected() {
     let cases = [
-        ("name = \"a\"\nlisten_client_urls = [\"ftp://127.0.0.1:1\"]\n", ":2: `listen_client_urls`", "http://HOST:PORT"),
-        ("listen_client_urls = [\"http://127.0.0.1\"]\n", ":1: `listen_client_urls`", "without a port"),
-        ("listen_peer_urls = [\"quic://example.com:1\"]\n", ":1: `listen_peer_urls`", "not an IP address"),
-        ("name = \"n1\"\ninitial_cluster = \"n2=quic://127.0.0.1:2380\"\n", ":2: `initial_cluster`", "does not list"),
-        ("initial_cluster = \"nonsense\"\n", ":1: `initial_cluster`", "NAME=quic://"),
-        ("initial_cluster_state = \"maybe\"\n", "line 1", "unknown variant `maybe`"),
+        (
+            "name = \"a\"\nlisten_client_urls = [\"ftp://127.0.0.1:1\"]\n",
+            ":2: `listen_client_urls`",
+            "http://HOST:PORT",
+        ),
+        (
+            "listen_client_urls = [\"http://127.0.0.1\"]\n",
+            ":1: `listen_client_urls`",
+            "without a port",
+        ),
+        (
+            "listen_peer_urls = [\"quic://example.com:1\"]\n",
+            ":1: `listen_peer_urls`",
+            "not an IP address",
+        ),
+        (
+            "name = \"n1\"\ninitial_cluster = \"n2=quic://127.0.0.1:2380\"\n",
+            ":2: `initial_cluster`",
+            "does not list",
+        ),
+        (
+            "initial_cluster = \"nonsense\"\n",
+            ":1: `initial_cluster`",
+            "NAME=quic://",
+        ),
+        (
+            "initial_cluster_state = \"maybe\"\n",
+            "line 1",
+            "unknown variant `maybe`",
+        ),
         ("name = \"\"\n", ":1: `name`", "non-empty"),
         ("log_level = \"[\"\n", ":1: `log_level`", "expected a level"),
     ];
@@ -91,8 +115,11 @@ fn bad_values_name_file_line_field_and_what_is_expected() {
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
-    let err = Config::load(Some(Path::new("/nonexistent/edgeconf.toml")), ConfigFile::default())
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(
+        Some(Path::new("/nonexistent/edgeconf.toml")),
+        ConfigFile::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("/nonexistent/edgeconf.toml"), "{err}");
 }

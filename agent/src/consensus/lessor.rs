@@ -51,7 +51,8 @@ impl Lessor {
     }
 
     fn renew(&self, id: i64, ttl: i64) {
-        self.deadlines().insert(id, Instant::now() + ttl_duration(ttl));
+        self.deadlines()
+            .insert(id, Instant::now() + ttl_duration(ttl));
     }
 
     fn take_expired(&self) -> Vec<i64> {
@@ -141,7 +142,10 @@ impl Node {
             }
             for id in self.lessor.take_expired() {
                 match self.propose(Command::LeaseRevoke { id }).await {
-                    Ok(_) => tracing::info!(lease = format_args!("{id:x}"), "lease expired and was revoked"),
+                    Ok(_) => tracing::info!(
+                        lease = format_args!("{id:x}"),
+                        "lease expired and was revoked"
+                    ),
                     Err(ProposeError::Rejected(StoreError::LeaseNotFound(_))) => {}
                     Err(ProposeError::Stopped) => return,
                     Err(err) => {

@@ -50,7 +50,10 @@ impl Identity {
     /// member of a new cluster computes the same cluster id.
     pub fn derive(name: &str, initial_cluster: &[(String, String)]) -> Self {
         let member_id = |name: &str, url: &str| hash64(&[name.as_bytes(), url.as_bytes()]);
-        let mut ids: Vec<u64> = initial_cluster.iter().map(|(n, u)| member_id(n, u)).collect();
+        let mut ids: Vec<u64> = initial_cluster
+            .iter()
+            .map(|(n, u)| member_id(n, u))
+            .collect();
         ids.sort_unstable();
         let own_url = initial_cluster
             .iter()

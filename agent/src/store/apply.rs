@@ -40,9 +40,8 @@ pub(crate) struct Writer<'txn> {
 impl<'txn> Writer<'txn> {
     pub fn open(txn: &'txn WriteTransaction) -> Result<Self> {
         let meta = txn.open_table(META)?;
-        let read_meta = |name| -> Result<i64> {
-            Ok(meta.get(name)?.map(|v| v.value() as i64).unwrap_or(0))
-        };
+        let read_meta =
+            |name| -> Result<i64> { Ok(meta.get(name)?.map(|v| v.value() as i64).unwrap_or(0)) };
         let revision = read_meta(META_REVISION)?;
         let compact_revision = read_meta(META_COMPACT_REVISION)?;
         Ok(Self {
@@ -147,15 +146,22 @@ impl<'txn> Writer<'txn> {
             value,
         };
         self.write_row(&req.key, at, &record)?;
-        if let Some(old_lease) = prev_record.map(|r| r.lease).filter(|&l| l != 0 && l != lease) {
+        if let Some(old_lease) = prev_record
+            .map(|r| r.lease)
+            .filter(|&l| l != 0 && l != lease)
+        {
             self.lease_keys.remove((old_lease, req.key.as_slice()))?;
         }
         if lease != 0 {
             self.lease_keys.insert((lease, req.key.as_slice()), ())?;
         }
         let prev_kv = prev.map(|(rev, record)| record.to_key_value(&req.key, rev));
-        self.events
-            .push(event_from_record(&req.key, at.main, &record, prev_kv.clone()));
+        self.events.push(event_from_record(
+            &req.key,
+            at.main,
+            &record,
+            prev_kv.clone(),
+        ));
         Ok(PutResponse {
             prev_kv: prev_kv.filter(|_| req.prev_kv),
         })
@@ -200,7 +206,11 @@ impl<'txn> Writer<'txn> {
                 break;
             }
         }
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         self.check_txn_ops(ops)?;
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
@@ -208,10 +218,17 @@ impl<'txn> Writer<'txn> {
                 TxnOp::Range(range_req) => {
                     // Reads see this transaction's own earlier writes.
                     let current = if at.sub > 0 { at.main } else { self.revision };
-                    TxnOpResponse::Range(range(&self.kv, range_req, current, self.compact_revision)?)
+                    TxnOpResponse::Range(range(
+                        &self.kv,
+                        range_req,
+                        current,
+                        self.compact_revision,
+                    )?)
                 }
                 TxnOp::Put(put_req) => TxnOpResponse::Put(self.put(put_req, at)?),
-                TxnOp::DeleteRange(del_req) => TxnOpResponse::DeleteRange(self.delete(del_req, at)?),
+                TxnOp::DeleteRange(del_req) => {
+                    TxnOpResponse::DeleteRange(self.delete(del_req, at)?)
+                }
             });
         }
         Ok(TxnResponse {
@@ -283,7 +300,10 @@ impl<'txn> Writer<'txn> {
             // Keep the version visible at `revision` so reads there still
             // work, unless it is a tombstone older than `revision`.
             let mut doomed = Vec::new();
-            for entry in self.kv.range((key.as_slice(), i64::MIN)..=(key.as_slice(), revision))? {
+            for entry in self
+                .kv
+                .range((key.as_slice(), i64::MIN)..=(key.as_slice(), revision))?
+            {
                 let (row_key, bytes) = entry?;
                 let rev = row_key.value().1;
                 doomed.push((rev, Record::decode(key, rev, bytes.value())?.deleted));
@@ -320,7 +340,10 @@ impl<'txn> Writer<'txn> {
             return Err(StoreError::LeaseNotFound(id));
         }
         let mut keys = Vec::new();
-        for entry in self.lease_keys.range((id, &[][..])..(id.saturating_add(1), &[][..]))? {
+        for entry in self
+            .lease_keys
+            .range((id, &[][..])..(id.saturating_add(1), &[][..]))?
+        {
             keys.push(entry?.0.value().1.to_vec());
         }
         for key in keys {

@@ -20,7 +20,11 @@ impl<T: ReadableTable<(i64, u32), &'static [u8]>> ChangeTable for T {}
 
 /// The version of `key` visible at `revision` with its mod revision, or
 /// `None` when the key did not exist then.
-pub(crate) fn get_at(kv: &impl KvTable, key: &[u8], revision: i64) -> Result<Option<(i64, Record)>> {
+pub(crate) fn get_at(
+    kv: &impl KvTable,
+    key: &[u8],
+    revision: i64,
+) -> Result<Option<(i64, Record)>> {
     let mut versions = kv.range((key, 0i64)..=(key, revision))?;
     let Some(entry) = versions.next_back() else {
         return Ok(None);

@@ -52,7 +52,12 @@ fn every_write_makes_a_new_revision_and_key_versions_count_up() {
     assert_eq!(put(&store, "a", "2"), 3);
     let a = get_at(&store, "a", 0).unwrap();
     assert_eq!(
-        (a.create_revision, a.mod_revision, a.version, a.value.as_slice()),
+        (
+            a.create_revision,
+            a.mod_revision,
+            a.version,
+            a.value.as_slice()
+        ),
         (1, 3, 2, &b"2"[..])
     );
 }
@@ -104,22 +109,37 @@ fn deleting_nothing_does_not_bump_the_revision() {
 #[test]
 fn ranges_by_prefix_interval_limit_sort_and_count() {
     let (_dir, store) = open();
-    for (k, v) in [("/app/b", "2"), ("/app/a", "3"), ("/app/c", "1"), ("/apq", "x"), ("/z", "y")] {
+    for (k, v) in [
+        ("/app/b", "2"),
+        ("/app/a", "3"),
+        ("/app/c", "1"),
+        ("/apq", "x"),
+        ("/z", "y"),
+    ] {
         put(&store, k, v);
     }
-    assert_eq!(keys(&prefix(&store, "/app/")), ["/app/a", "/app/b", "/app/c"]);
+    assert_eq!(
+        keys(&prefix(&store, "/app/")),
+        ["/app/a", "/app/b", "/app/c"]
+    );
 
     let interval = KeyRange::from_etcd(b"/app/b".to_vec(), b"/apq".to_vec());
     let resp = store.range(&RangeRequest::new(interval)).unwrap().0;
     assert_eq!(keys(&resp), ["/app/b", "/app/c"]);
 
     let everything = KeyRange::from_etcd(vec![0], vec![0]);
-    assert_eq!(store.range(&RangeRequest::new(everything)).unwrap().0.count, 5);
+    assert_eq!(
+        store.range(&RangeRequest::new(everything)).unwrap().0.count,
+        5
+    );
 
     let mut limited = RangeRequest::new(KeyRange::prefix("/app/"));
     limited.limit = 2;
     let resp = store.range(&limited).unwrap().0;
-    assert_eq!((keys(&resp), resp.more, resp.count), (vec!["/app/a".into(), "/app/b".into()], true, 3));
+    assert_eq!(
+        (keys(&resp), resp.more, resp.count),
+        (vec!["/app/a".into(), "/app/b".into()], true, 3)
+    );
 
     let mut by_value = RangeRequest::new(KeyRange::prefix("/app/"));
     by_value.sort_target = SortTarget::Value;
@@ -129,7 +149,13 @@ fn ranges_by_prefix_interval_limit_sort_and_count() {
 
     let mut keys_only = RangeRequest::new(KeyRange::prefix("/app/"));
     keys_only.keys_only = true;
-    assert!(store.range(&keys_only).unwrap().0.kvs.iter().all(|kv| kv.value.is_empty()));
+    assert!(store
+        .range(&keys_only)
+        .unwrap()
+        .0
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty()));
 
     let mut count_only = RangeRequest::new(KeyRange::prefix("/app/"));
     count_only.count_only = true;
@@ -163,8 +189,16 @@ fn txn_compares_choose_the_branch_and_reads_see_earlier_writes() {
         })
     };
     let cases = [
-        (CompareTarget::Value(b"v1".to_vec()), CompareResult::Equal, true),
-        (CompareTarget::Value(b"v0".to_vec()), CompareResult::Greater, true),
+        (
+            CompareTarget::Value(b"v1".to_vec()),
+            CompareResult::Equal,
+            true,
+        ),
+        (
+            CompareTarget::Value(b"v0".to_vec()),
+            CompareResult::Greater,
+            true,
+        ),
         (CompareTarget::Version(100), CompareResult::Less, true),
         (CompareTarget::Create(1), CompareResult::NotEqual, false),
         (CompareTarget::Mod(999), CompareResult::Equal, false),
@@ -185,7 +219,10 @@ fn txn_compares_choose_the_branch_and_reads_see_earlier_writes() {
             assert_eq!(read.kvs[0].value, b"won");
             put(&store, "k", "v1");
         } else {
-            assert_eq!(applied.revision, before, "a read-only branch writes nothing");
+            assert_eq!(
+                applied.revision, before,
+                "a read-only branch writes nothing"
+            );
         }
     }
 }
@@ -205,9 +242,21 @@ fn txn_value_compare_on_a_missing_key_fails_but_version_zero_matches() {
         })
     };
     let value = run(&store, create_if_absent(CompareTarget::Value(vec![]))).unwrap();
-    assert!(matches!(value.response, CommandResponse::Txn(TxnResponse { succeeded: false, .. })));
+    assert!(matches!(
+        value.response,
+        CommandResponse::Txn(TxnResponse {
+            succeeded: false,
+            ..
+        })
+    ));
     let version = run(&store, create_if_absent(CompareTarget::Version(0))).unwrap();
-    assert!(matches!(version.response, CommandResponse::Txn(TxnResponse { succeeded: true, .. })));
+    assert!(matches!(
+        version.response,
+        CommandResponse::Txn(TxnResponse {
+            succeeded: true,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -225,7 +274,10 @@ fn a_failing_txn_op_leaves_the_store_unchanged() {
         ],
         failure: vec![],
     });
-    assert!(matches!(run(&store, bad), Err(StoreError::LeaseNotFound(42))));
+    assert!(matches!(
+        run(&store, bad),
+        Err(StoreError::LeaseNotFound(42))
+    ));
     let dup = Command::Txn(TxnRequest {
         compare: vec![],
         success: vec![
@@ -262,9 +314,17 @@ fn compaction_keeps_the_state_at_its_revision_and_refuses_older_reads() {
     old.revision = 3;
     assert!(matches!(
         store.range(&old),
-        Err(StoreError::Compacted { compact_revision: 4 })
+        Err(StoreError::Compacted {
+            compact_revision: 4
+        })
     ));
-    let history: Vec<i64> = store.history(b"a").unwrap().entries.iter().map(|e| e.revision).collect();
+    let history: Vec<i64> = store
+        .history(b"a")
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.revision)
+        .collect();
     assert_eq!(history, [2, 5]);
     // The delete at revision 4 is the compaction point: it stays replayable.
     assert_eq!(store.history(b"b").unwrap().entries.len(), 1);
@@ -310,11 +370,19 @@ fn moving_a_key_to_another_lease_detaches_it_from_the_first() {
     let (_dir, store) = open();
     run(&store, Command::LeaseGrant { id: 1, ttl: 10 }).unwrap();
     run(&store, Command::LeaseGrant { id: 2, ttl: 10 }).unwrap();
-    let leased = |lease| Command::Put(PutRequest { lease, ..PutRequest::new("k", "v") });
+    let leased = |lease| {
+        Command::Put(PutRequest {
+            lease,
+            ..PutRequest::new("k", "v")
+        })
+    };
     run(&store, leased(1)).unwrap();
     run(&store, leased(2)).unwrap();
     run(&store, Command::LeaseRevoke { id: 1 }).unwrap();
-    assert!(get_at(&store, "k", 0).is_some(), "revoking lease 1 must not delete k");
+    assert!(
+        get_at(&store, "k", 0).is_some(),
+        "revoking lease 1 must not delete k"
+    );
 }
 
 #[test]
@@ -342,7 +410,10 @@ async fn watch_replays_history_then_streams_live_events_once() {
     let mut watcher = store.watch(KeyRange::prefix("/w/"), 1);
     let replayed = watcher.next().await.unwrap();
     assert_eq!(
-        replayed.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        replayed
+            .iter()
+            .map(|e| e.kv.mod_revision)
+            .collect::<Vec<_>>(),
         [1, 3]
     );
     assert_eq!(replayed[1].prev_kv.as_ref().unwrap().value, b"1");
@@ -383,7 +454,14 @@ async fn a_watcher_that_lags_behind_the_live_channel_catches_up_from_disk() {
     }
     let mut seen = Vec::new();
     while seen.len() < total as usize {
-        seen.extend(watcher.next().await.unwrap().into_iter().map(|e| e.kv.mod_revision));
+        seen.extend(
+            watcher
+                .next()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kv.mod_revision),
+        );
     }
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
 }
@@ -398,11 +476,16 @@ async fn watching_from_a_compacted_revision_reports_the_compact_revision() {
     let mut watcher = store.watch(KeyRange::single("k"), 2);
     assert!(matches!(
         watcher.next().await,
-        Err(StoreError::Compacted { compact_revision: 4 })
+        Err(StoreError::Compacted {
+            compact_revision: 4
+        })
     ));
     let mut from_compact = store.watch(KeyRange::single("k"), 4);
     let events = from_compact.next().await.unwrap();
-    assert_eq!(events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        [4, 5]
+    );
 }
 
 #[test]

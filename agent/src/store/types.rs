@@ -319,7 +319,9 @@ pub struct History {
 /// etcd clients recognise them.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("mvcc: required revision has been compacted (compacted at revision {compact_revision})")]
+    #[error(
+        "mvcc: required revision has been compacted (compacted at revision {compact_revision})"
+    )]
     Compacted { compact_revision: i64 },
     #[error("mvcc: required revision is a future revision (current revision is {current})")]
     FutureRevision { current: i64 },

@@ -58,9 +58,12 @@ impl Watcher {
         loop {
             let current = self.store.revision();
             if self.next_revision <= current {
-                let (events, through) =
-                    self.store
-                        .events_between(&self.range, self.next_revision, current, REPLAY_PAGE)?;
+                let (events, through) = self.store.events_between(
+                    &self.range,
+                    self.next_revision,
+                    current,
+                    REPLAY_PAGE,
+                )?;
                 self.next_revision = through + 1;
                 if !events.is_empty() {
                     return Ok(events);
@@ -87,7 +90,9 @@ impl Watcher {
                 // Missed batches are on disk: the loop replays them.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Err(StoreError::InvalidRequest("the store is shutting down".into()))
+                    return Err(StoreError::InvalidRequest(
+                        "the store is shutting down".into(),
+                    ))
                 }
             }
         }

@@ -1,0 +1,333 @@
+//! The etcd v3 API of a real agent process, through a real gRPC client (the
+//! `etcd-client` crate) and the Edgeconf service's generated client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{etcd_client, Agent};
+use edgeconf::api::pb::{edgeconf_client::EdgeconfClient, HistoryRequest};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, WatchOptions,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn put_get_delete_with_revisions_prefixes_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+
+    let first = client.put("/app/a", "1", None).await.unwrap();
+    let header = first.header().unwrap();
+    assert_eq!(header.revision(), 1);
+    assert_eq!(header.raft_term(), 1);
+    assert_ne!(header.cluster_id(), 0);
+    assert_ne!(header.member_id(), 0);
+
+    client.put("/app/b", "2", None).await.unwrap();
+    let replaced = client
+        .put("/app/a", "3", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert_eq!(replaced.prev_key().unwrap().value(), b"1");
+
+    let all = client
+        .get("/app/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(all.count(), 2);
+    let a = &all.kvs()[0];
+    assert_eq!((a.key(), a.value()), (&b"/app/a"[..], &b"3"[..]));
+    assert_eq!(
+        (a.create_revision(), a.mod_revision(), a.version()),
+        (1, 3, 2)
+    );
+
+    let old = client
+        .get("/app/a", Some(GetOptions::new().with_revision(1)))
+        .await
+        .unwrap();
+    assert_eq!(old.kvs()[0].value(), b"1");
+
+    let sorted = client
+        .get(
+            "/app/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Value, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sorted.kvs()[0].key(), b"/app/a");
+    assert!(sorted.more());
+
+    let deleted = client
+        .delete(
+            "/app/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 2);
+    assert_eq!(deleted.prev_kvs().len(), 2);
+    assert_eq!(deleted.header().unwrap().revision(), 4);
+    let empty = client
+        .get("/app/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(empty.count(), 0);
+
+    let future = client
+        .get("/app/a", Some(GetOptions::new().with_revision(99)))
+        .await
+        .unwrap_err();
+    assert!(future.to_string().contains("future revision"), "{future}");
+}
+
+#[tokio::test]
+async fn txn_compare_and_swap_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    client.put("lock", "free", None).await.unwrap();
+
+    let cas = |expect: &str, new: &str| {
+        Txn::new()
+            .when([Compare::value("lock", CompareOp::Equal, expect)])
+            .and_then([TxnOp::put("lock", new, None), TxnOp::get("lock", None)])
+            .or_else([TxnOp::get("lock", None)])
+    };
+    let won = client.txn(cas("free", "mine")).await.unwrap();
+    assert!(won.succeeded());
+    let lost = client.txn(cas("free", "theirs")).await.unwrap();
+    assert!(!lost.succeeded());
+    let value = client.get("lock", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value(), b"mine");
+
+    let created_if_absent = client
+        .txn(
+            Txn::new()
+                .when([Compare::version("new", CompareOp::Equal, 0)])
+                .and_then([TxnOp::put("new", "x", None)]),
+        )
+        .await
+        .unwrap();
+    assert!(created_if_absent.succeeded());
+
+    let revision = client
+        .get("lock", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    let compacted = client
+        .get("lock", Some(GetOptions::new().with_revision(1)))
+        .await
+        .unwrap_err();
+    assert!(compacted.to_string().contains("compacted"), "{compacted}");
+}
+
+#[tokio::test]
+async fn watch_replays_from_a_revision_then_streams_live_with_prev_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    client.put("/w/a", "1", None).await.unwrap();
+    client.put("/other", "x", None).await.unwrap();
+    client.put("/w/a", "2", None).await.unwrap();
+
+    let mut stream = client
+        .watch(
+            "/w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(1)
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut writer = etcd_client(&agent).await;
+    writer.put("/w/b", "3", None).await.unwrap();
+    writer.delete("/w/a", None).await.unwrap();
+
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let response = tokio::time::timeout(TIMEOUT, stream.message())
+            .await
+            .expect("events within the timeout")
+            .unwrap()
+            .expect("stream open");
+        for e in response.events() {
+            let kv = e.kv().unwrap();
+            events.push((
+                e.event_type(),
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+                e.prev_kv()
+                    .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+            ));
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            (EventType::Put, "/w/a".into(), 1, None),
+            (EventType::Put, "/w/a".into(), 3, Some("1".into())),
+            (EventType::Put, "/w/b".into(), 4, None),
+            (EventType::Delete, "/w/a".into(), 5, Some("2".into())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watching_a_compacted_revision_is_canceled_with_the_compact_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    for i in 0..5 {
+        client.put("k", i.to_string(), None).await.unwrap();
+    }
+    client.compact(4, None).await.unwrap();
+    let mut stream = client
+        .watch("k", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .unwrap();
+    let mut canceled = None;
+    while canceled.is_none() {
+        let response = tokio::time::timeout(TIMEOUT, stream.message())
+            .await
+            .expect("a response within the timeout")
+            .unwrap()
+            .expect("stream open");
+        if response.canceled() {
+            canceled = Some(response.compact_revision());
+        }
+    }
+    assert_eq!(canceled, Some(4));
+}
+
+#[tokio::test]
+async fn leases_keep_keys_alive_and_delete_them_when_they_expire_or_are_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+
+    let short = client.lease_grant(1, None).await.unwrap().id();
+    client
+        .put("ephemeral", "x", Some(PutOptions::new().with_lease(short)))
+        .await
+        .unwrap();
+    let kept = client.lease_grant(2, None).await.unwrap().id();
+    client
+        .put("kept", "x", Some(PutOptions::new().with_lease(kept)))
+        .await
+        .unwrap();
+    let (mut keeper, mut responses) = client.lease_keep_alive(kept).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        keeper.keep_alive().await.unwrap();
+        let renewed = responses.message().await.unwrap().unwrap();
+        assert_eq!(renewed.ttl(), 2);
+        let gone = client.get("ephemeral", None).await.unwrap().count() == 0;
+        if gone {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a 1s lease did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(client.get("kept", None).await.unwrap().count(), 1);
+    let ttl = client.lease_time_to_live(short, None).await.unwrap();
+    assert_eq!(ttl.ttl(), -1, "an expired lease reports TTL -1");
+
+    let leases = client.leases().await.unwrap();
+    assert_eq!(
+        leases.leases().iter().map(|l| l.id()).collect::<Vec<_>>(),
+        [kept]
+    );
+    client.lease_revoke(kept).await.unwrap();
+    assert_eq!(client.get("kept", None).await.unwrap().count(), 0);
+    let missing = client.lease_revoke(kept).await.unwrap_err();
+    assert!(missing.to_string().contains("lease not found"), "{missing}");
+}
+
+#[tokio::test]
+async fn history_lists_every_retained_revision_with_time_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    client.put("cfg", "one", None).await.unwrap();
+    client.put("other", "x", None).await.unwrap();
+    client.put("cfg", "three", None).await.unwrap();
+    client.delete("cfg", None).await.unwrap();
+
+    let mut edgeconf = EdgeconfClient::connect(agent.url()).await.unwrap();
+    let history = edgeconf
+        .history(HistoryRequest {
+            key: b"cfg".to_vec(),
+            with_values: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let summary: Vec<_> = history
+        .revisions
+        .iter()
+        .map(|r| {
+            (
+                r.revision,
+                r.version,
+                r.deleted,
+                r.value_size,
+                r.value.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, 1, false, 3, b"one".to_vec()),
+            (3, 2, false, 5, b"three".to_vec()),
+            (4, 0, true, 0, Vec::new()),
+        ]
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(history
+        .revisions
+        .iter()
+        .all(|r| (now_ms - r.time_unix_ms).abs() < 60_000));
+    assert_eq!(history.header.unwrap().revision, 4);
+}
+
+#[tokio::test]
+async fn status_reports_the_member_as_leader_with_revision_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    client.put("a", "1", None).await.unwrap();
+    let status = client.status().await.unwrap();
+    let header = status.header().unwrap();
+    assert_eq!(status.leader(), header.member_id());
+    assert_eq!(status.raft_term(), 1);
+    assert_eq!(header.revision(), 1);
+    assert!(status.db_size() > 0);
+    let members = client.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 1);
+    assert_eq!(members.members()[0].id(), header.member_id());
+}

@@ -1,0 +1,189 @@
+//! Helpers shared by the cross-process tests: real agents as child processes
+//! on loopback, and the real `edgeconf` binary as a client.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_edgeconf");
+
+/// How long an agent may take to start accepting clients.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stopping agent may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An agent process; killed when dropped, so no test leaves one behind.
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent with its data in `dir` on a free port.
+    pub fn start(dir: &Path) -> Agent {
+        Self::start_with(dir, free_port(), &[])
+    }
+
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Agent {
+        let data_dir = dir.join("data");
+        let log = dir.join(format!("agent-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn edgeconf agent");
+        let mut agent = Agent {
+            child: Some(child),
+            port,
+            data_dir,
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "agent exited during start-up with {status}:\n{}",
+                    self.log()
+                );
+            }
+            if self.log().contains("edgeconf agent ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent not ready within {START_TIMEOUT:?}:\n{}", self.log());
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns its success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `edgeconf --endpoints <agent> ARGS` to completion (bounded).
+pub fn edgeconf(agent: &Agent, args: &[&str]) -> Output {
+    run_with_timeout(
+        Command::new(BIN)
+            .arg("--endpoints")
+            .arg(agent.endpoint())
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
+/// Runs a command with no stdin and kills it if it outlives `timeout`.
+pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let pid = child.id();
+    let (done, waiter) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let output = child.wait_with_output().expect("wait for command");
+        let _ = done.send(());
+        output
+    });
+    if waiter.recv_timeout(timeout).is_err() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    handle.join().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+pub async fn etcd_client(agent: &Agent) -> etcd_client::Client {
+    etcd_client::Client::connect([agent.url()], None)
+        .await
+        .expect("connect to agent")
+}

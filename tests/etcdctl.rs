@@ -1,0 +1,138 @@
+//! Compatibility: Debian's `etcdctl` (package etcd-client, API v3) works
+//! unchanged against an agent. `./setup.sh` installs it.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{ok, run_with_timeout, stderr, stdout, Agent};
+
+fn etcdctl(agent: &Agent, args: &[&str]) -> Output {
+    run_with_timeout(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(agent.endpoint())
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
+fn require_etcdctl() {
+    let found = Command::new("etcdctl").arg("version").output().is_ok();
+    assert!(
+        found,
+        "etcdctl is not installed: run ./setup.sh (installs Debian's etcd-client)"
+    );
+}
+
+#[test]
+fn etcdctl_put_get_prefix_rev_json_and_del() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    assert_eq!(ok(etcdctl(&agent, &["put", "/app/a", "1"])), "OK\n");
+    ok(etcdctl(&agent, &["put", "/app/a", "2"]));
+    ok(etcdctl(&agent, &["put", "/app/b", "3"]));
+    assert_eq!(
+        ok(etcdctl(&agent, &["get", "/app/", "--prefix"])),
+        "/app/a\n2\n/app/b\n3\n"
+    );
+    assert_eq!(
+        ok(etcdctl(&agent, &["get", "/app/a", "--rev", "1"])),
+        "/app/a\n1\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(etcdctl(&agent, &["get", "/app/a", "-w", "json"]))).unwrap();
+    assert_eq!(json["kvs"][0]["version"], 2);
+    assert_eq!(json["kvs"][0]["value"], "Mg==");
+    assert_eq!(json["header"]["revision"], 3);
+    assert_eq!(ok(etcdctl(&agent, &["del", "/app/", "--prefix"])), "2\n");
+    assert_eq!(ok(etcdctl(&agent, &["get", "/app/", "--prefix"])), "");
+}
+
+#[test]
+fn etcdctl_watch_replays_from_a_revision() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    ok(etcdctl(&agent, &["put", "/w/a", "1"]));
+    ok(etcdctl(&agent, &["put", "/w/b", "2"]));
+    let endpoint = agent.endpoint();
+    let watcher = std::thread::spawn(move || {
+        run_with_timeout(
+            Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+                "--endpoints",
+                &endpoint,
+                "watch",
+                "--prefix",
+                "/w/",
+                "--rev",
+                "1",
+            ]),
+            Duration::from_secs(4),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(etcdctl(&agent, &["put", "/w/c", "3"]));
+    let output = watcher.join().unwrap();
+    assert_eq!(
+        stdout(&output),
+        "PUT\n/w/a\n1\nPUT\n/w/b\n2\nPUT\n/w/c\n3\n"
+    );
+}
+
+#[test]
+fn etcdctl_txn_lease_compaction_and_endpoint_status() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    ok(etcdctl(&agent, &["put", "flag", "on"]));
+
+    let mut txn = Command::new("etcdctl");
+    txn.env("ETCDCTL_API", "3")
+        .args(["--endpoints", &agent.endpoint(), "txn"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = txn.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"value(\"flag\") = \"on\"\n\nput result yes\n\nput result no\n\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&output), "SUCCESS\n\nOK\n");
+    assert_eq!(
+        ok(etcdctl(&agent, &["get", "result", "--print-value-only"])),
+        "yes\n"
+    );
+
+    let granted = ok(etcdctl(&agent, &["lease", "grant", "60"]));
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    ok(etcdctl(&agent, &["put", "leased", "v", "--lease", &id]));
+    let kept = ok(etcdctl(&agent, &["lease", "keep-alive", "--once", &id]));
+    assert!(kept.contains("keepalived with TTL(60)"), "{kept}");
+    ok(etcdctl(&agent, &["lease", "revoke", &id]));
+    assert_eq!(ok(etcdctl(&agent, &["get", "leased"])), "");
+
+    assert_eq!(
+        ok(etcdctl(&agent, &["compaction", "2"])),
+        "compacted revision 2\n"
+    );
+    let old = etcdctl(&agent, &["get", "flag", "--rev", "1"]);
+    assert!(!old.status.success());
+    assert!(
+        stderr(&old).contains("required revision has been compacted"),
+        "{}",
+        stderr(&old)
+    );
+
+    let status = ok(etcdctl(&agent, &["endpoint", "status", "-w", "json"]));
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let s = &json[0]["Status"];
+    assert_eq!(s["leader"], s["header"]["member_id"], "{status}");
+    assert_eq!(s["raftTerm"], 1, "{status}");
+}
