@@ -21,7 +21,7 @@ use etcd_client::proto::{
     PbWatchServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::consensus::{Node, ProposeError};
@@ -89,7 +89,8 @@ pub async fn serve(
         .add_service(pb::edgeconf_server::EdgeconfServer::new(
             edgeconf::EdgeconfService(context),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await

@@ -1,6 +1,7 @@
 //! The `edgeconf` command line. Every command except `agent` is a client of
 //! the API, with etcdctl's flags, output formats and exit codes.
 
+pub mod bench;
 mod client;
 mod kv;
 mod lease;
@@ -75,6 +76,8 @@ pub enum Command {
     Lease(lease::LeaseCommand),
     /// Show the status of each endpoint.
     Status,
+    /// Measure throughput and latency of a workload against the endpoints.
+    Bench(bench::BenchArgs),
 }
 
 /// `edgeconf agent`: the TOML file, and the same settings as flags, which
@@ -143,5 +146,6 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Compact(args) => kv::compact(&client, format, args).await,
         Command::Lease(command) => lease::run(&client, format, command).await,
         Command::Status => status::status(&client, format).await,
+        Command::Bench(args) => bench::bench(&client, format, args).await,
     }
 }

@@ -1,0 +1,144 @@
+//! `edgeconf bench`: a load generator over the etcd API, so the same figures
+//! can be taken against an agent, a cluster or a real etcd.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use etcd_client::GetOptions;
+use serde_json::json;
+
+use super::output::{print_json, Format};
+use super::Client;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Put random keys of the key space.
+    Put,
+    /// Get one random key of the key space.
+    Get,
+    /// Get a prefix holding 100 keys.
+    Prefix,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Distinct keys written (put) or read (get).
+    #[arg(long, default_value_t = 1_000)]
+    pub key_space: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub requests: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Report {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("bench/{i:08}")
+}
+
+/// Writes the keys the read workloads read (and the `bench/prefix/` range).
+pub async fn prepare(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<()> {
+    let mut client = etcd_client::Client::connect(endpoints, None).await?;
+    let value = vec![b'v'; args.value_size];
+    for i in 0..args.key_space {
+        client.put(key(i), value.clone(), None).await?;
+    }
+    for i in 0..100 {
+        client.put(format!("bench/prefix/{i:03}"), value.clone(), None).await?;
+    }
+    Ok(())
+}
+
+/// Runs the workload: `total` requests spread over `clients` connections.
+pub async fn run(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<Report> {
+    let clients = args.clients.max(1);
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(etcd_client::Client::connect(endpoints, None).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for (n, mut client) in connections.into_iter().enumerate() {
+        let args = args.clone();
+        let share = args.total / clients + usize::from(n < args.total % clients);
+        tasks.push(tokio::spawn(async move {
+            let value = vec![b'v'; args.value_size];
+            let mut latencies = Vec::with_capacity(share);
+            for _ in 0..share {
+                let i = rand::random_range(0..args.key_space.max(1));
+                let sent = Instant::now();
+                match args.workload {
+                    Workload::Put => client.put(key(i), value.clone(), None).await.map(|_| ())?,
+                    Workload::Get => client.get(key(i), None).await.map(|_| ())?,
+                    Workload::Prefix => client
+                        .get("bench/prefix/", Some(GetOptions::new().with_prefix()))
+                        .await
+                        .map(|_| ())?,
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, etcd_client::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Report {
+        requests: latencies.len(),
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+pub async fn bench(client: &Client, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload != Workload::Put {
+        prepare(&client.endpoints, &args).await?;
+    }
+    let report = run(&client.endpoints, &args).await?;
+    match format {
+        Format::Json => print_json(&json!({
+            "workload": format!("{:?}", args.workload).to_lowercase(),
+            "clients": args.clients,
+            "requests": report.requests,
+            "throughput": report.throughput(),
+            "p50_ms": report.p50.as_secs_f64() * 1e3,
+            "p99_ms": report.p99.as_secs_f64() * 1e3,
+        })),
+        _ => println!(
+            "{:?}: {} requests, {} clients: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            args.workload,
+            report.requests,
+            args.clients,
+            report.throughput(),
+            report.p50.as_secs_f64() * 1e3,
+            report.p99.as_secs_f64() * 1e3
+        ),
+    }
+    Ok(())
+}
