@@ -15,7 +15,11 @@ use edgeconf::cli::bench::{prepare, run, BenchArgs, Report, Workload};
 const ROUNDS: usize = 3;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A server process, killed on drop.
@@ -53,10 +57,19 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("etcd"))
             .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{port}")])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+            ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
             .args(["--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,7 +156,8 @@ fn main() {
         let mut throughputs = Vec::new();
         for server in &servers {
             if workload != Workload::Put {
-                rt.block_on(prepare(&[server.endpoint.clone()], &args)).unwrap();
+                rt.block_on(prepare(std::slice::from_ref(&server.endpoint), &args))
+                    .unwrap();
             }
             let (throughput, p50, p99) = measure(&rt, server, &args);
             throughputs.push(throughput);
@@ -158,6 +172,10 @@ fn main() {
     }
     println!();
     for server in &servers {
-        println!("{:>8}: RSS after load {:.1} MiB", server.name, server.rss_mib());
+        println!(
+            "{:>8}: RSS after load {:.1} MiB",
+            server.name,
+            server.rss_mib()
+        );
     }
 }

@@ -204,12 +204,10 @@ pub fn txn_to_pb(resp: TxnResponse, header: PbResponseHeader) -> PbTxnResponse {
         .into_iter()
         .map(|r| PbResponseOp {
             response: Some(match r {
-                TxnOpResponse::Range(r) => {
-                    PbTxnOpResponse::ResponseRange(range_to_pb(r, header.clone()))
-                }
-                TxnOpResponse::Put(p) => PbTxnOpResponse::ResponsePut(put_to_pb(p, header.clone())),
+                TxnOpResponse::Range(r) => PbTxnOpResponse::ResponseRange(range_to_pb(r, header)),
+                TxnOpResponse::Put(p) => PbTxnOpResponse::ResponsePut(put_to_pb(p, header)),
                 TxnOpResponse::DeleteRange(d) => {
-                    PbTxnOpResponse::ResponseDeleteRange(delete_to_pb(d, header.clone()))
+                    PbTxnOpResponse::ResponseDeleteRange(delete_to_pb(d, header))
                 }
             }),
         })

@@ -90,9 +90,12 @@ pub async fn serve(
             edgeconf::EdgeconfService(context),
         ))
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            },
+        )
         .await
 }
 

@@ -65,7 +65,9 @@ pub async fn prepare(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<(
         client.put(key(i), value.clone(), None).await?;
     }
     for i in 0..100 {
-        client.put(format!("bench/prefix/{i:03}"), value.clone(), None).await?;
+        client
+            .put(format!("bench/prefix/{i:03}"), value.clone(), None)
+            .await?;
     }
     Ok(())
 }

@@ -107,10 +107,8 @@ impl<'txn> Writer<'txn> {
         if req.key.is_empty() {
             return Err(StoreError::InvalidRequest("key is not provided".into()));
         }
-        if req.ignore_value || req.ignore_lease {
-            if self.current(&req.key)?.is_none() {
-                return Err(StoreError::KeyNotFound(lossy(&req.key)));
-            }
+        if (req.ignore_value || req.ignore_lease) && self.current(&req.key)?.is_none() {
+            return Err(StoreError::KeyNotFound(lossy(&req.key)));
         }
         if req.lease != 0 && !req.ignore_lease && self.leases.get(req.lease)?.is_none() {
             return Err(StoreError::LeaseNotFound(req.lease));
