@@ -44,6 +44,8 @@ impl Server {
             .arg(dir.join("edgeconf"))
             .arg("--listen-client-urls")
             .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("quic://127.0.0.1:{}", free_port()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

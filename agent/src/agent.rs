@@ -8,14 +8,16 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::api;
+use crate::config::ClusterState;
 use crate::config::Config;
-use crate::consensus::{Identity, Member, Node};
+use crate::consensus::{Identity, Member, Node, NodeSettings};
 use crate::store::{Store, StoreError};
+use crate::transport::NodeKey;
 
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the agent until SIGINT or SIGTERM. Returns the writer thread: join it
+/// Runs the agent until SIGINT or SIGTERM. Returns the raft thread: join it
 /// after the runtime is dropped, to close the store cleanly.
 pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -40,8 +42,25 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
-    let (node, writer) = Node::start(store.clone(), identity, member)?;
+    let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
+    let (node, raft_thread) = Node::start(
+        store.clone(),
+        &node_key,
+        NodeSettings {
+            data_dir: &config.data_dir,
+            identity,
+            member,
+            initial_cluster: &config.initial_cluster,
+            join_existing: config.initial_cluster_state == ClusterState::Existing,
+            listen_peer: config.listen_peer[0],
+            trusted_keys: &config.peer_keys,
+            heartbeat: config.heartbeat_interval,
+            election_ticks: (config.election_timeout.as_millis()
+                / config.heartbeat_interval.as_millis().max(1))
+                as usize,
+        },
+    )?;
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -57,11 +76,17 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
         let node = node.clone();
         tasks.spawn(async move { node.expire_leases(stopped).await });
     }
+    {
+        let node = node.clone();
+        tasks.spawn(async move { node.publish_self().await });
+    }
     tracing::info!(
         name = %config.name,
         member_id = format_args!("{:x}", identity.member_id),
         cluster_id = format_args!("{:x}", identity.cluster_id),
         clients = ?config.listen_client,
+        peers = ?config.listen_peer,
+        node_key = %node_key.public_key(),
         data_dir = %config.data_dir.display(),
         revision = store.revision(),
         "edgeconf agent ready"
@@ -77,7 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
     })
     .await;
     tasks.abort_all();
-    Ok(writer)
+    node.stop();
+    Ok(raft_thread)
 }
 
 /// The ids this member was born with; derived from the config only once.

@@ -3,7 +3,8 @@
 //! Layers, from the bottom up (see `docs/design.md`):
 //! - [`config`]: the TOML bootstrap file and flags;
 //! - [`store`]: MVCC key-value state on redb;
-//! - [`consensus`]: orders writes and applies them to the store;
+//! - [`consensus`]: orders writes with raft and applies them to the store;
+//! - [`transport`]: QUIC between members, mutual TLS with node keys;
 //! - [`api`]: the etcd v3 gRPC API and the Edgeconf service;
 //! - [`cli`]: the `edgeconf` command line, a client of the API.
 
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod store;
+pub mod transport;

@@ -48,6 +48,8 @@ impl Agent {
             .arg(&data_dir)
             .arg("--listen-client-urls")
             .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("quic://127.0.0.1:{}", free_port()))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -33,8 +33,12 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
-        // One member: every read is linearizable, `serializable` or not.
-        let req = range_from_pb(request.into_inner())?;
+        let request = request.into_inner();
+        if !request.serializable {
+            // Linearizable: first catch up with everything committed so far.
+            self.0.node.read_index().await.map_err(propose_status)?;
+        }
+        let req = range_from_pb(request)?;
         let (resp, revision) = self.0.node.store().range(&req).map_err(store_status)?;
         Ok(Response::new(range_to_pb(resp, self.0.header(revision))))
     }

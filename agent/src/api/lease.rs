@@ -62,19 +62,23 @@ impl PbLeaseService for LeaseService {
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let context = self.0.clone();
-        let responses = request.into_inner().map(move |req| {
-            let id = req?.id;
-            // A lease that is gone answers with TTL 0, as etcd does.
-            let ttl = context
-                .node
-                .lease_keep_alive(id)
-                .map_err(store_status)?
-                .unwrap_or(0);
-            Ok(PbLeaseKeepAliveResponse {
-                header: Some(context.current_header()),
-                id,
-                ttl,
-            })
+        let responses = request.into_inner().then(move |req| {
+            let context = context.clone();
+            async move {
+                let id = req?.id;
+                // A lease that is gone answers with TTL 0, as etcd does.
+                let ttl = context
+                    .node
+                    .lease_keep_alive(id)
+                    .await
+                    .map_err(propose_status)?
+                    .unwrap_or(0);
+                Ok(PbLeaseKeepAliveResponse {
+                    header: Some(context.current_header()),
+                    id,
+                    ttl,
+                })
+            }
         });
         Ok(Response::new(Box::pin(responses)))
     }

@@ -126,9 +126,9 @@ pub(crate) fn store_status(err: StoreError) -> Status {
 pub(crate) fn propose_status(err: ProposeError) -> Status {
     match err {
         ProposeError::Rejected(err) => store_status(err),
-        ProposeError::Failed(msg) => {
-            Status::unavailable(format!("etcdserver: write failed: {msg}"))
-        }
+        ProposeError::Failed(msg) => Status::failed_precondition(format!("etcdserver: {msg}")),
+        ProposeError::NoLeader => Status::unavailable("etcdserver: no leader"),
+        ProposeError::Timeout => Status::unavailable("etcdserver: request timed out"),
         ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
     }
 }

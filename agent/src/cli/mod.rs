@@ -112,6 +112,12 @@ pub struct AgentArgs {
     /// Log filter, e.g. info or edgeconf=debug.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Milliseconds between leader heartbeats.
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
+    /// Milliseconds without a leader before an election.
+    #[arg(long)]
+    pub election_timeout: Option<u64>,
 }
 
 impl AgentArgs {
@@ -127,6 +133,9 @@ impl AgentArgs {
             initial_cluster: self.initial_cluster.clone(),
             initial_cluster_state: self.initial_cluster_state,
             log_level: self.log_level.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            peer_trust: None,
         }
     }
 }

@@ -26,6 +26,19 @@ pub struct ConfigFile {
     pub initial_cluster_state: Option<ClusterState>,
     /// A tracing filter such as `info` or `edgeconf=debug`.
     pub log_level: Option<String>,
+    /// Milliseconds between leader heartbeats (raft's tick).
+    pub heartbeat_interval: Option<u64>,
+    /// Milliseconds without a leader before a follower campaigns.
+    pub election_timeout: Option<u64>,
+    pub peer_trust: Option<PeerTrust>,
+}
+
+/// Which peers may connect: their node keys, as `edgeconf node-key` prints.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTrust {
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -49,6 +62,10 @@ pub struct Config {
     pub initial_cluster: Vec<(String, String)>,
     pub initial_cluster_state: ClusterState,
     pub log_level: String,
+    pub heartbeat_interval: std::time::Duration,
+    pub election_timeout: std::time::Duration,
+    /// Raw ed25519 keys of the peers admitted.
+    pub peer_keys: Vec<[u8; 32]>,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -58,10 +75,10 @@ pub const DEFAULT_PEER_URL: &str = "quic://127.0.0.1:2380";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid config file {path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -132,6 +149,9 @@ impl ConfigFile {
                 .initial_cluster_state
                 .or(self.initial_cluster_state),
             log_level: overrides.log_level.or(self.log_level),
+            heartbeat_interval: overrides.heartbeat_interval.or(self.heartbeat_interval),
+            election_timeout: overrides.election_timeout.or(self.election_timeout),
+            peer_trust: overrides.peer_trust.or(self.peer_trust),
         }
     }
 }
@@ -143,9 +163,9 @@ impl Config {
         let Some(path) = path else {
             return Self::check(overrides, &Origin { file: None });
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let file = ConfigFile::parse(path, &text)?;
         Self::check(
@@ -232,6 +252,35 @@ impl Config {
             ));
         }
 
+        let heartbeat = file.heartbeat_interval.unwrap_or(100);
+        if !(10..=10_000).contains(&heartbeat) {
+            return Err(origin.invalid(
+                "heartbeat_interval",
+                format!("is {heartbeat}: expected milliseconds between 10 and 10000"),
+            ));
+        }
+        let election = file.election_timeout.unwrap_or(1000);
+        if election < 5 * heartbeat || election > 60_000 {
+            return Err(origin.invalid(
+                "election_timeout",
+                format!(
+                    "is {election}: expected milliseconds, at least 5 x heartbeat_interval ({}) and at most 60000",
+                    5 * heartbeat
+                ),
+            ));
+        }
+        let peer_keys = file
+            .peer_trust
+            .unwrap_or_default()
+            .keys
+            .iter()
+            .map(|key| {
+                crate::transport::tls::parse_key(key).map_err(|problem| {
+                    origin.invalid("keys", format!("in [peer_trust]: {problem}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Config {
             name,
             data_dir,
@@ -242,6 +291,9 @@ impl Config {
             initial_cluster,
             initial_cluster_state: file.initial_cluster_state.unwrap_or_default(),
             log_level,
+            heartbeat_interval: std::time::Duration::from_millis(heartbeat),
+            election_timeout: std::time::Duration::from_millis(election),
+            peer_keys,
         })
     }
 

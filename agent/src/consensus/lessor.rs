@@ -1,14 +1,16 @@
 //! Lease deadlines and expiry.
 //!
 //! The store keeps each lease's TTL and keys; deadlines live only in memory,
-//! as in etcd: after a restart every lease gets its full TTL again, so a
-//! restart never expires a lease early.
+//! on every member, moved by applied grants, keep-alives and revokes. Only
+//! the leader revokes expired leases. A member that becomes leader gives
+//! every lease a full TTL again (as etcd does), so neither a restart nor a
+//! leader change expires a lease early.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::store::{Applied, Command, Store, StoreError};
+use crate::store::{Applied, Command, CommandResponse, Store, StoreError};
 
 use super::{Node, ProposeError};
 
@@ -35,38 +37,62 @@ pub struct LeaseStatus {
 
 impl Lessor {
     pub(super) fn recover(store: &Store) -> Result<Self, StoreError> {
-        let now = Instant::now();
-        let deadlines = store
-            .leases()?
-            .into_iter()
-            .map(|(id, ttl)| (id, now + ttl_duration(ttl)))
-            .collect();
-        Ok(Self {
-            deadlines: Mutex::new(deadlines),
-        })
+        let lessor = Self {
+            deadlines: Mutex::new(HashMap::new()),
+        };
+        lessor.promote(store);
+        Ok(lessor)
     }
 
     fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
         self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn renew(&self, id: i64, ttl: i64) {
+    /// Gives every stored lease a full TTL from now.
+    pub(crate) fn promote(&self, store: &Store) {
+        let leases = match store.leases() {
+            Ok(leases) => leases,
+            Err(err) => {
+                tracing::error!(error = %err, "reading leases");
+                return;
+            }
+        };
+        let now = Instant::now();
+        *self.deadlines() = leases
+            .into_iter()
+            .map(|(id, ttl)| (id, now + ttl_duration(ttl)))
+            .collect();
+    }
+
+    pub(crate) fn renew(&self, id: i64, ttl: i64) {
         self.deadlines()
             .insert(id, Instant::now() + ttl_duration(ttl));
     }
 
-    fn take_expired(&self) -> Vec<i64> {
+    pub(crate) fn forget(&self, id: i64) {
+        self.deadlines().remove(&id);
+    }
+
+    /// Follows an applied command on this member.
+    pub(crate) fn on_applied(&self, command: &Command, response: &CommandResponse) {
+        match (command, response) {
+            (Command::LeaseGrant { id, ttl }, _) => self.renew(*id, *ttl),
+            (
+                Command::LeaseKeepAlive { id },
+                CommandResponse::LeaseKeepAlive { ttl: Some(ttl) },
+            ) => self.renew(*id, *ttl),
+            (Command::LeaseRevoke { id }, _) => self.forget(*id),
+            _ => {}
+        }
+    }
+
+    fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
-        let mut deadlines = self.deadlines();
-        let expired: Vec<i64> = deadlines
+        self.deadlines()
             .iter()
             .filter(|(_, deadline)| **deadline <= now)
             .map(|(id, _)| *id)
-            .collect();
-        for id in &expired {
-            deadlines.remove(id);
-        }
-        expired
+            .collect()
     }
 }
 
@@ -84,9 +110,7 @@ impl Node {
             .into());
         }
         let id = if id != 0 { id } else { self.unused_lease_id()? };
-        let applied = self.propose(Command::LeaseGrant { id, ttl }).await?;
-        self.lessor.renew(id, ttl);
-        Ok(applied)
+        self.propose(Command::LeaseGrant { id, ttl }).await
     }
 
     fn unused_lease_id(&self) -> Result<i64, StoreError> {
@@ -99,18 +123,19 @@ impl Node {
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<Applied, ProposeError> {
-        let applied = self.propose(Command::LeaseRevoke { id }).await?;
-        self.lessor.deadlines().remove(&id);
-        Ok(applied)
+        self.propose(Command::LeaseRevoke { id }).await
     }
 
-    /// Resets a lease's deadline; returns its TTL, or `None` if it is gone.
-    pub fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, StoreError> {
-        let Some(lease) = self.store().lease(id)? else {
-            return Ok(None);
-        };
-        self.lessor.renew(id, lease.ttl);
-        Ok(Some(lease.ttl))
+    /// Renews a lease on every member; returns its TTL, or `None` if it is
+    /// gone.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, ProposeError> {
+        let applied = self.propose(Command::LeaseKeepAlive { id }).await?;
+        match applied.response {
+            CommandResponse::LeaseKeepAlive { ttl } => Ok(ttl),
+            other => Err(ProposeError::Failed(format!(
+                "unexpected response to a keep-alive: {other:?}"
+            ))),
+        }
     }
 
     pub fn lease_status(&self, id: i64) -> Result<Option<LeaseStatus>, StoreError> {
@@ -131,7 +156,7 @@ impl Node {
         }))
     }
 
-    /// Revokes leases whose deadline passed, until the node shuts down.
+    /// On the leader, revokes leases whose deadline passed, until shutdown.
     pub async fn expire_leases(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,13 +165,18 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            for id in self.lessor.take_expired() {
+            if !self.is_leader() {
+                continue;
+            }
+            for id in self.lessor.expired() {
                 match self.propose(Command::LeaseRevoke { id }).await {
                     Ok(_) => tracing::info!(
                         lease = format_args!("{id:x}"),
                         "lease expired and was revoked"
                     ),
-                    Err(ProposeError::Rejected(StoreError::LeaseNotFound(_))) => {}
+                    Err(ProposeError::Rejected(StoreError::LeaseNotFound(_))) => {
+                        self.lessor.forget(id)
+                    }
                     Err(ProposeError::Stopped) => return,
                     Err(err) => {
                         tracing::warn!(lease = format_args!("{id:x}"), error = %err, "revoking an expired lease failed; retrying");

@@ -1,41 +1,66 @@
-//! Orders writes and applies them to the store.
+//! Orders writes with raft and applies them to the store.
 //!
-//! Today the group has one member: a proposal is ordered by arrival and
-//! applied at once. Raft replaces the inside of this module (replicate, then
-//! apply what is committed), not its interface: callers propose commands and
-//! get their outcome once it is durable.
+//! A raft group (tikv's raft-rs, driven by hand in [`raft_loop`]) replicates
+//! commands; every member applies committed commands to its own store in log
+//! order. Callers propose commands and get their outcome once applied on
+//! this member; a follower's proposals travel to the leader inside raft.
+//! Linearizable reads wait for a ReadIndex round.
 //!
-//! One thread owns writing: it drains every queued proposal into one redb
-//! transaction (group commit), so concurrent writers share an fsync.
+//! This layer never serves clients and never decides what a command means:
+//! that is the API's and the store's job.
 
 mod lessor;
+mod log;
+mod raft_loop;
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+use raft::RawNode;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::store::{Applied, Command, Proposal, Store, StoreError};
+use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store, StoreError};
+use crate::transport::{Delivery, NodeKey, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
+pub use raft_loop::RaftStatus;
+use raft_loop::{Body, Input, RaftLoop};
 
-/// Most proposals applied in one write transaction.
-const MAX_BATCH: usize = 512;
-/// Proposals waiting for the writer before callers wait for room.
-const QUEUE_DEPTH: usize = 4096;
+/// How long a client waits for its write or read to be applied.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// The store refused the command; nothing changed.
     #[error(transparent)]
     Rejected(#[from] StoreError),
-    /// The write could not be made durable; nothing changed.
     #[error("write failed: {0}")]
     Failed(String),
+    #[error("no leader: the cluster is electing one or has lost its quorum; retry shortly")]
+    NoLeader,
+    #[error(
+        "request timed out (leader change or lost quorum); it may or may not have been applied"
+    )]
+    Timeout,
     #[error("the agent is shutting down")]
     Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("raft log: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 /// Who this member is and which cluster it belongs to.
@@ -45,11 +70,17 @@ pub struct Identity {
     pub member_id: u64,
 }
 
+/// A member's raft id, from its name and first peer URL (as `member add`
+/// computes it for a newcomer).
+pub fn member_id(name: &str, peer_url: &str) -> u64 {
+    // Zero is not a valid raft id.
+    hash64(&[name.as_bytes(), peer_url.as_bytes()]).max(1)
+}
+
 impl Identity {
-    /// Derives ids the way etcd does, from names and peer URLs, so that every
-    /// member of a new cluster computes the same cluster id.
+    /// Derives ids from names and peer URLs, so that every member of a new
+    /// cluster computes the same cluster id.
     pub fn derive(name: &str, initial_cluster: &[(String, String)]) -> Self {
-        let member_id = |name: &str, url: &str| hash64(&[name.as_bytes(), url.as_bytes()]);
         let mut ids: Vec<u64> = initial_cluster
             .iter()
             .map(|(n, u)| member_id(n, u))
@@ -87,42 +118,125 @@ pub struct Member {
     pub client_urls: Vec<String>,
 }
 
-struct Pending {
-    proposal: Proposal,
-    reply: oneshot::Sender<Result<Applied, ProposeError>>,
+/// Everything needed to start the raft member.
+pub struct NodeSettings<'a> {
+    pub data_dir: &'a Path,
+    pub identity: Identity,
+    pub member: Member,
+    /// `(name, peer url)` of the initial members.
+    pub initial_cluster: &'a [(String, String)],
+    /// Join an existing cluster rather than form a new one.
+    pub join_existing: bool,
+    pub listen_peer: SocketAddr,
+    pub trusted_keys: &'a [[u8; 32]],
+    pub heartbeat: Duration,
+    pub election_ticks: usize,
 }
 
 pub struct Node {
     store: Arc<Store>,
     identity: Identity,
     member: Member,
-    proposals: mpsc::Sender<Pending>,
-    pub lessor: Lessor,
+    inputs: Sender<Input>,
+    status: Arc<RaftStatus>,
+    transport: Arc<Transport>,
+    pub lessor: Arc<Lessor>,
 }
 
 impl Node {
-    /// Starts the writer thread. It ends once the node is dropped and every
-    /// queued proposal is applied; join the handle to wait for that.
+    /// Opens the raft log, joins the peer network and starts the raft thread.
+    /// Join the returned handle after [`Node::stop`] to close cleanly.
     pub fn start(
         store: Arc<Store>,
-        identity: Identity,
-        member: Member,
-    ) -> Result<(Arc<Node>, JoinHandle<()>), StoreError> {
-        let (proposals, queue) = mpsc::channel(QUEUE_DEPTH);
-        let writer_store = store.clone();
-        let writer = std::thread::Builder::new()
-            .name("edgeconf-writer".into())
-            .spawn(move || run_writer(&writer_store, queue))
-            .expect("spawning the writer thread");
-        let lessor = Lessor::recover(&store)?;
+        node_key: &NodeKey,
+        settings: NodeSettings,
+    ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
+        let mut log = log::RaftLog::open(&settings.data_dir.join("raft.redb"), store.clone())?;
+        if store.members()?.is_empty() {
+            // First start: the config says who the initial members are.
+            for (name, url) in settings.initial_cluster {
+                let id = member_id(name, url);
+                let me = id == settings.identity.member_id;
+                let record = MemberRecord {
+                    name: name.clone(),
+                    peer_urls: vec![url.clone()],
+                    client_urls: if me {
+                        settings.member.client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    is_learner: false,
+                };
+                store.apply_member_change(&MemberChange::Upsert { id, record }, 0)?;
+            }
+        }
+        if log.is_blank() && !settings.join_existing {
+            let voters: Vec<u64> = settings
+                .initial_cluster
+                .iter()
+                .map(|(name, url)| member_id(name, url))
+                .collect();
+            log.set_conf_state(ConfState::from((voters, Vec::<u64>::new())))?;
+        }
+        let applied = store.applied_index()?;
+        let sole_voter = log.conf_state().voters == [settings.identity.member_id];
+        let config = raft::Config {
+            id: settings.identity.member_id,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..raft::Config::default()
+        };
+        config.validate()?;
+        let mut raw = RawNode::new(&config, log, &raft_logger())?;
+        if sole_voter {
+            // Nobody to wait for: lead at once.
+            raw.campaign()?;
+        }
+
+        let (inputs, queue) = std::sync::mpsc::channel();
+        let sink_inputs = inputs.clone();
+        let sink: crate::transport::Sink = Arc::new(move |delivery: Delivery| {
+            let _ = sink_inputs.send(Input::Delivery(delivery));
+        });
+        let transport =
+            Transport::start(settings.listen_peer, node_key, settings.trusted_keys, sink)?;
+        let status = Arc::new(RaftStatus::default());
+        let lessor = Arc::new(Lessor::recover(&store)?);
+        let raft_loop = RaftLoop::new(
+            raw,
+            store.clone(),
+            transport.clone(),
+            status.clone(),
+            lessor.clone(),
+            settings.heartbeat,
+            applied,
+        );
+        raft_loop.update_peers();
+        let thread = std::thread::Builder::new()
+            .name("edgeconf-raft".into())
+            .spawn(move || raft_loop.run(queue))
+            .expect("spawning the raft thread");
         let node = Arc::new(Node {
             store,
-            identity,
-            member,
-            proposals,
+            identity: settings.identity,
+            member: settings.member,
+            inputs,
+            status,
+            transport,
             lessor,
         });
-        Ok((node, writer))
+        Ok((node, thread))
+    }
+
+    /// Stops the raft thread (after a final store sync) and the transport.
+    pub fn stop(&self) {
+        let _ = self.inputs.send(Input::Stop);
+        self.transport.close();
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -137,23 +251,186 @@ impl Node {
         &self.member
     }
 
-    /// The raft term; 1 until the group is replicated.
     pub fn term(&self) -> u64 {
-        1
+        self.status.term.load(Ordering::SeqCst)
     }
 
-    /// Proposes a command and waits until it is applied and durable.
-    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+    /// The current leader's id, 0 when none is known.
+    pub fn leader(&self) -> u64 {
+        self.status.leader.load(Ordering::SeqCst)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.status.is_leader.load(Ordering::SeqCst)
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.status.commit.load(Ordering::SeqCst)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.status.applied.load(Ordering::SeqCst)
+    }
+
+    async fn ask<T>(
+        &self,
+        input: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Input,
+    ) -> Result<T, ProposeError> {
         let (reply, outcome) = oneshot::channel();
+        self.inputs
+            .send(input(reply))
+            .map_err(|_| ProposeError::Stopped)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout),
+        }
+    }
+
+    /// Proposes a command and waits until this member has applied it.
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let proposal = Proposal {
             command,
             time_unix_ms: now_unix_ms(),
         };
-        self.proposals
-            .send(Pending { proposal, reply })
+        self.ask(|reply| Input::Propose {
+            body: Body::Command(proposal),
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until this member has applied everything committed when the
+    /// call began: a read after it is linearizable.
+    pub async fn read_index(&self) -> Result<(), ProposeError> {
+        self.ask(|reply| Input::ReadIndex { reply }).await
+    }
+
+    /// Members with their records, as replicated.
+    pub fn members(&self) -> Result<Vec<(u64, MemberRecord)>, StoreError> {
+        self.store.members()
+    }
+
+    /// Adds a member (as a learner or a voter) that will start with
+    /// `initial_cluster_state = "existing"`.
+    pub async fn add_member(
+        &self,
+        name: &str,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<u64, ProposeError> {
+        let url = peer_urls
+            .first()
+            .ok_or_else(|| ProposeError::Failed("a member needs at least one peer URL".into()))?;
+        let id = member_id(name, url);
+        if self.members()?.iter().any(|(known, _)| *known == id) {
+            return Err(ProposeError::Failed(format!(
+                "member {name} ({id:x}) already exists"
+            )));
+        }
+        let record = MemberRecord {
+            name: name.to_string(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner,
+        };
+        let kind = if is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        self.change_membership(kind, id, MemberChange::Upsert { id, record })
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {
+        self.known_member(id)?;
+        self.change_membership(ConfChangeType::RemoveNode, id, MemberChange::Remove { id })
             .await
-            .map_err(|_| ProposeError::Stopped)?;
-        outcome.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    pub async fn promote_member(&self, id: u64) -> Result<(), ProposeError> {
+        let mut record = self.known_member(id)?;
+        if !record.is_learner {
+            return Err(ProposeError::Failed(format!(
+                "member {id:x} is not a learner"
+            )));
+        }
+        record.is_learner = false;
+        self.change_membership(
+            ConfChangeType::AddNode,
+            id,
+            MemberChange::Upsert { id, record },
+        )
+        .await
+    }
+
+    fn known_member(&self, id: u64) -> Result<MemberRecord, ProposeError> {
+        self.members()?
+            .into_iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, record)| record)
+            .ok_or_else(|| ProposeError::Failed(format!("member {id:x} not found in the cluster")))
+    }
+
+    async fn change_membership(
+        &self,
+        kind: ConfChangeType,
+        id: u64,
+        member: MemberChange,
+    ) -> Result<(), ProposeError> {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        self.ask(|reply| Input::ConfChange {
+            change,
+            member,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Publishes this member's name and client URLs once a leader is known,
+    /// if the replicated record lacks them (a member added by `member add`
+    /// only has its peer URLs).
+    pub async fn publish_self(&self) {
+        loop {
+            let id = self.identity.member_id;
+            let current = self
+                .members()
+                .ok()
+                .and_then(|members| members.into_iter().find(|(known, _)| *known == id));
+            let Some((_, record)) = current else {
+                // Not (yet) a member: wait for the snapshot or the add.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            if record.name == self.member.name && record.client_urls == self.member.client_urls {
+                return;
+            }
+            if self.leader() != 0 {
+                let record = MemberRecord {
+                    name: self.member.name.clone(),
+                    client_urls: self.member.client_urls.clone(),
+                    ..record
+                };
+                let change = MemberChange::Upsert { id, record };
+                let published = self
+                    .ask(|reply| Input::Propose {
+                        body: Body::Member(change),
+                        reply,
+                    })
+                    .await;
+                if published.is_ok() {
+                    continue;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
@@ -164,30 +441,26 @@ pub fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn run_writer(store: &Store, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
+/// raft-rs logs through slog; send its records to tracing.
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
             }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
         }
-        let (proposals, replies): (Vec<Proposal>, Vec<_>) =
-            batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
-        match store.apply_batch(&proposals) {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // The caller may have gone away; the write stands.
-                    let _ = reply.send(outcome.map_err(ProposeError::from));
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, proposals = proposals.len(), "write transaction failed");
-                for reply in replies {
-                    let _ = reply.send(Err(ProposeError::Failed(err.to_string())));
-                }
-            }
-        }
+        Ok(())
     }
 }

@@ -10,7 +10,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
-    Record, CHANGES, KV, LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_REVISION,
+    Record, CHANGES, KV, LEASES, LEASE_KEYS, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
+    META_REVISION,
 };
 use super::types::{
     Applied, Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
@@ -56,8 +57,10 @@ impl<'txn> Writer<'txn> {
         })
     }
 
-    /// Records the revision counters; call once before committing.
-    pub fn finish(&mut self) -> Result<()> {
+    /// Records the revision counters and the raft index applied; call once
+    /// before committing.
+    pub fn finish(&mut self, applied_index: u64) -> Result<()> {
+        self.meta.insert(META_APPLIED_INDEX, applied_index)?;
         self.meta.insert(META_REVISION, self.revision as u64)?;
         self.meta
             .insert(META_COMPACT_REVISION, self.compact_revision as u64)?;
@@ -89,6 +92,9 @@ impl<'txn> Writer<'txn> {
                 self.lease_revoke(*id, &mut at)?;
                 CommandResponse::LeaseRevoke
             }
+            Command::LeaseKeepAlive { id } => CommandResponse::LeaseKeepAlive {
+                ttl: self.leases.get(*id)?.map(|ttl| ttl.value()),
+            },
         };
         if at.sub > 0 {
             self.revision = at.main;

@@ -7,7 +7,9 @@
 //! and acceptance belong to the consensus layer above it.
 
 mod apply;
+mod members;
 mod read;
+mod snapshot;
 mod tables;
 mod types;
 mod watch;
@@ -22,10 +24,14 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::broadcast;
 
+pub use members::{MemberChange, MemberRecord};
 pub use types::*;
 pub use watch::{Committed, Watcher};
 
-use tables::{CHANGES, KV, LEASES, LEASE_KEYS, META, META_COMPACT_REVISION, META_REVISION};
+use tables::{
+    CHANGES, KV, LEASES, LEASE_KEYS, MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
+    META_REVISION,
+};
 
 /// A lease as the store knows it: its TTL and the keys bound to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +64,7 @@ impl Store {
             txn.open_table(CHANGES)?;
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_KEYS)?;
+            txn.open_table(MEMBERS)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -177,13 +184,41 @@ impl Store {
         Ok(all)
     }
 
-    /// Applies proposals in order, in one write transaction with one fsync,
-    /// and returns each one's outcome once that transaction is durable.
+    /// The last raft index applied.
+    pub fn applied_index(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get(META_APPLIED_INDEX)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Makes every earlier commit durable (one fsync).
+    pub fn sync(&self) -> Result<()> {
+        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.db.begin_write()?.commit()?;
+        Ok(())
+    }
+
+    /// Applies proposals in order, in one write transaction, and records
+    /// `applied_index` (the raft index of the last one) with them.
+    /// With `durable`, the transaction is fsynced before returning; without,
+    /// it is visible at once and reaches disk with the next durable commit
+    /// (the raft log holds the entries until then).
     /// A request error fails only its own proposal; a storage error fails
     /// the whole batch and leaves the store as it was.
-    pub fn apply_batch(&self, proposals: &[Proposal]) -> Result<Vec<Result<Applied>>> {
+    pub fn apply_batch(
+        &self,
+        proposals: &[Proposal],
+        applied_index: u64,
+        durable: bool,
+    ) -> Result<Vec<Result<Applied>>> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
         let (outcomes, committed) = {
             let mut writer = apply::Writer::open(&txn)?;
             let mut outcomes = Vec::with_capacity(proposals.len());
@@ -193,7 +228,7 @@ impl Store {
                     outcome => outcomes.push(outcome),
                 }
             }
-            writer.finish()?;
+            writer.finish(applied_index)?;
             let committed = Committed {
                 revision: writer.revision,
                 events: std::mem::take(&mut writer.events),
@@ -207,9 +242,10 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Applies one proposal on its own (tests, tools).
+    /// Applies one proposal on its own, durably (tests, tools).
     pub fn apply(&self, proposal: Proposal) -> Result<Applied> {
-        self.apply_batch(std::slice::from_ref(&proposal))?
+        let next_index = self.applied_index()? + 1;
+        self.apply_batch(std::slice::from_ref(&proposal), next_index, true)?
             .pop()
             .expect("one outcome per proposal")
     }

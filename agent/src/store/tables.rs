@@ -19,11 +19,16 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 /// Keys attached to a lease: `(lease id, key) -> ()`.
 pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
+/// Member records: `raft id -> postcard MemberRecord`.
+pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+
 /// Scalars: see the `META_*` names.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
+/// The last raft log index applied to this state.
+pub(crate) const META_APPLIED_INDEX: &str = "applied_index";
 
 /// One version of a key as stored in [`KV`]; the key and `mod_revision` are
 /// the row's key.

@@ -505,8 +505,27 @@ fn batches_apply_in_order_and_a_bad_command_fails_alone() {
         time_unix_ms: 0,
     })
     .collect();
-    let outcomes = store.apply_batch(&proposals).unwrap();
+    let outcomes = store.apply_batch(&proposals, 1, true).unwrap();
     assert_eq!(outcomes[0].as_ref().unwrap().revision, 1);
     assert!(matches!(outcomes[1], Err(StoreError::LeaseNotFound(9))));
     assert_eq!(outcomes[2].as_ref().unwrap().revision, 2);
+}
+
+#[test]
+fn a_snapshot_restores_history_leases_and_the_applied_index_elsewhere() {
+    let (_dir, source) = open();
+    put(&source, "a", "1");
+    put(&source, "a", "2");
+    run(&source, Command::LeaseGrant { id: 5, ttl: 9 }).unwrap();
+    let (applied, data) = source.snapshot_data().unwrap();
+    assert_eq!(applied, 3);
+
+    let (_dir2, target) = open();
+    put(&target, "stale", "x");
+    assert_eq!(target.restore_snapshot(&data).unwrap(), 3);
+    assert_eq!(target.revision(), 2);
+    assert_eq!(target.applied_index().unwrap(), 3);
+    assert!(get_at(&target, "stale", 0).is_none());
+    assert_eq!(get_at(&target, "a", 1).unwrap().value, b"1");
+    assert_eq!(target.leases().unwrap(), [(5, 9)]);
 }

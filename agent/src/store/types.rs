@@ -266,9 +266,21 @@ pub enum Command {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
-    Compact { revision: i64 },
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Renews a lease; changes nothing stored, but every member applies it
+    /// in order, so all agree the lease is alive.
+    LeaseKeepAlive {
+        id: i64,
+    },
 }
 
 /// A command together with the facts the proposer fixed for it, so that
@@ -285,8 +297,15 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     LeaseRevoke,
+    /// The lease's TTL, or `None` when it no longer exists.
+    LeaseKeepAlive {
+        ttl: Option<i64>,
+    },
 }
 
 /// The outcome of one applied command and the store revision after it.
@@ -363,7 +382,8 @@ storage_error_from!(
     redb::TableError,
     redb::TransactionError,
     redb::CommitError,
-    redb::DatabaseError
+    redb::DatabaseError,
+    redb::SetDurabilityError
 );
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

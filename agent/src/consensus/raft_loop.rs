@@ -1,0 +1,533 @@
+//! The thread that owns the raft `RawNode`.
+//!
+//! Everything that touches raft state happens here, in one fixed order per
+//! round (as in raft-rs's `five_mem_node` example):
+//! 1. take inputs (proposals, reads, peer messages) and tick on time;
+//! 2. `ready()`: send messages, install a snapshot, apply committed entries,
+//!    persist new entries and the hard state (fsync), send the messages that
+//!    had to wait for persistence, answer reads;
+//! 3. `advance()`: record the commit index, send, apply, `advance_apply()`.
+//!
+//! Applied entries reach the store without an fsync: the raft log already
+//! holds them durably. Every so often the store is synced, and only then is
+//! the log compacted up to what the store durably has.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::log::RaftLog;
+use super::{Lessor, ProposeError};
+use crate::store::{Applied, CommandResponse, MemberChange, Proposal, Store};
+use crate::transport::{Delivery, Transport};
+
+/// Apply this many entries without an fsync before syncing the store.
+const SYNC_EVERY_ENTRIES: u64 = 5_000;
+/// Or sync after this long with unsynced entries.
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// Entries kept in the log below the durable applied index, so a follower
+/// that is briefly behind catches up from the log instead of a snapshot.
+const LOG_RETAIN: u64 = 2_000;
+
+/// What reaches the raft thread.
+pub(crate) enum Input {
+    Propose {
+        body: Body,
+        reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    },
+    ConfChange {
+        change: ConfChangeV2,
+        member: MemberChange,
+        reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    Delivery(Delivery),
+    Stop,
+}
+
+/// The payload of a normal log entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Body {
+    Command(Proposal),
+    /// A member's own record (name, URLs) changed.
+    Member(MemberChange),
+}
+
+/// Who proposed an entry, so that member can answer its client.
+#[derive(Debug, Serialize, Deserialize)]
+struct Origin {
+    node: u64,
+    seq: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryData {
+    origin: Origin,
+    body: Body,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ConfContext {
+    origin: Origin,
+    member: MemberChange,
+}
+
+/// Raft facts the rest of the agent reads without asking the thread.
+#[derive(Default)]
+pub struct RaftStatus {
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub is_leader: AtomicBool,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
+type ReadReply = oneshot::Sender<Result<(), ProposeError>>;
+
+pub(crate) struct RaftLoop {
+    pub raw: RawNode<RaftLog>,
+    pub id: u64,
+    pub store: Arc<Store>,
+    pub transport: Arc<Transport>,
+    pub status: Arc<RaftStatus>,
+    pub lessor: Arc<Lessor>,
+    pub tick: Duration,
+    next_seq: u64,
+    pending: HashMap<u64, Reply>,
+    /// ReadIndex rounds in flight: context -> (when sent, waiting readers).
+    reads_sent: HashMap<Vec<u8>, (Instant, Vec<ReadReply>)>,
+    reads_waiting: Vec<(u64, ReadReply)>,
+    applied: u64,
+    durable_applied: u64,
+    last_sync: Instant,
+}
+
+impl RaftLoop {
+    pub fn new(
+        raw: RawNode<RaftLog>,
+        store: Arc<Store>,
+        transport: Arc<Transport>,
+        status: Arc<RaftStatus>,
+        lessor: Arc<Lessor>,
+        tick: Duration,
+        applied: u64,
+    ) -> Self {
+        let id = raw.raft.id;
+        Self {
+            raw,
+            id,
+            store,
+            transport,
+            status,
+            lessor,
+            tick,
+            next_seq: 1,
+            pending: HashMap::new(),
+            reads_sent: HashMap::new(),
+            reads_waiting: Vec::new(),
+            applied,
+            durable_applied: applied,
+            last_sync: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self, inputs: Receiver<Input>) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut reads = Vec::new();
+            match inputs.recv_timeout(wait) {
+                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(input) => self.handle(input, &mut reads),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Take everything already queued, so one round serves many.
+            while let Ok(input) = inputs.try_recv() {
+                if matches!(input, Input::Stop) {
+                    return self.stop();
+                }
+                self.handle(input, &mut reads);
+            }
+            if !reads.is_empty() {
+                // One ReadIndex round serves every read queued meanwhile.
+                let ctx = self.next_seq.to_be_bytes().to_vec();
+                self.next_seq += 1;
+                self.raw.read_index(ctx.clone());
+                self.reads_sent.insert(ctx, (Instant::now(), reads));
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + self.tick;
+                self.retry_reads();
+            }
+            if let Err(err) = self.on_ready() {
+                tracing::error!(error = %err, "raft round failed; stopping consensus");
+                break;
+            }
+            self.publish_status();
+        }
+        self.stop();
+    }
+
+    fn stop(mut self) {
+        if let Err(err) = self.store.sync() {
+            tracing::error!(error = %err, "final store sync failed");
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
+    }
+
+    fn handle(&mut self, input: Input, reads: &mut Vec<ReadReply>) {
+        match input {
+            Input::Propose { body, reply } => {
+                let seq = self.take_seq();
+                let data = EntryData {
+                    origin: Origin { node: self.id, seq },
+                    body,
+                };
+                let bytes = postcard::to_allocvec(&data).expect("encoding into memory");
+                match self.raw.propose(Vec::new(), bytes) {
+                    Ok(()) => {
+                        self.pending.insert(seq, reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(not_proposed(err)));
+                    }
+                }
+            }
+            Input::ConfChange {
+                change,
+                member,
+                reply,
+            } => {
+                let seq = self.take_seq();
+                let context = ConfContext {
+                    origin: Origin { node: self.id, seq },
+                    member,
+                };
+                let context = postcard::to_allocvec(&context).expect("encoding into memory");
+                match self.raw.propose_conf_change(context, change) {
+                    Ok(()) => {
+                        self.pending.insert(seq, reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(not_proposed(err)));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => reads.push(reply),
+            Input::Delivery(Delivery::Message(message)) => self.step(message),
+            Input::Delivery(Delivery::Unreachable(id)) => self.raw.report_unreachable(id),
+            Input::Delivery(Delivery::SnapshotSent { to, ok }) => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Stop => {}
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn step(&mut self, message: Message) {
+        if let Err(err) = self.raw.step(message) {
+            tracing::debug!(error = %err, "raft refused a message");
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), String> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let applied = self
+                .store
+                .restore_snapshot(&snapshot.data)
+                .map_err(|e| format!("installing a snapshot: {e}"))?;
+            self.raw
+                .mut_store()
+                .apply_snapshot(snapshot.get_metadata())
+                .map_err(|e| format!("resetting the log to a snapshot: {e}"))?;
+            self.applied = applied;
+            self.durable_applied = applied;
+            self.update_peers();
+            tracing::info!(index = applied, "installed a snapshot from the leader");
+        }
+        self.apply(ready.take_committed_entries())?;
+        self.raw
+            .mut_store()
+            .append(ready.entries(), ready.hs())
+            .map_err(|e| format!("persisting raft entries: {e}"))?;
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        self.take_read_states(ready.take_read_states());
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw
+                .mut_store()
+                .set_commit(commit)
+                .map_err(|e| format!("recording the commit index: {e}"))?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.maybe_sync()
+    }
+
+    /// raft drops a ReadIndex request silently when there is no leader, or
+    /// the leader has not yet committed an entry of its term: ask again.
+    fn retry_reads(&mut self) {
+        let stale = self.tick * 3;
+        for (ctx, (sent, _)) in self.reads_sent.iter_mut() {
+            if sent.elapsed() >= stale {
+                self.raw.read_index(ctx.clone());
+                *sent = Instant::now();
+            }
+        }
+        // Readers who gave up (timed out) need no answer.
+        self.reads_sent.retain(|_, (_, replies)| {
+            replies.retain(|reply| !reply.is_closed());
+            !replies.is_empty()
+        });
+    }
+
+    fn take_read_states(&mut self, states: Vec<ReadState>) {
+        for state in states {
+            if let Some((_, replies)) = self.reads_sent.remove(&state.request_ctx) {
+                self.reads_waiting
+                    .extend(replies.into_iter().map(|reply| (state.index, reply)));
+            }
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let waiting: Vec<_> = std::mem::take(&mut self.reads_waiting)
+            .into_iter()
+            .filter_map(|(index, reply)| {
+                if index <= applied {
+                    let _ = reply.send(Ok(()));
+                    None
+                } else {
+                    Some((index, reply))
+                }
+            })
+            .collect();
+        self.reads_waiting = waiting;
+    }
+
+    /// Applies committed entries: normal entries in one store transaction,
+    /// membership changes one by one.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let mut batch: Vec<(Option<u64>, Proposal)> = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.index);
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let data: EntryData = postcard::from_bytes(&entry.data)
+                        .map_err(|e| format!("entry {} is unreadable: {e}", entry.index))?;
+                    let mine = (data.origin.node == self.id).then_some(data.origin.seq);
+                    match data.body {
+                        Body::Command(proposal) => batch.push((mine, proposal)),
+                        Body::Member(change) => {
+                            self.flush(&mut batch, entry.index - 1)?;
+                            self.apply_member(&change, entry.index, mine)?;
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.flush(&mut batch, entry.index - 1)?;
+                    self.apply_conf_change(&entry)?;
+                }
+            }
+        }
+        if let Some(last) = last {
+            self.flush(&mut batch, last)?;
+        }
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        batch: &mut Vec<(Option<u64>, Proposal)>,
+        through: u64,
+    ) -> Result<(), String> {
+        if through <= self.applied {
+            return Ok(());
+        }
+        let (origins, proposals): (Vec<Option<u64>>, Vec<Proposal>) = batch.drain(..).unzip();
+        let outcomes = self
+            .store
+            .apply_batch(&proposals, through, false)
+            .map_err(|e| format!("applying entries through {through}: {e}"))?;
+        self.applied = through;
+        for ((origin, proposal), outcome) in origins.into_iter().zip(&proposals).zip(outcomes) {
+            if let Ok(applied) = &outcome {
+                self.lessor.on_applied(&proposal.command, &applied.response);
+            }
+            if let Some(reply) = origin.and_then(|seq| self.pending.remove(&seq)) {
+                let _ = reply.send(outcome.map_err(ProposeError::from));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_member(
+        &mut self,
+        change: &MemberChange,
+        index: u64,
+        mine: Option<u64>,
+    ) -> Result<(), String> {
+        self.store
+            .apply_member_change(change, index)
+            .map_err(|e| format!("recording a member change: {e}"))?;
+        self.applied = index;
+        self.update_peers();
+        if let Some(reply) = mine.and_then(|seq| self.pending.remove(&seq)) {
+            let _ = reply.send(Ok(self.no_op_applied()));
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
+        let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?
+        } else {
+            ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())?
+                .into_v2()
+        };
+        let context: Option<ConfContext> = postcard::from_bytes(&entry.context).ok();
+        let conf_state = match self.raw.apply_conf_change(&change) {
+            Ok(conf_state) => conf_state,
+            Err(err) => {
+                tracing::warn!(error = %err, "a membership change was refused");
+                if let Some(ctx) = &context {
+                    if let Some(reply) = (ctx.origin.node == self.id)
+                        .then(|| self.pending.remove(&ctx.origin.seq))
+                        .flatten()
+                    {
+                        let _ = reply.send(Err(ProposeError::Failed(err.to_string())));
+                    }
+                }
+                return self.flush(&mut Vec::new(), entry.index);
+            }
+        };
+        self.raw
+            .mut_store()
+            .set_conf_state(conf_state)
+            .map_err(|e| format!("recording the membership: {e}"))?;
+        match context {
+            Some(ctx) => {
+                let mine = (ctx.origin.node == self.id).then_some(ctx.origin.seq);
+                self.apply_member(&ctx.member, entry.index, mine)?;
+            }
+            None => self.flush(&mut Vec::new(), entry.index)?,
+        }
+        tracing::info!(voters = ?self.raw.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>(), "membership changed");
+        Ok(())
+    }
+
+    fn no_op_applied(&self) -> Applied {
+        Applied {
+            revision: self.store.revision(),
+            response: CommandResponse::Compact,
+        }
+    }
+
+    /// Points the transport at every member but this one.
+    pub fn update_peers(&self) {
+        let members = match self.store.members() {
+            Ok(members) => members,
+            Err(err) => {
+                tracing::error!(error = %err, "reading members");
+                return;
+            }
+        };
+        let peers: Vec<(u64, SocketAddr)> = members
+            .into_iter()
+            .filter(|(id, _)| *id != self.id)
+            .filter_map(|(id, record)| {
+                let url = record.peer_urls.first()?;
+                let addr = crate::config::socket_addr(url, "quic").ok()?;
+                Some((id, addr))
+            })
+            .collect();
+        self.transport.set_peers(&peers);
+    }
+
+    fn maybe_sync(&mut self) -> Result<(), String> {
+        let unsynced = self.applied - self.durable_applied;
+        if unsynced == 0 || (unsynced < SYNC_EVERY_ENTRIES && self.last_sync.elapsed() < SYNC_EVERY)
+        {
+            return Ok(());
+        }
+        self.store
+            .sync()
+            .map_err(|e| format!("syncing the store: {e}"))?;
+        self.durable_applied = self.applied;
+        self.last_sync = Instant::now();
+        let compact_to = self.durable_applied.saturating_sub(LOG_RETAIN);
+        if compact_to >= self.raw.store().first_index_value() {
+            self.raw
+                .mut_store()
+                .compact(compact_to)
+                .map_err(|e| format!("compacting the raft log: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let is_leader = raft.state == StateRole::Leader;
+        let was_leader = self.status.is_leader.swap(is_leader, Ordering::SeqCst);
+        if is_leader && !was_leader {
+            // A new leader gives every lease a full TTL, as etcd does.
+            self.lessor.promote(&self.store);
+        }
+        self.status.leader.store(raft.leader_id, Ordering::SeqCst);
+        self.status.term.store(raft.term, Ordering::SeqCst);
+        self.status
+            .commit
+            .store(raft.raft_log.committed, Ordering::SeqCst);
+        self.status.applied.store(self.applied, Ordering::SeqCst);
+    }
+}
+
+fn not_proposed(err: raft::Error) -> ProposeError {
+    match err {
+        raft::Error::ProposalDropped => ProposeError::NoLeader,
+        err => ProposeError::Failed(err.to_string()),
+    }
+}

@@ -1,0 +1,61 @@
+//! The cluster's member records (names and URLs), replicated with the data
+//! so that every member and every snapshot knows who is who.
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::tables::{MEMBERS, META, META_APPLIED_INDEX};
+use super::types::{Result, StoreError};
+use super::Store;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    Upsert { id: u64, record: MemberRecord },
+    Remove { id: u64 },
+}
+
+impl Store {
+    pub fn members(&self) -> Result<Vec<(u64, MemberRecord)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MEMBERS)?;
+        let mut members = Vec::new();
+        for row in table.iter()? {
+            let (id, bytes) = row?;
+            let record = postcard::from_bytes(bytes.value()).map_err(|err| {
+                StoreError::Corrupt(format!("member record {:x}: {err}", id.value()))
+            })?;
+            members.push((id.value(), record));
+        }
+        Ok(members)
+    }
+
+    /// Records a membership change applied at raft index `applied_index`.
+    pub fn apply_member_change(&self, change: &MemberChange, applied_index: u64) -> Result<()> {
+        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(MEMBERS)?;
+            match change {
+                MemberChange::Upsert { id, record } => {
+                    let bytes = postcard::to_allocvec(record).expect("encoding into memory");
+                    table.insert(*id, bytes.as_slice())?;
+                }
+                MemberChange::Remove { id } => {
+                    table.remove(*id)?;
+                }
+            }
+            txn.open_table(META)?
+                .insert(META_APPLIED_INDEX, applied_index)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! Peer transport: one QUIC endpoint per agent, mutual TLS with pinned node
+//! keys, raft messages batched per peer.
+//!
+//! Every peer has its own sender task and bounded queue: a slow or dead peer
+//! fills only its own queue (further messages to it are dropped and raft is
+//! told it is unreachable; raft retransmits), never stalling the others.
+//! The transport knows nothing of raft's logic, only how to move messages.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+
+pub use tls::NodeKey;
+
+/// Messages queued per peer before further ones are dropped.
+const PEER_QUEUE: usize = 4096;
+/// Most messages sent in one stream.
+const MAX_BATCH: usize = 256;
+/// Largest frame accepted (snapshots travel in one frame).
+const MAX_FRAME: usize = 1 << 30;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the transport tells the consensus layer.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A message from a peer.
+    Message(Message),
+    /// Messages to this peer could not be delivered.
+    Unreachable(u64),
+    /// A snapshot to this peer was sent (`true`) or failed.
+    SnapshotSent { to: u64, ok: bool },
+}
+
+pub type Sink = Arc<dyn Fn(Delivery) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen for peers on {addr}: {error} (is another agent running there? change listen_peer_urls)")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    peers: Mutex<HashMap<u64, Peer>>,
+    sink: Sink,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    queue: mpsc::Sender<Message>,
+}
+
+impl Transport {
+    /// Binds the peer endpoint and starts accepting peers.
+    pub fn start(
+        listen: SocketAddr,
+        node_key: &NodeKey,
+        trusted: &[[u8; 32]],
+        sink: Sink,
+    ) -> Result<Arc<Transport>, TransportError> {
+        let (server_config, client_config) = tls::quic_configs(node_key, trusted)?;
+        let endpoint = quinn::Endpoint::server(server_config, listen).map_err(|error| {
+            TransportError::Bind {
+                addr: listen,
+                error,
+            }
+        })?;
+        let transport = Arc::new(Transport {
+            endpoint: endpoint.clone(),
+            client_config,
+            peers: Mutex::new(HashMap::new()),
+            sink: sink.clone(),
+        });
+        tokio::spawn(accept_peers(endpoint, sink));
+        Ok(transport)
+    }
+
+    /// Sets who the peers are; senders start or stop to match.
+    pub fn set_peers(&self, wanted: &[(u64, SocketAddr)]) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|id, peer| wanted.contains(&(*id, peer.addr)));
+        for &(id, addr) in wanted {
+            peers.entry(id).or_insert_with(|| {
+                let (queue, outbox) = mpsc::channel(PEER_QUEUE);
+                tokio::spawn(send_to_peer(
+                    self.endpoint.clone(),
+                    self.client_config.clone(),
+                    id,
+                    addr,
+                    outbox,
+                    self.sink.clone(),
+                ));
+                Peer { addr, queue }
+            });
+        }
+    }
+
+    /// Queues messages for their peers without waiting.
+    pub fn send(&self, messages: Vec<Message>) {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for message in messages {
+            let to = message.to;
+            let queued = peers
+                .get(&to)
+                .is_some_and(|peer| peer.queue.try_send(message).is_ok());
+            if !queued {
+                (self.sink)(Delivery::Unreachable(to));
+            }
+        }
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+fn encode(messages: &[Message]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    for message in messages {
+        let bytes = message
+            .write_to_bytes()
+            .expect("encoding a raft message into memory cannot fail");
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&bytes);
+    }
+    frame
+}
+
+fn decode(mut frame: &[u8]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    while !frame.is_empty() {
+        let (len, rest) = frame
+            .split_first_chunk::<4>()
+            .ok_or("truncated frame length")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err("truncated frame".into());
+        }
+        let message = Message::parse_from_bytes(&rest[..len]).map_err(|e| e.to_string())?;
+        messages.push(message);
+        frame = &rest[len..];
+    }
+    Ok(messages)
+}
+
+async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink) {
+    while let Some(incoming) = endpoint.accept().await {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    tracing::warn!(%remote, error = %err, "refused a peer connection");
+                    return;
+                }
+            };
+            while let Ok(mut stream) = connection.accept_uni().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    match stream
+                        .read_to_end(MAX_FRAME)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| decode(&f))
+                    {
+                        Ok(messages) => {
+                            for message in messages {
+                                sink(Delivery::Message(message));
+                            }
+                        }
+                        Err(err) => tracing::debug!(%remote, error = %err, "dropped a bad frame"),
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn send_to_peer(
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    id: u64,
+    addr: SocketAddr,
+    mut outbox: mpsc::Receiver<Message>,
+    sink: Sink,
+) {
+    let mut connection: Option<quinn::Connection> = None;
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = outbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match outbox.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        let (snapshots, messages): (Vec<Message>, Vec<Message>) = batch
+            .into_iter()
+            .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+
+        if connection
+            .as_ref()
+            .is_none_or(|c| c.close_reason().is_some())
+        {
+            connection = connect(&endpoint, &config, addr).await;
+            if connection.is_none() {
+                tracing::debug!(peer = format_args!("{id:x}"), %addr, "peer unreachable");
+                sink(Delivery::Unreachable(id));
+                for _ in &snapshots {
+                    sink(Delivery::SnapshotSent { to: id, ok: false });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            backoff = Duration::from_millis(50);
+        }
+        let Some(conn) = connection.as_ref() else {
+            continue;
+        };
+        if !messages.is_empty() && send_frame(conn, &messages).await.is_err() {
+            connection = None;
+            sink(Delivery::Unreachable(id));
+        }
+        for snapshot in snapshots {
+            let ok = match connection.as_ref() {
+                Some(conn) => send_frame(conn, std::slice::from_ref(&snapshot))
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            sink(Delivery::SnapshotSent { to: id, ok });
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Option<quinn::Connection> {
+    let connecting = endpoint
+        .connect_with(config.clone(), addr, tls::SERVER_NAME)
+        .ok()?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(err)) => {
+            tracing::debug!(%addr, error = %err, "connecting to peer failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn send_frame(connection: &quinn::Connection, messages: &[Message]) -> Result<(), String> {
+    let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&encode(messages))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.finish().map_err(|e| e.to_string())?;
+    if messages
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+    {
+        // A snapshot counts as sent once the peer has read all of it.
+        stream.stopped().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_several_messages() {
+        let mut a = Message::default();
+        a.set_msg_type(MessageType::MsgHeartbeat);
+        a.to = 2;
+        a.from = 1;
+        let mut b = Message::default();
+        b.set_msg_type(MessageType::MsgAppend);
+        b.index = 7;
+        let decoded = decode(&encode(&[a.clone(), b.clone()])).unwrap();
+        assert_eq!(decoded, vec![a, b]);
+        assert!(decode(&[0, 0, 0, 9, 1]).is_err());
+    }
+}

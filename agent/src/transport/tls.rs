@@ -1,0 +1,301 @@
+//! Peer identity: each agent's ed25519 node key, the self-signed certificate
+//! made from it, and mutual TLS that admits only pinned peer keys.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+/// The TLS server name peers dial; certificates are checked by key, not name.
+pub const SERVER_NAME: &str = "edgeconf-peer";
+/// ALPN protocol of raft traffic.
+pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
+
+const KEY_FILE: &str = "node.key";
+const KEY_PREFIX: &str = "ed25519:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read node key {path}: {reason}")]
+    ReadKey { path: String, reason: String },
+    #[error("cannot write node key {path}: {error}")]
+    WriteKey { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// This agent's identity on the peer network.
+pub struct NodeKey {
+    key: rcgen::KeyPair,
+}
+
+impl NodeKey {
+    /// Loads `<data_dir>/node.key`, creating it (mode 0600) on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, TlsError> {
+        let path = data_dir.join(KEY_FILE);
+        let display = path.display().to_string();
+        if path.exists() {
+            let pem = std::fs::read_to_string(&path).map_err(|err| TlsError::ReadKey {
+                path: display.clone(),
+                reason: err.to_string(),
+            })?;
+            let key = rcgen::KeyPair::from_pem(&pem).map_err(|err| TlsError::ReadKey {
+                path: display.clone(),
+                reason: format!("{err}; delete it to make a new identity"),
+            })?;
+            if !key.is_compatible(&rcgen::PKCS_ED25519) {
+                return Err(TlsError::ReadKey {
+                    path: display,
+                    reason: "not an ed25519 key".into(),
+                });
+            }
+            return Ok(Self { key });
+        }
+        std::fs::create_dir_all(data_dir).map_err(|error| TlsError::WriteKey {
+            path: display.clone(),
+            error,
+        })?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|err| TlsError::Setup(format!("generating a node key: {err}")))?;
+        write_private(&path, key.serialize_pem().as_bytes()).map_err(|error| {
+            TlsError::WriteKey {
+                path: display,
+                error,
+            }
+        })?;
+        Ok(Self { key })
+    }
+
+    /// The public key as written in `peer_trust.keys`: `ed25519:BASE64`.
+    pub fn public_key(&self) -> String {
+        format_key(self.key.public_key_raw())
+    }
+
+    fn certificate(&self) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .map_err(|err| TlsError::Setup(format!("certificate parameters: {err}")))?;
+        let cert = params
+            .self_signed(&self.key)
+            .map_err(|err| TlsError::Setup(format!("self-signing the node certificate: {err}")))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
+        Ok((cert.der().clone(), key))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+pub fn format_key(raw: &[u8]) -> String {
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// Parses `ed25519:BASE64` into the 32 raw key bytes.
+pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let encoded = text
+        .strip_prefix(KEY_PREFIX)
+        .ok_or_else(|| format!("{text:?} does not start with \"{KEY_PREFIX}\""))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|err| format!("{text:?} is not valid base64: {err}"))?;
+    raw.try_into().map_err(|raw: Vec<u8>| {
+        format!("{text:?} holds {} bytes, an ed25519 key has 32", raw.len())
+    })
+}
+
+/// Admits peers whose certificate carries one of the pinned ed25519 keys,
+/// after checking the handshake signature with that key.
+#[derive(Debug)]
+struct PinnedKeys {
+    keys: BTreeSet<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedKeys {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|err| rustls::Error::General(format!("unreadable peer certificate: {err}")))?;
+        let spki = parsed.public_key();
+        let raw = spki.subject_public_key.data.as_ref();
+        let ed25519 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519;
+        match <[u8; 32]>::try_from(raw) {
+            Ok(key) if ed25519 && self.keys.contains(&key) => Ok(()),
+            _ => {
+                let shown = if ed25519 {
+                    format_key(raw)
+                } else {
+                    "a non-ed25519 key".into()
+                };
+                tracing::warn!(peer_key = %shown, "refused a peer whose key is not in peer_trust.keys");
+                Err(rustls::Error::General(format!(
+                    "peer key {shown} is not trusted (add it to peer_trust.keys)"
+                )))
+            }
+        }
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for PinnedKeys {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for PinnedKeys {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+/// QUIC server and client configurations for mutual TLS with pinned keys.
+pub fn quic_configs(
+    node_key: &NodeKey,
+    trusted: &[[u8; 32]],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedKeys {
+        keys: trusted.iter().copied().collect(),
+        provider: provider.clone(),
+    });
+    let (cert, key) = node_key.certificate()?;
+    let setup = |what: &str, err: &dyn std::fmt::Display| TlsError::Setup(format!("{what}: {err}"));
+
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| setup("TLS versions", &e))?
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(vec![cert.clone()], key.clone_key())
+        .map_err(|e| setup("server certificate", &e))?;
+    server.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
+        .map_err(|e| setup("QUIC server", &e))?;
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| setup("TLS versions", &e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| setup("client certificate", &e))?;
+    client.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| setup("QUIC client", &e))?;
+
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    transport.max_idle_timeout(Some(
+        std::time::Duration::from_secs(5)
+            .try_into()
+            .expect("5 s fits"),
+    ));
+    let transport = Arc::new(transport);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport);
+    Ok((server, client))
+}
