@@ -23,7 +23,7 @@ async fn put_get_delete_with_revisions_prefixes_and_headers() {
     let first = client.put("/app/a", "1", None).await.unwrap();
     let header = first.header().unwrap();
     assert_eq!(header.revision(), 1);
-    assert_eq!(header.raft_term(), 1);
+    assert!(header.raft_term() >= 1);
     assert_ne!(header.cluster_id(), 0);
     assert_ne!(header.member_id(), 0);
 
@@ -324,7 +324,7 @@ async fn status_reports_the_member_as_leader_with_revision_and_size() {
     let status = client.status().await.unwrap();
     let header = status.header().unwrap();
     assert_eq!(status.leader(), header.member_id());
-    assert_eq!(status.raft_term(), 1);
+    assert!(status.raft_term() >= 1);
     assert_eq!(header.revision(), 1);
     assert!(status.db_size() > 0);
     let members = client.member_list().await.unwrap();

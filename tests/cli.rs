@@ -193,7 +193,7 @@ fn status_shows_the_endpoint_as_leader() {
     assert_eq!(fields[7], "1", "revision: {line}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(edgeconf(&agent, &["-w", "json", "status"]))).unwrap();
-    assert_eq!(json[0]["raft_term"], 1);
+    assert!(json[0]["raft_term"].as_u64().unwrap() >= 1);
 }
 
 #[test]

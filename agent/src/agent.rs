@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::api;
 use crate::config::ClusterState;
 use crate::config::Config;
-use crate::consensus::{Identity, Member, Node, NodeSettings};
+use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
 use crate::store::{Store, StoreError};
 use crate::transport::NodeKey;
 
@@ -59,6 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
             election_ticks: (config.election_timeout.as_millis()
                 / config.heartbeat_interval.as_millis().max(1))
                 as usize,
+            compaction: Compaction {
+                every_entries: config.snapshot_count,
+                retain: config.snapshot_catchup_entries,
+            },
         },
     )?;
 

@@ -30,6 +30,8 @@ pub struct Agent {
     pub port: u16,
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// Where this process's lines start in a log shared with earlier runs.
+    log_start: usize,
 }
 
 impl Agent {
@@ -40,17 +42,30 @@ impl Agent {
 
     pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Agent {
         let data_dir = dir.join("data");
+        let mut args = vec![
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "--listen-client-urls".to_string(),
+            format!("http://127.0.0.1:{port}"),
+            "--listen-peer-urls".to_string(),
+            format!("quic://127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, data_dir, port, &args)
+    }
+
+    /// Starts `edgeconf agent ARGS`; `port` is its client port.
+    pub fn spawn(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Agent {
         let log = dir.join(format!("agent-{port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(BIN)
             .arg("agent")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg("--listen-peer-urls")
-            .arg(format!("quic://127.0.0.1:{}", free_port()))
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,6 +77,7 @@ impl Agent {
             port,
             data_dir,
             log,
+            log_start,
         };
         agent.wait_ready();
         agent
@@ -75,8 +91,10 @@ impl Agent {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// What this process has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let all = std::fs::read_to_string(&self.log).unwrap_or_default();
+        all.get(self.log_start..).unwrap_or_default().to_string()
     }
 
     fn wait_ready(&mut self) {

@@ -1,5 +1,4 @@
-//! etcd's Cluster service. A single member lists itself; membership changes
-//! arrive with replication.
+//! etcd's Cluster service: list, add, remove and promote members.
 
 use etcd_client::proto::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest,
@@ -8,9 +7,44 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{unsupported, Context};
+use super::{propose_status, store_status, unsupported, Context};
+use crate::config::socket_addr;
 
 pub(crate) struct ClusterService(pub Context);
+
+/// Peers speak QUIC, but etcd tools only accept http(s) peer URLs (and some
+/// clients prefix `http://` to whatever they are given): take those as the
+/// same host and port over QUIC.
+fn normalize_peer_url(url: &str) -> Result<String, Status> {
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let quic = if bare.contains("://") {
+        bare.to_string()
+    } else {
+        format!("quic://{bare}")
+    };
+    socket_addr(&quic, "quic")
+        .map_err(|problem| Status::invalid_argument(format!("etcdserver: peer URL {problem}")))?;
+    Ok(quic)
+}
+
+impl ClusterService {
+    fn members(&self) -> Result<Vec<PbMember>, Status> {
+        let members = self.0.node.members().map_err(store_status)?;
+        Ok(members
+            .into_iter()
+            .map(|(id, record)| PbMember {
+                id,
+                name: record.name,
+                peer_ur_ls: record.peer_urls,
+                client_ur_ls: record.client_urls,
+                is_learner: record.is_learner,
+            })
+            .collect())
+    }
+}
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
@@ -18,35 +52,59 @@ impl PbClusterService for ClusterService {
         &self,
         _request: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
-        let me = self.0.node.member();
         Ok(Response::new(PbMemberListResponse {
             header: Some(self.0.current_header()),
-            members: vec![PbMember {
-                id: self.0.node.identity().member_id,
-                name: me.name.clone(),
-                peer_ur_ls: me.peer_urls.clone(),
-                client_ur_ls: me.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: self.members()?,
         }))
     }
 
     async fn member_add(
         &self,
-        _r: Request<PbMemberAddRequest>,
+        request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(unsupported(
-            "membership changes (they need a replicated cluster)",
-        ))
+        let mut req = request.into_inner();
+        if req.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument(
+                "etcdserver: a new member needs a peer URL (quic://IP:PORT)",
+            ));
+        }
+        req.peer_ur_ls = req
+            .peer_ur_ls
+            .iter()
+            .map(|url| normalize_peer_url(url))
+            .collect::<Result<_, _>>()?;
+        let id = self
+            .0
+            .node
+            .add_member(req.peer_ur_ls.clone(), req.is_learner)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(PbMemberAddResponse {
+            header: Some(self.0.current_header()),
+            member: Some(PbMember {
+                id,
+                name: String::new(),
+                peer_ur_ls: req.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: req.is_learner,
+            }),
+            members: self.members()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(unsupported(
-            "membership changes (they need a replicated cluster)",
-        ))
+        self.0
+            .node
+            .remove_member(request.into_inner().id)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(PbMemberRemoveResponse {
+            header: Some(self.0.current_header()),
+            members: self.members()?,
+        }))
     }
 
     async fn member_update(
@@ -54,16 +112,22 @@ impl PbClusterService for ClusterService {
         _r: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
         Err(unsupported(
-            "membership changes (they need a replicated cluster)",
+            "MemberUpdate (remove and add the member instead)",
         ))
     }
 
     async fn member_promote(
         &self,
-        _r: Request<PbMemberPromoteRequest>,
+        request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(unsupported(
-            "membership changes (they need a replicated cluster)",
-        ))
+        self.0
+            .node
+            .promote_member(request.into_inner().id)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(PbMemberPromoteResponse {
+            header: Some(self.0.current_header()),
+            members: self.members()?,
+        }))
     }
 }

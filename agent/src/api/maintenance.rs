@@ -44,10 +44,9 @@ impl PbMaintenanceService for MaintenanceService {
             version: ETCD_API_VERSION.to_string(),
             db_size,
             db_size_in_use: db_size,
-            leader: node.identity().member_id,
-            // Until raft: every applied write is one log entry.
-            raft_index: revision as u64,
-            raft_applied_index: revision as u64,
+            leader: node.leader(),
+            raft_index: node.commit_index(),
+            raft_applied_index: node.applied_index(),
             raft_term: node.term(),
             storage_version: format!("edgeconf {}", env!("CARGO_PKG_VERSION")),
             ..Default::default()

@@ -129,6 +129,7 @@ pub(crate) fn propose_status(err: ProposeError) -> Status {
         ProposeError::Failed(msg) => Status::failed_precondition(format!("etcdserver: {msg}")),
         ProposeError::NoLeader => Status::unavailable("etcdserver: no leader"),
         ProposeError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        ProposeError::LeaderChanged => Status::unavailable("etcdserver: leader changed"),
         ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
     }
 }

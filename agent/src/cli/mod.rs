@@ -5,6 +5,7 @@ pub mod bench;
 mod client;
 mod kv;
 mod lease;
+mod member;
 mod output;
 mod status;
 mod watch;
@@ -74,6 +75,15 @@ pub enum Command {
     /// Grant, revoke, keep alive and inspect leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// List, add, remove and promote cluster members.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// Print this agent's node key (creating it if needed), for peer_trust.keys.
+    NodeKey {
+        /// The agent's data directory.
+        #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
     /// Show the status of each endpoint.
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
@@ -118,6 +128,12 @@ pub struct AgentArgs {
     /// Milliseconds without a leader before an election.
     #[arg(long)]
     pub election_timeout: Option<u64>,
+    /// Applied entries between compactions of the raft log.
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Log entries kept for slow followers after a compaction.
+    #[arg(long)]
+    pub snapshot_catchup_entries: Option<u64>,
 }
 
 impl AgentArgs {
@@ -136,6 +152,8 @@ impl AgentArgs {
             heartbeat_interval: self.heartbeat_interval,
             election_timeout: self.election_timeout,
             peer_trust: None,
+            snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.snapshot_catchup_entries,
         }
     }
 }
@@ -154,6 +172,12 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(args) => kv::rollback(&client, format, args).await,
         Command::Compact(args) => kv::compact(&client, format, args).await,
         Command::Lease(command) => lease::run(&client, format, command).await,
+        Command::Member(command) => member::run(&client, format, command).await,
+        Command::NodeKey { data_dir } => {
+            let key = crate::transport::NodeKey::load_or_create(&data_dir)?;
+            println!("{}", key.public_key());
+            Ok(())
+        }
         Command::Status => status::status(&client, format).await,
         Command::Bench(args) => bench::bench(&client, format, args).await,
     }

@@ -31,6 +31,10 @@ pub struct ConfigFile {
     /// Milliseconds without a leader before a follower campaigns.
     pub election_timeout: Option<u64>,
     pub peer_trust: Option<PeerTrust>,
+    /// Applied entries between store syncs that let the raft log be compacted.
+    pub snapshot_count: Option<u64>,
+    /// Log entries kept behind for slow followers after a compaction.
+    pub snapshot_catchup_entries: Option<u64>,
 }
 
 /// Which peers may connect: their node keys, as `edgeconf node-key` prints.
@@ -66,6 +70,8 @@ pub struct Config {
     pub election_timeout: std::time::Duration,
     /// Raw ed25519 keys of the peers admitted.
     pub peer_keys: Vec<[u8; 32]>,
+    pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -152,6 +158,10 @@ impl ConfigFile {
             heartbeat_interval: overrides.heartbeat_interval.or(self.heartbeat_interval),
             election_timeout: overrides.election_timeout.or(self.election_timeout),
             peer_trust: overrides.peer_trust.or(self.peer_trust),
+            snapshot_count: overrides.snapshot_count.or(self.snapshot_count),
+            snapshot_catchup_entries: overrides
+                .snapshot_catchup_entries
+                .or(self.snapshot_catchup_entries),
         }
     }
 }
@@ -281,6 +291,13 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let snapshot_count = file.snapshot_count.unwrap_or(10_000);
+        if snapshot_count == 0 {
+            return Err(origin.invalid(
+                "snapshot_count",
+                "is 0: expected a positive number of entries".into(),
+            ));
+        }
         Ok(Config {
             name,
             data_dir,
@@ -294,6 +311,8 @@ impl Config {
             heartbeat_interval: std::time::Duration::from_millis(heartbeat),
             election_timeout: std::time::Duration::from_millis(election),
             peer_keys,
+            snapshot_count,
+            snapshot_catchup_entries: file.snapshot_catchup_entries.unwrap_or(5_000),
         })
     }
 

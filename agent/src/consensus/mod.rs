@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, SnapshotMetadata};
 use raft::RawNode;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -30,8 +30,8 @@ use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store
 use crate::transport::{Delivery, NodeKey, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
-pub use raft_loop::RaftStatus;
 use raft_loop::{Body, Input, RaftLoop};
+pub use raft_loop::{Compaction, RaftStatus};
 
 /// How long a client waits for its write or read to be applied.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -49,6 +49,8 @@ pub enum ProposeError {
         "request timed out (leader change or lost quorum); it may or may not have been applied"
     )]
     Timeout,
+    #[error("leader changed while the request was in flight; it may or may not have been applied")]
+    LeaderChanged,
     #[error("the agent is shutting down")]
     Stopped,
 }
@@ -70,21 +72,18 @@ pub struct Identity {
     pub member_id: u64,
 }
 
-/// A member's raft id, from its name and first peer URL (as `member add`
-/// computes it for a newcomer).
-pub fn member_id(name: &str, peer_url: &str) -> u64 {
+/// A member's raft id, from its first peer URL: `member add` computes it
+/// for a newcomer, which computes the same from its own config.
+pub fn member_id(peer_url: &str) -> u64 {
     // Zero is not a valid raft id.
-    hash64(&[name.as_bytes(), peer_url.as_bytes()]).max(1)
+    hash64(&[peer_url.as_bytes()]).max(1)
 }
 
 impl Identity {
     /// Derives ids from names and peer URLs, so that every member of a new
     /// cluster computes the same cluster id.
     pub fn derive(name: &str, initial_cluster: &[(String, String)]) -> Self {
-        let mut ids: Vec<u64> = initial_cluster
-            .iter()
-            .map(|(n, u)| member_id(n, u))
-            .collect();
+        let mut ids: Vec<u64> = initial_cluster.iter().map(|(_, u)| member_id(u)).collect();
         ids.sort_unstable();
         let own_url = initial_cluster
             .iter()
@@ -95,7 +94,7 @@ impl Identity {
         let parts: Vec<&[u8]> = id_bytes.iter().map(|b| b.as_slice()).collect();
         Self {
             cluster_id: hash64(&parts),
-            member_id: member_id(name, own_url),
+            member_id: member_id(own_url),
         }
     }
 }
@@ -131,6 +130,7 @@ pub struct NodeSettings<'a> {
     pub trusted_keys: &'a [[u8; 32]],
     pub heartbeat: Duration,
     pub election_ticks: usize,
+    pub compaction: Compaction,
 }
 
 pub struct Node {
@@ -152,31 +152,38 @@ impl Node {
         settings: NodeSettings,
     ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
         let mut log = log::RaftLog::open(&settings.data_dir.join("raft.redb"), store.clone())?;
-        if store.members()?.is_empty() {
+        if log.is_blank() {
             // First start: the config says who the initial members are.
+            // Client URLs are each member's to publish through raft.
+            // A new cluster's log starts from a snapshot at index 1 holding
+            // the initial membership, so that a member added later always
+            // begins from a snapshot and learns the membership from it.
+            let founding = !settings.join_existing;
             for (name, url) in settings.initial_cluster {
-                let id = member_id(name, url);
-                let me = id == settings.identity.member_id;
+                let id = member_id(url);
                 let record = MemberRecord {
                     name: name.clone(),
                     peer_urls: vec![url.clone()],
-                    client_urls: if me {
-                        settings.member.client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    client_urls: Vec::new(),
                     is_learner: false,
                 };
-                store.apply_member_change(&MemberChange::Upsert { id, record }, 0)?;
+                let applied = if founding { 1 } else { 0 };
+                store.apply_member_change(&MemberChange::Upsert { id, record }, applied)?;
             }
-        }
-        if log.is_blank() && !settings.join_existing {
-            let voters: Vec<u64> = settings
-                .initial_cluster
-                .iter()
-                .map(|(name, url)| member_id(name, url))
-                .collect();
-            log.set_conf_state(ConfState::from((voters, Vec::<u64>::new())))?;
+            if founding {
+                let voters: Vec<u64> = settings
+                    .initial_cluster
+                    .iter()
+                    .map(|(_, url)| member_id(url))
+                    .collect();
+                let mut start = SnapshotMetadata {
+                    index: 1,
+                    term: 1,
+                    ..Default::default()
+                };
+                start.set_conf_state(ConfState::from((voters, Vec::<u64>::new())));
+                log.apply_snapshot(&start)?;
+            }
         }
         let applied = store.applied_index()?;
         let sole_voter = log.conf_state().voters == [settings.identity.member_id];
@@ -214,7 +221,7 @@ impl Node {
             status.clone(),
             lessor.clone(),
             settings.heartbeat,
-            applied,
+            settings.compaction,
         );
         raft_loop.update_peers();
         let thread = std::thread::Builder::new()
@@ -313,23 +320,23 @@ impl Node {
 
     /// Adds a member (as a learner or a voter) that will start with
     /// `initial_cluster_state = "existing"`.
+    /// The newcomer publishes its name and client URLs when it starts.
     pub async fn add_member(
         &self,
-        name: &str,
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<u64, ProposeError> {
         let url = peer_urls
             .first()
             .ok_or_else(|| ProposeError::Failed("a member needs at least one peer URL".into()))?;
-        let id = member_id(name, url);
+        let id = member_id(url);
         if self.members()?.iter().any(|(known, _)| *known == id) {
             return Err(ProposeError::Failed(format!(
-                "member {name} ({id:x}) already exists"
+                "a member with peer URL {url} already exists ({id:x})"
             )));
         }
         let record = MemberRecord {
-            name: name.to_string(),
+            name: String::new(),
             peer_urls,
             client_urls: Vec::new(),
             is_learner,
@@ -413,12 +420,11 @@ impl Node {
                 return;
             }
             if self.leader() != 0 {
-                let record = MemberRecord {
+                let change = MemberChange::Publish {
+                    id,
                     name: self.member.name.clone(),
                     client_urls: self.member.client_urls.clone(),
-                    ..record
                 };
-                let change = MemberChange::Upsert { id, record };
                 let published = self
                     .ask(|reply| Input::Propose {
                         body: Body::Member(change),

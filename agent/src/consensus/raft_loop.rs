@@ -31,13 +31,18 @@ use super::{Lessor, ProposeError};
 use crate::store::{Applied, CommandResponse, MemberChange, Proposal, Store};
 use crate::transport::{Delivery, Transport};
 
-/// Apply this many entries without an fsync before syncing the store.
-const SYNC_EVERY_ENTRIES: u64 = 5_000;
-/// Or sync after this long with unsynced entries.
+/// Sync the store at least this often when entries were applied.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
-/// Entries kept in the log below the durable applied index, so a follower
-/// that is briefly behind catches up from the log instead of a snapshot.
-const LOG_RETAIN: u64 = 2_000;
+
+/// When the log is compacted.
+#[derive(Clone, Copy, Debug)]
+pub struct Compaction {
+    /// Sync the store (and compact the log) after this many applied entries.
+    pub every_entries: u64,
+    /// Entries kept below the durable applied index, so a follower briefly
+    /// behind catches up from the log instead of a snapshot.
+    pub retain: u64,
+}
 
 /// What reaches the raft thread.
 pub(crate) enum Input {
@@ -105,8 +110,12 @@ pub(crate) struct RaftLoop {
     pub status: Arc<RaftStatus>,
     pub lessor: Arc<Lessor>,
     pub tick: Duration,
+    compaction: Compaction,
     next_seq: u64,
-    pending: HashMap<u64, Reply>,
+    /// This member's proposals awaiting their outcome, with the leader they
+    /// were sent to.
+    pending: HashMap<u64, (u64, Reply)>,
+    leader: u64,
     /// ReadIndex rounds in flight: context -> (when sent, waiting readers).
     reads_sent: HashMap<Vec<u8>, (Instant, Vec<ReadReply>)>,
     reads_waiting: Vec<(u64, ReadReply)>,
@@ -123,9 +132,10 @@ impl RaftLoop {
         status: Arc<RaftStatus>,
         lessor: Arc<Lessor>,
         tick: Duration,
-        applied: u64,
+        compaction: Compaction,
     ) -> Self {
         let id = raw.raft.id;
+        let applied = raw.raft.raft_log.applied;
         Self {
             raw,
             id,
@@ -134,8 +144,10 @@ impl RaftLoop {
             status,
             lessor,
             tick,
+            compaction,
             next_seq: 1,
             pending: HashMap::new(),
+            leader: 0,
             reads_sent: HashMap::new(),
             reads_waiting: Vec::new(),
             applied,
@@ -145,6 +157,7 @@ impl RaftLoop {
     }
 
     pub fn run(mut self, inputs: Receiver<Input>) {
+        self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -173,6 +186,8 @@ impl RaftLoop {
                 next_tick = Instant::now() + self.tick;
                 self.retry_reads();
             }
+            // Replies sent while handling `ready` carry these facts.
+            self.publish_status();
             if let Err(err) = self.on_ready() {
                 tracing::error!(error = %err, "raft round failed; stopping consensus");
                 break;
@@ -186,7 +201,7 @@ impl RaftLoop {
         if let Err(err) = self.store.sync() {
             tracing::error!(error = %err, "final store sync failed");
         }
-        for (_, reply) in self.pending.drain() {
+        for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Stopped));
         }
     }
@@ -202,7 +217,7 @@ impl RaftLoop {
                 let bytes = postcard::to_allocvec(&data).expect("encoding into memory");
                 match self.raw.propose(Vec::new(), bytes) {
                     Ok(()) => {
-                        self.pending.insert(seq, reply);
+                        self.pending.insert(seq, (self.raw.raft.leader_id, reply));
                     }
                     Err(err) => {
                         let _ = reply.send(Err(not_proposed(err)));
@@ -222,7 +237,7 @@ impl RaftLoop {
                 let context = postcard::to_allocvec(&context).expect("encoding into memory");
                 match self.raw.propose_conf_change(context, change) {
                     Ok(()) => {
-                        self.pending.insert(seq, reply);
+                        self.pending.insert(seq, (self.raw.raft.leader_id, reply));
                     }
                     Err(err) => {
                         let _ = reply.send(Err(not_proposed(err)));
@@ -396,7 +411,7 @@ impl RaftLoop {
             if let Ok(applied) = &outcome {
                 self.lessor.on_applied(&proposal.command, &applied.response);
             }
-            if let Some(reply) = origin.and_then(|seq| self.pending.remove(&seq)) {
+            if let Some((_, reply)) = origin.and_then(|seq| self.pending.remove(&seq)) {
                 let _ = reply.send(outcome.map_err(ProposeError::from));
             }
         }
@@ -414,7 +429,7 @@ impl RaftLoop {
             .map_err(|e| format!("recording a member change: {e}"))?;
         self.applied = index;
         self.update_peers();
-        if let Some(reply) = mine.and_then(|seq| self.pending.remove(&seq)) {
+        if let Some((_, reply)) = mine.and_then(|seq| self.pending.remove(&seq)) {
             let _ = reply.send(Ok(self.no_op_applied()));
         }
         Ok(())
@@ -434,7 +449,7 @@ impl RaftLoop {
             Err(err) => {
                 tracing::warn!(error = %err, "a membership change was refused");
                 if let Some(ctx) = &context {
-                    if let Some(reply) = (ctx.origin.node == self.id)
+                    if let Some((_, reply)) = (ctx.origin.node == self.id)
                         .then(|| self.pending.remove(&ctx.origin.seq))
                         .flatten()
                     {
@@ -489,7 +504,8 @@ impl RaftLoop {
 
     fn maybe_sync(&mut self) -> Result<(), String> {
         let unsynced = self.applied - self.durable_applied;
-        if unsynced == 0 || (unsynced < SYNC_EVERY_ENTRIES && self.last_sync.elapsed() < SYNC_EVERY)
+        if unsynced == 0
+            || (unsynced < self.compaction.every_entries && self.last_sync.elapsed() < SYNC_EVERY)
         {
             return Ok(());
         }
@@ -498,7 +514,7 @@ impl RaftLoop {
             .map_err(|e| format!("syncing the store: {e}"))?;
         self.durable_applied = self.applied;
         self.last_sync = Instant::now();
-        let compact_to = self.durable_applied.saturating_sub(LOG_RETAIN);
+        let compact_to = self.durable_applied.saturating_sub(self.compaction.retain);
         if compact_to >= self.raw.store().first_index_value() {
             self.raw
                 .mut_store()
@@ -508,7 +524,30 @@ impl RaftLoop {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    /// Proposals sent to a leader that lost its office are most likely lost:
+    /// answer them now ("leader changed", as etcd says) rather than at the
+    /// client's timeout. One that was committed after all is still applied.
+    fn fail_orphaned_proposals(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == self.leader {
+            return;
+        }
+        self.leader = leader;
+        let orphaned: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (sent_to, _))| *sent_to != leader)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in orphaned {
+            if let Some((_, reply)) = self.pending.remove(&seq) {
+                let _ = reply.send(Err(ProposeError::LeaderChanged));
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.fail_orphaned_proposals();
         let raft = &self.raw.raft;
         let is_leader = raft.state == StateRole::Leader;
         let was_leader = self.status.is_leader.swap(is_leader, Ordering::SeqCst);

@@ -18,8 +18,20 @@ pub struct MemberRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberChange {
-    Upsert { id: u64, record: MemberRecord },
-    Remove { id: u64 },
+    Upsert {
+        id: u64,
+        record: MemberRecord,
+    },
+    Remove {
+        id: u64,
+    },
+    /// A member announces its own name and client URLs; nothing else of
+    /// its record changes, and an unknown member is ignored.
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 impl Store {
@@ -50,6 +62,23 @@ impl Store {
                 }
                 MemberChange::Remove { id } => {
                     table.remove(*id)?;
+                }
+                MemberChange::Publish {
+                    id,
+                    name,
+                    client_urls,
+                } => {
+                    let existing = table.get(*id)?.map(|bytes| bytes.value().to_vec());
+                    if let Some(bytes) = existing {
+                        let mut record: MemberRecord =
+                            postcard::from_bytes(&bytes).map_err(|err| {
+                                StoreError::Corrupt(format!("member record {id:x}: {err}"))
+                            })?;
+                        record.name = name.clone();
+                        record.client_urls = client_urls.clone();
+                        let bytes = postcard::to_allocvec(&record).expect("encoding into memory");
+                        table.insert(*id, bytes.as_slice())?;
+                    }
                 }
             }
             txn.open_table(META)?

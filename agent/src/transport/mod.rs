@@ -57,6 +57,8 @@ pub struct Transport {
     client_config: quinn::ClientConfig,
     peers: Mutex<HashMap<u64, Peer>>,
     sink: Sink,
+    /// Sender tasks are started from the raft thread, outside the runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 struct Peer {
@@ -65,7 +67,8 @@ struct Peer {
 }
 
 impl Transport {
-    /// Binds the peer endpoint and starts accepting peers.
+    /// Binds the peer endpoint and starts accepting peers. Call from within
+    /// the tokio runtime.
     pub fn start(
         listen: SocketAddr,
         node_key: &NodeKey,
@@ -84,6 +87,7 @@ impl Transport {
             client_config,
             peers: Mutex::new(HashMap::new()),
             sink: sink.clone(),
+            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(accept_peers(endpoint, sink));
         Ok(transport)
@@ -96,7 +100,7 @@ impl Transport {
         for &(id, addr) in wanted {
             peers.entry(id).or_insert_with(|| {
                 let (queue, outbox) = mpsc::channel(PEER_QUEUE);
-                tokio::spawn(send_to_peer(
+                self.runtime.spawn(send_to_peer(
                     self.endpoint.clone(),
                     self.client_config.clone(),
                     id,

@@ -1,0 +1,153 @@
+//! `edgeconf member`: list, add, remove and promote cluster members.
+
+use clap::Subcommand;
+use etcd_client::MemberAddOptions;
+use serde_json::json;
+
+use super::output::{header_json, print_json, print_table, Format};
+use super::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members.
+    List,
+    /// Add a member; start it afterwards with initial_cluster_state = "existing".
+    Add {
+        /// The new member's name (it announces it when it starts).
+        name: String,
+        /// Its peer URL, quic://IP:PORT.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add it as a learner (a non-voting member) to promote later.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member (hexadecimal id).
+    Remove { id: String },
+    /// Promote a learner to a voting member (hexadecimal id).
+    Promote { id: String },
+}
+
+fn parse_member_id(text: &str) -> anyhow::Result<u64> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|_| {
+        anyhow::anyhow!("invalid member ID {text:?}: expected the hexadecimal id shown by `edgeconf member list`")
+    })
+}
+
+fn member_rows(members: &[etcd_client::Member]) -> Vec<Vec<String>> {
+    members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{:x}", m.id()),
+                if m.name().is_empty() {
+                    "unstarted"
+                } else {
+                    "started"
+                }
+                .to_string(),
+                m.name().to_string(),
+                m.peer_urls().join(","),
+                m.client_urls().join(","),
+                m.is_learner().to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn print_members(
+    format: Format,
+    header: Option<&etcd_client::ResponseHeader>,
+    members: &[etcd_client::Member],
+) {
+    match format {
+        Format::Json => print_json(&json!({
+            "header": header_json(header),
+            "members": members.iter().map(|m| json!({
+                "ID": m.id(), "name": m.name(), "peerURLs": m.peer_urls(),
+                "clientURLs": m.client_urls(), "isLearner": m.is_learner(),
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table => print_table(
+            &[
+                "ID",
+                "STATUS",
+                "NAME",
+                "PEER ADDRS",
+                "CLIENT ADDRS",
+                "IS LEARNER",
+            ],
+            member_rows(members),
+        ),
+        Format::Simple => {
+            for row in member_rows(members) {
+                println!("{}", row.join(", "));
+            }
+        }
+    }
+}
+
+pub async fn run(client: &Client, format: Format, command: MemberCommand) -> anyhow::Result<()> {
+    let mut etcd = client.etcd().await?;
+    match command {
+        MemberCommand::List => {
+            let resp = client.request(etcd.member_list()).await?;
+            print_members(format, resp.header(), resp.members());
+        }
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let options = learner.then(|| MemberAddOptions::new().with_is_learner());
+            let resp = client
+                .request(etcd.member_add(peer_urls.clone(), options))
+                .await?;
+            let id = resp.member().map_or(0, |m| m.id());
+            let mut cluster: Vec<String> = resp
+                .member_list()
+                .iter()
+                .filter(|m| m.id() != id && !m.name().is_empty())
+                .flat_map(|m| {
+                    m.peer_urls()
+                        .iter()
+                        .map(|u| format!("{}={u}", m.name()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            cluster.push(format!("{name}={}", peer_urls[0]));
+            match format {
+                Format::Json => print_json(&json!({
+                    "header": header_json(resp.header()),
+                    "ID": id,
+                    "initial_cluster": cluster.join(","),
+                })),
+                _ => {
+                    let kind = if learner { "learner" } else { "member" };
+                    println!("Added {kind} {name} with ID {id:x}. Start it with:\n");
+                    println!("name = \"{name}\"");
+                    println!("listen_peer_urls = [\"{}\"]", peer_urls[0]);
+                    println!("initial_cluster = \"{}\"", cluster.join(","));
+                    println!("initial_cluster_state = \"existing\"");
+                }
+            }
+        }
+        MemberCommand::Remove { id } => {
+            let id = parse_member_id(&id)?;
+            let resp = client.request(etcd.member_remove(id)).await?;
+            match format {
+                Format::Json => print_json(&json!({ "header": header_json(resp.header()) })),
+                _ => println!("Member {id:x} removed"),
+            }
+        }
+        MemberCommand::Promote { id } => {
+            let id = parse_member_id(&id)?;
+            let resp = client.request(etcd.member_promote(id)).await?;
+            match format {
+                Format::Json => print_json(&json!({ "header": header_json(resp.header()) })),
+                _ => println!("Member {id:x} promoted"),
+            }
+        }
+    }
+    Ok(())
+}

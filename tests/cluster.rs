@@ -1,0 +1,514 @@
+//! Replication: real agent processes forming raft clusters over QUIC on
+//! loopback. Leader kills, restarts, membership changes and a minority that
+//! must not commit.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, ok, run_with_timeout, Agent, BIN};
+use etcd_client::{GetOptions, MemberAddOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One member's settings, fixed for the cluster's life.
+struct Slot {
+    name: String,
+    client_port: u16,
+    peer_url: String,
+    data_dir: PathBuf,
+    key: String,
+}
+
+/// Agents `n1..nN` with keys made up front, so every member trusts every
+/// slot (including spare slots for members added later).
+struct Cluster {
+    dir: PathBuf,
+    slots: Vec<Slot>,
+    agents: Vec<Option<Agent>>,
+}
+
+impl Cluster {
+    fn new(dir: &Path, slots: usize) -> Cluster {
+        let slots = (1..=slots)
+            .map(|i| {
+                let data_dir = dir.join(format!("n{i}"));
+                let key = ok(run_with_timeout(
+                    Command::new(BIN).args(["node-key", "--data-dir", data_dir.to_str().unwrap()]),
+                    Duration::from_secs(20),
+                ));
+                Slot {
+                    name: format!("n{i}"),
+                    client_port: free_port(),
+                    peer_url: format!("quic://127.0.0.1:{}", free_port()),
+                    data_dir,
+                    key: key.trim().to_string(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let agents = slots.iter().map(|_| None).collect();
+        Cluster {
+            dir: dir.to_path_buf(),
+            slots,
+            agents,
+        }
+    }
+
+    /// Starts the first `voters` slots as a new cluster.
+    fn start(dir: &Path, voters: usize, slots: usize) -> Cluster {
+        let mut cluster = Cluster::new(dir, slots);
+        let initial = cluster.initial_cluster(0..voters);
+        for i in 0..voters {
+            cluster.write_config(i, &initial, "new");
+            cluster.run(i);
+        }
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    fn initial_cluster(&self, members: std::ops::Range<usize>) -> String {
+        self.slots[members]
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.peer_url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.toml", self.slots[i].name))
+    }
+
+    fn write_config(&self, i: usize, initial_cluster: &str, state: &str) {
+        let slot = &self.slots[i];
+        let keys: Vec<String> = self.slots.iter().map(|s| format!("{:?}", s.key)).collect();
+        let config = format!(
+            "name = {:?}\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\n\
+             listen_peer_urls = [{:?}]\ninitial_cluster = {:?}\ninitial_cluster_state = {:?}\n\
+             heartbeat_interval = 50\nelection_timeout = 500\nsnapshot_count = 200\n\
+             snapshot_catchup_entries = 20\n\n[peer_trust]\nkeys = [{}]\n",
+            slot.name,
+            slot.data_dir.display().to_string(),
+            slot.client_port,
+            slot.peer_url,
+            initial_cluster,
+            state,
+            keys.join(", ")
+        );
+        std::fs::write(self.config_path(i), config).unwrap();
+    }
+
+    fn run(&mut self, i: usize) {
+        let args = vec![
+            "--config".to_string(),
+            self.config_path(i).display().to_string(),
+        ];
+        let slot = &self.slots[i];
+        self.agents[i] = Some(Agent::spawn(
+            &self.dir,
+            slot.data_dir.clone(),
+            slot.client_port,
+            &args,
+        ));
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.slots[i].client_port)
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|i| self.agents[*i].is_some())
+            .collect()
+    }
+
+    fn all_endpoints(&self) -> Vec<String> {
+        self.running()
+            .iter()
+            .map(|i| format!("http://{}", self.endpoint(*i)))
+            .collect()
+    }
+
+    async fn client(&self, i: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([format!("http://{}", self.endpoint(i))], None)
+            .await
+            .unwrap()
+    }
+
+    /// The slot index of the leader all running members agree on.
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let leaders: Vec<(usize, u64, u64)> = rt.block_on(async {
+                let mut seen = Vec::new();
+                for i in self.running() {
+                    let Ok(Ok(mut client)) = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        etcd_client::Client::connect(
+                            [format!("http://{}", self.endpoint(i))],
+                            None,
+                        ),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    if let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_secs(1), client.status()).await
+                    {
+                        let me = status.header().map_or(0, |h| h.member_id());
+                        seen.push((i, me, status.leader()));
+                    }
+                }
+                seen
+            });
+            let running = self.running().len();
+            if leaders.len() == running {
+                let leader = leaders[0].2;
+                if leader != 0 && leaders.iter().all(|(_, _, l)| *l == leader) {
+                    if let Some((i, _, _)) = leaders.iter().find(|(_, me, _)| *me == leader) {
+                        return *i;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {TIMEOUT:?}: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut agent) = self.agents[i].take() {
+            agent.kill9();
+        }
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(mut agent) = self.agents[i].take() {
+            assert!(agent.stop(), "{} did not stop cleanly", self.slots[i].name);
+        }
+    }
+}
+
+/// Every key under `prefix` with its value and mod revision, as member `i`
+/// has it (serializable: that member's own state).
+async fn local_state(cluster: &Cluster, i: usize, prefix: &str) -> HashMap<String, (String, i64)> {
+    let mut client = cluster.client(i).await;
+    let resp = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                (
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                    kv.mod_revision(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until member `i` has applied at least `revision`.
+async fn wait_for_revision(cluster: &Cluster, i: usize, revision: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut client = cluster.client(i).await;
+        let current = client
+            .get("x", Some(GetOptions::new().with_serializable()))
+            .await
+            .map(|r| r.header().map_or(0, |h| h.revision()))
+            .unwrap_or(0);
+        if current >= revision {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} stuck at revision {current} < {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_any_member_replicate_and_reads_are_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        client
+            .put(format!("/k/{i}"), format!("from n{}", i + 1), None)
+            .await
+            .unwrap();
+        // A linearizable read on another member sees the write at once.
+        let mut other = cluster.client((i + 1) % 3).await;
+        let read = other.get(format!("/k/{i}"), None).await.unwrap();
+        assert_eq!(read.kvs()[0].value(), format!("from n{}", i + 1).as_bytes());
+    }
+    for i in 0..3 {
+        wait_for_revision(&cluster, i, 3).await;
+        let state = local_state(&cluster, i, "/k/").await;
+        assert_eq!(state.len(), 3, "member {i}: {state:?}");
+        assert_eq!(state["/k/2"], ("from n3".to_string(), 3));
+    }
+    let members = cluster.client(0).await.member_list().await.unwrap();
+    let mut names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+
+    // Writers use every endpoint; a dead one's requests fail and they go on.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let endpoints = cluster.all_endpoints();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3));
+            let mut client = etcd_client::Client::connect(endpoints, Some(options))
+                .await
+                .unwrap();
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("/acked/{w}/{seq:05}");
+                seq += 1;
+                match client.put(key.clone(), key.clone(), None).await {
+                    Ok(_) => acked.lock().unwrap().push(key),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    let new_leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let election = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        election < Duration::from_secs(5),
+        "election took {election:?}"
+    );
+    eprintln!(
+        "new leader n{} elected {election:?} after kill -9",
+        new_leader + 1
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    // The last acknowledged write is visible to a linearizable read at once.
+    let last = acked.lock().unwrap().last().cloned().unwrap();
+    let mut client = cluster.client(new_leader).await;
+    assert_eq!(client.get(last.clone(), None).await.unwrap().count(), 1);
+
+    tokio::task::block_in_place(|| cluster.run(leader));
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "only {} puts acknowledged", acked.len());
+    let revision = client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut states = Vec::new();
+    for i in 0..3 {
+        wait_for_revision(&cluster, i, revision).await;
+        states.push(local_state(&cluster, i, "/acked/").await);
+    }
+    for key in &acked {
+        let on_first = states[0]
+            .get(key)
+            .unwrap_or_else(|| panic!("acknowledged {key} lost"));
+        for (i, state) in states.iter().enumerate() {
+            assert_eq!(
+                state.get(key),
+                Some(on_first),
+                "member {i} disagrees on {key}"
+            );
+        }
+    }
+    assert_eq!(states[0], states[1]);
+    assert_eq!(states[1], states[2]);
+    eprintln!(
+        "{} acknowledged puts present with equal revisions on all 3 members",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_cluster_restart_keeps_data_revisions_and_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let mut client = cluster.client(0).await;
+    for i in 0..20 {
+        client
+            .put(format!("/r/{i:02}"), i.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let before = local_state(&cluster, 0, "/r/").await;
+    let members_before = client.member_list().await.unwrap().members().len();
+    for i in 0..3 {
+        tokio::task::block_in_place(|| cluster.stop(i));
+    }
+    for i in 0..3 {
+        tokio::task::block_in_place(|| cluster.run(i));
+    }
+    tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let mut client = cluster.client(1).await;
+    let read = client
+        .get("/r/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(read.count(), 20);
+    assert_eq!(read.header().unwrap().revision(), 20);
+    for i in 0..3 {
+        wait_for_revision(&cluster, i, 20).await;
+        assert_eq!(local_state(&cluster, i, "/r/").await, before);
+    }
+    assert_eq!(
+        client.member_list().await.unwrap().members().len(),
+        members_before
+    );
+    client.put("/r/after", "restart", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 4));
+    let mut client = cluster.client(0).await;
+    // Enough writes that the log is compacted past what a newcomer needs.
+    for i in 0..600 {
+        client.put(format!("/s/{i:04}"), "v", None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let added = client
+        .member_add(
+            [cluster.slots[3].peer_url.clone()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let new_id = added.member().unwrap().id();
+    let initial = cluster.initial_cluster(0..4);
+    cluster.write_config(3, &initial, "existing");
+    tokio::task::block_in_place(|| cluster.run(3));
+    wait_for_revision(&cluster, 3, 600).await;
+    assert_eq!(local_state(&cluster, 3, "/s/").await.len(), 600);
+    let log = cluster.agents[3].as_ref().unwrap().log();
+    assert!(
+        log.contains("installed a snapshot"),
+        "the learner should catch up by snapshot:\n{log}"
+    );
+
+    client.member_promote(new_id).await.unwrap();
+    let members = client.member_list().await.unwrap();
+    let promoted = members.members().iter().find(|m| m.id() == new_id).unwrap();
+    assert!(!promoted.is_learner());
+    assert_eq!(promoted.name(), "n4", "the newcomer publishes its name");
+
+    // Remove n1; the other three carry on.
+    let n1 = members
+        .members()
+        .iter()
+        .find(|m| m.name() == "n1")
+        .unwrap()
+        .id();
+    let mut survivor = cluster.client(1).await;
+    survivor.member_remove(n1).await.unwrap();
+    cluster.kill9(0);
+    // Like any etcd client, retry while the survivors elect a leader.
+    let deadline = Instant::now() + TIMEOUT;
+    while let Err(err) = survivor.put("/s/after-remove", "ok", None).await {
+        assert!(
+            Instant::now() < deadline,
+            "no write after removing n1: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed = survivor.member_list().await.unwrap();
+    assert_eq!(listed.members().len(), 3);
+    assert!(listed.members().iter().all(|m| m.id() != n1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_from_the_majority_cannot_commit() {
+    // The minority here is one member whose two peers are gone: from its side
+    // that is a partition (it hears nobody). Killing the majority isolates it
+    // without needing network namespaces.
+    // It is a follower, so the refused write never enters any log.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let lonely = (leader + 1) % 3;
+    let mut client = cluster.client(lonely).await;
+    client.put("/p/before", "1", None).await.unwrap();
+    for i in 0..3 {
+        if i != lonely {
+            cluster.kill9(i);
+        }
+    }
+    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(10));
+    let mut isolated = etcd_client::Client::connect(
+        [format!("http://{}", cluster.endpoint(lonely))],
+        Some(options),
+    )
+    .await
+    .unwrap();
+    let write = isolated.put("/p/during", "lost", None).await;
+    assert!(write.is_err(), "a minority must not commit: {write:?}");
+    let linearizable = isolated.get("/p/before", None).await;
+    assert!(
+        linearizable.is_err(),
+        "a linearizable read needs a quorum: {linearizable:?}"
+    );
+    // A serializable read still answers from local state.
+    let local = isolated
+        .get("/p/before", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(local.count(), 1);
+
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            if i != lonely {
+                cluster.run(i);
+            }
+        }
+        cluster.wait_for_leader();
+    });
+    let mut client = cluster.client(leader).await;
+    let during = client.get("/p/during", None).await.unwrap();
+    assert_eq!(during.count(), 0, "the refused write must not appear later");
+}
