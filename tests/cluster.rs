@@ -512,3 +512,106 @@ async fn a_member_cut_off_from_the_majority_cannot_commit() {
     let during = client.get("/p/during", None).await.unwrap();
     assert_eq!(during.count(), 0, "the refused write must not appear later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_on_a_follower_sees_every_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let follower = (leader + 1) % 3;
+    let mut watcher = cluster.client(follower).await;
+    let mut stream = watcher
+        .watch(
+            "/w/",
+            Some(
+                etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(1),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut client = cluster.client(leader).await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                client.put(format!("/w/{w}/{i}"), "v", None).await.unwrap();
+            }
+        }));
+    }
+    let mut revisions = Vec::new();
+    while revisions.len() < 200 {
+        let response = tokio::time::timeout(TIMEOUT, stream.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .expect("stream open");
+        revisions.extend(
+            response
+                .events()
+                .iter()
+                .map(|e| e.kv().unwrap().mod_revision()),
+        );
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        revisions,
+        (1..=200).collect::<Vec<i64>>(),
+        "every event once, in revision order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_with_an_untrusted_key_is_refused_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    // A stranger with its own key claims a new cluster with n1 and campaigns.
+    let rogue_dir = dir.path().join("rogue");
+    let rogue_peer = format!("quic://127.0.0.1:{}", free_port());
+    let trusted: Vec<String> = cluster
+        .slots
+        .iter()
+        .map(|s| format!("{:?}", s.key))
+        .collect();
+    let config = dir.path().join("rogue.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"rogue\"\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\n\
+             listen_peer_urls = [{rogue_peer:?}]\ninitial_cluster = \"rogue={rogue_peer},n1={}\"\n\
+             heartbeat_interval = 50\nelection_timeout = 500\n[peer_trust]\nkeys = [{}]\n",
+            rogue_dir.display().to_string(),
+            free_port(),
+            cluster.slots[0].peer_url,
+            trusted.join(", ")
+        ),
+    )
+    .unwrap();
+    let rogue_port = free_port();
+    let args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--listen-client-urls".to_string(),
+        format!("http://127.0.0.1:{rogue_port}"),
+    ];
+    let _rogue =
+        tokio::task::block_in_place(|| Agent::spawn(dir.path(), rogue_dir, rogue_port, &args));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let log = cluster.agents[0].as_ref().unwrap().log();
+        if log.contains("refused a peer whose key is not in peer_trust.keys") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not refuse the stranger:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cluster is unaffected.
+    let mut client = cluster.client(0).await;
+    client.put("/still", "fine", None).await.unwrap();
+}

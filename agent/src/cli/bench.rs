@@ -24,9 +24,12 @@ pub enum Workload {
 pub struct BenchArgs {
     #[arg(value_enum)]
     pub workload: Workload,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Connections the clients share (0: one per client).
+    #[arg(long, default_value_t = 0)]
+    pub connections: usize,
     /// Requests in all.
     #[arg(long, default_value_t = 10_000)]
     pub total: usize,
@@ -75,13 +78,20 @@ pub async fn prepare(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<(
 /// Runs the workload: `total` requests spread over `clients` connections.
 pub async fn run(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<Report> {
     let clients = args.clients.max(1);
-    let mut connections = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    let wanted = if args.connections == 0 {
+        clients
+    } else {
+        args.connections.min(clients)
+    };
+    let mut connections = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
         connections.push(etcd_client::Client::connect(endpoints, None).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
-    for (n, mut client) in connections.into_iter().enumerate() {
+    for n in 0..clients {
+        // Clients on one connection share it (HTTP/2 streams).
+        let mut client = connections[n % wanted].clone();
         let args = args.clone();
         let share = args.total / clients + usize::from(n < args.total % clients);
         tasks.push(tokio::spawn(async move {
@@ -143,4 +153,50 @@ pub async fn bench(client: &Client, format: Format, args: BenchArgs) -> anyhow::
         ),
     }
     Ok(())
+}
+
+/// Latency from a put's acknowledgement to the watch event announcing it
+/// (0 when the event came first): puts go to `put_endpoint`, the watcher
+/// sits on `watch_endpoint`.
+pub async fn watch_latency(
+    put_endpoint: &str,
+    watch_endpoint: &str,
+    samples: usize,
+) -> anyhow::Result<Report> {
+    let mut writer = etcd_client::Client::connect([put_endpoint], None).await?;
+    let mut watcher = etcd_client::Client::connect([watch_endpoint], None).await?;
+    let mut stream = watcher.watch("bench/watch", None).await?;
+    // Wait for the watch to be registered before the first put.
+    stream.message().await?;
+    let value = vec![b'w'; 256];
+    let mut latencies = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for _ in 0..samples {
+        let put = writer.put("bench/watch", value.clone(), None).await?;
+        let acked = Instant::now();
+        let revision = put.header().map_or(0, |h| h.revision());
+        let arrived = loop {
+            let response = stream
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("watch stream ended"))?;
+            if response
+                .events()
+                .iter()
+                .any(|e| e.kv().is_some_and(|kv| kv.mod_revision() >= revision))
+            {
+                break Instant::now();
+            }
+        };
+        latencies.push(arrived.saturating_duration_since(acked));
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Report {
+        requests: latencies.len(),
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    })
 }

@@ -1,0 +1,158 @@
+//! Three-member clusters side by side: Edgeconf (raft over QUIC) and etcd
+//! (Debian's etcd-server), driven by the same load generator through the
+//! etcd v3 API, 256-byte values, both fsyncing before acknowledging.
+//!
+//! Run: `cargo bench --bench cluster` (prints figures; asserts nothing).
+//! Each throughput scenario runs ROUNDS times; medians are printed.
+
+mod support;
+
+use std::time::Duration;
+
+use edgeconf::cli::bench::{prepare, run, watch_latency, BenchArgs, Report, Workload};
+use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
+
+const ROUNDS: usize = 3;
+
+struct System {
+    name: &'static str,
+    members: Vec<Server>,
+}
+
+impl System {
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+}
+
+/// (req/s, p50 ms, p99 ms), medians over the rounds.
+fn measure(rt: &tokio::runtime::Runtime, system: &System, args: &BenchArgs) -> (f64, f64, f64) {
+    let endpoints = system.endpoints();
+    let reports: Vec<Report> = (0..ROUNDS)
+        .map(|_| rt.block_on(run(&endpoints, args)).expect("benchmark run"))
+        .collect();
+    (
+        median(reports.iter().map(Report::throughput).collect()),
+        median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
+        median(reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
+    )
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut systems = vec![System {
+        name: "edgeconf",
+        members: edgeconf_cluster(dir.path(), 3),
+    }];
+    if etcd_available() {
+        systems.push(System {
+            name: "etcd",
+            members: etcd_cluster(dir.path(), 3),
+        });
+    } else {
+        println!("(etcd not found: run ./setup.sh for the side-by-side figures)");
+    }
+    // Let both elect a leader.
+    std::thread::sleep(Duration::from_secs(3));
+
+    println!(
+        "{:<40} {:>9} {:>10} {:>9} {:>9}",
+        "scenario (3 members)", "system", "req/s", "p50 ms", "p99 ms"
+    );
+    let scenarios = [
+        ("put, 1 client sequential", Workload::Put, 1, 1, 2_000),
+        (
+            "put, 64 clients over 8 connections",
+            Workload::Put,
+            64,
+            8,
+            20_000,
+        ),
+        (
+            "linearizable get, 64 clients / 8 conns",
+            Workload::Get,
+            64,
+            8,
+            40_000,
+        ),
+    ];
+    for (label, workload, clients, connections, total) in scenarios {
+        let args = BenchArgs {
+            workload,
+            clients,
+            connections,
+            total,
+            value_size: 256,
+            key_space: 1_000,
+        };
+        let mut throughputs = Vec::new();
+        for system in &systems {
+            if workload == Workload::Get {
+                rt.block_on(prepare(&system.endpoints(), &args)).unwrap();
+            }
+            let (throughput, p50, p99) = measure(&rt, system, &args);
+            throughputs.push(throughput);
+            println!(
+                "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2}",
+                system.name
+            );
+        }
+        if let [ours, etcd] = throughputs[..] {
+            println!("{label:<40} {:>9} {:>9.2}x", "ratio", ours / etcd);
+        }
+    }
+
+    // Watch latency: put on one member, watch on another.
+    let mut p50s = Vec::new();
+    for system in &systems {
+        let put = format!("http://{}", system.members[0].endpoint);
+        let watch = format!("http://{}", system.members[1].endpoint);
+        let reports: Vec<Report> = (0..ROUNDS)
+            .map(|_| {
+                rt.block_on(watch_latency(&put, &watch, 500))
+                    .expect("watch run")
+            })
+            .collect();
+        let p50 = median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
+        let p99 = median(reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+        p50s.push(p50);
+        println!(
+            "{:<40} {:>9} {:>10} {p50:>9.2} {p99:>9.2}",
+            "watch latency, put ack -> event", system.name, "-"
+        );
+    }
+    if let [ours, etcd] = p50s[..] {
+        println!(
+            "{:<40} {:>9} {:>9.2}x (p50, lower is better)",
+            "watch latency",
+            "ratio",
+            ours / etcd
+        );
+    }
+
+    // Memory after loading 10,000 keys.
+    let load = BenchArgs {
+        workload: Workload::Put,
+        clients: 64,
+        connections: 8,
+        total: 10_000,
+        value_size: 256,
+        key_space: 10_000,
+    };
+    for system in &systems {
+        rt.block_on(prepare(&system.endpoints(), &load)).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let rss: Vec<String> = system
+            .members
+            .iter()
+            .map(|m| format!("{:.1}", m.rss_mib()))
+            .collect();
+        println!(
+            "{:<40} {:>9} RSS per member MiB: {}",
+            "after loading 10,000 keys",
+            system.name,
+            rss.join(" / ")
+        );
+    }
+}

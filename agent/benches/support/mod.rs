@@ -1,0 +1,152 @@
+//! Server processes for the benchmarks: edgeconf agents and etcd members on
+//! loopback, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EDGECONF: &str = env!("CARGO_BIN_EXE_edgeconf");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Server {
+    pub name: String,
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn spawn(name: &str, command: &mut Command, client_port: u16) -> Server {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {name}: {err}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            name: name.to_string(),
+            child,
+            endpoint: format!("127.0.0.1:{client_port}"),
+        }
+    }
+
+    /// Resident memory in MiB, from /proc.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+pub fn etcd_available() -> bool {
+    Command::new("etcd").arg("--version").output().is_ok()
+}
+
+/// `n` etcd members (`n` = 1 for a single node) in `dir`.
+pub fn etcd_cluster(dir: &Path, n: usize) -> Vec<Server> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let mut command = Command::new("etcd");
+            command
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.join(format!("etcd-{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new", "--log-level", "error"]);
+            Server::spawn(&format!("etcd e{i}"), &mut command, *client)
+        })
+        .collect()
+}
+
+/// `n` edgeconf agents (`n` = 1 for a single node) in `dir`.
+pub fn edgeconf_cluster(dir: &Path, n: usize) -> Vec<Server> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("n{i}=quic://127.0.0.1:{peer}"))
+        .collect();
+    let keys: Vec<String> = (0..n)
+        .map(|i| {
+            let out = Command::new(EDGECONF)
+                .arg("node-key")
+                .arg("--data-dir")
+                .arg(dir.join(format!("edgeconf-{i}")))
+                .output()
+                .expect("edgeconf node-key");
+            format!("{:?}", String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let config = dir.join(format!("edgeconf-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "name = \"n{i}\"\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{client}\"]\n\
+                     listen_peer_urls = [\"quic://127.0.0.1:{peer}\"]\ninitial_cluster = {:?}\n\
+                     log_level = \"warn\"\n[peer_trust]\nkeys = [{}]\n",
+                    dir.join(format!("edgeconf-{i}")).display().to_string(),
+                    initial.join(","),
+                    keys.join(", ")
+                ),
+            )
+            .unwrap();
+            let mut command = Command::new(EDGECONF);
+            command.arg("agent").arg("--config").arg(&config);
+            Server::spawn(&format!("edgeconf n{i}"), &mut command, *client)
+        })
+        .collect()
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
