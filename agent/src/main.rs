@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Agent(ref args) => run_agent(args),
-        _ => runtime().and_then(|rt| rt.block_on(cli::run_client(cli))),
+        _ => {
+            restore_sigpipe();
+            runtime().and_then(|rt| rt.block_on(cli::run_client(cli)))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,6 +23,18 @@ fn main() -> ExitCode {
             eprintln!("Error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Client commands end quietly when their reader goes away (`| head`), as
+/// Unix tools do, instead of failing to print. The agent keeps Rust's
+/// default (SIGPIPE ignored), so a closed socket is an error, not a death.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread is spawned; it
+    // only resets one signal's disposition to the system default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -32,6 +47,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
     if args.check {
+        restore_sigpipe();
         let source = args
             .config
             .as_ref()
