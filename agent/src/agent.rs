@@ -17,6 +17,12 @@ use crate::transport::NodeKey;
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Set in the environment to let tests partition an agent from its peers.
+const FAULT_INJECTION_ENV: &str = "EDGECONF_FAULT_INJECTION";
+/// With fault injection on, this file in the data dir cuts the agent off
+/// from its peers while it exists.
+const PARTITION_SWITCH: &str = "fault-partition";
+
 /// Runs the agent until SIGINT or SIGTERM. Returns the raft thread: join it
 /// after the runtime is dropped, to close the store cleanly.
 pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
@@ -84,6 +90,10 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
     }
+    if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
+        let (node, switch) = (node.clone(), config.data_dir.join(PARTITION_SWITCH));
+        tasks.spawn(async move { watch_fault_switch(node, switch).await });
+    }
     tracing::info!(
         name = %config.name,
         member_id = format_args!("{:x}", identity.member_id),
@@ -108,6 +118,18 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
     tasks.abort_all();
     node.stop();
     Ok(raft_thread)
+}
+
+/// Fault injection for partition tests (only with `EDGECONF_FAULT_INJECTION`
+/// set): drops all peer traffic while `switch` exists, so a live agent can
+/// be cut off from the others and healed without touching the network.
+async fn watch_fault_switch(node: Arc<Node>, switch: std::path::PathBuf) {
+    tracing::warn!(switch = %switch.display(), "fault injection enabled");
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        node.transport().set_isolated(switch.exists());
+    }
 }
 
 /// The ids this member was born with; derived from the config only once.

@@ -67,6 +67,8 @@ impl Agent {
             .arg("agent")
             .args(args)
             .env("RUST_LOG", "info")
+            // Lets partition tests cut an agent off (see agent.rs).
+            .env("EDGECONF_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -250,6 +250,10 @@ impl Node {
         &self.store
     }
 
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
     pub fn identity(&self) -> Identity {
         self.identity
     }

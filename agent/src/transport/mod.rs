@@ -10,6 +10,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Transport {
     sink: Sink,
     /// Sender tasks are started from the raft thread, outside the runtime.
     runtime: tokio::runtime::Handle,
+    /// Fault injection: while set, every peer message in or out is dropped,
+    /// as if this member were cut off by a network partition.
+    isolated: Arc<AtomicBool>,
 }
 
 struct Peer {
@@ -82,14 +86,16 @@ impl Transport {
                 error,
             }
         })?;
+        let isolated = Arc::new(AtomicBool::new(false));
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
             client_config,
             peers: Mutex::new(HashMap::new()),
             sink: sink.clone(),
             runtime: tokio::runtime::Handle::current(),
+            isolated: isolated.clone(),
         });
-        tokio::spawn(accept_peers(endpoint, sink));
+        tokio::spawn(accept_peers(endpoint, sink, isolated));
         Ok(transport)
     }
 
@@ -113,8 +119,23 @@ impl Transport {
         }
     }
 
+    /// Cuts this member off from its peers (or reconnects it): a fault
+    /// injection for partition tests, see `agent::watch_fault_switch`.
+    pub fn set_isolated(&self, isolated: bool) {
+        if self.isolated.swap(isolated, Ordering::SeqCst) != isolated {
+            tracing::warn!(
+                isolated,
+                "fault injection: peer traffic {}",
+                if isolated { "dropped" } else { "restored" }
+            );
+        }
+    }
+
     /// Queues messages for their peers without waiting.
     pub fn send(&self, messages: Vec<Message>) {
+        if self.isolated.load(Ordering::SeqCst) {
+            return;
+        }
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for message in messages {
             let to = message.to;
@@ -161,9 +182,10 @@ fn decode(mut frame: &[u8]) -> Result<Vec<Message>, String> {
     Ok(messages)
 }
 
-async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink) {
+async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink, isolated: Arc<AtomicBool>) {
     while let Some(incoming) = endpoint.accept().await {
         let sink = sink.clone();
+        let isolated = isolated.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -175,13 +197,13 @@ async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink) {
             };
             while let Ok(mut stream) = connection.accept_uni().await {
                 let sink = sink.clone();
+                let isolated = isolated.clone();
                 tokio::spawn(async move {
-                    match stream
-                        .read_to_end(MAX_FRAME)
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|f| decode(&f))
-                    {
+                    let frame = stream.read_to_end(MAX_FRAME).await;
+                    if isolated.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match frame.map_err(|e| e.to_string()).and_then(|f| decode(&f)) {
                         Ok(messages) => {
                             for message in messages {
                                 sink(Delivery::Message(message));
