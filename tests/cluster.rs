@@ -329,6 +329,22 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let mut client = cluster.client(new_leader).await;
     assert_eq!(client.get(last.clone(), None).await.unwrap().count(), 1);
 
+    // The CLI, given every endpoint, skips the dead one.
+    let all: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    let cli = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            Command::new(BIN).args([
+                "--endpoints",
+                &all.join(","),
+                "put",
+                "/cli/after-kill",
+                "ok",
+            ]),
+            Duration::from_secs(30),
+        )
+    });
+    assert_eq!(ok(cli), "OK\n");
+
     tokio::task::block_in_place(|| cluster.run(leader));
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 50, "only {} puts acknowledged", acked.len());

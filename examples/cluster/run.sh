@@ -26,4 +26,6 @@ for i in 1 2 3; do
   pids+=($!)
 done
 echo "cluster running: endpoints 127.0.0.1:21379,127.0.0.1:22379,127.0.0.1:23379 (Ctrl-C stops it)"
-wait
+# A member that dies (or is killed to try a failover) leaves the others up.
+set +e
+while [ -n "$(jobs -pr)" ]; do wait; done

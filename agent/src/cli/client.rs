@@ -24,9 +24,34 @@ impl Client {
         }
     }
 
-    /// An etcd client over all endpoints.
+    /// The same settings, for one endpoint.
+    pub fn for_endpoint(&self, endpoint: &str) -> Client {
+        Client::new(
+            &[endpoint.to_string()],
+            self.dial_timeout,
+            self.command_timeout,
+        )
+    }
+
+    /// An etcd client on the first endpoint that accepts a connection, so a
+    /// member that is down does not fail the command. (The client library
+    /// connects lazily, so reachability is checked here first.)
     pub async fn etcd(&self) -> anyhow::Result<etcd_client::Client> {
-        self.etcd_at(&self.endpoints).await
+        for endpoint in &self.endpoints {
+            let address = endpoint
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
+            let reachable =
+                tokio::time::timeout(self.dial_timeout, tokio::net::TcpStream::connect(address))
+                    .await;
+            if matches!(reachable, Ok(Ok(_))) {
+                return self.etcd_at(std::slice::from_ref(endpoint)).await;
+            }
+        }
+        Err(anyhow!(
+            "cannot reach any of {}; is `edgeconf agent` running? check --endpoints",
+            self.endpoints.join(",")
+        ))
     }
 
     pub async fn etcd_at(&self, endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {

@@ -9,14 +9,16 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for endpoint in &client.endpoints {
+        // A client of this endpoint alone, so errors name it.
+        let one = client.for_endpoint(endpoint);
         let answer = async {
-            let mut etcd = client.etcd_at(std::slice::from_ref(endpoint)).await?;
-            client.request(etcd.status()).await
+            let mut etcd = one.etcd_at(std::slice::from_ref(endpoint)).await?;
+            one.request(etcd.status()).await
         }
         .await;
         match answer {
             Ok(status) => rows.push((endpoint.clone(), status)),
-            Err(err) => failures.push(format!("{endpoint}: {err}")),
+            Err(err) => failures.push(err.to_string()),
         }
     }
     match format {

@@ -86,6 +86,10 @@ impl RaftLog {
         self.conf_state.voters.is_empty() && self.conf_state.learners.is_empty()
     }
 
+    pub fn commit_index(&self) -> u64 {
+        self.hard_state.commit
+    }
+
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }

@@ -186,6 +186,12 @@ impl Node {
             }
         }
         let applied = store.applied_index()?;
+        // The store may have reached disk with a later applied index than the
+        // log's last durable commit index (the two files sync separately).
+        // Whatever was applied was committed, so the commit index catches up.
+        if applied > log.commit_index() {
+            log.set_commit(applied)?;
+        }
         let sole_voter = log.conf_state().voters == [settings.identity.member_id];
         let config = raft::Config {
             id: settings.identity.member_id,
