@@ -9,23 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use edgeconf::cli::bench::{prepare, run, BenchArgs, Report, Workload};
-use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
+use edgeconf::cli::bench::{prepare, BenchArgs, Workload};
+use support::{edgeconf_cluster, etcd_available, etcd_cluster, measure};
 
 const ROUNDS: usize = 3;
-
-/// Median throughput, p50 and p99 (ms) over the rounds.
-fn measure(rt: &tokio::runtime::Runtime, server: &Server, args: &BenchArgs) -> (f64, f64, f64) {
-    let endpoints = [server.endpoint.clone()];
-    let reports: Vec<Report> = (0..ROUNDS)
-        .map(|_| rt.block_on(run(&endpoints, args)).expect("benchmark run"))
-        .collect();
-    (
-        median(reports.iter().map(Report::throughput).collect()),
-        median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
-        median(reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
-    )
-}
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -66,7 +53,8 @@ fn main() {
                 rt.block_on(prepare(std::slice::from_ref(&server.endpoint), &args))
                     .unwrap();
             }
-            let (throughput, p50, p99) = measure(&rt, server, &args);
+            let endpoints = [server.endpoint.clone()];
+            let (throughput, p50, p99) = measure(&rt, &endpoints, &args, ROUNDS);
             throughputs.push(throughput);
             println!(
                 "{label:<28} {:>10} {throughput:>12.0} {p50:>10.2} {p99:>10.2}",

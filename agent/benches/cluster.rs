@@ -9,8 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use edgeconf::cli::bench::{prepare, run, watch_latency, BenchArgs, Report, Workload};
-use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
+use edgeconf::cli::bench::{prepare, watch_latency, BenchArgs, Report, Workload};
+use support::{edgeconf_cluster, etcd_available, etcd_cluster, measure, median, Server};
 
 const ROUNDS: usize = 3;
 
@@ -23,19 +23,6 @@ impl System {
     fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.endpoint.clone()).collect()
     }
-}
-
-/// (req/s, p50 ms, p99 ms), medians over the rounds.
-fn measure(rt: &tokio::runtime::Runtime, system: &System, args: &BenchArgs) -> (f64, f64, f64) {
-    let endpoints = system.endpoints();
-    let reports: Vec<Report> = (0..ROUNDS)
-        .map(|_| rt.block_on(run(&endpoints, args)).expect("benchmark run"))
-        .collect();
-    (
-        median(reports.iter().map(Report::throughput).collect()),
-        median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
-        median(reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
-    )
 }
 
 fn main() {
@@ -91,7 +78,7 @@ fn main() {
             if workload == Workload::Get {
                 rt.block_on(prepare(&system.endpoints(), &args)).unwrap();
             }
-            let (throughput, p50, p99) = measure(&rt, system, &args);
+            let (throughput, p50, p99) = measure(&rt, &system.endpoints(), &args, ROUNDS);
             throughputs.push(throughput);
             println!(
                 "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2}",

@@ -146,6 +146,25 @@ pub fn edgeconf_cluster(dir: &Path, n: usize) -> Vec<Server> {
         .collect()
 }
 
+/// Runs a workload ROUNDS times against `endpoints`; returns the medians of
+/// throughput (req/s), p50 and p99 (ms).
+pub fn measure(
+    rt: &tokio::runtime::Runtime,
+    endpoints: &[String],
+    args: &edgeconf::cli::bench::BenchArgs,
+    rounds: usize,
+) -> (f64, f64, f64) {
+    use edgeconf::cli::bench::{run, Report};
+    let reports: Vec<Report> = (0..rounds)
+        .map(|_| rt.block_on(run(endpoints, args)).expect("benchmark run"))
+        .collect();
+    (
+        median(reports.iter().map(Report::throughput).collect()),
+        median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
+        median(reports.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
+    )
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]

@@ -51,6 +51,23 @@ pub struct Report {
 }
 
 impl Report {
+    fn new(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let index = (latencies.len() as f64 * q) as usize;
+            latencies
+                .get(index.min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Self {
+            requests: latencies.len(),
+            elapsed,
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
     pub fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -117,15 +134,7 @@ pub async fn run(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<Repor
     for task in tasks {
         latencies.extend(task.await??);
     }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Ok(Report {
-        requests: latencies.len(),
-        elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    })
+    Ok(Report::new(latencies, start.elapsed()))
 }
 
 pub async fn bench(client: &Client, format: Format, args: BenchArgs) -> anyhow::Result<()> {
@@ -190,13 +199,5 @@ pub async fn watch_latency(
         };
         latencies.push(arrived.saturating_duration_since(acked));
     }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Ok(Report {
-        requests: latencies.len(),
-        elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    })
+    Ok(Report::new(latencies, start.elapsed()))
 }
