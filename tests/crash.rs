@@ -10,6 +10,15 @@ use common::{etcd_client, Agent};
 
 const WRITERS: usize = 8;
 
+/// Sync the store and compact the raft log every 100 entries, so that kills
+/// land between syncs, compactions and plain appends alike.
+const COMPACT_OFTEN: &[&str] = &[
+    "--snapshot-count",
+    "100",
+    "--snapshot-catchup-entries",
+    "10",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_puts_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +26,7 @@ async fn acknowledged_puts_survive_kill_9() {
     let mut total_acked = 0;
     // Kill at different moments of the stream.
     for (round, kill_after_ms) in [250u64, 700, 1300].into_iter().enumerate() {
-        let mut agent = Agent::start_with(dir.path(), port, &[]);
+        let mut agent = Agent::start_with(dir.path(), port, COMPACT_OFTEN);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut writers = Vec::new();
         for writer in 0..WRITERS {
@@ -43,7 +52,7 @@ async fn acknowledged_puts_survive_kill_9() {
                 .unwrap();
         }
 
-        let agent = Agent::start_with(dir.path(), port, &[]);
+        let agent = Agent::start_with(dir.path(), port, COMPACT_OFTEN);
         let mut client = etcd_client(&agent).await;
         let acked = acked.lock().unwrap().clone();
         assert!(

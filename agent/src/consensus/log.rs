@@ -121,14 +121,22 @@ impl RaftLog {
         if entries.is_empty() && hard_state.is_none_or(|hs| *hs == self.hard_state) {
             return Ok(());
         }
-        // A hard state that only moved `commit` need not be fsynced: a lost
-        // commit index is learnt again from the leader.
+        // A hard state that only moved `commit` is kept in memory until the
+        // next write or `flush_commit`: a lost commit index is learnt again
+        // from the leader, and on start it catches up with the store's
+        // applied index (see `Node::start`).
         let only_commit_moved = entries.is_empty()
             && hard_state.is_some_and(|hs| {
                 hs.term == self.hard_state.term && hs.vote == self.hard_state.vote
             });
+        if only_commit_moved {
+            if let Some(hs) = hard_state {
+                self.hard_state = hs.clone();
+            }
+            return Ok(());
+        }
         let old_last = self.last_index;
-        self.write(!only_commit_moved, |txn| {
+        self.write(true, |txn| {
             let mut table = txn.open_table(ENTRIES).map_err(storage_err)?;
             if let Some(first) = entries.first() {
                 if first.index <= old_last {
@@ -164,6 +172,18 @@ impl RaftLog {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         self.append(&[], Some(&hs))
+    }
+
+    /// Writes the in-memory hard state (its commit index) durably.
+    pub fn flush_commit(&mut self) -> Result<(), raft::Error> {
+        let hs = self.hard_state.clone();
+        self.write(true, |txn| {
+            let mut state = txn.open_table(STATE).map_err(storage_err)?;
+            state
+                .insert(HARD_STATE, hs.write_to_bytes()?.as_slice())
+                .map_err(storage_err)
+                .map(|_| ())
+        })
     }
 
     pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), raft::Error> {

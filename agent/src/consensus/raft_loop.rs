@@ -198,6 +198,9 @@ impl RaftLoop {
     }
 
     fn stop(mut self) {
+        if let Err(err) = self.raw.mut_store().flush_commit() {
+            tracing::error!(error = %err, "saving the commit index failed");
+        }
         if let Err(err) = self.store.sync() {
             tracing::error!(error = %err, "final store sync failed");
         }
@@ -509,6 +512,10 @@ impl RaftLoop {
         {
             return Ok(());
         }
+        self.raw
+            .mut_store()
+            .flush_commit()
+            .map_err(|e| format!("saving the commit index: {e}"))?;
         self.store
             .sync()
             .map_err(|e| format!("syncing the store: {e}"))?;
