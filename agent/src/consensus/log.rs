@@ -94,6 +94,10 @@ impl RaftLog {
         &self.conf_state
     }
 
+    pub fn last_index_value(&self) -> u64 {
+        self.last_index
+    }
+
     pub fn first_index_value(&self) -> u64 {
         self.snapshot_meta.index + 1
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, SnapshotMetadata};
 use raft::RawNode;
 use sha2::{Digest, Sha256};
@@ -186,6 +187,16 @@ impl Node {
             }
         }
         let applied = store.applied_index()?;
+        // A crash between installing a snapshot in the store and resetting
+        // the log leaves the store ahead of the log: finish the reset.
+        if applied > log.last_index_value() {
+            if let Some(bytes) = store.installed_snapshot()? {
+                let meta = SnapshotMetadata::parse_from_bytes(&bytes).map_err(raft::Error::from)?;
+                if meta.index == applied {
+                    log.apply_snapshot(&meta)?;
+                }
+            }
+        }
         // The store may have reached disk with a later applied index than the
         // log's last durable commit index (the two files sync separately).
         // Whatever was applied was committed, so the commit index catches up.

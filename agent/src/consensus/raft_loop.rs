@@ -145,7 +145,10 @@ impl RaftLoop {
             lessor,
             tick,
             compaction,
-            next_seq: 1,
+            // A fresh start point each run: entries and reads from an earlier
+            // run of this member may still come back, and must not match
+            // this run's waiting clients.
+            next_seq: rand::random::<u64>() >> 1,
             pending: HashMap::new(),
             leader: 0,
             reads_sent: HashMap::new(),
@@ -284,9 +287,15 @@ impl RaftLoop {
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
+            // The store first, with the snapshot's metadata: a crash before
+            // the log is reset leaves what `Node::start` needs to finish it.
+            let meta = snapshot
+                .get_metadata()
+                .write_to_bytes()
+                .map_err(|e| format!("encoding snapshot metadata: {e}"))?;
             let applied = self
                 .store
-                .restore_snapshot(&snapshot.data)
+                .restore_snapshot(&snapshot.data, &meta)
                 .map_err(|e| format!("installing a snapshot: {e}"))?;
             self.raw
                 .mut_store()
@@ -295,6 +304,7 @@ impl RaftLoop {
             self.applied = applied;
             self.durable_applied = applied;
             self.update_peers();
+            self.lessor.promote(&self.store);
             tracing::info!(index = applied, "installed a snapshot from the leader");
         }
         self.apply(ready.take_committed_entries())?;

@@ -66,6 +66,7 @@ impl Store {
             txn.open_table(LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(META)?;
+            txn.open_table(tables::CONSENSUS)?;
         }
         txn.commit()?;
         let (live, _) = broadcast::channel(watch::LIVE_CAPACITY);

@@ -5,8 +5,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    CHANGES, KV, LEASES, LEASE_KEYS, MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
-    META_REVISION,
+    CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, MEMBERS, META,
+    META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION,
 };
 use super::types::{Result, StoreError};
 use super::{Committed, Store};
@@ -70,8 +70,10 @@ impl Store {
         Ok((image.applied_index, bytes))
     }
 
-    /// Replaces the replicated state with a snapshot, durably.
-    pub fn restore_snapshot(&self, data: &[u8]) -> Result<u64> {
+    /// Replaces the replicated state with a snapshot, durably, together with
+    /// `consensus` (the consensus layer's description of that snapshot), so
+    /// a crash right after leaves enough to bring the raft log in line.
+    pub fn restore_snapshot(&self, data: &[u8], consensus: &[u8]) -> Result<u64> {
         let image: Image = postcard::from_bytes(data)
             .map_err(|err| StoreError::Corrupt(format!("decoding a snapshot: {err}")))?;
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,6 +106,8 @@ impl Store {
             }
             let mut meta = txn.open_table(META)?;
             meta.insert(META_APPLIED_INDEX, image.applied_index)?;
+            txn.open_table(CONSENSUS)?
+                .insert(CONSENSUS_SNAPSHOT, consensus)?;
             meta.insert(META_REVISION, image.revision)?;
             meta.insert(META_COMPACT_REVISION, image.compact_revision)?;
         }
@@ -116,5 +120,15 @@ impl Store {
             events: Vec::new(),
         }));
         Ok(image.applied_index)
+    }
+}
+
+impl Store {
+    /// What `restore_snapshot` was last given as `consensus`.
+    pub fn installed_snapshot(&self) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONSENSUS)?;
+        let value = table.get(CONSENSUS_SNAPSHOT)?.map(|v| v.value().to_vec());
+        Ok(value)
     }
 }

@@ -22,6 +22,11 @@ pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition
 /// Member records: `raft id -> postcard MemberRecord`.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
+/// Opaque facts the consensus layer stores with the state it describes
+/// (the metadata of the snapshot last installed).
+pub(crate) const CONSENSUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consensus");
+pub(crate) const CONSENSUS_SNAPSHOT: &str = "snapshot";
+
 /// Scalars: see the `META_*` names.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -522,7 +522,11 @@ fn a_snapshot_restores_history_leases_and_the_applied_index_elsewhere() {
 
     let (_dir2, target) = open();
     put(&target, "stale", "x");
-    assert_eq!(target.restore_snapshot(&data).unwrap(), 3);
+    assert_eq!(target.restore_snapshot(&data, b"meta").unwrap(), 3);
+    assert_eq!(
+        target.installed_snapshot().unwrap().as_deref(),
+        Some(&b"meta"[..])
+    );
     assert_eq!(target.revision(), 2);
     assert_eq!(target.applied_index().unwrap(), 3);
     assert!(get_at(&target, "stale", 0).is_none());

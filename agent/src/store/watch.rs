@@ -72,7 +72,9 @@ impl Watcher {
             }
             match self.live.recv().await {
                 Ok(batch) => {
-                    if batch.revision < self.next_revision {
+                    // An event-less batch that moved the revision (a restored
+                    // snapshot) says "read the gap from disk": the loop does.
+                    if batch.revision < self.next_revision || batch.events.is_empty() {
                         continue;
                     }
                     let from = self.next_revision;

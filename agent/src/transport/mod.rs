@@ -133,17 +133,22 @@ impl Transport {
 
     /// Queues messages for their peers without waiting.
     pub fn send(&self, messages: Vec<Message>) {
-        if self.isolated.load(Ordering::SeqCst) {
-            return;
-        }
+        let isolated = self.isolated.load(Ordering::SeqCst);
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for message in messages {
             let to = message.to;
-            let queued = peers
-                .get(&to)
-                .is_some_and(|peer| peer.queue.try_send(message).is_ok());
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let queued = !isolated
+                && peers
+                    .get(&to)
+                    .is_some_and(|peer| peer.queue.try_send(message).is_ok());
             if !queued {
                 (self.sink)(Delivery::Unreachable(to));
+                // raft keeps a follower paused while a snapshot to it is in
+                // flight: say this one failed, or it waits forever.
+                if snapshot {
+                    (self.sink)(Delivery::SnapshotSent { to, ok: false });
+                }
             }
         }
     }
