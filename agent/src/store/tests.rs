@@ -533,3 +533,26 @@ fn a_snapshot_restores_history_leases_and_the_applied_index_elsewhere() {
     assert_eq!(get_at(&target, "a", 1).unwrap().value, b"1");
     assert_eq!(target.leases().unwrap(), [(5, 9)]);
 }
+
+#[tokio::test]
+async fn a_watcher_reads_the_gap_a_restored_snapshot_leaves() {
+    let (_dir, source) = open();
+    put(&source, "a", "1");
+    put(&source, "a", "2");
+    put(&source, "b", "3");
+    let (_, data) = source.snapshot_data().unwrap();
+
+    let (_dir2, target) = open();
+    let mut watcher = target.watch(KeyRange::prefix(""), 1);
+    let restoring = target.clone();
+    tokio::task::spawn_blocking(move || restoring.restore_snapshot(&data, b"").unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let events = tokio::time::timeout(Duration::from_secs(5), watcher.next())
+            .await
+            .expect("the restored history is delivered")
+            .unwrap();
+        seen.extend(events.into_iter().map(|e| e.kv.mod_revision));
+    }
+    assert_eq!(seen, [1, 2, 3]);
+}
