@@ -448,7 +448,18 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         "the learner should catch up by snapshot:\n{log}"
     );
 
-    client.member_promote(new_id).await.unwrap();
+    // Promotion is the leader's, once it sees the learner in sync.
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let mut client = cluster.client(leader).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while let Err(err) = client.member_promote(new_id).await {
+        assert!(err.to_string().contains("not in sync"), "{err}");
+        assert!(
+            Instant::now() < deadline,
+            "the learner never got in sync: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let members = client.member_list().await.unwrap();
     let promoted = members.members().iter().find(|m| m.id() == new_id).unwrap();
     assert!(!promoted.is_learner());
@@ -675,6 +686,21 @@ async fn etcdctl_lists_adds_and_removes_members() {
         listed.contains(&format!("{id}, unstarted, , {}", cluster.slots[3].peer_url)),
         "{listed}"
     );
+    // A learner that never started is not promoted: it holds no log.
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let promote = run_with_timeout(
+        Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &cluster.endpoint(leader),
+            "member",
+            "promote",
+            &id,
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(!promote.status.success());
+    let refusal = String::from_utf8_lossy(&promote.stderr).into_owned();
+    assert!(refusal.contains("not in sync"), "{refusal}");
     let removed = etcdctl(&["member", "remove", &id]);
     assert!(removed.contains("removed from cluster"), "{removed}");
     assert_eq!(etcdctl(&["member", "list"]).lines().count(), 3);

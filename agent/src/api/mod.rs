@@ -130,6 +130,9 @@ pub(crate) fn propose_status(err: ProposeError) -> Status {
         ProposeError::NoLeader => Status::unavailable("etcdserver: no leader"),
         ProposeError::Timeout => Status::unavailable("etcdserver: request timed out"),
         ProposeError::LeaderChanged => Status::unavailable("etcdserver: leader changed"),
+        ProposeError::NotLeader(leader) => Status::failed_precondition(format!(
+            "etcdserver: only the leader can do this; send the request to the leader (member {leader:x}, see `edgeconf status`)"
+        )),
         ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
     }
 }

@@ -142,7 +142,24 @@ pub async fn run(client: &Client, format: Format, command: MemberCommand) -> any
         }
         MemberCommand::Promote { id } => {
             let id = parse_member_id(&id)?;
-            let resp = client.request(etcd.member_promote(id)).await?;
+            // Only the leader promotes: find it among the endpoints.
+            let mut leader = etcd.clone();
+            for endpoint in &client.endpoints {
+                let one = client.for_endpoint(endpoint);
+                let Ok(mut candidate) = one.etcd().await else {
+                    continue;
+                };
+                if let Ok(status) = one.request(candidate.status()).await {
+                    if status
+                        .header()
+                        .is_some_and(|h| h.member_id() == status.leader())
+                    {
+                        leader = candidate;
+                        break;
+                    }
+                }
+            }
+            let resp = client.request(leader.member_promote(id)).await?;
             match format {
                 Format::Json => print_json(&json!({ "header": header_json(resp.header()) })),
                 _ => println!("Member {id:x} promoted"),

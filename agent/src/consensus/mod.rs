@@ -54,6 +54,10 @@ pub enum ProposeError {
     LeaderChanged,
     #[error("the agent is shutting down")]
     Stopped,
+    /// Only the leader can answer this request; the id of the leader known
+    /// (0: none).
+    #[error("only the leader can do this; send it to member {0:x}")]
+    NotLeader(u64),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
@@ -235,6 +235,10 @@ impl RaftLoop {
                 member,
                 reply,
             } => {
+                if let Err(err) = self.check_promotion(&change) {
+                    let _ = reply.send(Err(err));
+                    return;
+                }
                 let seq = self.take_seq();
                 let context = ConfContext {
                     origin: Origin { node: self.id, seq },
@@ -263,6 +267,32 @@ impl RaftLoop {
             }
             Input::Stop => {}
         }
+    }
+
+    /// Like etcd, promote a learner only once it holds at least 90% of the
+    /// leader's log, so the new voter does not stall commits while it
+    /// catches up. Only the leader knows that, so only it takes promotions.
+    fn check_promotion(&self, change: &ConfChangeV2) -> Result<(), ProposeError> {
+        let raft = &self.raw.raft;
+        for single in change.get_changes() {
+            let promoting = single.get_change_type() == ConfChangeType::AddNode
+                && raft.prs().conf().learners().contains(&single.node_id);
+            if !promoting {
+                continue;
+            }
+            if raft.state != StateRole::Leader {
+                return Err(ProposeError::NotLeader(raft.leader_id));
+            }
+            let matched = raft.prs().get(single.node_id).map_or(0, |p| p.matched);
+            let leader_last = raft.raft_log.last_index();
+            if matched * 10 < leader_last * 9 {
+                return Err(ProposeError::Failed(format!(
+                    "learner {:x} is not in sync with the leader yet (has {matched} of {leader_last} entries); retry once it has caught up",
+                    single.node_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -483,6 +513,14 @@ impl RaftLoop {
             }
             None => self.flush(&mut Vec::new(), entry.index)?,
         }
+        // raft's membership above is already durable; make the store's
+        // applied index catch up now, so a restart never replays an older
+        // membership change on top of a newer one (only, at worst, this
+        // one again, which changes nothing).
+        self.store
+            .sync()
+            .map_err(|e| format!("syncing the store: {e}"))?;
+        self.durable_applied = self.applied;
         tracing::info!(voters = ?self.raw.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>(), "membership changed");
         Ok(())
     }
