@@ -9,6 +9,7 @@
 //! This layer never serves clients and never decides what a command means:
 //! that is the API's and the store's job.
 
+mod apply;
 mod lessor;
 mod log;
 mod raft_loop;

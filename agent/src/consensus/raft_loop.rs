@@ -1,4 +1,5 @@
-//! The thread that owns the raft `RawNode`.
+//! The thread that owns the raft `RawNode` (applying what it commits is in
+//! `apply.rs`).
 //!
 //! Everything that touches raft state happens here, in one fixed order per
 //! round (as in raft-rs's `five_mem_node` example):
@@ -13,22 +14,20 @@
 //! the log compacted up to what the store durably has.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
-use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::log::RaftLog;
 use super::{Lessor, ProposeError};
-use crate::store::{Applied, CommandResponse, MemberChange, Proposal, Store};
+use crate::store::{Applied, MemberChange, Proposal, Store};
 use crate::transport::{Delivery, Transport};
 
 /// Sync the store at least this often when entries were applied.
@@ -72,21 +71,21 @@ pub(crate) enum Body {
 
 /// Who proposed an entry, so that member can answer its client.
 #[derive(Debug, Serialize, Deserialize)]
-struct Origin {
-    node: u64,
-    seq: u64,
+pub(super) struct Origin {
+    pub node: u64,
+    pub seq: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct EntryData {
-    origin: Origin,
-    body: Body,
+pub(super) struct EntryData {
+    pub origin: Origin,
+    pub body: Body,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct ConfContext {
-    origin: Origin,
-    member: MemberChange,
+pub(super) struct ConfContext {
+    pub origin: Origin,
+    pub member: MemberChange,
 }
 
 /// Raft facts the rest of the agent reads without asking the thread.
@@ -110,18 +109,18 @@ pub(crate) struct RaftLoop {
     pub status: Arc<RaftStatus>,
     pub lessor: Arc<Lessor>,
     pub tick: Duration,
-    compaction: Compaction,
-    next_seq: u64,
+    pub(super) compaction: Compaction,
+    pub(super) next_seq: u64,
     /// This member's proposals awaiting their outcome, with the leader they
     /// were sent to.
-    pending: HashMap<u64, (u64, Reply)>,
-    leader: u64,
+    pub(super) pending: HashMap<u64, (u64, Reply)>,
+    pub(super) leader: u64,
     /// ReadIndex rounds in flight: context -> (when sent, waiting readers).
-    reads_sent: HashMap<Vec<u8>, (Instant, Vec<ReadReply>)>,
-    reads_waiting: Vec<(u64, ReadReply)>,
-    applied: u64,
-    durable_applied: u64,
-    last_sync: Instant,
+    pub(super) reads_sent: HashMap<Vec<u8>, (Instant, Vec<ReadReply>)>,
+    pub(super) reads_waiting: Vec<(u64, ReadReply)>,
+    pub(super) applied: u64,
+    pub(super) durable_applied: u64,
+    pub(super) last_sync: Instant,
 }
 
 impl RaftLoop {
@@ -401,156 +400,6 @@ impl RaftLoop {
             })
             .collect();
         self.reads_waiting = waiting;
-    }
-
-    /// Applies committed entries: normal entries in one store transaction,
-    /// membership changes one by one.
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        let mut batch: Vec<(Option<u64>, Proposal)> = Vec::new();
-        let mut last = None;
-        for entry in entries {
-            last = Some(entry.index);
-            match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {}
-                EntryType::EntryNormal => {
-                    let data: EntryData = postcard::from_bytes(&entry.data)
-                        .map_err(|e| format!("entry {} is unreadable: {e}", entry.index))?;
-                    let mine = (data.origin.node == self.id).then_some(data.origin.seq);
-                    match data.body {
-                        Body::Command(proposal) => batch.push((mine, proposal)),
-                        Body::Member(change) => {
-                            self.flush(&mut batch, entry.index - 1)?;
-                            self.apply_member(&change, entry.index, mine)?;
-                        }
-                    }
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.flush(&mut batch, entry.index - 1)?;
-                    self.apply_conf_change(&entry)?;
-                }
-            }
-        }
-        if let Some(last) = last {
-            self.flush(&mut batch, last)?;
-        }
-        Ok(())
-    }
-
-    fn flush(
-        &mut self,
-        batch: &mut Vec<(Option<u64>, Proposal)>,
-        through: u64,
-    ) -> Result<(), String> {
-        if through <= self.applied {
-            return Ok(());
-        }
-        let (origins, proposals): (Vec<Option<u64>>, Vec<Proposal>) = batch.drain(..).unzip();
-        let outcomes = self
-            .store
-            .apply_batch(&proposals, through, false)
-            .map_err(|e| format!("applying entries through {through}: {e}"))?;
-        self.applied = through;
-        for ((origin, proposal), outcome) in origins.into_iter().zip(&proposals).zip(outcomes) {
-            if let Ok(applied) = &outcome {
-                self.lessor.on_applied(&proposal.command, &applied.response);
-            }
-            if let Some((_, reply)) = origin.and_then(|seq| self.pending.remove(&seq)) {
-                let _ = reply.send(outcome.map_err(ProposeError::from));
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_member(
-        &mut self,
-        change: &MemberChange,
-        index: u64,
-        mine: Option<u64>,
-    ) -> Result<(), String> {
-        self.store
-            .apply_member_change(change, index)
-            .map_err(|e| format!("recording a member change: {e}"))?;
-        self.applied = index;
-        self.update_peers();
-        if let Some((_, reply)) = mine.and_then(|seq| self.pending.remove(&seq)) {
-            let _ = reply.send(Ok(self.no_op_applied()));
-        }
-        Ok(())
-    }
-
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
-        let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?
-        } else {
-            ConfChange::parse_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())?
-                .into_v2()
-        };
-        let context: Option<ConfContext> = postcard::from_bytes(&entry.context).ok();
-        let conf_state = match self.raw.apply_conf_change(&change) {
-            Ok(conf_state) => conf_state,
-            Err(err) => {
-                tracing::warn!(error = %err, "a membership change was refused");
-                if let Some(ctx) = &context {
-                    if let Some((_, reply)) = (ctx.origin.node == self.id)
-                        .then(|| self.pending.remove(&ctx.origin.seq))
-                        .flatten()
-                    {
-                        let _ = reply.send(Err(ProposeError::Failed(err.to_string())));
-                    }
-                }
-                return self.flush(&mut Vec::new(), entry.index);
-            }
-        };
-        self.raw
-            .mut_store()
-            .set_conf_state(conf_state)
-            .map_err(|e| format!("recording the membership: {e}"))?;
-        match context {
-            Some(ctx) => {
-                let mine = (ctx.origin.node == self.id).then_some(ctx.origin.seq);
-                self.apply_member(&ctx.member, entry.index, mine)?;
-            }
-            None => self.flush(&mut Vec::new(), entry.index)?,
-        }
-        // raft's membership above is already durable; make the store's
-        // applied index catch up now, so a restart never replays an older
-        // membership change on top of a newer one (only, at worst, this
-        // one again, which changes nothing).
-        self.store
-            .sync()
-            .map_err(|e| format!("syncing the store: {e}"))?;
-        self.durable_applied = self.applied;
-        tracing::info!(voters = ?self.raw.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>(), "membership changed");
-        Ok(())
-    }
-
-    fn no_op_applied(&self) -> Applied {
-        Applied {
-            revision: self.store.revision(),
-            response: CommandResponse::Compact,
-        }
-    }
-
-    /// Points the transport at every member but this one.
-    pub fn update_peers(&self) {
-        let members = match self.store.members() {
-            Ok(members) => members,
-            Err(err) => {
-                tracing::error!(error = %err, "reading members");
-                return;
-            }
-        };
-        let peers: Vec<(u64, SocketAddr)> = members
-            .into_iter()
-            .filter(|(id, _)| *id != self.id)
-            .filter_map(|(id, record)| {
-                let url = record.peer_urls.first()?;
-                let addr = crate::config::socket_addr(url, "quic").ok()?;
-                Some((id, addr))
-            })
-            .collect();
-        self.transport.set_peers(&peers);
     }
 
     fn maybe_sync(&mut self) -> Result<(), String> {
