@@ -1,21 +1,26 @@
-//! The raft log and hard state, in their own redb file (`raft.redb`).
+//! The raft log: entries in an append-only write-ahead log (`raft-wal/`,
+//! see `wal.rs`), the hard state, membership and the snapshot the log starts
+//! after in a small redb file (`raft.redb`).
 //!
-//! Entries and the hard state are written in one transaction and fsynced
-//! before raft may act on them (send persisted messages, count the entry as
-//! replicated). The state machine lives in the store; `snapshot()` asks it
-//! for a copy when a follower is too far behind for the log.
+//! Entries are fsynced before raft may act on them (send persisted messages,
+//! count them as replicated); a changed term or vote likewise. A hard state
+//! that only moved `commit` stays in memory until the next sync. Entries are
+//! also kept in memory from the log's first index on: compaction bounds
+//! them. The state machine lives in the store; `snapshot()` asks it for a
+//! copy when a follower is too far behind for the log.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
+use super::wal::Wal;
 use crate::store::Store;
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
@@ -25,10 +30,12 @@ const SNAPSHOT_META: &str = "snapshot_meta";
 
 pub struct RaftLog {
     db: Database,
+    wal: Wal,
+    /// Entries from `snapshot_meta.index + 1` on, contiguous.
+    entries: VecDeque<Entry>,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
-    last_index: u64,
     store: Arc<Store>,
 }
 
@@ -37,10 +44,10 @@ fn storage_err(err: impl std::fmt::Display) -> raft::Error {
 }
 
 impl RaftLog {
-    pub fn open(path: &Path, store: Arc<Store>) -> Result<Self, raft::Error> {
-        let db = Database::create(path).map_err(storage_err)?;
+    /// Opens `<data_dir>/raft.redb` and `<data_dir>/raft-wal/`.
+    pub fn open(data_dir: &Path, store: Arc<Store>) -> Result<Self, raft::Error> {
+        let db = Database::create(data_dir.join("raft.redb")).map_err(storage_err)?;
         let txn = db.begin_write().map_err(storage_err)?;
-        txn.open_table(ENTRIES).map_err(storage_err)?;
         txn.open_table(STATE).map_err(storage_err)?;
         txn.commit().map_err(storage_err)?;
 
@@ -64,19 +71,33 @@ impl RaftLog {
             Some(bytes) => SnapshotMetadata::parse_from_bytes(&bytes)?,
             None => SnapshotMetadata::default(),
         };
-        let entries = txn.open_table(ENTRIES).map_err(storage_err)?;
-        let last_index = match entries.last().map_err(storage_err)? {
-            Some((index, _)) => index.value(),
-            None => snapshot_meta.index,
-        };
-        drop(entries);
         drop(state);
+
+        let wal_dir = data_dir.join("raft-wal");
+        let (wal, replayed) = Wal::open(&wal_dir).map_err(storage_err)?;
+        // Entries up to the snapshot are covered by it (a crash can leave
+        // them behind a compaction or a snapshot install).
+        let entries: VecDeque<Entry> = replayed
+            .into_iter()
+            .filter(|e| e.index > snapshot_meta.index)
+            .collect();
+        if let Some(first) = entries.front() {
+            if first.index != snapshot_meta.index + 1 {
+                return Err(storage_err(format!(
+                    "{}: the log resumes at entry {} but its snapshot ends at {}",
+                    wal_dir.display(),
+                    first.index,
+                    snapshot_meta.index
+                )));
+            }
+        }
         Ok(Self {
             db,
+            wal,
+            entries,
             hard_state,
             conf_state,
             snapshot_meta,
-            last_index,
             store,
         })
     }
@@ -95,78 +116,55 @@ impl RaftLog {
     }
 
     pub fn last_index_value(&self) -> u64 {
-        self.last_index
+        self.entries
+            .back()
+            .map_or(self.snapshot_meta.index, |e| e.index)
     }
 
     pub fn first_index_value(&self) -> u64 {
         self.snapshot_meta.index + 1
     }
 
-    fn write(
-        &mut self,
-        durable: bool,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), raft::Error>,
-    ) -> Result<(), raft::Error> {
-        let mut txn = self.db.begin_write().map_err(storage_err)?;
-        if !durable {
-            txn.set_durability(Durability::None).map_err(storage_err)?;
+    /// Saves named state values in one durable transaction.
+    fn save(&mut self, values: &[(&str, Vec<u8>)]) -> Result<(), raft::Error> {
+        let txn = self.db.begin_write().map_err(storage_err)?;
+        {
+            let mut state = txn.open_table(STATE).map_err(storage_err)?;
+            for (name, bytes) in values {
+                state.insert(*name, bytes.as_slice()).map_err(storage_err)?;
+            }
         }
-        change(&txn)?;
         txn.commit().map_err(storage_err)
     }
 
     /// Appends entries (replacing any conflicting tail) and saves the hard
-    /// state, durably, in one transaction.
+    /// state, both durably before returning.
     pub fn append(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), raft::Error> {
-        if entries.is_empty() && hard_state.is_none_or(|hs| *hs == self.hard_state) {
-            return Ok(());
-        }
-        // A hard state that only moved `commit` is kept in memory until the
-        // next write or `flush_commit`: a lost commit index is learnt again
-        // from the leader, and on start it catches up with the store's
-        // applied index (see `Node::start`).
-        let only_commit_moved = entries.is_empty()
-            && hard_state.is_some_and(|hs| {
-                hs.term == self.hard_state.term && hs.vote == self.hard_state.vote
-            });
-        if only_commit_moved {
-            if let Some(hs) = hard_state {
-                self.hard_state = hs.clone();
+        if let Some(first) = entries.first() {
+            if first.index <= self.snapshot_meta.index {
+                return Err(storage_err(format!(
+                    "refusing to overwrite compacted entries (append at {}, log starts after {})",
+                    first.index, self.snapshot_meta.index
+                )));
             }
-            return Ok(());
-        }
-        let old_last = self.last_index;
-        self.write(true, |txn| {
-            let mut table = txn.open_table(ENTRIES).map_err(storage_err)?;
-            if let Some(first) = entries.first() {
-                if first.index <= old_last {
-                    table
-                        .retain_in(first.index.., |_, _| false)
-                        .map_err(storage_err)?;
-                }
-                for entry in entries {
-                    let bytes = entry.write_to_bytes()?;
-                    table
-                        .insert(entry.index, bytes.as_slice())
-                        .map_err(storage_err)?;
-                }
+            self.wal.append(entries).map_err(storage_err)?;
+            while self.entries.back().is_some_and(|e| e.index >= first.index) {
+                self.entries.pop_back();
             }
-            if let Some(hs) = hard_state {
-                let mut state = txn.open_table(STATE).map_err(storage_err)?;
-                state
-                    .insert(HARD_STATE, hs.write_to_bytes()?.as_slice())
-                    .map_err(storage_err)?;
-            }
-            Ok(())
-        })?;
-        if let Some(last) = entries.last() {
-            self.last_index = last.index;
+            self.entries.extend(entries.iter().cloned());
         }
         if let Some(hs) = hard_state {
+            // A lost commit index is learnt again from the leader, and on
+            // start it catches up with the store's applied index (see
+            // `Node::start`); term and vote must never be lost.
+            let durable = hs.term != self.hard_state.term || hs.vote != self.hard_state.vote;
+            if durable {
+                self.save(&[(HARD_STATE, hs.write_to_bytes()?)])?;
+            }
             self.hard_state = hs.clone();
         }
         Ok(())
@@ -180,24 +178,12 @@ impl RaftLog {
 
     /// Writes the in-memory hard state (its commit index) durably.
     pub fn flush_commit(&mut self) -> Result<(), raft::Error> {
-        let hs = self.hard_state.clone();
-        self.write(true, |txn| {
-            let mut state = txn.open_table(STATE).map_err(storage_err)?;
-            state
-                .insert(HARD_STATE, hs.write_to_bytes()?.as_slice())
-                .map_err(storage_err)
-                .map(|_| ())
-        })
+        let bytes = self.hard_state.write_to_bytes()?;
+        self.save(&[(HARD_STATE, bytes)])
     }
 
     pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), raft::Error> {
-        self.write(true, |txn| {
-            let mut state = txn.open_table(STATE).map_err(storage_err)?;
-            state
-                .insert(CONF_STATE, conf_state.write_to_bytes()?.as_slice())
-                .map_err(storage_err)?;
-            Ok(())
-        })?;
+        self.save(&[(CONF_STATE, conf_state.write_to_bytes()?)])?;
         self.conf_state = conf_state;
         Ok(())
     }
@@ -207,53 +193,39 @@ impl RaftLog {
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
-        self.write(true, |txn| {
-            let mut table = txn.open_table(ENTRIES).map_err(storage_err)?;
-            table.retain(|_, _| false).map_err(storage_err)?;
-            let mut state = txn.open_table(STATE).map_err(storage_err)?;
-            state
-                .insert(SNAPSHOT_META, meta.write_to_bytes()?.as_slice())
-                .map_err(storage_err)?;
-            state
-                .insert(
-                    CONF_STATE,
-                    meta.get_conf_state().write_to_bytes()?.as_slice(),
-                )
-                .map_err(storage_err)?;
-            state
-                .insert(HARD_STATE, hs.write_to_bytes()?.as_slice())
-                .map_err(storage_err)?;
-            Ok(())
-        })?;
+        // Entries first: a crash after this leaves an empty log that the
+        // store's record of the installed snapshot completes on restart.
+        self.wal.reset().map_err(storage_err)?;
+        self.save(&[
+            (SNAPSHOT_META, meta.write_to_bytes()?),
+            (CONF_STATE, meta.get_conf_state().write_to_bytes()?),
+            (HARD_STATE, hs.write_to_bytes()?),
+        ])?;
+        self.entries.clear();
         self.snapshot_meta = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state = hs;
-        self.last_index = meta.index;
         Ok(())
     }
 
     /// Drops entries up to and including `index` (already applied durably).
     pub fn compact(&mut self, index: u64) -> Result<(), raft::Error> {
-        if index < self.first_index_value() || index > self.last_index {
+        if index < self.first_index_value() || index > self.last_index_value() {
             return Ok(());
         }
-        let term = self.term_of(index)?;
         let mut meta = self.snapshot_meta.clone();
+        meta.term = self.term_of(index)?;
         meta.index = index;
-        meta.term = term;
-        self.write(true, |txn| {
-            let mut table = txn.open_table(ENTRIES).map_err(storage_err)?;
-            table
-                .retain_in(..=index, |_, _| false)
-                .map_err(storage_err)?;
-            let mut state = txn.open_table(STATE).map_err(storage_err)?;
-            state
-                .insert(SNAPSHOT_META, meta.write_to_bytes()?.as_slice())
-                .map_err(storage_err)?;
-            Ok(())
-        })?;
+        self.save(&[(SNAPSHOT_META, meta.write_to_bytes()?)])?;
+        while self.entries.front().is_some_and(|e| e.index <= index) {
+            self.entries.pop_front();
+        }
         self.snapshot_meta = meta;
-        Ok(())
+        self.wal.compact(index).map_err(storage_err)
+    }
+
+    fn position(&self, index: u64) -> usize {
+        (index - self.first_index_value()) as usize
     }
 
     fn term_of(&self, index: u64) -> Result<u64, raft::Error> {
@@ -263,16 +235,10 @@ impl RaftLog {
         if index < self.snapshot_meta.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if index > self.last_index {
-            return Err(raft::Error::Store(StorageError::Unavailable));
+        match self.entries.get(self.position(index)) {
+            Some(entry) => Ok(entry.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
-        let txn = self.db.begin_read().map_err(storage_err)?;
-        let table = txn.open_table(ENTRIES).map_err(storage_err)?;
-        let bytes = table
-            .get(index)
-            .map_err(storage_err)?
-            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Ok(Entry::parse_from_bytes(bytes.value())?.term)
     }
 }
 
@@ -294,20 +260,19 @@ impl raft::Storage for RaftLog {
         if low < self.first_index_value() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
+        if high > self.last_index_value() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
         let max_size = max_size.into().unwrap_or(u64::MAX);
-        let txn = self.db.begin_read().map_err(storage_err)?;
-        let table = txn.open_table(ENTRIES).map_err(storage_err)?;
         let mut entries = Vec::new();
         let mut size = 0u64;
-        for row in table.range(low..high).map_err(storage_err)? {
-            let (_, bytes) = row.map_err(storage_err)?;
-            let bytes = bytes.value();
-            size += bytes.len() as u64;
+        for entry in self.entries.range(self.position(low)..self.position(high)) {
+            size += entry.compute_size() as u64;
             // Always return at least one entry, as raft requires.
             if !entries.is_empty() && size > max_size {
                 break;
             }
-            entries.push(Entry::parse_from_bytes(bytes)?);
+            entries.push(entry.clone());
         }
         Ok(entries)
     }
@@ -321,7 +286,7 @@ impl raft::Storage for RaftLog {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.last_index_value())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {

@@ -13,6 +13,7 @@ mod apply;
 mod lessor;
 mod log;
 mod raft_loop;
+mod wal;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -157,7 +158,7 @@ impl Node {
         node_key: &NodeKey,
         settings: NodeSettings,
     ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
-        let mut log = log::RaftLog::open(&settings.data_dir.join("raft.redb"), store.clone())?;
+        let mut log = log::RaftLog::open(settings.data_dir, store.clone())?;
         if log.is_blank() {
             // First start: the config says who the initial members are.
             // Client URLs are each member's to publish through raft.
