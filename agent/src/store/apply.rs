@@ -10,7 +10,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
-    Record, CHANGES, KV, LEASES, LEASE_KEYS, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
+    Record, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
     META_REVISION,
 };
 use super::types::{
@@ -29,6 +29,7 @@ struct WriteRevision {
 
 pub(crate) struct Writer<'txn> {
     kv: Table<'txn, (&'static [u8], i64), &'static [u8]>,
+    live: Table<'txn, &'static [u8], i64>,
     changes: Table<'txn, (i64, u32), &'static [u8]>,
     leases: Table<'txn, i64, i64>,
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
@@ -47,6 +48,7 @@ impl<'txn> Writer<'txn> {
         let compact_revision = read_meta(META_COMPACT_REVISION)?;
         Ok(Self {
             kv: txn.open_table(KV)?,
+            live: txn.open_table(LIVE)?,
             changes: txn.open_table(CHANGES)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
@@ -150,6 +152,7 @@ impl<'txn> Writer<'txn> {
             value,
         };
         self.write_row(&req.key, at, &record)?;
+        self.live.insert(req.key.as_slice(), at.main)?;
         if let Some(old_lease) = prev_record
             .map(|r| r.lease)
             .filter(|&l| l != 0 && l != lease)
@@ -193,6 +196,7 @@ impl<'txn> Writer<'txn> {
     fn delete_key(&mut self, prev: KeyValue, at: &mut WriteRevision) -> Result<()> {
         let tombstone = Record::tombstone(at.time_unix_ms);
         self.write_row(&prev.key, at, &tombstone)?;
+        self.live.remove(prev.key.as_slice())?;
         if prev.lease != 0 {
             self.lease_keys.remove((prev.lease, prev.key.as_slice()))?;
         }

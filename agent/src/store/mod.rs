@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::broadcast;
 
 pub use members::{MemberChange, MemberRecord};
@@ -29,8 +29,8 @@ pub use types::*;
 pub use watch::{Committed, Watcher};
 
 use tables::{
-    CHANGES, KV, LEASES, LEASE_KEYS, MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
-    META_REVISION,
+    CHANGES, KV, LEASES, LEASE_KEYS, LIVE, MEMBERS, META, META_APPLIED_INDEX,
+    META_COMPACT_REVISION, META_REVISION,
 };
 
 /// A lease as the store knows it: its TTL and the keys bound to it.
@@ -60,7 +60,20 @@ impl Store {
         let txn = db.begin_write()?;
         {
             // Create every table up front so read transactions find them.
-            txn.open_table(KV)?;
+            let kv = txn.open_table(KV)?;
+            let mut live = txn.open_table(LIVE)?;
+            if live.is_empty()? && !kv.is_empty()? {
+                // A store written before the index existed: build it.
+                read::for_each_live(
+                    &kv,
+                    &KeyRange::from_etcd(vec![0], vec![0]),
+                    i64::MAX,
+                    |key, rev, _| {
+                        live.insert(key, rev)?;
+                        Ok(())
+                    },
+                )?;
+            }
             txn.open_table(CHANGES)?;
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_KEYS)?;
@@ -125,7 +138,15 @@ impl Store {
         let txn = self.db.begin_read()?;
         let (current, compacted) = snapshot_revisions(&txn)?;
         let kv = txn.open_table(KV)?;
-        Ok((read::range(&kv, req, current, compacted)?, current))
+        let live = txn.open_table(LIVE)?;
+        let response = read::range_with(req, current, compacted, |revision, visit| {
+            if revision == current {
+                read::for_each_current(&kv, &live, &req.range, visit)
+            } else {
+                read::for_each_live(&kv, &req.range, revision, visit)
+            }
+        })?;
+        Ok((response, current))
     }
 
     pub fn history(&self, key: &[u8]) -> Result<History> {

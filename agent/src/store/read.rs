@@ -14,6 +14,10 @@ use super::types::{
 pub(crate) trait KvTable: ReadableTable<(&'static [u8], i64), &'static [u8]> {}
 impl<T: ReadableTable<(&'static [u8], i64), &'static [u8]>> KvTable for T {}
 
+/// The index of current versions, `key -> mod_revision`.
+pub(crate) trait LiveTable: ReadableTable<&'static [u8], i64> {}
+impl<T: ReadableTable<&'static [u8], i64>> LiveTable for T {}
+
 /// A revision log, `(revision, sub) -> key`.
 pub(crate) trait ChangeTable: ReadableTable<(i64, u32), &'static [u8]> {}
 impl<T: ReadableTable<(i64, u32), &'static [u8]>> ChangeTable for T {}
@@ -86,11 +90,62 @@ pub(crate) fn resolve_revision(revision: i64, current: i64, compacted: i64) -> R
     }
 }
 
+/// Calls `visit` for every existing key of `range` at the current revision,
+/// in key order, through the index of current versions: one scan of the
+/// index and one lookup per key.
+pub(crate) fn for_each_current(
+    kv: &impl KvTable,
+    live: &impl LiveTable,
+    range: &KeyRange,
+    mut visit: impl FnMut(&[u8], i64, Record) -> Result<()>,
+) -> Result<()> {
+    let start = range.start.as_slice();
+    let mut fetch = |key: &[u8], mod_revision: i64| -> Result<()> {
+        let bytes = kv.get((key, mod_revision))?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "current version of {:?} at revision {mod_revision} is missing",
+                String::from_utf8_lossy(key)
+            ))
+        })?;
+        let record = Record::decode(key, mod_revision, bytes.value())?;
+        visit(key, mod_revision, record)
+    };
+    let rows = match &range.end {
+        RangeEnd::Single => {
+            if let Some(rev) = live.get(start)?.map(|v| v.value()) {
+                fetch(start, rev)?;
+            }
+            return Ok(());
+        }
+        RangeEnd::Unbounded => live.range(start..)?,
+        RangeEnd::Before(end) => live.range(start..end.as_slice())?,
+    };
+    for row in rows {
+        let (key, rev) = row?;
+        fetch(key.value(), rev.value())?;
+    }
+    Ok(())
+}
+
+/// A range read inside a write transaction (a transaction's own reads).
 pub(crate) fn range(
     kv: &impl KvTable,
     req: &RangeRequest,
     current: i64,
     compacted: i64,
+) -> Result<RangeResponse> {
+    range_with(req, current, compacted, |revision, visit| {
+        for_each_live(kv, &req.range, revision, visit)
+    })
+}
+
+/// Evaluates a range request over `scan`, which visits the keys of the
+/// range as of the revision it is given, in key order.
+pub(crate) fn range_with(
+    req: &RangeRequest,
+    current: i64,
+    compacted: i64,
+    scan: impl FnOnce(i64, &mut dyn FnMut(&[u8], i64, Record) -> Result<()>) -> Result<()>,
 ) -> Result<RangeResponse> {
     let revision = resolve_revision(req.revision, current, compacted)?;
     let limit = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
@@ -100,7 +155,7 @@ pub(crate) fn range(
     );
     let mut kvs = Vec::new();
     let mut count = 0i64;
-    for_each_live(kv, &req.range, revision, |key, mod_revision, record| {
+    scan(revision, &mut |key, mod_revision, record| {
         count += 1;
         // In key order, keys past the limit only need counting.
         let wanted = !req.count_only && (!natural_order || limit == 0 || kvs.len() < limit);

@@ -5,7 +5,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, MEMBERS, META,
+    CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, LIVE, MEMBERS, META,
     META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION,
 };
 use super::types::{Result, StoreError};
@@ -19,6 +19,7 @@ struct Image {
     revision: u64,
     compact_revision: u64,
     kv: Vec<(Vec<u8>, i64, Vec<u8>)>,
+    live: Vec<(Vec<u8>, i64)>,
     changes: Vec<(i64, u32, Vec<u8>)>,
     leases: Vec<(i64, i64)>,
     lease_keys: Vec<(i64, Vec<u8>)>,
@@ -37,6 +38,7 @@ impl Store {
             revision: get(META_REVISION)?,
             compact_revision: get(META_COMPACT_REVISION)?,
             kv: Vec::new(),
+            live: Vec::new(),
             changes: Vec::new(),
             leases: Vec::new(),
             lease_keys: Vec::new(),
@@ -46,6 +48,10 @@ impl Store {
             let (k, v) = row?;
             let (key, rev) = k.value();
             image.kv.push((key.to_vec(), rev, v.value().to_vec()));
+        }
+        for row in txn.open_table(LIVE)?.iter()? {
+            let (k, v) = row?;
+            image.live.push((k.value().to_vec(), v.value()));
         }
         for row in txn.open_table(CHANGES)?.iter()? {
             let (k, v) = row?;
@@ -83,6 +89,11 @@ impl Store {
             kv.retain(|_, _| false)?;
             for (key, rev, value) in &image.kv {
                 kv.insert((key.as_slice(), *rev), value.as_slice())?;
+            }
+            let mut live = txn.open_table(LIVE)?;
+            live.retain(|_, _| false)?;
+            for (key, rev) in &image.live {
+                live.insert(key.as_slice(), *rev)?;
             }
             let mut changes = txn.open_table(CHANGES)?;
             changes.retain(|_, _| false)?;

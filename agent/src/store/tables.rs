@@ -9,6 +9,11 @@ use super::types::{KeyValue, Result, StoreError};
 /// Every retained version of every key: `(key, mod_revision) -> Record`.
 pub(crate) const KV: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("kv");
 
+/// The current version of every existing key: `key -> mod_revision`. An
+/// index over [`KV`] so that reads at the current revision scan it once
+/// instead of seeking each key's history.
+pub(crate) const LIVE: TableDefinition<&[u8], i64> = TableDefinition::new("live");
+
 /// The revision log in commit order: `(revision, sub) -> key`. Watches replay
 /// it; the record itself lives in [`KV`].
 pub(crate) const CHANGES: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("changes");

@@ -556,3 +556,89 @@ async fn a_watcher_reads_the_gap_a_restored_snapshot_leaves() {
     }
     assert_eq!(seen, [1, 2, 3]);
 }
+
+/// The index of current versions must always agree with a read through the
+/// full history, whatever mix of writes led there.
+#[test]
+fn the_current_version_index_agrees_with_history_after_any_writes() {
+    let (_dir, store) = open();
+    run(&store, Command::LeaseGrant { id: 1, ttl: 60 }).unwrap();
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    for step in 0..400 {
+        let key = format!("k{:02}", next() % 30);
+        let command = match next() % 6 {
+            0 | 1 => Command::Put(PutRequest::new(key.as_str(), step.to_string())),
+            2 => Command::Put(PutRequest {
+                lease: 1,
+                ..PutRequest::new(key.as_str(), "leased")
+            }),
+            3 => Command::DeleteRange(DeleteRangeRequest {
+                range: KeyRange::prefix(format!("k{}", next() % 3)),
+                prev_kv: false,
+            }),
+            4 => Command::Txn(TxnRequest {
+                compare: vec![],
+                success: vec![
+                    TxnOp::Put(PutRequest::new(key.as_str(), "txn")),
+                    TxnOp::DeleteRange(DeleteRangeRequest {
+                        range: KeyRange::single(format!("other{step}")),
+                        prev_kv: false,
+                    }),
+                ],
+                failure: vec![],
+            }),
+            _ if step % 50 == 0 => Command::LeaseRevoke { id: 1 },
+            _ => Command::Put(PutRequest::new(key.as_str(), "x")),
+        };
+        let _ = run(&store, command);
+        if step % 50 == 0 {
+            let _ = run(&store, Command::LeaseGrant { id: 1, ttl: 60 });
+        }
+        if step % 97 == 0 && store.revision() > 5 {
+            run(
+                &store,
+                Command::Compact {
+                    revision: store.revision() - 5,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let all = KeyRange::from_etcd(vec![0], vec![0]);
+    let indexed = store.range(&RangeRequest::new(all.clone())).unwrap().0;
+    let txn = store.db.begin_read().unwrap();
+    let kv = txn.open_table(tables::KV).unwrap();
+    let through_history = read::range(&kv, &RangeRequest::new(all), store.revision(), 0).unwrap();
+    assert_eq!(indexed, through_history);
+    assert!(indexed.count > 0);
+}
+
+#[test]
+fn a_store_written_before_the_index_existed_gets_it_built_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        put(&store, "a", "1");
+        put(&store, "b", "2");
+        run(
+            &store,
+            Command::DeleteRange(DeleteRangeRequest {
+                range: KeyRange::single("a"),
+                prev_kv: false,
+            }),
+        )
+        .unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.delete_table(tables::LIVE).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(keys(&prefix(&store, "")), ["b"]);
+}
