@@ -5,9 +5,10 @@
 
 pub mod cluster;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_edgeconf");
@@ -17,13 +18,26 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping agent may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A port that was free a moment ago.
+/// A port that was free (TCP and UDP) a moment ago, picked below the
+/// kernel's ephemeral range (32768 and up) so that the many short-lived
+/// client sockets of a parallel test run cannot take it in the meantime.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static PICKS: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let salt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 20)
+            ^ PICKS
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let port = 20_000 + (salt.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as u16 % 12_000;
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            return port;
+        }
+    }
 }
 
 /// An agent process; killed when dropped, so no test leaves one behind.
@@ -39,11 +53,41 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent with its data in `dir` on a free port.
     pub fn start(dir: &Path) -> Agent {
+        // Another test may take a picked port before the agent binds it:
+        // then try other ports.
+        for _ in 0..4 {
+            if let Some(agent) = Self::try_start_with(dir, free_port(), &[]) {
+                return agent;
+            }
+        }
         Self::start_with(dir, free_port(), &[])
     }
 
+    /// Starts an agent on client port `port`; its peer port is picked
+    /// afresh (and again if taken meanwhile).
     pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Agent {
+        for _ in 0..4 {
+            if let Some(agent) = Self::try_start_with(dir, port, extra) {
+                return agent;
+            }
+        }
+        Self::launch(dir, port, extra)
+    }
+
+    /// `None` when a port was taken under us.
+    fn try_start_with(dir: &Path, port: u16, extra: &[&str]) -> Option<Agent> {
         let data_dir = dir.join("data");
+        let args = Self::args(&data_dir, port, extra);
+        Self::spawn_checked(dir, data_dir, port, &args)
+    }
+
+    fn launch(dir: &Path, port: u16, extra: &[&str]) -> Agent {
+        let data_dir = dir.join("data");
+        let args = Self::args(&data_dir, port, extra);
+        Self::spawn(dir, data_dir, port, &args)
+    }
+
+    fn args(data_dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
         let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
@@ -53,11 +97,29 @@ impl Agent {
             format!("quic://127.0.0.1:{}", free_port()),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(dir, data_dir, port, &args)
+        args
     }
 
     /// Starts `edgeconf agent ARGS`; `port` is its client port.
     pub fn spawn(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Agent {
+        let mut agent = Self::spawn_process(dir, data_dir, port, args);
+        if let Err(log) = agent.wait_ready() {
+            panic!("{log}");
+        }
+        agent
+    }
+
+    /// Like `spawn`, but `None` if the agent could not bind a port.
+    fn spawn_checked(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Option<Agent> {
+        let mut agent = Self::spawn_process(dir, data_dir, port, args);
+        match agent.wait_ready() {
+            Ok(()) => Some(agent),
+            Err(log) if log.contains("Address already in use") => None,
+            Err(log) => panic!("{log}"),
+        }
+    }
+
+    fn spawn_process(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Agent {
         let log = dir.join(format!("agent-{port}.log"));
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let log_file = std::fs::OpenOptions::new()
@@ -76,15 +138,13 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .expect("spawn edgeconf agent");
-        let mut agent = Agent {
+        Agent {
             child: Some(child),
             port,
             data_dir,
             log,
             log_start,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -101,21 +161,26 @@ impl Agent {
         all.get(self.log_start..).unwrap_or_default().to_string()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the agent to be ready; on failure, says why.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "agent exited during start-up with {status}:\n{}",
                     self.log()
-                );
+                ));
             }
             if self.log().contains("edgeconf agent ready") {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("agent not ready within {START_TIMEOUT:?}:\n{}", self.log());
+        Err(format!(
+            "agent not ready within {START_TIMEOUT:?}:\n{}",
+            self.log()
+        ))
     }
 
     /// kill -9: no chance to flush or clean up.
