@@ -11,6 +11,7 @@ use crate::api;
 use crate::config::ClusterState;
 use crate::config::Config;
 use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
+use crate::signing::{Identities, Keyring, Recipient};
 use crate::store::{Store, StoreError};
 use crate::transport::NodeKey;
 
@@ -48,6 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
+    let keyring = Arc::new(keyring(&config)?);
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
     let (node, raft_thread) = Node::start(
@@ -69,15 +71,19 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
                 every_entries: config.snapshot_count,
                 retain: config.snapshot_catchup_entries,
             },
+            admission: {
+                let keyring = keyring.clone();
+                Arc::new(move |command| keyring.trust.admit(command).map_err(|err| err.to_string()))
+            },
         },
     )?;
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (node, stopped) = (node.clone(), stopped.clone());
+        let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
         tasks.spawn(async move {
-            if let Err(err) = api::serve(node, listener, stopped).await {
+            if let Err(err) = api::serve(node, keyring, listener, stopped).await {
                 tracing::error!(error = %err, "client API server failed");
             }
         });
@@ -154,4 +160,22 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The trust policy and secret keys from the config.
+fn keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let identities = Identities::load(&config.identity_files)?;
+    let recipients = config
+        .recipients
+        .iter()
+        .map(|text| Recipient::parse(text).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !identities.is_empty() {
+        tracing::info!(files = ?identities.files(), "secret identities loaded");
+    }
+    Ok(Keyring {
+        trust: config.trust.clone(),
+        identities,
+        recipients,
+    })
 }

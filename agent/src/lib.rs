@@ -13,5 +13,6 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod consensus;
+pub mod signing;
 pub mod store;
 pub mod transport;

@@ -11,8 +11,9 @@ use super::convert::{
     delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
     txn_to_pb,
 };
+use super::signed::{admit, put_command, serve_values};
 use super::{propose_status, store_status, unsupported, Context};
-use crate::store::{Command, CommandResponse};
+use crate::store::{Command, CommandResponse, KeyValue, TxnOpResponse};
 
 pub(crate) struct KvService(pub Context);
 
@@ -21,6 +22,11 @@ impl KvService {
         let applied = self.0.node.propose(command).await.map_err(propose_status)?;
         Ok((applied.response, applied.revision))
     }
+}
+
+/// Checks and unwraps the previous values a write returns.
+fn serve_prev(context: &Context, kvs: &mut [KeyValue]) -> Result<(), Status> {
+    serve_values(&context.keyring, kvs, None)
 }
 
 fn unexpected(response: CommandResponse) -> Status {
@@ -39,7 +45,15 @@ impl PbKvService for KvService {
             self.0.node.read_index().await.map_err(propose_status)?;
         }
         let req = range_from_pb(request)?;
-        let (resp, revision) = self.0.node.store().range(&req).map_err(store_status)?;
+        let (mut resp, revision, sequences) = self
+            .0
+            .node
+            .store()
+            .range_with_sequences(&req)
+            .map_err(store_status)?;
+        if !(req.keys_only || req.count_only) {
+            serve_values(&self.0.keyring, &mut resp.kvs, Some(&sequences))?;
+        }
         Ok(Response::new(range_to_pb(resp, self.0.header(revision))))
     }
 
@@ -54,8 +68,12 @@ impl PbKvService for KvService {
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let req = put_from_pb(request.into_inner())?;
-        match self.write(Command::Put(req)).await? {
-            (CommandResponse::Put(resp), revision) => {
+        let command = put_command(&self.0.keyring, req)?;
+        match self.write(command).await? {
+            (CommandResponse::Put(mut resp), revision) => {
+                if let Some(prev) = resp.prev_kv.as_mut() {
+                    serve_prev(&self.0, std::slice::from_mut(prev))?;
+                }
                 Ok(Response::new(put_to_pb(resp, self.0.header(revision))))
             }
             (other, _) => Err(unexpected(other)),
@@ -66,9 +84,11 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
-        let req = delete_from_pb(request.into_inner())?;
-        match self.write(Command::DeleteRange(req)).await? {
-            (CommandResponse::DeleteRange(resp), revision) => {
+        let command = Command::DeleteRange(delete_from_pb(request.into_inner())?);
+        admit(&self.0.keyring, &command)?;
+        match self.write(command).await? {
+            (CommandResponse::DeleteRange(mut resp), revision) => {
+                serve_prev(&self.0, &mut resp.prev_kvs)?;
                 Ok(Response::new(delete_to_pb(resp, self.0.header(revision))))
             }
             (other, _) => Err(unexpected(other)),
@@ -76,9 +96,23 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
-        let req = txn_from_pb(request.into_inner())?;
-        match self.write(Command::Txn(req)).await? {
-            (CommandResponse::Txn(resp), revision) => {
+        let command = Command::Txn(txn_from_pb(request.into_inner())?);
+        admit(&self.0.keyring, &command)?;
+        match self.write(command).await? {
+            (CommandResponse::Txn(mut resp), revision) => {
+                for response in &mut resp.responses {
+                    match response {
+                        TxnOpResponse::Range(range) => serve_prev(&self.0, &mut range.kvs)?,
+                        TxnOpResponse::Put(put) => {
+                            if let Some(prev) = put.prev_kv.as_mut() {
+                                serve_prev(&self.0, std::slice::from_mut(prev))?;
+                            }
+                        }
+                        TxnOpResponse::DeleteRange(delete) => {
+                            serve_prev(&self.0, &mut delete.prev_kvs)?
+                        }
+                    }
+                }
                 Ok(Response::new(txn_to_pb(resp, self.0.header(revision))))
             }
             (other, _) => Err(unexpected(other)),

@@ -11,6 +11,7 @@ mod edgeconf;
 mod kv;
 mod lease;
 mod maintenance;
+mod signed;
 mod watch;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::consensus::{Node, ProposeError};
+use crate::signing::Keyring;
 use crate::store::StoreError;
 
 /// Generated code for `proto/edgeconf/v1/edgeconf.proto`.
@@ -33,10 +35,12 @@ pub mod pb {
     tonic::include_proto!("edgeconf.v1");
 }
 
-/// What every handler needs: the node, and through it the store.
+/// What every handler needs: the node (and through it the store), and the
+/// keys this agent trusts and holds.
 #[derive(Clone)]
 pub(crate) struct Context {
     node: Arc<Node>,
+    keyring: Arc<Keyring>,
 }
 
 impl Context {
@@ -72,10 +76,11 @@ pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
 /// Serves the API on `listener` until `shutdown` turns true.
 pub async fn serve(
     node: Arc<Node>,
+    keyring: Arc<Keyring>,
     listener: TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let context = Context { node };
+    let context = Context { node, keyring };
     tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(context.clone())))
         .add_service(PbWatchServer::new(watch::WatchService(context.clone())))
@@ -110,6 +115,9 @@ pub(crate) fn store_status(err: StoreError) -> Status {
             Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
         }
         StoreError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+        err @ StoreError::StaleSequence { .. } => {
+            Status::failed_precondition(format!("edgeconf: {err}"))
+        }
         StoreError::LeaseExists(_) => {
             Status::failed_precondition("etcdserver: lease already exists")
         }

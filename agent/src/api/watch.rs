@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::event_to_pb;
+use super::signed::serve_event;
 use super::Context;
 use crate::store::{EventKind, KeyRange, StoreError, Watcher};
 
@@ -236,14 +237,30 @@ async fn feed(
             }
         };
         let last_revision = events.last().map_or(0, |e| e.kv.mod_revision);
-        let events: Vec<_> = events
-            .into_iter()
-            .filter(|e| match e.kind {
+        let mut served = Vec::with_capacity(events.len());
+        for mut event in events {
+            let wanted = match event.kind {
                 EventKind::Put => !filters.no_put,
                 EventKind::Delete => !filters.no_delete,
-            })
-            .map(|e| event_to_pb(e, filters.prev_kv))
-            .collect();
+            };
+            if !wanted {
+                continue;
+            }
+            if let Err(status) = serve_event(&context.keyring, &mut event) {
+                let _ = outbox
+                    .send(Ok(PbWatchResponse {
+                        header: Some(context.current_header()),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: status.message().to_string(),
+                        ..Default::default()
+                    }))
+                    .await;
+                return;
+            }
+            served.push(event_to_pb(event, filters.prev_kv));
+        }
+        let events = served;
         if !events.is_empty() {
             let response = PbWatchResponse {
                 header: Some(context.header(last_revision.max(context.node.store().revision()))),

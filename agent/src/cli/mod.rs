@@ -154,6 +154,8 @@ impl AgentArgs {
             peer_trust: None,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.snapshot_catchup_entries,
+            trust: None,
+            secrets: None,
         }
     }
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::signing::{Identities, PrefixTrust, Recipient, TrustPolicy};
+
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +37,45 @@ pub struct ConfigFile {
     pub snapshot_count: Option<u64>,
     /// Log entries kept behind for slow followers after a compaction.
     pub snapshot_catchup_entries: Option<u64>,
+    /// Operator keys that sign config, and what they protect.
+    pub trust: Option<TrustFile>,
+    /// Identities that decrypt secrets, and the fleet's recipients.
+    pub secrets: Option<SecretsFile>,
+}
+
+/// `[trust]`: operator public keys (as `edgeconf keygen` prints them),
+/// globally and per key prefix.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFile {
+    /// Keys trusted to sign any key.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Whether keys outside every `[[trust.prefix]]` take unsigned writes.
+    pub allow_unsigned: Option<bool>,
+    /// `[[trust.prefix]]`: keys under `prefix` need a signature by one of
+    /// `keys` (or a global key).
+    #[serde(default)]
+    pub prefix: Vec<TrustPrefixFile>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustPrefixFile {
+    pub prefix: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// `[secrets]`: age identities this agent decrypts with, and the recipients
+/// new secrets are encrypted to.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsFile {
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 /// Which peers may connect: their node keys, as `edgeconf node-key` prints.
@@ -72,6 +113,11 @@ pub struct Config {
     pub peer_keys: Vec<[u8; 32]>,
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
+    pub trust: TrustPolicy,
+    /// Files holding the age identities that decrypt secrets.
+    pub identity_files: Vec<PathBuf>,
+    /// `age1...` recipients new secrets are encrypted to.
+    pub recipients: Vec<String>,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -162,6 +208,8 @@ impl ConfigFile {
             snapshot_catchup_entries: overrides
                 .snapshot_catchup_entries
                 .or(self.snapshot_catchup_entries),
+            trust: overrides.trust.or(self.trust),
+            secrets: overrides.secrets.or(self.secrets),
         }
     }
 }
@@ -298,6 +346,15 @@ impl Config {
                 "is 0: expected a positive number of entries".into(),
             ));
         }
+        let trust = check_trust(origin, file.trust.unwrap_or_default())?;
+        let secrets = file.secrets.unwrap_or_default();
+        Identities::load(&secrets.identity_files)
+            .map_err(|err| origin.invalid("identity_files", format!("in [secrets]: {err}")))?;
+        for recipient in &secrets.recipients {
+            Recipient::parse(recipient).map_err(|problem| {
+                origin.invalid("recipients", format!("in [secrets]: {problem}"))
+            })?;
+        }
         Ok(Config {
             name,
             data_dir,
@@ -313,6 +370,9 @@ impl Config {
             peer_keys,
             snapshot_count,
             snapshot_catchup_entries: file.snapshot_catchup_entries.unwrap_or(5_000),
+            trust,
+            identity_files: secrets.identity_files,
+            recipients: secrets.recipients,
         })
     }
 
@@ -393,4 +453,55 @@ fn parse_initial_cluster(
         ));
     }
     Ok(members)
+}
+
+fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigError> {
+    let parse_keys = |field: &'static str, keys: &[String], section: &str| {
+        keys.iter()
+            .map(|key| {
+                crate::signing::keys::parse_public_key(key)
+                    .map_err(|problem| origin.invalid(field, format!("in {section}: {problem}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let keys = parse_keys("keys", &file.keys, "[trust]")?;
+    let mut prefixes: Vec<PrefixTrust> = Vec::new();
+    for rule in &file.prefix {
+        let section = format!("[[trust.prefix]] {:?}", rule.prefix);
+        if rule.prefix.is_empty() {
+            return Err(origin.invalid(
+                "prefix",
+                "in [[trust.prefix]] is empty: to protect every key set [trust] allow_unsigned = false".into(),
+            ));
+        }
+        if prefixes
+            .iter()
+            .any(|known| known.prefix == rule.prefix.as_bytes())
+        {
+            return Err(origin.invalid("prefix", format!("{section} is listed twice")));
+        }
+        let rule_keys = parse_keys("keys", &rule.keys, &section)?;
+        if rule_keys.is_empty() && keys.is_empty() {
+            return Err(origin.invalid(
+                "keys",
+                format!("in {section} is empty and [trust] has no keys either: nobody could write under it"),
+            ));
+        }
+        prefixes.push(PrefixTrust {
+            prefix: rule.prefix.clone().into_bytes(),
+            keys: rule_keys,
+        });
+    }
+    let allow_unsigned = file.allow_unsigned.unwrap_or(true);
+    if !allow_unsigned && keys.is_empty() {
+        return Err(origin.invalid(
+            "allow_unsigned",
+            "is false but [trust] keys is empty: nobody could write any key outside a [[trust.prefix]]".into(),
+        ));
+    }
+    Ok(TrustPolicy {
+        keys,
+        prefixes,
+        allow_unsigned,
+    })
 }

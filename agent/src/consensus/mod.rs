@@ -33,8 +33,8 @@ use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store
 use crate::transport::{Delivery, NodeKey, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
+pub use raft_loop::{Admission, Compaction, RaftStatus};
 use raft_loop::{Body, Input, RaftLoop};
-pub use raft_loop::{Compaction, RaftStatus};
 
 /// How long a client waits for its write or read to be applied.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -138,6 +138,8 @@ pub struct NodeSettings<'a> {
     pub heartbeat: Duration,
     pub election_ticks: usize,
     pub compaction: Compaction,
+    /// The leader's check of commands forwarded by followers.
+    pub admission: Admission,
 }
 
 pub struct Node {
@@ -245,6 +247,7 @@ impl Node {
             lessor.clone(),
             settings.heartbeat,
             settings.compaction,
+            settings.admission,
         );
         raft_loop.update_peers();
         let thread = std::thread::Builder::new()

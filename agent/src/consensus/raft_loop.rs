@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message, MessageType};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -121,7 +121,13 @@ pub(crate) struct RaftLoop {
     pub(super) applied: u64,
     pub(super) durable_applied: u64,
     pub(super) last_sync: Instant,
+    pub(super) admission: Admission,
 }
+
+/// Checks a command before the leader takes it into the log: the leader's
+/// own policy applies to what followers forward, not only to what its own
+/// clients send.
+pub type Admission = Arc<dyn Fn(&crate::store::Command) -> Result<(), String> + Send + Sync>;
 
 impl RaftLoop {
     pub fn new(
@@ -132,6 +138,7 @@ impl RaftLoop {
         lessor: Arc<Lessor>,
         tick: Duration,
         compaction: Compaction,
+        admission: Admission,
     ) -> Self {
         let id = raw.raft.id;
         let applied = raw.raft.raft_log.applied;
@@ -155,6 +162,7 @@ impl RaftLoop {
             applied,
             durable_applied: applied,
             last_sync: Instant::now(),
+            admission,
         }
     }
 
@@ -300,10 +308,42 @@ impl RaftLoop {
         seq
     }
 
-    fn step(&mut self, message: Message) {
+    fn step(&mut self, mut message: Message) {
+        if message.get_msg_type() == MessageType::MsgPropose
+            && self.raw.raft.state == StateRole::Leader
+        {
+            self.admit_forwarded(&mut message);
+            if message.entries.is_empty() {
+                return;
+            }
+        }
         if let Err(err) = self.raw.step(message) {
             tracing::debug!(error = %err, "raft refused a message");
         }
+    }
+
+    /// Drops forwarded commands the leader's policy refuses. The follower
+    /// checked them too, so this only bites when a follower is compromised
+    /// or configured differently; its client then times out, and the
+    /// leader's log says why.
+    fn admit_forwarded(&mut self, message: &mut Message) {
+        let admission = self.admission.clone();
+        let from = message.from;
+        message.entries.retain(|entry| {
+            let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
+                return true;
+            };
+            let Body::Command(proposal) = &data.body else {
+                return true;
+            };
+            match admission(&proposal.command) {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!(from = format_args!("{from:x}"), %reason, "refused a command forwarded by a follower");
+                    false
+                }
+            }
+        });
     }
 
     fn on_ready(&mut self) -> Result<(), String> {

@@ -11,7 +11,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
     Record, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
-    META_REVISION,
+    META_REVISION, SEQUENCES,
 };
 use super::types::{
     Applied, Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
@@ -34,6 +34,7 @@ pub(crate) struct Writer<'txn> {
     leases: Table<'txn, i64, i64>,
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     meta: Table<'txn, &'static str, u64>,
+    sequences: Table<'txn, &'static [u8], u64>,
     pub revision: i64,
     pub compact_revision: i64,
     pub events: Vec<Event>,
@@ -53,6 +54,7 @@ impl<'txn> Writer<'txn> {
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
             meta,
+            sequences: txn.open_table(SEQUENCES)?,
             revision,
             compact_revision,
             events: Vec::new(),
@@ -97,6 +99,30 @@ impl<'txn> Writer<'txn> {
             Command::LeaseKeepAlive { id } => CommandResponse::LeaseKeepAlive {
                 ttl: self.leases.get(*id)?.map(|ttl| ttl.value()),
             },
+            Command::SignedPut { put, sequence } => {
+                self.check_put(put)?;
+                self.advance_sequence(&put.key, *sequence)?;
+                CommandResponse::Put(self.put(put, &mut at)?)
+            }
+            Command::SignedDelete {
+                key,
+                sequence,
+                change,
+            } => {
+                self.advance_sequence(key, *sequence)?;
+                let deleted = match self.current(key)? {
+                    Some((rev, record)) => {
+                        let prev = record.to_key_value(key, rev);
+                        self.delete_key_with(prev, change.clone(), &mut at)?;
+                        1
+                    }
+                    None => 0,
+                };
+                CommandResponse::DeleteRange(DeleteRangeResponse {
+                    deleted,
+                    prev_kvs: Vec::new(),
+                })
+            }
         };
         if at.sub > 0 {
             self.revision = at.main;
@@ -193,8 +219,34 @@ impl<'txn> Writer<'txn> {
         })
     }
 
+    /// Records `sequence` as the key's latest, refusing one not above it.
+    /// Call before writing anything for the command.
+    fn advance_sequence(&mut self, key: &[u8], sequence: u64) -> Result<()> {
+        let stored = self.sequences.get(key)?.map_or(0, |s| s.value());
+        if sequence <= stored {
+            return Err(StoreError::StaleSequence {
+                key: lossy(key),
+                sequence,
+                stored,
+            });
+        }
+        self.sequences.insert(key, sequence)?;
+        Ok(())
+    }
+
     fn delete_key(&mut self, prev: KeyValue, at: &mut WriteRevision) -> Result<()> {
-        let tombstone = Record::tombstone(at.time_unix_ms);
+        self.delete_key_with(prev, Vec::new(), at)
+    }
+
+    /// Deletes a key, keeping `note` (a signed delete) as the tombstone's value.
+    fn delete_key_with(
+        &mut self,
+        prev: KeyValue,
+        note: Vec<u8>,
+        at: &mut WriteRevision,
+    ) -> Result<()> {
+        let mut tombstone = Record::tombstone(at.time_unix_ms);
+        tombstone.value = note;
         self.write_row(&prev.key, at, &tombstone)?;
         self.live.remove(prev.key.as_slice())?;
         if prev.lease != 0 {

@@ -78,6 +78,7 @@ impl Store {
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
+            txn.open_table(tables::SEQUENCES)?;
             txn.open_table(META)?;
             txn.open_table(tables::CONSENSUS)?;
         }
@@ -135,18 +136,42 @@ impl Store {
 
     /// Reads a range; returns it with the revision it was read at.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+        range_in(&self.db.begin_read()?, req)
+    }
+
+    /// [`Self::range`], plus for each key read at the current revision
+    /// whose value is a signed change, the key's latest signed sequence
+    /// (from the same snapshot), so readers can spot an old change put back.
+    pub fn range_with_sequences(
+        &self,
+        req: &RangeRequest,
+    ) -> Result<(RangeResponse, i64, Vec<Option<u64>>)> {
         let txn = self.db.begin_read()?;
-        let (current, compacted) = snapshot_revisions(&txn)?;
-        let kv = txn.open_table(KV)?;
-        let live = txn.open_table(LIVE)?;
-        let response = read::range_with(req, current, compacted, |revision, visit| {
-            if revision == current {
-                read::for_each_current(&kv, &live, &req.range, visit)
+        let (response, current) = range_in(&txn, req)?;
+        let at_current = req.revision == 0 || req.revision == current;
+        let sequences_table = txn.open_table(tables::SEQUENCES)?;
+        let mut sequences = Vec::with_capacity(response.kvs.len());
+        for kv in &response.kvs {
+            let sequence = if at_current && kv.value.starts_with(crate::signing::STORED_MAGIC) {
+                Some(
+                    sequences_table
+                        .get(kv.key.as_slice())?
+                        .map_or(0, |s| s.value()),
+                )
             } else {
-                read::for_each_live(&kv, &req.range, revision, visit)
-            }
-        })?;
-        Ok((response, current))
+                None
+            };
+            sequences.push(sequence);
+        }
+        Ok((response, current, sequences))
+    }
+
+    /// The latest signed sequence applied to `key` (0 when none).
+    pub fn sequence(&self, key: &[u8]) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::SEQUENCES)?;
+        let sequence = table.get(key)?.map_or(0, |s| s.value());
+        Ok(sequence)
     }
 
     pub fn history(&self, key: &[u8]) -> Result<History> {
@@ -286,4 +311,19 @@ fn snapshot_revisions(txn: &redb::ReadTransaction) -> Result<(i64, i64)> {
     let meta = txn.open_table(META)?;
     let get = |name| -> Result<i64> { Ok(meta.get(name)?.map(|v| v.value() as i64).unwrap_or(0)) };
     Ok((get(META_REVISION)?, get(META_COMPACT_REVISION)?))
+}
+
+/// Reads a range inside `txn`; returns it with the revision it was read at.
+fn range_in(txn: &redb::ReadTransaction, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+    let (current, compacted) = snapshot_revisions(txn)?;
+    let kv = txn.open_table(KV)?;
+    let live = txn.open_table(LIVE)?;
+    let response = read::range_with(req, current, compacted, |revision, visit| {
+        if revision == current {
+            read::for_each_current(&kv, &live, &req.range, visit)
+        } else {
+            read::for_each_live(&kv, &req.range, revision, visit)
+        }
+    })?;
+    Ok((response, current))
 }

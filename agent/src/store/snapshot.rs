@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{
     CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, LIVE, MEMBERS, META,
-    META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION,
+    META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION, SEQUENCES,
 };
 use super::types::{Result, StoreError};
 use super::{Committed, Store};
@@ -24,6 +24,7 @@ struct Image {
     leases: Vec<(i64, i64)>,
     lease_keys: Vec<(i64, Vec<u8>)>,
     members: Vec<(u64, Vec<u8>)>,
+    sequences: Vec<(Vec<u8>, u64)>,
 }
 
 impl Store {
@@ -43,6 +44,7 @@ impl Store {
             leases: Vec::new(),
             lease_keys: Vec::new(),
             members: Vec::new(),
+            sequences: Vec::new(),
         };
         for row in txn.open_table(KV)?.iter()? {
             let (k, v) = row?;
@@ -70,6 +72,10 @@ impl Store {
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
             image.members.push((k.value(), v.value().to_vec()));
+        }
+        for row in txn.open_table(SEQUENCES)?.iter()? {
+            let (k, v) = row?;
+            image.sequences.push((k.value().to_vec(), v.value()));
         }
         let bytes = postcard::to_allocvec(&image)
             .map_err(|err| StoreError::Corrupt(format!("encoding a snapshot: {err}")))?;
@@ -114,6 +120,11 @@ impl Store {
             members.retain(|_, _| false)?;
             for (id, record) in &image.members {
                 members.insert(*id, record.as_slice())?;
+            }
+            let mut sequences = txn.open_table(SEQUENCES)?;
+            sequences.retain(|_, _| false)?;
+            for (key, sequence) in &image.sequences {
+                sequences.insert(key.as_slice(), *sequence)?;
             }
             let mut meta = txn.open_table(META)?;
             meta.insert(META_APPLIED_INDEX, image.applied_index)?;

@@ -24,6 +24,11 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 /// Keys attached to a lease: `(lease id, key) -> ()`.
 pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
+/// The highest sequence of a signed change applied to each key:
+/// `key -> sequence`. Never compacted and kept after deletes, so an old
+/// signed change can never be replayed.
+pub(crate) const SEQUENCES: TableDefinition<&[u8], u64> = TableDefinition::new("sequences");
+
 /// Member records: `raft id -> postcard MemberRecord`.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 

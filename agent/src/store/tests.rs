@@ -642,3 +642,74 @@ fn a_store_written_before_the_index_existed_gets_it_built_on_open() {
     let store = Store::open(&path).unwrap();
     assert_eq!(keys(&prefix(&store, "")), ["b"]);
 }
+
+#[test]
+fn signed_writes_need_a_rising_sequence_that_survives_deletes_and_snapshots() {
+    let (_dir, store) = open();
+    let signed_put = |key: &str, sequence: u64, value: &str| Command::SignedPut {
+        put: PutRequest::new(key, value),
+        sequence,
+    };
+    run(&store, signed_put("/app/x", 5, "v5")).unwrap();
+    assert_eq!(store.sequence(b"/app/x").unwrap(), 5);
+    for stale in [5, 4] {
+        let err = run(&store, signed_put("/app/x", stale, "old")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::StaleSequence { stored: 5, .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(get_at(&store, "/app/x", 0).unwrap().value, b"v5");
+
+    // A signed delete keeps its change as the tombstone's value and raises
+    // the sequence, so the old put cannot come back.
+    let deleted = run(
+        &store,
+        Command::SignedDelete {
+            key: b"/app/x".to_vec(),
+            sequence: 6,
+            change: b"delete-change".to_vec(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        deleted.response,
+        CommandResponse::DeleteRange(DeleteRangeResponse { deleted: 1, .. })
+    ));
+    assert!(get_at(&store, "/app/x", 0).is_none());
+    let history = store.history(b"/app/x").unwrap();
+    assert_eq!(history.entries.last().unwrap().value, b"delete-change");
+    assert!(run(&store, signed_put("/app/x", 6, "again")).is_err());
+
+    let (_, data) = store.snapshot_data().unwrap();
+    let (_other_dir, other) = open();
+    other.restore_snapshot(&data, b"").unwrap();
+    assert_eq!(other.sequence(b"/app/x").unwrap(), 6);
+    assert!(run(&other, signed_put("/app/x", 6, "again")).is_err());
+    run(&other, signed_put("/app/x", 7, "v7")).unwrap();
+}
+
+#[test]
+fn ranges_report_the_sequence_of_signed_values_at_the_current_revision() {
+    let (_dir, store) = open();
+    let mut signed = crate::signing::STORED_MAGIC.to_vec();
+    signed.extend_from_slice(b"body");
+    run(
+        &store,
+        Command::SignedPut {
+            put: PutRequest::new("/a", signed),
+            sequence: 3,
+        },
+    )
+    .unwrap();
+    put(&store, "/b", "plain");
+    let (resp, _, sequences) = store
+        .range_with_sequences(&RangeRequest::new(KeyRange::prefix("/")))
+        .unwrap();
+    assert_eq!(keys(&resp), ["/a", "/b"]);
+    assert_eq!(sequences, [Some(3), None]);
+    let mut old = RangeRequest::new(KeyRange::prefix("/"));
+    old.revision = 1;
+    let (_, _, sequences) = store.range_with_sequences(&old).unwrap();
+    assert_eq!(sequences, [None]);
+}

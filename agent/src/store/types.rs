@@ -281,6 +281,20 @@ pub enum Command {
     LeaseKeepAlive {
         id: i64,
     },
+    /// A put whose value is a signed change. Applied only when `sequence`
+    /// is above the key's stored sequence, so a replay never lands even
+    /// when two copies race to the leader.
+    SignedPut {
+        put: PutRequest,
+        sequence: u64,
+    },
+    /// A signed delete of one key; `change` (the signed change) is kept as
+    /// the tombstone's value, so history shows who deleted it.
+    SignedDelete {
+        key: Vec<u8>,
+        sequence: u64,
+        change: Vec<u8>,
+    },
 }
 
 /// A command together with the facts the proposer fixed for it, so that
@@ -352,6 +366,12 @@ pub enum StoreError {
     KeyNotFound(String),
     #[error("duplicate key given in txn request: {0:?}")]
     DuplicateKey(String),
+    #[error("replayed change to {key:?}: sequence {sequence} is not above the stored sequence {stored}; sign it again with a higher --seq")]
+    StaleSequence {
+        key: String,
+        sequence: u64,
+        stored: u64,
+    },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("store data is corrupt: {0}")]

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -18,7 +17,6 @@ pub const SERVER_NAME: &str = "edgeconf-peer";
 pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 
 const KEY_FILE: &str = "node.key";
-const KEY_PREFIX: &str = "ed25519:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -99,25 +97,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-pub fn format_key(raw: &[u8]) -> String {
-    format!(
-        "{KEY_PREFIX}{}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
-}
-
-/// Parses `ed25519:BASE64` into the 32 raw key bytes.
-pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
-    let encoded = text
-        .strip_prefix(KEY_PREFIX)
-        .ok_or_else(|| format!("{text:?} does not start with \"{KEY_PREFIX}\""))?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|err| format!("{text:?} is not valid base64: {err}"))?;
-    raw.try_into().map_err(|raw: Vec<u8>| {
-        format!("{text:?} holds {} bytes, an ed25519 key has 32", raw.len())
-    })
-}
+pub use crate::signing::keys::{format_public_key as format_key, parse_public_key as parse_key};
 
 /// Admits peers whose certificate carries one of the pinned ed25519 keys,
 /// after checking the handshake signature with that key.

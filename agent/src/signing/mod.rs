@@ -1,0 +1,67 @@
+//! Signed config: operator keys, signed changes, the trust policy that says
+//! who may sign what, and secrets encrypted to the fleet.
+//!
+//! This module is pure: no I/O beyond key files, no network, no store. The
+//! API checks writes with it before proposing them, the leader checks what
+//! followers forward, and every reader of stored values (the API, the
+//! renderer, plugins) checks values with it before using them.
+
+pub mod envelope;
+pub mod keys;
+pub mod secrets;
+pub mod trust;
+
+#[cfg(test)]
+mod tests;
+
+pub use envelope::{Op, SignedChange, STORED_MAGIC};
+pub use secrets::{Identities, Recipient};
+pub use trust::{Checked, PrefixTrust, TrustPolicy};
+
+/// What one agent trusts and holds: the trust policy, the identities that
+/// decrypt secrets, and the fleet's recipients for new secrets.
+pub struct Keyring {
+    pub trust: TrustPolicy,
+    pub identities: Identities,
+    pub recipients: Vec<Recipient>,
+}
+
+impl Keyring {
+    /// No `[trust]` and no `[secrets]`: nothing protected, no secrets.
+    pub fn open() -> Self {
+        Self {
+            trust: TrustPolicy::default(),
+            identities: Identities::none(),
+            recipients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigningError {
+    #[error("malformed signed change: {0}")]
+    Malformed(String),
+    #[error("bad signature on the change to {key:?} (signer {signer}): the change was altered after signing or signed for something else")]
+    BadSignature { key: String, signer: String },
+    #[error("signer {signer} is not trusted for {key:?}: add it to [trust] keys or to the [[trust.prefix]] covering the key")]
+    UntrustedSigner { key: String, signer: String },
+    #[error("{key:?} is protected by {protection}: unsigned writes are refused; sign the change, e.g. `edgeconf put --sign-key OPERATOR.key KEY VALUE`")]
+    Unsigned { key: String, protection: String },
+    #[error("stored value of {key:?} is not signed although the key is protected by {protection}; refusing to use it")]
+    UnsignedStored { key: String, protection: String },
+    #[error("the value stored at {stored_at:?} was signed for {signed_for:?}; refusing to use it")]
+    WrongKey {
+        stored_at: String,
+        signed_for: String,
+    },
+    #[error("replayed change to {key:?}: sequence {sequence} is not above the stored sequence {stored}; sign it again with a higher --seq")]
+    Replay {
+        key: String,
+        sequence: u64,
+        stored: u64,
+    },
+    #[error("{0}")]
+    Key(String),
+    #[error("{0}")]
+    Secret(String),
+}

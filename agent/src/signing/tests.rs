@@ -1,0 +1,285 @@
+use rand::{Rng as _, SeedableRng as _};
+
+use super::*;
+use crate::store::{Command, DeleteRangeRequest, KeyRange, PutRequest};
+
+fn key() -> ed25519_dalek::SigningKey {
+    keys::generate_signing_key().unwrap()
+}
+
+fn policy(
+    global: &[&ed25519_dalek::SigningKey],
+    app: &[&ed25519_dalek::SigningKey],
+) -> TrustPolicy {
+    TrustPolicy {
+        keys: global
+            .iter()
+            .map(|k| k.verifying_key().to_bytes())
+            .collect(),
+        prefixes: vec![PrefixTrust {
+            prefix: b"/app/".to_vec(),
+            keys: app.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+        }],
+        allow_unsigned: true,
+    }
+}
+
+fn put(signer: &ed25519_dalek::SigningKey, key: &str, sequence: u64, value: &str) -> SignedChange {
+    SignedChange::sign(
+        signer,
+        key.as_bytes().to_vec(),
+        Op::Put,
+        sequence,
+        false,
+        value.as_bytes().to_vec(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn stored_and_json_forms_round_trip_and_verify() {
+    let signer = key();
+    let change = put(&signer, "/app/x", 7, "v1");
+    let stored = change.to_stored();
+    assert!(stored.starts_with(STORED_MAGIC));
+    assert_eq!(
+        SignedChange::from_stored(&stored).unwrap(),
+        Some(change.clone())
+    );
+    assert_eq!(SignedChange::from_json(&change.to_json()).unwrap(), change);
+    change.verify_signature().unwrap();
+    // Binary values travel as base64 in JSON.
+    let binary =
+        SignedChange::sign(&signer, b"/b".to_vec(), Op::Put, 1, false, vec![0xff, 0, 1]).unwrap();
+    assert!(binary.to_json().contains("value_base64"));
+    assert_eq!(SignedChange::from_json(&binary.to_json()).unwrap(), binary);
+    // A plain value is not a signed change.
+    assert_eq!(SignedChange::from_stored(b"plain").unwrap(), None);
+}
+
+#[test]
+fn every_altered_field_breaks_the_signature() {
+    let signer = key();
+    let change = put(&signer, "/app/x", 7, "v1");
+    let mut other_key = change.clone();
+    other_key.key = b"/app/y".to_vec();
+    let mut other_value = change.clone();
+    other_value.value = b"v2".to_vec();
+    let mut other_sequence = change.clone();
+    other_sequence.sequence = 8;
+    let mut other_flag = change.clone();
+    other_flag.encrypted = true;
+    let mut other_signer = change.clone();
+    other_signer.signer = key().verifying_key().to_bytes();
+    for altered in [
+        other_key,
+        other_value,
+        other_sequence,
+        other_flag,
+        other_signer,
+    ] {
+        assert!(altered.verify_signature().is_err(), "{altered:?} verified");
+    }
+}
+
+#[test]
+fn tampered_stored_bytes_never_verify_and_never_panic() {
+    let signer = key();
+    let stored = put(&signer, "/app/x", 7, "some value").to_stored();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for index in STORED_MAGIC.len()..stored.len() {
+        for _ in 0..4 {
+            let mut bytes = stored.clone();
+            bytes[index] ^= rng.random_range(1..=255u8);
+            if let Ok(Some(change)) = SignedChange::from_stored(&bytes) {
+                assert!(
+                    change.verify_signature().is_err(),
+                    "flipped byte {index} still verifies"
+                );
+            }
+        }
+    }
+    // Truncations and random garbage after the magic: errors, no panic.
+    for len in 0..stored.len() {
+        let _ = SignedChange::from_stored(&stored[..len]);
+    }
+    for _ in 0..5000 {
+        let len = rng.random_range(0..200);
+        let mut bytes = STORED_MAGIC.to_vec();
+        bytes.extend((0..len).map(|_| rng.random::<u8>()));
+        if let Ok(Some(change)) = SignedChange::from_stored(&bytes) {
+            assert!(change.verify_signature().is_err());
+        }
+    }
+}
+
+#[test]
+fn json_parsing_rejects_bad_input_with_errors() {
+    let signer = key();
+    let json = put(&signer, "/app/x", 7, "v1").to_json();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for _ in 0..3000 {
+        let mut bytes = json.clone().into_bytes();
+        let at = rng.random_range(0..bytes.len());
+        bytes[at] = rng.random_range(b' '..=b'~');
+        let text = String::from_utf8(bytes).unwrap();
+        if let Ok(change) = SignedChange::from_json(&text) {
+            if text != json {
+                // Whitespace edits parse; anything else must fail to verify.
+                let same = SignedChange::from_json(&json).unwrap();
+                assert!(change == same || change.verify_signature().is_err());
+            }
+        }
+    }
+    for bad in ["", "{}", "[]", "null", "{\"format\":\"x\"}", "\u{0}"] {
+        assert!(SignedChange::from_json(bad).is_err(), "{bad:?} parsed");
+    }
+    let wrong_format = json.replace("edgeconf-signed-change/1", "edgeconf-signed-change/9");
+    let err = SignedChange::from_json(&wrong_format).unwrap_err();
+    assert!(err.to_string().contains("format"), "{err}");
+}
+
+#[test]
+fn policy_decides_who_may_sign_what() {
+    let admin = key();
+    let app_team = key();
+    let stranger = key();
+    let trust = policy(&[&admin], &[&app_team]);
+    trust.check_change(&put(&admin, "/app/x", 1, "v")).unwrap();
+    trust
+        .check_change(&put(&app_team, "/app/x", 1, "v"))
+        .unwrap();
+    trust.check_change(&put(&admin, "/other", 1, "v")).unwrap();
+    // The app team's key is trusted for /app/ only.
+    let err = trust
+        .check_change(&put(&app_team, "/other", 1, "v"))
+        .unwrap_err();
+    assert!(matches!(err, SigningError::UntrustedSigner { .. }), "{err}");
+    let err = trust
+        .check_change(&put(&stranger, "/app/x", 1, "v"))
+        .unwrap_err();
+    assert!(err.to_string().contains("not trusted"), "{err}");
+
+    trust.check_unsigned_put(b"/other").unwrap();
+    let err = trust.check_unsigned_put(b"/app/x").unwrap_err();
+    assert!(err.to_string().contains("/app/"), "{err}");
+    trust
+        .check_unsigned_delete(&KeyRange::single(b"/other".to_vec()))
+        .unwrap();
+    assert!(trust
+        .check_unsigned_delete(&KeyRange::prefix(b"/".to_vec()))
+        .is_err());
+    assert!(trust
+        .check_unsigned_delete(&KeyRange::single(b"/app/x".to_vec()))
+        .is_err());
+
+    let locked = TrustPolicy {
+        allow_unsigned: false,
+        ..trust.clone()
+    };
+    assert!(locked.check_unsigned_put(b"/other").is_err());
+}
+
+#[test]
+fn admit_checks_commands_as_proposed() {
+    let admin = key();
+    let trust = policy(&[&admin], &[]);
+    let change = put(&admin, "/app/x", 3, "v");
+    let signed = Command::SignedPut {
+        put: PutRequest::new("/app/x", change.to_stored()),
+        sequence: 3,
+    };
+    trust.admit(&signed).unwrap();
+    // The command must say what the signed change says.
+    let lying = Command::SignedPut {
+        put: PutRequest::new("/app/y", change.to_stored()),
+        sequence: 3,
+    };
+    assert!(trust.admit(&lying).is_err());
+    let unsigned = Command::Put(PutRequest::new("/app/x", "v"));
+    assert!(trust.admit(&unsigned).is_err());
+    let delete = Command::DeleteRange(DeleteRangeRequest {
+        range: KeyRange::prefix(b"/ap".to_vec()),
+        prev_kv: false,
+    });
+    assert!(trust.admit(&delete).is_err());
+}
+
+#[test]
+fn stored_values_are_checked_before_use() {
+    let admin = key();
+    let stranger = key();
+    let trust = policy(&[&admin], &[]);
+    let good = put(&admin, "/app/x", 5, "v").to_stored();
+    assert_eq!(
+        trust
+            .check_stored(b"/app/x", &good, Some(5))
+            .unwrap()
+            .into_value(),
+        b"v".to_vec()
+    );
+    // Moved to another key, replaced by an older change, forged, unsigned.
+    assert!(matches!(
+        trust.check_stored(b"/app/y", &good, None),
+        Err(SigningError::WrongKey { .. })
+    ));
+    assert!(matches!(
+        trust.check_stored(b"/app/x", &good, Some(6)),
+        Err(SigningError::Replay { .. })
+    ));
+    let forged = put(&stranger, "/app/x", 9, "evil").to_stored();
+    assert!(trust.check_stored(b"/app/x", &forged, Some(9)).is_err());
+    assert!(matches!(
+        trust.check_stored(b"/app/x", b"plain", None),
+        Err(SigningError::UnsignedStored { .. })
+    ));
+    assert_eq!(
+        trust.check_stored(b"/free", b"plain", None).unwrap(),
+        Checked::Plain(b"plain".to_vec())
+    );
+}
+
+#[test]
+fn secrets_decrypt_only_with_a_recipient_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet.age");
+    let other = dir.path().join("other.age");
+    let recipient = secrets::generate_identity(&fleet).unwrap();
+    secrets::generate_identity(&other).unwrap();
+    assert!(
+        secrets::generate_identity(&fleet).is_err(),
+        "overwrote an identity"
+    );
+    let ciphertext = secrets::encrypt(&[recipient.clone()], b"hunter2").unwrap();
+    assert!(!ciphertext.windows(7).any(|w| w == b"hunter2"));
+    assert!(ciphertext.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----"));
+    let fleet_ids = Identities::load(&[fleet]).unwrap();
+    assert_eq!(fleet_ids.decrypt(&ciphertext).unwrap(), b"hunter2");
+    let other_ids = Identities::load(&[other]).unwrap();
+    assert!(other_ids.decrypt(&ciphertext).is_err());
+    assert!(Identities::none().decrypt(&ciphertext).is_err());
+    assert!(Recipient::parse(&recipient.to_string()).is_ok());
+    assert!(Recipient::parse("age1nope").is_err());
+}
+
+#[test]
+fn operator_key_files_are_private_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.key");
+    let signing_key = key();
+    keys::write_signing_key(&path, &signing_key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(
+        keys::read_signing_key(&path).unwrap().to_bytes(),
+        signing_key.to_bytes()
+    );
+    assert!(keys::write_signing_key(&path, &signing_key).is_err());
+    std::fs::write(dir.path().join("bad.key"), "nonsense").unwrap();
+    let err = keys::read_signing_key(&dir.path().join("bad.key")).unwrap_err();
+    assert!(err.to_string().contains("keygen"), "{err}");
+}
