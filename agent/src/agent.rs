@@ -11,7 +11,7 @@ use crate::api;
 use crate::config::ClusterState;
 use crate::config::Config;
 use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
-use crate::signing::{Identities, Keyring, Recipient};
+use crate::signing::{Identities, Keyring, KeyringCell, Recipient};
 use crate::store::{Store, StoreError};
 use crate::transport::NodeKey;
 
@@ -26,7 +26,12 @@ const PARTITION_SWITCH: &str = "fault-partition";
 
 /// Runs the agent until SIGINT or SIGTERM. Returns the raft thread: join it
 /// after the runtime is dropped, to close the store cleanly.
-pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
+/// `reload` reads the config again; on SIGHUP the agent takes the trust
+/// policy and secret keys from it (other settings need a restart).
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}: choose a writable directory",
@@ -49,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
-    let keyring = Arc::new(keyring(&config)?);
+    let keyring = Arc::new(KeyringCell::new(keyring(&config)?));
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
     let (node, raft_thread) = Node::start(
@@ -73,7 +78,13 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
             },
             admission: {
                 let keyring = keyring.clone();
-                Arc::new(move |command| keyring.trust.admit(command).map_err(|err| err.to_string()))
+                Arc::new(move |command| {
+                    keyring
+                        .get()
+                        .trust
+                        .admit(command)
+                        .map_err(|err| err.to_string())
+                })
             },
         },
     )?;
@@ -95,6 +106,11 @@ pub async fn run(config: Config) -> anyhow::Result<JoinHandle<()>> {
     {
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
+    }
+    #[cfg(unix)]
+    {
+        let keyring = keyring.clone();
+        tasks.spawn(async move { reload_on_hangup(keyring, reload).await });
     }
     if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
         let (node, switch) = (node.clone(), config.data_dir.join(PARTITION_SWITCH));
@@ -178,4 +194,35 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
         identities,
         recipients,
     })
+}
+
+/// On SIGHUP, takes `[trust]` and `[secrets]` from the config file again, so
+/// operator keys rotate without downtime. A config that does not load is
+/// refused with its error, and the running keys stay.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    keyring: Arc<KeyringCell>,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler: reload the config by restarting");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match reload().and_then(|config| self::keyring(&config)) {
+            Ok(fresh) => {
+                tracing::info!(
+                    trusted_keys = fresh.trust.keys.len(),
+                    trusted_prefixes = fresh.trust.prefixes.len(),
+                    identities = fresh.identities.files().len(),
+                    "reloaded [trust] and [secrets] from the config"
+                );
+                keyring.set(fresh);
+            }
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "config reload refused; keeping the running trust policy and keys");
+            }
+        }
+    }
 }

@@ -65,7 +65,11 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = runtime()?;
-    let writer = rt.block_on(edgeconf::agent::run(config))?;
+    let reload = {
+        let (path, overrides) = (args.config.clone(), args.overrides());
+        move || Ok(Config::load(path.as_deref(), overrides.clone())?)
+    };
+    let writer = rt.block_on(edgeconf::agent::run(config, reload))?;
     // Dropping the runtime drops every task and with them the proposal
     // queue, so the writer thread finishes its batch and closes the store.
     drop(rt);

@@ -3,9 +3,89 @@
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, edgeconf_server::Edgeconf};
-use super::{store_status, Context};
+use super::signed::{signed_command, signing_status};
+use super::{propose_status, store_status, Context};
+use crate::signing::{keys::format_public_key, Keyring, Op, SignedChange, SigningError};
+use crate::store::{CommandResponse, KeyRange, RangeRequest};
 
 pub(crate) struct EdgeconfService(pub Context);
+
+impl EdgeconfService {
+    fn header(&self, revision: i64) -> pb::Header {
+        let header = self.0.header(revision);
+        pb::Header {
+            cluster_id: header.cluster_id,
+            member_id: header.member_id,
+            revision: header.revision,
+            raft_term: header.raft_term,
+        }
+    }
+}
+
+/// How a stored value (or, with `deleted`, a tombstone's note) is signed
+/// and whether it checks out. `latest` is the key's latest sequence when
+/// the value is the current one.
+fn signature_of(
+    keyring: &Keyring,
+    key: &[u8],
+    value: &[u8],
+    latest: Option<u64>,
+    deleted: bool,
+) -> pb::Signature {
+    let change = match SignedChange::from_stored(value) {
+        Ok(Some(change)) => change,
+        Ok(None) => {
+            let problem = if deleted {
+                None
+            } else {
+                keyring.trust.check_stored(key, value, None).err()
+            };
+            return pb::Signature {
+                problem: problem.map(|err| err.to_string()).unwrap_or_default(),
+                ..Default::default()
+            };
+        }
+        Err(err) => {
+            return pb::Signature {
+                signed: true,
+                problem: err.to_string(),
+                ..Default::default()
+            }
+        }
+    };
+    let checked = if deleted {
+        if change.key != key || change.op != Op::Delete {
+            Err(SigningError::WrongKey {
+                stored_at: String::from_utf8_lossy(key).into_owned(),
+                signed_for: String::from_utf8_lossy(&change.key).into_owned(),
+            })
+        } else {
+            keyring.trust.check_change(&change)
+        }
+    } else {
+        keyring.trust.check_stored(key, value, latest).map(|_| ())
+    };
+    let verified = checked.is_ok();
+    pb::Signature {
+        signed: true,
+        signer: format_public_key(&change.signer),
+        sequence: change.sequence,
+        encrypted: change.encrypted,
+        verified,
+        problem: checked.err().map(|err| err.to_string()).unwrap_or_default(),
+        decryptable: change.encrypted
+            && verified
+            && keyring.identities.decrypt(&change.value).is_ok(),
+    }
+}
+
+/// The value clients see: a signed change's value, else the stored bytes.
+fn visible_value(value: Vec<u8>) -> Vec<u8> {
+    match SignedChange::from_stored(&value) {
+        Ok(Some(change)) => change.value,
+        _ => value,
+    }
+}
 
 #[tonic::async_trait]
 impl Edgeconf for EdgeconfService {
@@ -17,40 +97,137 @@ impl Edgeconf for EdgeconfService {
         if req.key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
-        let history = self
-            .0
-            .node
-            .store()
-            .history(&req.key)
-            .map_err(store_status)?;
-        let header = self.0.header(history.revision);
+        let store = self.0.node.store();
+        let history = store.history(&req.key).map_err(store_status)?;
+        let latest = store.sequence(&req.key).map_err(store_status)?;
+        let count = history.entries.len();
         let revisions = history
             .entries
             .into_iter()
-            .map(|entry| pb::Revision {
-                revision: entry.revision,
-                create_revision: entry.create_revision,
-                version: entry.version,
-                lease: entry.lease,
-                deleted: entry.deleted,
-                time_unix_ms: entry.time_unix_ms,
-                value_size: entry.value.len() as u64,
-                value: if req.with_values {
-                    entry.value
-                } else {
+            .enumerate()
+            .map(|(index, entry)| {
+                // Only the key's current value must carry its latest sequence.
+                let current = index + 1 == count && !entry.deleted;
+                let signature = signature_of(
+                    &self.0.keyring.get(),
+                    &req.key,
+                    &entry.value,
+                    current.then_some(latest),
+                    entry.deleted,
+                );
+                let value = if entry.deleted {
                     Vec::new()
-                },
+                } else {
+                    visible_value(entry.value)
+                };
+                pb::Revision {
+                    revision: entry.revision,
+                    create_revision: entry.create_revision,
+                    version: entry.version,
+                    lease: entry.lease,
+                    deleted: entry.deleted,
+                    time_unix_ms: entry.time_unix_ms,
+                    value_size: value.len() as u64,
+                    value: if req.with_values { value } else { Vec::new() },
+                    signature: Some(signature),
+                }
             })
             .collect();
         Ok(Response::new(pb::HistoryResponse {
-            header: Some(pb::Header {
-                cluster_id: header.cluster_id,
-                member_id: header.member_id,
-                revision: header.revision,
-                raft_term: header.raft_term,
-            }),
+            header: Some(self.header(history.revision)),
             revisions,
             compact_revision: history.compact_revision,
+        }))
+    }
+
+    async fn signed_write(
+        &self,
+        request: Request<pb::SignedWriteRequest>,
+    ) -> Result<Response<pb::SignedWriteResponse>, Status> {
+        let req = request.into_inner();
+        let change = SignedChange::from_stored(&req.change)
+            .map_err(signing_status)?
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "edgeconf: not a signed change (create one with `edgeconf sign`)",
+                )
+            })?;
+        let command = signed_command(
+            &self.0.keyring.get(),
+            self.0.node.store(),
+            &change,
+            req.prev_kv,
+        )?;
+        let applied = self.0.node.propose(command).await.map_err(propose_status)?;
+        let deleted = match applied.response {
+            CommandResponse::DeleteRange(resp) => resp.deleted,
+            _ => 0,
+        };
+        Ok(Response::new(pb::SignedWriteResponse {
+            header: Some(self.header(applied.revision)),
+            deleted,
+            sequence: change.sequence,
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let req = request.into_inner();
+        if req.key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+        }
+        if !req.serializable {
+            self.0.node.read_index().await.map_err(propose_status)?;
+        }
+        let store = self.0.node.store();
+        let mut range = RangeRequest::new(KeyRange::from_etcd(req.key, req.range_end));
+        range.revision = req.revision;
+        let (resp, revision, sequences) =
+            store.range_with_sequences(&range).map_err(store_status)?;
+        let mut keys = Vec::with_capacity(resp.kvs.len());
+        for (kv, sequence) in resp.kvs.into_iter().zip(sequences) {
+            let latest_sequence = store.sequence(&kv.key).map_err(store_status)?;
+            keys.push(pb::InspectedKey {
+                signature: Some(signature_of(
+                    &self.0.keyring.get(),
+                    &kv.key,
+                    &kv.value,
+                    sequence,
+                    false,
+                )),
+                protected: self.0.keyring.get().trust.is_protected(&kv.key),
+                mod_revision: kv.mod_revision,
+                latest_sequence,
+                key: kv.key,
+            });
+        }
+        Ok(Response::new(pb::InspectResponse {
+            header: Some(self.header(revision)),
+            keys,
+        }))
+    }
+
+    async fn keyring(
+        &self,
+        _request: Request<pb::KeyringRequest>,
+    ) -> Result<Response<pb::KeyringResponse>, Status> {
+        let keyring = self.0.keyring.get();
+        let format_all = |keys: &[[u8; 32]]| keys.iter().map(|k| format_public_key(k)).collect();
+        Ok(Response::new(pb::KeyringResponse {
+            trusted_keys: format_all(&keyring.trust.keys),
+            prefixes: keyring
+                .trust
+                .prefixes
+                .iter()
+                .map(|rule| pb::TrustedPrefix {
+                    prefix: String::from_utf8_lossy(&rule.prefix).into_owned(),
+                    keys: format_all(&rule.keys),
+                })
+                .collect(),
+            allow_unsigned: keyring.trust.allow_unsigned,
+            recipients: keyring.recipients.iter().map(ToString::to_string).collect(),
         }))
     }
 }

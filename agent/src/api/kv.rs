@@ -26,7 +26,7 @@ impl KvService {
 
 /// Checks and unwraps the previous values a write returns.
 fn serve_prev(context: &Context, kvs: &mut [KeyValue]) -> Result<(), Status> {
-    serve_values(&context.keyring, kvs, None)
+    serve_values(&context.keyring.get(), kvs, None)
 }
 
 fn unexpected(response: CommandResponse) -> Status {
@@ -52,7 +52,7 @@ impl PbKvService for KvService {
             .range_with_sequences(&req)
             .map_err(store_status)?;
         if !(req.keys_only || req.count_only) {
-            serve_values(&self.0.keyring, &mut resp.kvs, Some(&sequences))?;
+            serve_values(&self.0.keyring.get(), &mut resp.kvs, Some(&sequences))?;
         }
         Ok(Response::new(range_to_pb(resp, self.0.header(revision))))
     }
@@ -68,7 +68,7 @@ impl PbKvService for KvService {
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let req = put_from_pb(request.into_inner())?;
-        let command = put_command(&self.0.keyring, req)?;
+        let command = put_command(&self.0.keyring.get(), self.0.node.store(), req)?;
         match self.write(command).await? {
             (CommandResponse::Put(mut resp), revision) => {
                 if let Some(prev) = resp.prev_kv.as_mut() {
@@ -85,7 +85,7 @@ impl PbKvService for KvService {
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
         let command = Command::DeleteRange(delete_from_pb(request.into_inner())?);
-        admit(&self.0.keyring, &command)?;
+        admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::DeleteRange(mut resp), revision) => {
                 serve_prev(&self.0, &mut resp.prev_kvs)?;
@@ -97,7 +97,7 @@ impl PbKvService for KvService {
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let command = Command::Txn(txn_from_pb(request.into_inner())?);
-        admit(&self.0.keyring, &command)?;
+        admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::Txn(mut resp), revision) => {
                 for response in &mut resp.responses {

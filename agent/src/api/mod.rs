@@ -26,7 +26,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::consensus::{Node, ProposeError};
-use crate::signing::Keyring;
+use crate::signing::KeyringCell;
 use crate::store::StoreError;
 
 /// Generated code for `proto/edgeconf/v1/edgeconf.proto`.
@@ -40,7 +40,7 @@ pub mod pb {
 #[derive(Clone)]
 pub(crate) struct Context {
     node: Arc<Node>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<KeyringCell>,
 }
 
 impl Context {
@@ -76,7 +76,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
 /// Serves the API on `listener` until `shutdown` turns true.
 pub async fn serve(
     node: Arc<Node>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<KeyringCell>,
     listener: TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {

@@ -5,7 +5,7 @@
 use tonic::Status;
 
 use crate::signing::{Keyring, Op, SignedChange, SigningError};
-use crate::store::{Command, Event, EventKind, KeyValue, PutRequest, TxnOp};
+use crate::store::{Command, Event, EventKind, KeyValue, PutRequest, Store, TxnOp};
 
 pub(crate) fn signing_status(err: SigningError) -> Status {
     match err {
@@ -20,7 +20,11 @@ pub(crate) fn signing_status(err: SigningError) -> Status {
 /// The command for an etcd Put: a signed put when the value is a signed
 /// change (so etcd client libraries can submit them too), a plain put when
 /// the policy allows one.
-pub(crate) fn put_command(keyring: &Keyring, put: PutRequest) -> Result<Command, Status> {
+pub(crate) fn put_command(
+    keyring: &Keyring,
+    store: &Store,
+    put: PutRequest,
+) -> Result<Command, Status> {
     let Some(change) = SignedChange::from_stored(&put.value).map_err(signing_status)? else {
         let command = Command::Put(put);
         admit(keyring, &command)?;
@@ -38,16 +42,28 @@ pub(crate) fn put_command(keyring: &Keyring, put: PutRequest) -> Result<Command,
             "edgeconf: a signed change cannot take a lease, ignore_value or ignore_lease",
         ));
     }
-    signed_command(keyring, &change, put.prev_kv)
+    signed_command(keyring, store, &change, put.prev_kv)
 }
 
 /// The command for a signed change submitted as such.
+///
+/// A replay is refused here, before proposing; the store refuses it again
+/// when applying, so two copies racing to the leader cannot both land.
 pub(crate) fn signed_command(
     keyring: &Keyring,
+    store: &Store,
     change: &SignedChange,
     prev_kv: bool,
 ) -> Result<Command, Status> {
     keyring.trust.check_change(change).map_err(signing_status)?;
+    let stored = store.sequence(&change.key).map_err(super::store_status)?;
+    if change.sequence <= stored {
+        return Err(signing_status(SigningError::Replay {
+            key: String::from_utf8_lossy(&change.key).into_owned(),
+            sequence: change.sequence,
+            stored,
+        }));
+    }
     Ok(match change.op {
         Op::Put => Command::SignedPut {
             put: PutRequest {

@@ -246,7 +246,7 @@ async fn feed(
             if !wanted {
                 continue;
             }
-            if let Err(status) = serve_event(&context.keyring, &mut event) {
+            if let Err(status) = serve_event(&context.keyring.get(), &mut event) {
                 let _ = outbox
                     .send(Ok(PbWatchResponse {
                         header: Some(context.current_header()),

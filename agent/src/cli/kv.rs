@@ -1,7 +1,7 @@
 //! Key commands: put, get, del, history, rollback, compact.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, ValueEnum};
@@ -13,17 +13,29 @@ use serde_json::json;
 use super::output::{
     format_size, format_time, header_json, kv_json, lossy, print_json, print_table, Format,
 };
+use super::signing::{self, signature_json, signature_text, SignOptions};
 use super::Client;
 use crate::api::pb;
+use crate::signing::Op;
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    pub key: String,
+    /// The key (not with --signed, whose change names its key).
+    #[arg(required_unless_present = "signed")]
+    pub key: Option<String>,
     /// The value; read from --file or standard input when left out.
     pub value: Option<String>,
     /// Read the value from this file.
     #[arg(long, conflicts_with = "value")]
     pub file: Option<PathBuf>,
+    /// Sign the change with this operator key (from `edgeconf keygen`).
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// Submit a change signed earlier with `edgeconf sign`.
+    #[arg(long, conflicts_with_all = ["key", "value", "file", "sign_key", "lease", "encrypt"])]
+    pub signed: Option<PathBuf>,
+    #[command(flatten)]
+    pub sign_options: SignOptions,
     /// Attach the key to this lease (hexadecimal id).
     #[arg(long)]
     pub lease: Option<String>,
@@ -94,6 +106,12 @@ pub struct DelArgs {
     /// Print the deleted key-values.
     #[arg(long)]
     pub prev_kv: bool,
+    /// Sign the delete (of KEY alone) with this operator key.
+    #[arg(long, conflicts_with_all = ["range_end", "prefix", "from_key", "prev_kv"])]
+    pub sign_key: Option<PathBuf>,
+    /// The sequence to sign (see `edgeconf sign --help`).
+    #[arg(long, requires = "sign_key")]
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +128,13 @@ pub struct RollbackArgs {
     /// The revision whose value to restore.
     #[arg(long = "to-rev")]
     pub to_rev: i64,
+    /// Sign the restored value with this operator key (needed for signed
+    /// keys: a rollback is a new signed write).
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// The sequence to sign (see `edgeconf sign --help`).
+    #[arg(long, requires = "sign_key")]
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -118,17 +143,36 @@ pub struct CompactArgs {
     pub revision: i64,
 }
 
+fn print_signed_write(
+    format: Format,
+    key: &str,
+    resp: &pb::SignedWriteResponse,
+) -> anyhow::Result<()> {
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    match format {
+        Format::Json => print_json(&json!({
+            "key": key,
+            "revision": revision,
+            "sequence": resp.sequence,
+            "deleted": resp.deleted,
+        })),
+        Format::Simple | Format::Table => println!("OK"),
+    }
+    Ok(())
+}
+
 pub fn parse_lease_id(text: &str) -> anyhow::Result<i64> {
     i64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|_| {
         anyhow!("invalid lease ID {text:?}: expected the hexadecimal id printed by `edgeconf lease grant`")
     })
 }
 
-fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
-    if let Some(value) = &args.value {
-        return Ok(value.clone().into_bytes());
+/// The value from the command line, a file, or standard input.
+pub(super) fn read_value(value: Option<&str>, file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    if let Some(value) = value {
+        return Ok(value.as_bytes().to_vec());
     }
-    if let Some(path) = &args.file {
+    if let Some(path) = file {
         return std::fs::read(path)
             .with_context(|| format!("cannot read the value from {}", path.display()));
     }
@@ -140,7 +184,27 @@ fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn put(client: &Client, format: Format, args: PutArgs) -> anyhow::Result<()> {
-    let value = read_value(&args)?;
+    if let Some(path) = &args.signed {
+        let change = signing::read_change_file(path)?;
+        let resp = signing::submit(client, &change, false).await?;
+        return print_signed_write(format, &lossy(&change.key), &resp);
+    }
+    let key = args.key.clone().unwrap_or_default();
+    let value = read_value(args.value.as_deref(), args.file.as_deref())?;
+    if let Some(key_file) = &args.sign_key {
+        if args.lease.is_some() || args.prev_kv {
+            bail!("--lease and --prev-kv do not go with --sign-key: signed values are not bound to leases");
+        }
+        let resp =
+            signing::sign_and_write(client, key_file, &key, Op::Put, value, &args.sign_options)
+                .await?;
+        return print_signed_write(format, &key, &resp);
+    }
+    if args.sign_options.encrypt || args.sign_options.seq.is_some() {
+        bail!(
+            "--encrypt and --seq need --sign-key: secrets and sequences belong to signed changes"
+        );
+    }
     let mut options = PutOptions::new();
     if let Some(lease) = &args.lease {
         options = options.with_lease(parse_lease_id(lease)?);
@@ -149,9 +213,7 @@ pub async fn put(client: &Client, format: Format, args: PutArgs) -> anyhow::Resu
         options = options.with_prev_key();
     }
     let mut etcd = client.etcd().await?;
-    let resp = client
-        .request(etcd.put(args.key, value, Some(options)))
-        .await?;
+    let resp = client.request(etcd.put(key, value, Some(options))).await?;
     match format {
         Format::Json => print_json(&json!({
             "header": header_json(resp.header()),
@@ -202,16 +264,58 @@ pub async fn get(client: &Client, format: Format, args: GetArgs) -> anyhow::Resu
         options = options.with_sort(target, order);
     }
     let mut etcd = client.etcd().await?;
-    let resp = client.request(etcd.get(args.key, Some(options))).await?;
+    let resp = client
+        .request(etcd.get(args.key.as_str(), Some(options)))
+        .await?;
+    // Who signed what, when values are shown.
+    let signatures = if args.keys_only || args.count_only || resp.kvs().is_empty() {
+        Default::default()
+    } else {
+        let range_end = if args.prefix {
+            Some(crate::store::prefix_end(args.key.as_bytes()).unwrap_or(vec![0]))
+        } else if args.from_key {
+            Some(vec![0])
+        } else {
+            args.range_end.as_ref().map(|end| end.clone().into_bytes())
+        };
+        let revision = resp.header().map_or(args.rev, |h| {
+            if args.rev == 0 {
+                h.revision()
+            } else {
+                args.rev
+            }
+        });
+        signing::inspect(client, &args.key, range_end, revision).await?
+    };
+    let signature = |kv: &etcd_client::KeyValue| {
+        signatures
+            .get(kv.key())
+            .and_then(|inspected| inspected.signature.clone())
+            .filter(|s| s.signed)
+    };
     match format {
         Format::Json => print_json(&json!({
             "header": header_json(resp.header()),
-            "kvs": resp.kvs().iter().map(kv_json).collect::<Vec<_>>(),
+            "kvs": resp.kvs().iter().map(|kv| {
+                let mut value = kv_json(kv);
+                if let Some(s) = signature(kv) {
+                    value["signature"] = signature_json(Some(&s));
+                }
+                value
+            }).collect::<Vec<_>>(),
             "more": resp.more(),
             "count": resp.count(),
         })),
         Format::Table => print_table(
-            &["KEY", "VALUE", "CREATE REV", "MOD REV", "VERSION", "LEASE"],
+            &[
+                "KEY",
+                "VALUE",
+                "CREATE REV",
+                "MOD REV",
+                "VERSION",
+                "LEASE",
+                "SIGNATURE",
+            ],
             resp.kvs().iter().map(|kv| {
                 vec![
                     lossy(kv.key()),
@@ -220,6 +324,7 @@ pub async fn get(client: &Client, format: Format, args: GetArgs) -> anyhow::Resu
                     kv.mod_revision().to_string(),
                     kv.version().to_string(),
                     lease_text(kv.lease()),
+                    signature(kv).map_or_else(String::new, |s| signature_text(Some(&s))),
                 ]
             }),
         ),
@@ -231,6 +336,11 @@ pub async fn get(client: &Client, format: Format, args: GetArgs) -> anyhow::Resu
                 }
                 if !args.keys_only {
                     println!("{}", lossy(kv.value()));
+                }
+                // etcdctl prints key and value lines only; a signed value
+                // gets one more, unless only values were asked for.
+                if let Some(s) = signature(kv).filter(|_| !args.print_value_only) {
+                    println!("# {}", signature_text(Some(&s)));
                 }
             }
         }
@@ -247,6 +357,31 @@ fn lease_text(lease: i64) -> String {
 }
 
 pub async fn del(client: &Client, format: Format, args: DelArgs) -> anyhow::Result<()> {
+    if let Some(key_file) = &args.sign_key {
+        let options = SignOptions {
+            seq: args.seq,
+            ..Default::default()
+        };
+        let resp = signing::sign_and_write(
+            client,
+            key_file,
+            &args.key,
+            Op::Delete,
+            Vec::new(),
+            &options,
+        )
+        .await?;
+        match format {
+            Format::Json => print_json(&json!({
+                "key": args.key,
+                "deleted": resp.deleted,
+                "sequence": resp.sequence,
+                "revision": resp.header.as_ref().map_or(0, |h| h.revision),
+            })),
+            Format::Simple | Format::Table => println!("{}", resp.deleted),
+        }
+        return Ok(());
+    }
     let mut options = DeleteOptions::new();
     if args.prefix {
         options = options.with_prefix();
@@ -306,10 +441,20 @@ pub async fn history(client: &Client, format: Format, args: HistoryArgs) -> anyh
                 "time": format_time(r.time_unix_ms),
                 "size": r.value_size,
                 "value": super::output::base64(&r.value),
+                "signature": signature_json(r.signature.as_ref()),
             })).collect::<Vec<_>>(),
         })),
         Format::Table | Format::Simple => {
+            // The signature column only where something is signed (or should be).
+            let signatures = resp.revisions.iter().any(|r| {
+                r.signature
+                    .as_ref()
+                    .is_some_and(|s| s.signed || !s.problem.is_empty())
+            });
             let mut headers = vec!["REVISION", "VERSION", "TIME", "SIZE", "EVENT"];
+            if signatures {
+                headers.push("SIGNATURE");
+            }
             if args.values {
                 headers.push("VALUE");
             }
@@ -321,6 +466,9 @@ pub async fn history(client: &Client, format: Format, args: HistoryArgs) -> anyh
                     format_size(r.value_size),
                     if r.deleted { "DELETE" } else { "PUT" }.to_string(),
                 ];
+                if signatures {
+                    row.push(signature_text(r.signature.as_ref()));
+                }
                 if args.values {
                     row.push(lossy(&r.value));
                 }
@@ -357,6 +505,9 @@ pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> an
         );
     };
     let value = old.value().to_vec();
+    if let Some(key_file) = &args.sign_key {
+        return signed_rollback(client, format, &args, key_file, value).await;
+    }
     let current = client.request(etcd.get(args.key.as_str(), None)).await?;
     let current_mod = current.kvs().first().map_or(0, |kv| kv.mod_revision());
     // Write only if nobody changed the key meanwhile.
@@ -383,6 +534,54 @@ pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> an
         })),
         Format::Simple | Format::Table => println!(
             "rolled back {} to its value at revision {} (new revision {revision})",
+            args.key, args.to_rev
+        ),
+    }
+    Ok(())
+}
+
+/// A rollback of a signed key: the old value, signed again with a new
+/// sequence (a secret stays a secret: it is decrypted nowhere, the same
+/// ciphertext is signed anew).
+async fn signed_rollback(
+    client: &Client,
+    format: Format,
+    args: &RollbackArgs,
+    key_file: &Path,
+    value: Vec<u8>,
+) -> anyhow::Result<()> {
+    let old = signing::inspect(client, &args.key, None, args.to_rev).await?;
+    let was_secret = old
+        .get(args.key.as_bytes())
+        .and_then(|k| k.signature.as_ref())
+        .is_some_and(|s| s.encrypted);
+    let latest = signing::inspect(client, &args.key, None, 0)
+        .await?
+        .get(args.key.as_bytes())
+        .map_or(0, |k| k.latest_sequence);
+    let sequence = args
+        .seq
+        .unwrap_or_else(|| signing::default_sequence(latest));
+    let signing_key = crate::signing::keys::read_signing_key(key_file)?;
+    let change = crate::signing::SignedChange::sign(
+        &signing_key,
+        args.key.as_bytes().to_vec(),
+        Op::Put,
+        sequence,
+        was_secret,
+        value,
+    )?;
+    let resp = signing::submit(client, &change, false).await?;
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    match format {
+        Format::Json => print_json(&json!({
+            "key": args.key,
+            "restored_revision": args.to_rev,
+            "revision": revision,
+            "sequence": sequence,
+        })),
+        Format::Simple | Format::Table => println!(
+            "rolled back {} to its value at revision {} (new revision {revision}, signed, sequence {sequence})",
             args.key, args.to_rev
         ),
     }

@@ -7,6 +7,7 @@ mod kv;
 mod lease;
 mod member;
 mod output;
+mod signing;
 mod status;
 mod watch;
 
@@ -84,6 +85,12 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Create an operator signing key (or, with --secret, an age identity).
+    Keygen(signing::KeygenArgs),
+    /// Sign a change offline; prints JSON for `edgeconf put --signed`.
+    Sign(signing::SignArgs),
+    /// Re-check stored values against the agent's trust policy.
+    Verify(signing::VerifyArgs),
     /// Show the status of each endpoint.
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
@@ -180,6 +187,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
             Ok(())
         }
+        Command::Keygen(args) => signing::keygen(format, args),
+        Command::Sign(args) => signing::sign(args),
+        Command::Verify(args) => signing::verify(&client, format, args).await,
         Command::Status => status::status(&client, format).await,
         Command::Bench(args) => bench::bench(&client, format, args).await,
     }

@@ -37,6 +37,25 @@ impl Keyring {
     }
 }
 
+/// The keyring in use, replaced whole when the config is reloaded (to add
+/// or remove operator keys without a restart). Readers take the current
+/// one and keep it for the request at hand.
+pub struct KeyringCell(std::sync::RwLock<std::sync::Arc<Keyring>>);
+
+impl KeyringCell {
+    pub fn new(keyring: Keyring) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(keyring)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Keyring> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, keyring: Keyring) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(keyring);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SigningError {
     #[error("malformed signed change: {0}")]

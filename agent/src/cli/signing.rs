@@ -1,0 +1,371 @@
+//! Signed config from the command line: keys, offline signing, signed puts
+//! and deletes, and checking what is stored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde_json::json;
+
+use super::output::{lossy, print_json, print_table, Format};
+use super::Client;
+use crate::api::pb;
+use crate::signing::{keys, secrets, Op, Recipient, SignedChange};
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (created with mode 0600, never
+    /// overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Make an age identity for secrets instead of an operator signing key;
+    /// prints its recipient (age1...) for [secrets] recipients.
+    #[arg(long)]
+    pub secret: bool,
+}
+
+/// How to sign a change: shared by `sign`, `put`, `del` and `rollback`.
+#[derive(Debug, Args, Default)]
+pub struct SignOptions {
+    /// The sequence to sign; defaults to the current time in microseconds,
+    /// above every earlier change made the same way.
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// Encrypt the value to the fleet's recipients (a secret).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// A recipient (age1...) to encrypt to; repeat for several. Defaults to
+    /// the recipients the agent has in [secrets] (not for `sign`).
+    #[arg(long = "recipient")]
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    pub key: String,
+    /// The value; read from --file or standard input when left out.
+    pub value: Option<String>,
+    #[arg(long, conflicts_with = "value")]
+    pub file: Option<PathBuf>,
+    /// The operator key to sign with (from `edgeconf keygen`).
+    #[arg(long = "key-file", alias = "sign-key", short = 'k')]
+    pub key_file: PathBuf,
+    /// Sign a delete of KEY instead of a put.
+    #[arg(long, conflicts_with_all = ["value", "file", "encrypt"])]
+    pub delete: bool,
+    #[command(flatten)]
+    pub options: SignOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub key: String,
+    /// Check every key starting with KEY.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Check the value at this revision (0: the current one).
+    #[arg(long, default_value_t = 0)]
+    pub rev: i64,
+}
+
+pub fn keygen(format: Format, args: KeygenArgs) -> anyhow::Result<()> {
+    let public = if args.secret {
+        secrets::generate_identity(&args.out)?.to_string()
+    } else {
+        let key = keys::generate_signing_key()?;
+        keys::write_signing_key(&args.out, &key)?;
+        keys::format_public_key(key.verifying_key().as_bytes())
+    };
+    match format {
+        Format::Json => print_json(&json!({ "private_key_file": args.out, "public_key": public })),
+        Format::Simple | Format::Table => {
+            println!("{public}");
+            let (what, section) = if args.secret {
+                ("recipient", "[secrets] recipients")
+            } else {
+                ("public key", "[trust] keys (or a [[trust.prefix]])")
+            };
+            eprintln!(
+                "wrote {} (keep it private); add the {what} above to {section} of every agent",
+                args.out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A sequence above every earlier default one: the time in microseconds.
+pub fn default_sequence(floor: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    now.max(floor + 1)
+}
+
+fn parse_recipients(texts: &[String]) -> anyhow::Result<Vec<Recipient>> {
+    texts
+        .iter()
+        .map(|text| Recipient::parse(text).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+/// Signs a change with the key in `key_file`; encrypts first if asked.
+pub fn make_change(
+    key_file: &Path,
+    key: &str,
+    op: Op,
+    value: Vec<u8>,
+    sequence: u64,
+    recipients: Option<&[Recipient]>,
+) -> anyhow::Result<SignedChange> {
+    let signing_key = keys::read_signing_key(key_file)?;
+    let (encrypted, value) = match recipients {
+        Some(recipients) => (true, secrets::encrypt(recipients, &value)?),
+        None => (false, value),
+    };
+    Ok(SignedChange::sign(
+        &signing_key,
+        key.as_bytes().to_vec(),
+        op,
+        sequence,
+        encrypted,
+        value,
+    )?)
+}
+
+pub fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let op = if args.delete { Op::Delete } else { Op::Put };
+    let value = if args.delete {
+        Vec::new()
+    } else {
+        super::kv::read_value(args.value.as_deref(), args.file.as_deref())?
+    };
+    let recipients = if args.options.encrypt {
+        if args.options.recipients.is_empty() {
+            bail!("--encrypt needs --recipient age1... when signing offline (the fleet's [secrets] recipients)");
+        }
+        Some(parse_recipients(&args.options.recipients)?)
+    } else {
+        None
+    };
+    let sequence = args.options.seq.unwrap_or_else(|| default_sequence(0));
+    let change = make_change(
+        &args.key_file,
+        &args.key,
+        op,
+        value,
+        sequence,
+        recipients.as_deref(),
+    )?;
+    println!("{}", change.to_json());
+    Ok(())
+}
+
+/// Reads a change written by `edgeconf sign`.
+pub fn read_change_file(path: &Path) -> anyhow::Result<SignedChange> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the signed change {}", path.display()))?;
+    SignedChange::from_json(&text).with_context(|| {
+        format!(
+            "{} is not a signed change written by `edgeconf sign`",
+            path.display()
+        )
+    })
+}
+
+/// Signs and submits a put or delete of `key` on the agent. The sequence
+/// defaults to one above what the agent has stored.
+pub async fn sign_and_write(
+    client: &Client,
+    key_file: &Path,
+    key: &str,
+    op: Op,
+    value: Vec<u8>,
+    options: &SignOptions,
+) -> anyhow::Result<pb::SignedWriteResponse> {
+    let recipients = if options.encrypt {
+        let texts = if options.recipients.is_empty() {
+            let mut edgeconf = client.edgeconf().await?;
+            let keyring = client
+                .request(edgeconf.keyring(pb::KeyringRequest {}))
+                .await?
+                .into_inner();
+            if keyring.recipients.is_empty() {
+                bail!("--encrypt: the agent has no [secrets] recipients; pass --recipient age1...");
+            }
+            keyring.recipients
+        } else {
+            options.recipients.clone()
+        };
+        Some(parse_recipients(&texts)?)
+    } else {
+        None
+    };
+    let sequence = match options.seq {
+        Some(sequence) => sequence,
+        None => {
+            let inspected = inspect(client, key, None, 0).await?;
+            default_sequence(
+                inspected
+                    .get(key.as_bytes())
+                    .map_or(0, |k| k.latest_sequence),
+            )
+        }
+    };
+    let change = make_change(key_file, key, op, value, sequence, recipients.as_deref())?;
+    submit(client, &change, false).await
+}
+
+pub async fn submit(
+    client: &Client,
+    change: &SignedChange,
+    prev_kv: bool,
+) -> anyhow::Result<pb::SignedWriteResponse> {
+    let mut edgeconf = client.edgeconf().await?;
+    let request = pb::SignedWriteRequest {
+        change: change.to_stored(),
+        prev_kv,
+    };
+    Ok(client
+        .request(edgeconf.signed_write(request))
+        .await?
+        .into_inner())
+}
+
+/// How the keys in `[key, range_end)` (or `key` alone) are signed.
+pub async fn inspect(
+    client: &Client,
+    key: &str,
+    range_end: Option<Vec<u8>>,
+    revision: i64,
+) -> anyhow::Result<HashMap<Vec<u8>, pb::InspectedKey>> {
+    let mut edgeconf = client.edgeconf().await?;
+    let request = pb::InspectRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: range_end.unwrap_or_default(),
+        revision,
+        serializable: false,
+    };
+    let resp = client
+        .request(edgeconf.inspect(request))
+        .await?
+        .into_inner();
+    Ok(resp
+        .keys
+        .into_iter()
+        .map(|inspected| (inspected.key.clone(), inspected))
+        .collect())
+}
+
+/// One line about a signature, for people.
+pub fn signature_text(signature: Option<&pb::Signature>) -> String {
+    let Some(signature) = signature else {
+        return String::new();
+    };
+    if !signature.signed {
+        return if signature.problem.is_empty() {
+            String::new()
+        } else {
+            format!("unsigned: {}", signature.problem)
+        };
+    }
+    let secret = match (signature.encrypted, signature.decryptable) {
+        (false, _) => "",
+        (true, true) => ", secret (this agent decrypts it)",
+        (true, false) => ", secret",
+    };
+    let state = if signature.verified {
+        "verified".to_string()
+    } else {
+        format!("NOT VERIFIED: {}", signature.problem)
+    };
+    format!(
+        "signed by {} seq {}{secret}, {state}",
+        signature.signer, signature.sequence
+    )
+}
+
+pub fn signature_json(signature: Option<&pb::Signature>) -> serde_json::Value {
+    match signature {
+        Some(s) if s.signed => json!({
+            "signer": s.signer,
+            "sequence": s.sequence,
+            "encrypted": s.encrypted,
+            "verified": s.verified,
+            "problem": (!s.problem.is_empty()).then_some(&s.problem),
+            "decryptable": s.encrypted.then_some(s.decryptable),
+        }),
+        Some(s) if !s.problem.is_empty() => json!({ "verified": false, "problem": s.problem }),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// `edgeconf verify`: re-checks stored values against the agent's trust
+/// policy; fails when any does not check out.
+pub async fn verify(client: &Client, format: Format, args: VerifyArgs) -> anyhow::Result<()> {
+    let range_end = args
+        .prefix
+        .then(|| crate::store::prefix_end(args.key.as_bytes()).unwrap_or(vec![0]));
+    let inspected = inspect(client, &args.key, range_end, args.rev).await?;
+    if inspected.is_empty() {
+        bail!(
+            "no key {:?} to verify{}",
+            args.key,
+            if args.prefix { " (with --prefix)" } else { "" }
+        );
+    }
+    let mut keys: Vec<_> = inspected.into_values().collect();
+    keys.sort_by(|a, b| a.key.cmp(&b.key));
+    let failed = keys.iter().filter(|k| !passes(k)).count();
+    match format {
+        Format::Json => print_json(&json!({
+            "keys": keys.iter().map(|k| json!({
+                "key": lossy(&k.key),
+                "mod_revision": k.mod_revision,
+                "protected": k.protected,
+                "ok": passes(k),
+                "signature": signature_json(k.signature.as_ref()),
+            })).collect::<Vec<_>>(),
+            "failed": failed,
+        })),
+        Format::Table => print_table(
+            &["KEY", "REVISION", "PROTECTED", "RESULT"],
+            keys.iter().map(|k| {
+                vec![
+                    lossy(&k.key),
+                    k.mod_revision.to_string(),
+                    k.protected.to_string(),
+                    signature_text(k.signature.as_ref()),
+                ]
+            }),
+        ),
+        Format::Simple => {
+            for k in &keys {
+                let text = signature_text(k.signature.as_ref());
+                let text = if text.is_empty() {
+                    "unsigned (allowed here)".to_string()
+                } else {
+                    text
+                };
+                println!("{}: {text}", lossy(&k.key));
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} values do not verify", keys.len());
+    }
+    Ok(())
+}
+
+/// A value passes when it is signed and verifies, or is unsigned where
+/// unsigned values are allowed.
+fn passes(inspected: &pb::InspectedKey) -> bool {
+    inspected.signature.as_ref().is_some_and(|s| {
+        if s.signed {
+            s.verified
+        } else {
+            s.problem.is_empty()
+        }
+    })
+}
