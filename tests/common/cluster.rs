@@ -28,6 +28,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub slots: Vec<Slot>,
     pub agents: Vec<Option<Agent>>,
+    /// TOML appended to every member's config (per member: `member_config`).
+    pub extra_config: String,
+    pub member_config: Vec<String>,
 }
 
 impl Cluster {
@@ -49,16 +52,25 @@ impl Cluster {
             })
             .collect::<Vec<_>>();
         let agents = slots.iter().map(|_| None).collect();
+        let member_config = slots.iter().map(|_| String::new()).collect();
         Cluster {
             dir: dir.to_path_buf(),
             slots,
             agents,
+            extra_config: String::new(),
+            member_config,
         }
     }
 
     /// Starts the first `voters` slots as a new cluster.
     pub fn start(dir: &Path, voters: usize, slots: usize) -> Cluster {
+        Self::start_with(dir, voters, slots, "")
+    }
+
+    /// [`Cluster::start`] with `extra` TOML in every member's config.
+    pub fn start_with(dir: &Path, voters: usize, slots: usize, extra: &str) -> Cluster {
         let mut cluster = Cluster::new(dir, slots);
+        cluster.extra_config = extra.to_string();
         let initial = cluster.initial_cluster(0..voters);
         for i in 0..voters {
             cluster.write_config(i, &initial, "new");
@@ -95,6 +107,10 @@ impl Cluster {
             initial_cluster,
             state,
             keys.join(", ")
+        );
+        let config = format!(
+            "{config}\n{}\n{}\n",
+            self.member_config[i], self.extra_config
         );
         std::fs::write(self.config_path(i), config).unwrap();
     }

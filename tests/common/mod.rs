@@ -183,6 +183,16 @@ impl Agent {
         ))
     }
 
+    /// Sends a signal by name (e.g. "HUP") to the running agent.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("agent is running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// kill -9: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -269,6 +279,18 @@ pub fn ok(output: Output) -> String {
         stderr(&output)
     );
     stdout(&output)
+}
+
+/// Asserts failure and returns stderr.
+#[track_caller]
+pub fn failed(output: Output) -> String {
+    assert!(
+        !output.status.success(),
+        "command succeeded unexpectedly:\nstdout: {}\nstderr: {}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stderr(&output)
 }
 
 pub async fn etcd_client(agent: &Agent) -> etcd_client::Client {

@@ -34,7 +34,7 @@ use crate::transport::{Delivery, NodeKey, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
 pub use raft_loop::{Admission, Compaction, RaftStatus};
-use raft_loop::{Body, Input, RaftLoop};
+use raft_loop::{Body, Input, LoopSettings, RaftLoop};
 
 /// How long a client waits for its write or read to be applied.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -245,9 +245,11 @@ impl Node {
             transport.clone(),
             status.clone(),
             lessor.clone(),
-            settings.heartbeat,
-            settings.compaction,
-            settings.admission,
+            LoopSettings {
+                tick: settings.heartbeat,
+                compaction: settings.compaction,
+                admission: settings.admission,
+            },
         );
         raft_loop.update_peers();
         let thread = std::thread::Builder::new()

@@ -129,6 +129,13 @@ pub(crate) struct RaftLoop {
 /// clients send.
 pub type Admission = Arc<dyn Fn(&crate::store::Command) -> Result<(), String> + Send + Sync>;
 
+/// How the loop runs: its tick, when to compact, what the leader admits.
+pub(crate) struct LoopSettings {
+    pub tick: Duration,
+    pub compaction: Compaction,
+    pub admission: Admission,
+}
+
 impl RaftLoop {
     pub fn new(
         raw: RawNode<RaftLog>,
@@ -136,10 +143,13 @@ impl RaftLoop {
         transport: Arc<Transport>,
         status: Arc<RaftStatus>,
         lessor: Arc<Lessor>,
-        tick: Duration,
-        compaction: Compaction,
-        admission: Admission,
+        settings: LoopSettings,
     ) -> Self {
+        let LoopSettings {
+            tick,
+            compaction,
+            admission,
+        } = settings;
         let id = raw.raft.id;
         let applied = raw.raft.raft_log.applied;
         Self {

@@ -250,7 +250,7 @@ fn secrets_decrypt_only_with_a_recipient_identity() {
         secrets::generate_identity(&fleet).is_err(),
         "overwrote an identity"
     );
-    let ciphertext = secrets::encrypt(&[recipient.clone()], b"hunter2").unwrap();
+    let ciphertext = secrets::encrypt(std::slice::from_ref(&recipient), b"hunter2").unwrap();
     assert!(!ciphertext.windows(7).any(|w| w == b"hunter2"));
     assert!(ciphertext.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----"));
     let fleet_ids = Identities::load(&[fleet]).unwrap();
