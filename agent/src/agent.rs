@@ -189,11 +189,7 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
     if !identities.is_empty() {
         tracing::info!(files = ?identities.files(), "secret identities loaded");
     }
-    Ok(Keyring {
-        trust: config.trust.clone(),
-        identities,
-        recipients,
-    })
+    Ok(Keyring::new(config.trust.clone(), identities, recipients))
 }
 
 /// On SIGHUP, takes `[trust]` and `[secrets]` from the config file again, so

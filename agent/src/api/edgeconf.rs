@@ -63,7 +63,7 @@ fn signature_of(
             keyring.trust.check_change(&change)
         }
     } else {
-        keyring.trust.check_stored(key, value, latest).map(|_| ())
+        keyring.check_stored(key, value, latest).map(|_| ())
     };
     let verified = checked.is_ok();
     pb::Signature {

@@ -113,7 +113,7 @@ pub(crate) fn serve_values(
 
 fn serve_value(keyring: &Keyring, kv: &mut KeyValue, latest: Option<u64>) -> Result<(), Status> {
     let value = std::mem::take(&mut kv.value);
-    match keyring.trust.check_stored(&kv.key, &value, latest) {
+    match keyring.check_stored(&kv.key, &value, latest) {
         Ok(checked) => {
             kv.value = checked.into_value();
             Ok(())

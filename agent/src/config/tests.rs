@@ -123,3 +123,68 @@ fn a_missing_file_is_an_error_naming_it() {
     .to_string();
     assert!(err.contains("/nonexistent/edgeconf.toml"), "{err}");
 }
+
+const KEY: &str = "ed25519:0txUac/yeByjBE5cna0LtcOo6eUORa0G0jUtXcaywDc=";
+
+#[test]
+fn trust_and_secrets_load_into_a_policy() {
+    let text = format!(
+        r#"
+[trust]
+keys = ["{KEY}"]
+allow_unsigned = false
+
+[[trust.prefix]]
+prefix = "/app/"
+keys = []
+
+[secrets]
+recipients = ["age16p7w25nvqemft6ggg3vjzuthclz8ha7ulvswfwy5a3chtk3vaf8s057jr7"]
+"#
+    );
+    let config = load_text(&text).unwrap();
+    assert_eq!(config.trust.keys.len(), 1);
+    assert!(!config.trust.allow_unsigned);
+    assert_eq!(config.trust.prefixes[0].prefix, b"/app/");
+    assert!(config.trust.is_protected(b"/elsewhere"));
+    assert_eq!(config.recipients.len(), 1);
+    // Without [trust], nothing is protected.
+    assert!(!load_text("").unwrap().trust.is_protected(b"/app/x"));
+}
+
+#[test]
+fn bad_trust_and_secrets_name_the_field_and_what_to_do() {
+    let cases = [
+        ("[trust]\nkeys = [\"ed25519:nope\"]\n", ":2: `keys` in [trust]", "an ed25519 key has 32"),
+        ("[trust]\nallow_unsigned = false\n", ":2: `allow_unsigned`", "nobody could write"),
+        (
+            "[[trust.prefix]]\nprefix = \"/app/\"\n",
+            "`keys` in [[trust.prefix]] \"/app/\"",
+            "nobody could write under it",
+        ),
+        (
+            &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"\"\n"),
+            "`prefix`",
+            "allow_unsigned = false",
+        ),
+        (
+            &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"/a\"\n[[trust.prefix]]\nprefix = \"/a\"\n"),
+            "`prefix`",
+            "listed twice",
+        ),
+        ("[trust]\nkey = []\n", "unknown field `key`", "expected one of"),
+        ("[secrets]\nrecipients = [\"age1nope\"]\n", ":2: `recipients`", "not an age recipient"),
+        (
+            "[secrets]\nidentity_files = [\"/nonexistent/fleet.age\"]\n",
+            ":2: `identity_files`",
+            "cannot read identity file /nonexistent/fleet.age",
+        ),
+    ];
+    for (text, location, problem) in cases {
+        let err = message(text);
+        assert!(
+            err.contains(location) && err.contains(problem),
+            "{text:?}: {err}"
+        );
+    }
+}

@@ -45,6 +45,7 @@ pub enum Op {
 /// trust policy's business).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedChange {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: Op,
     /// Above every sequence signed for this key before.
@@ -52,9 +53,11 @@ pub struct SignedChange {
     /// `value` is an age-encrypted secret (ASCII armored).
     pub encrypted: bool,
     /// The value to store; empty for a delete.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The signer's ed25519 public key.
     pub signer: [u8; 32],
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 

@@ -24,16 +24,54 @@ pub struct Keyring {
     pub trust: TrustPolicy,
     pub identities: Identities,
     pub recipients: Vec<Recipient>,
+    /// SHA-256 of stored changes whose signature verified: the same bytes
+    /// read again skip the ed25519 check (the digest covers the signature
+    /// and everything it signs, so equal digests mean an equal change).
+    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
+/// Entries remembered before the set starts over.
+const VERIFIED_CAPACITY: usize = 65_536;
+
 impl Keyring {
+    pub fn new(trust: TrustPolicy, identities: Identities, recipients: Vec<Recipient>) -> Self {
+        Self {
+            trust,
+            identities,
+            recipients,
+            verified: Default::default(),
+        }
+    }
+
     /// No `[trust]` and no `[secrets]`: nothing protected, no secrets.
     pub fn open() -> Self {
-        Self {
-            trust: TrustPolicy::default(),
-            identities: Identities::none(),
-            recipients: Vec::new(),
-        }
+        Self::new(TrustPolicy::default(), Identities::none(), Vec::new())
+    }
+
+    /// [`TrustPolicy::check_stored`], remembering verified signatures.
+    pub fn check_stored(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        latest_sequence: Option<u64>,
+    ) -> Result<Checked, SigningError> {
+        self.trust
+            .check_stored_with(key, value, latest_sequence, |change| {
+                use sha2::Digest as _;
+                let digest: [u8; 32] = sha2::Sha256::digest(value).into();
+                let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                if verified.contains(&digest) {
+                    return Ok(());
+                }
+                drop(verified);
+                change.verify_signature()?;
+                verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                if verified.len() >= VERIFIED_CAPACITY {
+                    verified.clear();
+                }
+                verified.insert(digest);
+                Ok(())
+            })
     }
 }
 

@@ -283,3 +283,26 @@ fn operator_key_files_are_private_and_round_trip() {
     let err = keys::read_signing_key(&dir.path().join("bad.key")).unwrap_err();
     assert!(err.to_string().contains("keygen"), "{err}");
 }
+
+#[test]
+fn the_keyring_remembers_verified_changes_but_not_altered_ones() {
+    let admin = key();
+    let keyring = Keyring::new(policy(&[&admin], &[]), Identities::none(), Vec::new());
+    let good = put(&admin, "/app/x", 5, "v").to_stored();
+    for _ in 0..3 {
+        assert_eq!(
+            keyring
+                .check_stored(b"/app/x", &good, Some(5))
+                .unwrap()
+                .into_value(),
+            b"v"
+        );
+    }
+    // One changed byte is another digest: checked from scratch, refused.
+    let mut altered = good.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    assert!(keyring.check_stored(b"/app/x", &altered, Some(5)).is_err());
+    // Remembered signatures do not bypass the other checks.
+    assert!(keyring.check_stored(b"/app/x", &good, Some(6)).is_err());
+    assert!(keyring.check_stored(b"/app/y", &good, None).is_err());
+}

@@ -90,7 +90,17 @@ impl TrustPolicy {
     /// Checks a signed change: the signature is sound and its signer may
     /// sign its key. The sequence is the store's to check.
     pub fn check_change(&self, change: &SignedChange) -> Result<(), SigningError> {
-        change.verify_signature()?;
+        self.check_change_with(change, SignedChange::verify_signature)
+    }
+
+    /// [`Self::check_change`] with the signature checked by `verify` (which
+    /// may remember changes it has verified before).
+    fn check_change_with(
+        &self,
+        change: &SignedChange,
+        verify: impl FnOnce(&SignedChange) -> Result<(), SigningError>,
+    ) -> Result<(), SigningError> {
+        verify(change)?;
         if !self.may_sign(&change.signer, &change.key) {
             return Err(SigningError::UntrustedSigner {
                 key: lossy(&change.key),
@@ -200,6 +210,17 @@ impl TrustPolicy {
         value: &[u8],
         latest_sequence: Option<u64>,
     ) -> Result<Checked, SigningError> {
+        self.check_stored_with(key, value, latest_sequence, SignedChange::verify_signature)
+    }
+
+    /// [`Self::check_stored`] with the signature checked by `verify`.
+    pub fn check_stored_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        latest_sequence: Option<u64>,
+        verify: impl FnOnce(&SignedChange) -> Result<(), SigningError>,
+    ) -> Result<Checked, SigningError> {
         let Some(change) = SignedChange::from_stored(value)? else {
             if self.is_protected(key) {
                 return Err(SigningError::UnsignedStored {
@@ -215,7 +236,7 @@ impl TrustPolicy {
                 signed_for: lossy(&change.key),
             });
         }
-        self.check_change(&change)?;
+        self.check_change_with(&change, verify)?;
         if let Some(latest) = latest_sequence {
             if change.sequence < latest {
                 return Err(SigningError::Replay {

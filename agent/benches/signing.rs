@@ -1,0 +1,116 @@
+//! Cost of signed config per value: signing, the check every read of a
+//! signed value makes, parsing, and secrets (age) at a few sizes.
+//!
+//! Run: `cargo bench --bench signing` (prints medians; asserts nothing).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use edgeconf::signing::{
+    keys, secrets, Identities, Keyring, Op, PrefixTrust, SignedChange, TrustPolicy,
+};
+
+const ROUNDS: usize = 5;
+
+/// Median over ROUNDS of the mean time per call, in microseconds.
+fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
+    let mut rounds: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[ROUNDS / 2]
+}
+
+fn main() {
+    let signer = keys::generate_signing_key().unwrap();
+    let trust = TrustPolicy {
+        keys: vec![signer.verifying_key().to_bytes()],
+        prefixes: vec![PrefixTrust {
+            prefix: b"/app/".to_vec(),
+            keys: Vec::new(),
+        }],
+        allow_unsigned: true,
+    };
+    println!("{:<44} {:>12}", "operation", "median µs");
+    for size in [64usize, 4096, 65536] {
+        let value = vec![b'x'; size];
+        let sign = per_call(2_000, || {
+            black_box(
+                SignedChange::sign(
+                    &signer,
+                    b"/app/k".to_vec(),
+                    Op::Put,
+                    1,
+                    false,
+                    value.clone(),
+                )
+                .unwrap(),
+            );
+        });
+        let stored = SignedChange::sign(&signer, b"/app/k".to_vec(), Op::Put, 1, false, value)
+            .unwrap()
+            .to_stored();
+        let parse = per_call(20_000, || {
+            black_box(SignedChange::from_stored(&stored).unwrap());
+        });
+        let check = per_call(2_000, || {
+            black_box(trust.check_stored(b"/app/k", &stored, Some(1)).unwrap());
+        });
+        let keyring = Keyring::new(trust.clone(), Identities::none(), Vec::new());
+        let seen = per_call(20_000, || {
+            black_box(keyring.check_stored(b"/app/k", &stored, Some(1)).unwrap());
+        });
+        println!("{:<44} {sign:>12.1}", format!("sign a {size} B value"));
+        println!(
+            "{:<44} {parse:>12.2}",
+            format!("parse a stored {size} B change")
+        );
+        println!(
+            "{:<44} {check:>12.1}",
+            format!("check before serving ({size} B)")
+        );
+        println!(
+            "{:<44} {seen:>12.2}",
+            format!("  the same value again (remembered)")
+        );
+    }
+    let plain = per_call(200_000, || {
+        black_box(
+            trust
+                .check_stored(b"/free/k", b"plain value", None)
+                .unwrap(),
+        );
+    });
+    println!(
+        "{:<44} {plain:>12.3}",
+        "check an unsigned, unprotected value"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let recipient = secrets::generate_identity(&dir.path().join("fleet.age")).unwrap();
+    let identities = Identities::load(&[dir.path().join("fleet.age")]).unwrap();
+    for size in [64usize, 4096] {
+        let secret = vec![b's'; size];
+        let encrypt = per_call(500, || {
+            black_box(secrets::encrypt(std::slice::from_ref(&recipient), &secret).unwrap());
+        });
+        let ciphertext = secrets::encrypt(std::slice::from_ref(&recipient), &secret).unwrap();
+        let decrypt = per_call(500, || {
+            black_box(identities.decrypt(&ciphertext).unwrap());
+        });
+        println!(
+            "{:<44} {encrypt:>12.1}",
+            format!("encrypt a {size} B secret (1 recipient)")
+        );
+        println!(
+            "{:<44} {decrypt:>12.1}",
+            format!("decrypt a {size} B secret")
+        );
+    }
+}
