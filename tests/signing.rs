@@ -524,7 +524,10 @@ fn forged_values_in_a_followers_store_are_refused_there() {
         err.contains("refusing to serve") && err.contains("replayed"),
         "{err}"
     );
-    let report = at(follower, &["verify", "/app/", "--prefix"]);
+    let report = at(
+        follower,
+        &["verify", "/app/", "--prefix", "--consistency", "s"],
+    );
     let text = stdout(&report);
     assert!(
         text.contains("/app/port: signed by") && text.contains("NOT VERIFIED"),

@@ -285,7 +285,14 @@ pub async fn get(client: &Client, format: Format, args: GetArgs) -> anyhow::Resu
                 args.rev
             }
         });
-        signing::inspect(client, &args.key, range_end, revision).await?
+        signing::inspect(
+            client,
+            &args.key,
+            range_end,
+            revision,
+            args.consistency == "s",
+        )
+        .await?
     };
     let signature = |kv: &etcd_client::KeyValue| {
         signatures
@@ -550,12 +557,12 @@ async fn signed_rollback(
     key_file: &Path,
     value: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let old = signing::inspect(client, &args.key, None, args.to_rev).await?;
+    let old = signing::inspect(client, &args.key, None, args.to_rev, false).await?;
     let was_secret = old
         .get(args.key.as_bytes())
         .and_then(|k| k.signature.as_ref())
         .is_some_and(|s| s.encrypted);
-    let latest = signing::inspect(client, &args.key, None, 0)
+    let latest = signing::inspect(client, &args.key, None, 0, false)
         .await?
         .get(args.key.as_bytes())
         .map_or(0, |k| k.latest_sequence);

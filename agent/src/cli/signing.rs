@@ -67,6 +67,9 @@ pub struct VerifyArgs {
     /// Check the value at this revision (0: the current one).
     #[arg(long, default_value_t = 0)]
     pub rev: i64,
+    /// Serializable read: the agent asked answers from its own store.
+    #[arg(long, value_parser = ["l", "s"], default_value = "l")]
+    pub consistency: String,
 }
 
 pub fn keygen(format: Format, args: KeygenArgs) -> anyhow::Result<()> {
@@ -205,7 +208,7 @@ pub async fn sign_and_write(
     let sequence = match options.seq {
         Some(sequence) => sequence,
         None => {
-            let inspected = inspect(client, key, None, 0).await?;
+            let inspected = inspect(client, key, None, 0, false).await?;
             default_sequence(
                 inspected
                     .get(key.as_bytes())
@@ -239,13 +242,14 @@ pub async fn inspect(
     key: &str,
     range_end: Option<Vec<u8>>,
     revision: i64,
+    serializable: bool,
 ) -> anyhow::Result<HashMap<Vec<u8>, pb::InspectedKey>> {
     let mut edgeconf = client.edgeconf().await?;
     let request = pb::InspectRequest {
         key: key.as_bytes().to_vec(),
         range_end: range_end.unwrap_or_default(),
         revision,
-        serializable: false,
+        serializable,
     };
     let resp = client
         .request(edgeconf.inspect(request))
@@ -307,7 +311,14 @@ pub async fn verify(client: &Client, format: Format, args: VerifyArgs) -> anyhow
     let range_end = args
         .prefix
         .then(|| crate::store::prefix_end(args.key.as_bytes()).unwrap_or(vec![0]));
-    let inspected = inspect(client, &args.key, range_end, args.rev).await?;
+    let inspected = inspect(
+        client,
+        &args.key,
+        range_end,
+        args.rev,
+        args.consistency == "s",
+    )
+    .await?;
     if inspected.is_empty() {
         bail!(
             "no key {:?} to verify{}",
