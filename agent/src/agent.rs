@@ -57,6 +57,19 @@ pub async fn run(
     let keyring = Arc::new(KeyringCell::new(keyring(&config)?));
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
+    let client_tls = match &config.client_tls {
+        Some(files) => Some(Arc::new(
+            api::tls::ClientTlsFiles::load(files.clone()).map_err(anyhow::Error::msg)?,
+        )),
+        None => {
+            if config.allow_insecure_client
+                && config.listen_client.iter().any(|a| !a.ip().is_loopback())
+            {
+                tracing::warn!(clients = ?config.listen_client, "serving clients without TLS beyond loopback (allow_insecure_client = true): anyone who reaches the port can read and change every key");
+            }
+            None
+        }
+    };
     let (node, raft_thread) = Node::start(
         store.clone(),
         &node_key,
@@ -93,8 +106,9 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
+        let tls = client_tls.clone();
         tasks.spawn(async move {
-            if let Err(err) = api::serve(node, keyring, listener, stopped).await {
+            if let Err(err) = api::serve(node, keyring, listener, tls, stopped).await {
                 tracing::error!(error = %err, "client API server failed");
             }
         });

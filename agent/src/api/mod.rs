@@ -12,6 +12,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod signed;
+pub mod tls;
 mod watch;
 
 use std::net::SocketAddr;
@@ -78,10 +79,11 @@ pub async fn serve(
     node: Arc<Node>,
     keyring: Arc<KeyringCell>,
     listener: TcpListener,
+    tls: Option<Arc<tls::ClientTlsFiles>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let context = Context { node, keyring };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(context.clone())))
         .add_service(PbWatchServer::new(watch::WatchService(context.clone())))
         .add_service(PbLeaseServer::new(lease::LeaseService(context.clone())))
@@ -93,15 +95,25 @@ pub async fn serve(
         )))
         .add_service(pb::edgeconf_server::EdgeconfServer::new(
             edgeconf::EdgeconfService(context),
-        ))
+        ));
+    let stopped = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    };
+    match tls {
+        Some(tls) => {
+            let incoming = tls::incoming(listener, tls, shutdown.clone());
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            },
-        )
-        .await
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let _ = &mut shutdown;
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    }
 }
 
 /// Maps store errors to gRPC statuses, with etcd's messages where etcd

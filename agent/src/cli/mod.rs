@@ -161,6 +161,11 @@ impl AgentArgs {
             peer_trust: None,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.snapshot_catchup_entries,
+            client_cert_file: None,
+            client_key_file: None,
+            client_trusted_ca_file: None,
+            client_cert_auth: None,
+            allow_insecure_client: None,
             trust: None,
             secrets: None,
         }

@@ -37,6 +37,15 @@ pub struct ConfigFile {
     pub snapshot_count: Option<u64>,
     /// Log entries kept behind for slow followers after a compaction.
     pub snapshot_catchup_entries: Option<u64>,
+    /// The client API's certificate and key (PEM), for https:// client URLs.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate from `client_trusted_ca_file`.
+    pub client_cert_auth: Option<bool>,
+    /// Allow plain http:// client URLs on addresses other than loopback.
+    pub allow_insecure_client: Option<bool>,
     /// Operator keys that sign config, and what they protect.
     pub trust: Option<TrustFile>,
     /// Identities that decrypt secrets, and the fleet's recipients.
@@ -94,6 +103,16 @@ pub enum ClusterState {
     Existing,
 }
 
+/// The client API's TLS files, checked to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Clients must present a certificate from `trusted_ca_file`.
+    pub cert_auth: bool,
+}
+
 /// A checked configuration, ready to start an agent from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -113,6 +132,10 @@ pub struct Config {
     pub peer_keys: Vec<[u8; 32]>,
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
+    /// TLS on the client API (every client URL is https:// when set).
+    pub client_tls: Option<ClientTls>,
+    /// Plain client URLs on non-loopback addresses, allowed explicitly.
+    pub allow_insecure_client: bool,
     pub trust: TrustPolicy,
     /// Files holding the age identities that decrypt secrets.
     pub identity_files: Vec<PathBuf>,
@@ -208,6 +231,15 @@ impl ConfigFile {
             snapshot_catchup_entries: overrides
                 .snapshot_catchup_entries
                 .or(self.snapshot_catchup_entries),
+            client_cert_file: overrides.client_cert_file.or(self.client_cert_file),
+            client_key_file: overrides.client_key_file.or(self.client_key_file),
+            client_trusted_ca_file: overrides
+                .client_trusted_ca_file
+                .or(self.client_trusted_ca_file),
+            client_cert_auth: overrides.client_cert_auth.or(self.client_cert_auth),
+            allow_insecure_client: overrides
+                .allow_insecure_client
+                .or(self.allow_insecure_client),
             trust: overrides.trust.or(self.trust),
             secrets: overrides.secrets.or(self.secrets),
         }
@@ -252,14 +284,41 @@ impl Config {
         let client_urls = file
             .listen_client_urls
             .unwrap_or_else(|| vec![DEFAULT_CLIENT_URL.to_string()]);
-        let listen_client = listen_addrs(origin, "listen_client_urls", &client_urls, "http")?;
+        let client_scheme = if client_urls.iter().any(|url| url.starts_with("https://")) {
+            "https"
+        } else {
+            "http"
+        };
+        let listen_client =
+            listen_addrs(origin, "listen_client_urls", &client_urls, client_scheme)?;
         let advertise_client_urls = file.advertise_client_urls.unwrap_or(client_urls);
         listen_addrs(
             origin,
             "advertise_client_urls",
             &advertise_client_urls,
-            "http",
+            client_scheme,
         )?;
+        let client_tls = check_client_tls(
+            origin,
+            client_scheme == "https",
+            file.client_cert_file,
+            file.client_key_file,
+            file.client_trusted_ca_file,
+            file.client_cert_auth.unwrap_or(false),
+        )?;
+        let allow_insecure_client = file.allow_insecure_client.unwrap_or(false);
+        if client_tls.is_none() && !allow_insecure_client {
+            if let Some(addr) = listen_client.iter().find(|addr| !addr.ip().is_loopback()) {
+                return Err(origin.invalid(
+                    "listen_client_urls",
+                    format!(
+                        "listens on {addr} without TLS: anyone who reaches it could read and change every key. \
+                         Use https:// with client_cert_file and client_key_file (see `edgeconf cert`), \
+                         or set allow_insecure_client = true to accept the risk"
+                    ),
+                ));
+            }
+        }
 
         let peer_urls = file
             .listen_peer_urls
@@ -370,6 +429,8 @@ impl Config {
             peer_keys,
             snapshot_count,
             snapshot_catchup_entries: file.snapshot_catchup_entries.unwrap_or(5_000),
+            client_tls,
+            allow_insecure_client,
             trust,
             identity_files: secrets.identity_files,
             recipients: secrets.recipients,
@@ -504,4 +565,63 @@ fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigEr
         prefixes,
         allow_unsigned,
     })
+}
+
+fn check_client_tls(
+    origin: &Origin,
+    https: bool,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    cert_auth: bool,
+) -> Result<Option<ClientTls>, ConfigError> {
+    let readable = |field: &'static str, path: &PathBuf| {
+        std::fs::metadata(path).map(|_| ()).map_err(|err| {
+            origin.invalid(
+                field,
+                format!(
+                    "is {}: {err} (make one with `edgeconf cert`)",
+                    path.display()
+                ),
+            )
+        })
+    };
+    if !https {
+        if let Some((field, _)) = [
+            ("client_cert_file", cert_file.is_some()),
+            ("client_key_file", key_file.is_some()),
+            ("client_cert_auth", cert_auth),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        {
+            return Err(origin.invalid(
+                field,
+                "is set but listen_client_urls are http://: use https:// URLs to serve clients over TLS".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+        return Err(origin.invalid(
+            "listen_client_urls",
+            "are https:// but client_cert_file or client_key_file is missing: set both (see `edgeconf cert issue`)".into(),
+        ));
+    };
+    readable("client_cert_file", &cert_file)?;
+    readable("client_key_file", &key_file)?;
+    if let Some(ca) = &trusted_ca_file {
+        readable("client_trusted_ca_file", ca)?;
+    } else if cert_auth {
+        return Err(origin.invalid(
+            "client_cert_auth",
+            "is true but client_trusted_ca_file is not set: name the CA that issues client certificates".into(),
+        ));
+    }
+    Ok(Some(ClientTls {
+        cert_file,
+        key_file,
+        trusted_ca_file,
+        cert_auth,
+    }))
 }

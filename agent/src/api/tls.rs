@@ -1,0 +1,166 @@
+//! TLS on the client API. The certificate, key and client CA are read from
+//! disk again whenever one of the files changes, so certificates rotate
+//! without a restart: connections made after the change use the new files,
+//! connections already open keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ClientTls;
+
+/// How long a client gets to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client API's TLS settings, reloaded when the files change.
+pub struct ClientTlsFiles {
+    files: ClientTls,
+    loaded: Mutex<(Vec<Option<SystemTime>>, Arc<ServerConfig>)>,
+}
+
+impl ClientTlsFiles {
+    /// Loads the files; an error names the file at fault.
+    pub fn load(files: ClientTls) -> Result<Self, String> {
+        let config = build(&files)?;
+        let stamps = stamps(&files);
+        Ok(Self {
+            files,
+            loaded: Mutex::new((stamps, config)),
+        })
+    }
+
+    /// The configuration for a new connection: rebuilt first if a file
+    /// changed. A change that does not load (a file half written, a key that
+    /// does not match) is logged and the previous files stay in use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let now = stamps(&self.files);
+        if now != loaded.0 {
+            match build(&self.files) {
+                Ok(config) => {
+                    tracing::info!(cert = %self.files.cert_file.display(), "client TLS files changed: new connections use them");
+                    *loaded = (now, config);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "client TLS files changed but do not load; keeping the previous ones");
+                    loaded.0 = now;
+                }
+            }
+        }
+        loaded.1.clone()
+    }
+}
+
+fn stamps(files: &ClientTls) -> Vec<Option<SystemTime>> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut paths: Vec<&PathBuf> = vec![&files.cert_file, &files.key_file];
+    paths.extend(files.trusted_ca_file.as_ref());
+    paths.into_iter().map(|p| modified(p)).collect()
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| format!("cannot read certificates from {}: {err}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn build(files: &ClientTls) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = read_certs(&files.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|err| {
+        format!(
+            "cannot read a private key from {}: {err}",
+            files.key_file.display()
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("TLS setup: {err}"))?;
+    let builder = match &files.trusted_ca_file {
+        Some(ca_file) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca_file)? {
+                roots.add(cert).map_err(|err| {
+                    format!("{}: not a usable CA certificate: {err}", ca_file.display())
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if files.cert_auth {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|err| format!("{}: {err}", ca_file.display()))?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|err| {
+        format!(
+            "{} and {} do not make a usable certificate and key: {err}",
+            files.cert_file.display(),
+            files.key_file.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections on `listener` and hands over those that finish a
+/// TLS handshake. Handshakes run apart, so a slow or failing client never
+/// holds up the others. Ends when `shutdown` turns true.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ClientTlsFiles>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<tokio::net::TcpStream>, std::io::Error>>
+{
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(%peer, error = %err, "client TLS handshake refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "client TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
