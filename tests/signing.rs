@@ -195,7 +195,7 @@ fn signed_writes_are_accepted_shown_and_every_bad_one_is_refused() {
     // Tampered: another value, another key, a flipped signature byte.
     let mut tampered: serde_json::Value = serde_json::from_str(&change).unwrap();
     tampered["value"] = "6666".into();
-    tampered["sequence"] = u64::MAX.into();
+    tampered["sequence"] = 1_000_000_000_000_000u64.into();
     let tampered_file = dir.path().join("tampered.json");
     std::fs::write(&tampered_file, tampered.to_string()).unwrap();
     refused(&["put", "--signed", path(&tampered_file)], "bad signature");
@@ -331,7 +331,12 @@ fn secrets_are_stored_encrypted_and_only_identity_holders_decrypt() {
         "{shown}"
     );
     assert!(!shown.contains(plaintext), "{shown}");
-    assert!(shown.contains("secret (this agent decrypts it)"), "{shown}");
+    assert!(shown.contains("secret, verified"), "{shown}");
+    let checked = ok(edgeconf(&agent, &["verify", "/app/db/password"]));
+    assert!(
+        checked.contains("secret (this agent decrypts it)"),
+        "{checked}"
+    );
     // Enough writes for the store to be synced and the log compacted.
     for i in 0..30 {
         ok(edgeconf(&agent, &["put", "/free/filler", &i.to_string()]));
@@ -380,7 +385,7 @@ fn secrets_are_stored_encrypted_and_only_identity_holders_decrypt() {
             plaintext,
         ],
     ));
-    let shown = ok(edgeconf(&agent, &["get", "/s"]));
+    let shown = ok(edgeconf(&agent, &["verify", "/s"]));
     assert!(shown.contains("secret, verified"), "{shown}");
     assert!(!shown.contains("decrypts"), "{shown}");
 }
@@ -492,7 +497,7 @@ fn forged_values_in_a_followers_store_are_refused_there() {
             &stranger,
             b"/app/port".to_vec(),
             edgeconf::signing::Op::Put,
-            u64::MAX,
+            i64::MAX as u64,
             false,
             b"6666".to_vec(),
         )

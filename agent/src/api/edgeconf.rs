@@ -31,17 +31,26 @@ fn signature_of(
     value: &[u8],
     latest: Option<u64>,
     deleted: bool,
+    check_decrypt: bool,
 ) -> pb::Signature {
     let change = match SignedChange::from_stored(value) {
         Ok(Some(change)) => change,
         Ok(None) => {
-            let problem = if deleted {
-                None
+            let problem = if !deleted {
+                keyring
+                    .trust
+                    .check_stored(key, value, None)
+                    .err()
+                    .map(|err| err.to_string())
+            } else if keyring.trust.is_protected(key) {
+                // A lease revoked, or a write from before the key was
+                // protected; worth seeing in an audit.
+                Some("unsigned delete of a protected key".to_string())
             } else {
-                keyring.trust.check_stored(key, value, None).err()
+                None
             };
             return pb::Signature {
-                problem: problem.map(|err| err.to_string()).unwrap_or_default(),
+                problem: problem.unwrap_or_default(),
                 ..Default::default()
             };
         }
@@ -73,7 +82,9 @@ fn signature_of(
         encrypted: change.encrypted,
         verified,
         problem: checked.err().map(|err| err.to_string()).unwrap_or_default(),
-        decryptable: change.encrypted
+        // Decrypting is only tried when asked (`edgeconf verify`).
+        decryptable: check_decrypt
+            && change.encrypted
             && verified
             && keyring.identities.decrypt(&change.value).is_ok(),
     }
@@ -114,6 +125,7 @@ impl Edgeconf for EdgeconfService {
                     &entry.value,
                     current.then_some(latest),
                     entry.deleted,
+                    false,
                 );
                 let value = if entry.deleted {
                     Vec::new()
@@ -196,6 +208,7 @@ impl Edgeconf for EdgeconfService {
                     &kv.value,
                     sequence,
                     false,
+                    req.check_decrypt,
                 )),
                 protected: self.0.keyring.get().trust.is_protected(&kv.key),
                 mod_revision: kv.mod_revision,

@@ -11,9 +11,9 @@ use super::convert::{
     delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
     txn_to_pb,
 };
-use super::signed::{admit, put_command, serve_values};
+use super::signed::{admit, put_command, serve_values, serve_values_after_write};
 use super::{propose_status, store_status, unsupported, Context};
-use crate::store::{Command, CommandResponse, KeyValue, TxnOpResponse};
+use crate::store::{Command, CommandResponse, KeyValue, TxnOp, TxnOpResponse};
 
 pub(crate) struct KvService(pub Context);
 
@@ -24,9 +24,16 @@ impl KvService {
     }
 }
 
-/// Checks and unwraps the previous values a write returns.
-fn serve_prev(context: &Context, kvs: &mut [KeyValue]) -> Result<(), Status> {
-    serve_values(&context.keyring.get(), kvs, None)
+/// Checks and unwraps the values a committed write returns.
+fn serve_after_write(context: &Context, kvs: &mut Vec<KeyValue>) {
+    serve_values_after_write(&context.keyring.get(), kvs)
+}
+
+/// The same for an optional previous value.
+fn serve_prev(context: &Context, prev: &mut Option<KeyValue>) {
+    let mut kvs: Vec<KeyValue> = prev.take().into_iter().collect();
+    serve_after_write(context, &mut kvs);
+    *prev = kvs.pop();
 }
 
 fn unexpected(response: CommandResponse) -> Status {
@@ -71,9 +78,7 @@ impl PbKvService for KvService {
         let command = put_command(&self.0.keyring.get(), self.0.node.store(), req)?;
         match self.write(command).await? {
             (CommandResponse::Put(mut resp), revision) => {
-                if let Some(prev) = resp.prev_kv.as_mut() {
-                    serve_prev(&self.0, std::slice::from_mut(prev))?;
-                }
+                serve_prev(&self.0, &mut resp.prev_kv);
                 Ok(Response::new(put_to_pb(resp, self.0.header(revision))))
             }
             (other, _) => Err(unexpected(other)),
@@ -88,7 +93,7 @@ impl PbKvService for KvService {
         admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::DeleteRange(mut resp), revision) => {
-                serve_prev(&self.0, &mut resp.prev_kvs)?;
+                serve_after_write(&self.0, &mut resp.prev_kvs);
                 Ok(Response::new(delete_to_pb(resp, self.0.header(revision))))
             }
             (other, _) => Err(unexpected(other)),
@@ -96,20 +101,27 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
-        let command = Command::Txn(txn_from_pb(request.into_inner())?);
+        let txn = txn_from_pb(request.into_inner())?;
+        let command = Command::Txn(txn.clone());
         admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::Txn(mut resp), revision) => {
-                for response in &mut resp.responses {
-                    match response {
-                        TxnOpResponse::Range(range) => serve_prev(&self.0, &mut range.kvs)?,
-                        TxnOpResponse::Put(put) => {
-                            if let Some(prev) = put.prev_kv.as_mut() {
-                                serve_prev(&self.0, std::slice::from_mut(prev))?;
-                            }
+                let ops = if resp.succeeded {
+                    &txn.success
+                } else {
+                    &txn.failure
+                };
+                for (op, response) in ops.iter().zip(&mut resp.responses) {
+                    match (op, response) {
+                        // Reads without values have nothing to check.
+                        (TxnOp::Range(read), TxnOpResponse::Range(_))
+                            if read.keys_only || read.count_only => {}
+                        (_, TxnOpResponse::Range(range)) => {
+                            serve_after_write(&self.0, &mut range.kvs)
                         }
-                        TxnOpResponse::DeleteRange(delete) => {
-                            serve_prev(&self.0, &mut delete.prev_kvs)?
+                        (_, TxnOpResponse::Put(put)) => serve_prev(&self.0, &mut put.prev_kv),
+                        (_, TxnOpResponse::DeleteRange(delete)) => {
+                            serve_after_write(&self.0, &mut delete.prev_kvs)
                         }
                     }
                 }

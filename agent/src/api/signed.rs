@@ -37,6 +37,11 @@ pub(crate) fn put_command(
             String::from_utf8_lossy(&put.key)
         ))));
     }
+    if change.op != Op::Put {
+        return Err(Status::invalid_argument(
+            "edgeconf: a signed delete cannot be sent as a Put; submit it with `edgeconf put --signed FILE`",
+        ));
+    }
     if put.lease != 0 || put.ignore_value || put.ignore_lease {
         return Err(Status::invalid_argument(
             "edgeconf: a signed change cannot take a lease, ignore_value or ignore_lease",
@@ -129,13 +134,20 @@ fn serve_value(keyring: &Keyring, kv: &mut KeyValue, latest: Option<u64>) -> Res
     }
 }
 
+/// For values a committed write returns (previous values, a txn's reads):
+/// the write happened, so it is not failed after the fact; a value that
+/// does not check out is left out of the answer (and logged).
+pub(crate) fn serve_values_after_write(keyring: &Keyring, kvs: &mut Vec<KeyValue>) {
+    kvs.retain_mut(|kv| serve_value(keyring, kv, None).is_ok());
+}
+
 /// Checks the values an event carries.
 pub(crate) fn serve_event(keyring: &Keyring, event: &mut Event) -> Result<(), Status> {
     if event.kind == EventKind::Put {
         serve_value(keyring, &mut event.kv, None)?;
     }
-    // A previous value that no longer checks out is left out rather than
-    // ending the watch: the event itself is sound.
+    // A previous value that no longer checks out is left out (and logged)
+    // rather than ending the watch: the event itself is sound.
     if let Some(mut prev) = event.prev_kv.take() {
         if serve_value(keyring, &mut prev, None).is_ok() {
             event.prev_kv = Some(prev);

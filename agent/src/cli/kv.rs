@@ -566,9 +566,9 @@ async fn signed_rollback(
         .await?
         .get(args.key.as_bytes())
         .map_or(0, |k| k.latest_sequence);
-    let sequence = args
-        .seq
-        .unwrap_or_else(|| signing::default_sequence(latest));
+    // Just above the latest: if anyone writes the key meanwhile, the
+    // rollback is refused as stale instead of overwriting their change.
+    let sequence = args.seq.unwrap_or(latest.saturating_add(1));
     let signing_key = crate::signing::keys::read_signing_key(key_file)?;
     let change = crate::signing::SignedChange::sign(
         &signing_key,

@@ -103,7 +103,7 @@ pub fn default_sequence(floor: u64) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    now.max(floor + 1)
+    now.max(floor.saturating_add(1))
 }
 
 fn parse_recipients(texts: &[String]) -> anyhow::Result<Vec<Recipient>> {
@@ -244,12 +244,24 @@ pub async fn inspect(
     revision: i64,
     serializable: bool,
 ) -> anyhow::Result<HashMap<Vec<u8>, pb::InspectedKey>> {
+    inspect_with(client, key, range_end, revision, serializable, false).await
+}
+
+async fn inspect_with(
+    client: &Client,
+    key: &str,
+    range_end: Option<Vec<u8>>,
+    revision: i64,
+    serializable: bool,
+    check_decrypt: bool,
+) -> anyhow::Result<HashMap<Vec<u8>, pb::InspectedKey>> {
     let mut edgeconf = client.edgeconf().await?;
     let request = pb::InspectRequest {
         key: key.as_bytes().to_vec(),
         range_end: range_end.unwrap_or_default(),
         revision,
         serializable,
+        check_decrypt,
     };
     let resp = client
         .request(edgeconf.inspect(request))
@@ -311,12 +323,13 @@ pub async fn verify(client: &Client, format: Format, args: VerifyArgs) -> anyhow
     let range_end = args
         .prefix
         .then(|| crate::store::prefix_end(args.key.as_bytes()).unwrap_or(vec![0]));
-    let inspected = inspect(
+    let inspected = inspect_with(
         client,
         &args.key,
         range_end,
         args.rev,
         args.consistency == "s",
+        true,
     )
     .await?;
     if inspected.is_empty() {

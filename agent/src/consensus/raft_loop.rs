@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message, MessageType};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, EntryType, Message, MessageType};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -340,8 +340,12 @@ impl RaftLoop {
         let admission = self.admission.clone();
         let from = message.from;
         message.entries.retain(|entry| {
-            let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
+            if entry.get_entry_type() != EntryType::EntryNormal {
                 return true;
+            }
+            let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
+                tracing::warn!(from = format_args!("{from:x}"), "refused an undecodable entry forwarded by a follower");
+                return false;
             };
             let Body::Command(proposal) = &data.body else {
                 return true;

@@ -30,6 +30,10 @@ const DOMAIN_TAG: &[u8] = b"edgeconf signed change v1\0";
 /// The `format` field of the JSON form.
 pub const JSON_FORMAT: &str = "edgeconf-signed-change/1";
 
+/// The highest sequence accepted: far above any timestamp-based default,
+/// far enough below `u64::MAX` that one change cannot freeze a key.
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
 /// Upper bound on a key, as in etcd (which allows 1.5 MiB requests).
 const MAX_KEY_LEN: usize = 64 * 1024;
 
@@ -132,6 +136,9 @@ impl SignedChange {
         }
         if self.sequence == 0 {
             return malformed("the sequence is 0; sequences start at 1");
+        }
+        if self.sequence > MAX_SEQUENCE {
+            return malformed("the sequence is above 2^63 - 1; leave room for later changes");
         }
         if self.op == Op::Delete && (!self.value.is_empty() || self.encrypted) {
             return malformed("a delete carries a value");

@@ -102,7 +102,7 @@ pub enum SigningError {
     BadSignature { key: String, signer: String },
     #[error("signer {signer} is not trusted for {key:?}: add it to [trust] keys or to the [[trust.prefix]] covering the key")]
     UntrustedSigner { key: String, signer: String },
-    #[error("{key:?} is protected by {protection}: unsigned writes are refused; sign the change, e.g. `edgeconf put --sign-key OPERATOR.key KEY VALUE`")]
+    #[error("{key:?} is protected by {protection}: unsigned writes are refused; sign the change (`edgeconf put|del|rollback --sign-key OPERATOR.key ...`; protected keys are deleted one at a time)")]
     Unsigned { key: String, protection: String },
     #[error("stored value of {key:?} is not signed although the key is protected by {protection}; refusing to use it")]
     UnsignedStored { key: String, protection: String },

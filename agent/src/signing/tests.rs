@@ -198,6 +198,21 @@ fn admit_checks_commands_as_proposed() {
     assert!(trust.admit(&lying).is_err());
     let unsigned = Command::Put(PutRequest::new("/app/x", "v"));
     assert!(trust.admit(&unsigned).is_err());
+    // A forwarded signed put may not bring a lease (revoking it would
+    // delete the key unsigned) nor keep the old value.
+    for tweak in [
+        (|put: &mut PutRequest| put.lease = 7) as fn(&mut PutRequest),
+        |put| put.ignore_value = true,
+        |put| put.ignore_lease = true,
+    ] {
+        let mut put = PutRequest::new("/app/x", change.to_stored());
+        tweak(&mut put);
+        let command = Command::SignedPut { put, sequence: 3 };
+        assert!(trust.admit(&command).is_err(), "{command:?}");
+    }
+    // Sequences stay below 2^63, so no change can freeze a key.
+    let frozen = SignedChange::sign(&admin, b"/app/x".to_vec(), Op::Put, u64::MAX, false, vec![]);
+    assert!(frozen.is_err());
     let delete = Command::DeleteRange(DeleteRangeRequest {
         range: KeyRange::prefix(b"/ap".to_vec()),
         prev_kv: false,

@@ -126,7 +126,7 @@ impl TrustPolicy {
         if !self.allow_unsigned {
             return Err(SigningError::Unsigned {
                 key: lossy(&range.start),
-                protection: self.protection(&range.start),
+                protection: "[trust] allow_unsigned = false".to_string(),
             });
         }
         for rule in &self.prefixes {
@@ -162,6 +162,11 @@ impl TrustPolicy {
                 Ok(())
             }
             Command::SignedPut { put, sequence } => {
+                if put.lease != 0 || put.ignore_value || put.ignore_lease {
+                    return Err(SigningError::Malformed(
+                        "a signed put cannot take a lease, ignore_value or ignore_lease".into(),
+                    ));
+                }
                 let change = SignedChange::from_stored(&put.value)?.ok_or_else(|| {
                     SigningError::Malformed("a signed put without a signed change".into())
                 })?;
@@ -230,7 +235,13 @@ impl TrustPolicy {
             }
             return Ok(Checked::Plain(value.to_vec()));
         };
-        if change.key != key || change.op != Op::Put {
+        if change.op != Op::Put {
+            return Err(SigningError::Malformed(format!(
+                "a signed delete is stored as the value of {:?}",
+                lossy(key)
+            )));
+        }
+        if change.key != key {
             return Err(SigningError::WrongKey {
                 stored_at: lossy(key),
                 signed_for: lossy(&change.key),

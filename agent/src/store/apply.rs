@@ -100,6 +100,11 @@ impl<'txn> Writer<'txn> {
                 ttl: self.leases.get(*id)?.map(|ttl| ttl.value()),
             },
             Command::SignedPut { put, sequence } => {
+                if put.lease != 0 || put.ignore_value || put.ignore_lease {
+                    return Err(StoreError::InvalidRequest(
+                        "a signed put cannot take a lease, ignore_value or ignore_lease".into(),
+                    ));
+                }
                 self.check_put(put)?;
                 self.advance_sequence(&put.key, *sequence)?;
                 CommandResponse::Put(self.put(put, &mut at)?)

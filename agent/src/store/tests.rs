@@ -660,6 +660,20 @@ fn signed_writes_need_a_rising_sequence_that_survives_deletes_and_snapshots() {
         );
     }
     assert_eq!(get_at(&store, "/app/x", 0).unwrap().value, b"v5");
+    let leased = run(&store, Command::LeaseGrant { id: 9, ttl: 60 });
+    assert!(leased.is_ok());
+    let mut with_lease = PutRequest::new("/app/x", "v9");
+    with_lease.lease = 9;
+    let err = run(
+        &store,
+        Command::SignedPut {
+            put: with_lease,
+            sequence: 9,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidRequest(_)), "{err}");
+    assert_eq!(store.sequence(b"/app/x").unwrap(), 5);
 
     // A signed delete keeps its change as the tombstone's value and raises
     // the sequence, so the old put cannot come back.
