@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Agent(ref args) => run_agent(args),
         _ => {
-            restore_sigpipe();
+            quiet_on_closed_stdout();
             runtime().and_then(|rt| rt.block_on(cli::run_client(cli)))
         }
     };
@@ -27,15 +27,24 @@ fn main() -> ExitCode {
 }
 
 /// Client commands end quietly when their reader goes away (`| head`), as
-/// Unix tools do, instead of failing to print. The agent keeps Rust's
-/// default (SIGPIPE ignored), so a closed socket is an error, not a death.
-fn restore_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: called once at start-up, before any thread is spawned; it
-    // only resets one signal's disposition to the system default.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// Unix tools do, instead of failing to print. SIGPIPE stays ignored (Rust's
+/// default), so a socket the agent closes is an error, not a death; a
+/// closed standard output makes `println!` panic, and that panic alone
+/// ends the process quietly.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -47,7 +56,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
     if args.check {
-        restore_sigpipe();
         let source = args
             .config
             .as_ref()

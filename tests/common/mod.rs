@@ -91,11 +91,16 @@ impl Agent {
         let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
-            "--listen-client-urls".to_string(),
-            format!("http://127.0.0.1:{port}"),
             "--listen-peer-urls".to_string(),
             format!("quic://127.0.0.1:{}", free_port()),
         ];
+        // Tests that serve https give their own client URL.
+        if !extra.contains(&"--listen-client-urls") {
+            args.extend([
+                "--listen-client-urls".to_string(),
+                format!("http://127.0.0.1:{port}"),
+            ]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     }

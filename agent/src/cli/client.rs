@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use etcd_client::ConnectOptions;
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::api::pb::edgeconf_client::EdgeconfClient;
 
@@ -13,6 +15,47 @@ pub struct Client {
     pub endpoints: Vec<String>,
     dial_timeout: Duration,
     command_timeout: Duration,
+    tls: TlsFiles,
+}
+
+/// `--cacert`, `--cert` and `--key`, as etcdctl names them.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn enabled(&self, endpoint: &str) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || endpoint.starts_with("https://")
+    }
+
+    fn config(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|err| anyhow!("cannot read the {what} {}: {err}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.cacert {
+            config = config.ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// `HOST:PORT` or a URL, as a URL with the scheme TLS calls for.
+fn endpoint_url(endpoint: &str, tls: bool) -> String {
+    let bare = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    format!("{}://{bare}", if tls { "https" } else { "http" })
 }
 
 impl Client {
@@ -21,7 +64,13 @@ impl Client {
             endpoints: endpoints.to_vec(),
             dial_timeout,
             command_timeout,
+            tls: TlsFiles::default(),
         }
+    }
+
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The same settings, for one endpoint.
@@ -31,6 +80,7 @@ impl Client {
             self.dial_timeout,
             self.command_timeout,
         )
+        .with_tls(self.tls.clone())
     }
 
     /// An etcd client on the first endpoint that accepts a connection, so a
@@ -55,9 +105,14 @@ impl Client {
     }
 
     pub async fn etcd_at(&self, endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(self.dial_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let tls = endpoints.iter().any(|e| self.tls.enabled(e));
+        if tls {
+            options = options.with_tls(self.tls.config()?);
+        }
+        let endpoints: Vec<String> = endpoints.iter().map(|e| endpoint_url(e, tls)).collect();
         etcd_client::Client::connect(endpoints, Some(options))
             .await
             .map_err(|err| self.describe(err))
@@ -67,16 +122,14 @@ impl Client {
     pub async fn edgeconf(&self) -> anyhow::Result<EdgeconfClient<Channel>> {
         let mut last_error = None;
         for endpoint in &self.endpoints {
-            let url = if endpoint.contains("://") {
-                endpoint.clone()
-            } else {
-                format!("http://{endpoint}")
-            };
-            let channel = Endpoint::from_shared(url)
+            let tls = self.tls.enabled(endpoint);
+            let mut channel = Endpoint::from_shared(endpoint_url(endpoint, tls))
                 .map_err(|err| anyhow!("invalid endpoint {endpoint:?}: {err}"))?
-                .connect_timeout(self.dial_timeout)
-                .connect()
-                .await;
+                .connect_timeout(self.dial_timeout);
+            if tls {
+                channel = channel.tls_config(self.tls.config()?)?;
+            }
+            let channel = channel.connect().await;
             match channel {
                 Ok(channel) => return Ok(EdgeconfClient::new(channel)),
                 Err(err) => last_error = Some(format!("{endpoint}: {err}")),
@@ -107,13 +160,35 @@ impl Client {
 
     /// One line a person can act on, from whatever the client library said.
     pub fn describe(&self, err: impl Into<RequestError>) -> anyhow::Error {
+        let tls = self.endpoints.iter().any(|e| self.tls.enabled(e));
         match err.into() {
+            RequestError::Status(status) | RequestError::Etcd(etcd_client::Error::GRpcStatus(status))
+                if (tls && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled))
+                    || status.message().contains("h2 protocol error") =>
+            {
+                anyhow!(
+                    "connection to {} failed: {} (an agent serving https:// needs --cacert, and --cert/--key when it checks client certificates)",
+                    self.endpoints.join(","),
+                    status.message()
+                )
+            }
             RequestError::Status(status) => status_error(&status, &self.endpoints),
             RequestError::Etcd(etcd_client::Error::GRpcStatus(status)) => {
                 status_error(&status, &self.endpoints)
             }
             RequestError::Etcd(etcd_client::Error::TransportError(err)) => anyhow!(
-                "cannot reach {}: {err}; is `edgeconf agent` running? check --endpoints",
+                "cannot reach {}: {err}; is `edgeconf agent` running? check --endpoints \
+                 (an agent serving https:// needs --cacert, and --cert/--key when it checks client certificates)",
+                self.endpoints.join(",")
+            ),
+            RequestError::Etcd(err) if err.to_string().contains("h2 protocol error") => anyhow!(
+                "connection to {} failed: {err} (an agent serving https:// needs --cacert, and --cert/--key when it checks client certificates)",
+                self.endpoints.join(",")
+            ),
+            // Connection-level failures with TLS on are most often a
+            // missing or wrong certificate.
+            RequestError::Etcd(err) if self.endpoints.iter().any(|e| self.tls.enabled(e)) => anyhow!(
+                "connection to {} failed: {err} (check --cacert, and --cert/--key when the agent checks client certificates)",
                 self.endpoints.join(",")
             ),
             RequestError::Etcd(err) => anyhow!("{err}"),
@@ -128,6 +203,17 @@ fn status_error(status: &tonic::Status, endpoints: &[String]) -> anyhow::Error {
             endpoints.join(","),
             status.message()
         ),
+        // What a TLS mismatch looks like from the client's side.
+        tonic::Code::Unknown
+            if status.message().contains("transport error")
+                || status.message().contains("h2 protocol error") =>
+        {
+            anyhow!(
+                "connection to {} failed: {} (an agent serving https:// needs --cacert, and --cert/--key when it checks client certificates)",
+                endpoints.join(","),
+                status.message()
+            )
+        }
         _ => anyhow!("{}", status.message()),
     }
 }

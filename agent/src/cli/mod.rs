@@ -2,6 +2,7 @@
 //! the API, with etcdctl's flags, output formats and exit codes.
 
 pub mod bench;
+mod cert;
 mod client;
 mod kv;
 mod lease;
@@ -51,6 +52,28 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
 
+    /// CA certificate (PEM) to verify agents with; turns TLS on.
+    #[arg(long, global = true, env = "EDGECONF_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for agents with client_cert_auth.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "EDGECONF_CERT",
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "EDGECONF_KEY",
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,6 +108,9 @@ pub enum Command {
         #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Make a CA and certificates for TLS on the client API.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Create an operator signing key (or, with --secret, an age identity).
     Keygen(signing::KeygenArgs),
     /// Sign a change offline; prints JSON for `edgeconf put --signed`.
@@ -174,7 +200,12 @@ impl AgentArgs {
 
 /// Runs a client command.
 pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.endpoints, cli.dial_timeout, cli.command_timeout);
+    let tls = client::TlsFiles {
+        cacert: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let client = Client::new(&cli.endpoints, cli.dial_timeout, cli.command_timeout).with_tls(tls);
     let format = cli.format;
     match cli.command {
         Command::Agent(_) => anyhow::bail!("`agent` runs an agent; it is not a client command"),
@@ -193,6 +224,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen(args) => signing::keygen(format, args),
+        Command::Cert(command) => cert::run(command),
         Command::Sign(args) => signing::sign(args),
         Command::Verify(args) => signing::verify(&client, format, args).await,
         Command::Status => status::status(&client, format).await,
