@@ -3,21 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ok, run_with_timeout, stderr, stdout, Agent};
-
-fn etcdctl(agent: &Agent, args: &[&str]) -> Output {
-    run_with_timeout(
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(agent.endpoint())
-            .args(args),
-        Duration::from_secs(30),
-    )
-}
+use common::{etcdctl, ok, run_with_timeout, stderr, stdout, Agent};
 
 fn require_etcdctl() {
     let found = Command::new("etcdctl").arg("version").output().is_ok();

@@ -4,11 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{edgeconf, failed, free_port, ok, run_with_timeout, stdout, Agent, BIN};
+use common::{edgeconf, etcdctl, failed, free_port, ok, run_with_timeout, stdout, Agent, BIN};
 
 /// Operator keys and a fleet identity made with `edgeconf keygen`.
 struct Keys {
@@ -74,17 +74,6 @@ fn start_signed_agent(dir: &Path, keys: &Keys) -> Agent {
     let config = dir.join("agent.toml");
     std::fs::write(&config, keys.toml()).unwrap();
     Agent::start_with(dir, free_port(), &["--config", path(&config)])
-}
-
-fn etcdctl(agent: &Agent, args: &[&str]) -> Output {
-    run_with_timeout(
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(agent.endpoint())
-            .args(args),
-        Duration::from_secs(30),
-    )
 }
 
 fn revision(agent: &Agent) -> i64 {

@@ -244,6 +244,18 @@ pub fn edgeconf(agent: &Agent, args: &[&str]) -> Output {
     )
 }
 
+/// Runs `etcdctl --endpoints <agent> ARGS` (API v3) to completion (bounded).
+pub fn etcdctl(agent: &Agent, args: &[&str]) -> Output {
+    run_with_timeout(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(agent.endpoint())
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
 /// Runs a command with no stdin and kills it if it outlives `timeout`.
 pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
     let child = command

@@ -55,24 +55,28 @@ pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), SigningErr
 /// Creates `path` with mode 0600 and writes `bytes`; an existing file is an
 /// error, so a key is never overwritten by accident.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), SigningError> {
-    let fail =
-        |err: std::io::Error| SigningError::Key(format!("cannot write {}: {err}", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|err| {
+    create_private_file(path, bytes).map_err(|err| {
         if err.kind() == std::io::ErrorKind::AlreadyExists {
             SigningError::Key(format!(
                 "{} already exists; refusing to overwrite a key (pick another --out or remove it first)",
                 path.display()
             ))
         } else {
-            fail(err)
+            SigningError::Key(format!("cannot write {}: {err}", path.display()))
         }
-    })?;
-    file.write_all(bytes).map_err(fail)?;
-    file.sync_all().map_err(fail)
+    })
+}
+
+/// Creates `path` readable by its owner only, writes `bytes` and syncs;
+/// fails if the file exists. Every private key file is written this way.
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Reads an operator key written by [`write_signing_key`].

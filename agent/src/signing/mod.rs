@@ -43,11 +43,6 @@ impl Keyring {
         }
     }
 
-    /// No `[trust]` and no `[secrets]`: nothing protected, no secrets.
-    pub fn open() -> Self {
-        Self::new(TrustPolicy::default(), Identities::none(), Vec::new())
-    }
-
     /// [`TrustPolicy::check_stored`], remembering verified signatures.
     pub fn check_stored(
         &self,

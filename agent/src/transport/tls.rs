@@ -61,7 +61,7 @@ impl NodeKey {
         })?;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map_err(|err| TlsError::Setup(format!("generating a node key: {err}")))?;
-        write_private(&path, key.serialize_pem().as_bytes()).map_err(|error| {
+        create_private_file(&path, key.serialize_pem().as_bytes()).map_err(|error| {
             TlsError::WriteKey {
                 path: display,
                 error,
@@ -86,17 +86,7 @@ impl NodeKey {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
+use crate::signing::keys::create_private_file;
 pub use crate::signing::keys::{format_public_key as format_key, parse_public_key as parse_key};
 
 /// Admits peers whose certificate carries one of the pinned ed25519 keys,
