@@ -162,8 +162,11 @@ impl Client {
     pub fn describe(&self, err: impl Into<RequestError>) -> anyhow::Error {
         let tls = self.endpoints.iter().any(|e| self.tls.enabled(e));
         match err.into() {
+            // Agents answer requests with specific codes; Unknown and
+            // Cancelled come from the connection itself, most often a TLS
+            // mismatch (a plain client on an https:// port sees either).
             RequestError::Status(status) | RequestError::Etcd(etcd_client::Error::GRpcStatus(status))
-                if (tls && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled))
+                if matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
                     || status.message().contains("h2 protocol error") =>
             {
                 anyhow!(
@@ -187,7 +190,7 @@ impl Client {
             ),
             // Connection-level failures with TLS on are most often a
             // missing or wrong certificate.
-            RequestError::Etcd(err) if self.endpoints.iter().any(|e| self.tls.enabled(e)) => anyhow!(
+            RequestError::Etcd(err) if tls => anyhow!(
                 "connection to {} failed: {err} (check --cacert, and --cert/--key when the agent checks client certificates)",
                 self.endpoints.join(",")
             ),
