@@ -1,6 +1,10 @@
 fn main() {
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/edgeconf/v1/edgeconf.proto"], &["proto"])
-        .expect("compile proto/edgeconf/v1/edgeconf.proto (is protoc installed? run ./setup.sh)");
+    for proto in ["proto/edgeconf/v1/edgeconf.proto", "proto/etcd/auth.proto"] {
+        tonic_prost_build::configure()
+            .compile_protos(&[proto], &["proto"])
+            .unwrap_or_else(|err| {
+                panic!("compile {proto}: {err} (is protoc installed? run ./setup.sh)")
+            });
+    }
 }

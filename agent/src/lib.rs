@@ -3,6 +3,8 @@
 //! Layers, from the bottom up (see `docs/design.md`):
 //! - [`config`]: the TOML bootstrap file and flags;
 //! - [`store`]: MVCC key-value state on redb;
+//! - [`signing`] and [`auth`]: pure models of signed changes and of
+//!   users, roles and permissions, used by the layers above;
 //! - [`consensus`]: orders writes with raft and applies them to the store;
 //! - [`transport`]: QUIC between members, mutual TLS with node keys;
 //! - [`api`]: the etcd v3 gRPC API and the Edgeconf service;
@@ -10,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consensus;

@@ -50,8 +50,9 @@ impl ClusterService {
 impl PbClusterService for ClusterService {
     async fn member_list(
         &self,
-        _request: Request<PbMemberListRequest>,
+        request: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
         Ok(Response::new(PbMemberListResponse {
             header: Some(self.0.current_header()),
             members: self.members()?,
@@ -62,6 +63,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.0.caller(&request)?.check_admin("member add")?;
         let mut req = request.into_inner();
         if req.peer_ur_ls.is_empty() {
             return Err(Status::invalid_argument(
@@ -96,6 +98,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.0.caller(&request)?.check_admin("member remove")?;
         self.0
             .node
             .remove_member(request.into_inner().id)
@@ -109,8 +112,9 @@ impl PbClusterService for ClusterService {
 
     async fn member_update(
         &self,
-        _r: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.0.caller(&request)?.check_admin("member update")?;
         Err(unsupported(
             "MemberUpdate (remove and add the member instead)",
         ))
@@ -120,6 +124,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.0.caller(&request)?.check_admin("member promote")?;
         self.0
             .node
             .promote_member(request.into_inner().id)

@@ -1,5 +1,6 @@
 //! The Edgeconf service: what the etcd API has no words for.
 
+use crate::auth::Access;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, edgeconf_server::Edgeconf};
@@ -104,10 +105,12 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
+        caller.check(Access::Read, &KeyRange::single(req.key.clone()))?;
         let store = self.0.node.store();
         let history = store.history(&req.key).map_err(store_status)?;
         let latest = store.sequence(&req.key).map_err(store_status)?;
@@ -156,6 +159,7 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::SignedWriteRequest>,
     ) -> Result<Response<pb::SignedWriteResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         let change = SignedChange::from_stored(&req.change)
             .map_err(signing_status)?
@@ -170,6 +174,7 @@ impl Edgeconf for EdgeconfService {
             &change,
             req.prev_kv,
         )?;
+        caller.check_command(&command)?;
         let applied = self.0.node.propose(command).await.map_err(propose_status)?;
         let deleted = match applied.response {
             CommandResponse::DeleteRange(resp) => resp.deleted,
@@ -186,10 +191,15 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
+        caller.check(
+            Access::Read,
+            &KeyRange::from_etcd(req.key.clone(), req.range_end.clone()),
+        )?;
         if !req.serializable {
             self.0.node.read_index().await.map_err(propose_status)?;
         }
@@ -224,8 +234,9 @@ impl Edgeconf for EdgeconfService {
 
     async fn keyring(
         &self,
-        _request: Request<pb::KeyringRequest>,
+        request: Request<pb::KeyringRequest>,
     ) -> Result<Response<pb::KeyringResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
         let keyring = self.0.keyring.get();
         let format_all = |keys: &[[u8; 32]]| keys.iter().map(|k| format_public_key(k)).collect();
         Ok(Response::new(pb::KeyringResponse {

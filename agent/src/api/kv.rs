@@ -13,7 +13,8 @@ use super::convert::{
 };
 use super::signed::{admit, put_command, serve_values, serve_values_after_write};
 use super::{propose_status, store_status, unsupported, Context};
-use crate::store::{Command, CommandResponse, KeyValue, TxnOp, TxnOpResponse};
+use crate::auth::Access;
+use crate::store::{Command, CommandResponse, KeyRange, KeyValue, TxnOp, TxnOpResponse};
 
 pub(crate) struct KvService(pub Context);
 
@@ -46,7 +47,12 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let request = request.into_inner();
+        caller.check(
+            Access::Read,
+            &KeyRange::from_etcd(request.key.clone(), request.range_end.clone()),
+        )?;
         if !request.serializable {
             // Linearizable: first catch up with everything committed so far.
             self.0.node.read_index().await.map_err(propose_status)?;
@@ -74,8 +80,10 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let req = put_from_pb(request.into_inner())?;
         let command = put_command(&self.0.keyring.get(), self.0.node.store(), req)?;
+        caller.check_command(&command)?;
         match self.write(command).await? {
             (CommandResponse::Put(mut resp), revision) => {
                 serve_prev(&self.0, &mut resp.prev_kv);
@@ -89,7 +97,9 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let command = Command::DeleteRange(delete_from_pb(request.into_inner())?);
+        caller.check_command(&command)?;
         admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::DeleteRange(mut resp), revision) => {
@@ -101,8 +111,10 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let txn = txn_from_pb(request.into_inner())?;
         let command = Command::Txn(txn.clone());
+        caller.check_command(&command)?;
         admit(&self.0.keyring.get(), &command)?;
         match self.write(command).await? {
             (CommandResponse::Txn(mut resp), revision) => {
@@ -135,8 +147,12 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
-        let revision = request.into_inner().revision;
-        let (_, current) = self.write(Command::Compact { revision }).await?;
+        let caller = self.0.caller(&request)?;
+        let command = Command::Compact {
+            revision: request.into_inner().revision,
+        };
+        caller.check_command(&command)?;
+        let (_, current) = self.write(command).await?;
         Ok(Response::new(PbCompactionResponse {
             header: Some(self.0.header(current)),
         }))

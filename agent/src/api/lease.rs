@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{propose_status, store_status, Context};
+use crate::auth::Access;
 use crate::store::CommandResponse;
 
 pub(crate) struct LeaseService(pub Context);
@@ -21,6 +22,7 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
         let req = request.into_inner();
         let applied = self
             .0
@@ -43,12 +45,14 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
-        let applied = self
-            .0
-            .node
-            .lease_revoke(request.into_inner().id)
-            .await
-            .map_err(propose_status)?;
+        // Revoking deletes the lease's keys: it takes write access to all.
+        let caller = self.0.caller(&request)?;
+        let id = request.into_inner().id;
+        if let Some(lease) = self.0.node.store().lease(id).map_err(store_status)? {
+            caller.check_keys(Access::Write, &lease.keys)?;
+        }
+        caller.check_signed_in()?;
+        let applied = self.0.node.lease_revoke(id).await.map_err(propose_status)?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: Some(self.0.header(applied.revision)),
         }))
@@ -61,6 +65,7 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
         let context = self.0.clone();
         let responses = request.into_inner().then(move |req| {
             let context = context.clone();
@@ -87,8 +92,13 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        caller.check_signed_in()?;
         let req = request.into_inner();
         let status = self.0.node.lease_status(req.id).map_err(store_status)?;
+        if let (Some(status), true) = (&status, req.keys) {
+            caller.check_keys(Access::Read, &status.keys)?;
+        }
         let header = Some(self.0.current_header());
         // A lease that is gone answers with TTL -1, as etcd does.
         let response = match status {
@@ -112,8 +122,9 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<PbLeaseLeasesRequest>,
+        request: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
         let leases = self.0.node.store().leases().map_err(store_status)?;
         Ok(Response::new(PbLeaseLeasesResponse {
             header: Some(self.0.current_header()),

@@ -23,8 +23,9 @@ pub(crate) struct MaintenanceService(pub Context);
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(
         &self,
-        _request: Request<PbAlarmRequest>,
+        request: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
+        self.0.caller(&request)?.check_admin("alarm")?;
         // No alarms are raised yet (no space quota): report none.
         Ok(Response::new(PbAlarmResponse {
             header: Some(self.0.current_header()),
@@ -55,22 +56,25 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<PbDefragmentRequest>,
+        request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        self.0.caller(&request)?.check_admin("defragment")?;
         Err(unsupported("Defragment"))
     }
 
     async fn hash(
         &self,
-        _request: Request<PbHashRequest>,
+        request: Request<PbHashRequest>,
     ) -> Result<Response<PbHashResponse>, Status> {
+        self.0.caller(&request)?.check_admin("hash")?;
         Err(unsupported("Hash"))
     }
 
     async fn hash_kv(
         &self,
-        _request: Request<PbHashKvRequest>,
+        request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        self.0.caller(&request)?.check_admin("hashkv")?;
         Err(unsupported("HashKV"))
     }
 
@@ -78,22 +82,25 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<PbSnapshotRequest>,
+        request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.caller(&request)?.check_admin("snapshot")?;
         Err(unsupported("Snapshot"))
     }
 
     async fn move_leader(
         &self,
-        _request: Request<PbMoveLeaderRequest>,
+        request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        self.0.caller(&request)?.check_admin("move-leader")?;
         Err(unsupported("MoveLeader"))
     }
 
     async fn downgrade(
         &self,
-        _request: Request<PbDowngradeRequest>,
+        request: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
+        self.0.caller(&request)?.check_admin("downgrade")?;
         Err(unsupported("Downgrade"))
     }
 }

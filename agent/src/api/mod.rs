@@ -5,6 +5,8 @@
 //! through the consensus layer and read from the store. They hold no state
 //! of their own beyond open streams.
 
+mod access;
+pub mod auth;
 mod cluster;
 mod convert;
 mod edgeconf;
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
+use crate::auth::AuthError;
 use crate::consensus::{Node, ProposeError};
 use crate::signing::KeyringCell;
 use crate::store::StoreError;
@@ -93,6 +96,10 @@ pub async fn serve(
         .add_service(PbClusterServer::new(cluster::ClusterService(
             context.clone(),
         )))
+        .add_service(auth::AuthServer::new(auth::AuthService {
+            context: context.clone(),
+            passwords: Arc::new(auth::PasswordWork::new()),
+        }))
         .add_service(pb::edgeconf_server::EdgeconfServer::new(
             edgeconf::EdgeconfService(context),
         ));
@@ -130,6 +137,7 @@ pub(crate) fn store_status(err: StoreError) -> Status {
         err @ StoreError::StaleSequence { .. } => {
             Status::failed_precondition(format!("edgeconf: {err}"))
         }
+        StoreError::Auth(err) => auth_status(&err),
         StoreError::LeaseExists(_) => {
             Status::failed_precondition("etcdserver: lease already exists")
         }
@@ -140,6 +148,26 @@ pub(crate) fn store_status(err: StoreError) -> Status {
             tracing::error!(error = %err, "store error");
             Status::internal(format!("etcdserver: {err}"))
         }
+    }
+}
+
+/// etcd's gRPC code for each auth error (its clients match on code and
+/// message).
+pub(crate) fn auth_status(err: &AuthError) -> Status {
+    let message = err.to_string();
+    match err {
+        AuthError::UserEmpty | AuthError::RoleEmpty | AuthError::PasswordEmpty => {
+            Status::invalid_argument(message)
+        }
+        AuthError::InvalidAuthMgmt => Status::invalid_argument(message),
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted => Status::failed_precondition(message),
     }
 }
 

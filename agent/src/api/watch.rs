@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::may_read;
 use super::convert::event_to_pb;
 use super::signed::serve_event;
 use super::Context;
@@ -37,8 +38,11 @@ impl PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.0.caller(&request)?;
+        caller.check_signed_in()?;
         let (outbox, responses) = mpsc::channel(OUTBOX_DEPTH);
         let stream = WatchStream {
+            user: caller.user().map(Arc::from),
             context: self.0.clone(),
             outbox,
             watchers: HashMap::new(),
@@ -55,6 +59,9 @@ struct RunningWatcher {
 }
 
 struct WatchStream {
+    /// Who opened the stream: each event is checked against what this user
+    /// may read at the time it is sent.
+    user: Option<Arc<str>>,
     context: Context,
     outbox: Outbox,
     watchers: HashMap<i64, RunningWatcher>,
@@ -138,6 +145,7 @@ impl WatchStream {
         let progress = Arc::new(AtomicI64::new(watcher.progress()));
         let task = tokio::spawn(feed(
             self.context.clone(),
+            self.user.clone(),
             watcher,
             id,
             filters,
@@ -200,6 +208,7 @@ struct Filters {
 /// goes away.
 async fn feed(
     context: Context,
+    user: Option<Arc<str>>,
     mut watcher: Watcher,
     id: i64,
     filters: Filters,
@@ -243,7 +252,7 @@ async fn feed(
                 EventKind::Put => !filters.no_put,
                 EventKind::Delete => !filters.no_delete,
             };
-            if !wanted {
+            if !wanted || !may_read(&context, user.as_deref(), &event.kv.key) {
                 continue;
             }
             if let Err(status) = serve_event(&context.keyring.get(), &mut event) {

@@ -7,8 +7,12 @@ use anyhow::anyhow;
 use etcd_client::ConnectOptions;
 use std::path::PathBuf;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::api::auth::pb::auth_client::AuthClient;
+use crate::api::auth::pb::AuthenticateRequest;
 use crate::api::pb::edgeconf_client::EdgeconfClient;
 
 pub struct Client {
@@ -16,7 +20,32 @@ pub struct Client {
     dial_timeout: Duration,
     command_timeout: Duration,
     tls: TlsFiles,
+    /// `--user NAME:PASSWORD`, signed in with before each command.
+    credentials: Option<(String, String)>,
 }
+
+/// Adds the sign-in token, if any, to every request.
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type EdgeconfConn = EdgeconfClient<InterceptedService<Channel, TokenInterceptor>>;
+pub type AuthConn = AuthClient<InterceptedService<Channel, TokenInterceptor>>;
+
+/// What an agent answers a sign-in with while auth is disabled; commands
+/// then go on without a token, as etcdctl's do.
+const AUTH_NOT_ENABLED: &str = "authentication is not enabled";
 
 /// `--cacert`, `--cert` and `--key`, as etcdctl names them.
 #[derive(Clone, Debug, Default)]
@@ -65,7 +94,14 @@ impl Client {
             dial_timeout,
             command_timeout,
             tls: TlsFiles::default(),
+            credentials: None,
         }
+    }
+
+    /// Signs in as `user` with `password` before each command.
+    pub fn with_user(mut self, credentials: Option<(String, String)>) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     pub fn with_tls(mut self, tls: TlsFiles) -> Self {
@@ -81,6 +117,7 @@ impl Client {
             self.command_timeout,
         )
         .with_tls(self.tls.clone())
+        .with_user(self.credentials.clone())
     }
 
     /// An etcd client on the first endpoint that accepts a connection, so a
@@ -113,13 +150,52 @@ impl Client {
             options = options.with_tls(self.tls.config()?);
         }
         let endpoints: Vec<String> = endpoints.iter().map(|e| endpoint_url(e, tls)).collect();
+        if let Some((user, password)) = &self.credentials {
+            let signed_in = options.clone().with_user(user, password);
+            match etcd_client::Client::connect(&endpoints, Some(signed_in)).await {
+                Err(err) if err.to_string().contains(AUTH_NOT_ENABLED) => {}
+                connected => return connected.map_err(|err| self.describe(err)),
+            }
+        }
         etcd_client::Client::connect(endpoints, Some(options))
             .await
             .map_err(|err| self.describe(err))
     }
 
-    /// A client of the Edgeconf service on the first endpoint that answers.
-    pub async fn edgeconf(&self) -> anyhow::Result<EdgeconfClient<Channel>> {
+    /// A client of the Edgeconf service on the first endpoint that answers,
+    /// signed in when `--user` is given.
+    pub async fn edgeconf(&self) -> anyhow::Result<EdgeconfConn> {
+        let (channel, token) = self.signed_in_channel().await?;
+        Ok(EdgeconfClient::with_interceptor(channel, token))
+    }
+
+    /// A client of etcd's Auth service, signed in when `--user` is given.
+    pub async fn auth(&self) -> anyhow::Result<AuthConn> {
+        let (channel, token) = self.signed_in_channel().await?;
+        Ok(AuthClient::with_interceptor(channel, token))
+    }
+
+    async fn signed_in_channel(&self) -> anyhow::Result<(Channel, TokenInterceptor)> {
+        let channel = self.channel().await?;
+        let Some((name, password)) = self.credentials.clone() else {
+            return Ok((channel, TokenInterceptor(None)));
+        };
+        let mut auth = AuthClient::new(channel.clone());
+        let answer = self
+            .request(auth.authenticate(AuthenticateRequest { name, password }))
+            .await;
+        let token = match answer {
+            Ok(response) => Some(response.into_inner().token.parse().map_err(|err| {
+                anyhow!("the agent answered the sign-in with an unusable token: {err}")
+            })?),
+            Err(err) if err.to_string().contains(AUTH_NOT_ENABLED) => None,
+            Err(err) => return Err(err),
+        };
+        Ok((channel, TokenInterceptor(token)))
+    }
+
+    /// A channel to the first endpoint that answers.
+    async fn channel(&self) -> anyhow::Result<Channel> {
         let mut last_error = None;
         for endpoint in &self.endpoints {
             let tls = self.tls.enabled(endpoint);
@@ -131,7 +207,7 @@ impl Client {
             }
             let channel = channel.connect().await;
             match channel {
-                Ok(channel) => return Ok(EdgeconfClient::new(channel)),
+                Ok(channel) => return Ok(channel),
                 Err(err) => last_error = Some(format!("{endpoint}: {err}")),
             }
         }
@@ -175,9 +251,9 @@ impl Client {
                     status.message()
                 )
             }
-            RequestError::Status(status) => status_error(&status, &self.endpoints),
+            RequestError::Status(status) => self.status_error(&status),
             RequestError::Etcd(etcd_client::Error::GRpcStatus(status)) => {
-                status_error(&status, &self.endpoints)
+                self.status_error(&status)
             }
             RequestError::Etcd(etcd_client::Error::TransportError(err)) => anyhow!(
                 "cannot reach {}: {err}; is `edgeconf agent` running? check --endpoints \
@@ -195,6 +271,36 @@ impl Client {
                 self.endpoints.join(",")
             ),
             RequestError::Etcd(err) => anyhow!("{err}"),
+        }
+    }
+}
+
+impl Client {
+    fn status_error(&self, status: &tonic::Status) -> anyhow::Error {
+        let message = status.message();
+        let user = self.credentials.as_ref().map(|(user, _)| user.as_str());
+        let hint = match (status.code(), user) {
+            (tonic::Code::PermissionDenied, Some(user)) => format!(
+                " (user {user:?} lacks a role that allows this; see `edgeconf user get {user}`)"
+            ),
+            (tonic::Code::PermissionDenied, None) => {
+                " (the client certificate's user lacks a role that allows this)".to_string()
+            }
+            _ if message.contains("user name is empty") => {
+                " (authentication is enabled: pass --user NAME[:PASSWORD], or a client certificate whose common name is a user)".to_string()
+            }
+            _ if message.contains("authentication failed") => {
+                " (check the name and password given with --user)".to_string()
+            }
+            _ if message.contains("invalid auth token") => {
+                " (the sign-in expired or the password changed; run the command again)".to_string()
+            }
+            _ => String::new(),
+        };
+        if hint.is_empty() {
+            status_error(status, &self.endpoints)
+        } else {
+            anyhow!("{message}{hint}")
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `edgeconf` command line. Every command except `agent` is a client of
 //! the API, with etcdctl's flags, output formats and exit codes.
 
+mod auth;
 pub mod bench;
 mod cert;
 mod client;
@@ -74,8 +75,42 @@ pub struct Cli {
     )]
     pub key: Option<PathBuf>,
 
+    /// Sign in as NAME, with NAME:PASSWORD or --password, when the agents
+    /// have authentication enabled.
+    #[arg(long = "user", id = "auth_user", global = true, env = "EDGECONF_USER")]
+    pub user: Option<String>,
+    /// The password for --user.
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "EDGECONF_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// `--user` and `--password` as a name and a password.
+    fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        let (name, password) = match (user.split_once(':'), &self.password) {
+            (Some((name, password)), _) => (name.to_string(), password.to_string()),
+            (None, Some(password)) => (user.clone(), password.clone()),
+            (None, None) => anyhow::bail!(
+                "--user {user} needs a password: --user {user}:PASSWORD or --password PASSWORD"
+            ),
+        };
+        if name.is_empty() {
+            anyhow::bail!("--user needs a user name before the ':'");
+        }
+        Ok(Some((name, password)))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +134,15 @@ pub enum Command {
     /// Grant, revoke, keep alive and inspect leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Turn authentication on or off, or show whether it is on.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Add, delete, list and inspect users; change passwords; grant roles.
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Add, delete, list and inspect roles; grant key permissions.
+    #[command(subcommand)]
+    Role(auth::RoleCommand),
     /// List, add, remove and promote cluster members.
     #[command(subcommand)]
     Member(member::MemberCommand),
@@ -205,7 +249,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         cert: cli.cert.clone(),
         key: cli.key.clone(),
     };
-    let client = Client::new(&cli.endpoints, cli.dial_timeout, cli.command_timeout).with_tls(tls);
+    let client = Client::new(&cli.endpoints, cli.dial_timeout, cli.command_timeout)
+        .with_tls(tls)
+        .with_user(cli.credentials()?);
     let format = cli.format;
     match cli.command {
         Command::Agent(_) => anyhow::bail!("`agent` runs an agent; it is not a client command"),
@@ -218,6 +264,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Compact(args) => kv::compact(&client, format, args).await,
         Command::Lease(command) => lease::run(&client, format, command).await,
         Command::Member(command) => member::run(&client, format, command).await,
+        Command::Auth(command) => auth::auth(&client, format, command).await,
+        Command::User(command) => auth::user(&client, format, command).await,
+        Command::Role(command) => auth::role(&client, format, command).await,
         Command::NodeKey { data_dir } => {
             let key = crate::transport::NodeKey::load_or_create(&data_dir)?;
             println!("{}", key.public_key());

@@ -185,7 +185,8 @@ impl TrustPolicy {
             Command::Compact { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
-            | Command::LeaseKeepAlive { .. } => Ok(()),
+            | Command::LeaseKeepAlive { .. }
+            | Command::Auth(_) => Ok(()),
         }
     }
 

@@ -10,9 +10,11 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
-    Record, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX, META_COMPACT_REVISION,
-    META_REVISION, SEQUENCES,
+    Record, AUTH, AUTH_STATE, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX,
+    META_COMPACT_REVISION, META_REVISION, SEQUENCES,
 };
+use crate::auth::AuthState;
+
 use super::types::{
     Applied, Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     DeleteRangeResponse, Event, KeyValue, Proposal, PutRequest, PutResponse, Result, StoreError,
@@ -35,6 +37,9 @@ pub(crate) struct Writer<'txn> {
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     meta: Table<'txn, &'static str, u64>,
     sequences: Table<'txn, &'static [u8], u64>,
+    auth_table: Table<'txn, &'static str, &'static [u8]>,
+    /// The auth state as changed by this batch, when it was.
+    pub auth: Option<AuthState>,
     pub revision: i64,
     pub compact_revision: i64,
     pub events: Vec<Event>,
@@ -55,6 +60,8 @@ impl<'txn> Writer<'txn> {
             lease_keys: txn.open_table(LEASE_KEYS)?,
             meta,
             sequences: txn.open_table(SEQUENCES)?,
+            auth_table: txn.open_table(AUTH)?,
+            auth: None,
             revision,
             compact_revision,
             events: Vec::new(),
@@ -127,6 +134,21 @@ impl<'txn> Writer<'txn> {
                     deleted,
                     prev_kvs: Vec::new(),
                 })
+            }
+            Command::Auth(command) => {
+                let mut state = match self.auth.take() {
+                    Some(state) => state,
+                    None => read_auth(&self.auth_table)?,
+                };
+                let outcome = state.apply(command);
+                if outcome.is_ok() {
+                    let bytes = postcard::to_allocvec(&state).expect("encoding into memory");
+                    self.auth_table.insert(AUTH_STATE, bytes.as_slice())?;
+                }
+                let auth_revision = state.revision;
+                self.auth = Some(state);
+                outcome?;
+                CommandResponse::Auth { auth_revision }
             }
         };
         if at.sub > 0 {
@@ -439,4 +461,15 @@ fn compare_one(kv: &KeyValue, compare: &Compare) -> bool {
 
 pub(crate) fn lossy(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
+}
+
+/// The stored auth state (the default, disabled, when none was stored).
+pub(crate) fn read_auth(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<AuthState> {
+    match table.get(AUTH_STATE)? {
+        Some(bytes) => postcard::from_bytes(bytes.value())
+            .map_err(|err| StoreError::Corrupt(format!("auth state: {err}"))),
+        None => Ok(AuthState::default()),
+    }
 }

@@ -19,11 +19,12 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::broadcast;
 
+use crate::auth::AuthState;
 pub use members::{MemberChange, MemberRecord};
 pub use types::*;
 pub use watch::{Committed, Watcher};
@@ -50,6 +51,8 @@ pub struct Store {
     /// Held from the start of a write transaction until its events are
     /// published, so watchers receive batches in commit order.
     write_lock: Mutex<()>,
+    /// The committed auth state, read by every authorized request.
+    auth: RwLock<Arc<AuthState>>,
 }
 
 impl Store {
@@ -81,6 +84,7 @@ impl Store {
             txn.open_table(tables::SEQUENCES)?;
             txn.open_table(META)?;
             txn.open_table(tables::CONSENSUS)?;
+            txn.open_table(tables::AUTH)?;
         }
         txn.commit()?;
         let (live, _) = broadcast::channel(watch::LIVE_CAPACITY);
@@ -90,7 +94,9 @@ impl Store {
             revision: AtomicI64::new(0),
             live,
             write_lock: Mutex::new(()),
+            auth: RwLock::new(Arc::default()),
         };
+        store.reload_auth()?;
         let (revision, _) = store.revisions()?;
         store.revision.store(revision, Ordering::SeqCst);
         Ok(store)
@@ -127,6 +133,19 @@ impl Store {
         };
         txn.commit()?;
         Ok(value)
+    }
+
+    /// The committed auth state.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the auth state from the file (after opening or restoring).
+    fn reload_auth(&self) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let state = apply::read_auth(&txn.open_table(tables::AUTH)?)?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        Ok(())
     }
 
     /// Size of the database file in bytes.
@@ -266,7 +285,7 @@ impl Store {
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
-        let (outcomes, committed) = {
+        let (outcomes, committed, auth) = {
             let mut writer = apply::Writer::open(&txn)?;
             let mut outcomes = Vec::with_capacity(proposals.len());
             for proposal in proposals {
@@ -280,9 +299,12 @@ impl Store {
                 revision: writer.revision,
                 events: std::mem::take(&mut writer.events),
             };
-            (outcomes, committed)
+            (outcomes, committed, writer.auth.take())
         };
         txn.commit()?;
+        if let Some(auth) = auth {
+            *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+        }
         self.revision.store(committed.revision, Ordering::SeqCst);
         // No receivers is fine: nobody is watching.
         let _ = self.live.send(Arc::new(committed));

@@ -5,8 +5,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, LIVE, MEMBERS, META,
-    META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION, SEQUENCES,
+    AUTH, AUTH_STATE, CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, LIVE,
+    MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION, SEQUENCES,
 };
 use super::types::{Result, StoreError};
 use super::{Committed, Store};
@@ -25,6 +25,8 @@ struct Image {
     lease_keys: Vec<(i64, Vec<u8>)>,
     members: Vec<(u64, Vec<u8>)>,
     sequences: Vec<(Vec<u8>, u64)>,
+    /// The auth state row, empty when none was ever stored.
+    auth: Vec<u8>,
 }
 
 impl Store {
@@ -45,6 +47,7 @@ impl Store {
             lease_keys: Vec::new(),
             members: Vec::new(),
             sequences: Vec::new(),
+            auth: Vec::new(),
         };
         for row in txn.open_table(KV)?.iter()? {
             let (k, v) = row?;
@@ -76,6 +79,9 @@ impl Store {
         for row in txn.open_table(SEQUENCES)?.iter()? {
             let (k, v) = row?;
             image.sequences.push((k.value().to_vec(), v.value()));
+        }
+        if let Some(state) = txn.open_table(AUTH)?.get(AUTH_STATE)? {
+            image.auth = state.value().to_vec();
         }
         let bytes = postcard::to_allocvec(&image)
             .map_err(|err| StoreError::Corrupt(format!("encoding a snapshot: {err}")))?;
@@ -126,6 +132,11 @@ impl Store {
             for (key, sequence) in &image.sequences {
                 sequences.insert(key.as_slice(), *sequence)?;
             }
+            let mut auth = txn.open_table(AUTH)?;
+            auth.retain(|_, _| false)?;
+            if !image.auth.is_empty() {
+                auth.insert(AUTH_STATE, image.auth.as_slice())?;
+            }
             let mut meta = txn.open_table(META)?;
             meta.insert(META_APPLIED_INDEX, image.applied_index)?;
             txn.open_table(CONSENSUS)?
@@ -134,6 +145,7 @@ impl Store {
             meta.insert(META_COMPACT_REVISION, image.compact_revision)?;
         }
         txn.commit()?;
+        self.reload_auth()?;
         self.revision
             .store(image.revision as i64, std::sync::atomic::Ordering::SeqCst);
         // Wake watchers: they replay whatever they miss from the new state.

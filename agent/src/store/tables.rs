@@ -29,6 +29,11 @@ pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition
 /// signed change can never be replayed.
 pub(crate) const SEQUENCES: TableDefinition<&[u8], u64> = TableDefinition::new("sequences");
 
+/// The auth state (users, roles, permissions) as one postcard row under
+/// [`AUTH_STATE`]: it is small and always read whole.
+pub(crate) const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
+pub(crate) const AUTH_STATE: &str = "state";
+
 /// Member records: `raft id -> postcard MemberRecord`.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 

@@ -295,6 +295,8 @@ pub enum Command {
         sequence: u64,
         change: Vec<u8>,
     },
+    /// A change to users, roles or permissions; no key changes.
+    Auth(crate::auth::AuthCommand),
 }
 
 /// A command together with the facts the proposer fixed for it, so that
@@ -319,6 +321,10 @@ pub enum CommandResponse {
     /// The lease's TTL, or `None` when it no longer exists.
     LeaseKeepAlive {
         ttl: Option<i64>,
+    },
+    /// The auth revision after the change.
+    Auth {
+        auth_revision: u64,
     },
 }
 
@@ -372,6 +378,8 @@ pub enum StoreError {
         sequence: u64,
         stored: u64,
     },
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("store data is corrupt: {0}")]

@@ -1,0 +1,249 @@
+//! Who is calling, and whether they may do what they ask.
+//!
+//! A caller is known by the `token` metadata an `Authenticate` call gave
+//! them, or else, as in etcd, by the common name of the client certificate
+//! the TLS handshake verified. While auth is disabled every caller may do
+//! everything.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Status};
+
+use super::Context;
+use crate::auth::{token, Access, AuthState};
+use crate::store::{Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, TxnOp};
+
+/// The caller of one request, with the auth state it was resolved against.
+pub(crate) struct Caller {
+    auth: Arc<AuthState>,
+    /// `None` when auth is disabled, or for a caller that gave no
+    /// credentials (who may then only use the RPCs open to everyone).
+    user: Option<String>,
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn user_empty() -> Status {
+    Status::invalid_argument("etcdserver: user name is empty")
+}
+
+pub(crate) fn invalid_token() -> Status {
+    Status::unauthenticated("etcdserver: invalid auth token")
+}
+
+fn permission_denied() -> Status {
+    Status::permission_denied("etcdserver: permission denied")
+}
+
+impl Context {
+    /// Resolves who sent `request`. A token that does not check out is an
+    /// error (clients then sign in again); no credentials at all is not,
+    /// until the caller asks for something that needs them.
+    pub(crate) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let auth = self.node.store().auth();
+        if !auth.enabled {
+            return Ok(Caller { auth, user: None });
+        }
+        if let Some(token) = request.metadata().get("token") {
+            let claims = token
+                .to_str()
+                .ok()
+                .and_then(|token| token::check(&auth.token_key, token, now_unix()))
+                .filter(|claims| {
+                    auth.users
+                        .get(&claims.user)
+                        .is_some_and(|user| user.password_revision == claims.password_revision)
+                })
+                .ok_or_else(invalid_token)?;
+            return Ok(Caller {
+                auth,
+                user: Some(claims.user),
+            });
+        }
+        let user = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|cert| common_name(cert)));
+        Ok(Caller { auth, user })
+    }
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(name.to_string())
+}
+
+/// etcd's `range_end` for a range.
+fn etcd_end(range: &KeyRange) -> &[u8] {
+    match &range.end {
+        RangeEnd::Single => &[],
+        RangeEnd::Unbounded => &[0],
+        RangeEnd::Before(end) => end,
+    }
+}
+
+impl Caller {
+    /// The signed-in user, if any (for logs).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether auth applies to this caller at all.
+    fn unrestricted(&self) -> bool {
+        !self.auth.enabled
+    }
+
+    fn signed_in(&self) -> Result<&str, Status> {
+        self.user.as_deref().ok_or_else(user_empty)
+    }
+
+    /// Fails unless the caller may `access` every key of `range`.
+    pub fn check(&self, access: Access, range: &KeyRange) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        let user = self.signed_in()?;
+        if self
+            .auth
+            .permits(user, access, &range.start, etcd_end(range))
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            user,
+            %access,
+            key = %String::from_utf8_lossy(&range.start),
+            range_end = %String::from_utf8_lossy(etcd_end(range)),
+            "permission denied"
+        );
+        Err(permission_denied())
+    }
+
+    /// Fails unless the caller may make every read and write `command`
+    /// makes (a transaction's comparisons count as reads, and asking for
+    /// previous values needs read access as well).
+    pub fn check_command(&self, command: &Command) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        match command {
+            Command::Put(put) | Command::SignedPut { put, .. } => self.check_put(put),
+            Command::DeleteRange(delete) => self.check_delete(delete),
+            Command::SignedDelete { key, .. } => {
+                self.check(Access::Write, &KeyRange::single(key.clone()))
+            }
+            Command::Txn(txn) => {
+                for compare in &txn.compare {
+                    self.check(Access::Read, &compare.range)?;
+                }
+                for op in txn.success.iter().chain(&txn.failure) {
+                    match op {
+                        TxnOp::Range(read) => self.check(Access::Read, &read.range)?,
+                        TxnOp::Put(put) => self.check_put(put)?,
+                        TxnOp::DeleteRange(delete) => self.check_delete(delete)?,
+                    }
+                }
+                Ok(())
+            }
+            Command::Compact { .. } => self.check_admin("compact"),
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseKeepAlive { .. } => self.check_signed_in(),
+            Command::Auth(_) => self.check_admin("auth change"),
+        }
+    }
+
+    /// Fails unless the caller may `access` each of `keys`.
+    pub fn check_keys(&self, access: Access, keys: &[Vec<u8>]) -> Result<(), Status> {
+        for key in keys {
+            self.check(access, &KeyRange::single(key.clone()))?;
+        }
+        Ok(())
+    }
+
+    fn check_put(&self, put: &PutRequest) -> Result<(), Status> {
+        let key = KeyRange::single(put.key.clone());
+        self.check(Access::Write, &key)?;
+        if put.prev_kv {
+            self.check(Access::Read, &key)?;
+        }
+        Ok(())
+    }
+
+    fn check_delete(&self, delete: &DeleteRangeRequest) -> Result<(), Status> {
+        self.check(Access::Write, &delete.range)?;
+        if delete.prev_kv {
+            self.check(Access::Read, &delete.range)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the caller holds the root role; `what` names the
+    /// request in the log.
+    pub fn check_admin(&self, what: &str) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        let user = self.signed_in()?;
+        if self.auth.is_admin(user) {
+            return Ok(());
+        }
+        tracing::warn!(
+            user,
+            request = what,
+            "permission denied: needs the root role"
+        );
+        Err(permission_denied())
+    }
+
+    /// Fails unless the caller signed in (any user will do).
+    pub fn check_signed_in(&self) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        self.signed_in().map(|_| ())
+    }
+
+    /// Fails unless the caller is `user` or an administrator (users may
+    /// look at their own account).
+    pub fn check_self_or_admin(&self, user: &str, what: &str) -> Result<(), Status> {
+        if self.unrestricted() || self.user.as_deref() == Some(user) {
+            return Ok(());
+        }
+        self.check_admin(what)
+    }
+
+    /// Fails unless the caller holds `role` or is an administrator.
+    pub fn check_role_or_admin(&self, role: &str, what: &str) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        let user = self.signed_in()?;
+        if self
+            .auth
+            .users
+            .get(user)
+            .is_some_and(|u| u.roles.contains(role))
+        {
+            return Ok(());
+        }
+        self.check_admin(what)
+    }
+}
+
+/// Whether `user` may currently read `key`, for filtering a long-lived
+/// watch: it asks the latest auth state, so a revoked permission takes
+/// effect on the next event.
+pub(crate) fn may_read(context: &Context, user: Option<&str>, key: &[u8]) -> bool {
+    let auth = context.node.store().auth();
+    if !auth.enabled {
+        return true;
+    }
+    user.is_some_and(|user| auth.permits(user, Access::Read, key, &[]))
+}
