@@ -210,3 +210,31 @@ fn plain_client_listeners_beyond_loopback_are_refused_unless_allowed() {
     ]));
     assert!(err.contains("client_cert_file"), "{err}");
 }
+
+#[test]
+fn a_client_certificate_common_name_signs_in_as_that_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_tls_agent(dir.path(), true);
+    let alice = tls_args(&agent, dir.path(), true);
+    for args in [
+        &["put", "/a", "1"][..],
+        &["user", "add", "root:rootpw"],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "/a"],
+        &["user", "grant-role", "alice", "reader"],
+        &["auth", "enable"],
+    ] {
+        ok(run(&alice, args));
+    }
+    // The certificate (CN alice) is the user: it may read /a, not write it.
+    assert_eq!(ok(run(&alice, &["get", "/a", "--print-value-only"])), "1\n");
+    let err = failed(run(&alice, &["put", "/a", "2"]));
+    assert!(err.contains("permission denied"), "{err}");
+    // A user without a password cannot sign in with one.
+    let err = failed(run(&alice, &["--user", "alice:guess", "get", "/a"]));
+    assert!(err.contains("authentication failed"), "{err}");
+    // Credentials given with --user win over the certificate.
+    ok(run(&alice, &["--user", "root:rootpw", "put", "/a", "2"]));
+    assert_eq!(ok(run(&alice, &["get", "/a", "--print-value-only"])), "2\n");
+}

@@ -727,3 +727,38 @@ fn ranges_report_the_sequence_of_signed_values_at_the_current_revision() {
     let (_, _, sequences) = store.range_with_sequences(&old).unwrap();
     assert_eq!(sequences, [None]);
 }
+
+#[test]
+fn auth_state_is_applied_kept_across_reopen_and_carried_by_snapshots() {
+    use crate::auth::{AuthCommand, AuthError};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path).unwrap();
+    put(&store, "/k", "v");
+    let user = |name: &str| {
+        Command::Auth(AuthCommand::UserAdd {
+            name: name.into(),
+            password_hash: Some("hash".into()),
+        })
+    };
+    let applied = run(&store, user("alice")).unwrap();
+    // Auth changes move the auth revision, not the key revision.
+    assert_eq!(applied.revision, 1);
+    assert_eq!(applied.response, CommandResponse::Auth { auth_revision: 1 });
+    assert!(matches!(
+        run(&store, user("alice")),
+        Err(StoreError::Auth(AuthError::UserAlreadyExist))
+    ));
+    assert_eq!(store.auth().revision, 1, "a refused change is not stored");
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    assert!(store.auth().users.contains_key("alice"));
+    let (_, data) = store.snapshot_data().unwrap();
+    let (_other_dir, other) = open();
+    run(&other, user("stale")).unwrap();
+    other.restore_snapshot(&data, b"").unwrap();
+    let restored = other.auth();
+    assert!(restored.users.contains_key("alice"));
+    assert!(!restored.users.contains_key("stale"));
+}
