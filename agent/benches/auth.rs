@@ -84,7 +84,8 @@ fn main() {
     let claims = token::Claims {
         user: "u".into(),
         password_revision: 1,
-        expires_unix: u64::MAX,
+        issued_unix: 0,
+        expires_unix: token::TOKEN_TTL_SECS,
     };
     let issued = token::issue(&key, &claims);
     let issue = per_call(20_000, || {

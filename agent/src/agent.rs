@@ -104,11 +104,13 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // One budget for password hashing, shared by every listener.
+    let passwords = Arc::new(api::auth::PasswordWork::new());
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
-        let tls = client_tls.clone();
+        let (tls, passwords) = (client_tls.clone(), passwords.clone());
         tasks.spawn(async move {
-            if let Err(err) = api::serve(node, keyring, listener, tls, stopped).await {
+            if let Err(err) = api::serve(node, keyring, listener, tls, passwords, stopped).await {
                 tracing::error!(error = %err, "client API server failed");
             }
         });

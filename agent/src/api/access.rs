@@ -12,7 +12,8 @@ use tonic::{Request, Status};
 
 use super::Context;
 use crate::auth::{token, Access, AuthState};
-use crate::store::{Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, TxnOp};
+use crate::consensus::ProposeError;
+use crate::store::{Applied, Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, TxnOp};
 
 /// The caller of one request, with the auth state it was resolved against.
 pub(crate) struct Caller {
@@ -65,10 +66,29 @@ impl Context {
                 user: Some(claims.user),
             });
         }
+        // As etcd: the certificate names the user only where the agent
+        // demands certificates from its CA (client_cert_auth).
         let user = request
             .peer_certs()
+            .filter(|_| self.cert_users)
             .and_then(|certs| certs.first().and_then(|cert| common_name(cert)));
         Ok(Caller { auth, user })
+    }
+
+    /// Proposes a client's `command`, stamped with the auth revision it was
+    /// checked against: if users, roles or permissions change before it
+    /// applies, it is refused (etcd's "revision of auth store is old") and
+    /// the client retries under the new rules.
+    pub(crate) async fn propose_checked(
+        &self,
+        caller: &Caller,
+        command: Command,
+    ) -> Result<Applied, ProposeError> {
+        let command = Command::Authorized {
+            auth_revision: caller.auth.revision,
+            command: Box::new(command),
+        };
+        self.node.propose(command).await
     }
 }
 
@@ -89,18 +109,18 @@ fn etcd_end(range: &KeyRange) -> &[u8] {
 }
 
 impl Caller {
-    /// The signed-in user, if any (for logs).
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
-    }
-
     /// Whether auth applies to this caller at all.
     fn unrestricted(&self) -> bool {
         !self.auth.enabled
     }
 
+    /// The caller's user name; a name that is not a user (a certificate
+    /// for a host, say) counts as no name at all.
     fn signed_in(&self) -> Result<&str, Status> {
-        self.user.as_deref().ok_or_else(user_empty)
+        self.user
+            .as_deref()
+            .filter(|user| self.auth.users.contains_key(*user))
+            .ok_or_else(user_empty)
     }
 
     /// Fails unless the caller may `access` every key of `range`.
@@ -156,6 +176,7 @@ impl Caller {
             | Command::LeaseRevoke { .. }
             | Command::LeaseKeepAlive { .. } => self.check_signed_in(),
             Command::Auth(_) => self.check_admin("auth change"),
+            Command::Authorized { command, .. } => self.check_command(command),
         }
     }
 
@@ -237,13 +258,35 @@ impl Caller {
     }
 }
 
-/// Whether `user` may currently read `key`, for filtering a long-lived
-/// watch: it asks the latest auth state, so a revoked permission takes
-/// effect on the next event.
-pub(crate) fn may_read(context: &Context, user: Option<&str>, key: &[u8]) -> bool {
+/// Who opened a watch stream: the user, and the password revision they
+/// signed in with.
+#[derive(Clone, Debug)]
+pub(crate) struct Watcher {
+    user: Option<(Arc<str>, u64)>,
+}
+
+impl Caller {
+    pub fn watcher(&self) -> Watcher {
+        let user = self.user.as_deref().and_then(|name| {
+            let account = self.auth.users.get(name)?;
+            Some((Arc::from(name), account.password_revision))
+        });
+        Watcher { user }
+    }
+}
+
+/// Whether `watcher` may currently read `key`, for filtering a long-lived
+/// watch: it asks the latest auth state, so a revoked permission, a new
+/// password or a deleted user takes effect on the next event.
+pub(crate) fn may_read(context: &Context, watcher: &Watcher, key: &[u8]) -> bool {
     let auth = context.node.store().auth();
     if !auth.enabled {
         return true;
     }
-    user.is_some_and(|user| auth.permits(user, Access::Read, key, &[]))
+    watcher.user.as_ref().is_some_and(|(user, revision)| {
+        auth.users
+            .get(&**user)
+            .is_some_and(|u| u.password_revision == *revision)
+            && auth.permits(user, Access::Read, key, &[])
+    })
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::access::now_unix;
 use super::{propose_status, Context};
-use crate::auth::{password, token, AuthCommand, AuthError, Permission, PermissionKind};
+use crate::auth::{password, token, AuthCommand, AuthError, Permission, PermissionKind, ROOT_ROLE};
 use crate::store::{Command, CommandResponse};
 
 /// Generated code for `proto/etcd/auth.proto`.
@@ -25,20 +25,26 @@ pub use pb::auth_server::AuthServer;
 /// bounded queue: a flood of sign-ins with bad passwords costs at most
 /// those few cores and gets "too many requests" beyond the queue, while
 /// requests that carry a token never wait for it.
-pub(crate) struct PasswordWork {
-    running: Semaphore,
-    queued: Semaphore,
+pub struct PasswordWork {
+    running: Arc<Semaphore>,
+    queued: Arc<Semaphore>,
 }
 
 /// Sign-ins waiting for a hashing slot before new ones are turned away.
 const PASSWORD_QUEUE: usize = 64;
 
+impl Default for PasswordWork {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PasswordWork {
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            running: Semaphore::new((cores / 2).max(1)),
-            queued: Semaphore::new(PASSWORD_QUEUE),
+            running: Arc::new(Semaphore::new((cores / 2).max(1))),
+            queued: Arc::new(Semaphore::new(PASSWORD_QUEUE)),
         }
     }
 
@@ -46,19 +52,26 @@ impl PasswordWork {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let _queued = self.queued.try_acquire().map_err(|_| {
+        // The permits move into the blocking task: a client that gives up
+        // early (a tiny grpc-timeout, a reset stream) drops this future, but
+        // the hashing goes on and must keep its slot until it ends.
+        let queued = self.queued.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(
                 "etcdserver: too many requests (password checks are queued up; retry later)",
             )
         })?;
-        let _running = self
+        let running = self
             .running
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|err| Status::internal(format!("password check failed: {err}")))
+        tokio::task::spawn_blocking(move || {
+            let _slots = (queued, running);
+            work()
+        })
+        .await
+        .map_err(|err| Status::internal(format!("password check failed: {err}")))
     }
 }
 
@@ -85,11 +98,11 @@ impl AuthService {
         what: &str,
         command: AuthCommand,
     ) -> Result<(), Status> {
-        self.context.caller(request)?.check_admin(what)?;
+        let caller = self.context.caller(request)?;
+        caller.check_admin(what)?;
         let applied = self
             .context
-            .node
-            .propose(Command::Auth(command))
+            .propose_checked(&caller, Command::Auth(command))
             .await
             .map_err(propose_status)?;
         match applied.response {
@@ -228,10 +241,12 @@ impl Auth for AuthService {
                 "etcdserver: authentication failed, invalid user ID or password",
             ));
         };
+        let now = now_unix();
         let claims = token::Claims {
             user: name,
             password_revision,
-            expires_unix: now_unix() + token::TOKEN_TTL_SECS,
+            issued_unix: now,
+            expires_unix: now + token::TOKEN_TTL_SECS,
         };
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header(),
@@ -374,13 +389,19 @@ impl Auth for AuthService {
             .caller(&request)?
             .check_role_or_admin(name, "role get")?;
         let auth = self.context.node.store().auth();
-        let role = auth
-            .roles
-            .get(name)
-            .ok_or_else(|| auth_error(AuthError::RoleNotFound))?;
+        let perm = match auth.roles.get(name) {
+            Some(role) => role.permissions.iter().map(permission_to_pb).collect(),
+            // As in etcd, the root role exists implicitly and grants all.
+            None if name == ROOT_ROLE => vec![pb::Permission {
+                perm_type: pb::permission::Type::Readwrite as i32,
+                key: Vec::new(),
+                range_end: vec![0],
+            }],
+            None => return Err(auth_error(AuthError::RoleNotFound)),
+        };
         Ok(Response::new(pb::AuthRoleGetResponse {
             header: self.header(),
-            perm: role.permissions.iter().map(permission_to_pb).collect(),
+            perm,
         }))
     }
 

@@ -168,14 +168,22 @@ impl Edgeconf for EdgeconfService {
                     "edgeconf: not a signed change (create one with `edgeconf sign`)",
                 )
             })?;
+        let key = KeyRange::single(change.key.clone());
+        caller.check(Access::Write, &key)?;
+        if req.prev_kv {
+            caller.check(Access::Read, &key)?;
+        }
         let command = signed_command(
             &self.0.keyring.get(),
             self.0.node.store(),
             &change,
             req.prev_kv,
         )?;
-        caller.check_command(&command)?;
-        let applied = self.0.node.propose(command).await.map_err(propose_status)?;
+        let applied = self
+            .0
+            .propose_checked(&caller, command)
+            .await
+            .map_err(propose_status)?;
         let deleted = match applied.response {
             CommandResponse::DeleteRange(resp) => resp.deleted,
             _ => 0,
@@ -191,18 +199,18 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
-        let caller = self.0.caller(&request)?;
-        let req = request.into_inner();
-        if req.key.is_empty() {
+        if request.get_ref().key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
+        if !request.get_ref().serializable {
+            self.0.node.read_index().await.map_err(propose_status)?;
+        }
+        let caller = self.0.caller(&request)?;
+        let req = request.into_inner();
         caller.check(
             Access::Read,
             &KeyRange::from_etcd(req.key.clone(), req.range_end.clone()),
         )?;
-        if !req.serializable {
-            self.0.node.read_index().await.map_err(propose_status)?;
-        }
         let store = self.0.node.store();
         let mut range = RangeRequest::new(KeyRange::from_etcd(req.key, req.range_end));
         range.revision = req.revision;

@@ -7,6 +7,7 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
+use super::access::Caller;
 use super::convert::{
     delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
     txn_to_pb,
@@ -19,8 +20,16 @@ use crate::store::{Command, CommandResponse, KeyRange, KeyValue, TxnOp, TxnOpRes
 pub(crate) struct KvService(pub Context);
 
 impl KvService {
-    async fn write(&self, command: Command) -> Result<(CommandResponse, i64), Status> {
-        let applied = self.0.node.propose(command).await.map_err(propose_status)?;
+    async fn write(
+        &self,
+        caller: &Caller,
+        command: Command,
+    ) -> Result<(CommandResponse, i64), Status> {
+        let applied = self
+            .0
+            .propose_checked(caller, command)
+            .await
+            .map_err(propose_status)?;
         Ok((applied.response, applied.revision))
     }
 }
@@ -47,16 +56,17 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        if !request.get_ref().serializable {
+            // Linearizable: first catch up with everything committed so far
+            // (auth changes included, so the check below sees them).
+            self.0.node.read_index().await.map_err(propose_status)?;
+        }
         let caller = self.0.caller(&request)?;
         let request = request.into_inner();
         caller.check(
             Access::Read,
             &KeyRange::from_etcd(request.key.clone(), request.range_end.clone()),
         )?;
-        if !request.serializable {
-            // Linearizable: first catch up with everything committed so far.
-            self.0.node.read_index().await.map_err(propose_status)?;
-        }
         let req = range_from_pb(request)?;
         let (mut resp, revision, sequences) = self
             .0
@@ -82,9 +92,11 @@ impl PbKvService for KvService {
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let caller = self.0.caller(&request)?;
         let req = put_from_pb(request.into_inner())?;
+        // Authorize before the trust checks, which would tell a stranger
+        // about the key (its sequence, its protection).
+        caller.check_command(&Command::Put(req.clone()))?;
         let command = put_command(&self.0.keyring.get(), self.0.node.store(), req)?;
-        caller.check_command(&command)?;
-        match self.write(command).await? {
+        match self.write(&caller, command).await? {
             (CommandResponse::Put(mut resp), revision) => {
                 serve_prev(&self.0, &mut resp.prev_kv);
                 Ok(Response::new(put_to_pb(resp, self.0.header(revision))))
@@ -101,7 +113,7 @@ impl PbKvService for KvService {
         let command = Command::DeleteRange(delete_from_pb(request.into_inner())?);
         caller.check_command(&command)?;
         admit(&self.0.keyring.get(), &command)?;
-        match self.write(command).await? {
+        match self.write(&caller, command).await? {
             (CommandResponse::DeleteRange(mut resp), revision) => {
                 serve_after_write(&self.0, &mut resp.prev_kvs);
                 Ok(Response::new(delete_to_pb(resp, self.0.header(revision))))
@@ -116,7 +128,7 @@ impl PbKvService for KvService {
         let command = Command::Txn(txn.clone());
         caller.check_command(&command)?;
         admit(&self.0.keyring.get(), &command)?;
-        match self.write(command).await? {
+        match self.write(&caller, command).await? {
             (CommandResponse::Txn(mut resp), revision) => {
                 let ops = if resp.succeeded {
                     &txn.success
@@ -152,7 +164,7 @@ impl PbKvService for KvService {
             revision: request.into_inner().revision,
         };
         caller.check_command(&command)?;
-        let (_, current) = self.write(command).await?;
+        let (_, current) = self.write(&caller, command).await?;
         Ok(Response::new(PbCompactionResponse {
             header: Some(self.0.header(current)),
         }))

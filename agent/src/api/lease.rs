@@ -96,7 +96,8 @@ impl PbLeaseService for LeaseService {
         caller.check_signed_in()?;
         let req = request.into_inner();
         let status = self.0.node.lease_status(req.id).map_err(store_status)?;
-        if let (Some(status), true) = (&status, req.keys) {
+        // Whether or not the keys are asked for, as etcd 3.5 does.
+        if let Some(status) = &status {
             caller.check_keys(Access::Read, &status.keys)?;
         }
         let header = Some(self.0.current_header());

@@ -45,6 +45,8 @@ pub mod pb {
 pub(crate) struct Context {
     node: Arc<Node>,
     keyring: Arc<KeyringCell>,
+    /// Client certificates name users (TLS with client_cert_auth).
+    cert_users: bool,
 }
 
 impl Context {
@@ -83,9 +85,14 @@ pub async fn serve(
     keyring: Arc<KeyringCell>,
     listener: TcpListener,
     tls: Option<Arc<tls::ClientTlsFiles>>,
+    passwords: Arc<auth::PasswordWork>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let context = Context { node, keyring };
+    let context = Context {
+        node,
+        keyring,
+        cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
+    };
     let router = tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(context.clone())))
         .add_service(PbWatchServer::new(watch::WatchService(context.clone())))
@@ -98,7 +105,7 @@ pub async fn serve(
         )))
         .add_service(auth::AuthServer::new(auth::AuthService {
             context: context.clone(),
-            passwords: Arc::new(auth::PasswordWork::new()),
+            passwords,
         }))
         .add_service(pb::edgeconf_server::EdgeconfServer::new(
             edgeconf::EdgeconfService(context),
@@ -159,7 +166,7 @@ pub(crate) fn auth_status(err: &AuthError) -> Status {
         AuthError::UserEmpty | AuthError::RoleEmpty | AuthError::PasswordEmpty => {
             Status::invalid_argument(message)
         }
-        AuthError::InvalidAuthMgmt => Status::invalid_argument(message),
+        AuthError::InvalidAuthMgmt | AuthError::OldRevision => Status::invalid_argument(message),
         AuthError::RootUserNotExist
         | AuthError::RootRoleNotExist
         | AuthError::UserAlreadyExist

@@ -28,6 +28,13 @@ pub struct ClientTlsFiles {
 }
 
 impl ClientTlsFiles {
+    /// Whether clients must present a certificate from the trusted CA.
+    pub fn cert_auth(&self) -> bool {
+        self.files.cert_auth
+    }
+}
+
+impl ClientTlsFiles {
     /// Loads the files; an error names the file at fault.
     pub fn load(files: ClientTls) -> Result<Self, String> {
         let config = build(&files)?;

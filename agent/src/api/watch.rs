@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::may_read;
+use super::access::{self, may_read};
 use super::convert::event_to_pb;
 use super::signed::serve_event;
 use super::Context;
@@ -42,7 +42,7 @@ impl PbWatchService for WatchService {
         caller.check_signed_in()?;
         let (outbox, responses) = mpsc::channel(OUTBOX_DEPTH);
         let stream = WatchStream {
-            user: caller.user().map(Arc::from),
+            watcher: caller.watcher(),
             context: self.0.clone(),
             outbox,
             watchers: HashMap::new(),
@@ -61,7 +61,7 @@ struct RunningWatcher {
 struct WatchStream {
     /// Who opened the stream: each event is checked against what this user
     /// may read at the time it is sent.
-    user: Option<Arc<str>>,
+    watcher: access::Watcher,
     context: Context,
     outbox: Outbox,
     watchers: HashMap<i64, RunningWatcher>,
@@ -145,7 +145,7 @@ impl WatchStream {
         let progress = Arc::new(AtomicI64::new(watcher.progress()));
         let task = tokio::spawn(feed(
             self.context.clone(),
-            self.user.clone(),
+            self.watcher.clone(),
             watcher,
             id,
             filters,
@@ -208,7 +208,7 @@ struct Filters {
 /// goes away.
 async fn feed(
     context: Context,
-    user: Option<Arc<str>>,
+    identity: access::Watcher,
     mut watcher: Watcher,
     id: i64,
     filters: Filters,
@@ -252,7 +252,7 @@ async fn feed(
                 EventKind::Put => !filters.no_put,
                 EventKind::Delete => !filters.no_delete,
             };
-            if !wanted || !may_read(&context, user.as_deref(), &event.kv.key) {
+            if !wanted || !may_read(&context, &identity, &event.kv.key) {
                 continue;
             }
             if let Err(status) = serve_event(&context.keyring.get(), &mut event) {

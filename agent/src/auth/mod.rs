@@ -168,6 +168,10 @@ pub enum AuthError {
     PermissionNotGranted,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// Users, roles or permissions changed between the check of a request
+    /// and its turn to apply; clients sign in again and retry.
+    #[error("etcdserver: revision of auth store is old")]
+    OldRevision,
 }
 
 impl AuthState {

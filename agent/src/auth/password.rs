@@ -21,13 +21,24 @@ pub fn hash(password: &str) -> String {
 /// True when `password` matches `stored` (a string [`hash`] returned). A
 /// stored string that does not parse never matches.
 pub fn verify(stored: &str, password: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    // The cost travels with the hash: refuse costs no agent would choose,
+    // so a crafted hash cannot make each sign-in allocate gigabytes.
+    match argon2::Params::try_from(&parsed) {
+        Ok(params) if params.m_cost() <= MAX_MEMORY_KIB && params.t_cost() <= MAX_PASSES => {}
+        _ => return false,
     }
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
+
+/// The most memory (KiB) and passes a stored hash may ask for: 4x and 5x
+/// today's defaults, room to raise them later.
+const MAX_MEMORY_KIB: u32 = 4 * argon2::Params::DEFAULT_M_COST;
+const MAX_PASSES: u32 = 5 * argon2::Params::DEFAULT_T_COST;
 
 /// Spends the same work as a real check, for a user that does not exist or
 /// has no password, so the answer time does not tell which names exist.

@@ -190,6 +190,7 @@ fn tokens_check_key_expiry_and_bytes() {
     let claims = token::Claims {
         user: "u".into(),
         password_revision: 3,
+        issued_unix: 1_000 - token::TOKEN_TTL_SECS,
         expires_unix: 1_000,
     };
     let key = [1u8; 32];
@@ -232,4 +233,34 @@ fn new_password_moves_the_password_revision() {
         })
         .unwrap();
     assert!(state.users["u"].password_revision > before);
+}
+
+#[test]
+fn tokens_from_a_clock_far_off_are_refused() {
+    let key = [1u8; 32];
+    let now = 1_000_000;
+    let token_for = |issued_unix: u64, expires_unix: u64| {
+        token::issue(
+            &key,
+            &token::Claims {
+                user: "u".into(),
+                password_revision: 1,
+                issued_unix,
+                expires_unix,
+            },
+        )
+    };
+    let fine = token_for(now, now + token::TOKEN_TTL_SECS);
+    assert!(token::check(&key, &fine, now).is_some());
+    let too_long = token_for(now, now + token::TOKEN_TTL_SECS + 1);
+    assert!(token::check(&key, &too_long, now).is_none());
+    let from_the_future = token_for(now + 3_600, now + 3_600 + 60);
+    assert!(token::check(&key, &from_the_future, now).is_none());
+}
+
+#[test]
+fn hashes_asking_for_absurd_costs_never_verify() {
+    let crafted =
+        "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+    assert!(!password::verify(crafted, "anything"));
 }

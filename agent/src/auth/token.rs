@@ -21,8 +21,13 @@ const PREFIX: &str = "edgeconf1.";
 pub struct Claims {
     pub user: String,
     pub password_revision: u64,
+    pub issued_unix: u64,
     pub expires_unix: u64,
 }
+
+/// How far ahead of this member's clock another member's may run before
+/// the tokens it issues are refused.
+pub const CLOCK_SKEW_SECS: u64 = 60;
 
 fn mac(key: &[u8], body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
@@ -53,5 +58,10 @@ pub fn check(key: &[u8], token: &str, now_unix: u64) -> Option<Claims> {
     // `verify_slice` compares in constant time.
     mac(key, &body).verify_slice(&tag).ok()?;
     let claims: Claims = postcard::from_bytes(&body).ok()?;
-    (claims.expires_unix > now_unix).then_some(claims)
+    // A member with a clock far ahead must not mint long-lived tokens, nor
+    // one far behind revive expired ones: the lifetime is bounded on both
+    // ends, and issue times in the future are refused.
+    let sane = claims.expires_unix.saturating_sub(claims.issued_unix) <= TOKEN_TTL_SECS
+        && claims.issued_unix <= now_unix + CLOCK_SKEW_SECS;
+    (sane && claims.expires_unix > now_unix).then_some(claims)
 }

@@ -155,11 +155,21 @@ pub async fn auth(client: &Client, format: Format, command: AuthCommand) -> anyh
     let mut auth = client.auth().await?;
     match command {
         AuthCommand::Enable => {
-            // As etcdctl does: make sure root holds the root role first.
+            // As etcdctl does: make sure the root role exists and root
+            // holds it first.
             let status = client
                 .request(auth.auth_status(pb::AuthStatusRequest {}))
                 .await?;
             if !status.into_inner().enabled {
+                let add = pb::AuthRoleAddRequest {
+                    name: ROOT_ROLE.into(),
+                };
+                match client.request(auth.role_add(add)).await {
+                    Err(err) if !err.to_string().contains("role name already exists") => {
+                        return Err(err)
+                    }
+                    _ => {}
+                }
                 let grant = pb::AuthUserGrantRoleRequest {
                     user: ROOT_USER.into(),
                     role: ROOT_ROLE.into(),

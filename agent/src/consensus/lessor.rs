@@ -75,7 +75,7 @@ impl Lessor {
 
     /// Follows an applied command on this member.
     pub(crate) fn on_applied(&self, command: &Command, response: &CommandResponse) {
-        match (command, response) {
+        match (command.unwrapped(), response) {
             (Command::LeaseGrant { id, ttl }, _) => self.renew(*id, *ttl),
             (
                 Command::LeaseKeepAlive { id },

@@ -187,6 +187,7 @@ impl TrustPolicy {
             | Command::LeaseRevoke { .. }
             | Command::LeaseKeepAlive { .. }
             | Command::Auth(_) => Ok(()),
+            Command::Authorized { command, .. } => self.admit(command),
         }
     }
 

@@ -13,7 +13,7 @@ use super::tables::{
     Record, AUTH, AUTH_STATE, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX,
     META_COMPACT_REVISION, META_REVISION, SEQUENCES,
 };
-use crate::auth::AuthState;
+use crate::auth::{AuthError, AuthState};
 
 use super::types::{
     Applied, Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
@@ -84,13 +84,28 @@ impl<'txn> Writer<'txn> {
             sub: 0,
             time_unix_ms: proposal.time_unix_ms,
         };
-        let response = match &proposal.command {
+        let response = self.apply_command(&proposal.command, &mut at)?;
+        if at.sub > 0 {
+            self.revision = at.main;
+        }
+        Ok(Applied {
+            revision: self.revision,
+            response,
+        })
+    }
+
+    fn apply_command(
+        &mut self,
+        command: &Command,
+        at: &mut WriteRevision,
+    ) -> Result<CommandResponse> {
+        let response = match command {
             Command::Put(req) => {
                 self.check_put(req)?;
-                CommandResponse::Put(self.put(req, &mut at)?)
+                CommandResponse::Put(self.put(req, at)?)
             }
-            Command::DeleteRange(req) => CommandResponse::DeleteRange(self.delete(req, &mut at)?),
-            Command::Txn(req) => CommandResponse::Txn(self.txn(req, &mut at)?),
+            Command::DeleteRange(req) => CommandResponse::DeleteRange(self.delete(req, at)?),
+            Command::Txn(req) => CommandResponse::Txn(self.txn(req, at)?),
             Command::Compact { revision } => {
                 self.compact(*revision)?;
                 CommandResponse::Compact
@@ -100,7 +115,7 @@ impl<'txn> Writer<'txn> {
                 CommandResponse::LeaseGrant { id: *id, ttl: *ttl }
             }
             Command::LeaseRevoke { id } => {
-                self.lease_revoke(*id, &mut at)?;
+                self.lease_revoke(*id, at)?;
                 CommandResponse::LeaseRevoke
             }
             Command::LeaseKeepAlive { id } => CommandResponse::LeaseKeepAlive {
@@ -114,7 +129,7 @@ impl<'txn> Writer<'txn> {
                 }
                 self.check_put(put)?;
                 self.advance_sequence(&put.key, *sequence)?;
-                CommandResponse::Put(self.put(put, &mut at)?)
+                CommandResponse::Put(self.put(put, at)?)
             }
             Command::SignedDelete {
                 key,
@@ -125,7 +140,7 @@ impl<'txn> Writer<'txn> {
                 let deleted = match self.current(key)? {
                     Some((rev, record)) => {
                         let prev = record.to_key_value(key, rev);
-                        self.delete_key_with(prev, change.clone(), &mut at)?;
+                        self.delete_key_with(prev, change.clone(), at)?;
                         1
                     }
                     None => 0,
@@ -150,14 +165,21 @@ impl<'txn> Writer<'txn> {
                 outcome?;
                 CommandResponse::Auth { auth_revision }
             }
+            Command::Authorized {
+                auth_revision,
+                command,
+            } => {
+                let current = match &self.auth {
+                    Some(state) => state.revision,
+                    None => read_auth(&self.auth_table)?.revision,
+                };
+                if current != *auth_revision {
+                    return Err(StoreError::Auth(AuthError::OldRevision));
+                }
+                self.apply_command(command, at)?
+            }
         };
-        if at.sub > 0 {
-            self.revision = at.main;
-        }
-        Ok(Applied {
-            revision: self.revision,
-            response,
-        })
+        Ok(response)
     }
 
     fn current(&self, key: &[u8]) -> Result<Option<(i64, Record)>> {

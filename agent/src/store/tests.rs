@@ -762,3 +762,28 @@ fn auth_state_is_applied_kept_across_reopen_and_carried_by_snapshots() {
     assert!(restored.users.contains_key("alice"));
     assert!(!restored.users.contains_key("stale"));
 }
+
+#[test]
+fn a_write_checked_against_an_older_auth_state_is_refused() {
+    use crate::auth::{AuthCommand, AuthError};
+    let (_dir, store) = open();
+    let checked_at = store.auth().revision;
+    let write = |auth_revision| Command::Authorized {
+        auth_revision,
+        command: Box::new(Command::Put(PutRequest::new("/k", "v"))),
+    };
+    run(&store, write(checked_at)).unwrap();
+    // Users or roles change between the check and the apply.
+    run(
+        &store,
+        Command::Auth(AuthCommand::RoleAdd { name: "r".into() }),
+    )
+    .unwrap();
+    assert!(matches!(
+        run(&store, write(checked_at)),
+        Err(StoreError::Auth(AuthError::OldRevision))
+    ));
+    assert_eq!(store.revision(), 1, "the refused write changed nothing");
+    run(&store, write(store.auth().revision)).unwrap();
+    assert_eq!(store.revision(), 2);
+}

@@ -297,6 +297,24 @@ pub enum Command {
     },
     /// A change to users, roles or permissions; no key changes.
     Auth(crate::auth::AuthCommand),
+    /// A client's command, checked against the auth state at
+    /// `auth_revision` by the member that took it: applied only if the
+    /// auth state is still that one, so a permission revoked meanwhile
+    /// (on any member) cannot be outrun. (Last, so older logs decode.)
+    Authorized {
+        auth_revision: u64,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command itself, without an [`Command::Authorized`] wrapper.
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::Authorized { command, .. } => command.unwrapped(),
+            command => command,
+        }
+    }
 }
 
 /// A command together with the facts the proposer fixed for it, so that
