@@ -30,8 +30,10 @@ const PARTITION_SWITCH: &str = "fault-partition";
 /// policy and secret keys from it (other settings need a restart).
 pub async fn run(
     config: Config,
-    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let render_plan = crate::render::Plan::load(&config).map_err(anyhow::Error::msg)?;
+    let reload = Arc::new(reload);
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}: choose a writable directory",
@@ -117,6 +119,7 @@ pub async fn run(
     }
     {
         let node = node.clone();
+        let stopped = stopped.clone();
         tasks.spawn(async move { node.expire_leases(stopped).await });
     }
     {
@@ -125,8 +128,20 @@ pub async fn run(
     }
     #[cfg(unix)]
     {
-        let keyring = keyring.clone();
-        tasks.spawn(async move { reload_on_hangup(keyring, reload).await });
+        let (keyring, reload) = (keyring.clone(), reload.clone());
+        tasks.spawn(async move { reload_on_hangup(keyring, move || reload()).await });
+    }
+    if config.source.is_some() || !render_plan.entries.is_empty() {
+        let runner = crate::render::runner::Runner::new(
+            node.clone(),
+            keyring.clone(),
+            Arc::new(crate::render::status::RenderStatus::default()),
+            render_plan,
+            config.source.clone(),
+            Box::new(move || reload()),
+        );
+        let stopped = stopped.clone();
+        tasks.spawn(async move { runner.run(stopped).await });
     }
     if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
         let (node, switch) = (node.clone(), config.data_dir.join(PARTITION_SWITCH));

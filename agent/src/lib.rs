@@ -8,6 +8,7 @@
 //! - [`consensus`]: orders writes with raft and applies them to the store;
 //! - [`transport`]: QUIC between members, mutual TLS with node keys;
 //! - [`api`]: the etcd v3 gRPC API and the Edgeconf service;
+//! - [`render`]: keys materialized into local files;
 //! - [`cli`]: the `edgeconf` command line, a client of the API.
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consensus;
+pub mod render;
 pub mod signing;
 pub mod store;
 pub mod transport;

@@ -56,6 +56,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
     if args.check {
+        edgeconf::render::Plan::load(&config).map_err(anyhow::Error::msg)?;
         let source = args
             .config
             .as_ref()

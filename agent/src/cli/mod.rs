@@ -238,6 +238,8 @@ impl AgentArgs {
             allow_insecure_client: None,
             trust: None,
             secrets: None,
+            render_root: None,
+            render: Vec::new(),
         }
     }
 }

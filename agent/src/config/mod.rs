@@ -4,10 +4,14 @@
 //! Loading either yields a fully checked [`Config`] or an error that names
 //! the file, line and field at fault; nothing starts from a bad file.
 
+pub mod render;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use render::{AtomicMode, OnDrift, RenderEntry, RenderFile, RenderSource};
 
 use crate::signing::{Identities, PrefixTrust, Recipient, TrustPolicy};
 
@@ -50,6 +54,11 @@ pub struct ConfigFile {
     pub trust: Option<TrustFile>,
     /// Identities that decrypt secrets, and the fleet's recipients.
     pub secrets: Option<SecretsFile>,
+    /// The directory every rendered file must stay in.
+    pub render_root: Option<PathBuf>,
+    /// `[[render]]`: keys materialized into files.
+    #[serde(default)]
+    pub render: Vec<RenderFile>,
 }
 
 /// `[trust]`: operator public keys (as `edgeconf keygen` prints them),
@@ -141,6 +150,11 @@ pub struct Config {
     pub identity_files: Vec<PathBuf>,
     /// `age1...` recipients new secrets are encrypted to.
     pub recipients: Vec<String>,
+    /// The TOML file this came from (watched for live `[[render]]` edits).
+    pub source: Option<PathBuf>,
+    /// Canonical `render_root`, when there are `[[render]]` entries.
+    pub render_root: Option<PathBuf>,
+    pub render: Vec<RenderEntry>,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -242,6 +256,12 @@ impl ConfigFile {
                 .or(self.allow_insecure_client),
             trust: overrides.trust.or(self.trust),
             secrets: overrides.secrets.or(self.secrets),
+            render_root: overrides.render_root.or(self.render_root),
+            render: if overrides.render.is_empty() {
+                self.render
+            } else {
+                overrides.render
+            },
         }
     }
 }
@@ -251,7 +271,7 @@ impl Config {
     /// result.
     pub fn load(path: Option<&Path>, overrides: ConfigFile) -> Result<Config, ConfigError> {
         let Some(path) = path else {
-            return Self::check(overrides, &Origin { file: None });
+            return Self::check(overrides, &Origin { file: None }, None);
         };
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
@@ -263,10 +283,15 @@ impl Config {
             &Origin {
                 file: Some((path, &text)),
             },
+            Some(path),
         )
     }
 
-    fn check(file: ConfigFile, origin: &Origin) -> Result<Config, ConfigError> {
+    fn check(
+        file: ConfigFile,
+        origin: &Origin,
+        source: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
         if name.is_empty() || name.contains(['=', ',']) || name.chars().any(char::is_whitespace) {
             return Err(origin.invalid(
@@ -414,7 +439,12 @@ impl Config {
                 origin.invalid("recipients", format!("in [secrets]: {problem}"))
             })?;
         }
+        let (render_root, render) =
+            render::check_entries(source, file.render_root.as_deref(), file.render)?;
         Ok(Config {
+            source: source.map(Path::to_path_buf),
+            render_root,
+            render,
             name,
             data_dir,
             listen_client,

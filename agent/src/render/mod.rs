@@ -1,0 +1,168 @@
+//! Materialize: watched keys rendered into local files.
+//!
+//! A [`Plan`] is the `[[render]]` entries with their templates compiled.
+//! [`produce`] turns the entry's keys (checked against the trust policy and
+//! decrypted) into file bytes; [`runner`] keeps the files current: it
+//! renders on changes after a debounce, writes atomically, runs reload
+//! commands once per burst, repairs drift and takes live config edits.
+
+pub mod files;
+pub mod runner;
+pub mod status;
+pub mod template;
+
+use std::sync::Arc;
+
+use minijinja::Environment;
+
+use crate::config::{Config, RenderEntry, RenderSource};
+use crate::signing::{Checked, Keyring};
+use crate::store::{KeyRange, KeyValue};
+use template::TemplateEntry;
+
+/// One entry, ready to render.
+pub struct Compiled {
+    pub entry: RenderEntry,
+    template: Option<Environment<'static>>,
+}
+
+/// Every `[[render]]` entry of a config, compiled.
+#[derive(Clone, Default)]
+pub struct Plan {
+    pub entries: Vec<Arc<Compiled>>,
+}
+
+const TEMPLATE_NAME: &str = "template";
+
+impl Plan {
+    /// Reads and compiles the templates of `config`; an error names the
+    /// entry and the template line.
+    pub fn load(config: &Config) -> Result<Plan, String> {
+        let mut entries = Vec::new();
+        for entry in &config.render {
+            let template = match &entry.template {
+                None => None,
+                Some(path) => {
+                    let source = files::read_text(path).map_err(|err| {
+                        format!(
+                            "[[render]] {}: template {}: {err}",
+                            entry.name,
+                            path.display()
+                        )
+                    })?;
+                    let env = template::compile(TEMPLATE_NAME, source).map_err(|err| {
+                        format!(
+                            "[[render]] {}: template {}: {err}",
+                            entry.name,
+                            path.display()
+                        )
+                    })?;
+                    Some(env)
+                }
+            };
+            entries.push(Arc::new(Compiled {
+                entry: entry.clone(),
+                template,
+            }));
+        }
+        Ok(Plan { entries })
+    }
+}
+
+impl Compiled {
+    /// The keys this entry reads.
+    pub fn range(&self) -> KeyRange {
+        match &self.entry.source {
+            RenderSource::Key(key) => KeyRange::single(key.clone()),
+            RenderSource::Prefix(prefix) => KeyRange::prefix(prefix.clone()),
+        }
+    }
+}
+
+/// The value of a stored key as a file may show it: checked against the
+/// trust policy (signature, signer, sequence) and decrypted if secret.
+fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64>) -> Result<Vec<u8>, String> {
+    let key = String::from_utf8_lossy(&kv.key);
+    match keyring.check_stored(&kv.key, &kv.value, sequence) {
+        Ok(Checked::Plain(value)) => Ok(value),
+        Ok(Checked::Signed(change)) if change.encrypted => keyring
+            .identities
+            .decrypt(&change.value)
+            .map_err(|err| format!("{key}: {err}")),
+        Ok(Checked::Signed(change)) => Ok(change.value),
+        Err(err) => Err(format!("{key} at revision {}: {err}", kv.mod_revision)),
+    }
+}
+
+/// The bytes of the entry's file for these keys (with the latest signed
+/// sequence of each, as the store gives them).
+pub fn produce(
+    compiled: &Compiled,
+    keyring: &Keyring,
+    kvs: &[KeyValue],
+    sequences: &[Option<u64>],
+) -> Result<Vec<u8>, String> {
+    let mut entries = Vec::with_capacity(kvs.len());
+    for (index, kv) in kvs.iter().enumerate() {
+        let value = plain_value(keyring, kv, sequences.get(index).copied().flatten())?;
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let name = match &compiled.entry.source {
+            RenderSource::Prefix(prefix) => key
+                .strip_prefix(String::from_utf8_lossy(prefix).as_ref())
+                .unwrap_or(&key)
+                .to_string(),
+            RenderSource::Key(_) => key.clone(),
+        };
+        entries.push((
+            TemplateEntry {
+                key,
+                name,
+                value: String::from_utf8_lossy(&value).into_owned(),
+            },
+            value,
+        ));
+    }
+    let single = match &compiled.entry.source {
+        RenderSource::Key(key) => match entries.first() {
+            Some(found) => Some(found),
+            None if compiled.entry.required => {
+                return Err(format!(
+                    "key {:?} does not exist (the last good file stays; set required = false to render it as empty)",
+                    String::from_utf8_lossy(key)
+                ))
+            }
+            None => None,
+        },
+        RenderSource::Prefix(_) => None,
+    };
+    let Some(env) = &compiled.template else {
+        // A raw value: the bytes as stored (binary values stay binary).
+        return Ok(single.map(|(_, raw)| raw.clone()).unwrap_or_default());
+    };
+    let prefix = match &compiled.entry.source {
+        RenderSource::Prefix(prefix) => Some(String::from_utf8_lossy(prefix).into_owned()),
+        RenderSource::Key(_) => None,
+    };
+    let empty = TemplateEntry {
+        key: String::new(),
+        name: String::new(),
+        value: String::new(),
+    };
+    let single = match &compiled.entry.source {
+        RenderSource::Key(_) => Some(single.map_or(&empty, |(entry, _)| entry)),
+        RenderSource::Prefix(_) => None,
+    };
+    let listed: Vec<TemplateEntry> = entries.iter().map(|(entry, _)| entry.clone()).collect();
+    template::render(env, TEMPLATE_NAME, single, prefix.as_deref(), &listed)
+        .map(String::into_bytes)
+        .map_err(|err| {
+            format!(
+                "template {}: {err}",
+                compiled
+                    .entry
+                    .template
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )
+        })
+}
