@@ -43,6 +43,9 @@ pub struct Runner {
     dirty: HashMap<usize, Instant>,
     /// Reload commands that failed and wait for another try.
     retries: HashMap<String, Retry>,
+    /// The config file's text when last looked at: one edit raises several
+    /// events, and only a new text is worth loading (or refusing) again.
+    config_text: Option<String>,
 }
 
 struct Retry {
@@ -79,6 +82,7 @@ impl Runner {
             written: HashMap::new(),
             dirty: HashMap::new(),
             retries: HashMap::new(),
+            config_text: None,
         }
     }
 
@@ -89,7 +93,12 @@ impl Runner {
         let (fs_sender, mut fs_events) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = match notify::recommended_watcher(
             move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
+                // Reads are not changes (and the agent's own reads of the
+                // files would otherwise report themselves forever).
+                let event = event
+                    .ok()
+                    .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+                if let Some(event) = event {
                     for path in event.paths {
                         let _ = fs_sender.send(path);
                     }
@@ -400,6 +409,14 @@ impl Runner {
     /// The TOML file changed: take its `[[render]]` entries if they are
     /// valid, keep the running ones if not.
     fn reload_plan(&mut self) {
+        let text = self
+            .config_path
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        if text.is_some() && text == self.config_text {
+            return;
+        }
+        self.config_text = text;
         let plan = (self.reload_config)()
             .map_err(|err| format!("{err:#}"))
             .and_then(|config| Plan::load(&config));

@@ -1,0 +1,409 @@
+//! Materialize: real agents rendering keys into real files in temp dirs.
+//! Renders on put, delete and prefix changes; debounce and reload
+//! coalescing; atomic replacement under a concurrent reader; drift repair;
+//! live config edits; refused paths and templates; restarts.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{edgeconf, failed, free_port, ok, run_with_timeout, Agent, BIN};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Writes `dir/agent.toml` with `render_root = "out"` and `entries`, and
+/// the templates the tests use.
+fn write_config(dir: &Path, entries: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::write(
+        dir.join("app.j2"),
+        "{% set cfg = value | fromjson %}port = {{ cfg.port }}\nname = \"{{ cfg.name }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("upstream.j2"),
+        "upstream app {\n{% for e in entries %}  server {{ e.value }};  # {{ e.name }}\n{% endfor %}}\n",
+    )
+    .unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("render_root = \"out\"\n{entries}")).unwrap();
+    config
+}
+
+fn start(dir: &Path, entries: &str) -> Agent {
+    let config = write_config(dir, entries);
+    Agent::start_with(dir, free_port(), &["--config", config.to_str().unwrap()])
+}
+
+/// Waits until `check` holds for the file's content (`None`: missing).
+#[track_caller]
+fn wait_for(path: &Path, what: &str, check: impl Fn(Option<&str>) -> bool) -> Option<String> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let content = std::fs::read_to_string(path).ok();
+        if check(content.as_deref()) {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became {what}; it is {content:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+#[test]
+fn keys_and_prefixes_render_on_put_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        dir.path(),
+        r#"
+[[render]]
+key = "/app/config"
+template = "app.j2"
+dest = "app.toml"
+
+[[render]]
+key = "/app/raw"
+dest = "raw/motd"
+mode = "0600"
+
+[[render]]
+prefix = "/up/"
+template = "upstream.j2"
+dest = "upstream.conf"
+"#,
+    );
+    let out = dir.path().join("out");
+    ok(edgeconf(
+        &agent,
+        &["put", "/app/config", r#"{"port": 8080, "name": "shop"}"#],
+    ));
+    ok(edgeconf(&agent, &["put", "/app/raw", "hello\n"]));
+    ok(edgeconf(&agent, &["put", "/up/a", "10.0.0.1:80"]));
+    ok(edgeconf(&agent, &["put", "/up/b", "10.0.0.2:80"]));
+    wait_for(&out.join("app.toml"), "rendered", |c| {
+        c == Some("port = 8080\nname = \"shop\"\n")
+    });
+    wait_for(&out.join("raw/motd"), "the raw value", |c| {
+        c == Some("hello\n")
+    });
+    let mode = std::fs::metadata(out.join("raw/motd")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    wait_for(&out.join("upstream.conf"), "both servers", |c| {
+        c.is_some_and(|c| c.contains("10.0.0.1:80;  # a") && c.contains("10.0.0.2:80;  # b"))
+    });
+
+    // A change, a delete under the prefix.
+    ok(edgeconf(
+        &agent,
+        &["put", "/app/config", r#"{"port": 9090, "name": "shop"}"#],
+    ));
+    ok(edgeconf(&agent, &["del", "/up/a"]));
+    wait_for(&out.join("app.toml"), "updated", |c| {
+        c.is_some_and(|c| c.starts_with("port = 9090"))
+    });
+    wait_for(&out.join("upstream.conf"), "without a", |c| {
+        c.is_some_and(|c| !c.contains("10.0.0.1") && c.contains("10.0.0.2"))
+    });
+
+    // A value the template cannot use, and a deleted required key: the
+    // last good file stays and the failure is logged.
+    ok(edgeconf(&agent, &["put", "/app/config", "not json"]));
+    ok(edgeconf(&agent, &["del", "/app/raw"]));
+    let deadline = Instant::now() + TIMEOUT;
+    while !(agent.log().contains("fromjson") && agent.log().contains("\"/app/raw\" does not exist"))
+    {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(out.join("app.toml"))
+        .unwrap()
+        .starts_with("port = 9090"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("raw/motd")).unwrap(),
+        "hello\n"
+    );
+}
+
+#[test]
+fn a_burst_of_changes_renders_once_and_a_shared_reload_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("reloads.log");
+    let reload = format!("echo reloaded >> {}", count.display());
+    let agent = start(
+        dir.path(),
+        &format!(
+            r#"
+[[render]]
+prefix = "/up/"
+template = "upstream.j2"
+dest = "upstream.conf"
+debounce = "1500ms"
+reload = "{reload}"
+
+[[render]]
+key = "/up/a"
+dest = "first"
+debounce = "1500ms"
+reload = "{reload}"
+"#
+        ),
+    );
+    // At start the prefix renders (empty) and reloads once; the key is
+    // missing, which is an error and no reload.
+    wait_for(&count, "reloaded at start", |c| c.is_some());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = common::etcd_client(&agent).await;
+        for i in 0..20 {
+            client
+                .put(
+                    format!("/up/{}", (b'a' + i % 5) as char),
+                    format!("10.0.0.{i}:80"),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let out = dir.path().join("out");
+    wait_for(&out.join("upstream.conf"), "rendered", |c| {
+        c.is_some_and(|c| c.contains("10.0.0.19:80"))
+    });
+    wait_for(&count, "reloaded", |c| {
+        c.is_some_and(|c| c.lines().count() >= 2)
+    });
+    // Wait past another window: nothing more may come.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lines(&count), 2, "one reload for 20 writes and two entries");
+    let renders = agent.log().matches(" rendered ").count();
+    assert_eq!(
+        renders,
+        3,
+        "start, then one render per entry:\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn readers_never_see_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        dir.path(),
+        r#"
+[[render]]
+key = "/big"
+dest = "big"
+debounce = "1ms"
+"#,
+    );
+    let path = dir.path().join("out/big");
+    const SIZE: usize = 512 * 1024;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(content) = std::fs::read(&path) {
+                    assert_eq!(content.len(), SIZE, "a partial file");
+                    assert!(content.iter().all(|b| *b == content[0]), "a mixed file");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = common::etcd_client(&agent).await;
+        for i in 0..40u8 {
+            client
+                .put("/big", vec![b'a' + i % 26; SIZE], None)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    wait_for(&path, "the last value", |c| {
+        c.is_some_and(|c| c.starts_with('n'))
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader.join().unwrap();
+    assert!(reads > 10, "the reader hardly ran ({reads} reads)");
+}
+
+#[test]
+fn hand_edits_are_restored_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        dir.path(),
+        r#"
+[[render]]
+key = "/a"
+dest = "restored"
+
+[[render]]
+key = "/b"
+dest = "reported"
+on_drift = "report"
+"#,
+    );
+    let out = dir.path().join("out");
+    ok(edgeconf(&agent, &["put", "/a", "good a"]));
+    ok(edgeconf(&agent, &["put", "/b", "good b"]));
+    wait_for(&out.join("restored"), "rendered", |c| c == Some("good a"));
+    wait_for(&out.join("reported"), "rendered", |c| c == Some("good b"));
+
+    std::fs::write(out.join("restored"), "edited").unwrap();
+    std::fs::write(out.join("reported"), "edited").unwrap();
+    wait_for(&out.join("restored"), "restored", |c| c == Some("good a"));
+    std::fs::remove_file(out.join("restored")).unwrap();
+    wait_for(&out.join("restored"), "restored after delete", |c| {
+        c == Some("good a")
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    while !agent.log().contains("left as it is") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("reported")).unwrap(),
+        "edited"
+    );
+}
+
+#[test]
+fn config_edits_apply_live_and_bad_edits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = r#"
+[[render]]
+key = "/a"
+dest = "a"
+"#;
+    let agent = start(dir.path(), first);
+    let out = dir.path().join("out");
+    ok(edgeconf(&agent, &["put", "/a", "1"]));
+    ok(edgeconf(&agent, &["put", "/b", "2"]));
+    wait_for(&out.join("a"), "rendered", |c| c == Some("1"));
+
+    // A new entry: rendered without a restart.
+    let config = dir.path().join("agent.toml");
+    let both = format!("render_root = \"out\"\n{first}\n[[render]]\nkey = \"/b\"\ndest = \"b\"\n");
+    std::fs::write(&config, &both).unwrap();
+    wait_for(&out.join("b"), "rendered after the edit", |c| {
+        c == Some("2")
+    });
+
+    // A broken edit (a template that does not compile) is refused; the
+    // running entries go on.
+    std::fs::write(dir.path().join("broken.j2"), "{% for %}").unwrap();
+    std::fs::write(
+        &config,
+        format!("{both}\n[[render]]\nkey = \"/c\"\ntemplate = \"broken.j2\"\ndest = \"c\"\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !agent.log().contains("config file edit refused") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(edgeconf(&agent, &["put", "/b", "3"]));
+    wait_for(&out.join("b"), "still rendered", |c| c == Some("3"));
+    assert!(!out.join("c").exists());
+}
+
+#[test]
+fn bad_paths_and_templates_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("out/escape")).unwrap();
+    std::fs::write(dir.path().join("broken.j2"), "{{ value | fromjson }").unwrap();
+    let cases = [
+        ("key = \"/a\"\ndest = \"../a\"", "\"..\""),
+        (
+            "key = \"/a\"\ndest = \"/etc/passwd\"",
+            "outside render_root",
+        ),
+        ("key = \"/a\"\ndest = \"escape/x\"", "symlink"),
+        (
+            "key = \"/a\"\ntemplate = \"broken.j2\"\ndest = \"a\"",
+            "broken.j2",
+        ),
+        ("prefix = \"/a/\"\ndest = \"a\"", "needs a template"),
+        ("key = \"/a\"\ndest = \"a\"\nmode = \"rw\"", "octal"),
+        ("dest = \"a\"", "`key` is missing"),
+    ];
+    for (entry, expected) in cases {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("render_root = \"out\"\n[[render]]\n{entry}\n"),
+        )
+        .unwrap();
+        let err = failed(run_with_timeout(
+            Command::new(BIN).args(["agent", "--check", "--config", config.to_str().unwrap()]),
+            Duration::from_secs(30),
+        ));
+        assert!(err.contains(expected), "{entry}: {err}");
+        assert!(err.contains("[[render]]"), "{entry}: {err}");
+    }
+}
+
+#[test]
+fn a_restart_renders_once_and_reloads_only_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("reloads.log");
+    let entries = format!(
+        r#"
+[[render]]
+key = "/a"
+dest = "a"
+atomic = "in-place"
+reload = "echo reloaded >> {}"
+"#,
+        count.display()
+    );
+    let mut agent = start(dir.path(), &entries);
+    let file = dir.path().join("out/a");
+    ok(edgeconf(&agent, &["put", "/a", "1"]));
+    wait_for(&file, "rendered", |c| c == Some("1"));
+    wait_for(&count, "reloaded", |c| c.is_some());
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    ok(edgeconf(&agent, &["put", "/a", "two"]));
+    wait_for(&file, "rewritten", |c| c == Some("two"));
+    wait_for(&count, "reloaded twice", |c| {
+        c.is_some_and(|c| c.lines().count() == 2)
+    });
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        inode,
+        "in-place keeps the inode"
+    );
+
+    assert!(agent.stop());
+    let config = dir.path().join("agent.toml");
+    let agent = Agent::start_with(
+        dir.path(),
+        agent.port,
+        &["--config", config.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !agent.log().contains("changed=false") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines(&count), 2, "no reload when nothing changed");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+}
