@@ -407,3 +407,157 @@ reload = "echo reloaded >> {}"
     assert_eq!(lines(&count), 2, "no reload when nothing changed");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
 }
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let public = ok(run_with_timeout(
+        Command::new(BIN).args(["keygen", "--out", path.to_str().unwrap()]),
+        Duration::from_secs(30),
+    ));
+    (path, public.trim().to_string())
+}
+
+#[test]
+fn failures_show_in_status_metrics_and_dry_run_and_keep_the_last_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, trusted) = keygen(dir.path(), "op.key");
+    let (_, stranger) = keygen(dir.path(), "other.key");
+    let metrics_port = free_port();
+    let config = dir.path().join("agent.toml");
+    let write = |signer: &str| {
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                r#"render_root = "out"
+listen_metrics_url = "http://127.0.0.1:{metrics_port}"
+
+[trust]
+keys = ["{signer}"]
+
+[[trust.prefix]]
+prefix = "/cfg/"
+
+[[render]]
+key = "/cfg/app"
+dest = "app"
+
+[[render]]
+key = "/plain"
+dest = "plain"
+reload = "echo failing reload >&2; exit 3"
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write(&trusted);
+    let mut agent = Agent::start_with(
+        dir.path(),
+        free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let out = dir.path().join("out");
+    let key = key_file.to_str().unwrap();
+    ok(edgeconf(
+        &agent,
+        &["put", "--sign-key", key, "/cfg/app", "signed v1"],
+    ));
+    ok(edgeconf(&agent, &["put", "/plain", "p1"]));
+    wait_for(&out.join("app"), "rendered", |c| c == Some("signed v1"));
+    wait_for(&out.join("plain"), "rendered", |c| c == Some("p1"));
+
+    // A failing reload is retried and shows in status and metrics.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = ok(edgeconf(&agent, &["status"]));
+        if status.contains("reload failed: exit status: 3: failing reload") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = fetch_metrics(metrics_port);
+    assert!(
+        metrics.contains("edgeconf_render_reload_failures_total{dest=\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgeconf_render_writes_total"),
+        "{metrics}"
+    );
+
+    // The dry run shows a pending change as a diff, and writes nothing.
+    std::fs::write(out.join("plain"), "hand edit").unwrap();
+    wait_for(&out.join("plain"), "restored", |c| c == Some("p1"));
+    let dry = ok(edgeconf(
+        &agent,
+        &["render", "--dry-run", "--config", config.to_str().unwrap()],
+    ));
+    assert!(
+        dry.contains("app: up to date") && dry.contains("plain: up to date"),
+        "{dry}"
+    );
+
+    // The operator key is replaced while the agent is down: the stored
+    // value no longer checks out, so the last good file stays and the
+    // failure is reported.
+    assert!(agent.stop());
+    write(&stranger);
+    let agent = Agent::start_with(
+        dir.path(),
+        agent.port,
+        &["--config", config.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = ok(edgeconf(&agent, &["status", "-w", "json"]));
+        if status.contains("render failed") || status.contains("\"error\":\"/cfg/app") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("app")).unwrap(),
+        "signed v1"
+    );
+    let metrics = fetch_metrics(metrics_port);
+    assert!(
+        metrics.contains(&format!(
+            "edgeconf_render_failing{{dest=\"{}\"}} 1",
+            out.join("app").display()
+        )),
+        "{metrics}"
+    );
+    let dry = edgeconf(
+        &agent,
+        &["render", "--dry-run", "--config", config.to_str().unwrap()],
+    );
+    assert!(
+        stdout_of(&dry).contains("plain: up to date"),
+        "{}",
+        stdout_of(&dry)
+    );
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// GET /metrics with a bare HTTP/1.0 request.
+fn fetch_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    text
+}

@@ -108,11 +108,14 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     // One budget for password hashing, shared by every listener.
     let passwords = Arc::new(api::auth::PasswordWork::new());
+    let renders = Arc::new(crate::render::status::RenderStatus::default());
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
-        let (tls, passwords) = (client_tls.clone(), passwords.clone());
+        let (tls, passwords, renders) = (client_tls.clone(), passwords.clone(), renders.clone());
         tasks.spawn(async move {
-            if let Err(err) = api::serve(node, keyring, listener, tls, passwords, stopped).await {
+            if let Err(err) =
+                api::serve(node, keyring, listener, tls, passwords, renders, stopped).await
+            {
                 tracing::error!(error = %err, "client API server failed");
             }
         });
@@ -131,11 +134,23 @@ pub async fn run(
         let (keyring, reload) = (keyring.clone(), reload.clone());
         tasks.spawn(async move { reload_on_hangup(keyring, move || reload()).await });
     }
+    if let Some(addr) = config.listen_metrics {
+        let sources = crate::metrics::Sources {
+            node: node.clone(),
+            renders: renders.clone(),
+        };
+        let stopped = stopped.clone();
+        tasks.spawn(async move {
+            if let Err(err) = crate::metrics::serve(addr, sources, stopped).await {
+                tracing::error!(error = %err, "metrics server failed");
+            }
+        });
+    }
     if config.source.is_some() || !render_plan.entries.is_empty() {
         let runner = crate::render::runner::Runner::new(
             node.clone(),
             keyring.clone(),
-            Arc::new(crate::render::status::RenderStatus::default()),
+            renders,
             render_plan,
             config.source.clone(),
             Box::new(move || reload()),

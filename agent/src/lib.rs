@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consensus;
+pub mod metrics;
 pub mod render;
 pub mod signing;
 pub mod store;

@@ -262,4 +262,33 @@ impl Edgeconf for EdgeconfService {
             recipients: keyring.recipients.iter().map(ToString::to_string).collect(),
         }))
     }
+
+    async fn renders(
+        &self,
+        request: Request<pb::RendersRequest>,
+    ) -> Result<Response<pb::RendersResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
+        let files = self
+            .0
+            .renders
+            .snapshot()
+            .into_iter()
+            .map(|s| pb::RenderedFile {
+                name: s.name,
+                dest: s.dest,
+                revision: s.revision,
+                rendered_unix_ms: s.rendered_unix_ms,
+                bytes: s.bytes,
+                renders: s.renders,
+                writes: s.writes,
+                error: s.error.unwrap_or_default(),
+                reloads: s.reloads,
+                reload_failures: s.reload_failures,
+                reload_error: s.reload_error.unwrap_or_default(),
+                drift_repairs: s.drift_repairs,
+                drift: s.drift.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::RendersResponse { files }))
+    }
 }

@@ -30,6 +30,7 @@ use tonic::Status;
 
 use crate::auth::AuthError;
 use crate::consensus::{Node, ProposeError};
+use crate::render::status::RenderStatus;
 use crate::signing::KeyringCell;
 use crate::store::StoreError;
 
@@ -47,6 +48,8 @@ pub(crate) struct Context {
     keyring: Arc<KeyringCell>,
     /// Client certificates name users (TLS with client_cert_auth).
     cert_users: bool,
+    /// What the renderer did last.
+    renders: Arc<RenderStatus>,
 }
 
 impl Context {
@@ -86,12 +89,14 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<tls::ClientTlsFiles>>,
     passwords: Arc<auth::PasswordWork>,
+    renders: Arc<RenderStatus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let context = Context {
         node,
         keyring,
         cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
+        renders,
     };
     let router = tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(context.clone())))

@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod member;
 mod output;
+mod render;
 mod signing;
 mod status;
 mod watch;
@@ -161,7 +162,9 @@ pub enum Command {
     Sign(signing::SignArgs),
     /// Re-check stored values against the agent's trust policy.
     Verify(signing::VerifyArgs),
-    /// Show the status of each endpoint.
+    /// Show what the [[render]] entries of a config would write (a diff).
+    Render(render::RenderArgs),
+    /// Show the status of each endpoint and of its rendered files.
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
     Bench(bench::BenchArgs),
@@ -239,6 +242,7 @@ impl AgentArgs {
             trust: None,
             secrets: None,
             render_root: None,
+            listen_metrics_url: None,
             render: Vec::new(),
         }
     }
@@ -279,6 +283,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => signing::sign(args),
         Command::Verify(args) => signing::verify(&client, format, args).await,
         Command::Status => status::status(&client, format).await,
+        Command::Render(args) => render::render(&client, args).await,
         Command::Bench(args) => bench::bench(&client, format, args).await,
     }
 }

@@ -2,8 +2,9 @@
 
 use serde_json::json;
 
-use super::output::{format_size, header_json, print_json, print_table, Format};
+use super::output::{format_size, format_time, header_json, print_json, print_table, Format};
 use super::Client;
+use crate::api::pb::{RenderedFile, RendersRequest};
 
 pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -17,15 +18,19 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
         }
         .await;
         match answer {
-            Ok(status) => rows.push((endpoint.clone(), status)),
+            Ok(status) => {
+                let files = renders(&one).await;
+                rows.push((endpoint.clone(), status, files));
+            }
             Err(err) => failures.push(err.to_string()),
         }
     }
     match format {
         Format::Json => print_json(&json!(rows
             .iter()
-            .map(|(endpoint, s)| json!({
+            .map(|(endpoint, s, files)| json!({
                 "endpoint": endpoint,
+                "renders": files.iter().map(render_json).collect::<Vec<_>>(),
                 "header": header_json(s.header()),
                 "version": s.version(),
                 "db_size": s.db_size(),
@@ -35,7 +40,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
             }))
             .collect::<Vec<_>>())),
         _ => {
-            let lines = rows.iter().map(|(endpoint, s)| {
+            let lines = rows.iter().map(|(endpoint, s, _)| {
                 let member_id = s.header().map_or(0, |h| h.member_id());
                 vec![
                     endpoint.clone(),
@@ -65,10 +70,105 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                     println!("{}", line.join(", "));
                 }
             }
+            print_renders(format, &rows);
         }
     }
     if !failures.is_empty() {
         anyhow::bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// The endpoint's rendered files (none if it renders nothing, or is an
+/// older agent without the RPC).
+async fn renders(client: &Client) -> Vec<RenderedFile> {
+    let answer = async {
+        let mut edgeconf = client.edgeconf().await?;
+        client.request(edgeconf.renders(RendersRequest {})).await
+    }
+    .await;
+    answer.map(|r| r.into_inner().files).unwrap_or_default()
+}
+
+/// What is wrong with a rendered file, or "ok".
+fn problem(file: &RenderedFile) -> String {
+    let mut problems = Vec::new();
+    if !file.error.is_empty() {
+        problems.push(format!("render failed: {}", file.error));
+    }
+    if !file.reload_error.is_empty() {
+        problems.push(format!("reload failed: {}", file.reload_error));
+    }
+    if !file.drift.is_empty() {
+        problems.push(format!("drift: {}", file.drift));
+    }
+    if problems.is_empty() {
+        "ok".to_string()
+    } else {
+        problems.join("; ")
+    }
+}
+
+fn render_json(file: &RenderedFile) -> serde_json::Value {
+    json!({
+        "name": file.name,
+        "dest": file.dest,
+        "revision": file.revision,
+        "rendered_unix_ms": file.rendered_unix_ms,
+        "bytes": file.bytes,
+        "renders": file.renders,
+        "writes": file.writes,
+        "error": file.error,
+        "reloads": file.reloads,
+        "reload_failures": file.reload_failures,
+        "reload_error": file.reload_error,
+        "drift_repairs": file.drift_repairs,
+        "drift": file.drift,
+    })
+}
+
+fn print_renders(
+    format: Format,
+    rows: &[(String, etcd_client::StatusResponse, Vec<RenderedFile>)],
+) {
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|(endpoint, _, files)| {
+            files.iter().map(move |file| {
+                vec![
+                    endpoint.clone(),
+                    file.dest.clone(),
+                    file.revision.to_string(),
+                    if file.rendered_unix_ms > 0 {
+                        format_time(file.rendered_unix_ms)
+                    } else {
+                        "never".to_string()
+                    },
+                    format_size(file.bytes),
+                    format!("{}/{}", file.reloads - file.reload_failures, file.reloads),
+                    problem(file),
+                ]
+            })
+        })
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let headers = [
+        "ENDPOINT",
+        "RENDERED FILE",
+        "REVISION",
+        "AT",
+        "SIZE",
+        "RELOADS OK",
+        "STATUS",
+    ];
+    if format == Format::Table {
+        print_table(&headers, lines);
+    } else {
+        println!("rendered files:");
+        for line in lines {
+            println!("{}", line.join(", "));
+        }
+    }
 }

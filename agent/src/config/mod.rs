@@ -54,6 +54,8 @@ pub struct ConfigFile {
     pub trust: Option<TrustFile>,
     /// Identities that decrypt secrets, and the fleet's recipients.
     pub secrets: Option<SecretsFile>,
+    /// `http://HOST:PORT` serving /metrics and /health (off when unset).
+    pub listen_metrics_url: Option<String>,
     /// The directory every rendered file must stay in.
     pub render_root: Option<PathBuf>,
     /// `[[render]]`: keys materialized into files.
@@ -150,6 +152,8 @@ pub struct Config {
     pub identity_files: Vec<PathBuf>,
     /// `age1...` recipients new secrets are encrypted to.
     pub recipients: Vec<String>,
+    /// Where /metrics and /health are served, if anywhere.
+    pub listen_metrics: Option<SocketAddr>,
     /// The TOML file this came from (watched for live `[[render]]` edits).
     pub source: Option<PathBuf>,
     /// Canonical `render_root`, when there are `[[render]]` entries.
@@ -257,6 +261,7 @@ impl ConfigFile {
             trust: overrides.trust.or(self.trust),
             secrets: overrides.secrets.or(self.secrets),
             render_root: overrides.render_root.or(self.render_root),
+            listen_metrics_url: overrides.listen_metrics_url.or(self.listen_metrics_url),
             render: if overrides.render.is_empty() {
                 self.render
             } else {
@@ -439,10 +444,22 @@ impl Config {
                 origin.invalid("recipients", format!("in [secrets]: {problem}"))
             })?;
         }
+        let listen_metrics = match &file.listen_metrics_url {
+            None => None,
+            Some(url) => Some(
+                listen_addrs(
+                    origin,
+                    "listen_metrics_url",
+                    std::slice::from_ref(url),
+                    "http",
+                )?[0],
+            ),
+        };
         let (render_root, render) =
             render::check_entries(source, file.render_root.as_deref(), file.render)?;
         Ok(Config {
             source: source.map(Path::to_path_buf),
+            listen_metrics,
             render_root,
             render,
             name,

@@ -102,10 +102,21 @@ pub fn produce(
     kvs: &[KeyValue],
     sequences: &[Option<u64>],
 ) -> Result<Vec<u8>, String> {
-    let mut entries = Vec::with_capacity(kvs.len());
+    let mut plain = Vec::with_capacity(kvs.len());
     for (index, kv) in kvs.iter().enumerate() {
         let value = plain_value(keyring, kv, sequences.get(index).copied().flatten())?;
-        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        plain.push((kv.key.clone(), value));
+    }
+    produce_from(compiled, &plain)
+}
+
+/// The bytes of the entry's file for keys and their plain values (checked
+/// and decrypted already), in key order.
+pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let mut entries = Vec::with_capacity(plain.len());
+    for (key, value) in plain {
+        let value = value.clone();
+        let key = String::from_utf8_lossy(key).into_owned();
         let name = match &compiled.entry.source {
             RenderSource::Prefix(prefix) => key
                 .strip_prefix(String::from_utf8_lossy(prefix).as_ref())

@@ -142,7 +142,7 @@ impl Runner {
                             self.mark(|compiled| compiled.range().contains(&event.kv.key));
                         }
                         // A snapshot installed: anything may have changed.
-                        if commit.events.is_empty() {
+                        if commit.replaced {
                             self.mark(|_| true);
                         }
                     }

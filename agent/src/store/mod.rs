@@ -298,6 +298,7 @@ impl Store {
             let committed = Committed {
                 revision: writer.revision,
                 events: std::mem::take(&mut writer.events),
+                replaced: false,
             };
             (outcomes, committed, writer.auth.take())
         };

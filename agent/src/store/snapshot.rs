@@ -152,6 +152,7 @@ impl Store {
         let _ = self.live.send(std::sync::Arc::new(Committed {
             revision: image.revision as i64,
             events: Vec::new(),
+            replaced: true,
         }));
         Ok(image.applied_index)
     }

@@ -14,6 +14,9 @@ pub struct Committed {
     /// The store revision after the batch.
     pub revision: i64,
     pub events: Vec<Event>,
+    /// The whole state was replaced (a snapshot installed): anything may
+    /// have changed, and `events` does not say what.
+    pub replaced: bool,
 }
 
 /// How many committed batches the live channel holds before a slow watcher

@@ -1,0 +1,104 @@
+//! `edgeconf render --dry-run --config FILE`: what the agent would write
+//! for the entries of a config, as diffs against the files on disk.
+//!
+//! Values come through the API, which checked them against the serving
+//! agent's trust policy before answering; secrets are decrypted here with
+//! the config's `[secrets]` identities.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Args;
+use etcd_client::GetOptions;
+
+use super::Client;
+use crate::config::{Config, ConfigFile, RenderSource};
+use crate::render::{files, produce_from, Plan};
+use crate::signing::Identities;
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Only show what would change (the only mode: rendering is the
+    /// agent's job).
+    #[arg(long, required = true)]
+    pub dry_run: bool,
+    /// The agent's TOML file, whose [[render]] entries to render.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
+const AGE_ARMOR: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
+
+pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
+    let config = Config::load(Some(&args.config), ConfigFile::default())?;
+    let plan = Plan::load(&config).map_err(anyhow::Error::msg)?;
+    if plan.entries.is_empty() {
+        println!("{} has no [[render]] entries", args.config.display());
+        return Ok(());
+    }
+    let identities = Identities::load(&config.identity_files)?;
+    let mut etcd = client.etcd().await?;
+    let mut failed = Vec::new();
+    for compiled in &plan.entries {
+        let entry = &compiled.entry;
+        let (key, options) = match &entry.source {
+            RenderSource::Key(key) => (key.clone(), None),
+            RenderSource::Prefix(prefix) => (prefix.clone(), Some(GetOptions::new().with_prefix())),
+        };
+        let dest = entry.dest.display().to_string();
+        let response = match client.request(etcd.get(key, options)).await {
+            Ok(response) => response,
+            Err(err) => {
+                println!("{dest}: would keep the current file: {err}");
+                failed.push(dest);
+                continue;
+            }
+        };
+        let mut plain = Vec::new();
+        for kv in response.kvs() {
+            let value = if kv.value().starts_with(AGE_ARMOR) {
+                identities
+                    .decrypt(kv.value())
+                    .map_err(|err| anyhow!("{}: {err}", String::from_utf8_lossy(kv.key())))?
+            } else {
+                kv.value().to_vec()
+            };
+            plain.push((kv.key().to_vec(), value));
+        }
+        match produce_from(compiled, &plain) {
+            Err(err) => {
+                println!("{dest}: would keep the current file: {err}");
+                failed.push(dest);
+            }
+            Ok(content) => {
+                let current =
+                    files::read(&entry.dest).map_err(|err| anyhow!("cannot read {dest}: {err}"))?;
+                if current.as_deref() == Some(content.as_slice()) {
+                    println!("{dest}: up to date");
+                    continue;
+                }
+                let old = current
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let new = String::from_utf8_lossy(&content);
+                println!("{dest}: would write {} bytes", content.len());
+                let diff = similar::TextDiff::from_lines(old.as_ref(), new.as_ref());
+                print!(
+                    "{}",
+                    diff.unified_diff()
+                        .header(&format!("{dest} (on disk)"), &format!("{dest} (rendered)"))
+                );
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} entries would not render: {}",
+            failed.len(),
+            plan.entries.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}

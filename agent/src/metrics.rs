@@ -1,0 +1,192 @@
+//! `/metrics` (Prometheus text format) and `/health` on a local HTTP port
+//! (`listen_metrics_url`).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::consensus::Node;
+use crate::render::status::RenderStatus;
+
+/// What the metrics are read from.
+#[derive(Clone)]
+pub struct Sources {
+    pub node: Arc<Node>,
+    pub renders: Arc<RenderStatus>,
+}
+
+/// The metrics as Prometheus text.
+pub fn render_text(sources: &Sources) -> String {
+    let mut out = String::new();
+    let node = &sources.node;
+    let identity = node.identity();
+    let gauge = |out: &mut String, name: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        &mut out,
+        "edgeconf_store_revision",
+        "The last committed store revision.",
+        node.store().revision() as f64,
+    );
+    gauge(
+        &mut out,
+        "edgeconf_store_size_bytes",
+        "Size of the store file.",
+        node.store().size_bytes() as f64,
+    );
+    gauge(
+        &mut out,
+        "edgeconf_raft_term",
+        "The current raft term.",
+        node.term() as f64,
+    );
+    gauge(
+        &mut out,
+        "edgeconf_raft_applied_index",
+        "The last raft index applied.",
+        node.applied_index() as f64,
+    );
+    gauge(
+        &mut out,
+        "edgeconf_is_leader",
+        "1 when this member leads the cluster.",
+        f64::from(u8::from(node.leader() == identity.member_id)),
+    );
+
+    let files = sources.renders.snapshot();
+    let series: [(
+        &str,
+        &str,
+        &str,
+        fn(&crate::render::status::EntryStatus) -> f64,
+    ); 8] = [
+        (
+            "edgeconf_render_renders_total",
+            "counter",
+            "Renders attempted.",
+            |s| s.renders as f64,
+        ),
+        (
+            "edgeconf_render_writes_total",
+            "counter",
+            "Renders that changed the file.",
+            |s| s.writes as f64,
+        ),
+        (
+            "edgeconf_render_failing",
+            "gauge",
+            "1 while the last render failed (the last good file stays).",
+            |s| f64::from(u8::from(s.error.is_some())),
+        ),
+        (
+            "edgeconf_render_revision",
+            "gauge",
+            "The store revision the file was last rendered from.",
+            |s| s.revision as f64,
+        ),
+        (
+            "edgeconf_render_last_success_timestamp_seconds",
+            "gauge",
+            "When the file was last rendered.",
+            |s| s.rendered_unix_ms as f64 / 1000.0,
+        ),
+        (
+            "edgeconf_render_reloads_total",
+            "counter",
+            "Reload commands run for the file.",
+            |s| s.reloads as f64,
+        ),
+        (
+            "edgeconf_render_reload_failures_total",
+            "counter",
+            "Reload commands that failed.",
+            |s| s.reload_failures as f64,
+        ),
+        (
+            "edgeconf_render_drift_repairs_total",
+            "counter",
+            "Hand edits undone.",
+            |s| s.drift_repairs as f64,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        if files.is_empty() {
+            break;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for file in &files {
+            let dest = file.dest.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{dest=\"{dest}\"}} {}", value(file));
+        }
+    }
+    out
+}
+
+/// Serves `/metrics` and `/health` on `addr` until `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    sources: Sources,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|err| {
+        anyhow::anyhow!("cannot listen for metrics on {addr}: {err} (change listen_metrics_url)")
+    })?;
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &sources)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            render_text(sources),
+        ),
+        "/health" if sources.node.leader() != 0 => {
+            (StatusCode::OK, "text/plain", "ok\n".to_string())
+        }
+        "/health" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no leader\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /health\n".to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response from fixed parts")
+}
