@@ -13,7 +13,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::consensus::Node;
-use crate::render::status::RenderStatus;
+use crate::render::status::{EntryStatus, RenderStatus};
+
+/// A per-file metric: name, type, help and how to read it.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&EntryStatus) -> f64,
+);
 
 /// What the metrics are read from.
 #[derive(Clone)]
@@ -65,12 +73,7 @@ pub fn render_text(sources: &Sources) -> String {
     );
 
     let files = sources.renders.snapshot();
-    let series: [(
-        &str,
-        &str,
-        &str,
-        fn(&crate::render::status::EntryStatus) -> f64,
-    ); 8] = [
+    let series: [Series; 8] = [
         (
             "edgeconf_render_renders_total",
             "counter",
