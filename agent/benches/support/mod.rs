@@ -105,6 +105,12 @@ pub fn etcd_cluster(dir: &Path, n: usize) -> Vec<Server> {
 
 /// `n` edgeconf agents (`n` = 1 for a single node) in `dir`.
 pub fn edgeconf_cluster(dir: &Path, n: usize) -> Vec<Server> {
+    edgeconf_cluster_with(dir, n, |_| String::new())
+}
+
+/// The same, with `extra(i)` added to member `i`'s TOML (top-level
+/// settings, then any tables).
+pub fn edgeconf_cluster_with(dir: &Path, n: usize, extra: impl Fn(usize) -> String) -> Vec<Server> {
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports
         .iter()
@@ -132,9 +138,10 @@ pub fn edgeconf_cluster(dir: &Path, n: usize) -> Vec<Server> {
                 format!(
                     "name = \"n{i}\"\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{client}\"]\n\
                      listen_peer_urls = [\"quic://127.0.0.1:{peer}\"]\ninitial_cluster = {:?}\n\
-                     log_level = \"warn\"\n[peer_trust]\nkeys = [{}]\n",
+                     log_level = \"warn\"\n{}\n[peer_trust]\nkeys = [{}]\n",
                     dir.join(format!("edgeconf-{i}")).display().to_string(),
                     initial.join(","),
+                    extra(i),
                     keys.join(", ")
                 ),
             )
