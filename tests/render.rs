@@ -264,9 +264,11 @@ on_drift = "report"
     wait_for(&out.join("restored"), "rendered", |c| c == Some("good a"));
     wait_for(&out.join("reported"), "rendered", |c| c == Some("good b"));
 
+    let edited = Instant::now();
     std::fs::write(out.join("restored"), "edited").unwrap();
     std::fs::write(out.join("reported"), "edited").unwrap();
     wait_for(&out.join("restored"), "restored", |c| c == Some("good a"));
+    println!("hand edit restored after {:?}", edited.elapsed());
     std::fs::remove_file(out.join("restored")).unwrap();
     wait_for(&out.join("restored"), "restored after delete", |c| {
         c == Some("good a")
@@ -477,11 +479,23 @@ reload = "echo failing reload >&2; exit 3"
         assert!(Instant::now() < deadline, "{status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Retried with backoff (1 s, then 2 s): a second failure comes.
+    let failures = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("edgeconf_render_reload_failures_total") && l.contains("plain"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while failures(&fetch_metrics(metrics_port)) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was not retried"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let metrics = fetch_metrics(metrics_port);
-    assert!(
-        metrics.contains("edgeconf_render_reload_failures_total{dest=\""),
-        "{metrics}"
-    );
     assert!(
         metrics.contains("edgeconf_render_writes_total"),
         "{metrics}"
