@@ -322,6 +322,69 @@ dest = "a"
     ok(edgeconf(&agent, &["put", "/b", "3"]));
     wait_for(&out.join("b"), "still rendered", |c| c == Some("3"));
     assert!(!out.join("c").exists());
+
+    // A path outside the root is refused live as well.
+    std::fs::write(
+        &config,
+        format!("{both}\n[[render]]\nkey = \"/c\"\ndest = \"../c\"\n"),
+    )
+    .unwrap();
+    while !agent.log().contains("contains \"..\"") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Editing a template re-renders with it, without touching the TOML.
+    std::fs::write(dir.path().join("b.j2"), "b is {{ value }}\n").unwrap();
+    std::fs::write(
+        &config,
+        format!("{both}\n[[render]]\nkey = \"/b\"\ntemplate = \"b.j2\"\ndest = \"b-templated\"\n"),
+    )
+    .unwrap();
+    wait_for(&out.join("b-templated"), "rendered", |c| {
+        c == Some("b is 3\n")
+    });
+    std::fs::write(dir.path().join("b.j2"), "b = {{ value }}\n").unwrap();
+    wait_for(
+        &out.join("b-templated"),
+        "re-rendered with the edited template",
+        |c| c == Some("b = 3\n"),
+    );
+}
+
+#[test]
+fn reload_commands_time_out_and_background_children_do_not_hold_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        dir.path(),
+        r#"
+[[render]]
+key = "/slow"
+dest = "slow"
+reload = "sleep 30"
+reload_timeout = "300ms"
+
+[[render]]
+key = "/daemon"
+dest = "daemon"
+reload = "sleep 30 & echo started"
+reload_timeout = "5s"
+"#,
+    );
+    ok(edgeconf(&agent, &["put", "/slow", "1"]));
+    ok(edgeconf(&agent, &["put", "/daemon", "1"]));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = ok(edgeconf(&agent, &["status", "-w", "json"]));
+        let timed_out = status.contains("did not finish within 300ms");
+        let daemon_ok =
+            status.contains("\"dest\":\"") && !status.contains("did not finish within 5s");
+        if timed_out && daemon_ok && agent.log().contains("reload command succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -330,6 +393,9 @@ fn bad_paths_and_templates_are_refused_at_load() {
     let outside = tempfile::tempdir().unwrap();
     write_config(dir.path(), "");
     std::os::unix::fs::symlink(outside.path(), dir.path().join("out/escape")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/later", dir.path().join("out/dangling")).unwrap();
+    std::fs::create_dir(dir.path().join("out/adir")).unwrap();
+    std::fs::write(dir.path().join("out/afile"), "").unwrap();
     std::fs::write(dir.path().join("broken.j2"), "{{ value | fromjson }").unwrap();
     let cases = [
         ("key = \"/a\"\ndest = \"../a\"", "\"..\""),
@@ -338,6 +404,10 @@ fn bad_paths_and_templates_are_refused_at_load() {
             "outside render_root",
         ),
         ("key = \"/a\"\ndest = \"escape/x\"", "symlink"),
+        ("key = \"/a\"\ndest = \"dangling/x\"", "does not resolve"),
+        ("key = \"/a\"\ndest = \"adir\"", "is a directory"),
+        ("key = \"/a\"\ndest = \"afile/x\"", "is a file"),
+        ("key = \"/a\"\ndest = \"a\"\ndebounce = \"2h\"", "at most"),
         (
             "key = \"/a\"\ntemplate = \"broken.j2\"\ndest = \"a\"",
             "broken.j2",

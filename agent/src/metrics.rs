@@ -129,7 +129,11 @@ pub fn render_text(sources: &Sources) -> String {
         }
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for file in &files {
-            let dest = file.dest.replace('\\', "\\\\").replace('"', "\\\"");
+            let dest = file
+                .dest
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = writeln!(out, "{name}{{dest=\"{dest}\"}} {}", value(file));
         }
     }

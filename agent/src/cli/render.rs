@@ -54,17 +54,28 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let mut plain = Vec::new();
-        for kv in response.kvs() {
-            let value = if kv.value().starts_with(AGE_ARMOR) {
-                identities
-                    .decrypt(kv.value())
-                    .map_err(|err| anyhow!("{}: {err}", String::from_utf8_lossy(kv.key())))?
-            } else {
-                kv.value().to_vec()
-            };
-            plain.push((kv.key().to_vec(), value));
-        }
+        let plain: Result<Vec<_>, String> = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let value = if kv.value().starts_with(AGE_ARMOR) {
+                    identities
+                        .decrypt(kv.value())
+                        .map_err(|err| format!("{}: {err}", String::from_utf8_lossy(kv.key())))?
+                } else {
+                    kv.value().to_vec()
+                };
+                Ok((kv.key().to_vec(), value))
+            })
+            .collect();
+        let plain = match plain {
+            Ok(plain) => plain,
+            Err(err) => {
+                println!("{dest}: would keep the current file: {err}");
+                failed.push(dest);
+                continue;
+            }
+        };
         match produce_from(compiled, &plain) {
             Err(err) => {
                 println!("{dest}: would keep the current file: {err}");
@@ -73,8 +84,16 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
             Ok(content) => {
                 let current =
                     files::read(&entry.dest).map_err(|err| anyhow!("cannot read {dest}: {err}"))?;
-                if current.as_deref() == Some(content.as_slice()) {
+                let same = current.as_deref() == Some(content.as_slice());
+                if same && files::has_attributes(&entry.dest, entry) {
                     println!("{dest}: up to date");
+                    continue;
+                }
+                if same {
+                    println!(
+                        "{dest}: would set mode {:o} and owner/group (content up to date)",
+                        entry.mode
+                    );
                     continue;
                 }
                 let old = current

@@ -76,6 +76,8 @@ pub enum RenderSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderEntry {
     pub name: String,
+    /// The canonical `render_root`, checked again at every write.
+    pub root: PathBuf,
     pub source: RenderSource,
     pub template: Option<PathBuf>,
     /// Absolute, inside `render_root`.
@@ -93,6 +95,8 @@ pub struct RenderEntry {
 
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest debounce or reload timeout an entry may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Checks the entries of `config_path` (None: no file) against `root`.
 pub fn check_entries(
@@ -105,6 +109,7 @@ pub fn check_entries(
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let configured_root = root.map(|root| base.join(root));
     let root = match root {
         None if entries.is_empty() => return Ok((None, Vec::new())),
         None => {
@@ -135,7 +140,24 @@ pub fn check_entries(
             field,
             problem,
         };
+        let mut entry = entry;
+        // An absolute dest under the root as written (which may be a
+        // symlink to the canonical one) is taken relative to it.
+        if let Some(rest) = configured_root
+            .as_deref()
+            .and_then(|configured| entry.dest.strip_prefix(configured).ok())
+        {
+            entry.dest = rest.to_path_buf();
+        }
         let entry = check_entry(&base, &root, entry, &invalid)?;
+        let clobbers = |path: &Path| std::fs::canonicalize(path).is_ok_and(|p| p == entry.dest);
+        if config_path.is_some_and(clobbers) || entry.template.as_deref().is_some_and(clobbers) {
+            return Err(invalid(
+                "dest",
+                "is the config file or a template itself: the agent would overwrite its own input"
+                    .into(),
+            ));
+        }
         if let Some(other) = checked.iter().find(|e| e.dest == entry.dest) {
             return Err(invalid(
                 "dest",
@@ -226,7 +248,22 @@ fn check_entry(
         &entry.reload_timeout,
         DEFAULT_RELOAD_TIMEOUT,
     )?;
+    if reload_timeout.is_zero() || reload_timeout > MAX_WAIT {
+        return Err(invalid(
+            "reload_timeout",
+            format!(
+                "must be above 0 and at most {}",
+                humantime::format_duration(MAX_WAIT)
+            ),
+        ));
+    }
     let debounce = duration("debounce", &entry.debounce, DEFAULT_DEBOUNCE)?;
+    if debounce > MAX_WAIT {
+        return Err(invalid(
+            "debounce",
+            format!("must be at most {}", humantime::format_duration(MAX_WAIT)),
+        ));
+    }
     if entry.reload.as_deref().is_some_and(|r| r.trim().is_empty()) {
         return Err(invalid(
             "reload",
@@ -244,6 +281,7 @@ fn check_entry(
     }
     Ok(RenderEntry {
         name: entry.name.unwrap_or_else(|| dest.display().to_string()),
+        root: root.to_path_buf(),
         source,
         template,
         dest,
@@ -279,34 +317,52 @@ pub fn confine(root: &Path, dest: &Path) -> Result<PathBuf, String> {
     if joined.file_name().is_none() {
         return Err(format!("{} names no file", dest.display()));
     }
-    // The deepest directory on the way that exists must resolve inside the
-    // root: a symlink there could point anywhere.
-    let mut existing = joined.parent().map(Path::to_path_buf).unwrap_or_default();
-    while !existing.exists() {
-        match existing.parent() {
-            Some(parent) => existing = parent.to_path_buf(),
-            None => break,
+    // Walk the path below the root: each part that exists (a symlink
+    // counts, even a dangling one) must be a directory resolving inside
+    // the root, and the last a file or nothing yet.
+    let relative = joined.strip_prefix(root).expect("checked above");
+    let parts: Vec<_> = relative.components().collect();
+    let mut at = root.to_path_buf();
+    for (index, part) in parts.iter().enumerate() {
+        at.push(part);
+        let Ok(meta) = at.symlink_metadata() else {
+            break; // Not there yet: created later inside a checked parent.
+        };
+        let last = index + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            if last {
+                return Err(format!(
+                    "{} is a symlink: the agent writes regular files only",
+                    joined.display()
+                ));
+            }
+            let resolved = std::fs::canonicalize(&at).map_err(|err| {
+                format!(
+                    "{} is a symlink that does not resolve ({err})",
+                    at.display()
+                )
+            })?;
+            if !resolved.starts_with(root) {
+                return Err(format!(
+                    "{} leads outside render_root {} through a symlink ({} is {})",
+                    dest.display(),
+                    root.display(),
+                    at.display(),
+                    resolved.display()
+                ));
+            }
+        } else if last && meta.is_dir() {
+            return Err(format!(
+                "{} is a directory: give a file path",
+                joined.display()
+            ));
+        } else if !last && !meta.is_dir() {
+            return Err(format!(
+                "{} is a file, so {} cannot be under it",
+                at.display(),
+                dest.display()
+            ));
         }
-    }
-    let resolved =
-        std::fs::canonicalize(&existing).map_err(|err| format!("{}: {err}", existing.display()))?;
-    if !resolved.starts_with(root) {
-        return Err(format!(
-            "{} leads outside render_root {} through a symlink ({} is {})",
-            dest.display(),
-            root.display(),
-            existing.display(),
-            resolved.display()
-        ));
-    }
-    if joined
-        .symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink())
-    {
-        return Err(format!(
-            "{} is a symlink: the agent writes regular files only",
-            joined.display()
-        ));
     }
     Ok(joined)
 }

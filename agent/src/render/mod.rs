@@ -7,6 +7,7 @@
 //! commands once per burst, repairs drift and takes live config edits.
 
 pub mod files;
+pub mod reload;
 pub mod runner;
 pub mod status;
 pub mod template;
@@ -24,6 +25,8 @@ use template::TemplateEntry;
 pub struct Compiled {
     pub entry: RenderEntry,
     template: Option<Environment<'static>>,
+    /// The template's text, to tell an edited template from the same one.
+    pub template_source: Option<String>,
 }
 
 /// Every `[[render]]` entry of a config, compiled.
@@ -40,8 +43,8 @@ impl Plan {
     pub fn load(config: &Config) -> Result<Plan, String> {
         let mut entries = Vec::new();
         for entry in &config.render {
-            let template = match &entry.template {
-                None => None,
+            let (template, template_source) = match &entry.template {
+                None => (None, None),
                 Some(path) => {
                     let source = files::read_text(path).map_err(|err| {
                         format!(
@@ -50,19 +53,20 @@ impl Plan {
                             path.display()
                         )
                     })?;
-                    let env = template::compile(TEMPLATE_NAME, source).map_err(|err| {
+                    let env = template::compile(TEMPLATE_NAME, source.clone()).map_err(|err| {
                         format!(
                             "[[render]] {}: template {}: {err}",
                             entry.name,
                             path.display()
                         )
                     })?;
-                    Some(env)
+                    (Some(env), Some(source))
                 }
             };
             entries.push(Arc::new(Compiled {
                 entry: entry.clone(),
                 template,
+                template_source,
             }));
         }
         Ok(Plan { entries })

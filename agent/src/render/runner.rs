@@ -4,11 +4,11 @@
 //! every entry once, then follows the store's commits: a change to an
 //! entry's keys marks it dirty until its debounce window ends (the window
 //! starts at the first change, so a burst costs one render and latency is
-//! bounded). Reload commands run once per window however many entries
-//! name them, in tasks of their own, and are retried with backoff.
-//! `notify` reports edits of the files (drift) and of the TOML file.
+//! bounded). Reload commands go through [`Reloads`]: one run at a time per
+//! command, retried with backoff. `notify` reports edits of the files
+//! (drift), of the TOML file and of the templates.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,15 +16,19 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{broadcast, mpsc};
 
+use super::reload::{Finished, Reloads};
 use super::status::RenderStatus;
 use super::{files, produce, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
-use crate::signing::KeyringCell;
+use crate::signing::{Keyring, KeyringCell};
 use crate::store::RangeRequest;
 
-const RELOAD_BACKOFF_START: Duration = Duration::from_secs(1);
-const RELOAD_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How soon a render that failed for a passing reason (a write error, a
+/// store read error) is tried again.
+const RETRY_RENDER: Duration = Duration::from_secs(5);
+/// How often the runner looks for a replaced keyring (SIGHUP).
+const KEYRING_CHECK: Duration = Duration::from_secs(1);
 
 /// Reads the TOML file again (the agent's config loader).
 pub type ConfigReloader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
@@ -39,28 +43,23 @@ pub struct Runner {
     /// What was last written to each destination, to tell drift from our
     /// own writes.
     written: HashMap<PathBuf, Vec<u8>>,
+    /// Hand edits already reported (`on_drift = "report"`), by content.
+    reported: HashMap<PathBuf, Option<Vec<u8>>>,
     /// Entries waiting for their debounce window to end, by index in plan.
     dirty: HashMap<usize, Instant>,
-    /// Reload commands that failed and wait for another try.
-    retries: HashMap<String, Retry>,
-    /// The config file's text when last looked at: one edit raises several
-    /// events, and only a new text is worth loading (or refusing) again.
-    config_text: Option<String>,
+    /// The last refused config edit, so one edit is reported once.
+    refused: Option<String>,
 }
 
-struct Retry {
-    at: Instant,
-    backoff: Duration,
-    timeout: Duration,
-    dests: Vec<String>,
-}
-
-/// The outcome of one reload command, reported back to the loop.
-struct Reloaded {
-    command: String,
-    timeout: Duration,
-    dests: Vec<String>,
-    outcome: Result<(), String>,
+/// The outcome of rendering one entry.
+enum Rendered {
+    Changed,
+    Unchanged,
+    /// Failed for a reason of the content (template, signature, missing
+    /// key): wait for the next change.
+    Refused,
+    /// Failed for a passing reason: try again soon.
+    Failed,
 }
 
 impl Runner {
@@ -80,9 +79,9 @@ impl Runner {
             config_path,
             reload_config,
             written: HashMap::new(),
+            reported: HashMap::new(),
             dirty: HashMap::new(),
-            retries: HashMap::new(),
-            config_text: None,
+            refused: None,
         }
     }
 
@@ -118,17 +117,19 @@ impl Runner {
             _ = self.catch_up() => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        let (reload_sender, mut reloads) = mpsc::unbounded_channel::<Reloaded>();
+        let (mut reloads, mut finished) = Reloads::new();
+        let mut keyring = self.keyring.get();
         let all: Vec<usize> = (0..self.plan.entries.len()).collect();
-        self.render(&all, true, &reload_sender);
+        self.render(&all, true, &mut reloads);
+        let mut keyring_check = tokio::time::interval(KEYRING_CHECK);
 
         loop {
             let next = self
                 .dirty
                 .values()
-                .chain(self.retries.values().map(|r| &r.at))
-                .min()
-                .copied();
+                .copied()
+                .chain(reloads.next_retry())
+                .min();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -150,30 +151,31 @@ impl Runner {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(path) = fs_events.recv() => {
-                    if self.config_path.as_deref().is_some_and(|c| same_file(c, &path)) {
-                        self.reload_plan();
-                        self.watch_dirs(&mut watcher, &mut watched);
+                    if self.is_input(&path) {
+                        if self.reload_plan(&mut reloads) {
+                            self.watch_dirs(&mut watcher, &mut watched);
+                        }
                     } else {
-                        self.check_drift(&path, &reload_sender);
+                        self.check_drift(&path, &mut reloads);
                     }
                 }
-                Some(reloaded) = reloads.recv() => self.reloaded(reloaded),
+                Some(done) = finished.recv() => self.finished(&mut reloads, done),
+                _ = keyring_check.tick() => {
+                    // New trust or secret keys (SIGHUP): what was rendered
+                    // under the old ones is checked again.
+                    let current = self.keyring.get();
+                    if !Arc::ptr_eq(&current, &keyring) {
+                        keyring = current;
+                        self.mark(|_| true);
+                    }
+                }
                 _ = sleep => {
                     let now = Instant::now();
-                    let due: Vec<usize> = self.dirty.iter().filter(|(_, at)| **at <= now).map(|(i, _)| *i).collect();
-                    for index in &due {
-                        self.dirty.remove(index);
-                    }
+                    let due = self.take_due(now);
                     if !due.is_empty() {
-                        self.render(&due, false, &reload_sender);
+                        self.render(&due, false, &mut reloads);
                     }
-                    let retry: Vec<String> = self.retries.iter().filter(|(_, r)| r.at <= now).map(|(c, _)| c.clone()).collect();
-                    for command in retry {
-                        if let Some(retry) = self.retries.get_mut(&command) {
-                            retry.at = now + RELOAD_BACKOFF_MAX * 10; // until it reports back
-                            spawn_reload(command, retry.timeout, retry.dests.clone(), &reload_sender);
-                        }
-                    }
+                    reloads.retry_due(now);
                 }
                 _ = stopped.wait_for(|stop| *stop) => return,
             }
@@ -209,116 +211,154 @@ impl Runner {
         }
     }
 
+    /// The dirty entries whose window has ended, and with them any other
+    /// dirty entry naming the same reload command, so that command runs
+    /// once for the change even when the entries' windows differ.
+    fn take_due(&mut self, now: Instant) -> Vec<usize> {
+        let mut due: Vec<usize> = self
+            .dirty
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        let commands: HashSet<&String> = due
+            .iter()
+            .filter_map(|&i| self.plan.entries[i].entry.reload.as_ref())
+            .collect();
+        let companions: Vec<usize> = self
+            .dirty
+            .keys()
+            .copied()
+            .filter(|i| !due.contains(i))
+            .filter(|&i| {
+                self.plan.entries[i]
+                    .entry
+                    .reload
+                    .as_ref()
+                    .is_some_and(|c| commands.contains(c))
+            })
+            .collect();
+        due.extend(companions);
+        for index in &due {
+            self.dirty.remove(index);
+        }
+        due.sort_unstable();
+        due
+    }
+
     /// Renders `indexes`; files that changed have their reload commands
-    /// run, each command once.
-    fn render(
-        &mut self,
-        indexes: &[usize],
-        startup: bool,
-        reloads: &mpsc::UnboundedSender<Reloaded>,
-    ) {
+    /// asked for (each command runs once for them all).
+    fn render(&mut self, indexes: &[usize], startup: bool, reloads: &mut Reloads) {
         let mut commands: Vec<(String, Duration, Vec<String>)> = Vec::new();
         for &index in indexes {
             let Some(compiled) = self.plan.entries.get(index).cloned() else {
                 continue;
             };
-            if self.render_one(&compiled, startup) {
-                if let Some(command) = &compiled.entry.reload {
-                    let dest = compiled.entry.dest.display().to_string();
-                    match commands.iter_mut().find(|(c, _, _)| c == command) {
-                        Some((_, timeout, dests)) => {
-                            *timeout = (*timeout).max(compiled.entry.reload_timeout);
-                            dests.push(dest);
+            match self.render_one(&compiled, startup) {
+                Rendered::Changed => {
+                    let entry = &compiled.entry;
+                    if let Some(command) = &entry.reload {
+                        let dest = entry.dest.display().to_string();
+                        match commands.iter_mut().find(|(c, _, _)| c == command) {
+                            Some((_, timeout, dests)) => {
+                                *timeout = (*timeout).max(entry.reload_timeout);
+                                dests.push(dest);
+                            }
+                            None => {
+                                commands.push((command.clone(), entry.reload_timeout, vec![dest]))
+                            }
                         }
-                        None => commands.push((
-                            command.clone(),
-                            compiled.entry.reload_timeout,
-                            vec![dest],
-                        )),
                     }
                 }
+                Rendered::Failed => {
+                    self.dirty.insert(index, Instant::now() + RETRY_RENDER);
+                }
+                Rendered::Unchanged | Rendered::Refused => {}
             }
         }
         for (command, timeout, dests) in commands {
-            self.retries.remove(&command);
-            spawn_reload(command, timeout, dests, reloads);
+            reloads.request(&command, timeout, dests);
         }
     }
 
-    /// Renders one entry; true when its file changed.
-    fn render_one(&mut self, compiled: &Compiled, startup: bool) -> bool {
+    fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
-        let store = self.node.store();
-        let outcome = store
-            .range_with_sequences(&RangeRequest::new(compiled.range()))
-            .map_err(|err| format!("reading the store: {err}"))
-            .and_then(|(response, revision, sequences)| {
-                produce(compiled, &self.keyring.get(), &response.kvs, &sequences)
-                    .map(|content| (content, revision))
-            });
-        let (content, revision) = match outcome {
-            Ok(rendered) => rendered,
+        let read = self
+            .node
+            .store()
+            .range_with_sequences(&RangeRequest::new(compiled.range()));
+        let (response, revision, sequences) = match read {
+            Ok(read) => read,
             Err(err) => {
-                tracing::error!(entry = %entry.name, dest = %dest, error = %err, "render failed; the last good file stays");
-                self.status.update(&dest, &entry.name, |s| {
-                    s.renders += 1;
-                    s.error = Some(err);
-                });
-                return false;
+                self.failed(compiled, format!("reading the store: {err}"));
+                return Rendered::Failed;
+            }
+        };
+        let keyring: Arc<Keyring> = self.keyring.get();
+        let content = match produce(compiled, &keyring, &response.kvs, &sequences) {
+            Ok(content) => content,
+            Err(err) => {
+                self.failed(compiled, err);
+                return Rendered::Refused;
             }
         };
         let current = files::read(&entry.dest).unwrap_or(None);
         let unchanged = current.as_deref() == Some(content.as_slice())
             && files::has_attributes(&entry.dest, entry);
-        let written = if unchanged {
-            Ok(false)
-        } else {
-            files::write(entry, &content).map(|()| true)
-        };
-        match written {
-            Ok(changed) => {
-                if startup || changed {
-                    tracing::info!(entry = %entry.name, dest = %dest, bytes = content.len(), revision, changed, "rendered");
-                }
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                self.status.update(&dest, &entry.name, |s| {
-                    s.renders += 1;
-                    s.writes += u64::from(changed);
-                    s.revision = revision;
-                    s.rendered_unix_ms = now_ms;
-                    s.bytes = content.len() as u64;
-                    s.error = None;
-                });
-                self.written.insert(entry.dest.clone(), content);
-                changed
-            }
-            Err(err) => {
-                let err = format!("writing {dest}: {err}");
-                tracing::error!(entry = %entry.name, error = %err, "render failed; the last good file stays");
-                self.status.update(&dest, &entry.name, |s| {
-                    s.renders += 1;
-                    s.error = Some(err);
-                });
-                false
+        if !unchanged {
+            if let Err(err) = files::write(entry, &content) {
+                self.failed(compiled, format!("writing {dest}: {err}"));
+                return Rendered::Failed;
             }
         }
+        let changed = !unchanged;
+        if startup || changed {
+            tracing::info!(entry = %entry.name, dest = %dest, bytes = content.len(), revision, changed, "rendered");
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.status.update(&dest, &entry.name, |s| {
+            s.renders += 1;
+            s.writes += u64::from(changed);
+            s.revision = revision;
+            s.rendered_unix_ms = now_ms;
+            s.bytes = content.len() as u64;
+            s.error = None;
+            s.drift = None;
+        });
+        self.reported.remove(&entry.dest);
+        self.written.insert(entry.dest.clone(), content);
+        if changed {
+            Rendered::Changed
+        } else {
+            Rendered::Unchanged
+        }
+    }
+
+    fn failed(&self, compiled: &Compiled, err: String) {
+        let entry = &compiled.entry;
+        let dest = entry.dest.display().to_string();
+        tracing::error!(entry = %entry.name, dest = %dest, error = %err, "render failed; the last good file stays");
+        self.status.update(&dest, &entry.name, |s| {
+            s.renders += 1;
+            s.error = Some(err);
+        });
     }
 
     /// A rendered file changed on disk: if it is not what we wrote, put it
     /// back (or report it).
-    fn check_drift(&mut self, path: &Path, reloads: &mpsc::UnboundedSender<Reloaded>) {
-        let Some(index) = self
+    fn check_drift(&mut self, path: &Path, reloads: &mut Reloads) {
+        let Some(compiled) = self
             .plan
             .entries
             .iter()
-            .position(|c| same_file(&c.entry.dest, path))
+            .find(|c| same_file(&c.entry.dest, path))
+            .cloned()
         else {
             return;
         };
-        let compiled = self.plan.entries[index].clone();
         let entry = &compiled.entry;
         let Some(expected) = self.written.get(&entry.dest).cloned() else {
             return;
@@ -335,25 +375,26 @@ impl Runner {
         };
         match entry.on_drift {
             OnDrift::Report => {
+                if self.reported.get(&entry.dest) == Some(&current) {
+                    return;
+                }
                 tracing::warn!(entry = %entry.name, dest = %dest, "rendered file {what} by hand (on_drift = \"report\": left as it is)");
                 self.status.update(&dest, &entry.name, |s| {
                     s.drift = Some(format!("{what} by hand"));
                 });
+                self.reported.insert(entry.dest.clone(), current);
             }
             OnDrift::Restore => {
                 tracing::warn!(entry = %entry.name, dest = %dest, "rendered file {what} by hand: restoring it");
                 match files::write(entry, &expected) {
                     Ok(()) => {
-                        self.status
-                            .update(&dest, &entry.name, |s| s.drift_repairs += 1);
+                        self.status.update(&dest, &entry.name, |s| {
+                            s.drift_repairs += 1;
+                            s.drift = None;
+                        });
                         // The program may have read the edited file.
                         if let Some(command) = &entry.reload {
-                            spawn_reload(
-                                command.clone(),
-                                entry.reload_timeout,
-                                vec![dest],
-                                reloads,
-                            );
+                            reloads.request(command, entry.reload_timeout, vec![dest]);
                         }
                     }
                     Err(err) => {
@@ -367,11 +408,21 @@ impl Runner {
         }
     }
 
-    fn reloaded(&mut self, reloaded: Reloaded) {
-        for dest in &reloaded.dests {
-            self.status.update(dest, dest, |s| {
+    fn finished(&mut self, reloads: &mut Reloads, done: Finished) {
+        let command = done.command.clone();
+        let Some(report) = reloads.finished(done) else {
+            return;
+        };
+        match (&report.outcome, report.retry_in) {
+            (Ok(()), _) => tracing::info!(command = %command, "reload command succeeded"),
+            (Err(err), retry_in) => {
+                tracing::error!(command = %command, error = %err, retry_in = ?retry_in, "reload command failed")
+            }
+        }
+        for dest in &report.dests {
+            self.status.update_existing(dest, |s| {
                 s.reloads += 1;
-                match &reloaded.outcome {
+                match &report.outcome {
                     Ok(()) => s.reload_error = None,
                     Err(err) => {
                         s.reload_failures += 1;
@@ -380,93 +431,98 @@ impl Runner {
                 }
             });
         }
-        match reloaded.outcome {
-            Ok(()) => {
-                tracing::info!(command = %reloaded.command, "reload command succeeded");
-                self.retries.remove(&reloaded.command);
-            }
-            Err(err) => {
-                let backoff = self
-                    .retries
-                    .get(&reloaded.command)
-                    .map_or(RELOAD_BACKOFF_START, |r| {
-                        (r.backoff * 2).min(RELOAD_BACKOFF_MAX)
-                    });
-                tracing::error!(command = %reloaded.command, error = %err, retry_in = ?backoff, "reload command failed");
-                self.retries.insert(
-                    reloaded.command,
-                    Retry {
-                        at: Instant::now() + backoff,
-                        backoff,
-                        timeout: reloaded.timeout,
-                        dests: reloaded.dests,
-                    },
-                );
-            }
-        }
     }
 
-    /// The TOML file changed: take its `[[render]]` entries if they are
-    /// valid, keep the running ones if not.
-    fn reload_plan(&mut self) {
-        let text = self
-            .config_path
+    /// True for the TOML file and the templates.
+    fn is_input(&self, path: &Path) -> bool {
+        self.config_path
             .as_deref()
-            .and_then(|path| std::fs::read_to_string(path).ok());
-        if text.is_some() && text == self.config_text {
-            return;
-        }
-        self.config_text = text;
+            .is_some_and(|c| same_file(c, path))
+            || self.plan.entries.iter().any(|c| {
+                c.entry
+                    .template
+                    .as_deref()
+                    .is_some_and(|t| same_file(t, path))
+            })
+    }
+
+    /// The TOML file or a template changed: take the new entries if they
+    /// load, keep the running ones if not. True when the plan changed.
+    fn reload_plan(&mut self, reloads: &mut Reloads) -> bool {
         let plan = (self.reload_config)()
             .map_err(|err| format!("{err:#}"))
             .and_then(|config| Plan::load(&config));
         let plan = match plan {
             Ok(plan) => plan,
             Err(err) => {
-                tracing::error!(error = %err, "config file edit refused; the running [[render]] entries stay");
-                return;
+                if self.refused.as_ref() != Some(&err) {
+                    tracing::error!(error = %err, "config file edit refused; the running [[render]] entries stay");
+                    self.refused = Some(err);
+                }
+                return false;
             }
         };
-        let old: Vec<_> = self.plan.entries.iter().map(|c| c.entry.clone()).collect();
-        let new: Vec<_> = plan.entries.iter().map(|c| c.entry.clone()).collect();
-        if old == new && !templates_changed(&self.plan, &plan) {
-            return;
+        self.refused = None;
+        let same = plan.entries.len() == self.plan.entries.len()
+            && plan
+                .entries
+                .iter()
+                .zip(&self.plan.entries)
+                .all(|(a, b)| a.entry == b.entry && a.template_source == b.template_source);
+        if same {
+            return false;
         }
         tracing::info!(
-            entries = new.len(),
-            "config file edited: [[render]] entries reloaded (other settings need a restart)"
+            entries = plan.entries.len(),
+            "config file or template edited: [[render]] entries reloaded (other settings need a restart)"
         );
-        let dests: Vec<String> = new.iter().map(|e| e.dest.display().to_string()).collect();
+        let dests: Vec<String> = plan
+            .entries
+            .iter()
+            .map(|c| c.entry.dest.display().to_string())
+            .collect();
         self.status.retain(&dests);
         self.written
-            .retain(|dest, _| new.iter().any(|e| &e.dest == dest));
+            .retain(|dest, _| plan.entries.iter().any(|c| &c.entry.dest == dest));
+        let commands: HashSet<String> = plan
+            .entries
+            .iter()
+            .filter_map(|c| c.entry.reload.clone())
+            .collect();
+        reloads.retain(&commands);
         self.plan = plan;
         self.dirty.clear();
         let now = Instant::now();
         for index in 0..self.plan.entries.len() {
             self.dirty.insert(index, now);
         }
+        true
     }
 
-    /// Watches the directories of every destination and of the TOML file
-    /// (directories, so renames and re-creations are seen).
+    /// Watches the directories of every destination, every template and
+    /// the TOML file (directories, so renames and re-creations are seen;
+    /// the TOML file's both as given and resolved, for symlinked configs).
     fn watch_dirs(
         &self,
         watcher: &mut Option<notify::RecommendedWatcher>,
         watched: &mut BTreeSet<PathBuf>,
     ) {
         let Some(watcher) = watcher else { return };
-        let dirs = self
-            .plan
-            .entries
-            .iter()
-            .filter_map(|c| c.entry.dest.parent().map(Path::to_path_buf))
-            .chain(self.config_path.iter().filter_map(|p| {
-                std::fs::canonicalize(p)
-                    .ok()?
-                    .parent()
-                    .map(Path::to_path_buf)
-            }));
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf);
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for compiled in &self.plan.entries {
+            dirs.extend(parent(&compiled.entry.dest));
+            dirs.extend(compiled.entry.template.as_deref().and_then(parent));
+        }
+        if let Some(config) = &self.config_path {
+            dirs.extend(std::path::absolute(config).ok().as_deref().and_then(parent));
+            dirs.extend(
+                std::fs::canonicalize(config)
+                    .ok()
+                    .as_deref()
+                    .and_then(parent),
+            );
+        }
         for dir in dirs {
             if watched.contains(&dir) {
                 continue;
@@ -477,27 +533,11 @@ impl Runner {
                     watched.insert(dir);
                 }
                 Err(err) => {
-                    tracing::warn!(dir = %dir.display(), error = %err, "cannot watch directory for drift")
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot watch directory for changes")
                 }
             }
         }
     }
-}
-
-/// Templates are compared by content: an edited template file re-renders.
-fn templates_changed(old: &Plan, new: &Plan) -> bool {
-    let read = |plan: &Plan| -> Vec<Option<String>> {
-        plan.entries
-            .iter()
-            .map(|c| {
-                c.entry
-                    .template
-                    .as_ref()
-                    .and_then(|p| files::read_text(p).ok())
-            })
-            .collect()
-    };
-    read(old) != read(new)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -506,63 +546,4 @@ fn same_file(a: &Path, b: &Path) -> bool {
             .ok()
             .zip(std::fs::canonicalize(b).ok())
             .is_some_and(|(a, b)| a == b)
-}
-
-/// Runs `command` with `sh -c` in a task of its own, killed at `timeout`.
-fn spawn_reload(
-    command: String,
-    timeout: Duration,
-    dests: Vec<String>,
-    reloads: &mpsc::UnboundedSender<Reloaded>,
-) {
-    let reloads = reloads.clone();
-    tokio::spawn(async move {
-        let outcome = run_reload(&command, timeout).await;
-        let _ = reloads.send(Reloaded {
-            command,
-            timeout,
-            dests,
-            outcome,
-        });
-    });
-}
-
-async fn run_reload(command: &str, timeout: Duration) -> Result<(), String> {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| format!("cannot start sh: {err}"))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!(
-            "did not finish within {} (killed)",
-            humantime::format_duration(timeout)
-        )),
-        Ok(Err(err)) => Err(format!("cannot wait for it: {err}")),
-        Ok(Ok(output)) if output.status.success() => Ok(()),
-        Ok(Ok(output)) => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: String = stderr
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            Err(format!(
-                "{}{}",
-                output.status,
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            ))
-        }
-    }
 }

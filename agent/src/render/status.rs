@@ -41,6 +41,15 @@ impl RenderStatus {
         change(entry);
     }
 
+    /// Changes an entry that exists (a late report about a file no longer
+    /// rendered is dropped).
+    pub fn update_existing(&self, dest: &str, change: impl FnOnce(&mut EntryStatus)) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = all.get_mut(dest) {
+            change(entry);
+        }
+    }
+
     /// Keeps only the entries of the current plan.
     pub fn retain(&self, dests: &[String]) {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -32,10 +32,16 @@ fn fromjson(text: &str) -> Result<Value, Error> {
 }
 
 fn fromtoml(text: &str) -> Result<Value, Error> {
+    // Only the message and the position: the error's own text quotes the
+    // input line, which may be a decrypted secret.
     let value: toml::Value = toml::from_str(text).map_err(|err| {
+        let at = err
+            .span()
+            .map(|span| format!(" at byte {}", span.start))
+            .unwrap_or_default();
         Error::new(
             ErrorKind::InvalidOperation,
-            format!("fromtoml: not TOML: {err}"),
+            format!("fromtoml: not TOML{at}: {}", err.message()),
         )
     })?;
     Ok(Value::from_serialize(value))
