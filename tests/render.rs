@@ -273,6 +273,14 @@ on_drift = "report"
     wait_for(&out.join("restored"), "restored after delete", |c| {
         c == Some("good a")
     });
+    // A mode changed by hand is put back too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(out.join("restored"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while std::fs::metadata(out.join("restored")).unwrap().mode() & 0o777 != 0o644 {
+        assert!(Instant::now() < deadline, "mode not restored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = Instant::now() + TIMEOUT;
     while !agent.log().contains("left as it is") {
         assert!(Instant::now() < deadline, "{}", agent.log());

@@ -151,6 +151,12 @@ impl Runner {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(path) = fs_events.recv() => {
+                    // A watched directory that was removed lost its watch:
+                    // make it again (restores re-create the directory).
+                    if watched.contains(&path) && !path.is_dir() {
+                        watched.remove(&path);
+                        self.watch_dirs(&mut watcher, &mut watched);
+                    }
                     if self.is_input(&path) {
                         if self.reload_plan(&mut reloads) {
                             self.watch_dirs(&mut watcher, &mut watched);
@@ -364,14 +370,15 @@ impl Runner {
             return;
         };
         let current = files::read(&entry.dest).unwrap_or(None);
-        if current.as_deref() == Some(expected.as_slice()) {
+        let same = current.as_deref() == Some(expected.as_slice());
+        if same && files::has_attributes(&entry.dest, entry) {
             return;
         }
         let dest = entry.dest.display().to_string();
-        let what = if current.is_none() {
-            "deleted"
-        } else {
-            "edited"
+        let what = match (&current, same) {
+            (None, _) => "deleted",
+            (Some(_), true) => "given another mode or owner",
+            (Some(_), false) => "edited",
         };
         match entry.on_drift {
             OnDrift::Report => {
