@@ -12,6 +12,9 @@ pub mod runner;
 pub mod status;
 pub mod template;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use minijinja::Environment;
