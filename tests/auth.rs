@@ -130,6 +130,28 @@ fn every_permission_kind_holds_through_etcdctl_and_the_cli() {
         denied(run(&agent, "rg:rgpw", &["get", "/r/a", "/r/z"]));
     }
 
+    // A put attaching a lease needs write on the lease's other keys too
+    // (revoking the lease would delete them).
+    let lease_of = |out: String| out.split_whitespace().nth(1).unwrap().to_string();
+    let root_lease = lease_of(ok(cli(&agent, "root:rootpw", &["lease", "grant", "600"])));
+    ok(cli(
+        &agent,
+        "root:rootpw",
+        &["put", "/other/leased", "x", "--lease", &root_lease],
+    ));
+    denied(cli(
+        &agent,
+        "rg:rgpw",
+        &["put", "/r/c", "1", "--lease", &root_lease],
+    ));
+    let own_lease = lease_of(ok(cli(&agent, "rg:rgpw", &["lease", "grant", "600"])));
+    ok(cli(
+        &agent,
+        "rg:rgpw",
+        &["put", "/r/c", "1", "--lease", &own_lease],
+    ));
+    denied(cli(&agent, "rg:rgpw", &["lease", "revoke", &root_lease]));
+
     // Admin-only: users, roles, members, compaction.
     let member_id = ok(ctl(&agent, "root:rootpw", &["member", "list"]))
         .split(',')

@@ -75,6 +75,43 @@ impl Context {
         Ok(Caller { auth, user })
     }
 
+    /// As etcd's `checkLeasePuts`: a put that attaches a lease needs write
+    /// access to every key already on that lease (revoking it later would
+    /// delete them all).
+    pub(crate) fn check_lease_puts(
+        &self,
+        caller: &Caller,
+        command: &Command,
+    ) -> Result<(), Status> {
+        if caller.unrestricted() {
+            return Ok(());
+        }
+        let puts: Vec<&PutRequest> = match command.unwrapped() {
+            Command::Put(put) => vec![put],
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .filter_map(|op| match op {
+                    TxnOp::Put(put) => Some(put),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for put in puts.into_iter().filter(|put| put.lease != 0) {
+            let lease = self
+                .node
+                .store()
+                .lease(put.lease)
+                .map_err(super::store_status)?;
+            if let Some(lease) = lease {
+                caller.check_keys(Access::Write, &lease.keys)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Proposes a client's `command`, stamped with the auth revision it was
     /// checked against: if users, roles or permissions change before it
     /// applies, it is refused (etcd's "revision of auth store is old") and

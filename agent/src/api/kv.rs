@@ -94,7 +94,9 @@ impl PbKvService for KvService {
         let req = put_from_pb(request.into_inner())?;
         // Authorize before the trust checks, which would tell a stranger
         // about the key (its sequence, its protection).
-        caller.check_command(&Command::Put(req.clone()))?;
+        let unchecked = Command::Put(req.clone());
+        caller.check_command(&unchecked)?;
+        self.0.check_lease_puts(&caller, &unchecked)?;
         let command = put_command(&self.0.keyring.get(), self.0.node.store(), req)?;
         match self.write(&caller, command).await? {
             (CommandResponse::Put(mut resp), revision) => {
@@ -127,6 +129,7 @@ impl PbKvService for KvService {
         let txn = txn_from_pb(request.into_inner())?;
         let command = Command::Txn(txn.clone());
         caller.check_command(&command)?;
+        self.0.check_lease_puts(&caller, &command)?;
         admit(&self.0.keyring.get(), &command)?;
         match self.write(&caller, command).await? {
             (CommandResponse::Txn(mut resp), revision) => {
