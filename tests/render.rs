@@ -653,3 +653,38 @@ fn fetch_metrics(port: u16) -> String {
     );
     text
 }
+
+#[test]
+fn a_reload_cut_off_by_a_crash_runs_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("reloads.log");
+    let entries = format!(
+        r#"
+[[render]]
+key = "/a"
+dest = "a"
+reload = "echo started >> {}; sleep 3"
+"#,
+        log.display()
+    );
+    let mut agent = start(dir.path(), &entries);
+    ok(edgeconf(&agent, &["put", "/a", "1"]));
+    wait_for(&dir.path().join("out/a"), "rendered", |c| c == Some("1"));
+    wait_for(&log, "reload started", |c| c.is_some());
+    // Killed while the reload runs: the file is new, the reload unfinished.
+    agent.kill9();
+    let config = dir.path().join("agent.toml");
+    let agent = Agent::start_with(
+        dir.path(),
+        agent.port,
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_for(&log, "reloaded again after the restart", |c| {
+        c.is_some_and(|c| c.lines().count() == 2)
+    });
+    assert!(
+        agent.log().contains("left pending before the restart"),
+        "{}",
+        agent.log()
+    );
+}

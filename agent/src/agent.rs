@@ -154,6 +154,7 @@ pub async fn run(
             render_plan,
             config.source.clone(),
             Box::new(move || reload()),
+            Some(config.data_dir.join("render-reloads-pending")),
         );
         let stopped = stopped.clone();
         tasks.spawn(async move { runner.run(stopped).await });

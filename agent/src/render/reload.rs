@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -39,16 +40,65 @@ struct CommandState {
 pub struct Reloads {
     finished: mpsc::UnboundedSender<Finished>,
     commands: HashMap<String, CommandState>,
+    /// Where commands asked for and not yet succeeded are kept, so a
+    /// restart runs a reload the stop cut off (the file is already new
+    /// then, and rendering alone would not ask for it again).
+    pending_file: Option<PathBuf>,
 }
 
 impl Reloads {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Finished>) {
+    pub fn new(pending_file: Option<PathBuf>) -> (Self, mpsc::UnboundedReceiver<Finished>) {
         let (finished, receiver) = mpsc::unbounded_channel();
         let reloads = Self {
             finished,
             commands: HashMap::new(),
+            pending_file,
         };
         (reloads, receiver)
+    }
+
+    /// Commands left pending by the previous run of the agent.
+    pub fn left_pending(&self) -> Vec<String> {
+        self.pending_file
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|text| {
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes the commands not yet run successfully (atomically; a failure
+    /// only loses the resume-after-restart, so it is logged).
+    fn save_pending(&self) {
+        let Some(path) = &self.pending_file else {
+            return;
+        };
+        let mut pending: Vec<&str> = self
+            .commands
+            .iter()
+            .filter(|(_, s)| s.running || s.rerun || s.retry_at.is_some())
+            .map(|(c, _)| c.as_str())
+            .filter(|c| !c.contains('\n'))
+            .collect();
+        pending.sort_unstable();
+        let text: String = pending.iter().map(|c| format!("{c}\n")).collect();
+        let written = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no directory"))
+            .and_then(|dir| {
+                let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+                std::io::Write::write_all(&mut temp, text.as_bytes())?;
+                temp.as_file().sync_all()?;
+                temp.persist(path).map_err(|err| err.error)?;
+                Ok(())
+            });
+        if let Err(err) = written {
+            tracing::warn!(file = %path.display(), error = %err, "cannot record pending reload commands");
+        }
     }
 
     /// Asks for `command` to run (once) because `dests` changed.
@@ -64,6 +114,7 @@ impl Reloads {
             state.running = true;
             spawn(command.to_string(), state.timeout, self.finished.clone());
         }
+        self.save_pending();
     }
 
     /// Records a finished run; starts the folded rerun if one was asked for.
@@ -96,11 +147,19 @@ impl Reloads {
         } else if retry_in.is_none() {
             state.dests.clear();
         }
+        self.save_pending();
         Some(Report {
             dests,
             outcome: finished.outcome,
             retry_in,
         })
+    }
+
+    /// True while `command` runs or waits to run.
+    pub fn is_active(&self, command: &str) -> bool {
+        self.commands
+            .get(command)
+            .is_some_and(|s| s.running || s.rerun || s.retry_at.is_some())
     }
 
     /// The next retry, if any is waiting.

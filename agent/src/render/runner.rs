@@ -40,6 +40,8 @@ pub struct Runner {
     plan: Plan,
     config_path: Option<PathBuf>,
     reload_config: ConfigReloader,
+    /// Where reload commands still owed are recorded across restarts.
+    pending_file: Option<PathBuf>,
     /// What was last written to each destination, to tell drift from our
     /// own writes.
     written: HashMap<PathBuf, Vec<u8>>,
@@ -70,6 +72,7 @@ impl Runner {
         plan: Plan,
         config_path: Option<PathBuf>,
         reload_config: ConfigReloader,
+        pending_file: Option<PathBuf>,
     ) -> Self {
         Self {
             node,
@@ -78,6 +81,7 @@ impl Runner {
             plan,
             config_path,
             reload_config,
+            pending_file,
             written: HashMap::new(),
             reported: HashMap::new(),
             dirty: HashMap::new(),
@@ -117,10 +121,31 @@ impl Runner {
             _ = self.catch_up() => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        let (mut reloads, mut finished) = Reloads::new();
+        let (mut reloads, mut finished) = Reloads::new(self.pending_file.clone());
+        let owed = reloads.left_pending();
         let mut keyring = self.keyring.get();
         let all: Vec<usize> = (0..self.plan.entries.len()).collect();
         self.render(&all, true, &mut reloads);
+        // Reloads the last run of the agent asked for and did not finish
+        // (it stopped or crashed after writing the file).
+        let owed: Vec<String> = owed.into_iter().filter(|c| !reloads.is_active(c)).collect();
+        for command in owed {
+            let naming: Vec<&Compiled> = self
+                .plan
+                .entries
+                .iter()
+                .map(|c| &**c)
+                .filter(|c| c.entry.reload.as_ref() == Some(&command))
+                .collect();
+            if let Some(timeout) = naming.iter().map(|c| c.entry.reload_timeout).max() {
+                tracing::info!(command = %command, "running a reload left pending before the restart");
+                let dests = naming
+                    .iter()
+                    .map(|c| c.entry.dest.display().to_string())
+                    .collect();
+                reloads.request(&command, timeout, dests);
+            }
+        }
         let mut keyring_check = tokio::time::interval(KEYRING_CHECK);
 
         loop {
