@@ -423,6 +423,7 @@ fn bad_paths_and_templates_are_refused_at_load() {
         ("prefix = \"/a/\"\ndest = \"a\"", "needs a template"),
         ("key = \"/a\"\ndest = \"a\"\nmode = \"rw\"", "octal"),
         ("dest = \"a\"", "`key` is missing"),
+        ("key = \"/a\"\ndest = \"a\"\ncheck = \"true\"", "put {}"),
     ];
     for (entry, expected) in cases {
         let config = dir.path().join("agent.toml");
@@ -687,4 +688,41 @@ reload = "echo started >> {}; sleep 3"
         "{}",
         agent.log()
     );
+}
+
+#[test]
+fn a_check_command_refusing_the_content_keeps_the_last_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        dir.path(),
+        r#"
+[[render]]
+key = "/conf"
+dest = "app.conf"
+check = "grep -q '^valid' {}"
+"#,
+    );
+    let file = dir.path().join("out/app.conf");
+    ok(edgeconf(&agent, &["put", "/conf", "valid 1"]));
+    wait_for(&file, "rendered", |c| c == Some("valid 1"));
+    ok(edgeconf(&agent, &["put", "/conf", "broken"]));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = ok(edgeconf(&agent, &["status"]));
+        if status.contains("check command refused the new content") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "valid 1");
+    // No temporary file is left behind, and a valid value goes through.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".edgeconf"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    ok(edgeconf(&agent, &["put", "/conf", "valid 2"]));
+    wait_for(&file, "rendered again", |c| c == Some("valid 2"));
 }

@@ -31,6 +31,10 @@ pub struct RenderFile {
     pub group: Option<String>,
     /// A command run with `sh -c` after the file changes.
     pub reload: Option<String>,
+    /// A command that validates the new content before it replaces the
+    /// file: `{}` is replaced by the path of a temporary file holding it;
+    /// a non-zero exit keeps the last good file (like confd's check_cmd).
+    pub check: Option<String>,
     /// How long the reload command may run, e.g. "10s".
     pub reload_timeout: Option<String>,
     /// How long to gather changes before rendering, e.g. "200ms".
@@ -86,6 +90,7 @@ pub struct RenderEntry {
     pub owner: Option<u32>,
     pub group: Option<u32>,
     pub reload: Option<String>,
+    pub check: Option<String>,
     pub reload_timeout: Duration,
     pub debounce: Duration,
     pub on_drift: OnDrift,
@@ -270,6 +275,14 @@ fn check_entry(
             "is empty: give a command, or leave it out".into(),
         ));
     }
+    if let Some(check) = &entry.check {
+        if !check.contains("{}") {
+            return Err(invalid(
+                "check",
+                format!("is {check:?}: put {{}} where the new file's path goes, e.g. \"nginx -t -c {{}}\""),
+            ));
+        }
+    }
     let template = entry.template.map(|t| base.join(t));
     if let Some(template) = &template {
         if !template.is_file() {
@@ -289,6 +302,7 @@ fn check_entry(
         owner,
         group,
         reload: entry.reload,
+        check: entry.check,
         reload_timeout,
         debounce,
         on_drift: entry.on_drift.unwrap_or_default(),

@@ -195,7 +195,7 @@ fn spawn(command: String, timeout: Duration, finished: mpsc::UnboundedSender<Fin
 /// Runs `command` with `sh -c` in a process group of its own; at the
 /// timeout the whole group is killed. Standard error goes to a file, not a
 /// pipe, so a daemon that keeps it open does not hold the wait.
-async fn run(command: &str, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn run(command: &str, timeout: Duration) -> Result<(), String> {
     let mut stderr =
         tempfile::tempfile().map_err(|err| format!("cannot make a file for stderr: {err}"))?;
     let stderr_for_child = stderr

@@ -125,7 +125,7 @@ impl Runner {
         let owed = reloads.left_pending();
         let mut keyring = self.keyring.get();
         let all: Vec<usize> = (0..self.plan.entries.len()).collect();
-        self.render(&all, true, &mut reloads);
+        self.render(&all, true, &mut reloads).await;
         // Reloads the last run of the agent asked for and did not finish
         // (it stopped or crashed after writing the file).
         let owed: Vec<String> = owed.into_iter().filter(|c| !reloads.is_active(c)).collect();
@@ -161,6 +161,9 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            // Renders run after the select: its other branches (the stop
+            // signal's guard among them) must not live across their awaits.
+            let mut time_is_up = false;
             tokio::select! {
                 commit = commits.recv() => match commit {
                     Ok(commit) => {
@@ -200,15 +203,16 @@ impl Runner {
                         self.mark(|_| true);
                     }
                 }
-                _ = sleep => {
-                    let now = Instant::now();
-                    let due = self.take_due(now);
-                    if !due.is_empty() {
-                        self.render(&due, false, &mut reloads);
-                    }
-                    reloads.retry_due(now);
-                }
+                _ = sleep => time_is_up = true,
                 _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            if time_is_up {
+                let now = Instant::now();
+                let due = self.take_due(now);
+                if !due.is_empty() {
+                    self.render(&due, false, &mut reloads).await;
+                }
+                reloads.retry_due(now);
             }
         }
     }
@@ -279,13 +283,13 @@ impl Runner {
 
     /// Renders `indexes`; files that changed have their reload commands
     /// asked for (each command runs once for them all).
-    fn render(&mut self, indexes: &[usize], startup: bool, reloads: &mut Reloads) {
+    async fn render(&mut self, indexes: &[usize], startup: bool, reloads: &mut Reloads) {
         let mut commands: Vec<(String, Duration, Vec<String>)> = Vec::new();
         for &index in indexes {
             let Some(compiled) = self.plan.entries.get(index).cloned() else {
                 continue;
             };
-            match self.render_one(&compiled, startup) {
+            match self.render_one(&compiled, startup).await {
                 Rendered::Changed => {
                     let entry = &compiled.entry;
                     if let Some(command) = &entry.reload {
@@ -312,7 +316,7 @@ impl Runner {
         }
     }
 
-    fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
+    async fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
         let read = self
@@ -338,6 +342,12 @@ impl Runner {
         let unchanged = current.as_deref() == Some(content.as_slice())
             && files::has_attributes(&entry.dest, entry);
         if !unchanged {
+            if let Some(check) = &entry.check {
+                if let Err(err) = check_content(check, entry, &content).await {
+                    self.failed(compiled, err);
+                    return Rendered::Refused;
+                }
+            }
             if let Err(err) = files::write(entry, &content) {
                 self.failed(compiled, format!("writing {dest}: {err}"));
                 return Rendered::Failed;
@@ -578,4 +588,30 @@ fn same_file(a: &Path, b: &Path) -> bool {
             .ok()
             .zip(std::fs::canonicalize(b).ok())
             .is_some_and(|(a, b)| a == b)
+}
+
+/// Runs the entry's check command on the new content, written to a
+/// private temporary file beside the destination (so relative includes in
+/// it resolve as they will).
+async fn check_content(
+    check: &str,
+    entry: &crate::config::RenderEntry,
+    content: &[u8],
+) -> Result<(), String> {
+    let dir = entry.dest.parent().unwrap_or(Path::new("."));
+    let _ = std::fs::create_dir_all(dir);
+    let mut temp = tempfile::Builder::new()
+        .prefix(".edgeconf-check-")
+        .tempfile_in(dir)
+        .map_err(|err| format!("check: cannot write a temporary file: {err}"))?;
+    std::io::Write::write_all(&mut temp, content)
+        .map_err(|err| format!("check: cannot write a temporary file: {err}"))?;
+    let quoted = format!(
+        "'{}'",
+        temp.path().display().to_string().replace('\'', "'\\''")
+    );
+    let command = check.replace("{}", &quoted);
+    super::reload::run(&command, entry.reload_timeout)
+        .await
+        .map_err(|err| format!("check command refused the new content ({check}): {err}"))
 }
