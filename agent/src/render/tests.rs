@@ -19,6 +19,7 @@ fn compiled(source: RenderSource, template: Option<&str>, required: bool) -> Arc
         owner: None,
         group: None,
         reload: None,
+        check: None,
         reload_timeout: Duration::from_secs(1),
         debounce: Duration::from_millis(1),
         on_drift: OnDrift::Restore,
