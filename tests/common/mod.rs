@@ -34,7 +34,11 @@ pub fn free_port() -> u16 {
         let port = 20_000 + (salt.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as u16 % 12_000;
         let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
         let udp = UdpSocket::bind(("127.0.0.1", port)).is_ok();
-        if tcp && udp {
+        // Never the same port twice in one test process: two members of a
+        // cluster picked together must not get one port (it happened).
+        static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        if tcp && udp && GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
             return port;
         }
     }
