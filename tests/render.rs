@@ -56,6 +56,34 @@ fn wait_for(path: &Path, what: &str, check: impl Fn(Option<&str>) -> bool) -> Op
     }
 }
 
+/// Waits until the agent's log contains `needle`.
+#[track_caller]
+fn wait_for_log(agent: &Agent, needle: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !agent.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "never logged {needle:?}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `edgeconf ARGS` (a status) until its output satisfies `check`.
+#[track_caller]
+fn wait_for_status(agent: &Agent, args: &[&str], check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = ok(edgeconf(agent, args));
+        if check(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
@@ -119,12 +147,8 @@ dest = "upstream.conf"
     // last good file stays and the failure is logged.
     ok(edgeconf(&agent, &["put", "/app/config", "not json"]));
     ok(edgeconf(&agent, &["del", "/app/raw"]));
-    let deadline = Instant::now() + TIMEOUT;
-    while !(agent.log().contains("fromjson") && agent.log().contains("\"/app/raw\" does not exist"))
-    {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&agent, "fromjson");
+    wait_for_log(&agent, "\"/app/raw\" does not exist");
     assert!(std::fs::read_to_string(out.join("app.toml"))
         .unwrap()
         .starts_with("port = 9090"));
@@ -281,11 +305,7 @@ on_drift = "report"
         assert!(Instant::now() < deadline, "mode not restored");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent.log().contains("left as it is") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&agent, "left as it is");
     assert_eq!(
         std::fs::read_to_string(out.join("reported")).unwrap(),
         "edited"
@@ -322,11 +342,7 @@ dest = "a"
         format!("{both}\n[[render]]\nkey = \"/c\"\ntemplate = \"broken.j2\"\ndest = \"c\"\n"),
     )
     .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent.log().contains("config file edit refused") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&agent, "config file edit refused");
     ok(edgeconf(&agent, &["put", "/b", "3"]));
     wait_for(&out.join("b"), "still rendered", |c| c == Some("3"));
     assert!(!out.join("c").exists());
@@ -337,10 +353,7 @@ dest = "a"
         format!("{both}\n[[render]]\nkey = \"/c\"\ndest = \"../c\"\n"),
     )
     .unwrap();
-    while !agent.log().contains("contains \"..\"") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&agent, "contains \"..\"");
 
     // Editing a template re-renders with it, without touching the TOML.
     std::fs::write(dir.path().join("b.j2"), "b is {{ value }}\n").unwrap();
@@ -381,18 +394,12 @@ reload_timeout = "5s"
     );
     ok(edgeconf(&agent, &["put", "/slow", "1"]));
     ok(edgeconf(&agent, &["put", "/daemon", "1"]));
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let status = ok(edgeconf(&agent, &["status", "-w", "json"]));
-        let timed_out = status.contains("did not finish within 300ms");
-        let daemon_ok =
-            status.contains("\"dest\":\"") && !status.contains("did not finish within 5s");
-        if timed_out && daemon_ok && agent.log().contains("reload command succeeded") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_log(&agent, "reload command succeeded");
+    wait_for_status(&agent, &["status", "-w", "json"], |status| {
+        status.contains("did not finish within 300ms")
+            && status.contains("\"dest\":\"")
+            && !status.contains("did not finish within 5s")
+    });
 }
 
 #[test]
@@ -479,11 +486,7 @@ reload = "echo reloaded >> {}"
         agent.port,
         &["--config", config.to_str().unwrap()],
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent.log().contains("changed=false") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&agent, "changed=false");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lines(&count), 2, "no reload when nothing changed");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
@@ -549,15 +552,9 @@ reload = "echo failing reload >&2; exit 3"
     wait_for(&out.join("plain"), "rendered", |c| c == Some("p1"));
 
     // A failing reload is retried and shows in status and metrics.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let status = ok(edgeconf(&agent, &["status"]));
-        if status.contains("reload failed: exit status: 3: failing reload") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&agent, &["status"], |status| {
+        status.contains("reload failed: exit status: 3: failing reload")
+    });
     // Retried with backoff (1 s, then 2 s): a second failure comes.
     let failures = |metrics: &str| {
         metrics
@@ -602,15 +599,9 @@ reload = "echo failing reload >&2; exit 3"
         agent.port,
         &["--config", config.to_str().unwrap()],
     );
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let status = ok(edgeconf(&agent, &["status", "-w", "json"]));
-        if status.contains("render failed") || status.contains("\"error\":\"/cfg/app") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_status(&agent, &["status", "-w", "json"], |status| {
+        status.contains("render failed") || status.contains("\"error\":\"/cfg/app")
+    });
     assert_eq!(
         std::fs::read_to_string(out.join("app")).unwrap(),
         "signed v1"
@@ -706,15 +697,9 @@ check = "grep -q '^valid' {}"
     ok(edgeconf(&agent, &["put", "/conf", "valid 1"]));
     wait_for(&file, "rendered", |c| c == Some("valid 1"));
     ok(edgeconf(&agent, &["put", "/conf", "broken"]));
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let status = ok(edgeconf(&agent, &["status"]));
-        if status.contains("check command refused the new content") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_status(&agent, &["status"], |status| {
+        status.contains("check command refused the new content")
+    });
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "valid 1");
     // No temporary file is left behind, and a valid value goes through.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))

@@ -4,27 +4,13 @@
 //!
 //! Run: `cargo bench --bench auth` (prints medians; asserts nothing).
 
+mod support;
+
 use std::hint::black_box;
-use std::time::Instant;
+
+use support::per_call;
 
 use edgeconf::auth::{password, token, Access, AuthCommand, AuthState, Permission, PermissionKind};
-
-const ROUNDS: usize = 5;
-
-/// Median over ROUNDS of the mean time per call, in microseconds.
-fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
-    let mut rounds: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[ROUNDS / 2]
-}
 
 /// A user with `roles` roles of `grants` prefix permissions each.
 fn state(roles: usize, grants: usize) -> AuthState {

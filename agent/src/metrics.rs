@@ -123,10 +123,11 @@ pub fn render_text(sources: &Sources) -> String {
             |s| s.drift_repairs as f64,
         ),
     ];
+    // No [[render]] entries: no per-file series at all.
+    if files.is_empty() {
+        return out;
+    }
     for (name, kind, help, value) in series {
-        if files.is_empty() {
-            break;
-        }
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for file in &files {
             let dest = file

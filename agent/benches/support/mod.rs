@@ -176,3 +176,21 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
+
+/// Rounds of a micro-benchmark; the median round is reported.
+const ROUNDS: usize = 5;
+
+/// Median over ROUNDS of the mean time per call, in microseconds.
+pub fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
+    let mut rounds: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[ROUNDS / 2]
+}

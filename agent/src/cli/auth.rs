@@ -144,6 +144,16 @@ fn name_and_password(user: &str, flag: Option<String>) -> anyhow::Result<(String
     Ok((user.to_string(), password))
 }
 
+/// A list of user or role names: one per line, a table, or
+/// `{"<field>": [...]}`.
+fn print_names(format: Format, field: &str, header: &str, names: Vec<String>) {
+    match format {
+        Format::Json => print_json(&json!({ field: names })),
+        Format::Table => print_table(&[header], names.into_iter().map(|n| vec![n])),
+        Format::Simple => names.iter().for_each(|n| println!("{n}")),
+    }
+}
+
 fn done(format: Format, message: String) {
     match format {
         Format::Json => print_json(&json!({ "message": message })),
@@ -273,11 +283,7 @@ pub async fn user(client: &Client, format: Format, command: UserCommand) -> anyh
                 .await?
                 .into_inner()
                 .users;
-            match format {
-                Format::Json => print_json(&json!({ "users": users })),
-                Format::Table => print_table(&["USER"], users.into_iter().map(|u| vec![u])),
-                Format::Simple => users.iter().for_each(|u| println!("{u}")),
-            }
+            print_names(format, "users", "USER", users);
         }
         UserCommand::Passwd {
             user,
@@ -399,11 +405,7 @@ pub async fn role(client: &Client, format: Format, command: RoleCommand) -> anyh
                 .await?
                 .into_inner()
                 .roles;
-            match format {
-                Format::Json => print_json(&json!({ "roles": roles })),
-                Format::Table => print_table(&["ROLE"], roles.into_iter().map(|r| vec![r])),
-                Format::Simple => roles.iter().for_each(|r| println!("{r}")),
-            }
+            print_names(format, "roles", "ROLE", roles);
         }
         RoleCommand::GrantPermission {
             role,
