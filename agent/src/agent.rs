@@ -57,6 +57,7 @@ pub async fn run(
         client_urls: config.advertise_client_urls.clone(),
     };
     let keyring = Arc::new(KeyringCell::new(keyring(&config)?));
+    let plugins = load_plugins(&config, &store, &keyring).await?;
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
     let client_tls = match &config.client_tls {
@@ -92,13 +93,16 @@ pub async fn run(
                 retain: config.snapshot_catchup_entries,
             },
             admission: {
-                let keyring = keyring.clone();
+                let (keyring, validators) = (keyring.clone(), plugins.validators.clone());
                 Arc::new(move |command| {
-                    keyring
-                        .get()
-                        .trust
-                        .admit(command)
-                        .map_err(|err| err.to_string())
+                    let keyring = keyring.get();
+                    keyring.trust.admit(command).map_err(|err| err.to_string())?;
+                    match &validators {
+                        Some(validators) => validators
+                            .check_command(command, &keyring)
+                            .map_err(|err| err.to_string()),
+                        None => Ok(()),
+                    }
                 })
             },
         },
@@ -107,15 +111,17 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // One budget for password hashing, shared by every listener.
-    let passwords = Arc::new(api::auth::PasswordWork::new());
     let renders = Arc::new(crate::render::status::RenderStatus::default());
+    let shared = api::Shared {
+        passwords: Arc::new(api::auth::PasswordWork::new()),
+        renders: renders.clone(),
+        plugins: plugins.clone(),
+    };
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
-        let (tls, passwords, renders) = (client_tls.clone(), passwords.clone(), renders.clone());
+        let (tls, shared) = (client_tls.clone(), shared.clone());
         tasks.spawn(async move {
-            if let Err(err) =
-                api::serve(node, keyring, listener, tls, passwords, renders, stopped).await
-            {
+            if let Err(err) = api::serve(node, keyring, listener, tls, shared, stopped).await {
                 tracing::error!(error = %err, "client API server failed");
             }
         });
@@ -138,6 +144,7 @@ pub async fn run(
         let sources = crate::metrics::Sources {
             node: node.clone(),
             renders: renders.clone(),
+            plugins: plugins.clone(),
         };
         let stopped = stopped.clone();
         tasks.spawn(async move {
@@ -155,9 +162,29 @@ pub async fn run(
             config.source.clone(),
             Box::new(move || reload()),
             Some(config.data_dir.join("render-reloads-pending")),
-        );
+        )
+        .with_validators(plugins.validators.clone());
         let stopped = stopped.clone();
         tasks.spawn(async move { runner.run(stopped).await });
+    }
+    if let Some(loaded) = &plugins.plugins {
+        let (loaded, stop_watching) = (loaded.clone(), stopped.clone());
+        tasks.spawn(async move { crate::plugins::watch::run(loaded, stop_watching).await });
+        if !config.plugins.checks.is_empty() {
+            let keys: Arc<dyn crate::plugins::KeyReader> = Arc::new(crate::plugins::StoreKeys {
+                store: store.clone(),
+                keyring: keyring.clone(),
+            });
+            let (loaded, checks, status) = (
+                plugins.plugins.clone().expect("checked above"),
+                config.plugins.checks.clone(),
+                plugins.checks.clone(),
+            );
+            let stopped = stopped.clone();
+            tasks.spawn(async move {
+                crate::plugins::checks::run(loaded, checks, Some(keys), status, stopped).await
+            });
+        }
     }
     if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
         let (node, switch) = (node.clone(), config.data_dir.join(PARTITION_SWITCH));
@@ -199,6 +226,43 @@ async fn watch_fault_switch(node: Arc<Node>, switch: std::path::PathBuf) {
         tick.tick().await;
         node.transport().set_isolated(switch.exists());
     }
+}
+
+/// Compiles the `[[plugin]]` components (compiled code is cached in the data
+/// dir) and binds the `[[validate]]` entries. A plugin that cannot be used
+/// stops the start: an agent must not run without a validator it was
+/// told to apply.
+async fn load_plugins(
+    config: &Config,
+    store: &Arc<Store>,
+    keyring: &Arc<KeyringCell>,
+) -> anyhow::Result<crate::plugins::AgentPlugins> {
+    use crate::plugins::{validators::Validators, AgentPlugins, KeyReader, Plugins, StoreKeys};
+    if config.plugins.plugins.is_empty() {
+        return Ok(AgentPlugins::default());
+    }
+    let entries = config.plugins.plugins.clone();
+    let cache = config.data_dir.join("plugin-cache");
+    let plugins = tokio::task::spawn_blocking(move || Plugins::load(&entries, Some(cache)))
+        .await
+        .context("loading plugins")??;
+    let plugins = Arc::new(plugins);
+    let keys: Arc<dyn KeyReader> = Arc::new(StoreKeys {
+        store: store.clone(),
+        keyring: keyring.clone(),
+    });
+    let validators = (!config.plugins.validate.is_empty()).then(|| {
+        Arc::new(Validators::new(
+            plugins.clone(),
+            &config.plugins.validate,
+            Some(keys),
+        ))
+    });
+    Ok(AgentPlugins {
+        plugins: Some(plugins),
+        validators,
+        checks: Default::default(),
+    })
 }
 
 /// The ids this member was born with; derived from the config only once.

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod metrics;
+pub mod plugins;
 pub mod render;
 pub mod signing;
 pub mod store;

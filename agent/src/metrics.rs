@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::consensus::Node;
+use crate::plugins::{checks::Health, AgentPlugins, PluginStats};
 use crate::render::status::{EntryStatus, RenderStatus};
 
 /// A per-file metric: name, type, help and how to read it.
@@ -28,6 +29,7 @@ type Series = (
 pub struct Sources {
     pub node: Arc<Node>,
     pub renders: Arc<RenderStatus>,
+    pub plugins: AgentPlugins,
 }
 
 /// The metrics as Prometheus text.
@@ -124,21 +126,73 @@ pub fn render_text(sources: &Sources) -> String {
         ),
     ];
     // No [[render]] entries: no per-file series at all.
-    if files.is_empty() {
-        return out;
-    }
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for file in &files {
-            let dest = file
-                .dest
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = writeln!(out, "{name}{{dest=\"{dest}\"}} {}", value(file));
+    if !files.is_empty() {
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for file in &files {
+                let dest = label(&file.dest);
+                let _ = writeln!(out, "{name}{{dest=\"{dest}\"}} {}", value(file));
+            }
         }
     }
+    plugin_metrics(&mut out, &sources.plugins);
     out
+}
+
+/// A Prometheus label value, escaped.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Per-plugin counters and per-check health (none without plugins).
+fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
+    let Some(loaded) = &plugins.plugins else {
+        return;
+    };
+    let infos = loaded.infos();
+    let series: [(&str, &str, &str, fn(&PluginStats) -> f64); 5] = [
+        ("edgeconf_plugin_calls_total", "counter", "Calls into the plugin.", |s| s.calls as f64),
+        (
+            "edgeconf_plugin_failures_total",
+            "counter",
+            "Calls that ended without a verdict (timeout, memory limit, trap).",
+            |s| s.failures as f64,
+        ),
+        ("edgeconf_plugin_refusals_total", "counter", "Values a validator refused.", |s| s.refusals as f64),
+        ("edgeconf_plugin_reloads_total", "counter", "New plugin files swapped in.", |s| s.reloads as f64),
+        (
+            "edgeconf_plugin_reload_failing",
+            "gauge",
+            "1 while the newest plugin file was refused (the previous one runs).",
+            |s| f64::from(u8::from(s.reload_error.is_some())),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for info in &infos {
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", label(&info.name), value(&info.stats));
+        }
+    }
+    let checks = plugins.checks.snapshot();
+    if checks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP edgeconf_check_status Health check result: 0 passing, 1 warning, 2 critical, -1 not run yet.\n# TYPE edgeconf_check_status gauge");
+    for (name, state) in &checks {
+        let value = match state.health {
+            None => -1,
+            Some(Health::Passing) => 0,
+            Some(Health::Warning) => 1,
+            Some(Health::Critical) => 2,
+        };
+        let _ = writeln!(out, "edgeconf_check_status{{check=\"{}\",plugin=\"{}\"}} {value}", label(name), label(&state.plugin));
+    }
+    let _ = writeln!(out, "# HELP edgeconf_check_runs_total Health check runs.\n# TYPE edgeconf_check_runs_total counter");
+    for (name, state) in &checks {
+        let _ = writeln!(out, "edgeconf_check_runs_total{{check=\"{}\"}} {}", label(name), state.runs);
+    }
 }
 
 /// Serves `/metrics` and `/health` on `addr` until `shutdown` turns true.

@@ -179,6 +179,7 @@ impl Edgeconf for EdgeconfService {
             &change,
             req.prev_kv,
         )?;
+        self.0.validate(&command).await?;
         let applied = self
             .0
             .propose_checked(&caller, command)

@@ -25,6 +25,7 @@ impl KvService {
         caller: &Caller,
         command: Command,
     ) -> Result<(CommandResponse, i64), Status> {
+        self.0.validate(&command).await?;
         let applied = self
             .0
             .propose_checked(caller, command)

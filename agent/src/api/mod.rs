@@ -30,6 +30,7 @@ use tonic::Status;
 
 use crate::auth::AuthError;
 use crate::consensus::{Node, ProposeError};
+use crate::plugins::AgentPlugins;
 use crate::render::status::RenderStatus;
 use crate::signing::KeyringCell;
 use crate::store::StoreError;
@@ -50,9 +51,31 @@ pub(crate) struct Context {
     cert_users: bool,
     /// What the renderer did last.
     renders: Arc<RenderStatus>,
+    plugins: AgentPlugins,
+}
+
+/// What every listener of an agent shares besides the node and keys.
+#[derive(Clone)]
+pub struct Shared {
+    /// One budget for password hashing.
+    pub passwords: Arc<auth::PasswordWork>,
+    pub renders: Arc<RenderStatus>,
+    pub plugins: AgentPlugins,
 }
 
 impl Context {
+    /// Runs the validator plugins bound to the keys `command` writes: a
+    /// refusal is the client's error, with the plugin's message.
+    pub(crate) async fn validate(&self, command: &crate::store::Command) -> Result<(), Status> {
+        let Some(validators) = &self.plugins.validators else {
+            return Ok(());
+        };
+        validators
+            .check_command_async(command, self.keyring.get())
+            .await
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))
+    }
+
     fn header(&self, revision: i64) -> PbResponseHeader {
         let identity = self.node.identity();
         PbResponseHeader {
@@ -88,16 +111,17 @@ pub async fn serve(
     keyring: Arc<KeyringCell>,
     listener: TcpListener,
     tls: Option<Arc<tls::ClientTlsFiles>>,
-    passwords: Arc<auth::PasswordWork>,
-    renders: Arc<RenderStatus>,
+    shared: Shared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let context = Context {
         node,
         keyring,
         cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
-        renders,
+        renders: shared.renders,
+        plugins: shared.plugins,
     };
+    let passwords = shared.passwords;
     let router = tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(context.clone())))
         .add_service(PbWatchServer::new(watch::WatchService(context.clone())))

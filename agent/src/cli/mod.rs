@@ -244,6 +244,9 @@ impl AgentArgs {
             render_root: None,
             listen_metrics_url: None,
             render: Vec::new(),
+            plugin: Vec::new(),
+            validate: Vec::new(),
+            check: Vec::new(),
         }
     }
 }

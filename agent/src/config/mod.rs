@@ -4,6 +4,7 @@
 //! Loading either yields a fully checked [`Config`] or an error that names
 //! the file, line and field at fault; nothing starts from a bad file.
 
+pub mod plugins;
 pub mod render;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use plugins::{
+    Capabilities, CheckEntry, HostPort, Limits, PluginEntry, PluginKind, PluginSections,
+    ValidateEntry,
+};
 pub use render::{AtomicMode, OnDrift, RenderEntry, RenderFile, RenderSource};
 
 use crate::signing::{Identities, PrefixTrust, Recipient, TrustPolicy};
@@ -61,6 +66,15 @@ pub struct ConfigFile {
     /// `[[render]]`: keys materialized into files.
     #[serde(default)]
     pub render: Vec<RenderFile>,
+    /// `[[plugin]]`: WebAssembly components and what they may reach.
+    #[serde(default)]
+    pub plugin: Vec<plugins::PluginFile>,
+    /// `[[validate]]`: validator plugins bound to key prefixes.
+    #[serde(default)]
+    pub validate: Vec<plugins::ValidateFile>,
+    /// `[[check]]`: health-check plugins run on an interval.
+    #[serde(default)]
+    pub check: Vec<plugins::CheckFile>,
 }
 
 /// `[trust]`: operator public keys (as `edgeconf keygen` prints them),
@@ -159,6 +173,7 @@ pub struct Config {
     /// Canonical `render_root`, when there are `[[render]]` entries.
     pub render_root: Option<PathBuf>,
     pub render: Vec<RenderEntry>,
+    pub plugins: PluginSections,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -266,6 +281,21 @@ impl ConfigFile {
                 self.render
             } else {
                 overrides.render
+            },
+            plugin: if overrides.plugin.is_empty() {
+                self.plugin
+            } else {
+                overrides.plugin
+            },
+            validate: if overrides.validate.is_empty() {
+                self.validate
+            } else {
+                overrides.validate
+            },
+            check: if overrides.check.is_empty() {
+                self.check
+            } else {
+                overrides.check
             },
         }
     }
@@ -457,11 +487,13 @@ impl Config {
         };
         let (render_root, render) =
             render::check_entries(source, file.render_root.as_deref(), file.render)?;
+        let plugins = plugins::check_sections(source, file.plugin, file.validate, file.check)?;
         Ok(Config {
             source: source.map(Path::to_path_buf),
             listen_metrics,
             render_root,
             render,
+            plugins,
             name,
             data_dir,
             listen_client,

@@ -1,7 +1,7 @@
 //! Materialize: watched keys rendered into local files.
 //!
 //! A [`Plan`] is the `[[render]]` entries with their templates compiled.
-//! [`produce`] turns the entry's keys (checked against the trust policy and
+//! [`plain_values`] and [`produce_from`] turn the entry's keys (checked against the trust policy and
 //! decrypted) into file bytes; [`runner`] keeps the files current: it
 //! renders on changes after a debounce, writes atomically, runs reload
 //! commands once per burst, repairs drift and takes live config edits.
@@ -88,7 +88,7 @@ impl Compiled {
 
 /// The value of a stored key as a file may show it: checked against the
 /// trust policy (signature, signer, sequence) and decrypted if secret.
-fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64>) -> Result<Vec<u8>, String> {
+pub(crate) fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64>) -> Result<Vec<u8>, String> {
     let key = String::from_utf8_lossy(&kv.key);
     match keyring.check_stored(&kv.key, &kv.value, sequence) {
         Ok(Checked::Plain(value)) => Ok(value),
@@ -101,20 +101,19 @@ fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64>) -> Resul
     }
 }
 
-/// The bytes of the entry's file for these keys (with the latest signed
-/// sequence of each, as the store gives them).
-pub fn produce(
-    compiled: &Compiled,
+/// The plain values of these keys (with the latest signed sequence of
+/// each, as the store gives them): checked and decrypted.
+pub fn plain_values(
     keyring: &Keyring,
     kvs: &[KeyValue],
     sequences: &[Option<u64>],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
     let mut plain = Vec::with_capacity(kvs.len());
     for (index, kv) in kvs.iter().enumerate() {
         let value = plain_value(keyring, kv, sequences.get(index).copied().flatten())?;
         plain.push((kv.key.clone(), value));
     }
-    produce_from(compiled, &plain)
+    Ok(plain)
 }
 
 /// The bytes of the entry's file for keys and their plain values (checked

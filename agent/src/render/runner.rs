@@ -18,11 +18,12 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::reload::{Finished, Reloads};
 use super::status::RenderStatus;
-use super::{files, produce, Compiled, Plan};
+use super::{files, plain_values, produce_from, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
 use crate::signing::{Keyring, KeyringCell};
-use crate::store::RangeRequest;
+use crate::plugins::validators::Validators;
+use crate::store::{KeyValue, RangeRequest};
 
 /// How soon a render that failed for a passing reason (a write error, a
 /// store read error) is tried again.
@@ -51,6 +52,8 @@ pub struct Runner {
     dirty: HashMap<usize, Instant>,
     /// The last refused config edit, so one edit is reported once.
     refused: Option<String>,
+    /// Validator plugins every value passes before it is rendered.
+    validators: Option<Arc<Validators>>,
 }
 
 /// The outcome of rendering one entry.
@@ -86,7 +89,14 @@ impl Runner {
             reported: HashMap::new(),
             dirty: HashMap::new(),
             refused: None,
+            validators: None,
         }
+    }
+
+    /// Values pass these validator plugins before they are rendered.
+    pub fn with_validators(mut self, validators: Option<Arc<Validators>>) -> Self {
+        self.validators = validators;
+        self
     }
 
     pub async fn run(mut self, mut stopped: tokio::sync::watch::Receiver<bool>) {
@@ -316,6 +326,34 @@ impl Runner {
         }
     }
 
+    /// The entry's file: values checked and decrypted, passed through the
+    /// validator plugins, then templated.
+    async fn content(
+        &self,
+        compiled: &Compiled,
+        keyring: &Keyring,
+        kvs: &[KeyValue],
+        sequences: &[Option<u64>],
+    ) -> Result<Vec<u8>, String> {
+        let plain = plain_values(keyring, kvs, sequences)?;
+        let Some(validators) = self
+            .validators
+            .clone()
+            .filter(|v| plain.iter().any(|(key, _)| v.covers(key)))
+        else {
+            return produce_from(compiled, &plain);
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            for (key, value) in &plain {
+                validators.validate(key, value).map_err(|err| err.to_string())?;
+            }
+            Ok::<_, String>(plain)
+        })
+        .await
+        .map_err(|err| format!("the validation task failed: {err}"))??;
+        produce_from(compiled, &checked)
+    }
+
     async fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
@@ -331,7 +369,10 @@ impl Runner {
             }
         };
         let keyring: Arc<Keyring> = self.keyring.get();
-        let content = match produce(compiled, &keyring, &response.kvs, &sequences) {
+        let content = match self
+            .content(compiled, &keyring, &response.kvs, &sequences)
+            .await
+        {
             Ok(content) => content,
             Err(err) => {
                 self.failed(compiled, err);

@@ -1,0 +1,277 @@
+//! What a plugin instance sees of the host: the imported interfaces, each
+//! answering only what the plugin's capabilities grant, and the memory cap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+use super::bindings::{health_check, http, keys, log, settings, tcp};
+use crate::config::Capabilities;
+
+/// The longest log line kept, and the most lines one call may log.
+const LOG_LINE_MAX: usize = 4096;
+const LOG_LINES_PER_CALL: u32 = 64;
+/// HTTP bodies handed to a plugin are cut here.
+const HTTP_BODY_MAX: usize = 64 << 10;
+
+/// Reads keys for `read-key`: the agent's store (checked and decrypted as
+/// for rendering) or, for `edgeconf plugin test`, values given on the
+/// command line.
+pub trait KeyReader: Send + Sync {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// Keys given as a map (`edgeconf plugin test --kv`).
+impl KeyReader for BTreeMap<String, Vec<u8>> {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.get(String::from_utf8_lossy(key).as_ref()).cloned())
+    }
+}
+
+/// What one call runs with, besides the plugin itself.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    /// The `settings` table of the binding that runs the plugin.
+    pub settings: Arc<BTreeMap<String, String>>,
+    pub keys: Option<Arc<dyn KeyReader>>,
+}
+
+/// The store data of one instance.
+pub struct HostState {
+    plugin: Arc<str>,
+    grants: Arc<Capabilities>,
+    context: CallContext,
+    runtime: Option<tokio::runtime::Handle>,
+    /// When the call's time is up (host calls are cut short to it).
+    deadline: Instant,
+    memory_cap: usize,
+    /// Set when the instance asked for more memory than its cap.
+    pub memory_exceeded: bool,
+    log_lines: u32,
+}
+
+impl HostState {
+    pub fn new(
+        plugin: Arc<str>,
+        grants: Arc<Capabilities>,
+        context: CallContext,
+        runtime: Option<tokio::runtime::Handle>,
+        deadline: Instant,
+        memory_cap: u64,
+    ) -> Self {
+        HostState {
+            plugin,
+            grants,
+            context,
+            runtime,
+            deadline,
+            memory_cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
+            memory_exceeded: false,
+            log_lines: 0,
+        }
+    }
+
+    /// `timeout_ms` cut to the time left in the call.
+    fn budget(&self, timeout_ms: u32) -> Result<Duration, String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the plugin's time limit is used up".into());
+        }
+        Ok(Duration::from_millis(timeout_ms.into()).min(left))
+    }
+
+    fn refuse(&self, what: &str, target: &str, grant: &str) -> String {
+        tracing::warn!(plugin = %self.plugin, target, "plugin refused {what}: not granted");
+        format!("{what} {target} is not allowed for plugin {}: grant it in [plugin.capabilities] {grant}", self.plugin)
+    }
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes reached", self.memory_cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        if !self.grants.log {
+            return;
+        }
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(plugin = %self.plugin, "plugin logs too much: further lines of this call are dropped");
+            }
+            return;
+        }
+        let mut message = message;
+        if message.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl settings::Host for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        self.context.settings.get(&name).cloned()
+    }
+}
+
+impl keys::Host for HostState {
+    fn read_key(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        let granted = self
+            .grants
+            .read_keys
+            .iter()
+            .any(|prefix| key.as_bytes().starts_with(prefix));
+        if !granted {
+            return Err(self.refuse("reading key", &key, "read_keys"));
+        }
+        match &self.context.keys {
+            Some(reader) => reader.read(key.as_bytes()),
+            None => Err("no key-value store is available to this call".into()),
+        }
+    }
+}
+
+impl tcp::Host for HostState {
+    fn connect(&mut self, host: String, port: u16, timeout_ms: u32) -> Result<u64, String> {
+        let target = format!("{host}:{port}");
+        if !self.grants.tcp.iter().any(|a| a.allows(&host, port)) {
+            return Err(self.refuse("connecting to", &target, "tcp"));
+        }
+        let budget = self.budget(timeout_ms)?;
+        let started = Instant::now();
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
+            .map_err(|err| format!("resolving {target}: {err}"))?;
+        let mut last = format!("{target} resolved to no address");
+        for addr in addrs {
+            let left = budget.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(format!("connecting to {target}: timed out after {budget:?}"));
+            }
+            match std::net::TcpStream::connect_timeout(&addr, left) {
+                Ok(_) => return Ok(started.elapsed().as_micros() as u64),
+                Err(err) => last = format!("connecting to {target} ({addr}): {err}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl http::Host for HostState {
+    fn get(&mut self, url: String, timeout_ms: u32) -> Result<http::Response, String> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|err| format!("{url:?} is not a URL: {err}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{url}: only http:// is supported by http.get, not {other}://"
+                ))
+            }
+            None => return Err(format!("{url:?} has no scheme: write http://host:port/path")),
+        }
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        if !self.grants.http.iter().any(|a| a.allows(&host, port)) {
+            return Err(self.refuse("fetching", &url, "http"));
+        }
+        let budget = self.budget(timeout_ms)?;
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or("no async runtime is available to this call")?;
+        let fetch = fetch(uri, host, port);
+        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+            // Called on a runtime thread (a test driving a plugin inline):
+            // block_on would panic there.
+            tokio::task::block_in_place(|| {
+                runtime.block_on(tokio::time::timeout(budget, fetch))
+            })
+        } else {
+            runtime.block_on(tokio::time::timeout(budget, fetch))
+        };
+        let (status, body) = outcome.map_err(|_| format!("{url}: timed out after {budget:?}"))??;
+        Ok(http::Response { status, body })
+    }
+}
+
+async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec<u8>), String> {
+    let url = uri.to_string();
+    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|err| format!("{url}: {err}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|err| format!("{url}: {err}"))?;
+    let connection = tokio::spawn(connection);
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| host.clone());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "edgeconf-plugin")
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| format!("{url}: {err}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| format!("{url}: {err}"))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while bytes.len() < HTTP_BODY_MAX {
+        match body.frame().await {
+            None => break,
+            Some(Err(err)) => return Err(format!("{url}: reading the body: {err}")),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.extend_from_slice(data);
+                }
+            }
+        }
+    }
+    bytes.truncate(HTTP_BODY_MAX);
+    connection.abort();
+    Ok((status, bytes))
+}
+
+impl health_check::edgeconf::plugin::health::Host for HostState {}

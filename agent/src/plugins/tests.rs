@@ -1,0 +1,1 @@
+//! Unit tests against the example plugins built by plugins/build.sh.
