@@ -292,4 +292,49 @@ impl Edgeconf for EdgeconfService {
             .collect();
         Ok(Response::new(pb::RendersResponse { files }))
     }
+
+    async fn plugins(
+        &self,
+        request: Request<pb::PluginsRequest>,
+    ) -> Result<Response<pb::PluginsResponse>, Status> {
+        self.0.caller(&request)?.check_signed_in()?;
+        let loaded = &self.0.plugins;
+        let plugins = loaded
+            .plugins
+            .as_ref()
+            .map(|p| p.infos())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|info| pb::PluginState {
+                name: info.name,
+                kind: info.kind.to_string(),
+                path: info.path.display().to_string(),
+                digest: info.digest,
+                calls: info.stats.calls,
+                failures: info.stats.failures,
+                refusals: info.stats.refusals,
+                last_failure: info.stats.last_failure.unwrap_or_default(),
+                reloads: info.stats.reloads,
+                reload_error: info.stats.reload_error.unwrap_or_default(),
+                loaded_unix_ms: info.stats.loaded_unix_ms,
+            })
+            .collect();
+        let checks = loaded
+            .checks
+            .snapshot()
+            .into_iter()
+            .map(|(name, state)| pb::CheckResult {
+                name,
+                plugin: state.plugin,
+                status: state.health.map_or("unknown", |h| h.as_str()).to_string(),
+                output: state.output,
+                runs: state.runs,
+                plugin_failures: state.plugin_failures,
+                checked_unix_ms: state.checked_unix_ms,
+                since_unix_ms: state.since_unix_ms,
+                interval_ms: state.interval.as_millis() as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::PluginsResponse { plugins, checks }))
+    }
 }

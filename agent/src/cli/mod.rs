@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod member;
 mod output;
+mod plugin;
 mod render;
 mod signing;
 mod status;
@@ -162,6 +163,10 @@ pub enum Command {
     Sign(signing::SignArgs),
     /// Re-check stored values against the agent's trust policy.
     Verify(signing::VerifyArgs),
+    /// Run a WebAssembly plugin locally: a validator on a value, or a
+    /// health check once.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Show what the [[render]] entries of a config would write (a diff).
     Render(render::RenderArgs),
     /// Show the status of each endpoint and of its rendered files.
@@ -287,6 +292,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => signing::verify(&client, format, args).await,
         Command::Status => status::status(&client, format).await,
         Command::Render(args) => render::render(&client, args).await,
+        Command::Plugin(command) => plugin::run(format, command).await,
         Command::Bench(args) => bench::bench(&client, format, args).await,
     }
 }

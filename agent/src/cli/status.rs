@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::output::{format_size, format_time, header_json, print_json, print_table, Format};
 use super::Client;
-use crate::api::pb::{RenderedFile, RendersRequest};
+use crate::api::pb::{PluginsRequest, PluginsResponse, RenderedFile, RendersRequest};
 
 pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -20,7 +20,8 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
         match answer {
             Ok(status) => {
                 let files = renders(&one).await;
-                rows.push((endpoint.clone(), status, files));
+                let plugins = plugins(&one).await;
+                rows.push((endpoint.clone(), status, files, plugins));
             }
             Err(err) => failures.push(err.to_string()),
         }
@@ -28,9 +29,33 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => print_json(&json!(rows
             .iter()
-            .map(|(endpoint, s, files)| json!({
+            .map(|(endpoint, s, files, plugins)| json!({
                 "endpoint": endpoint,
                 "renders": files.iter().map(render_json).collect::<Vec<_>>(),
+                "plugins": plugins.plugins.iter().map(|p| json!({
+                    "name": p.name,
+                    "kind": p.kind,
+                    "path": p.path,
+                    "digest": p.digest,
+                    "calls": p.calls,
+                    "failures": p.failures,
+                    "refusals": p.refusals,
+                    "last_failure": p.last_failure,
+                    "reloads": p.reloads,
+                    "reload_error": p.reload_error,
+                    "loaded_unix_ms": p.loaded_unix_ms,
+                })).collect::<Vec<_>>(),
+                "checks": plugins.checks.iter().map(|c| json!({
+                    "name": c.name,
+                    "plugin": c.plugin,
+                    "status": c.status,
+                    "output": c.output,
+                    "runs": c.runs,
+                    "plugin_failures": c.plugin_failures,
+                    "checked_unix_ms": c.checked_unix_ms,
+                    "since_unix_ms": c.since_unix_ms,
+                    "interval_ms": c.interval_ms,
+                })).collect::<Vec<_>>(),
                 "header": header_json(s.header()),
                 "version": s.version(),
                 "db_size": s.db_size(),
@@ -40,7 +65,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
             }))
             .collect::<Vec<_>>())),
         _ => {
-            let lines = rows.iter().map(|(endpoint, s, _)| {
+            let lines = rows.iter().map(|(endpoint, s, _, _)| {
                 let member_id = s.header().map_or(0, |h| h.member_id());
                 vec![
                     endpoint.clone(),
@@ -71,6 +96,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                 }
             }
             print_renders(format, &rows);
+            print_plugins(format, &rows);
         }
     }
     if !failures.is_empty() {
@@ -88,6 +114,16 @@ async fn renders(client: &Client) -> Vec<RenderedFile> {
     }
     .await;
     answer.map(|r| r.into_inner().files).unwrap_or_default()
+}
+
+/// The endpoint's plugins and checks (none from an older agent).
+async fn plugins(client: &Client) -> PluginsResponse {
+    let answer = async {
+        let mut edgeconf = client.edgeconf().await?;
+        client.request(edgeconf.plugins(PluginsRequest {})).await
+    }
+    .await;
+    answer.map(|r| r.into_inner()).unwrap_or_default()
 }
 
 /// What is wrong with a rendered file, or "ok".
@@ -127,13 +163,17 @@ fn render_json(file: &RenderedFile) -> serde_json::Value {
     })
 }
 
-fn print_renders(
-    format: Format,
-    rows: &[(String, etcd_client::StatusResponse, Vec<RenderedFile>)],
-) {
+type Row = (
+    String,
+    etcd_client::StatusResponse,
+    Vec<RenderedFile>,
+    PluginsResponse,
+);
+
+fn print_renders(format: Format, rows: &[Row]) {
     let lines: Vec<Vec<String>> = rows
         .iter()
-        .flat_map(|(endpoint, _, files)| {
+        .flat_map(|(endpoint, _, files, _)| {
             files.iter().map(move |file| {
                 vec![
                     endpoint.clone(),
@@ -169,6 +209,75 @@ fn print_renders(
         println!("rendered files:");
         for line in lines {
             println!("{}", line.join(", "));
+        }
+    }
+}
+
+fn print_plugins(format: Format, rows: &[Row]) {
+    let plugins: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|(endpoint, _, _, answer)| {
+            answer.plugins.iter().map(move |p| {
+                let problem = match (p.reload_error.as_str(), p.last_failure.as_str()) {
+                    ("", "") => "ok".to_string(),
+                    ("", failure) => format!("last failure: {failure}"),
+                    (reload, _) => format!("new file refused: {reload}"),
+                };
+                vec![
+                    endpoint.clone(),
+                    p.name.clone(),
+                    p.kind.clone(),
+                    p.digest.chars().take(12).collect(),
+                    p.calls.to_string(),
+                    p.refusals.to_string(),
+                    p.failures.to_string(),
+                    problem,
+                ]
+            })
+        })
+        .collect();
+    let checks: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|(endpoint, _, _, answer)| {
+            answer.checks.iter().map(move |c| {
+                vec![
+                    endpoint.clone(),
+                    c.name.clone(),
+                    c.plugin.clone(),
+                    c.status.clone(),
+                    if c.since_unix_ms > 0 {
+                        format_time(c.since_unix_ms)
+                    } else {
+                        "-".to_string()
+                    },
+                    c.output.clone(),
+                ]
+            })
+        })
+        .collect();
+    let sections = [
+        (
+            "plugins:",
+            &["ENDPOINT", "PLUGIN", "KIND", "DIGEST", "CALLS", "REFUSED", "FAILED", "STATUS"][..],
+            plugins,
+        ),
+        (
+            "checks:",
+            &["ENDPOINT", "CHECK", "PLUGIN", "STATUS", "SINCE", "OUTPUT"][..],
+            checks,
+        ),
+    ];
+    for (title, headers, lines) in sections {
+        if lines.is_empty() {
+            continue;
+        }
+        if format == Format::Table {
+            print_table(headers, lines);
+        } else {
+            println!("{title}");
+            for line in lines {
+                println!("{}", line.join(", "));
+            }
         }
     }
 }
