@@ -57,6 +57,8 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
     if args.check {
         edgeconf::render::Plan::load(&config).map_err(anyhow::Error::msg)?;
+        // Compiles every plugin and checks its world and imports.
+        edgeconf::plugins::Plugins::load(&config.plugins.plugins, None)?;
         let source = args
             .config
             .as_ref()
