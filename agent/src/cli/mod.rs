@@ -67,14 +67,9 @@ pub struct Cli {
         requires = "client_key"
     )]
     pub cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(
-        long = "key",
-        id = "client_key",
-        global = true,
-        env = "EDGECONF_KEY",
-        requires = "client_cert"
-    )]
+    /// The client certificate's private key (PEM). (`plugin test` takes
+    /// `--key` as the key to validate.)
+    #[arg(long = "key", id = "client_key", global = true, env = "EDGECONF_KEY")]
     pub key: Option<PathBuf>,
 
     /// Sign in as NAME, with NAME:PASSWORD or --password, when the agents
@@ -258,6 +253,13 @@ impl AgentArgs {
 
 /// Runs a client command.
 pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Plugin(command) = cli.command {
+        let key = cli.key.map(|k| k.to_string_lossy().into_owned());
+        return plugin::run(cli.format, command, key).await;
+    }
+    if cli.key.is_some() && cli.cert.is_none() {
+        anyhow::bail!("--key is the client certificate's private key: give the certificate with --cert too");
+    }
     let tls = client::TlsFiles {
         cacert: cli.cacert.clone(),
         cert: cli.cert.clone(),
@@ -292,7 +294,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => signing::verify(&client, format, args).await,
         Command::Status => status::status(&client, format).await,
         Command::Render(args) => render::render(&client, args).await,
-        Command::Plugin(command) => plugin::run(format, command).await,
+        Command::Plugin(_) => unreachable!("handled above"),
         Command::Bench(args) => bench::bench(&client, format, args).await,
     }
 }

@@ -47,12 +47,12 @@ pub struct PluginArgs {
     pub memory: Option<String>,
 }
 
+/// `--key KEY` (the global flag, which elsewhere names a client key file)
+/// is the key to validate.
 #[derive(Debug, Args)]
 pub struct TestArgs {
     #[command(flatten)]
     pub plugin: PluginArgs,
-    #[arg(long)]
-    pub key: String,
     /// The value to validate...
     #[arg(long, conflicts_with = "file", required_unless_present = "file")]
     pub value: Option<String>,
@@ -70,9 +70,12 @@ pub struct CheckArgs {
     pub args: Vec<String>,
 }
 
-pub async fn run(format: Format, command: PluginCommand) -> anyhow::Result<()> {
+pub async fn run(format: Format, command: PluginCommand, key: Option<String>) -> anyhow::Result<()> {
     match command {
-        PluginCommand::Test(args) => test(format, args).await,
+        PluginCommand::Test(args) => {
+            let key = key.ok_or_else(|| anyhow!("plugin test needs --key KEY: the key the value is written to"))?;
+            test(format, args, key).await
+        }
         PluginCommand::Check(args) => check(format, args).await,
     }
 }
@@ -118,17 +121,18 @@ fn load(args: &PluginArgs, kind: PluginKind) -> anyhow::Result<(Plugin, CallCont
     Ok((plugin, context))
 }
 
-async fn test(format: Format, args: TestArgs) -> anyhow::Result<()> {
+async fn test(format: Format, args: TestArgs, key: String) -> anyhow::Result<()> {
     let value = match (&args.value, &args.file) {
         (Some(value), _) => value.clone().into_bytes(),
         (None, Some(file)) => std::fs::read(file)
             .with_context(|| format!("cannot read --file {}", file.display()))?,
         (None, None) => anyhow::bail!("give the value to test with --value or --file"),
     };
-    let key = args.key.clone();
+    let plugin_args = args.plugin;
+    let validated = key.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let (plugin, context) = load(&args.plugin, PluginKind::Validator)?;
-        let verdict = plugin.validate(&context, &key, &value);
+        let (plugin, context) = load(&plugin_args, PluginKind::Validator)?;
+        let verdict = plugin.validate(&context, &validated, &value);
         Ok::<_, anyhow::Error>((plugin.name.to_string(), verdict))
     })
     .await??;
@@ -136,9 +140,9 @@ async fn test(format: Format, args: TestArgs) -> anyhow::Result<()> {
     let verdict = verdict.map_err(|err| anyhow!("plugin {name} {err}"))?;
     if let Format::Json = format {
         let json = match &verdict {
-            Ok(()) => serde_json::json!({ "key": args.key, "accepted": true }),
+            Ok(()) => serde_json::json!({ "key": key, "accepted": true }),
             Err(message) => {
-                serde_json::json!({ "key": args.key, "accepted": false, "message": message })
+                serde_json::json!({ "key": key, "accepted": false, "message": message })
             }
         };
         println!("{json}");
@@ -149,7 +153,7 @@ async fn test(format: Format, args: TestArgs) -> anyhow::Result<()> {
     }
     match verdict {
         Ok(()) => {
-            println!("accepted: {}", args.key);
+            println!("accepted: {key}");
             Ok(())
         }
         Err(message) => Err(anyhow!("rejected by plugin {name}: {message}")),

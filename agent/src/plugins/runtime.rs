@@ -107,12 +107,14 @@ impl Runtime {
             return Ok((component, Compiled::Compiled(started.elapsed())));
         };
         let cached = dir.join(format!("{}-{}.cwasm", hex(&Sha256::digest(bytes)), self.engine_tag));
-        if cached.is_file() {
+        // Read into memory rather than mapped: a cache file truncated by
+        // someone else while mapped would crash the agent (SIGBUS).
+        if let Ok(code) = std::fs::read(&cached) {
             // SAFETY: the agent wrote this file itself (below, from bytes
             // it compiled) into its own data directory, under a name that
             // binds the source's hash and the engine's settings; wasmtime
             // checks the header's engine compatibility as well.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match unsafe { Component::deserialize(&self.engine, &code) } {
                 Ok(component) => return Ok((component, Compiled::FromCache)),
                 Err(err) => {
                     tracing::warn!(path = %cached.display(), error = %format!("{err:#}"), "cached plugin unusable; compiling again");
