@@ -7,6 +7,9 @@ cd "$(dirname "$0")"
 # protoc and its well-known types (the gRPC API is generated at build time),
 # etcdctl for the compatibility tests, etcd for side-by-side benchmarks.
 packages=(protobuf-compiler libprotobuf-dev etcd-client etcd-server)
+# Debian's Rust with the WebAssembly targets, for the plugins (rustup's
+# toolchain here has no wasm target): see plugins/build.sh.
+packages+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -29,5 +32,7 @@ if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install Rust with rustup (https://rustup.rs) and run ./setup.sh again" >&2
   exit 1
 fi
+# The WebAssembly plugins (plugins/dist/*.wasm), which the tests load.
+sh plugins/build.sh
 cargo build --locked
 echo "setup: done"
