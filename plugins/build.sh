@@ -13,7 +13,7 @@ root=$(dirname "$plugins")
 dist="$plugins/dist"
 guest_target="$plugins/target"
 
-validators="json-schema allow-list spin memory-hog trap reject-all net-probe"
+validators="json-schema allow-list limit-from-key spin memory-hog trap reject-all net-probe"
 health_checks="http-check tcp-check"
 
 say() { echo "plugins: $*" >&2; }

@@ -45,7 +45,8 @@ fn plugin(name: &str, path: &Path, kind: &str, extra: &str) -> String {
     )
 }
 
-const LIMITS_SCHEMA: &str = r#"{"type":"object","required":["max"],"properties":{"max":{"type":"integer","maximum":100}}}"#;
+const LIMITS_SCHEMA: &str =
+    r#"{"type":"object","required":["max"],"properties":{"max":{"type":"integer","maximum":100}}}"#;
 
 /// A tiny HTTP server on loopback: answers every request with `status`
 /// and "ok", counts connections, stops when dropped.
@@ -123,7 +124,11 @@ fn wait_for_status(agent: &Agent, what: &str, check: impl Fn(&serde_json::Value)
 fn wait_for_log(agent: &Agent, needle: &str) {
     let deadline = Instant::now() + TIMEOUT;
     while !agent.log().contains(needle) {
-        assert!(Instant::now() < deadline, "never logged {needle:?}:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "never logged {needle:?}:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -149,18 +154,32 @@ fn validators_refuse_bad_values_from_edgeconf_and_etcdctl() {
     let agent = start(dir.path(), &toml);
 
     ok(edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":5}"#]));
-    let err = failed(edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":500}"#]));
-    assert!(err.contains("rejected by plugin limits") && err.contains("100"), "{err}");
+    let err = failed(edgeconf(
+        &agent,
+        &["put", "/app/limits/a", r#"{"max":500}"#],
+    ));
+    assert!(
+        err.contains("rejected by plugin limits") && err.contains("100"),
+        "{err}"
+    );
     let err = failed(etcdctl(&agent, &["put", "/app/limits/a", r#"{"max":500}"#]));
     assert!(err.contains("rejected by plugin limits"), "{err}");
     let err = failed(edgeconf(&agent, &["put", "/app/limits/b", r#"{"min":1}"#]));
-    assert!(err.contains("rejected by plugin limits") && err.contains("max"), "{err}");
+    assert!(
+        err.contains("rejected by plugin limits") && err.contains("max"),
+        "{err}"
+    );
     let err = failed(edgeconf(&agent, &["put", "/app/limits/b", "not json"]));
     assert!(err.contains("rejected by plugin limits"), "{err}");
     // Refused values were never stored.
-    let value = ok(edgeconf(&agent, &["get", "/app/limits/a", "--print-value-only"]));
+    let value = ok(edgeconf(
+        &agent,
+        &["get", "/app/limits/a", "--print-value-only"],
+    ));
     assert_eq!(value.trim(), r#"{"max":5}"#);
-    assert!(ok(edgeconf(&agent, &["get", "/app/limits/b"])).trim().is_empty());
+    assert!(ok(edgeconf(&agent, &["get", "/app/limits/b"]))
+        .trim()
+        .is_empty());
 
     ok(edgeconf(&agent, &["put", "/app/mode/x", "on"]));
     let err = failed(etcdctl(&agent, &["put", "/app/mode/x", "maybe"]));
@@ -182,7 +201,10 @@ fn renders_skip_values_a_validator_refuses() {
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
     // Written before the validator existed.
     let mut agent = start(dir.path(), "");
-    ok(edgeconf(&agent, &["put", "/app/limits/r", r#"{"max":500}"#]));
+    ok(edgeconf(
+        &agent,
+        &["put", "/app/limits/r", r#"{"max":500}"#],
+    ));
     assert!(agent.stop());
 
     let toml = format!(
@@ -205,7 +227,10 @@ fn renders_skip_values_a_validator_refuses() {
     ok(edgeconf(&agent, &["put", "/app/limits/r", r#"{"max":50}"#]));
     let deadline = Instant::now() + TIMEOUT;
     while std::fs::read_to_string(&dest).ok().as_deref() != Some(r#"{"max":50}"#) {
-        assert!(Instant::now() < deadline, "the good value was never rendered");
+        assert!(
+            Instant::now() < deadline,
+            "the good value was never rendered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -229,12 +254,23 @@ fn adversarial_plugins_are_contained() {
     let started = Instant::now();
     let err = failed(edgeconf(&agent, &["put", "/spin/a", "x"]));
     let took = started.elapsed();
-    assert!(err.contains("plugin spin failed") && err.contains("time limit of 50ms"), "{err}");
-    println!("a looping validator was stopped; the put failed after {took:?} (client process included)");
+    assert!(
+        err.contains("plugin spin failed") && err.contains("time limit of 50ms"),
+        "{err}"
+    );
+    println!(
+        "a looping validator was stopped; the put failed after {took:?} (client process included)"
+    );
     let err = failed(edgeconf(&agent, &["put", "/hog/a", "x"]));
-    assert!(err.contains("plugin hog failed") && err.contains("memory limit of 4194304 bytes"), "{err}");
+    assert!(
+        err.contains("plugin hog failed") && err.contains("memory limit of 4194304 bytes"),
+        "{err}"
+    );
     let err = failed(etcdctl(&agent, &["put", "/trap/a", "x"]));
-    assert!(err.contains("plugin trap failed") && err.contains("trapped"), "{err}");
+    assert!(
+        err.contains("plugin trap failed") && err.contains("trapped"),
+        "{err}"
+    );
 
     // Many at once: each fails alone, the agent and the other plugins go on.
     let handles: Vec<_> = (0..8)
@@ -257,14 +293,24 @@ fn adversarial_plugins_are_contained() {
         assert!(!output.status.success());
     }
     ok(edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":7}"#]));
-    let err = failed(edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":700}"#]));
+    let err = failed(edgeconf(
+        &agent,
+        &["put", "/app/limits/a", r#"{"max":700}"#],
+    ));
     assert!(err.contains("rejected by plugin limits"), "{err}");
     assert_eq!(
-        ok(edgeconf(&agent, &["get", "/app/limits/a", "--print-value-only"])).trim(),
+        ok(edgeconf(
+            &agent,
+            &["get", "/app/limits/a", "--print-value-only"]
+        ))
+        .trim(),
         r#"{"max":7}"#
     );
     for key in ["/spin/a", "/hog/a", "/trap/a"] {
-        assert!(ok(edgeconf(&agent, &["get", key])).trim().is_empty(), "{key} was stored");
+        assert!(
+            ok(edgeconf(&agent, &["get", key])).trim().is_empty(),
+            "{key} was stored"
+        );
     }
     wait_for_status(&agent, "counted failures", |status| {
         status["plugins"]
@@ -299,13 +345,18 @@ fn health_checks_follow_a_real_service() {
     });
     wait_for_log(&agent, "health check changed");
     service.status.store(200, Ordering::SeqCst);
-    wait_for_status(&agent, "web passing again", |s| check_status(s, "web") == "passing");
+    wait_for_status(&agent, "web passing again", |s| {
+        check_status(s, "web") == "passing"
+    });
     drop(service);
     wait_for_status(&agent, "both critical", |s| {
         check_status(s, "web") == "critical" && check_status(s, "port") == "critical"
     });
     let status = ok(edgeconf(&agent, &["status"]));
-    assert!(status.contains("checks:") && status.contains("web"), "{status}");
+    assert!(
+        status.contains("checks:") && status.contains("web"),
+        "{status}"
+    );
 }
 
 #[test]
@@ -347,7 +398,9 @@ fn capabilities_are_enforced() {
     );
     let err = failed(output);
     assert!(
-        err.contains("net-probe.wasm") && err.contains("edgeconf:plugin/http") && err.contains("http = [\"host:port\"]"),
+        err.contains("net-probe.wasm")
+            && err.contains("edgeconf:plugin/http")
+            && err.contains("http = [\"host:port\"]"),
         "{err}"
     );
     // The wrong kind is refused as clearly.
@@ -381,7 +434,11 @@ fn plugin_files_reload_and_compiled_code_is_cached() {
         plugin("v", &path, "validator", "[plugin.capabilities]\nlog = true"),
     );
     let mut agent = start(dir.path(), &toml);
-    assert!(agent.log().contains("plugin loaded (compiled)"), "{}", agent.log());
+    assert!(
+        agent.log().contains("plugin loaded (compiled)"),
+        "{}",
+        agent.log()
+    );
     ok(edgeconf(&agent, &["put", "/v/a", "yes"]));
     failed(edgeconf(&agent, &["put", "/v/a", "no"]));
 
@@ -401,13 +458,19 @@ fn plugin_files_reload_and_compiled_code_is_cached() {
     replace(&path, &std::fs::read(wasm("allow-list")).unwrap());
     let deadline = Instant::now() + TIMEOUT;
     while !edgeconf(&agent, &["put", "/v/a", "yes"]).status.success() {
-        assert!(Instant::now() < deadline, "never reloaded:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "never reloaded:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(agent.stop());
     let agent = start(dir.path(), &toml);
     assert!(
-        agent.log().contains("plugin loaded (compiled code from the cache)"),
+        agent
+            .log()
+            .contains("plugin loaded (compiled code from the cache)"),
         "{}",
         agent.log()
     );
@@ -425,46 +488,170 @@ fn plugin_cli_runs_plugins_locally() {
     let json_schema = wasm("json-schema");
     let json_schema = json_schema.to_str().unwrap();
     let out = ok(plugin_cli(&[
-        "test", json_schema, "--key", "/a", "--value", r#"{"max":1}"#, "--setting", &schema,
+        "test",
+        json_schema,
+        "--key",
+        "/a",
+        "--value",
+        r#"{"max":1}"#,
+        "--setting",
+        &schema,
     ]));
     assert!(out.contains("accepted"), "{out}");
     let err = failed(plugin_cli(&[
-        "test", json_schema, "--key", "/a", "--value", r#"{"max":101}"#, "--setting", &schema,
+        "test",
+        json_schema,
+        "--key",
+        "/a",
+        "--value",
+        r#"{"max":101}"#,
+        "--setting",
+        &schema,
     ]));
     assert!(err.contains("rejected by plugin json-schema"), "{err}");
 
     let allow = wasm("allow-list");
     let allow = allow.to_str().unwrap();
-    ok(plugin_cli(&["test", allow, "--key", "/m", "--value", "abc", "--setting", "pattern=^[a-z]+$"]));
-    let err = failed(plugin_cli(&["test", allow, "--key", "/m", "--value", "ABC", "--setting", "pattern=^[a-z]+$"]));
+    ok(plugin_cli(&[
+        "test",
+        allow,
+        "--key",
+        "/m",
+        "--value",
+        "abc",
+        "--setting",
+        "pattern=^[a-z]+$",
+    ]));
+    let err = failed(plugin_cli(&[
+        "test",
+        allow,
+        "--key",
+        "/m",
+        "--value",
+        "ABC",
+        "--setting",
+        "pattern=^[a-z]+$",
+    ]));
     assert!(err.contains("rejected by plugin allow-list"), "{err}");
 
     let spin = wasm("spin");
-    let err = failed(plugin_cli(&["test", spin.to_str().unwrap(), "--key", "/k", "--value", "v", "--timeout", "30ms"]));
+    let err = failed(plugin_cli(&[
+        "test",
+        spin.to_str().unwrap(),
+        "--key",
+        "/k",
+        "--value",
+        "v",
+        "--timeout",
+        "30ms",
+    ]));
     assert!(err.contains("time limit of 30ms"), "{err}");
 
     let service = Service::start();
     let url = format!("http://{}/health", service.addr());
     let http = wasm("http-check");
     let http = http.to_str().unwrap();
-    let out = ok(plugin_cli(&["check", http, "--allow-http", &service.addr(), "--args", &url]));
+    let out = ok(plugin_cli(&[
+        "check",
+        http,
+        "--allow-http",
+        &service.addr(),
+        "--args",
+        &url,
+    ]));
     assert!(out.starts_with("passing"), "{out}");
     service.status.store(500, Ordering::SeqCst);
-    let output = plugin_cli(&["check", http, "--allow-http", &service.addr(), "--args", &url]);
+    let output = plugin_cli(&[
+        "check",
+        http,
+        "--allow-http",
+        &service.addr(),
+        "--args",
+        &url,
+    ]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(common::stdout(&output).starts_with("critical"), "{output:?}");
+    assert!(
+        common::stdout(&output).starts_with("critical"),
+        "{output:?}"
+    );
     // Not allowed: an error from the host, and no connection.
     let before = service.connections.load(Ordering::SeqCst);
     let output = plugin_cli(&["check", http, "--allow-http", "127.0.0.1:1", "--args", &url]);
     assert_ne!(output.status.code(), Some(0), "{output:?}");
-    assert!(common::stdout(&output).contains("not allowed"), "{output:?}");
+    assert!(
+        common::stdout(&output).contains("not allowed"),
+        "{output:?}"
+    );
     assert_eq!(service.connections.load(Ordering::SeqCst), before);
 
     let tcp = wasm("tcp-check");
     let tcp = tcp.to_str().unwrap();
-    let out = ok(plugin_cli(&["check", tcp, "--allow-tcp", &service.addr(), "--args", &service.addr()]));
+    let out = ok(plugin_cli(&[
+        "check",
+        tcp,
+        "--allow-tcp",
+        &service.addr(),
+        "--args",
+        &service.addr(),
+    ]));
     assert!(out.starts_with("passing"), "{out}");
     let closed = format!("127.0.0.1:{}", free_port());
     let output = plugin_cli(&["check", tcp, "--allow-tcp", &closed, "--args", &closed]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+#[test]
+fn read_key_sees_the_store_within_its_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}\
+         [[validate]]\nprefix = \"/app/n/\"\nplugin = \"limit\"\nsettings = {{ limit_key = \"/limits/n\" }}\n\
+         [[validate]]\nprefix = \"/app/m/\"\nplugin = \"narrow\"\nsettings = {{ limit_key = \"/limits/n\" }}\n",
+        plugin(
+            "limit",
+            &wasm("limit-from-key"),
+            "validator",
+            "[plugin.capabilities]\nread_keys = [\"/limits/\"]"
+        ),
+        plugin(
+            "narrow",
+            &wasm("limit-from-key"),
+            "validator",
+            "[plugin.capabilities]\nread_keys = [\"/elsewhere/\"]"
+        ),
+    );
+    let agent = start(dir.path(), &toml);
+    let err = failed(edgeconf(&agent, &["put", "/app/n/a", "5"]));
+    assert!(err.contains("no limit is stored in /limits/n"), "{err}");
+    ok(edgeconf(&agent, &["put", "/limits/n", "10"]));
+    ok(edgeconf(&agent, &["put", "/app/n/a", "5"]));
+    let err = failed(edgeconf(&agent, &["put", "/app/n/a", "50"]));
+    assert!(err.contains("50 is above the limit 10"), "{err}");
+    // The limit is config too: raise it and the value passes.
+    ok(edgeconf(&agent, &["put", "/limits/n", "100"]));
+    ok(edgeconf(&agent, &["put", "/app/n/a", "50"]));
+    // Outside its read_keys the plugin gets an error, not the value.
+    let err = failed(edgeconf(&agent, &["put", "/app/m/a", "1"]));
+    assert!(
+        err.contains("reading key /limits/n is not allowed for plugin narrow"),
+        "{err}"
+    );
+
+    let limit = wasm("limit-from-key");
+    let limit = limit.to_str().unwrap();
+    let base = [
+        "test",
+        limit,
+        "--key",
+        "/app/n/a",
+        "--setting",
+        "limit_key=/limits/n",
+    ];
+    ok(plugin_cli(
+        &[&base[..], &["--kv", "/limits/n=10", "--value", "9"]].concat(),
+    ));
+    let err = failed(plugin_cli(
+        &[&base[..], &["--kv", "/limits/n=10", "--value", "11"]].concat(),
+    ));
+    assert!(err.contains("above the limit 10"), "{err}");
 }

@@ -18,7 +18,11 @@ fn wasm(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/dist")
         .join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run ./plugins/build.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run ./plugins/build.sh",
+        path.display()
+    );
     path
 }
 
@@ -62,7 +66,11 @@ fn main() {
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || for _ in listener.incoming() {});
     let entries = [
-        entry("json-schema", PluginKind::Validator, Capabilities::default()),
+        entry(
+            "json-schema",
+            PluginKind::Validator,
+            Capabilities::default(),
+        ),
         entry("allow-list", PluginKind::Validator, Capabilities::default()),
         entry(
             "tcp-check",
@@ -89,7 +97,10 @@ fn main() {
     for _ in 0..5 {
         warm.push(timed(|| {
             let plugins = Plugins::load(&entries, Some(cache_dir.clone())).unwrap();
-            assert_eq!(plugins.get("json-schema").unwrap().compiled, Compiled::FromCache);
+            assert_eq!(
+                plugins.get("json-schema").unwrap().compiled,
+                Compiled::FromCache
+            );
         }));
     }
     warm.sort();
@@ -121,7 +132,9 @@ fn main() {
             assert_eq!(verdict, Ok(Ok(())));
         })
     });
-    println!("validate json-schema     p50 {p50:>7.2}  p99 {p99:>7.2}   (instance + call + verdict)");
+    println!(
+        "validate json-schema     p50 {p50:>7.2}  p99 {p99:>7.2}   (instance + call + verdict)"
+    );
     let allow = context(&[("pattern", "^[a-z0-9-]{1,63}$")]);
     let (p50, p99) = distribution(SAMPLES, || {
         timed(|| {

@@ -96,7 +96,10 @@ pub async fn run(
                 let (keyring, validators) = (keyring.clone(), plugins.validators.clone());
                 Arc::new(move |command| {
                     let keyring = keyring.get();
-                    keyring.trust.admit(command).map_err(|err| err.to_string())?;
+                    keyring
+                        .trust
+                        .admit(command)
+                        .map_err(|err| err.to_string())?;
                     match &validators {
                         Some(validators) => validators
                             .check_command(command, &keyring)

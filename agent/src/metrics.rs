@@ -146,22 +146,45 @@ fn label(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A per-plugin metric: name, type, help and how to read it.
+type PluginSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PluginStats) -> f64,
+);
+
 /// Per-plugin counters and per-check health (none without plugins).
 fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
     let Some(loaded) = &plugins.plugins else {
         return;
     };
     let infos = loaded.infos();
-    let series: [(&str, &str, &str, fn(&PluginStats) -> f64); 5] = [
-        ("edgeconf_plugin_calls_total", "counter", "Calls into the plugin.", |s| s.calls as f64),
+    let series: [PluginSeries; 5] = [
+        (
+            "edgeconf_plugin_calls_total",
+            "counter",
+            "Calls into the plugin.",
+            |s| s.calls as f64,
+        ),
         (
             "edgeconf_plugin_failures_total",
             "counter",
             "Calls that ended without a verdict (timeout, memory limit, trap).",
             |s| s.failures as f64,
         ),
-        ("edgeconf_plugin_refusals_total", "counter", "Values a validator refused.", |s| s.refusals as f64),
-        ("edgeconf_plugin_reloads_total", "counter", "New plugin files swapped in.", |s| s.reloads as f64),
+        (
+            "edgeconf_plugin_refusals_total",
+            "counter",
+            "Values a validator refused.",
+            |s| s.refusals as f64,
+        ),
+        (
+            "edgeconf_plugin_reloads_total",
+            "counter",
+            "New plugin files swapped in.",
+            |s| s.reloads as f64,
+        ),
         (
             "edgeconf_plugin_reload_failing",
             "gauge",
@@ -172,7 +195,12 @@ fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for info in &infos {
-            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", label(&info.name), value(&info.stats));
+            let _ = writeln!(
+                out,
+                "{name}{{plugin=\"{}\"}} {}",
+                label(&info.name),
+                value(&info.stats)
+            );
         }
     }
     let checks = plugins.checks.snapshot();
@@ -187,11 +215,21 @@ fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
             Some(Health::Warning) => 1,
             Some(Health::Critical) => 2,
         };
-        let _ = writeln!(out, "edgeconf_check_status{{check=\"{}\",plugin=\"{}\"}} {value}", label(name), label(&state.plugin));
+        let _ = writeln!(
+            out,
+            "edgeconf_check_status{{check=\"{}\",plugin=\"{}\"}} {value}",
+            label(name),
+            label(&state.plugin)
+        );
     }
     let _ = writeln!(out, "# HELP edgeconf_check_runs_total Health check runs.\n# TYPE edgeconf_check_runs_total counter");
     for (name, state) in &checks {
-        let _ = writeln!(out, "edgeconf_check_runs_total{{check=\"{}\"}} {}", label(name), state.runs);
+        let _ = writeln!(
+            out,
+            "edgeconf_check_runs_total{{check=\"{}\"}} {}",
+            label(name),
+            state.runs
+        );
     }
 }
 

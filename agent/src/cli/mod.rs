@@ -258,7 +258,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         return plugin::run(cli.format, command, key).await;
     }
     if cli.key.is_some() && cli.cert.is_none() {
-        anyhow::bail!("--key is the client certificate's private key: give the certificate with --cert too");
+        anyhow::bail!(
+            "--key is the client certificate's private key: give the certificate with --cert too"
+        );
     }
     let tls = client::TlsFiles {
         cacert: cli.cacert.clone(),

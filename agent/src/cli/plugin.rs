@@ -70,10 +70,16 @@ pub struct CheckArgs {
     pub args: Vec<String>,
 }
 
-pub async fn run(format: Format, command: PluginCommand, key: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    format: Format,
+    command: PluginCommand,
+    key: Option<String>,
+) -> anyhow::Result<()> {
     match command {
         PluginCommand::Test(args) => {
-            let key = key.ok_or_else(|| anyhow!("plugin test needs --key KEY: the key the value is written to"))?;
+            let key = key.ok_or_else(|| {
+                anyhow!("plugin test needs --key KEY: the key the value is written to")
+            })?;
             test(format, args, key).await
         }
         PluginCommand::Check(args) => check(format, args).await,
@@ -113,7 +119,8 @@ fn load(args: &PluginArgs, kind: PluginKind) -> anyhow::Result<(Plugin, CallCont
         .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
     let runtime = Runtime::new(None)?;
     let plugin = Plugin::load(&runtime, &name, &args.path, &bytes, kind, limits, grants)?;
-    let keys: BTreeMap<String, Vec<u8>> = kvs.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let keys: BTreeMap<String, Vec<u8>> =
+        kvs.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
     let context = CallContext {
         settings: Arc::new(pairs("setting", &args.settings)?),
         keys: Some(Arc::new(keys) as Arc<dyn KeyReader>),
@@ -124,8 +131,9 @@ fn load(args: &PluginArgs, kind: PluginKind) -> anyhow::Result<(Plugin, CallCont
 async fn test(format: Format, args: TestArgs, key: String) -> anyhow::Result<()> {
     let value = match (&args.value, &args.file) {
         (Some(value), _) => value.clone().into_bytes(),
-        (None, Some(file)) => std::fs::read(file)
-            .with_context(|| format!("cannot read --file {}", file.display()))?,
+        (None, Some(file)) => {
+            std::fs::read(file).with_context(|| format!("cannot read --file {}", file.display()))?
+        }
         (None, None) => anyhow::bail!("give the value to test with --value or --file"),
     };
     let plugin_args = args.plugin;
@@ -181,7 +189,10 @@ async fn check(format: Format, args: CheckArgs) -> anyhow::Result<()> {
         Err(err) => ("unknown", format!("plugin {name} {err}"), 3),
     };
     match format {
-        Format::Json => println!("{}", serde_json::json!({ "status": health, "output": output })),
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({ "status": health, "output": output })
+        ),
         _ => println!("{health}: {output}"),
     }
     if code != 0 {

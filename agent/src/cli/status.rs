@@ -258,7 +258,9 @@ fn print_plugins(format: Format, rows: &[Row]) {
     let sections = [
         (
             "plugins:",
-            &["ENDPOINT", "PLUGIN", "KIND", "DIGEST", "CALLS", "REFUSED", "FAILED", "STATUS"][..],
+            &[
+                "ENDPOINT", "PLUGIN", "KIND", "DIGEST", "CALLS", "REFUSED", "FAILED", "STATUS",
+            ][..],
             plugins,
         ),
         (

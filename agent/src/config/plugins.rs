@@ -148,7 +148,10 @@ impl HostPort {
     }
 
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        self.port == port && self.host.eq_ignore_ascii_case(host.trim_matches(['[', ']']))
+        self.port == port
+            && self
+                .host
+                .eq_ignore_ascii_case(host.trim_matches(['[', ']']))
     }
 }
 
@@ -224,16 +227,17 @@ pub fn check_sections(
             return Err(ConfigError::Invalid {
                 location,
                 field: "name",
-                problem: format!("{:?} is used by another [[plugin]]: names must be unique", checked.name),
+                problem: format!(
+                    "{:?} is used by another [[plugin]]: names must be unique",
+                    checked.name
+                ),
             });
         }
         sections.plugins.push(checked);
     }
     let find = |name: &str, kind: PluginKind| -> Result<(), String> {
         match sections.plugins.iter().find(|p| p.name == name) {
-            None => Err(format!(
-                "names {name:?}, which no [[plugin]] entry defines"
-            )),
+            None => Err(format!("names {name:?}, which no [[plugin]] entry defines")),
             Some(plugin) if plugin.kind != kind => Err(format!(
                 "names {name:?}, a {} plugin; this needs a {kind} (see its `kind`)",
                 plugin.kind
@@ -243,7 +247,11 @@ pub fn check_sections(
     };
     for (index, entry) in validate.into_iter().enumerate() {
         let invalid = |field, problem| ConfigError::Invalid {
-            location: format!("{file}: [[validate]] entry {} (prefix {:?})", index + 1, entry.prefix),
+            location: format!(
+                "{file}: [[validate]] entry {} (prefix {:?})",
+                index + 1,
+                entry.prefix
+            ),
             field,
             problem,
         };
@@ -264,7 +272,10 @@ pub fn check_sections(
             return Err(invalid("name", "is empty: give the check a name".into()));
         }
         if sections.checks.iter().any(|c| c.name == entry.name) {
-            return Err(invalid("name", "is used by another [[check]]: names must be unique".into()));
+            return Err(invalid(
+                "name",
+                "is used by another [[check]]: names must be unique".into(),
+            ));
         }
         find(&entry.plugin, PluginKind::HealthCheck).map_err(|p| invalid("plugin", p))?;
         let interval = duration(entry.interval.as_deref(), DEFAULT_INTERVAL)
@@ -272,7 +283,10 @@ pub fn check_sections(
         if interval < MIN_INTERVAL {
             return Err(invalid(
                 "interval",
-                format!("must be at least {}", humantime::format_duration(MIN_INTERVAL)),
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_INTERVAL)
+                ),
             ));
         }
         sections.checks.push(CheckEntry {
@@ -353,7 +367,10 @@ impl Limits {
         let memory = match memory {
             None => DEFAULT_MEMORY,
             Some(text) => parse_size(text).ok_or_else(|| {
-                ("memory", format!("is {text:?}: expected a size such as \"16MiB\" or \"512KiB\""))
+                (
+                    "memory",
+                    format!("is {text:?}: expected a size such as \"16MiB\" or \"512KiB\""),
+                )
             })?,
         };
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) {
@@ -377,7 +394,9 @@ fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
 /// `1234`, `64KiB`, `16MiB`, `1GiB` (K, M, G and KB, MB, GB count in 1024s too).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
@@ -404,7 +423,9 @@ mod tests {
         let v6 = HostPort::parse("[::1]:80").unwrap();
         assert!(v6.allows("::1", 80) && v6.allows("[::1]", 80) && !v6.allows("::1", 81));
         assert_eq!(v6.to_string(), "[::1]:80");
-        assert!(HostPort::parse("LocalHost:8080").unwrap().allows("localhost", 8080));
+        assert!(HostPort::parse("LocalHost:8080")
+            .unwrap()
+            .allows("localhost", 8080));
         assert!(HostPort::parse("127.0.0.1").is_err());
         assert!(HostPort::parse(":80").is_err());
         assert!(HostPort::parse("http://x:80").is_err());
@@ -416,7 +437,10 @@ mod tests {
         assert_eq!(Limits::parse(v, None, None).unwrap(), Limits::default());
         assert_eq!(Limits::parse(v, Some("2s"), None).unwrap_err().0, "timeout");
         assert!(Limits::parse(PluginKind::HealthCheck, Some("2s"), None).is_ok());
-        assert_eq!(Limits::parse(v, None, Some("1GiB")).unwrap_err().0, "memory");
+        assert_eq!(
+            Limits::parse(v, None, Some("1GiB")).unwrap_err().0,
+            "memory"
+        );
         assert_eq!(Limits::parse(v, Some("0s"), None).unwrap_err().0, "timeout");
     }
 
@@ -454,7 +478,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("[[validate]] entry 1") && err.contains("health-check plugin"), "{err}");
+        assert!(
+            err.contains("[[validate]] entry 1") && err.contains("health-check plugin"),
+            "{err}"
+        );
         let err = check_sections(Some(&config), vec![], vec![validate("nope")], vec![])
             .unwrap_err()
             .to_string();
@@ -464,6 +491,9 @@ mod tests {
         let err = check_sections(Some(&config), vec![missing], vec![], vec![])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`path`") && err.contains("missing.wasm"), "{err}");
+        assert!(
+            err.contains("`path`") && err.contains("missing.wasm"),
+            "{err}"
+        );
     }
 }

@@ -80,8 +80,12 @@ impl CheckStatus {
         if state.health != Some(health) {
             let from = state.health.map_or("unknown", Health::as_str);
             match health {
-                Health::Passing => tracing::info!(check = %entry.name, from, to = health.as_str(), %output, "health check changed"),
-                _ => tracing::warn!(check = %entry.name, from, to = health.as_str(), %output, "health check changed"),
+                Health::Passing => {
+                    tracing::info!(check = %entry.name, from, to = health.as_str(), %output, "health check changed")
+                }
+                _ => {
+                    tracing::warn!(check = %entry.name, from, to = health.as_str(), %output, "health check changed")
+                }
             }
             state.since_unix_ms = now;
         }
@@ -124,9 +128,12 @@ pub async fn run(
                     entry.plugin.clone(),
                 );
                 let outcome =
-                    tokio::task::spawn_blocking(move || plugins.check(&name, &context, &args)).await;
+                    tokio::task::spawn_blocking(move || plugins.check(&name, &context, &args))
+                        .await;
                 match outcome {
-                    Ok(Ok(result)) => status.record(&entry, result.status.into(), result.output, false),
+                    Ok(Ok(result)) => {
+                        status.record(&entry, result.status.into(), result.output, false)
+                    }
                     Ok(Err(err)) => status.record(
                         &entry,
                         Health::Critical,

@@ -175,13 +175,16 @@ impl tcp::Host for HostState {
         }
         let budget = self.budget(timeout_ms)?;
         let started = Instant::now();
-        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
-            .map_err(|err| format!("resolving {target}: {err}"))?;
+        let addrs =
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
+                .map_err(|err| format!("resolving {target}: {err}"))?;
         let mut last = format!("{target} resolved to no address");
         for addr in addrs {
             let left = budget.saturating_sub(started.elapsed());
             if left.is_zero() {
-                return Err(format!("connecting to {target}: timed out after {budget:?}"));
+                return Err(format!(
+                    "connecting to {target}: timed out after {budget:?}"
+                ));
             }
             match std::net::TcpStream::connect_timeout(&addr, left) {
                 Ok(_) => return Ok(started.elapsed().as_micros() as u64),
@@ -204,7 +207,11 @@ impl http::Host for HostState {
                     "{url}: only http:// is supported by http.get, not {other}://"
                 ))
             }
-            None => return Err(format!("{url:?} has no scheme: write http://host:port/path")),
+            None => {
+                return Err(format!(
+                    "{url:?} has no scheme: write http://host:port/path"
+                ))
+            }
         }
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(80);
@@ -220,13 +227,12 @@ impl http::Host for HostState {
         let outcome = if tokio::runtime::Handle::try_current().is_ok() {
             // Called on a runtime thread (a test driving a plugin inline):
             // block_on would panic there.
-            tokio::task::block_in_place(|| {
-                runtime.block_on(tokio::time::timeout(budget, fetch))
-            })
+            tokio::task::block_in_place(|| runtime.block_on(tokio::time::timeout(budget, fetch)))
         } else {
             runtime.block_on(tokio::time::timeout(budget, fetch))
         };
-        let (status, body) = outcome.map_err(|_| format!("{url}: timed out after {budget:?}"))??;
+        let (status, body) =
+            outcome.map_err(|_| format!("{url}: timed out after {budget:?}"))??;
         Ok(http::Response { status, body })
     }
 }

@@ -96,7 +96,10 @@ impl Plugins {
     /// Loads every entry; the first that cannot be used fails the whole
     /// set (an agent must not start without a validator it was told to
     /// run). `cache_dir` keeps compiled code across restarts.
-    pub fn load(entries: &[PluginEntry], cache_dir: Option<PathBuf>) -> Result<Plugins, PluginError> {
+    pub fn load(
+        entries: &[PluginEntry],
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Plugins, PluginError> {
         let runtime = Runtime::new(cache_dir)?;
         let mut slots = BTreeMap::new();
         let mut sources = Vec::new();
@@ -191,7 +194,9 @@ impl Plugins {
     }
 
     fn count<T>(&self, name: &str, outcome: &Result<T, CallError>, refused: impl Fn(&T) -> bool) {
-        let Some(slot) = self.slots.get(name) else { return };
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
         let mut stats = lock(&slot.stats);
         stats.calls += 1;
         match outcome {
@@ -226,7 +231,11 @@ impl Plugins {
     }
 }
 
-fn load_entry(runtime: &Arc<Runtime>, entry: &PluginEntry, bytes: &[u8]) -> Result<Plugin, PluginError> {
+fn load_entry(
+    runtime: &Arc<Runtime>,
+    entry: &PluginEntry,
+    bytes: &[u8],
+) -> Result<Plugin, PluginError> {
     Plugin::load(
         runtime,
         &entry.name,
@@ -240,8 +249,12 @@ fn load_entry(runtime: &Arc<Runtime>, entry: &PluginEntry, bytes: &[u8]) -> Resu
 
 fn log_loaded(plugin: &Plugin, path: &Path, what: &str) {
     match plugin.compiled {
-        Compiled::FromCache => tracing::info!(plugin = %plugin.name, kind = %plugin.kind, path = %path.display(), digest = %&plugin.digest[..16], "plugin {what} (compiled code from the cache)"),
-        Compiled::Compiled(took) => tracing::info!(plugin = %plugin.name, kind = %plugin.kind, path = %path.display(), digest = %&plugin.digest[..16], compile_ms = took.as_millis() as u64, "plugin {what} (compiled)"),
+        Compiled::FromCache => {
+            tracing::info!(plugin = %plugin.name, kind = %plugin.kind, path = %path.display(), digest = %&plugin.digest[..16], "plugin {what} (compiled code from the cache)")
+        }
+        Compiled::Compiled(took) => {
+            tracing::info!(plugin = %plugin.name, kind = %plugin.kind, path = %path.display(), digest = %&plugin.digest[..16], compile_ms = took.as_millis() as u64, "plugin {what} (compiled)")
+        }
     }
 }
 

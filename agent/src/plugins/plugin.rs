@@ -79,7 +79,10 @@ impl Plugin {
             path: path.to_path_buf(),
             message: format!("{err:#}"),
         };
-        let pre = runtime.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(invalid)?;
         let entry = match kind {
             PluginKind::Validator => Entry::Validator(ValidatorPre::new(pre).map_err(|err| {
                 PluginError::Invalid {

@@ -106,7 +106,11 @@ impl Runtime {
             let component = Component::new(&self.engine, bytes).map_err(invalid)?;
             return Ok((component, Compiled::Compiled(started.elapsed())));
         };
-        let cached = dir.join(format!("{}-{}.cwasm", hex(&Sha256::digest(bytes)), self.engine_tag));
+        let cached = dir.join(format!(
+            "{}-{}.cwasm",
+            hex(&Sha256::digest(bytes)),
+            self.engine_tag
+        ));
         // Read into memory rather than mapped: a cache file truncated by
         // someone else while mapped would crash the agent (SIGBUS).
         if let Ok(code) = std::fs::read(&cached) {
@@ -121,12 +125,10 @@ impl Runtime {
                 }
             }
         }
-        let serialized = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(invalid)?;
+        let serialized = self.engine.precompile_component(bytes).map_err(invalid)?;
         // SAFETY: the bytes come from `precompile_component` just above.
-        let component = unsafe { Component::deserialize(&self.engine, &serialized) }.map_err(invalid)?;
+        let component =
+            unsafe { Component::deserialize(&self.engine, &serialized) }.map_err(invalid)?;
         let took = started.elapsed();
         if let Err(err) = write_atomically(dir, &cached, &serialized) {
             tracing::warn!(path = %cached.display(), error = %err, "could not cache a compiled plugin");
@@ -141,7 +143,9 @@ impl Runtime {
             .iter()
             .map(|bytes| format!("{}-{}.cwasm", hex(&Sha256::digest(bytes)), self.engine_tag))
             .collect();
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".cwasm") && !wanted.contains(&name) {

@@ -46,7 +46,11 @@ pub async fn run(plugins: Arc<Plugins>, mut stop: watch::Receiver<bool>) {
     let names_of = |paths: &[PathBuf]| -> BTreeSet<String> {
         files
             .iter()
-            .filter(|(_, file)| paths.iter().any(|p| p == file || p.file_name() == file.file_name()))
+            .filter(|(_, file)| {
+                paths
+                    .iter()
+                    .any(|p| p == file || p.file_name() == file.file_name())
+            })
             .map(|(name, _)| name.clone())
             .collect()
     };

@@ -88,7 +88,11 @@ impl Compiled {
 
 /// The value of a stored key as a file may show it: checked against the
 /// trust policy (signature, signer, sequence) and decrypted if secret.
-pub(crate) fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64>) -> Result<Vec<u8>, String> {
+pub(crate) fn plain_value(
+    keyring: &Keyring,
+    kv: &KeyValue,
+    sequence: Option<u64>,
+) -> Result<Vec<u8>, String> {
     let key = String::from_utf8_lossy(&kv.key);
     match keyring.check_stored(&kv.key, &kv.value, sequence) {
         Ok(Checked::Plain(value)) => Ok(value),
@@ -101,13 +105,16 @@ pub(crate) fn plain_value(keyring: &Keyring, kv: &KeyValue, sequence: Option<u64
     }
 }
 
+/// A key and its plain value.
+pub type PlainKv = (Vec<u8>, Vec<u8>);
+
 /// The plain values of these keys (with the latest signed sequence of
 /// each, as the store gives them): checked and decrypted.
 pub fn plain_values(
     keyring: &Keyring,
     kvs: &[KeyValue],
     sequences: &[Option<u64>],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+) -> Result<Vec<PlainKv>, String> {
     let mut plain = Vec::with_capacity(kvs.len());
     for (index, kv) in kvs.iter().enumerate() {
         let value = plain_value(keyring, kv, sequences.get(index).copied().flatten())?;

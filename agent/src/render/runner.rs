@@ -21,8 +21,8 @@ use super::status::RenderStatus;
 use super::{files, plain_values, produce_from, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
-use crate::signing::{Keyring, KeyringCell};
 use crate::plugins::validators::Validators;
+use crate::signing::{Keyring, KeyringCell};
 use crate::store::{KeyValue, RangeRequest};
 
 /// How soon a render that failed for a passing reason (a write error, a
@@ -345,7 +345,9 @@ impl Runner {
         };
         let checked = tokio::task::spawn_blocking(move || {
             for (key, value) in &plain {
-                validators.validate(key, value).map_err(|err| err.to_string())?;
+                validators
+                    .validate(key, value)
+                    .map_err(|err| err.to_string())?;
             }
             Ok::<_, String>(plain)
         })
