@@ -93,21 +93,23 @@ pub async fn run(
                 retain: config.snapshot_catchup_entries,
             },
             admission: {
-                let (keyring, validators) = (keyring.clone(), plugins.validators.clone());
+                let keyring = keyring.clone();
                 Arc::new(move |command| {
-                    let keyring = keyring.get();
                     keyring
+                        .get()
                         .trust
                         .admit(command)
-                        .map_err(|err| err.to_string())?;
-                    match &validators {
-                        Some(validators) => validators
-                            .check_command(command, &keyring)
-                            .map_err(|err| err.to_string()),
-                        None => Ok(()),
-                    }
+                        .map_err(|err| err.to_string())
                 })
             },
+            screening: plugins.validators.clone().map(|validators| {
+                let keyring = keyring.clone();
+                Arc::new(move |command: &crate::store::Command| {
+                    validators
+                        .check_command(command, &keyring.get())
+                        .map_err(|err| err.to_string())
+                }) as crate::consensus::Admission
+            }),
         },
     )?;
 

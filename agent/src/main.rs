@@ -81,9 +81,11 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
         move || Ok(Config::load(path.as_deref(), overrides.clone())?)
     };
     let writer = rt.block_on(edgeconf::agent::run(config, reload))?;
-    // Dropping the runtime drops every task and with them the proposal
+    // Shutting the runtime down drops every task and with them the proposal
     // queue, so the writer thread finishes its batch and closes the store.
-    drop(rt);
+    // Blocking work still running (a plugin call, a compile) gets a bounded
+    // wait, not an unbounded one.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     let _ = writer.join();
     tracing::info!("stopped");
     Ok(())

@@ -24,7 +24,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, MessageType, SnapshotMetadata,
+};
 use raft::RawNode;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -124,6 +126,52 @@ pub struct Member {
     pub client_urls: Vec<String>,
 }
 
+/// Forwarded proposals screened at most this many at a time.
+const SCREENING_CONCURRENCY: usize = 64;
+
+/// Where the transport delivers: straight to the raft thread, except
+/// proposals, which `screening` (if any) filters first on a blocking
+/// thread. Other messages are not held up behind them.
+fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::transport::Sink {
+    let Some(screening) = screening else {
+        return Arc::new(move |delivery: Delivery| {
+            let _ = inputs.send(Input::Delivery(delivery));
+        });
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(SCREENING_CONCURRENCY));
+    Arc::new(move |delivery: Delivery| {
+        let runtime = tokio::runtime::Handle::try_current();
+        let message = match delivery {
+            Delivery::Message(message)
+                if message.get_msg_type() == MessageType::MsgPropose && runtime.is_ok() =>
+            {
+                message
+            }
+            other => {
+                let _ = inputs.send(Input::Delivery(other));
+                return;
+            }
+        };
+        let (inputs, screening, permits) = (inputs.clone(), screening.clone(), permits.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let screened = tokio::task::spawn_blocking(move || {
+                let mut message = message;
+                raft_loop::retain_admitted(&mut message, &screening);
+                message
+            })
+            .await;
+            if let Ok(message) = screened {
+                if !message.entries.is_empty() {
+                    let _ = inputs.send(Input::Delivery(Delivery::Message(message)));
+                }
+            }
+        });
+    })
+}
+
 /// Everything needed to start the raft member.
 pub struct NodeSettings<'a> {
     pub data_dir: &'a Path,
@@ -140,6 +188,9 @@ pub struct NodeSettings<'a> {
     pub compaction: Compaction,
     /// The leader's check of commands forwarded by followers.
     pub admission: Admission,
+    /// Slow checks of forwarded commands (validator plugins): run on a
+    /// blocking thread as proposals arrive, never on the raft thread.
+    pub screening: Option<Admission>,
 }
 
 pub struct Node {
@@ -231,10 +282,7 @@ impl Node {
         }
 
         let (inputs, queue) = std::sync::mpsc::channel();
-        let sink_inputs = inputs.clone();
-        let sink: crate::transport::Sink = Arc::new(move |delivery: Delivery| {
-            let _ = sink_inputs.send(Input::Delivery(delivery));
-        });
+        let sink = screened_sink(inputs.clone(), settings.screening);
         let transport =
             Transport::start(settings.listen_peer, node_key, settings.trusted_keys, sink)?;
         let status = Arc::new(RaftStatus::default());

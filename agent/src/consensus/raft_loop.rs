@@ -129,6 +129,32 @@ pub(crate) struct RaftLoop {
 /// clients send.
 pub type Admission = Arc<dyn Fn(&crate::store::Command) -> Result<(), String> + Send + Sync>;
 
+/// Keeps the entries of a forwarded proposal that `check` admits (entries
+/// that are not commands, such as conf changes, always stay); logs the
+/// others.
+pub(crate) fn retain_admitted(message: &mut Message, check: &Admission) {
+    let from = message.from;
+    message.entries.retain(|entry| {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return true;
+        }
+        let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
+            tracing::warn!(from = format_args!("{from:x}"), "refused an undecodable entry forwarded by a follower");
+            return false;
+        };
+        let Body::Command(proposal) = &data.body else {
+            return true;
+        };
+        match check(&proposal.command) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(from = format_args!("{from:x}"), %reason, "refused a command forwarded by a follower");
+                false
+            }
+        }
+    });
+}
+
 /// How the loop runs: its tick, when to compact, what the leader admits.
 pub(crate) struct LoopSettings {
     pub tick: Duration,
@@ -337,27 +363,7 @@ impl RaftLoop {
     /// or configured differently; its client then times out, and the
     /// leader's log says why.
     fn admit_forwarded(&mut self, message: &mut Message) {
-        let admission = self.admission.clone();
-        let from = message.from;
-        message.entries.retain(|entry| {
-            if entry.get_entry_type() != EntryType::EntryNormal {
-                return true;
-            }
-            let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
-                tracing::warn!(from = format_args!("{from:x}"), "refused an undecodable entry forwarded by a follower");
-                return false;
-            };
-            let Body::Command(proposal) = &data.body else {
-                return true;
-            };
-            match admission(&proposal.command) {
-                Ok(()) => true,
-                Err(reason) => {
-                    tracing::warn!(from = format_args!("{from:x}"), %reason, "refused a command forwarded by a follower");
-                    false
-                }
-            }
-        });
+        retain_admitted(message, &self.admission);
     }
 
     fn on_ready(&mut self) -> Result<(), String> {

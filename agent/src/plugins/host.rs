@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 
 use super::bindings::{health_check, http, keys, log, settings, tcp};
+use super::runtime::Runtime;
 use crate::config::Capabilities;
 
 /// The longest log line kept, and the most lines one call may log.
@@ -44,10 +45,12 @@ pub struct HostState {
     plugin: Arc<str>,
     grants: Arc<Capabilities>,
     context: CallContext,
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: Arc<Runtime>,
     /// When the call's time is up (host calls are cut short to it).
     deadline: Instant,
     memory_cap: usize,
+    /// Linear memory of every memory of the instance, together.
+    memory_used: usize,
     /// Set when the instance asked for more memory than its cap.
     pub memory_exceeded: bool,
     log_lines: u32,
@@ -58,7 +61,7 @@ impl HostState {
         plugin: Arc<str>,
         grants: Arc<Capabilities>,
         context: CallContext,
-        runtime: Option<tokio::runtime::Handle>,
+        runtime: Arc<Runtime>,
         deadline: Instant,
         memory_cap: u64,
     ) -> Self {
@@ -69,6 +72,7 @@ impl HostState {
             runtime,
             deadline,
             memory_cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
+            memory_used: 0,
             memory_exceeded: false,
             log_lines: 0,
         }
@@ -92,14 +96,17 @@ impl HostState {
 impl wasmtime::ResourceLimiter for HostState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+        // The cap is for the instance, over all its memories.
+        let used = self.memory_used + desired.saturating_sub(current);
+        if used > self.memory_cap {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} bytes reached", self.memory_cap);
         }
+        self.memory_used = used;
         Ok(true)
     }
 
@@ -174,24 +181,20 @@ impl tcp::Host for HostState {
             return Err(self.refuse("connecting to", &target, "tcp"));
         }
         let budget = self.budget(timeout_ms)?;
-        let started = Instant::now();
-        let addrs =
-            std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
-                .map_err(|err| format!("resolving {target}: {err}"))?;
-        let mut last = format!("{target} resolved to no address");
-        for addr in addrs {
-            let left = budget.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Err(format!(
-                    "connecting to {target}: timed out after {budget:?}"
-                ));
-            }
-            match std::net::TcpStream::connect_timeout(&addr, left) {
-                Ok(_) => return Ok(started.elapsed().as_micros() as u64),
-                Err(err) => last = format!("connecting to {target} ({addr}): {err}"),
-            }
+        // Name lookup and connection together, bounded by the budget.
+        let connect = async move {
+            let started = Instant::now();
+            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+                .await
+                .map(|_| started.elapsed().as_micros() as u64)
+        };
+        match self.runtime.wait_io(budget, connect) {
+            Some(Ok(micros)) => Ok(micros),
+            Some(Err(err)) => Err(format!("connecting to {target}: {err}")),
+            None => Err(format!(
+                "connecting to {target}: timed out after {budget:?}"
+            )),
         }
-        Err(last)
     }
 }
 
@@ -219,20 +222,15 @@ impl http::Host for HostState {
             return Err(self.refuse("fetching", &url, "http"));
         }
         let budget = self.budget(timeout_ms)?;
-        let runtime = self
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(format!(
+                "{url}: user names and passwords in URLs are not supported"
+            ));
+        }
+        let (status, body) = self
             .runtime
-            .clone()
-            .ok_or("no async runtime is available to this call")?;
-        let fetch = fetch(uri, host, port);
-        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
-            // Called on a runtime thread (a test driving a plugin inline):
-            // block_on would panic there.
-            tokio::task::block_in_place(|| runtime.block_on(tokio::time::timeout(budget, fetch)))
-        } else {
-            runtime.block_on(tokio::time::timeout(budget, fetch))
-        };
-        let (status, body) =
-            outcome.map_err(|_| format!("{url}: timed out after {budget:?}"))??;
+            .wait_io(budget, fetch(uri, host, port))
+            .ok_or_else(|| format!("{url}: timed out after {budget:?}"))??;
         Ok(http::Response { status, body })
     }
 }
@@ -247,10 +245,12 @@ async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec<u8>
             .await
             .map_err(|err| format!("{url}: {err}"))?;
     let connection = tokio::spawn(connection);
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_else(|| host.clone());
+    let authority = match (host.contains(':'), uri.port_u16()) {
+        (true, Some(port)) => format!("[{host}]:{port}"),
+        (true, None) => format!("[{host}]"),
+        (false, Some(port)) => format!("{host}:{port}"),
+        (false, None) => host.clone(),
+    };
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)

@@ -102,12 +102,12 @@ impl Plugins {
     ) -> Result<Plugins, PluginError> {
         let runtime = Runtime::new(cache_dir)?;
         let mut slots = BTreeMap::new();
-        let mut sources = Vec::new();
+        let mut digests = Vec::new();
         for entry in entries {
             let bytes = read(&entry.path)?;
             let plugin = load_entry(&runtime, entry, &bytes)?;
             log_loaded(&plugin, &entry.path, "loaded");
-            sources.push(bytes);
+            digests.push(plugin.digest.clone());
             slots.insert(
                 entry.name.clone(),
                 Slot {
@@ -120,7 +120,7 @@ impl Plugins {
                 },
             );
         }
-        runtime.prune_cache(&sources);
+        runtime.prune_cache(&digests);
         Ok(Plugins { runtime, slots })
     }
 
@@ -156,6 +156,13 @@ impl Plugins {
                 stats.reloads += 1;
                 stats.reload_error = None;
                 stats.loaded_unix_ms = now_unix_ms();
+                drop(stats);
+                let digests: Vec<String> = self
+                    .slots
+                    .values()
+                    .map(|slot| read_lock(&slot.current).digest.clone())
+                    .collect();
+                self.runtime.prune_cache(&digests);
                 Ok(true)
             }
             Err(err) => {

@@ -168,7 +168,7 @@ impl Plugin {
             self.name.clone(),
             self.grants.clone(),
             context.clone(),
-            self.runtime.handle.clone(),
+            self.runtime.clone(),
             Instant::now() + self.limits.timeout,
             self.limits.memory,
         );
