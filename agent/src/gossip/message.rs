@@ -1,0 +1,130 @@
+//! What gossip members send each other. Every message carries piggybacked
+//! membership updates; the encoding is postcard (sizes are what the
+//! simulation counts as bytes on the wire).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A member's name: unique in the fleet (the agent's `name`).
+pub type NodeId = Arc<str>;
+/// Where a member listens for gossip (`host:port`).
+pub type Addr = Arc<str>;
+
+/// What a member says about itself; travels with its `Alive` updates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// "voter" or "edge".
+    pub role: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A change in one member's state, at one incarnation. Newer incarnations
+/// win; at equal incarnation, dead beats suspect beats alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    Alive {
+        id: NodeId,
+        incarnation: u64,
+        addr: Addr,
+        meta: Arc<Meta>,
+    },
+    Suspect {
+        id: NodeId,
+        incarnation: u64,
+        /// Who suspects it: independent suspicions shorten the timeout.
+        from: NodeId,
+    },
+    Dead {
+        id: NodeId,
+        incarnation: u64,
+        from: NodeId,
+    },
+    /// The member left on purpose (`edgeconf member leave`).
+    Left { id: NodeId, incarnation: u64 },
+}
+
+impl Update {
+    pub fn subject(&self) -> &NodeId {
+        match self {
+            Update::Alive { id, .. }
+            | Update::Suspect { id, .. }
+            | Update::Dead { id, .. }
+            | Update::Left { id, .. } => id,
+        }
+    }
+}
+
+/// One member's full record, for anti-entropy syncs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: NodeId,
+    pub addr: Addr,
+    pub incarnation: u64,
+    pub state: State,
+    pub meta: Arc<Meta>,
+}
+
+/// A member's state as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Alive => "alive",
+            State::Suspect => "suspect",
+            State::Dead => "dead",
+            State::Left => "left",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Are you there? (`target` guards against a reused address.)
+    Ping { seq: u64, target: NodeId },
+    /// Probe `target` for me and tell me if it answers.
+    PingReq {
+        seq: u64,
+        target: NodeId,
+        target_addr: Addr,
+    },
+    /// An answer to a ping, or a relayed one to a ping-req.
+    Ack { seq: u64 },
+    /// Updates only.
+    Gossip,
+    /// Anti-entropy: my whole table; `reply` asks for theirs back.
+    Sync { records: Vec<Record>, reply: bool },
+}
+
+/// A message with its sender and piggybacked updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: NodeId,
+    pub from_addr: Addr,
+    pub body: Body,
+    pub updates: Vec<Update>,
+}
+
+impl Message {
+    /// Encoded size in bytes.
+    pub fn wire_size(&self) -> usize {
+        postcard::to_allocvec(self).map_or(0, |bytes| bytes.len())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}

@@ -1,0 +1,844 @@
+//! The SWIM protocol with Lifeguard's refinements, as a state machine that
+//! does no I/O and reads no clock: the driver passes the time in, delivers
+//! messages, and sends what comes out (the agent over QUIC, the simulation
+//! over a simulated network). Like raft-rs's `RawNode`, one owner drives it.
+//!
+//! - Probe: each period one member (round robin over a shuffled list) is
+//!   pinged; without an ack within the timeout, `indirect_probes` others are
+//!   asked to ping it; without any ack by the period's end it is suspected.
+//! - Suspicion: a suspect is declared dead after a timeout that scales with
+//!   log n and shrinks as independent members confirm the suspicion; the
+//!   suspect refutes by gossiping a higher incarnation.
+//! - Dissemination: updates ride on every message, each sent a multiple of
+//!   log n times; gossip rounds push them to a few random members; a
+//!   periodic full sync (push-pull) repairs anything gossip lost.
+//! - Local health (Lifeguard): a member that misses acks or is suspected
+//!   itself slows its probing and waits longer, so an overloaded member does
+//!   not accuse healthy ones.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::broadcast::Broadcasts;
+use super::message::{Addr, Body, Message, Meta, NodeId, Record, State, Update};
+
+/// Timing and fan-out; times in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub probe_interval_ms: u64,
+    pub probe_timeout_ms: u64,
+    pub indirect_probes: usize,
+    pub suspicion_mult: u64,
+    pub suspicion_max_mult: u64,
+    pub retransmit_mult: u32,
+    pub gossip_interval_ms: u64,
+    pub gossip_fanout: usize,
+    /// Dead members still get gossip this long (so they learn and refute).
+    pub gossip_dead_ms: u64,
+    /// Updates piggybacked per message.
+    pub max_piggyback: usize,
+    pub push_pull_interval_ms: u64,
+    pub max_awareness: u32,
+}
+
+impl Default for Config {
+    /// memberlist's LAN profile, which Consul uses.
+    fn default() -> Self {
+        Config {
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 500,
+            indirect_probes: 3,
+            suspicion_mult: 4,
+            suspicion_max_mult: 6,
+            retransmit_mult: 4,
+            gossip_interval_ms: 200,
+            gossip_fanout: 3,
+            gossip_dead_ms: 30_000,
+            max_piggyback: 8,
+            push_pull_interval_ms: 30_000,
+            max_awareness: 8,
+        }
+    }
+}
+
+/// A message to send to an address.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub to: Addr,
+    pub message: Message,
+}
+
+/// A member changed state (as seen here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub id: NodeId,
+    pub from: Option<State>,
+    pub to: State,
+    pub at_ms: u64,
+}
+
+struct Member {
+    record: Record,
+    changed_ms: u64,
+}
+
+struct Suspicion {
+    incarnation: u64,
+    started_ms: u64,
+    min_ms: u64,
+    max_ms: u64,
+    expected: u32,
+    confirmations: HashSet<NodeId>,
+    deadline_ms: u64,
+}
+
+impl Suspicion {
+    /// Lifeguard: from `max` down to `min` as confirmations come in.
+    fn recompute(&mut self) {
+        let confirmed = self.confirmations.len() as f64;
+        let fraction = if self.expected == 0 {
+            1.0
+        } else {
+            ((confirmed + 1.0).ln() / (f64::from(self.expected) + 1.0).ln()).min(1.0)
+        };
+        let span = (self.max_ms - self.min_ms) as f64;
+        let timeout = (self.max_ms as f64 - span * fraction).max(self.min_ms as f64) as u64;
+        self.deadline_ms = self.started_ms + timeout;
+    }
+}
+
+struct Probe {
+    seq: u64,
+    target: NodeId,
+    indirect_at_ms: u64,
+    indirect_sent: bool,
+    acked: bool,
+}
+
+/// A ping we send for another member's ping-req.
+struct Relay {
+    origin_seq: u64,
+    origin_addr: Addr,
+    expires_ms: u64,
+}
+
+pub struct Swim {
+    config: Config,
+    me: NodeId,
+    addr: Addr,
+    incarnation: u64,
+    meta: Arc<Meta>,
+    members: HashMap<NodeId, Member>,
+    /// Every member ever known (for O(1) random picks; states are checked).
+    known: Vec<NodeId>,
+    ring: Vec<NodeId>,
+    ring_at: usize,
+    probe: Option<Probe>,
+    relays: HashMap<u64, Relay>,
+    suspicions: HashMap<NodeId, Suspicion>,
+    broadcasts: Broadcasts,
+    /// Lifeguard's local health multiplier: 0 is healthy.
+    awareness: u32,
+    seq: u64,
+    rng: StdRng,
+    next_probe_ms: u64,
+    next_gossip_ms: u64,
+    next_sync_ms: u64,
+    left: bool,
+    /// State changes since the driver last drained them.
+    pub changes: Vec<StateChange>,
+}
+
+impl Swim {
+    pub fn new(config: Config, me: NodeId, addr: Addr, meta: Meta, now_ms: u64, seed: u64) -> Swim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Spread the members' timers so they do not all fire together.
+        let jitter = |rng: &mut StdRng, interval: u64| rng.random_range(0..interval.max(1));
+        let next_probe_ms = now_ms + jitter(&mut rng, config.probe_interval_ms);
+        let next_gossip_ms = now_ms + jitter(&mut rng, config.gossip_interval_ms);
+        let next_sync_ms =
+            now_ms + config.push_pull_interval_ms + jitter(&mut rng, config.push_pull_interval_ms);
+        Swim {
+            config,
+            me,
+            addr,
+            incarnation: 1,
+            meta: Arc::new(meta),
+            members: HashMap::new(),
+            known: Vec::new(),
+            ring: Vec::new(),
+            ring_at: 0,
+            probe: None,
+            relays: HashMap::new(),
+            suspicions: HashMap::new(),
+            broadcasts: Broadcasts::default(),
+            awareness: 0,
+            seq: 0,
+            rng,
+            next_probe_ms,
+            next_gossip_ms,
+            next_sync_ms,
+            left: false,
+            changes: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn awareness(&self) -> u32 {
+        self.awareness
+    }
+
+    /// This member's record followed by every other known one.
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.members.len() + 1);
+        out.push(self.own_record());
+        out.extend(self.members.values().map(|m| m.record.clone()));
+        out
+    }
+
+    /// The record of member `id` as seen here (not this member's own).
+    pub fn record_of(&self, id: &str) -> Option<&Record> {
+        self.members.get(id).map(|m| &m.record)
+    }
+
+    /// The state of `id` as seen here.
+    pub fn state_of(&self, id: &str) -> Option<State> {
+        if *self.me == *id {
+            return Some(if self.left { State::Left } else { State::Alive });
+        }
+        self.members.get(id).map(|m| m.record.state)
+    }
+
+    /// Members believed alive or suspect, this one included.
+    pub fn live_count(&self) -> usize {
+        1 + self
+            .members
+            .values()
+            .filter(|m| matches!(m.record.state, State::Alive | State::Suspect))
+            .count()
+    }
+
+    fn own_record(&self) -> Record {
+        Record {
+            id: self.me.clone(),
+            addr: self.addr.clone(),
+            incarnation: self.incarnation,
+            state: if self.left { State::Left } else { State::Alive },
+            meta: self.meta.clone(),
+        }
+    }
+
+    fn alive_update(&self) -> Update {
+        Update::Alive {
+            id: self.me.clone(),
+            incarnation: self.incarnation,
+            addr: self.addr.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
+    /// Learns a member without gossiping about it (a simulation's start).
+    pub fn add_known(&mut self, record: Record, now_ms: u64) {
+        if record.id == self.me {
+            return;
+        }
+        if !self.members.contains_key(&record.id) {
+            self.known.push(record.id.clone());
+        }
+        self.members.insert(
+            record.id.clone(),
+            Member {
+                record,
+                changed_ms: now_ms,
+            },
+        );
+    }
+
+    /// Joins through `seeds` (addresses): a full sync with each.
+    pub fn join(&mut self, seeds: &[Addr]) -> Vec<Outgoing> {
+        self.broadcasts.push(self.alive_update());
+        let records = self.records();
+        let mut out = Vec::new();
+        let own = self.addr.clone();
+        for seed in seeds.iter().filter(|seed| **seed != own) {
+            let message = self.message(Body::Sync {
+                records: records.clone(),
+                reply: true,
+            });
+            out.push(Outgoing {
+                to: seed.clone(),
+                message,
+            });
+        }
+        out
+    }
+
+    /// Changes what this member says about itself.
+    pub fn set_meta(&mut self, meta: Meta) {
+        self.meta = Arc::new(meta);
+        self.incarnation += 1;
+        self.broadcasts.push(self.alive_update());
+    }
+
+    /// Leaves on purpose: tells a few members at once; gossip does the rest.
+    pub fn leave(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        self.left = true;
+        self.incarnation += 1;
+        let update = Update::Left {
+            id: self.me.clone(),
+            incarnation: self.incarnation,
+        };
+        self.broadcasts.push(update);
+        let targets = self.random_members(self.config.gossip_fanout * 2, now_ms, None);
+        targets
+            .into_iter()
+            .map(|addr| Outgoing {
+                to: addr,
+                message: self.message(Body::Gossip),
+            })
+            .collect()
+    }
+
+    /// The earliest time `tick` has something to do.
+    pub fn next_deadline(&self) -> u64 {
+        let mut next = self
+            .next_probe_ms
+            .min(self.next_gossip_ms)
+            .min(self.next_sync_ms);
+        if let Some(probe) = &self.probe {
+            if !probe.acked && !probe.indirect_sent {
+                next = next.min(probe.indirect_at_ms);
+            }
+        }
+        for suspicion in self.suspicions.values() {
+            next = next.min(suspicion.deadline_ms);
+        }
+        next
+    }
+
+    /// Runs the timers due at `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if self.left {
+            return out;
+        }
+        self.expire_suspicions(now_ms);
+        self.relays.retain(|_, relay| relay.expires_ms > now_ms);
+        if let Some(probe) = &self.probe {
+            if !probe.acked && !probe.indirect_sent && now_ms >= probe.indirect_at_ms {
+                self.send_indirect(now_ms, &mut out);
+            }
+        }
+        if now_ms >= self.next_probe_ms {
+            self.finish_probe(now_ms);
+            self.start_probe(now_ms, &mut out);
+            self.next_probe_ms =
+                now_ms + self.config.probe_interval_ms * u64::from(self.awareness + 1);
+        }
+        if now_ms >= self.next_gossip_ms {
+            self.next_gossip_ms = now_ms + self.config.gossip_interval_ms;
+            if !self.broadcasts.is_empty() {
+                for addr in self.random_members(self.config.gossip_fanout, now_ms, None) {
+                    let message = self.message(Body::Gossip);
+                    if message.updates.is_empty() {
+                        break;
+                    }
+                    out.push(Outgoing { to: addr, message });
+                }
+            }
+        }
+        if now_ms >= self.next_sync_ms {
+            self.next_sync_ms = now_ms + self.push_pull_interval();
+            if let Some(addr) = self.random_alive(None) {
+                let records = self.records();
+                out.push(Outgoing {
+                    to: addr,
+                    message: self.message(Body::Sync {
+                        records,
+                        reply: true,
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// Handles a message from another member.
+    pub fn receive(&mut self, message: Message, now_ms: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if self.left {
+            return out;
+        }
+        for update in message.updates {
+            self.apply(update, now_ms);
+        }
+        match message.body {
+            Body::Ping { seq, target } => {
+                if target == self.me {
+                    out.push(Outgoing {
+                        to: message.from_addr,
+                        message: self.message(Body::Ack { seq }),
+                    });
+                }
+            }
+            Body::PingReq {
+                seq,
+                target,
+                target_addr,
+            } => {
+                self.seq += 1;
+                let relay_seq = self.seq;
+                self.relays.insert(
+                    relay_seq,
+                    Relay {
+                        origin_seq: seq,
+                        origin_addr: message.from_addr,
+                        expires_ms: now_ms + self.config.probe_timeout_ms * 2,
+                    },
+                );
+                out.push(Outgoing {
+                    to: target_addr,
+                    message: self.message(Body::Ping {
+                        seq: relay_seq,
+                        target,
+                    }),
+                });
+            }
+            Body::Ack { seq } => {
+                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    if !probe.acked {
+                        probe.acked = true;
+                        self.awareness = self.awareness.saturating_sub(1);
+                    }
+                } else if let Some(relay) = self.relays.remove(&seq) {
+                    out.push(Outgoing {
+                        to: relay.origin_addr,
+                        message: self.message(Body::Ack {
+                            seq: relay.origin_seq,
+                        }),
+                    });
+                }
+            }
+            Body::Gossip => {}
+            Body::Sync { records, reply } => {
+                for record in records {
+                    self.apply(record_update(record, &message.from), now_ms);
+                }
+                if reply {
+                    let records = self.records();
+                    out.push(Outgoing {
+                        to: message.from_addr,
+                        message: self.message(Body::Sync {
+                            records,
+                            reply: false,
+                        }),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn message(&mut self, body: Body) -> Message {
+        let limit = self.retransmit_limit();
+        let priority = self.probe.as_ref().map(|p| p.target.clone());
+        let updates = self
+            .broadcasts
+            .take(self.config.max_piggyback, limit, priority.as_ref());
+        Message {
+            from: self.me.clone(),
+            from_addr: self.addr.clone(),
+            body,
+            updates,
+        }
+    }
+
+    fn retransmit_limit(&self) -> u32 {
+        let n = self.live_count() as f64;
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+    }
+
+    fn push_pull_interval(&self) -> u64 {
+        // memberlist's scaling: rarer syncs in large clusters.
+        let n = self.live_count();
+        let scale = if n <= 32 {
+            1
+        } else {
+            ((n as f64).log2() - 5.0).ceil() as u64 + 1
+        };
+        self.config.push_pull_interval_ms * scale
+    }
+
+    fn start_probe(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
+        let Some(target) = self.next_target() else {
+            self.probe = None;
+            return;
+        };
+        let Some(addr) = self.members.get(&target).map(|m| m.record.addr.clone()) else {
+            return;
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        self.probe = Some(Probe {
+            seq,
+            target: target.clone(),
+            indirect_at_ms: now_ms + self.config.probe_timeout_ms * u64::from(self.awareness + 1),
+            indirect_sent: false,
+            acked: false,
+        });
+        // Buddy system: a suspect hears of its suspicion first.
+        let message = self.message(Body::Ping { seq, target });
+        out.push(Outgoing { to: addr, message });
+    }
+
+    fn send_indirect(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
+        let Some(probe) = self.probe.as_mut() else {
+            return;
+        };
+        probe.indirect_sent = true;
+        let (seq, target) = (probe.seq, probe.target.clone());
+        let Some(target_addr) = self.members.get(&target).map(|m| m.record.addr.clone()) else {
+            return;
+        };
+        let helpers = self.random_members(self.config.indirect_probes, now_ms, Some(&target));
+        for addr in helpers {
+            let message = self.message(Body::PingReq {
+                seq,
+                target: target.clone(),
+                target_addr: target_addr.clone(),
+            });
+            out.push(Outgoing { to: addr, message });
+        }
+    }
+
+    /// The probe period ended: no ack at all means suspicion.
+    fn finish_probe(&mut self, now_ms: u64) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        if probe.acked {
+            return;
+        }
+        self.awareness = (self.awareness + 1).min(self.config.max_awareness);
+        let Some(member) = self.members.get(&probe.target) else {
+            return;
+        };
+        if member.record.state != State::Alive {
+            return;
+        }
+        let update = Update::Suspect {
+            id: probe.target.clone(),
+            incarnation: member.record.incarnation,
+            from: self.me.clone(),
+        };
+        self.apply(update, now_ms);
+    }
+
+    fn expire_suspicions(&mut self, now_ms: u64) {
+        let expired: Vec<(NodeId, u64)> = self
+            .suspicions
+            .iter()
+            .filter(|(_, s)| s.deadline_ms <= now_ms)
+            .map(|(id, s)| (id.clone(), s.incarnation))
+            .collect();
+        for (id, incarnation) in expired {
+            self.suspicions.remove(&id);
+            let update = Update::Dead {
+                id,
+                incarnation,
+                from: self.me.clone(),
+            };
+            self.apply(update, now_ms);
+        }
+    }
+
+    /// The next member to probe: round robin over a shuffled list.
+    fn next_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.ring_at < self.ring.len() {
+                let id = self.ring[self.ring_at].clone();
+                self.ring_at += 1;
+                let probeable = self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| matches!(m.record.state, State::Alive | State::Suspect));
+                if probeable {
+                    return Some(id);
+                }
+            }
+            self.ring = self
+                .members
+                .iter()
+                .filter(|(_, m)| matches!(m.record.state, State::Alive | State::Suspect))
+                .map(|(id, _)| id.clone())
+                .collect();
+            // Shuffle (Fisher-Yates).
+            for i in (1..self.ring.len()).rev() {
+                let j = self.rng.random_range(0..=i);
+                self.ring.swap(i, j);
+            }
+            self.ring_at = 0;
+        }
+        None
+    }
+
+    /// Up to `count` addresses of distinct random members that are alive,
+    /// suspect, or dead for less than `gossip_dead_ms`; never `except`.
+    fn random_members(&mut self, count: usize, now_ms: u64, except: Option<&NodeId>) -> Vec<Addr> {
+        let mut picked: Vec<Addr> = Vec::with_capacity(count);
+        if self.known.is_empty() {
+            return picked;
+        }
+        let mut chosen: HashSet<usize> = HashSet::new();
+        for _ in 0..count * 4 {
+            if picked.len() == count {
+                break;
+            }
+            let index = self.rng.random_range(0..self.known.len());
+            if !chosen.insert(index) {
+                continue;
+            }
+            let id = &self.known[index];
+            if Some(id) == except {
+                continue;
+            }
+            let Some(member) = self.members.get(id) else {
+                continue;
+            };
+            let eligible = match member.record.state {
+                State::Alive | State::Suspect => true,
+                State::Dead => {
+                    now_ms.saturating_sub(member.changed_ms) < self.config.gossip_dead_ms
+                }
+                State::Left => false,
+            };
+            if eligible {
+                picked.push(member.record.addr.clone());
+            }
+        }
+        picked
+    }
+
+    fn random_alive(&mut self, except: Option<&NodeId>) -> Option<Addr> {
+        for _ in 0..16 {
+            if self.known.is_empty() {
+                return None;
+            }
+            let id = &self.known[self.rng.random_range(0..self.known.len())];
+            if Some(id) == except {
+                continue;
+            }
+            if let Some(member) = self
+                .members
+                .get(id)
+                .filter(|m| m.record.state == State::Alive)
+            {
+                return Some(member.record.addr.clone());
+            }
+        }
+        None
+    }
+
+    /// Someone says this member is suspect or dead: refute with a higher
+    /// incarnation (and, per Lifeguard, take it as a sign of own slowness).
+    fn refute(&mut self, incarnation: u64) {
+        if self.left || incarnation < self.incarnation {
+            return;
+        }
+        self.incarnation = incarnation + 1;
+        self.awareness = (self.awareness + 1).min(self.config.max_awareness);
+        self.broadcasts.push(self.alive_update());
+    }
+
+    fn set_state(&mut self, id: &NodeId, state: State, incarnation: u64, now_ms: u64) {
+        let Some(member) = self.members.get_mut(id) else {
+            return;
+        };
+        let from = member.record.state;
+        member.record.state = state;
+        member.record.incarnation = incarnation;
+        if from != state {
+            member.changed_ms = now_ms;
+            self.changes.push(StateChange {
+                id: id.clone(),
+                from: Some(from),
+                to: state,
+                at_ms: now_ms,
+            });
+        }
+    }
+
+    /// Applies an update if it is news; news is gossiped on.
+    pub fn apply(&mut self, update: Update, now_ms: u64) {
+        match &update {
+            Update::Alive {
+                id,
+                incarnation,
+                addr,
+                meta,
+            } => {
+                if *id == self.me {
+                    if *incarnation > self.incarnation && !self.left {
+                        self.refute(*incarnation);
+                    }
+                    return;
+                }
+                match self.members.get_mut(id) {
+                    None => {
+                        self.known.push(id.clone());
+                        self.members.insert(
+                            id.clone(),
+                            Member {
+                                record: Record {
+                                    id: id.clone(),
+                                    addr: addr.clone(),
+                                    incarnation: *incarnation,
+                                    state: State::Alive,
+                                    meta: meta.clone(),
+                                },
+                                changed_ms: now_ms,
+                            },
+                        );
+                        self.changes.push(StateChange {
+                            id: id.clone(),
+                            from: None,
+                            to: State::Alive,
+                            at_ms: now_ms,
+                        });
+                    }
+                    Some(member) => {
+                        if *incarnation <= member.record.incarnation {
+                            return;
+                        }
+                        member.record.addr = addr.clone();
+                        member.record.meta = meta.clone();
+                        self.suspicions.remove(id);
+                        self.set_state(id, State::Alive, *incarnation, now_ms);
+                    }
+                }
+            }
+            Update::Suspect {
+                id,
+                incarnation,
+                from,
+            } => {
+                if *id == self.me {
+                    self.refute(*incarnation);
+                    return;
+                }
+                let n = self.live_count() as f64;
+                let Some(member) = self.members.get(id) else {
+                    return;
+                };
+                let state = member.record.state;
+                if matches!(state, State::Dead | State::Left)
+                    || *incarnation < member.record.incarnation
+                {
+                    return;
+                }
+                if state == State::Suspect && *incarnation == member.record.incarnation {
+                    // A confirmation: shortens the timeout if independent.
+                    let Some(suspicion) = self.suspicions.get_mut(id) else {
+                        return;
+                    };
+                    if !suspicion.confirmations.insert(from.clone()) {
+                        return;
+                    }
+                    suspicion.recompute();
+                } else {
+                    let min_ms = (self.config.suspicion_mult as f64
+                        * n.log10().max(1.0)
+                        * self.config.probe_interval_ms as f64)
+                        as u64;
+                    let expected = if n as u64 > self.config.suspicion_mult {
+                        (self.config.suspicion_mult - 2) as u32
+                    } else {
+                        0
+                    };
+                    let mut suspicion = Suspicion {
+                        incarnation: *incarnation,
+                        started_ms: now_ms,
+                        min_ms,
+                        max_ms: min_ms * self.config.suspicion_max_mult,
+                        expected,
+                        confirmations: HashSet::new(),
+                        deadline_ms: 0,
+                    };
+                    if *from != self.me {
+                        suspicion.confirmations.insert(from.clone());
+                    }
+                    suspicion.recompute();
+                    self.suspicions.insert(id.clone(), suspicion);
+                    self.set_state(id, State::Suspect, *incarnation, now_ms);
+                }
+            }
+            Update::Dead {
+                id,
+                incarnation,
+                from,
+            } => {
+                if *id == self.me {
+                    self.refute(*incarnation);
+                    return;
+                }
+                let Some(member) = self.members.get(id) else {
+                    return;
+                };
+                if matches!(member.record.state, State::Dead | State::Left)
+                    || *incarnation < member.record.incarnation
+                {
+                    return;
+                }
+                self.suspicions.remove(id);
+                let state = if from == id { State::Left } else { State::Dead };
+                self.set_state(id, state, *incarnation, now_ms);
+            }
+            Update::Left { id, incarnation } => {
+                if *id == self.me {
+                    return;
+                }
+                let Some(member) = self.members.get(id) else {
+                    return;
+                };
+                if member.record.state == State::Left || *incarnation < member.record.incarnation {
+                    return;
+                }
+                self.suspicions.remove(id);
+                self.set_state(id, State::Left, *incarnation, now_ms);
+            }
+        }
+        self.broadcasts.push(update);
+    }
+}
+
+/// A synced record as the update it stands for (`sender` vouches for it).
+fn record_update(record: Record, sender: &NodeId) -> Update {
+    match record.state {
+        State::Alive => Update::Alive {
+            id: record.id,
+            incarnation: record.incarnation,
+            addr: record.addr,
+            meta: record.meta,
+        },
+        State::Suspect => Update::Suspect {
+            from: sender.clone(),
+            id: record.id,
+            incarnation: record.incarnation,
+        },
+        State::Dead => Update::Dead {
+            from: sender.clone(),
+            id: record.id,
+            incarnation: record.incarnation,
+        },
+        State::Left => Update::Left {
+            id: record.id,
+            incarnation: record.incarnation,
+        },
+    }
+}

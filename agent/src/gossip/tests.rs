@@ -1,0 +1,161 @@
+//! Gossip unit tests: two members by hand, then small clusters in the
+//! simulator (the same code the agent runs; simulated time and network).
+
+use std::sync::Arc;
+
+use super::sim::{Network, Sim};
+use super::*;
+
+const SECOND: u64 = 1000;
+
+fn lan() -> Network {
+    Network {
+        loss: 0.0,
+        latency_ms: (1, 5),
+    }
+}
+
+#[test]
+fn a_member_joins_through_a_seed() {
+    let config = Config::default();
+    let mut a = Swim::new(
+        config.clone(),
+        Arc::from("a"),
+        Arc::from("a:1"),
+        Meta::default(),
+        0,
+        1,
+    );
+    let mut b = Swim::new(
+        config,
+        Arc::from("b"),
+        Arc::from("b:1"),
+        Meta::default(),
+        0,
+        2,
+    );
+    let to_b = a.join(&[Arc::from("b:1")]);
+    assert_eq!(to_b.len(), 1);
+    let replies = b.receive(to_b[0].message.clone(), 10);
+    assert_eq!(b.state_of("a"), Some(State::Alive));
+    for reply in replies {
+        assert_eq!(&*reply.to, "a:1");
+        a.receive(reply.message, 20);
+    }
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    // Messages survive their encoding.
+    let message = a.tick(SECOND * 2).into_iter().next().unwrap().message;
+    assert_eq!(Message::decode(&message.encode()).unwrap(), message);
+}
+
+#[test]
+fn higher_incarnations_win_and_suspicion_is_refuted() {
+    let config = Config::default();
+    let mut a = Swim::new(
+        config.clone(),
+        Arc::from("a"),
+        Arc::from("a:1"),
+        Meta::default(),
+        0,
+        1,
+    );
+    let alive = |incarnation| Update::Alive {
+        id: Arc::from("b"),
+        incarnation,
+        addr: Arc::from("b:1"),
+        meta: Arc::new(Meta::default()),
+    };
+    a.apply(alive(5), 0);
+    // An older suspicion is ignored, a current one applies.
+    let suspect = |incarnation| Update::Suspect {
+        id: Arc::from("b"),
+        incarnation,
+        from: Arc::from("c"),
+    };
+    a.apply(suspect(4), 0);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    a.apply(suspect(5), 0);
+    assert_eq!(a.state_of("b"), Some(State::Suspect));
+    // The same incarnation alive does not clear it; a higher one does.
+    a.apply(alive(5), 0);
+    assert_eq!(a.state_of("b"), Some(State::Suspect));
+    a.apply(alive(6), 0);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    // Suspected itself, a member refutes with a higher incarnation.
+    a.apply(
+        Update::Suspect {
+            id: Arc::from("a"),
+            incarnation: 1,
+            from: Arc::from("b"),
+        },
+        0,
+    );
+    assert_eq!(a.records()[0].incarnation, 2);
+    assert!(
+        a.awareness() > 0,
+        "being suspected counts against local health"
+    );
+}
+
+#[test]
+fn a_killed_member_is_declared_dead_by_everyone_and_nobody_else_is() {
+    let mut sim = Sim::new(40, Config::default(), lan(), 7);
+    sim.run_until(10 * SECOND, |_| false);
+    sim.kill(3);
+    let killed_at = sim.now_ms;
+    let everyone = sim.up().count();
+    assert!(
+        sim.run_until(killed_at + 60 * SECOND, |s| s.seen_as(3, State::Dead)
+            == everyone)
+    );
+    println!("dead everywhere after {} ms", sim.now_ms - killed_at);
+    sim.run_until(sim.now_ms + 20 * SECOND, |_| false);
+    assert_eq!(sim.false_changes(State::Dead), 0);
+    assert_eq!(sim.false_changes(State::Suspect), 0);
+}
+
+#[test]
+fn a_member_that_leaves_is_left_not_dead() {
+    let mut sim = Sim::new(30, Config::default(), lan(), 11);
+    sim.run_until(5 * SECOND, |_| false);
+    sim.leave(4);
+    let everyone = sim.up().count();
+    assert!(
+        sim.run_until(sim.now_ms + 10 * SECOND, |s| s.seen_as(4, State::Left)
+            == everyone)
+    );
+    assert_eq!(sim.seen_as(4, State::Dead), 0);
+}
+
+#[test]
+fn metadata_changes_reach_every_member() {
+    let mut sim = Sim::new(50, Config::default(), lan(), 5);
+    sim.run_until(2 * SECOND, |_| false);
+    let mut meta = Meta::default();
+    meta.labels.insert("tier".into(), "canary".into());
+    sim.members[9].set_meta(meta);
+    let incarnation = sim.members[9].records()[0].incarnation;
+    let spread = sim.run_until(sim.now_ms + 30 * SECOND, |s| {
+        s.up().filter(|i| *i != 9).all(|i| {
+            s.members[i].record_of("n9").is_some_and(|r| {
+                r.incarnation == incarnation
+                    && r.meta.labels.get("tier").is_some_and(|t| t == "canary")
+            })
+        })
+    });
+    assert!(spread);
+}
+
+#[test]
+fn lossy_networks_cause_no_false_deaths() {
+    let network = Network {
+        loss: 0.10,
+        latency_ms: (1, 20),
+    };
+    let mut sim = Sim::new(50, Config::default(), network, 3);
+    sim.run_until(120 * SECOND, |_| false);
+    let suspicions = sim.false_changes(State::Suspect);
+    let deaths = sim.false_changes(State::Dead);
+    println!("10% loss, 50 members, 120 s: {suspicions} suspicions refuted, {deaths} false deaths");
+    assert_eq!(deaths, 0);
+}
