@@ -42,7 +42,9 @@ fn scenario(n: usize) {
     sim.kill(victim);
     let killed = sim.now_ms;
     let everyone = sim.up().count();
-    let detected = sim.run_until(killed + 600 * SECOND, |s| s.seen_as(victim, State::Dead) == everyone);
+    let detected = sim.run_until(killed + 600 * SECOND, |s| {
+        s.seen_as(victim, State::Dead) == everyone
+    });
     let victim_id = sim.members[victim].id().clone();
     let first = |state: State| {
         sim.changes
@@ -65,9 +67,11 @@ fn scenario(n: usize) {
     let author_id = sim.members[author].id().clone();
     let published = sim.now_ms;
     let spread = sim.run_until(published + 600 * SECOND, |s| {
-        s.up()
-            .filter(|i| *i != author)
-            .all(|i| s.members[i].record_of(&author_id).is_some_and(|r| r.incarnation == incarnation))
+        s.up().filter(|i| *i != author).all(|i| {
+            s.members[i]
+                .record_of(&author_id)
+                .is_some_and(|r| r.incarnation == incarnation)
+        })
     });
     let spread_ms = sim.now_ms - published;
     println!("== {n} members, no loss, latency 1-10 ms ==");
@@ -109,7 +113,10 @@ fn scenario(n: usize) {
         .collect();
     falsely_dead.sort_unstable();
     falsely_dead.dedup();
-    println!("== {n} members, 10% loss, latency 1-20 ms, {} s ==", window / SECOND);
+    println!(
+        "== {n} members, 10% loss, latency 1-20 ms, {} s ==",
+        window / SECOND
+    );
     println!(
         "false suspicions (observer x member, all refuted unless below): {suspicions} ({:.2} per member per minute)",
         suspicions as f64 / n as f64 / (window as f64 / 60_000.0)
@@ -123,7 +130,10 @@ fn scenario(n: usize) {
         "traffic:                      {:>8.0} bytes/member/s",
         sim.bytes as f64 / n as f64 / seconds(window)
     );
-    println!("(simulated in {:.1} s of real time)\n", started.elapsed().as_secs_f64());
+    println!(
+        "(simulated in {:.1} s of real time)\n",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn main() {
