@@ -31,7 +31,7 @@ pub struct Sim {
     pub members: Vec<Swim>,
     down: Vec<bool>,
     index: HashMap<Addr, usize>,
-    network: Network,
+    pub network: Network,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: HashMap<u64, Event>,
     next_event: u64,
