@@ -120,19 +120,6 @@ fn wait_for_status(agent: &Agent, what: &str, check: impl Fn(&serde_json::Value)
     }
 }
 
-#[track_caller]
-fn wait_for_log(agent: &Agent, needle: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "never logged {needle:?}:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn check_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a str {
     status["checks"]
         .as_array()
@@ -343,7 +330,7 @@ fn health_checks_follow_a_real_service() {
     wait_for_status(&agent, "web critical", |s| {
         check_status(s, "web") == "critical" && check_status(s, "port") == "passing"
     });
-    wait_for_log(&agent, "health check changed");
+    agent.wait_for_log("health check changed", TIMEOUT);
     service.status.store(200, Ordering::SeqCst);
     wait_for_status(&agent, "web passing again", |s| {
         check_status(s, "web") == "passing"
@@ -444,13 +431,13 @@ fn plugin_files_reload_and_compiled_code_is_cached() {
 
     // A new build swaps in.
     replace(&path, &std::fs::read(wasm("reject-all")).unwrap());
-    wait_for_log(&agent, "plugin reloaded");
+    agent.wait_for_log("plugin reloaded", TIMEOUT);
     let err = failed(edgeconf(&agent, &["put", "/v/a", "yes"]));
     assert!(err.contains("rejected by plugin v"), "{err}");
 
     // A broken file is refused; the running plugin stays.
     replace(&path, b"\0asm this is not a component");
-    wait_for_log(&agent, "refused a new plugin file");
+    agent.wait_for_log("refused a new plugin file", TIMEOUT);
     let err = failed(edgeconf(&agent, &["put", "/v/a", "yes"]));
     assert!(err.contains("rejected by plugin v"), "{err}");
 

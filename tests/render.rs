@@ -56,20 +56,6 @@ fn wait_for(path: &Path, what: &str, check: impl Fn(Option<&str>) -> bool) -> Op
     }
 }
 
-/// Waits until the agent's log contains `needle`.
-#[track_caller]
-fn wait_for_log(agent: &Agent, needle: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "never logged {needle:?}:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs `edgeconf ARGS` (a status) until its output satisfies `check`.
 #[track_caller]
 fn wait_for_status(agent: &Agent, args: &[&str], check: impl Fn(&str) -> bool) {
@@ -147,8 +133,8 @@ dest = "upstream.conf"
     // last good file stays and the failure is logged.
     ok(edgeconf(&agent, &["put", "/app/config", "not json"]));
     ok(edgeconf(&agent, &["del", "/app/raw"]));
-    wait_for_log(&agent, "fromjson");
-    wait_for_log(&agent, "\"/app/raw\" does not exist");
+    agent.wait_for_log("fromjson", TIMEOUT);
+    agent.wait_for_log("\"/app/raw\" does not exist", TIMEOUT);
     assert!(std::fs::read_to_string(out.join("app.toml"))
         .unwrap()
         .starts_with("port = 9090"));
@@ -305,7 +291,7 @@ on_drift = "report"
         assert!(Instant::now() < deadline, "mode not restored");
         std::thread::sleep(Duration::from_millis(20));
     }
-    wait_for_log(&agent, "left as it is");
+    agent.wait_for_log("left as it is", TIMEOUT);
     assert_eq!(
         std::fs::read_to_string(out.join("reported")).unwrap(),
         "edited"
@@ -342,7 +328,7 @@ dest = "a"
         format!("{both}\n[[render]]\nkey = \"/c\"\ntemplate = \"broken.j2\"\ndest = \"c\"\n"),
     )
     .unwrap();
-    wait_for_log(&agent, "config file edit refused");
+    agent.wait_for_log("config file edit refused", TIMEOUT);
     ok(edgeconf(&agent, &["put", "/b", "3"]));
     wait_for(&out.join("b"), "still rendered", |c| c == Some("3"));
     assert!(!out.join("c").exists());
@@ -353,7 +339,7 @@ dest = "a"
         format!("{both}\n[[render]]\nkey = \"/c\"\ndest = \"../c\"\n"),
     )
     .unwrap();
-    wait_for_log(&agent, "contains \"..\"");
+    agent.wait_for_log("contains \"..\"", TIMEOUT);
 
     // Editing a template re-renders with it, without touching the TOML.
     std::fs::write(dir.path().join("b.j2"), "b is {{ value }}\n").unwrap();
@@ -394,7 +380,7 @@ reload_timeout = "5s"
     );
     ok(edgeconf(&agent, &["put", "/slow", "1"]));
     ok(edgeconf(&agent, &["put", "/daemon", "1"]));
-    wait_for_log(&agent, "reload command succeeded");
+    agent.wait_for_log("reload command succeeded", TIMEOUT);
     wait_for_status(&agent, &["status", "-w", "json"], |status| {
         status.contains("did not finish within 300ms")
             && status.contains("\"dest\":\"")
@@ -486,7 +472,7 @@ reload = "echo reloaded >> {}"
         agent.port,
         &["--config", config.to_str().unwrap()],
     );
-    wait_for_log(&agent, "changed=false");
+    agent.wait_for_log("changed=false", TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lines(&count), 2, "no reload when nothing changed");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");

@@ -16,13 +16,24 @@ use crate::consensus::Node;
 use crate::plugins::{checks::Health, AgentPlugins, PluginStats};
 use crate::render::status::{EntryStatus, RenderStatus};
 
-/// A per-file metric: name, type, help and how to read it.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&EntryStatus) -> f64,
-);
+/// A metric with one series per item (file, plugin): name, type, help
+/// and how to read it from the item.
+type Series<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
+
+/// Writes each metric of `series` for every item, labelled `key="label"`.
+fn write_series<T>(out: &mut String, series: &[Series<T>], key: &str, items: &[(String, &T)]) {
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (item_label, item) in items {
+            let _ = writeln!(
+                out,
+                "{name}{{{key}=\"{}\"}} {}",
+                label(item_label),
+                value(item)
+            );
+        }
+    }
+}
 
 /// What the metrics are read from.
 #[derive(Clone)]
@@ -75,7 +86,7 @@ pub fn render_text(sources: &Sources) -> String {
     );
 
     let files = sources.renders.snapshot();
-    let series: [Series; 8] = [
+    let series: [Series<EntryStatus>; 8] = [
         (
             "edgeconf_render_renders_total",
             "counter",
@@ -127,13 +138,9 @@ pub fn render_text(sources: &Sources) -> String {
     ];
     // No [[render]] entries: no per-file series at all.
     if !files.is_empty() {
-        for (name, kind, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for file in &files {
-                let dest = label(&file.dest);
-                let _ = writeln!(out, "{name}{{dest=\"{dest}\"}} {}", value(file));
-            }
-        }
+        let items: Vec<(String, &EntryStatus)> =
+            files.iter().map(|file| (file.dest.clone(), file)).collect();
+        write_series(&mut out, &series, "dest", &items);
     }
     plugin_metrics(&mut out, &sources.plugins);
     out
@@ -146,21 +153,13 @@ fn label(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// A per-plugin metric: name, type, help and how to read it.
-type PluginSeries = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&PluginStats) -> f64,
-);
-
 /// Per-plugin counters and per-check health (none without plugins).
 fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
     let Some(loaded) = &plugins.plugins else {
         return;
     };
     let infos = loaded.infos();
-    let series: [PluginSeries; 5] = [
+    let series: [Series<PluginStats>; 5] = [
         (
             "edgeconf_plugin_calls_total",
             "counter",
@@ -192,17 +191,11 @@ fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
             |s| f64::from(u8::from(s.reload_error.is_some())),
         ),
     ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for info in &infos {
-            let _ = writeln!(
-                out,
-                "{name}{{plugin=\"{}\"}} {}",
-                label(&info.name),
-                value(&info.stats)
-            );
-        }
-    }
+    let items: Vec<(String, &PluginStats)> = infos
+        .iter()
+        .map(|info| (info.name.clone(), &info.stats))
+        .collect();
+    write_series(out, &series, "plugin", &items);
     let checks = plugins.checks.snapshot();
     if checks.is_empty() {
         return;

@@ -170,6 +170,20 @@ impl Agent {
         all.get(self.log_start..).unwrap_or_default().to_string()
     }
 
+    /// Waits (up to `timeout`) until this process's log contains `needle`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for the agent to be ready; on failure, says why.
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
