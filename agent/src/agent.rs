@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use crate::api;
 use crate::config::ClusterState;
 use crate::config::Config;
+use crate::config::Role;
 use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
+use crate::gossip::{Membership, Meta, State};
 use crate::signing::{Identities, Keyring, KeyringCell, Recipient};
 use crate::store::{Store, StoreError};
-use crate::transport::NodeKey;
+use crate::transport::{NodeKey, Transport};
 
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,15 +52,32 @@ pub async fn run(
         err => anyhow::anyhow!("cannot open store {}: {err}", store_path.display()),
     })?;
     let store = Arc::new(store);
-    let identity = load_identity(&store, &config)?;
+    let node_key = NodeKey::load_or_create(&config.data_dir)?;
+    let transport = Transport::start(config.listen_peer[0], &node_key, &config.peer_keys)?;
+    let (stop, stopped) = watch::channel(false);
+    let first_start = store.meta("member_id")?.is_none();
+    let membership = start_gossip(&config, &store, &transport, stopped.clone())?;
+    let (identity, initial_cluster) = if config.role == Role::Edge && first_start {
+        edge_bootstrap(&config, &membership).await
+    } else {
+        (
+            load_identity(&store, &config)?,
+            config.initial_cluster.clone(),
+        )
+    };
+    let identity = Identity {
+        cluster_id: store.meta_or_insert("cluster_id", identity.cluster_id)?,
+        member_id: store.meta_or_insert("member_id", identity.member_id)?,
+    };
+    membership.update_meta(|meta| meta.cluster = format!("{:x}", identity.cluster_id));
     let member = Member {
         name: config.name.clone(),
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
     let keyring = Arc::new(KeyringCell::new(keyring(&config)?));
+    let leave_request = Arc::new(tokio::sync::Notify::new());
     let plugins = load_plugins(&config, &store, &keyring).await?;
-    let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let listeners = api::bind(&config.listen_client).await?;
     let client_tls = match &config.client_tls {
         Some(files) => Some(Arc::new(
@@ -75,15 +94,14 @@ pub async fn run(
     };
     let (node, raft_thread) = Node::start(
         store.clone(),
-        &node_key,
         NodeSettings {
             data_dir: &config.data_dir,
             identity,
             member,
-            initial_cluster: &config.initial_cluster,
-            join_existing: config.initial_cluster_state == ClusterState::Existing,
-            listen_peer: config.listen_peer[0],
-            trusted_keys: &config.peer_keys,
+            initial_cluster: &initial_cluster,
+            join_existing: config.initial_cluster_state == ClusterState::Existing
+                || config.role == Role::Edge,
+            transport: transport.clone(),
             heartbeat: config.heartbeat_interval,
             election_ticks: (config.election_timeout.as_millis()
                 / config.heartbeat_interval.as_millis().max(1))
@@ -113,7 +131,12 @@ pub async fn run(
         },
     )?;
 
-    let (stop, stopped) = watch::channel(false);
+    let services = crate::services::Services::start(
+        membership.clone(),
+        plugins.plugins.clone(),
+        &config.data_dir,
+        config.services.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     // One budget for password hashing, shared by every listener.
     let renders = Arc::new(crate::render::status::RenderStatus::default());
@@ -121,6 +144,9 @@ pub async fn run(
         passwords: Arc::new(api::auth::PasswordWork::new()),
         renders: renders.clone(),
         plugins: plugins.clone(),
+        membership: membership.clone(),
+        services: services.clone(),
+        leave: leave_request.clone(),
     };
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
@@ -139,6 +165,10 @@ pub async fn run(
     {
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
+    }
+    {
+        let (node, membership, stopped) = (node.clone(), membership.clone(), stopped.clone());
+        tasks.spawn(async move { admit_edges(node, membership, stopped).await });
     }
     #[cfg(unix)]
     {
@@ -207,7 +237,13 @@ pub async fn run(
         "edgeconf agent ready"
     );
 
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = leave_request.notified() => {
+            tracing::info!("leaving the fleet (edgeconf member leave)");
+            membership.leave().await;
+        }
+    }
     tracing::info!("stopping: finishing in-flight requests");
     let _ = stop.send(true);
     // Watch streams never end by themselves: give requests a moment, then
@@ -274,9 +310,151 @@ async fn load_plugins(
 fn load_identity(store: &Store, config: &Config) -> anyhow::Result<Identity> {
     let derived = Identity::derive(&config.name, &config.initial_cluster);
     Ok(Identity {
-        cluster_id: store.meta_or_insert("cluster_id", derived.cluster_id)?,
-        member_id: store.meta_or_insert("member_id", derived.member_id)?,
+        cluster_id: store.meta("cluster_id")?.unwrap_or(derived.cluster_id),
+        member_id: store.meta("member_id")?.unwrap_or(derived.member_id),
     })
+}
+
+/// Joins the fleet's gossip on the peer endpoint.
+fn start_gossip(
+    config: &Config,
+    store: &Store,
+    transport: &Transport,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<Membership>> {
+    let peer_url = config.initial_advertise_peer_urls[0].clone();
+    let addr = peer_url
+        .strip_prefix("quic://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(config.listen_peer[0]);
+    let meta = Meta {
+        role: config.role.as_str().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: config.labels.clone(),
+        cluster: store
+            .meta("cluster_id")?
+            .map(|id| format!("{id:x}"))
+            .unwrap_or_default(),
+        peer_url,
+        client_urls: config.advertise_client_urls.clone(),
+        services: Vec::new(),
+    };
+    let settings = crate::gossip::Config {
+        probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,
+        probe_timeout_ms: config.gossip.probe_timeout.as_millis() as u64,
+        ..crate::gossip::Config::default()
+    };
+    Ok(Membership::start(
+        transport,
+        settings,
+        &config.name,
+        addr,
+        meta,
+        &config.gossip.seeds,
+        stopped,
+    ))
+}
+
+/// An edge agent's first start: it learns the cluster from the voters it
+/// meets through its seeds, then waits for the leader to add it as a
+/// learner (see [`admit_edges`]).
+async fn edge_bootstrap(
+    config: &Config,
+    membership: &Membership,
+) -> (Identity, Vec<(String, String)>) {
+    let own_url = config.initial_advertise_peer_urls[0].clone();
+    let mut waited = 0u32;
+    loop {
+        let voters: Vec<_> = membership
+            .members()
+            .into_iter()
+            .filter(|r| r.state == State::Alive && r.meta.role == Role::Voter.as_str())
+            .filter(|r| !r.meta.peer_url.is_empty() && !r.meta.cluster.is_empty())
+            .collect();
+        if let Some(cluster_id) = voters
+            .first()
+            .and_then(|v| u64::from_str_radix(&v.meta.cluster, 16).ok())
+        {
+            let mut initial: Vec<(String, String)> = voters
+                .iter()
+                .map(|v| (v.id.to_string(), v.meta.peer_url.clone()))
+                .collect();
+            initial.push((config.name.clone(), own_url.clone()));
+            tracing::info!(
+                voters = voters.len(),
+                cluster_id = format_args!("{cluster_id:x}"),
+                "found the cluster through gossip; waiting to be added as a learner"
+            );
+            let member_id = crate::consensus::member_id(&own_url);
+            return (
+                Identity {
+                    cluster_id,
+                    member_id,
+                },
+                initial,
+            );
+        }
+        if waited % 25 == 0 {
+            tracing::info!(seeds = ?config.gossip.seeds, "edge agent: waiting to meet a voter through the gossip seeds");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// On the leader: edge agents seen alive in gossip become raft learners
+/// (so they receive config); edge agents that left are removed.
+async fn admit_edges(
+    node: Arc<Node>,
+    membership: Arc<Membership>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let Ok(raft_members) = node.members() else {
+            continue;
+        };
+        for record in membership.members() {
+            if record.meta.role != Role::Edge.as_str() || record.meta.peer_url.is_empty() {
+                continue;
+            }
+            let id = crate::consensus::member_id(&record.meta.peer_url);
+            let known = raft_members.iter().find(|(known, _)| *known == id);
+            match (record.state, known) {
+                (State::Alive, None) => {
+                    match node
+                        .add_member(vec![record.meta.peer_url.clone()], true)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(member = %record.id, peer_url = %record.meta.peer_url, "edge agent added as a raft learner")
+                        }
+                        Err(err) => {
+                            tracing::warn!(member = %record.id, error = %err, "cannot add edge agent as a learner")
+                        }
+                    }
+                }
+                (State::Left, Some((_, raft))) if raft.is_learner => {
+                    match node.remove_member(id).await {
+                        Ok(()) => {
+                            tracing::info!(member = %record.id, "edge agent left; removed from raft")
+                        }
+                        Err(err) => {
+                            tracing::warn!(member = %record.id, error = %err, "cannot remove departed edge agent")
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -337,4 +337,46 @@ impl Edgeconf for EdgeconfService {
             .collect();
         Ok(Response::new(pb::PluginsResponse { plugins, checks }))
     }
+
+    async fn members(
+        &self,
+        request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        super::fleet::members(&self.0, request)
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        super::fleet::leave(&self.0, request)
+    }
+
+    async fn services(
+        &self,
+        request: Request<pb::ServicesRequest>,
+    ) -> Result<Response<pb::ServicesResponse>, Status> {
+        super::fleet::services(&self.0, request)
+    }
+
+    async fn register_service(
+        &self,
+        request: Request<pb::RegisterServiceRequest>,
+    ) -> Result<Response<pb::RegisterServiceResponse>, Status> {
+        super::fleet::register(&self.0, request)
+    }
+
+    async fn deregister_service(
+        &self,
+        request: Request<pb::DeregisterServiceRequest>,
+    ) -> Result<Response<pb::DeregisterServiceResponse>, Status> {
+        super::fleet::deregister(&self.0, request)
+    }
+
+    async fn pass_service(
+        &self,
+        request: Request<pb::PassServiceRequest>,
+    ) -> Result<Response<pb::PassServiceResponse>, Status> {
+        super::fleet::pass(&self.0, request)
+    }
 }

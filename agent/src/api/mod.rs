@@ -10,6 +10,7 @@ pub mod auth;
 mod cluster;
 mod convert;
 mod edgeconf;
+mod fleet;
 mod kv;
 mod lease;
 mod maintenance;
@@ -52,6 +53,15 @@ pub(crate) struct Context {
     /// What the renderer did last.
     renders: Arc<RenderStatus>,
     plugins: AgentPlugins,
+    fleet: Fleet,
+}
+
+/// Gossip membership and the service catalog, for the fleet RPCs.
+#[derive(Clone)]
+pub(crate) struct Fleet {
+    membership: Arc<crate::gossip::Membership>,
+    services: Arc<crate::services::Services>,
+    leave: Arc<tokio::sync::Notify>,
 }
 
 /// What every listener of an agent shares besides the node and keys.
@@ -61,6 +71,10 @@ pub struct Shared {
     pub passwords: Arc<auth::PasswordWork>,
     pub renders: Arc<RenderStatus>,
     pub plugins: AgentPlugins,
+    pub membership: Arc<crate::gossip::Membership>,
+    pub services: Arc<crate::services::Services>,
+    /// Notified by `edgeconf member leave`: the agent leaves and stops.
+    pub leave: Arc<tokio::sync::Notify>,
 }
 
 impl Context {
@@ -120,6 +134,11 @@ pub async fn serve(
         cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
         renders: shared.renders,
         plugins: shared.plugins,
+        fleet: Fleet {
+            membership: shared.membership,
+            services: shared.services,
+            leave: shared.leave,
+        },
     };
     let passwords = shared.passwords;
     let router = tonic::transport::Server::builder()

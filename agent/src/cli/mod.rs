@@ -247,6 +247,10 @@ impl AgentArgs {
             plugin: Vec::new(),
             validate: Vec::new(),
             check: Vec::new(),
+            role: None,
+            labels: None,
+            gossip: None,
+            service: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod plugins;
 pub mod render;
+pub mod services;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub use plugins::{
     ValidateEntry,
 };
 pub use render::{AtomicMode, OnDrift, RenderEntry, RenderFile, RenderSource};
+pub use services::{
+    CheckKind, GossipSettings, Role, ServiceCheck, ServiceCheckFile, ServiceEntry, ServiceFile,
+};
 
 use crate::signing::{Identities, PrefixTrust, Recipient, TrustPolicy};
 
@@ -75,6 +79,15 @@ pub struct ConfigFile {
     /// `[[check]]`: health-check plugins run on an interval.
     #[serde(default)]
     pub check: Vec<plugins::CheckFile>,
+    /// "voter" (default) or "edge".
+    pub role: Option<Role>,
+    /// `[labels]`: what this agent announces about itself (for selectors).
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// `[gossip]`: seeds and timing of the fleet membership.
+    pub gossip: Option<services::GossipFile>,
+    /// `[[service]]`: services of this host, announced by gossip.
+    #[serde(default)]
+    pub service: Vec<ServiceFile>,
 }
 
 /// `[trust]`: operator public keys (as `edgeconf keygen` prints them),
@@ -174,6 +187,10 @@ pub struct Config {
     pub render_root: Option<PathBuf>,
     pub render: Vec<RenderEntry>,
     pub plugins: PluginSections,
+    pub role: Role,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub gossip: GossipSettings,
+    pub services: Vec<ServiceEntry>,
 }
 
 pub const DEFAULT_NAME: &str = "default";
@@ -296,6 +313,14 @@ impl ConfigFile {
                 self.check
             } else {
                 overrides.check
+            },
+            role: overrides.role.or(self.role),
+            labels: overrides.labels.or(self.labels),
+            gossip: overrides.gossip.or(self.gossip),
+            service: if overrides.service.is_empty() {
+                self.service
+            } else {
+                overrides.service
             },
         }
     }
@@ -488,7 +513,49 @@ impl Config {
         let (render_root, render) =
             render::check_entries(source, file.render_root.as_deref(), file.render)?;
         let plugins = plugins::check_sections(source, file.plugin, file.validate, file.check)?;
+        let role = file.role.unwrap_or_default();
+        let labels = file.labels.unwrap_or_default();
+        services::check_labels(&labels).map_err(|problem| origin.invalid("labels", problem))?;
+        let own_url = &initial_advertise_peer_urls[0];
+        let default_seeds = initial_cluster
+            .iter()
+            .filter(|(_, url)| url != own_url)
+            .filter_map(|(_, url)| url.strip_prefix("quic://")?.parse().ok())
+            .collect();
+        let gossip = services::check_gossip(file.gossip.unwrap_or_default(), default_seeds, role)
+            .map_err(|(field, problem)| origin.invalid(field, problem))?;
+        let check_plugins: Vec<String> = plugins
+            .plugins
+            .iter()
+            .filter(|p| p.kind == PluginKind::HealthCheck)
+            .map(|p| p.name.clone())
+            .collect();
+        let file_name = source.map_or("command line".to_string(), |p| p.display().to_string());
+        let mut services = Vec::new();
+        for (index, service) in file.service.into_iter().enumerate() {
+            let location = format!(
+                "{file_name}: [[service]] entry {} ({:?})",
+                index + 1,
+                service.name
+            );
+            let entry = services::check_service(service, &check_plugins)
+                .map_err(services::located(location.clone()))?;
+            if services.iter().any(|s: &ServiceEntry| s.id == entry.id) {
+                return Err(services::located(location)((
+                    "id",
+                    format!(
+                        "{:?} is used by another [[service]]: give each an id of its own",
+                        entry.id
+                    ),
+                )));
+            }
+            services.push(entry);
+        }
         Ok(Config {
+            role,
+            labels,
+            gossip,
+            services,
             source: source.map(Path::to_path_buf),
             listen_metrics,
             render_root,

@@ -15,7 +15,6 @@ mod log;
 mod raft_loop;
 mod wal;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -32,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store, StoreError};
-use crate::transport::{Delivery, NodeKey, Transport, TransportError};
+use crate::transport::{Delivery, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
 pub use raft_loop::{Admission, Compaction, RaftStatus};
@@ -181,8 +180,8 @@ pub struct NodeSettings<'a> {
     pub initial_cluster: &'a [(String, String)],
     /// Join an existing cluster rather than form a new one.
     pub join_existing: bool,
-    pub listen_peer: SocketAddr,
-    pub trusted_keys: &'a [[u8; 32]],
+    /// The peer endpoint (started before consensus, as gossip shares it).
+    pub transport: Arc<Transport>,
     pub heartbeat: Duration,
     pub election_ticks: usize,
     pub compaction: Compaction,
@@ -208,7 +207,6 @@ impl Node {
     /// Join the returned handle after [`Node::stop`] to close cleanly.
     pub fn start(
         store: Arc<Store>,
-        node_key: &NodeKey,
         settings: NodeSettings,
     ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
         let mut log = log::RaftLog::open(settings.data_dir, store.clone())?;
@@ -283,8 +281,8 @@ impl Node {
 
         let (inputs, queue) = std::sync::mpsc::channel();
         let sink = screened_sink(inputs.clone(), settings.screening);
-        let transport =
-            Transport::start(settings.listen_peer, node_key, settings.trusted_keys, sink)?;
+        let transport = settings.transport;
+        transport.attach_raft(sink);
         let status = Arc::new(RaftStatus::default());
         let lessor = Arc::new(Lessor::recover(&store)?);
         let raft_loop = RaftLoop::new(

@@ -19,6 +19,46 @@ pub struct Meta {
     pub role: String,
     pub version: String,
     pub labels: BTreeMap<String, String>,
+    /// The raft cluster's id (hex): an edge agent learns it from voters.
+    pub cluster: String,
+    /// Where raft reaches this member (`quic://host:port`).
+    pub peer_url: String,
+    /// Where clients reach it.
+    pub client_urls: Vec<String>,
+    /// The services of its host and their health.
+    pub services: Vec<ServiceState>,
+}
+
+/// A health verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+/// One service instance as its agent announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    /// The worst result of its checks (passing when it has none).
+    pub health: Health,
+    /// What the failing check said (cut to a few hundred bytes).
+    pub output: String,
 }
 
 /// A change in one member's state, at one incarnation. Newer incarnations

@@ -7,6 +7,7 @@
 //! for tests and for the figures in BENCHMARKS.md.
 
 pub mod broadcast;
+pub mod membership;
 pub mod message;
 pub mod sim;
 pub mod swim;
@@ -14,5 +15,6 @@ pub mod swim;
 #[cfg(test)]
 mod tests;
 
-pub use message::{Addr, Message, Meta, NodeId, Record, State, Update};
+pub use membership::Membership;
+pub use message::{Addr, Health, Message, Meta, NodeId, Record, ServiceState, State, Update};
 pub use swim::{Config, Outgoing, StateChange, Swim};

@@ -55,6 +55,19 @@ impl Sim {
             role: "edge".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             labels: [("region".to_string(), "eu".to_string())].into(),
+            // As big as a real edge agent's: ids, URLs and one service.
+            cluster: "9c3e1f0a7b2d4e6f".into(),
+            peer_url: "quic://10.0.0.1:2380".into(),
+            client_urls: vec!["http://127.0.0.1:2379".into()],
+            services: vec![crate::gossip::ServiceState {
+                id: "web".into(),
+                name: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 8080,
+                tags: vec!["v1".into()],
+                health: crate::gossip::Health::Passing,
+                output: String::new(),
+            }],
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {

@@ -148,6 +148,9 @@ pub struct Swim {
     next_gossip_ms: u64,
     next_sync_ms: u64,
     left: bool,
+    /// Counts changes to any record (state, address or metadata), this
+    /// member's own included: watchers compare it to see news.
+    revision: u64,
     /// State changes since the driver last drained them.
     pub changes: Vec<StateChange>,
 }
@@ -182,6 +185,7 @@ impl Swim {
             next_gossip_ms,
             next_sync_ms,
             left: false,
+            revision: 0,
             changes: Vec::new(),
         }
     }
@@ -192,6 +196,11 @@ impl Swim {
 
     pub fn awareness(&self) -> u32 {
         self.awareness
+    }
+
+    /// Grows whenever a record changes.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// This member's record followed by every other known one.
@@ -281,6 +290,7 @@ impl Swim {
 
     /// Changes what this member says about itself.
     pub fn set_meta(&mut self, meta: Meta) {
+        self.revision += 1;
         self.meta = Arc::new(meta);
         self.incarnation += 1;
         self.broadcasts.push(self.alive_update());
@@ -288,6 +298,7 @@ impl Swim {
 
     /// Leaves on purpose: tells a few members at once; gossip does the rest.
     pub fn leave(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        self.revision += 1;
         self.left = true;
         self.incarnation += 1;
         let update = Update::Left {
@@ -295,6 +306,15 @@ impl Swim {
             incarnation: self.incarnation,
         };
         self.broadcasts.push(update);
+        self.leave_gossip(now_ms)
+    }
+
+    /// One more round of telling random members that this one left (a
+    /// member that left runs no timers of its own).
+    pub fn leave_gossip(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        if !self.left {
+            return Vec::new();
+        }
         let targets = self.random_members(self.config.gossip_fanout * 2, now_ms, None);
         targets
             .into_iter()
@@ -663,6 +683,7 @@ impl Swim {
         let from = member.record.state;
         member.record.state = state;
         member.record.incarnation = incarnation;
+        self.revision += 1;
         if from != state {
             member.changed_ms = now_ms;
             self.changes.push(StateChange {
@@ -691,6 +712,7 @@ impl Swim {
                 }
                 match self.members.get_mut(id) {
                     None => {
+                        self.revision += 1;
                         self.known.push(id.clone());
                         self.members.insert(
                             id.clone(),

@@ -11,23 +11,7 @@ use super::host::{CallContext, KeyReader};
 use super::{now_unix_ms, HealthStatus, Plugins};
 use crate::config::CheckEntry;
 
-/// A health verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Passing,
-    Warning,
-    Critical,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Passing => "passing",
-            Health::Warning => "warning",
-            Health::Critical => "critical",
-        }
-    }
-}
+pub use crate::gossip::Health;
 
 impl From<HealthStatus> for Health {
     fn from(status: HealthStatus) -> Self {

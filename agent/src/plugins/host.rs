@@ -235,7 +235,8 @@ impl http::Host for HostState {
     }
 }
 
-async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec<u8>), String> {
+/// GETs `uri` from `host:port`: the status and the first 64 KiB of body.
+pub async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec<u8>), String> {
     let url = uri.to_string();
     let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await

@@ -9,7 +9,7 @@
 
 pub mod bindings;
 pub mod checks;
-mod host;
+pub mod host;
 mod keys;
 mod plugin;
 mod runtime;

@@ -116,6 +116,18 @@ impl Store {
         snapshot_revisions(&self.db.begin_read()?)
     }
 
+    /// Reads a scalar the agent keeps beside the data, if it is set.
+    pub fn meta(&self, name: &str) -> Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let value = meta.get(name)?.map(|v| v.value());
+        Ok(value)
+    }
+
     /// Reads a scalar the agent keeps beside the data (such as its ids),
     /// storing `default` first if it is not set yet.
     pub fn meta_or_insert(&self, name: &str, default: u64) -> Result<u64> {

@@ -6,18 +6,20 @@
 //! told it is unreachable; raft retransmits), never stalling the others.
 //! The transport knows nothing of raft's logic, only how to move messages.
 
+pub mod gossip;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
+pub use gossip::{GossipNet, GossipSink};
 pub use tls::NodeKey;
 
 /// Messages queued per peer before further ones are dropped.
@@ -57,7 +59,10 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     peers: Mutex<HashMap<u64, Peer>>,
-    sink: Sink,
+    /// Where messages go; raft's is set once consensus starts (messages
+    /// that arrive before are dropped, and raft sends them again).
+    sinks: Sinks,
+    gossip: Arc<GossipNet>,
     /// Sender tasks are started from the raft thread, outside the runtime.
     runtime: tokio::runtime::Handle,
     /// Fault injection: while set, every peer message in or out is dropped,
@@ -71,36 +76,73 @@ struct Peer {
 }
 
 impl Transport {
-    /// Binds the peer endpoint and starts accepting peers. Call from within
-    /// the tokio runtime.
+    /// Binds the peer endpoint and starts accepting peers: raft messages
+    /// go to the sink given to [`Transport::attach_raft`], gossip to the one
+    /// given to [`Transport::attach_gossip`]. Call from within the runtime.
     pub fn start(
         listen: SocketAddr,
         node_key: &NodeKey,
         trusted: &[[u8; 32]],
-        sink: Sink,
     ) -> Result<Arc<Transport>, TransportError> {
-        let (server_config, client_config) = tls::quic_configs(node_key, trusted)?;
-        let endpoint = quinn::Endpoint::server(server_config, listen).map_err(|error| {
+        let configs = tls::quic_configs(node_key, trusted)?;
+        let endpoint = quinn::Endpoint::server(configs.server, listen).map_err(|error| {
             TransportError::Bind {
                 addr: listen,
                 error,
             }
         })?;
         let isolated = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let sinks = Sinks::default();
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
-            client_config,
+            client_config: configs.raft_client,
             peers: Mutex::new(HashMap::new()),
-            sink: sink.clone(),
-            runtime: tokio::runtime::Handle::current(),
+            sinks: sinks.clone(),
+            gossip: GossipNet::new(
+                endpoint.clone(),
+                configs.gossip_client,
+                isolated.clone(),
+                runtime.clone(),
+            ),
+            runtime,
             isolated: isolated.clone(),
         });
-        tokio::spawn(accept_peers(endpoint, sink, isolated));
+        tokio::spawn(accept_peers(endpoint, sinks, isolated));
         Ok(transport)
+    }
+
+    /// Starts delivering raft messages to `sink`.
+    pub fn attach_raft(&self, sink: Sink) {
+        let _ = self.sinks.raft.set(sink);
+    }
+
+    /// Starts delivering gossip messages to `sink`.
+    pub fn attach_gossip(&self, sink: GossipSink) {
+        let _ = self.sinks.gossip.set(sink);
+    }
+
+    /// Sends gossip messages.
+    pub fn gossip(&self) -> &Arc<GossipNet> {
+        &self.gossip
+    }
+
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    fn deliver(&self, delivery: Delivery) {
+        if let Some(sink) = self.sinks.raft.get() {
+            sink(delivery);
+        }
     }
 
     /// Sets who the peers are; senders start or stop to match.
     pub fn set_peers(&self, wanted: &[(u64, SocketAddr)]) {
+        let Some(sink) = self.sinks.raft.get() else {
+            return;
+        };
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers.retain(|id, peer| wanted.contains(&(*id, peer.addr)));
         for &(id, addr) in wanted {
@@ -112,7 +154,7 @@ impl Transport {
                     id,
                     addr,
                     outbox,
-                    self.sink.clone(),
+                    sink.clone(),
                 ));
                 Peer { addr, queue }
             });
@@ -143,11 +185,11 @@ impl Transport {
                     .get(&to)
                     .is_some_and(|peer| peer.queue.try_send(message).is_ok());
             if !queued {
-                (self.sink)(Delivery::Unreachable(to));
+                self.deliver(Delivery::Unreachable(to));
                 // raft keeps a follower paused while a snapshot to it is in
                 // flight: say this one failed, or it waits forever.
                 if snapshot {
-                    (self.sink)(Delivery::SnapshotSent { to, ok: false });
+                    self.deliver(Delivery::SnapshotSent { to, ok: false });
                 }
             }
         }
@@ -187,9 +229,16 @@ fn decode(mut frame: &[u8]) -> Result<Vec<Message>, String> {
     Ok(messages)
 }
 
-async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink, isolated: Arc<AtomicBool>) {
+/// Where accepted connections deliver, per protocol.
+#[derive(Default, Clone)]
+struct Sinks {
+    raft: Arc<OnceLock<Sink>>,
+    gossip: Arc<OnceLock<GossipSink>>,
+}
+
+async fn accept_peers(endpoint: quinn::Endpoint, sinks: Sinks, isolated: Arc<AtomicBool>) {
     while let Some(incoming) = endpoint.accept().await {
-        let sink = sink.clone();
+        let sinks = sinks.clone();
         let isolated = isolated.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -200,14 +249,23 @@ async fn accept_peers(endpoint: quinn::Endpoint, sink: Sink, isolated: Arc<Atomi
                     return;
                 }
             };
+            if gossip::is_gossip(&connection) {
+                if let Some(sink) = sinks.gossip.get() {
+                    gossip::receive(connection, sink.clone(), isolated).await;
+                }
+                return;
+            }
             while let Ok(mut stream) = connection.accept_uni().await {
-                let sink = sink.clone();
+                let sinks = sinks.clone();
                 let isolated = isolated.clone();
                 tokio::spawn(async move {
                     let frame = stream.read_to_end(MAX_FRAME).await;
                     if isolated.load(Ordering::SeqCst) {
                         return;
                     }
+                    let Some(sink) = sinks.raft.get() else {
+                        return;
+                    };
                     match frame.map_err(|e| e.to_string()).and_then(|f| decode(&f)) {
                         Ok(messages) => {
                             for message in messages {

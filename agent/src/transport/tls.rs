@@ -15,6 +15,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 pub const SERVER_NAME: &str = "edgeconf-peer";
 /// ALPN protocol of raft traffic.
 pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
+/// ALPN protocol of gossip traffic (datagrams, and streams for big messages).
+pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/1";
 
 const KEY_FILE: &str = "node.key";
 
@@ -222,10 +224,16 @@ impl ClientCertVerifier for PinnedKeys {
 }
 
 /// QUIC server and client configurations for mutual TLS with pinned keys.
-pub fn quic_configs(
-    node_key: &NodeKey,
-    trusted: &[[u8; 32]],
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+/// The QUIC settings of the peer endpoint: one server for every protocol,
+/// one client per protocol (the ALPN tells the server what a connection
+/// carries).
+pub struct QuicConfigs {
+    pub server: quinn::ServerConfig,
+    pub raft_client: quinn::ClientConfig,
+    pub gossip_client: quinn::ClientConfig,
+}
+
+pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConfigs, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedKeys {
         keys: trusted.iter().copied().collect(),
@@ -240,20 +248,24 @@ pub fn quic_configs(
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![cert.clone()], key.clone_key())
         .map_err(|e| setup("server certificate", &e))?;
-    server.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+    server.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_GOSSIP.to_vec()];
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
         .map_err(|e| setup("QUIC server", &e))?;
 
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+    let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| setup("TLS versions", &e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![cert], key)
         .map_err(|e| setup("client certificate", &e))?;
-    client.alpn_protocols = vec![ALPN_RAFT.to_vec()];
-    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
-        .map_err(|e| setup("QUIC client", &e))?;
+    let quic_client = |alpn: &[u8]| {
+        let mut client = client.clone();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        quinn::crypto::rustls::QuicClientConfig::try_from(client)
+            .map_err(|e| setup("QUIC client", &e))
+    };
+    let (raft_client, gossip_client) = (quic_client(ALPN_RAFT)?, quic_client(ALPN_GOSSIP)?);
 
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
@@ -265,7 +277,14 @@ pub fn quic_configs(
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server.transport_config(transport.clone());
-    let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(transport);
-    Ok((server, client))
+    let client = |crypto| {
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport.clone());
+        client
+    };
+    Ok(QuicConfigs {
+        server,
+        raft_client: client(raft_client),
+        gossip_client: client(gossip_client),
+    })
 }
