@@ -198,7 +198,8 @@ pub async fn run(
             Box::new(move || reload()),
             Some(config.data_dir.join("render-reloads-pending")),
         )
-        .with_validators(plugins.validators.clone());
+        .with_validators(plugins.validators.clone())
+        .with_membership(membership.clone());
         let stopped = stopped.clone();
         tasks.spawn(async move { runner.run(stopped).await });
     }

@@ -31,6 +31,8 @@ pub struct Cluster {
     /// TOML appended to every member's config (per member: `member_config`).
     pub extra_config: String,
     pub member_config: Vec<String>,
+    /// Top-level TOML keys per member (written before any table).
+    pub member_head: Vec<String>,
 }
 
 impl Cluster {
@@ -52,12 +54,13 @@ impl Cluster {
             })
             .collect::<Vec<_>>();
         let agents = slots.iter().map(|_| None).collect();
-        let member_config = slots.iter().map(|_| String::new()).collect();
+        let member_config: Vec<String> = slots.iter().map(|_| String::new()).collect();
         Cluster {
             dir: dir.to_path_buf(),
             slots,
             agents,
             extra_config: String::new(),
+            member_head: member_config.clone(),
             member_config,
         }
     }
@@ -99,13 +102,14 @@ impl Cluster {
             "name = {:?}\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\n\
              listen_peer_urls = [{:?}]\ninitial_cluster = {:?}\ninitial_cluster_state = {:?}\n\
              heartbeat_interval = 50\nelection_timeout = 500\nsnapshot_count = 200\n\
-             snapshot_catchup_entries = 20\n\n[peer_trust]\nkeys = [{}]\n",
+             snapshot_catchup_entries = 20\n{}\n\n[peer_trust]\nkeys = [{}]\n",
             slot.name,
             slot.data_dir.display().to_string(),
             slot.client_port,
             slot.peer_url,
             initial_cluster,
             state,
+            self.member_head[i],
             keys.join(", ")
         );
         let config = format!(

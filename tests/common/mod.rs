@@ -224,6 +224,18 @@ impl Agent {
         }
     }
 
+    /// Whether the process has exited by itself (then it is reaped).
+    pub fn exited(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        if child.try_wait().unwrap().is_some() {
+            self.child = None;
+            return true;
+        }
+        false
+    }
+
     /// SIGTERM, then wait (bounded) for a clean exit; returns its success.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {

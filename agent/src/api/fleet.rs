@@ -61,13 +61,13 @@ pub(crate) fn services(
         .into_iter()
         .map(|i| pb::ServiceInstance {
             node: i.node,
-            node_state: i.node_state.to_string(),
+            node_state: i.node_state,
             id: i.id,
             name: i.name,
             address: i.address,
             port: u32::from(i.port),
             tags: i.tags,
-            health: i.health.to_string(),
+            health: i.health,
             output: i.output,
             healthy: i.healthy,
         })

@@ -1,16 +1,26 @@
-//! `edgeconf member`: list, add, remove and promote cluster members.
+//! `edgeconf member`: the fleet as gossip sees it (every agent), leaving
+//! it, and the raft members (list --raft, add, remove, promote).
 
 use clap::Subcommand;
 use etcd_client::MemberAddOptions;
 use serde_json::json;
+
+use crate::api::pb::{GossipMember, LeaveRequest, MembersRequest};
 
 use super::output::{header_json, print_json, print_table, Format};
 use super::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
-    /// List the members.
-    List,
+    /// List every agent of the fleet: state, role, labels, version, address.
+    List {
+        /// List the raft members instead (as `etcdctl member list` does).
+        #[arg(long)]
+        raft: bool,
+    },
+    /// Make the agent at the endpoint leave the fleet gracefully and stop:
+    /// others see it as left, not dead.
+    Leave,
     /// Add a member; start it afterwards with initial_cluster_state = "existing".
     Add {
         /// The new member's name (it announces it when it starts).
@@ -90,9 +100,25 @@ fn print_members(
 pub async fn run(client: &Client, format: Format, command: MemberCommand) -> anyhow::Result<()> {
     let mut etcd = client.etcd().await?;
     match command {
-        MemberCommand::List => {
+        MemberCommand::List { raft: true } => {
             let resp = client.request(etcd.member_list()).await?;
             print_members(format, resp.header(), resp.members());
+        }
+        MemberCommand::List { raft: false } => {
+            let mut edgeconf = client.edgeconf().await?;
+            let resp = client
+                .request(edgeconf.members(MembersRequest {}))
+                .await?
+                .into_inner();
+            print_fleet(format, &resp.self_, &resp.members);
+        }
+        MemberCommand::Leave => {
+            let mut edgeconf = client.edgeconf().await?;
+            client.request(edgeconf.leave(LeaveRequest {})).await?;
+            match format {
+                Format::Json => print_json(&json!({ "left": true })),
+                _ => println!("The agent is leaving the fleet and will stop"),
+            }
         }
         MemberCommand::Add {
             name,
@@ -167,4 +193,52 @@ pub async fn run(client: &Client, format: Format, command: MemberCommand) -> any
         }
     }
     Ok(())
+}
+
+fn print_fleet(format: Format, answered_by: &str, members: &[GossipMember]) {
+    let labels = |m: &GossipMember| {
+        let mut labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        labels.join(",")
+    };
+    let mut members: Vec<&GossipMember> = members.iter().collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    match format {
+        Format::Json => print_json(&json!({
+            "self": answered_by,
+            "members": members.iter().map(|m| json!({
+                "name": m.name, "state": m.state, "role": m.role,
+                "labels": m.labels, "version": m.version, "address": m.address,
+                "client_urls": m.client_urls, "incarnation": m.incarnation,
+                "services": m.services,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table => print_table(
+            &["NAME", "STATE", "ROLE", "ADDRESS", "VERSION", "LABELS", "SERVICES"],
+            members.iter().map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.state.clone(),
+                    m.role.clone(),
+                    m.address.clone(),
+                    m.version.clone(),
+                    labels(m),
+                    m.services.to_string(),
+                ]
+            }),
+        ),
+        Format::Simple => {
+            for m in members {
+                println!(
+                    "{}, {}, {}, {}, {}, {}",
+                    m.name,
+                    m.state,
+                    m.role,
+                    m.address,
+                    m.version,
+                    labels(m)
+                );
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod member;
 mod output;
 mod plugin;
 mod render;
+mod service;
 mod signing;
 mod status;
 mod watch;
@@ -140,9 +141,13 @@ pub enum Command {
     /// Add, delete, list and inspect roles; grant key permissions.
     #[command(subcommand)]
     Role(auth::RoleCommand),
-    /// List, add, remove and promote cluster members.
+    /// List the fleet's agents, leave it; list, add, remove and promote
+    /// raft members.
     #[command(subcommand)]
     Member(member::MemberCommand),
+    /// Discover service instances; register the services of this host.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Print this agent's node key (creating it if needed), for peer_trust.keys.
     NodeKey {
         /// The agent's data directory.
@@ -286,6 +291,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Compact(args) => kv::compact(&client, format, args).await,
         Command::Lease(command) => lease::run(&client, format, command).await,
         Command::Member(command) => member::run(&client, format, command).await,
+        Command::Service(command) => service::run(&client, format, command).await,
         Command::Auth(command) => auth::auth(&client, format, command).await,
         Command::User(command) => auth::user(&client, format, command).await,
         Command::Role(command) => auth::role(&client, format, command).await,

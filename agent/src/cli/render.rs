@@ -13,7 +13,7 @@ use etcd_client::GetOptions;
 
 use super::Client;
 use crate::config::{Config, ConfigFile, RenderSource};
-use crate::render::{files, produce_from, Plan};
+use crate::render::{files, produce_with, Plan};
 use crate::signing::Identities;
 
 #[derive(Debug, Args)]
@@ -38,24 +38,33 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
     }
     let identities = Identities::load(&config.identity_files)?;
     let mut etcd = client.etcd().await?;
+    let services = if plan.entries.iter().any(|c| c.uses_services()) {
+        fleet_services(client).await?
+    } else {
+        Vec::new()
+    };
     let mut failed = Vec::new();
     for compiled in &plan.entries {
         let entry = &compiled.entry;
         let (key, options) = match &entry.source {
             RenderSource::Key(key) => (key.clone(), None),
             RenderSource::Prefix(prefix) => (prefix.clone(), Some(GetOptions::new().with_prefix())),
+            RenderSource::Service(_) => (Vec::new(), None),
         };
         let dest = entry.dest.display().to_string();
-        let response = match client.request(etcd.get(key, options)).await {
-            Ok(response) => response,
-            Err(err) => {
-                println!("{dest}: would keep the current file: {err}");
-                failed.push(dest);
-                continue;
+        let kvs = if key.is_empty() {
+            Vec::new()
+        } else {
+            match client.request(etcd.get(key, options)).await {
+                Ok(response) => response.kvs().to_vec(),
+                Err(err) => {
+                    println!("{dest}: would keep the current file: {err}");
+                    failed.push(dest);
+                    continue;
+                }
             }
         };
-        let plain: Result<Vec<_>, String> = response
-            .kvs()
+        let plain: Result<Vec<_>, String> = kvs
             .iter()
             .map(|kv| {
                 let value = if kv.value().starts_with(AGE_ARMOR) {
@@ -76,7 +85,7 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        match produce_from(compiled, &plain) {
+        match produce_with(compiled, &plain, &services) {
             Err(err) => {
                 println!("{dest}: would keep the current file: {err}");
                 failed.push(dest);
@@ -120,4 +129,28 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The fleet's service instances, as the endpoint's agent sees them.
+async fn fleet_services(client: &Client) -> anyhow::Result<Vec<crate::services::Instance>> {
+    let mut edgeconf = client.edgeconf().await?;
+    let request = crate::api::pb::ServicesRequest::default();
+    let response = client.request(edgeconf.services(request)).await?;
+    Ok(response
+        .into_inner()
+        .instances
+        .into_iter()
+        .map(|i| crate::services::Instance {
+            node: i.node,
+            node_state: i.node_state,
+            id: i.id,
+            name: i.name,
+            address: i.address,
+            port: u16::try_from(i.port).unwrap_or_default(),
+            tags: i.tags,
+            health: i.health,
+            output: i.output,
+            healthy: i.healthy,
+        })
+        .collect())
 }

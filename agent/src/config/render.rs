@@ -19,6 +19,9 @@ pub struct RenderFile {
     pub key: Option<String>,
     /// ...or every key under a prefix (needs a template).
     pub prefix: Option<String>,
+    /// ...or the instances of a service across the fleet (needs a
+    /// template; re-rendered when one becomes healthy or unhealthy).
+    pub service: Option<String>,
     /// A minijinja template file, relative to the TOML file's directory.
     /// Without one, the key's value is written as it is.
     pub template: Option<PathBuf>,
@@ -69,11 +72,13 @@ pub enum AtomicMode {
     InPlace,
 }
 
-/// What is rendered: one key or every key under a prefix.
+/// What is rendered: one key, every key under a prefix, or a service's
+/// instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RenderSource {
     Key(Vec<u8>),
     Prefix(Vec<u8>),
+    Service(String),
 }
 
 /// A checked `[[render]]` entry.
@@ -185,6 +190,21 @@ fn check_entry(
     invalid: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<RenderEntry, ConfigError> {
     let source = match (entry.key, entry.prefix) {
+        (None, None) if entry.service.is_some() => {
+            if entry.template.is_none() {
+                return Err(invalid(
+                    "service",
+                    "needs a template: write how each instance appears in the file".into(),
+                ));
+            }
+            RenderSource::Service(entry.service.unwrap_or_default())
+        }
+        (Some(_), _) | (_, Some(_)) if entry.service.is_some() => {
+            return Err(invalid(
+                "service",
+                "is set together with `key` or `prefix`: choose one source".into(),
+            ))
+        }
         (Some(key), None) if !key.is_empty() => RenderSource::Key(key.into_bytes()),
         (None, Some(prefix)) => {
             if entry.template.is_none() {
@@ -204,7 +224,7 @@ fn check_entry(
         _ => {
             return Err(invalid(
                 "key",
-                "is missing: set `key` (one key) or `prefix` (a template over many)".into(),
+                "is missing: set `key` (one key), `prefix` (a template over many) or `service` (its instances)".into(),
             ))
         }
     };

@@ -78,11 +78,22 @@ impl Plan {
 
 impl Compiled {
     /// The keys this entry reads.
-    pub fn range(&self) -> KeyRange {
+    /// The keys it renders (none for a service's instances).
+    pub fn range(&self) -> Option<KeyRange> {
         match &self.entry.source {
-            RenderSource::Key(key) => KeyRange::single(key.clone()),
-            RenderSource::Prefix(prefix) => KeyRange::prefix(prefix.clone()),
+            RenderSource::Key(key) => Some(KeyRange::single(key.clone())),
+            RenderSource::Prefix(prefix) => Some(KeyRange::prefix(prefix.clone())),
+            RenderSource::Service(_) => None,
         }
+    }
+
+    /// Whether it shows service instances (and so follows their health).
+    pub fn uses_services(&self) -> bool {
+        matches!(self.entry.source, RenderSource::Service(_))
+            || self
+                .template_source
+                .as_deref()
+                .is_some_and(|source| source.contains("services"))
     }
 }
 
@@ -126,6 +137,16 @@ pub fn plain_values(
 /// The bytes of the entry's file for keys and their plain values (checked
 /// and decrypted already), in key order.
 pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    produce_with(compiled, plain, &[])
+}
+
+/// [`produce_from`] with the fleet's service instances (the `services`
+/// template variable; `instances` and `healthy` for a `service` entry).
+pub fn produce_with(
+    compiled: &Compiled,
+    plain: &[(Vec<u8>, Vec<u8>)],
+    services: &[crate::services::Instance],
+) -> Result<Vec<u8>, String> {
     let mut entries = Vec::with_capacity(plain.len());
     for (key, value) in plain {
         let value = value.clone();
@@ -135,7 +156,7 @@ pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result
                 .strip_prefix(String::from_utf8_lossy(prefix).as_ref())
                 .unwrap_or(&key)
                 .to_string(),
-            RenderSource::Key(_) => key.clone(),
+            RenderSource::Key(_) | RenderSource::Service(_) => key.clone(),
         };
         entries.push((
             TemplateEntry {
@@ -157,7 +178,7 @@ pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result
             }
             None => None,
         },
-        RenderSource::Prefix(_) => None,
+        RenderSource::Prefix(_) | RenderSource::Service(_) => None,
     };
     let Some(env) = &compiled.template else {
         // A raw value: the bytes as stored (binary values stay binary).
@@ -165,7 +186,7 @@ pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result
     };
     let prefix = match &compiled.entry.source {
         RenderSource::Prefix(prefix) => Some(String::from_utf8_lossy(prefix).into_owned()),
-        RenderSource::Key(_) => None,
+        RenderSource::Key(_) | RenderSource::Service(_) => None,
     };
     let empty = TemplateEntry {
         key: String::new(),
@@ -174,10 +195,24 @@ pub fn produce_from(compiled: &Compiled, plain: &[(Vec<u8>, Vec<u8>)]) -> Result
     };
     let single = match &compiled.entry.source {
         RenderSource::Key(_) => Some(single.map_or(&empty, |(entry, _)| entry)),
-        RenderSource::Prefix(_) => None,
+        RenderSource::Prefix(_) | RenderSource::Service(_) => None,
     };
     let listed: Vec<TemplateEntry> = entries.iter().map(|(entry, _)| entry.clone()).collect();
-    template::render(env, TEMPLATE_NAME, single, prefix.as_deref(), &listed)
+    let service = match &compiled.entry.source {
+        RenderSource::Service(name) => Some(name.as_str()),
+        _ => None,
+    };
+    template::render(
+        env,
+        TEMPLATE_NAME,
+        template::Inputs {
+            single,
+            prefix: prefix.as_deref(),
+            entries: &listed,
+            services,
+            service,
+        },
+    )
         .map(String::into_bytes)
         .map_err(|err| {
             format!(

@@ -18,7 +18,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::reload::{Finished, Reloads};
 use super::status::RenderStatus;
-use super::{files, plain_values, produce_from, Compiled, Plan};
+use super::{files, plain_values, produce_with, Compiled, Plan};
+use crate::gossip::Membership;
+use crate::services::{discover, Instance, Query};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
 use crate::plugins::validators::Validators;
@@ -54,6 +56,8 @@ pub struct Runner {
     refused: Option<String>,
     /// Validator plugins every value passes before it is rendered.
     validators: Option<Arc<Validators>>,
+    /// The fleet's membership, for templates that show services.
+    membership: Option<Arc<Membership>>,
 }
 
 /// The outcome of rendering one entry.
@@ -90,6 +94,7 @@ impl Runner {
             dirty: HashMap::new(),
             refused: None,
             validators: None,
+            membership: None,
         }
     }
 
@@ -99,7 +104,18 @@ impl Runner {
         self
     }
 
+    /// Templates see the fleet's service instances from `membership`, and
+    /// render again when they change.
+    pub fn with_membership(mut self, membership: Arc<Membership>) -> Self {
+        self.membership = Some(membership);
+        self
+    }
+
     pub async fn run(mut self, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut fleet = match &self.membership {
+            Some(membership) => membership.subscribe(),
+            None => tokio::sync::watch::channel(0).1,
+        };
         // Subscribe first: nothing committed after the initial render's
         // read can be missed.
         let mut commits = self.node.store().subscribe();
@@ -178,7 +194,9 @@ impl Runner {
                 commit = commits.recv() => match commit {
                     Ok(commit) => {
                         for event in &commit.events {
-                            self.mark(|compiled| compiled.range().contains(&event.kv.key));
+                            self.mark(|compiled| {
+                                compiled.range().is_some_and(|r| r.contains(&event.kv.key))
+                            });
                         }
                         // A snapshot installed: anything may have changed.
                         if commit.replaced {
@@ -204,6 +222,7 @@ impl Runner {
                     }
                 }
                 Some(done) = finished.recv() => self.finished(&mut reloads, done),
+                Ok(()) = fleet.changed() => self.mark(|compiled| compiled.uses_services()),
                 _ = keyring_check.tick() => {
                     // New trust or secret keys (SIGHUP): what was rendered
                     // under the old ones is checked again.
@@ -341,7 +360,7 @@ impl Runner {
             .clone()
             .filter(|v| plain.iter().any(|(key, _)| v.covers(key)))
         else {
-            return produce_from(compiled, &plain);
+            return produce_with(compiled, &plain, &self.services(compiled));
         };
         let checked = tokio::task::spawn_blocking(move || {
             for (key, value) in &plain {
@@ -353,16 +372,29 @@ impl Runner {
         })
         .await
         .map_err(|err| format!("the validation task failed: {err}"))??;
-        produce_from(compiled, &checked)
+        produce_with(compiled, &checked, &self.services(compiled))
+    }
+
+    /// The fleet's service instances, if the entry shows them.
+    fn services(&self, compiled: &Compiled) -> Vec<Instance> {
+        match &self.membership {
+            Some(membership) if compiled.uses_services() => {
+                discover(&membership.members(), &Query::default())
+            }
+            _ => Vec::new(),
+        }
     }
 
     async fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
-        let read = self
-            .node
-            .store()
-            .range_with_sequences(&RangeRequest::new(compiled.range()));
+        let read = match compiled.range() {
+            Some(range) => self
+                .node
+                .store()
+                .range_with_sequences(&RangeRequest::new(range)),
+            None => Ok((Default::default(), self.node.store().revision(), Vec::new())),
+        };
         let (response, revision, sequences) = match read {
             Ok(read) => read,
             Err(err) => {

@@ -61,25 +61,44 @@ pub fn compile(name: &str, source: String) -> Result<Environment<'static>, Strin
     Ok(env)
 }
 
-/// Renders template `name` of `env` over `entries`.
-pub fn render(
-    env: &Environment<'static>,
-    name: &str,
-    single: Option<&TemplateEntry>,
-    prefix: Option<&str>,
-    entries: &[TemplateEntry],
-) -> Result<String, String> {
+/// What a template sees.
+pub struct Inputs<'a> {
+    /// The key of a `key` entry.
+    pub single: Option<&'a TemplateEntry>,
+    /// The prefix of a `prefix` entry.
+    pub prefix: Option<&'a str>,
+    pub entries: &'a [TemplateEntry],
+    /// Every service instance of the fleet.
+    pub services: &'a [crate::services::Instance],
+    /// The service of a `service` entry.
+    pub service: Option<&'a str>,
+}
+
+/// Renders template `name` of `env` over `inputs`.
+pub fn render(env: &Environment<'static>, name: &str, inputs: Inputs) -> Result<String, String> {
     let template = env.get_template(name).map_err(|err| describe(&err))?;
-    let kvs: std::collections::BTreeMap<&str, &str> = entries
+    let kvs: std::collections::BTreeMap<&str, &str> = inputs
+        .entries
         .iter()
         .map(|e| (e.key.as_str(), e.value.as_str()))
         .collect();
+    let instances: Vec<&crate::services::Instance> = inputs
+        .services
+        .iter()
+        .filter(|i| inputs.service == Some(i.name.as_str()))
+        .collect();
+    let healthy: Vec<&crate::services::Instance> =
+        instances.iter().copied().filter(|i| i.healthy).collect();
     let context = minijinja::context! {
-        key => single.map(|e| e.key.clone()),
-        value => single.map(|e| e.value.clone()),
-        prefix => prefix,
+        key => inputs.single.map(|e| e.key.clone()),
+        value => inputs.single.map(|e| e.value.clone()),
+        prefix => inputs.prefix,
         kvs => kvs,
-        entries => entries,
+        entries => inputs.entries,
+        services => inputs.services,
+        service => inputs.service,
+        instances => instances,
+        healthy => healthy,
     };
     template.render(context).map_err(|err| describe(&err))
 }

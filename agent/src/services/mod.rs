@@ -337,13 +337,13 @@ pub struct Instance {
     /// The agent it runs beside.
     pub node: String,
     /// That agent's gossip state (alive or suspect).
-    pub node_state: &'static str,
+    pub node_state: String,
     pub id: String,
     pub name: String,
     pub address: String,
     pub port: u16,
     pub tags: Vec<String>,
-    pub health: &'static str,
+    pub health: String,
     pub output: String,
     /// Its checks pass and its agent is not suspect.
     pub healthy: bool,
@@ -380,13 +380,13 @@ pub fn discover(members: &[Record], query: &Query) -> Vec<Instance> {
             }
             out.push(Instance {
                 node: member.id.to_string(),
-                node_state: member.state.as_str(),
+                node_state: member.state.as_str().to_string(),
                 id: service.id.clone(),
                 name: service.name.clone(),
                 address: service.address.clone(),
                 port: service.port,
                 tags: service.tags.clone(),
-                health: service.health.as_str(),
+                health: service.health.as_str().to_string(),
                 output: service.output.clone(),
                 healthy,
             });
