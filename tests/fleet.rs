@@ -26,7 +26,10 @@ fn fleet(
     head: &str,
 ) -> Cluster {
     let mut cluster = Cluster::new(dir, 3 + edges);
-    let seed = cluster.slots[0].peer_url.trim_start_matches("quic://").to_string();
+    let seed = cluster.slots[0]
+        .peer_url
+        .trim_start_matches("quic://")
+        .to_string();
     for i in 0..3 + edges {
         let (role, labels) = if i < 3 {
             ("voter", "region = \"eu\"")
@@ -63,7 +66,10 @@ fn json(output: String) -> Value {
 
 /// `member list -w json` on agent `i`: name -> member.
 fn members(cluster: &Cluster, i: usize) -> std::collections::BTreeMap<String, Value> {
-    let listed = json(ok(edgeconf(agent(cluster, i), &["-w", "json", "member", "list"])));
+    let listed = json(ok(edgeconf(
+        agent(cluster, i),
+        &["-w", "json", "member", "list"],
+    )));
     listed["members"]
         .as_array()
         .unwrap()
@@ -103,7 +109,10 @@ fn agents_join_edges_get_config_leave_and_kill_is_detected() {
         });
     }
     let seen = members(&cluster, 4);
-    assert_eq!(seen.keys().collect::<Vec<_>>(), names.iter().collect::<Vec<_>>());
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        names.iter().collect::<Vec<_>>()
+    );
     assert_eq!(seen["n1"]["role"], "voter");
     assert_eq!(seen["n1"]["labels"]["region"], "eu");
     assert_eq!(seen["n4"]["role"], "edge");
@@ -125,7 +134,10 @@ fn agents_join_edges_get_config_leave_and_kill_is_detected() {
     ok(edgeconf(agent(&cluster, 1), &["put", "/app/mode", "fast"]));
     for edge in [3, 4] {
         wait_until("the edge serves the value", TIMEOUT, || {
-            let got = edgeconf(agent(&cluster, edge), &["get", "/app/mode", "--consistency", "s"]);
+            let got = edgeconf(
+                agent(&cluster, edge),
+                &["get", "/app/mode", "--consistency", "s"],
+            );
             ok(got).contains("fast")
         });
     }
@@ -238,7 +250,13 @@ fn instances(cluster: &Cluster, i: usize, args: &[&str]) -> Vec<Value> {
 
 fn ids(list: &[Value]) -> Vec<String> {
     list.iter()
-        .map(|i| format!("{}@{}", i["id"].as_str().unwrap(), i["node"].as_str().unwrap()))
+        .map(|i| {
+            format!(
+                "{}@{}",
+                i["id"].as_str().unwrap(),
+                i["node"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -308,10 +326,7 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
         !file().contains(&a) && file().contains(&b)
     });
     let critical = instances(&cluster, 0, &["web"]);
-    let output = critical
-        .iter()
-        .find(|s| s["port"] == web_a.port)
-        .unwrap()["output"]
+    let output = critical.iter().find(|s| s["port"] == web_a.port).unwrap()["output"]
         .as_str()
         .unwrap()
         .to_string();
@@ -331,7 +346,9 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
     let edge = agent(&cluster, 3);
     ok(edgeconf(
         edge,
-        &["service", "register", "jobs", "--port", "9000", "--ttl", "2s"],
+        &[
+            "service", "register", "jobs", "--port", "9000", "--ttl", "2s",
+        ],
     ));
     let health = |c: &Cluster| {
         instances(c, 0, &["jobs"])
@@ -342,16 +359,25 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
     wait_until("jobs is critical before any pass", TIMEOUT, || {
         health(&cluster) == "critical"
     });
-    ok(edgeconf(edge, &["service", "pass", "jobs", "--note", "working"]));
+    ok(edgeconf(
+        edge,
+        &["service", "pass", "jobs", "--note", "working"],
+    ));
     wait_until("jobs passes", TIMEOUT, || health(&cluster) == "passing");
     wait_until("jobs is critical once its ttl runs out", TIMEOUT, || {
         health(&cluster) == "critical"
     });
     let err = common::failed(edgeconf(edge, &["service", "pass", "nope"]));
     assert!(err.contains("no service \"nope\""), "{err}");
-    let err = common::failed(edgeconf(edge, &["service", "deregister", &format!("web-{}", web_a.port)]));
+    let err = common::failed(edgeconf(
+        edge,
+        &["service", "deregister", &format!("web-{}", web_a.port)],
+    ));
     assert!(err.contains("config file"), "{err}");
-    let err = common::failed(edgeconf(edge, &["service", "register", "bad name", "--port", "1"]));
+    let err = common::failed(edgeconf(
+        edge,
+        &["service", "register", "bad name", "--port", "1"],
+    ));
     assert!(err.contains("name"), "{err}");
     ok(edgeconf(edge, &["service", "deregister", "jobs"]));
     wait_until("jobs is gone", TIMEOUT, || {

@@ -395,7 +395,7 @@ async fn edge_bootstrap(
                 initial,
             );
         }
-        if waited % 25 == 0 {
+        if waited.is_multiple_of(25) {
             tracing::info!(seeds = ?config.gossip.seeds, "edge agent: waiting to meet a voter through the gossip seeds");
         }
         waited += 1;

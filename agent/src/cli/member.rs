@@ -214,7 +214,9 @@ fn print_fleet(format: Format, answered_by: &str, members: &[GossipMember]) {
             })).collect::<Vec<_>>(),
         })),
         Format::Table => print_table(
-            &["NAME", "STATE", "ROLE", "ADDRESS", "VERSION", "LABELS", "SERVICES"],
+            &[
+                "NAME", "STATE", "ROLE", "ADDRESS", "VERSION", "LABELS", "SERVICES",
+            ],
             members.iter().map(|m| {
                 vec![
                     m.name.clone(),

@@ -26,48 +26,7 @@ pub enum ServiceCommand {
     },
     /// Register (or replace) a service of the agent's host, with at most
     /// one check; it is announced until deregistered or the agent dies.
-    Register {
-        /// The service's name (what clients discover).
-        name: String,
-        /// Unique on this agent (default: the name).
-        #[arg(long)]
-        id: Option<String>,
-        /// Where clients reach it (default: 127.0.0.1).
-        #[arg(long)]
-        address: Option<String>,
-        #[arg(long)]
-        port: u16,
-        /// A tag (repeat for more).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Check: GET this http:// URL.
-        #[arg(long)]
-        http: Option<String>,
-        /// With --http: the status that passes (default any 2xx).
-        #[arg(long)]
-        expect_status: Option<u16>,
-        /// With --http: text the body must contain.
-        #[arg(long)]
-        expect_body: Option<String>,
-        /// Check: open a TCP connection to host:port.
-        #[arg(long)]
-        tcp: Option<String>,
-        /// Check: critical unless `edgeconf service pass` comes within this time.
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Check: run this health-check [[plugin]] of the agent.
-        #[arg(long)]
-        plugin: Option<String>,
-        /// With --plugin: its arguments (repeat for more).
-        #[arg(long = "arg")]
-        args: Vec<String>,
-        /// Time between check runs, e.g. "10s".
-        #[arg(long)]
-        interval: Option<String>,
-        /// How long a check run may take, e.g. "2s".
-        #[arg(long)]
-        timeout: Option<String>,
-    },
+    Register(Box<RegisterArgs>),
     /// Remove a service registered through the API (by id).
     Deregister { id: String },
     /// Report a service with a ttl check as healthy (a heartbeat).
@@ -79,6 +38,50 @@ pub enum ServiceCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// The service's name (what clients discover).
+    name: String,
+    /// Unique on this agent (default: the name).
+    #[arg(long)]
+    id: Option<String>,
+    /// Where clients reach it (default: 127.0.0.1).
+    #[arg(long)]
+    address: Option<String>,
+    #[arg(long)]
+    port: u16,
+    /// A tag (repeat for more).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Check: GET this http:// URL.
+    #[arg(long)]
+    http: Option<String>,
+    /// With --http: the status that passes (default any 2xx).
+    #[arg(long)]
+    expect_status: Option<u16>,
+    /// With --http: text the body must contain.
+    #[arg(long)]
+    expect_body: Option<String>,
+    /// Check: open a TCP connection to host:port.
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Check: critical unless `edgeconf service pass` comes within this time.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Check: run this health-check [[plugin]] of the agent.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// With --plugin: its arguments (repeat for more).
+    #[arg(long = "arg")]
+    args: Vec<String>,
+    /// Time between check runs, e.g. "10s".
+    #[arg(long)]
+    interval: Option<String>,
+    /// How long a check run may take, e.g. "2s".
+    #[arg(long)]
+    timeout: Option<String>,
+}
+
 pub async fn run(client: &Client, format: Format, command: ServiceCommand) -> anyhow::Result<()> {
     let mut edgeconf = client.edgeconf().await?;
     match command {
@@ -88,25 +91,29 @@ pub async fn run(client: &Client, format: Format, command: ServiceCommand) -> an
                 tag: tag.unwrap_or_default(),
                 healthy,
             };
-            let resp = client.request(edgeconf.services(request)).await?.into_inner();
+            let resp = client
+                .request(edgeconf.services(request))
+                .await?
+                .into_inner();
             print_instances(format, &resp.instances);
         }
-        ServiceCommand::Register {
-            name,
-            id,
-            address,
-            port,
-            tags,
-            http,
-            expect_status,
-            expect_body,
-            tcp,
-            ttl,
-            plugin,
-            args,
-            interval,
-            timeout,
-        } => {
+        ServiceCommand::Register(register) => {
+            let RegisterArgs {
+                name,
+                id,
+                address,
+                port,
+                tags,
+                http,
+                expect_status,
+                expect_body,
+                tcp,
+                ttl,
+                plugin,
+                args,
+                interval,
+                timeout,
+            } = *register;
             let has_check = http.is_some() || tcp.is_some() || ttl.is_some() || plugin.is_some();
             let checks = if has_check {
                 vec![ServiceCheckSpec {

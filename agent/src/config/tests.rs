@@ -188,3 +188,82 @@ fn bad_trust_and_secrets_name_the_field_and_what_to_do() {
         );
     }
 }
+
+#[test]
+fn fleet_settings_load_with_defaults() {
+    let text = r#"
+name = "n1"
+listen_peer_urls = ["quic://127.0.0.1:3380"]
+initial_cluster = "n1=quic://127.0.0.1:3380,n2=quic://127.0.0.1:4380,n3=quic://127.0.0.1:5380"
+
+[labels]
+region = "eu"
+
+[[service]]
+name = "web"
+port = 8080
+tags = ["v1"]
+  [[service.check]]
+  http = "http://127.0.0.1:8080/health"
+  expect_status = 200
+  interval = "1s"
+  [[service.check]]
+  ttl = "30s"
+"#;
+    let config = load_text(text).unwrap();
+    assert_eq!(config.role, Role::Voter);
+    assert_eq!(config.labels["region"], "eu");
+    // Voters gossip with the other initial members unless told otherwise.
+    assert_eq!(
+        config.gossip.seeds,
+        [
+            "127.0.0.1:4380".parse().unwrap(),
+            "127.0.0.1:5380".parse().unwrap()
+        ]
+    );
+    let web = &config.services[0];
+    assert_eq!(
+        (web.id.as_str(), web.address.as_str()),
+        ("web", "127.0.0.1")
+    );
+    assert_eq!(web.checks.len(), 2);
+    assert_eq!(web.checks[0].interval, std::time::Duration::from_secs(1));
+    assert!(matches!(web.checks[1].kind, CheckKind::Ttl { .. }));
+}
+
+#[test]
+fn bad_fleet_settings_name_the_field() {
+    let edge_alone = message("role = \"edge\"\n");
+    assert!(
+        edge_alone.contains("`seeds`") && edge_alone.contains("edge"),
+        "{edge_alone}"
+    );
+    let role = message("role = \"king\"\n");
+    assert!(role.contains("role"), "{role}");
+    let label = message("[labels]\n\"bad label\" = \"x\"\n");
+    assert!(label.contains("`labels`"), "{label}");
+    let seed = message("[gossip]\nseeds = [\"nowhere\"]\n");
+    assert!(
+        seed.contains("`seeds`") && seed.contains("nowhere"),
+        "{seed}"
+    );
+    let timing = message("[gossip]\nprobe_interval = \"100ms\"\nprobe_timeout = \"200ms\"\n");
+    assert!(timing.contains("`probe_timeout`"), "{timing}");
+    let two = message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\ntcp = \"127.0.0.1:80\"\nttl = \"5s\"\n");
+    assert!(
+        two.contains("[[service]] entry 1 (\"web\")") && two.contains("exactly one"),
+        "{two}"
+    );
+    let plugin =
+        message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\nplugin = \"nope\"\n");
+    assert!(
+        plugin.contains("`plugin`") && plugin.contains("nope"),
+        "{plugin}"
+    );
+    let twice =
+        message("[[service]]\nname = \"web\"\nport = 80\n[[service]]\nname = \"web\"\nport = 81\n");
+    assert!(twice.contains("`id`"), "{twice}");
+    let url =
+        message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\nhttp = \"ftp://x\"\n");
+    assert!(url.contains("`http`"), "{url}");
+}

@@ -2,7 +2,8 @@
 //! times (a multiple of log n, enough for epidemic spread), least-sent
 //! first, and a newer update about a member replaces the queued one.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 
 use super::message::{NodeId, Update};
 
@@ -13,24 +14,38 @@ struct Queued {
     order: u64,
 }
 
+/// Least-sent first, then newest: the order updates are picked in.
+type Rank = (u32, Reverse<u64>, NodeId);
+
 #[derive(Default)]
 pub struct Broadcasts {
     queued: HashMap<NodeId, Queued>,
+    /// The queued updates in pick order, so a pick costs O(max log n)
+    /// rather than a sort of the whole queue (which churn makes long).
+    ranked: BTreeSet<Rank>,
     next_order: u64,
+}
+
+impl Queued {
+    fn rank(&self, id: &NodeId) -> Rank {
+        (self.transmits, Reverse(self.order), id.clone())
+    }
 }
 
 impl Broadcasts {
     /// Queues `update`, replacing any queued update about the same member.
     pub fn push(&mut self, update: Update) {
         self.next_order += 1;
-        self.queued.insert(
-            update.subject().clone(),
-            Queued {
-                update,
-                transmits: 0,
-                order: self.next_order,
-            },
-        );
+        let id = update.subject().clone();
+        let queued = Queued {
+            update,
+            transmits: 0,
+            order: self.next_order,
+        };
+        self.ranked.insert(queued.rank(&id));
+        if let Some(old) = self.queued.insert(id.clone(), queued) {
+            self.ranked.remove(&old.rank(&id));
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -48,35 +63,65 @@ impl Broadcasts {
         if self.queued.is_empty() || max == 0 {
             return Vec::new();
         }
-        let mut picks: Vec<(&NodeId, u32, u64)> = self
-            .queued
-            .iter()
-            .map(|(id, q)| (id, q.transmits, q.order))
-            .collect();
-        picks.sort_by(|a, b| {
-            let first = |id: &NodeId| Some(id) != priority;
-            (first(a.0), a.1, std::cmp::Reverse(a.2)).cmp(&(
-                first(b.0),
-                b.1,
-                std::cmp::Reverse(b.2),
-            ))
-        });
-        let chosen: Vec<NodeId> = picks
-            .into_iter()
-            .take(max)
-            .map(|(id, _, _)| id.clone())
-            .collect();
+        let mut chosen: Vec<NodeId> = Vec::with_capacity(max);
+        if let Some(id) = priority.filter(|id| self.queued.contains_key(*id)) {
+            chosen.push(id.clone());
+        }
+        chosen.extend(
+            self.ranked
+                .iter()
+                .map(|(_, _, id)| id)
+                .filter(|id| Some(*id) != priority)
+                .take(max - chosen.len())
+                .cloned(),
+        );
         let mut out = Vec::with_capacity(chosen.len());
         for id in chosen {
             let Some(queued) = self.queued.get_mut(&id) else {
                 continue;
             };
+            self.ranked.remove(&queued.rank(&id));
             queued.transmits += 1;
             out.push(queued.update.clone());
             if queued.transmits >= limit {
                 self.queued.remove(&id);
+            } else {
+                self.ranked.insert(queued.rank(&id));
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn left(id: &str, incarnation: u64) -> Update {
+        Update::Left {
+            id: id.into(),
+            incarnation,
+        }
+    }
+
+    #[test]
+    fn picks_least_sent_then_newest_and_drops_after_the_limit() {
+        let mut queue = Broadcasts::default();
+        queue.push(left("a", 1));
+        queue.push(left("b", 1));
+        queue.push(left("c", 1));
+        // Newest first among the unsent.
+        assert_eq!(queue.take(2, 2, None), vec![left("c", 1), left("b", 1)]);
+        // a is now the least sent.
+        assert_eq!(queue.take(1, 2, None), vec![left("a", 1)]);
+        // A priority subject goes first, whatever its count.
+        let c: NodeId = "c".into();
+        assert_eq!(queue.take(1, 2, Some(&c)), vec![left("c", 1)]);
+        // c reached the limit and is gone; a newer update replaces b's.
+        queue.push(left("b", 2));
+        assert_eq!(queue.take(5, 2, None), vec![left("b", 2), left("a", 1)]);
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.take(5, 2, None), vec![left("b", 2)]);
+        assert!(queue.is_empty());
     }
 }

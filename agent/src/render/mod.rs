@@ -213,15 +213,15 @@ pub fn produce_with(
             service,
         },
     )
-        .map(String::into_bytes)
-        .map_err(|err| {
-            format!(
-                "template {}: {err}",
-                compiled
-                    .entry
-                    .template
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string())
-            )
-        })
+    .map(String::into_bytes)
+    .map_err(|err| {
+        format!(
+            "template {}: {err}",
+            compiled
+                .entry
+                .template
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        )
+    })
 }

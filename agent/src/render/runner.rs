@@ -19,11 +19,11 @@ use tokio::sync::{broadcast, mpsc};
 use super::reload::{Finished, Reloads};
 use super::status::RenderStatus;
 use super::{files, plain_values, produce_with, Compiled, Plan};
-use crate::gossip::Membership;
-use crate::services::{discover, Instance, Query};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
+use crate::gossip::Membership;
 use crate::plugins::validators::Validators;
+use crate::services::{discover, Instance, Query};
 use crate::signing::{Keyring, KeyringCell};
 use crate::store::{KeyValue, RangeRequest};
 
