@@ -17,13 +17,13 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Voters n1..n3 and edge agents n4..n(3+edges), all on loopback.
-/// `extra` is TOML per agent (tables), `head` top-level keys for n1.
+/// `extra` is TOML per agent (tables), `head` top-level keys per agent.
 fn fleet(
     dir: &std::path::Path,
     edges: usize,
     gossip: &str,
     extra: &[String],
-    head: &str,
+    head: &[String],
 ) -> Cluster {
     let mut cluster = Cluster::new(dir, 3 + edges);
     let seed = cluster.slots[0]
@@ -36,7 +36,10 @@ fn fleet(
         } else {
             ("edge", "region = \"us\"\ntier = \"canary\"")
         };
-        cluster.member_head[i] = format!("role = {role:?}\n{}", if i == 0 { head } else { "" });
+        cluster.member_head[i] = format!(
+            "role = {role:?}\n{}",
+            head.get(i).map(String::as_str).unwrap_or_default()
+        );
         cluster.member_config[i] = format!(
             "[labels]\n{labels}\n\n[gossip]\nseeds = [{seed:?}]\n{gossip}\n{}",
             extra.get(i).map(String::as_str).unwrap_or_default()
@@ -98,7 +101,7 @@ fn states(cluster: &Cluster, i: usize) -> Vec<(String, String)> {
 #[test]
 fn agents_join_edges_get_config_leave_and_kill_is_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = fleet(dir.path(), 2, "", &[], "");
+    let mut cluster = fleet(dir.path(), 2, "", &[], &[]);
     let names = ["n1", "n2", "n3", "n4", "n5"];
 
     // Every agent sees all five alive, with their roles and labels.
@@ -293,7 +296,10 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
         service(web_b.port, "green"),
     ];
     let gossip = "probe_interval = \"500ms\"\nprobe_timeout = \"200ms\"";
-    let head = format!("render_root = {:?}", out.display().to_string());
+    let metrics_port = common::free_port();
+    let mut head = vec![String::new(); 5];
+    head[0] = format!("render_root = {:?}", out.display().to_string());
+    head[3] = format!("listen_metrics_url = \"http://127.0.0.1:{metrics_port}\"");
     let mut cluster = fleet(dir.path(), 2, gossip, &extra, &head);
     let upstream = out.join("upstream.conf");
     let a = format!("server 127.0.0.1:{};", web_a.port);
@@ -309,6 +315,18 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
     });
     let green = instances(&cluster, 0, &["--tag", "green"]);
     assert_eq!(ids(&green), vec![format!("web-{}@n5", web_b.port)]);
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains("edgeconf_gossip_members{state=\"alive\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "edgeconf_service_check_status{{service=\"web-{}\",check=\"http http://127.0.0.1:{}/health\"}} 0",
+            web_a.port, web_a.port
+        )),
+        "{metrics}"
+    );
 
     // One goes down: critical, out of --healthy and out of the file.
     web_a.up.store(false, Ordering::SeqCst);
@@ -396,4 +414,20 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
     for i in 0..4 {
         cluster.stop(i);
     }
+}
+
+/// A plain HTTP GET on loopback; the body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

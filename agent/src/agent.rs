@@ -180,6 +180,8 @@ pub async fn run(
             node: node.clone(),
             renders: renders.clone(),
             plugins: plugins.clone(),
+            membership: membership.clone(),
+            services: services.clone(),
         };
         let stopped = stopped.clone();
         tasks.spawn(async move {

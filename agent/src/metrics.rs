@@ -41,6 +41,8 @@ pub struct Sources {
     pub node: Arc<Node>,
     pub renders: Arc<RenderStatus>,
     pub plugins: AgentPlugins,
+    pub membership: Arc<crate::gossip::Membership>,
+    pub services: Arc<crate::services::Services>,
 }
 
 /// The metrics as Prometheus text.
@@ -143,7 +145,45 @@ pub fn render_text(sources: &Sources) -> String {
         write_series(&mut out, &series, "dest", &items);
     }
     plugin_metrics(&mut out, &sources.plugins);
+    fleet_metrics(&mut out, sources);
     out
+}
+
+/// Gossip members by state, local health, and this agent's services.
+fn fleet_metrics(out: &mut String, sources: &Sources) {
+    use crate::gossip::State;
+    let members = sources.membership.members();
+    let _ = writeln!(out, "# HELP edgeconf_gossip_members Members of the fleet as this agent sees them, by state.\n# TYPE edgeconf_gossip_members gauge");
+    for state in [State::Alive, State::Suspect, State::Dead, State::Left] {
+        let count = members.iter().filter(|m| m.state == state).count();
+        let _ = writeln!(
+            out,
+            "edgeconf_gossip_members{{state=\"{}\"}} {count}",
+            state.as_str()
+        );
+    }
+    let _ = writeln!(out, "# HELP edgeconf_gossip_health_score Lifeguard's local health multiplier (0 is healthy).\n# TYPE edgeconf_gossip_health_score gauge\nedgeconf_gossip_health_score {}", sources.membership.awareness());
+    let local = sources.services.local();
+    if local.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP edgeconf_service_check_status Service check result: 0 passing, 1 warning, 2 critical, -1 not run yet.\n# TYPE edgeconf_service_check_status gauge");
+    for (entry, results) in &local {
+        for result in results {
+            let value = match result.health {
+                None => -1,
+                Some(Health::Passing) => 0,
+                Some(Health::Warning) => 1,
+                Some(Health::Critical) => 2,
+            };
+            let _ = writeln!(
+                out,
+                "edgeconf_service_check_status{{service=\"{}\",check=\"{}\"}} {value}",
+                label(&entry.id),
+                label(&result.check)
+            );
+        }
+    }
 }
 
 /// A Prometheus label value, escaped.
