@@ -55,9 +55,12 @@ pub async fn run(
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
     let transport = Transport::start(config.listen_peer[0], &node_key, &config.peer_keys)?;
     let (stop, stopped) = watch::channel(false);
-    let first_start = store.meta("member_id")?.is_none();
     let membership = start_gossip(&config, &store, &transport, stopped.clone())?;
-    let (identity, initial_cluster) = if config.role == Role::Edge && first_start {
+    // An edge agent that has not received anything from raft yet (a first
+    // start, or a restart before the leader reached it) learns the voters
+    // from gossip again.
+    let unjoined_edge = config.role == Role::Edge && store.applied_index()? == 0;
+    let (identity, initial_cluster) = if unjoined_edge {
         edge_bootstrap(&config, &membership).await
     } else {
         (

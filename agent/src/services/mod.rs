@@ -395,3 +395,75 @@ pub fn discover(members: &[Record], query: &Query) -> Vec<Instance> {
     out.sort_by(|a, b| (&a.name, &a.node, &a.id).cmp(&(&b.name, &b.node, &b.id)));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::Meta;
+
+    fn member(name: &str, state: State, services: &[(&str, &str, Health)]) -> Record {
+        let services = services
+            .iter()
+            .map(|(id, tag, health)| ServiceState {
+                id: id.to_string(),
+                name: "web".into(),
+                address: "127.0.0.1".into(),
+                port: 80,
+                tags: vec![tag.to_string()],
+                health: *health,
+                output: String::new(),
+            })
+            .collect();
+        Record {
+            id: name.into(),
+            addr: "127.0.0.1:1".into(),
+            incarnation: 1,
+            state,
+            meta: Arc::new(Meta {
+                services,
+                ..Meta::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn discovery_drops_departed_agents_and_filters_health_and_tags() {
+        let members = [
+            member("a", State::Alive, &[("w1", "blue", Health::Passing)]),
+            member("b", State::Alive, &[("w2", "green", Health::Critical)]),
+            member("c", State::Suspect, &[("w3", "blue", Health::Passing)]),
+            member("d", State::Dead, &[("w4", "blue", Health::Passing)]),
+            member("e", State::Left, &[("w5", "blue", Health::Passing)]),
+        ];
+        let ids = |query: Query| -> Vec<String> {
+            discover(&members, &query)
+                .into_iter()
+                .map(|i| format!("{}@{}", i.id, i.node))
+                .collect()
+        };
+        assert_eq!(ids(Query::default()), ["w1@a", "w2@b", "w3@c"]);
+        let healthy = Query {
+            healthy_only: true,
+            ..Query::default()
+        };
+        // A suspect agent's instance is not healthy, whatever its checks say.
+        assert_eq!(ids(healthy), ["w1@a"]);
+        let blue = Query {
+            tag: Some("blue".into()),
+            ..Query::default()
+        };
+        assert_eq!(ids(blue), ["w1@a", "w3@c"]);
+        let other = Query {
+            name: Some("db".into()),
+            ..Query::default()
+        };
+        assert!(ids(other).is_empty());
+    }
+
+    #[test]
+    fn long_outputs_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(300), 201);
+        assert!(cut.len() <= 204 && cut.ends_with('…'));
+    }
+}
