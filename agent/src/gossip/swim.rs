@@ -93,6 +93,8 @@ struct Suspicion {
     expected: u32,
     confirmations: HashSet<NodeId>,
     deadline_ms: u64,
+    /// The timer ran out once and the suspect got a last direct ping.
+    last_chance: bool,
 }
 
 impl Suspicion {
@@ -348,7 +350,7 @@ impl Swim {
         if self.left {
             return out;
         }
-        self.expire_suspicions(now_ms);
+        self.expire_suspicions(now_ms, &mut out);
         self.relays.retain(|_, relay| relay.expires_ms > now_ms);
         if let Some(probe) = &self.probe {
             if !probe.acked && !probe.indirect_sent && now_ms >= probe.indirect_at_ms {
@@ -560,14 +562,48 @@ impl Swim {
         self.apply(update, now_ms);
     }
 
-    fn expire_suspicions(&mut self, now_ms: u64) {
-        let expired: Vec<(NodeId, u64)> = self
+    /// A suspicion that runs out first gets a last chance: two direct
+    /// pings (loss rarely takes both) telling the suspect it is suspected,
+    /// so that, if alive, it refutes in its ack. Members that heard of a
+    /// suspicion by gossip and missed the refutation (lossy networks) then
+    /// rarely declare a live member dead. Only if that fails too, within a
+    /// probe timeout, is the member dead.
+    fn expire_suspicions(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
+        let expired: Vec<(NodeId, u64, bool)> = self
             .suspicions
             .iter()
             .filter(|(_, s)| s.deadline_ms <= now_ms)
-            .map(|(id, s)| (id.clone(), s.incarnation))
+            .map(|(id, s)| (id.clone(), s.incarnation, s.last_chance))
             .collect();
-        for (id, incarnation) in expired {
+        for (id, incarnation, had_last_chance) in expired {
+            let addr = self.members.get(&id).map(|m| m.record.addr.clone());
+            if let (false, Some(addr)) = (had_last_chance, addr) {
+                if let Some(suspicion) = self.suspicions.get_mut(&id) {
+                    suspicion.last_chance = true;
+                    suspicion.deadline_ms = now_ms + self.config.probe_timeout_ms;
+                }
+                self.seq += 1;
+                let seq = self.seq;
+                for _ in 0..2 {
+                    let mut message = self.message(Body::Ping {
+                        seq,
+                        target: id.clone(),
+                    });
+                    message.updates.insert(
+                        0,
+                        Update::Suspect {
+                            id: id.clone(),
+                            incarnation,
+                            from: self.me.clone(),
+                        },
+                    );
+                    out.push(Outgoing {
+                        to: addr.clone(),
+                        message,
+                    });
+                }
+                continue;
+            }
             self.suspicions.remove(&id);
             let update = Update::Dead {
                 id,
@@ -791,6 +827,7 @@ impl Swim {
                         expected,
                         confirmations: HashSet::new(),
                         deadline_ms: 0,
+                        last_chance: false,
                     };
                     if *from != self.me {
                         suspicion.confirmations.insert(from.clone());
