@@ -137,7 +137,16 @@ fn scenario(n: usize) {
 }
 
 fn main() {
-    for n in [1000, 5000] {
+    // EDGECONF_SIM_MEMBERS=300,1000 runs other sizes.
+    let sizes: Vec<usize> = std::env::var("EDGECONF_SIM_MEMBERS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1000, 5000]);
+    for n in sizes {
         scenario(n);
     }
 }

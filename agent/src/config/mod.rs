@@ -483,7 +483,13 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let snapshot_count = file.snapshot_count.unwrap_or(10_000);
+        // An edge agent serves no followers: it keeps a short raft log.
+        let role = file.role.unwrap_or_default();
+        let (default_count, default_catchup) = match role {
+            Role::Voter => (10_000, 5_000),
+            Role::Edge => (1_000, 100),
+        };
+        let snapshot_count = file.snapshot_count.unwrap_or(default_count);
         if snapshot_count == 0 {
             return Err(origin.invalid(
                 "snapshot_count",
@@ -513,7 +519,6 @@ impl Config {
         let (render_root, render) =
             render::check_entries(source, file.render_root.as_deref(), file.render)?;
         let plugins = plugins::check_sections(source, file.plugin, file.validate, file.check)?;
-        let role = file.role.unwrap_or_default();
         let labels = file.labels.unwrap_or_default();
         services::check_labels(&labels).map_err(|problem| origin.invalid("labels", problem))?;
         let own_url = &initial_advertise_peer_urls[0];
@@ -574,7 +579,7 @@ impl Config {
             election_timeout: std::time::Duration::from_millis(election),
             peer_keys,
             snapshot_count,
-            snapshot_catchup_entries: file.snapshot_catchup_entries.unwrap_or(5_000),
+            snapshot_catchup_entries: file.snapshot_catchup_entries.unwrap_or(default_catchup),
             client_tls,
             allow_insecure_client,
             trust,

@@ -704,7 +704,15 @@ impl Swim {
     /// Someone says this member is suspect or dead: refute with a higher
     /// incarnation (and, per Lifeguard, take it as a sign of own slowness).
     fn refute(&mut self, incarnation: u64) {
-        if self.left || incarnation < self.incarnation {
+        if self.left {
+            return;
+        }
+        if incarnation < self.incarnation {
+            // Already refuted, but someone still holds an older view of
+            // this member (it missed the refutation): gossip the current
+            // one again, first in the next message (often the ack to a
+            // last-chance ping from that very member).
+            self.broadcasts.push(self.alive_update());
             return;
         }
         self.incarnation = incarnation + 1;
