@@ -20,6 +20,10 @@ use crate::transport::{NodeKey, Transport};
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an edge agent may be dead before the leader stops replicating
+/// to it (it is added again if it comes back).
+const EDGE_DEAD_GRACE: Duration = Duration::from_secs(30 * 60);
+
 /// Set in the environment to let tests partition an agent from its peers.
 const FAULT_INJECTION_ENV: &str = "EDGECONF_FAULT_INJECTION";
 /// With fault injection on, this file in the data dir cuts the agent off
@@ -409,13 +413,15 @@ async fn edge_bootstrap(
 }
 
 /// On the leader: edge agents seen alive in gossip become raft learners
-/// (so they receive config); edge agents that left are removed.
+/// (so they receive config); edge agents that left, or have been dead for
+/// [`EDGE_DEAD_GRACE`], are removed (one that comes back is added again).
 async fn admit_edges(
     node: Arc<Node>,
     membership: Arc<Membership>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let mut dead_since: std::collections::HashMap<u64, std::time::Instant> = Default::default();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -433,6 +439,16 @@ async fn admit_edges(
             }
             let id = crate::consensus::member_id(&record.meta.peer_url);
             let known = raft_members.iter().find(|(known, _)| *known == id);
+            let long_dead = record.state == State::Dead
+                && dead_since
+                    .entry(id)
+                    .or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    >= EDGE_DEAD_GRACE;
+            if record.state != State::Dead {
+                dead_since.remove(&id);
+            }
+            let gone = record.state == State::Left || long_dead;
             match (record.state, known) {
                 (State::Alive, None) => {
                     match node
@@ -447,10 +463,10 @@ async fn admit_edges(
                         }
                     }
                 }
-                (State::Left, Some((_, raft))) if raft.is_learner => {
+                (_, Some((_, raft))) if gone && raft.is_learner => {
                     match node.remove_member(id).await {
                         Ok(()) => {
-                            tracing::info!(member = %record.id, "edge agent left; removed from raft")
+                            tracing::info!(member = %record.id, "edge agent removed from raft (left, or dead too long)")
                         }
                         Err(err) => {
                             tracing::warn!(member = %record.id, error = %err, "cannot remove departed edge agent")

@@ -138,7 +138,9 @@ pub(crate) fn pass(
     context: &Context,
     request: Request<pb::PassServiceRequest>,
 ) -> Result<Response<pb::PassServiceResponse>, Status> {
-    context.caller(&request)?.check_signed_in()?;
+    context
+        .caller(&request)?
+        .check_admin("report service health")?;
     let request = request.into_inner();
     context
         .fleet
@@ -152,6 +154,7 @@ fn service_status(err: ServiceError) -> Status {
     match err {
         ServiceError::Unknown(_) => Status::not_found(err.to_string()),
         ServiceError::Save { .. } => Status::internal(err.to_string()),
+        ServiceError::TooMany(_) => Status::resource_exhausted(err.to_string()),
         _ => Status::invalid_argument(err.to_string()),
     }
 }

@@ -46,23 +46,24 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for compiled in &plan.entries {
         let entry = &compiled.entry;
-        let (key, options) = match &entry.source {
-            RenderSource::Key(key) => (key.clone(), None),
-            RenderSource::Prefix(prefix) => (prefix.clone(), Some(GetOptions::new().with_prefix())),
-            RenderSource::Service(_) => (Vec::new(), None),
+        let source = match &entry.source {
+            RenderSource::Key(key) => Some((key.clone(), None)),
+            RenderSource::Prefix(prefix) => {
+                Some((prefix.clone(), Some(GetOptions::new().with_prefix())))
+            }
+            RenderSource::Service(_) => None,
         };
         let dest = entry.dest.display().to_string();
-        let kvs = if key.is_empty() {
-            Vec::new()
-        } else {
-            match client.request(etcd.get(key, options)).await {
+        let kvs = match source {
+            None => Vec::new(),
+            Some((key, options)) => match client.request(etcd.get(key, options)).await {
                 Ok(response) => response.kvs().to_vec(),
                 Err(err) => {
                     println!("{dest}: would keep the current file: {err}");
                     failed.push(dest);
                     continue;
                 }
-            }
+            },
         };
         let plain: Result<Vec<_>, String> = kvs
             .iter()

@@ -537,6 +537,16 @@ impl Config {
             .collect();
         let file_name = source.map_or("command line".to_string(), |p| p.display().to_string());
         let mut services = Vec::new();
+        if file.service.len() > services::MAX_SERVICES {
+            return Err(origin.invalid(
+                "service",
+                format!(
+                    "has {} entries: an agent announces at most {}",
+                    file.service.len(),
+                    services::MAX_SERVICES
+                ),
+            ));
+        }
         for (index, service) in file.service.into_iter().enumerate() {
             let location = format!(
                 "{file_name}: [[service]] entry {} ({:?})",

@@ -152,10 +152,45 @@ impl CheckKind {
 }
 
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest interval, timeout or ttl a check may have.
+pub const MAX_CHECK_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Gossip metadata stays small: at most this many services per agent,
+/// tags per service and labels per agent.
+pub const MAX_SERVICES: usize = 64;
+pub const MAX_TAGS: usize = 16;
+pub const MAX_LABELS: usize = 64;
+
+/// A service name, id or tag: 1 to 128 letters, digits, '-', '_' or '.'.
+pub fn valid_word(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// An IP address or a DNS host name: safe to write into any config file.
+pub fn valid_host(text: &str) -> bool {
+    text.parse::<std::net::IpAddr>().is_ok()
+        || (!text.is_empty()
+            && text.len() <= 253
+            && text.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && !part.starts_with('-')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }))
+}
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Labels: names and values of letters, digits, `-`, `_`, `.` and `/`.
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "has {} labels: at most {MAX_LABELS} are allowed",
+            labels.len()
+        ));
+    }
     let valid = |text: &str| {
         !text.is_empty()
             && text.len() <= 63
@@ -248,13 +283,7 @@ pub fn check_service(
     file: ServiceFile,
     plugins: &[String],
 ) -> Result<ServiceEntry, (&'static str, String)> {
-    let word = |text: &str| {
-        !text.is_empty()
-            && text.len() <= 128
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
+    let word = valid_word;
     if !word(&file.name) {
         return Err((
             "name",
@@ -281,10 +310,19 @@ pub fn check_service(
         .address
         .clone()
         .unwrap_or_else(|| "127.0.0.1".to_string());
-    if address.is_empty() || address.contains(char::is_whitespace) {
+    if !valid_host(&address) {
         return Err((
             "address",
-            format!("is {address:?}: expected a host name or IP"),
+            format!("is {address:?}: expected an IP address or a host name"),
+        ));
+    }
+    if file.tags.len() > MAX_TAGS {
+        return Err((
+            "tags",
+            format!(
+                "has {} tags: at most {MAX_TAGS} are allowed",
+                file.tags.len()
+            ),
         ));
     }
     if let Some(tag) = file.tags.iter().find(|tag| !word(tag)) {
@@ -318,11 +356,11 @@ fn check_one(
         None => Ok(default),
         Some(text) => humantime::parse_duration(text)
             .ok()
-            .filter(|d| *d >= Duration::from_millis(10))
+            .filter(|d| *d >= Duration::from_millis(10) && *d <= MAX_CHECK_DURATION)
             .ok_or_else(|| {
                 (
                     field,
-                    format!("in [[service.check]] is {text:?}: expected a duration such as \"10s\" (at least 10ms)"),
+                    format!("in [[service.check]] is {text:?}: expected a duration such as \"10s\" (from 10ms to 24h)"),
                 )
             }),
     }

@@ -266,4 +266,13 @@ fn bad_fleet_settings_name_the_field() {
     let url =
         message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\nhttp = \"ftp://x\"\n");
     assert!(url.contains("`http`"), "{url}");
+    // Whatever a service announces may end up in rendered files.
+    let injected = message("[[service]]\nname = \"web\"\nport = 80\naddress = \"1.2.3.4; evil\"\n");
+    assert!(injected.contains("`address`"), "{injected}");
+    let forever =
+        message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\nttl = \"500000y\"\n");
+    assert!(
+        forever.contains("`ttl`") && forever.contains("24h"),
+        "{forever}"
+    );
 }

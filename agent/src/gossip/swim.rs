@@ -100,6 +100,10 @@ struct Suspicion {
 impl Suspicion {
     /// Lifeguard: from `max` down to `min` as confirmations come in.
     fn recompute(&mut self) {
+        if self.last_chance {
+            // The last-chance pings are out: wait for their acks.
+            return;
+        }
         let confirmed = self.confirmations.len() as f64;
         let fraction = if self.expected == 0 {
             1.0
@@ -292,6 +296,10 @@ impl Swim {
 
     /// Changes what this member says about itself.
     pub fn set_meta(&mut self, meta: Meta) {
+        if self.left {
+            // An Alive now would outrank the Left being gossiped.
+            return;
+        }
         self.revision += 1;
         self.meta = Arc::new(meta);
         self.incarnation += 1;
@@ -868,6 +876,8 @@ impl Swim {
             }
             Update::Left { id, incarnation } => {
                 if *id == self.me {
+                    // An earlier run of this member left; this one is back.
+                    self.refute(*incarnation);
                     return;
                 }
                 let Some(member) = self.members.get(id) else {

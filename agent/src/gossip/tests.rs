@@ -181,3 +181,51 @@ fn lossy_networks_cause_few_false_deaths_and_all_are_undone() {
     });
     assert!(healed, "some members never came back alive");
 }
+
+#[test]
+fn a_member_that_left_and_restarts_is_alive_again() {
+    let config = Config::default();
+    let swim = |name: &str, seed| {
+        Swim::new(
+            config.clone(),
+            Arc::from(name),
+            Arc::from(format!("{name}:1")),
+            Meta::default(),
+            0,
+            seed,
+        )
+    };
+    let (mut a, mut b) = (swim("a", 1), swim("b", 2));
+    let deliver = |to: &mut Swim, out: Vec<Outgoing>, now| -> Vec<Outgoing> {
+        out.into_iter()
+            .flat_map(|o| to.receive(o.message, now))
+            .collect()
+    };
+    let replies = deliver(&mut b, a.join(&[Arc::from("b:1")]), 10);
+    deliver(&mut a, replies, 20);
+    // b leaves; a hears it. A change of metadata while leaving does not
+    // bring it back.
+    let left = b.leave(30);
+    b.set_meta(Meta {
+        role: "edge".into(),
+        ..Meta::default()
+    });
+    deliver(&mut a, left, 40);
+    assert_eq!(a.state_of("b"), Some(State::Left));
+    // b starts again from incarnation 1 and joins through a: a's sync
+    // reply says b left, so b refutes above it, and a takes it back.
+    let mut b = swim("b", 3);
+    let replies = deliver(&mut a, b.join(&[Arc::from("a:1")]), 50);
+    deliver(&mut b, replies, 60);
+    let gossip = b.tick(SECOND);
+    let mut now = SECOND;
+    let mut out = gossip;
+    while a.state_of("b") != Some(State::Alive) && now < 10 * SECOND {
+        let to_a: Vec<Outgoing> = out.into_iter().filter(|o| &*o.to == "a:1").collect();
+        let back = deliver(&mut a, to_a, now);
+        deliver(&mut b, back, now);
+        now += 200;
+        out = b.tick(now);
+    }
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+}

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::services::check_service;
+use crate::config::services::{check_service, valid_host, valid_word, MAX_SERVICES};
 use crate::config::{CheckKind, ServiceEntry, ServiceFile};
 use crate::gossip::{Health, Membership, Record, ServiceState, State};
 use crate::plugins::Plugins;
@@ -37,6 +37,8 @@ pub enum ServiceError {
     Unknown(String),
     #[error("service {0:?} has no ttl check: only ttl checks take `edgeconf service pass`")]
     NoTtl(String),
+    #[error("this agent already announces {0} services, the most it may")]
+    TooMany(usize),
     #[error("cannot save registrations to {path}: {error}")]
     Save { path: String, error: std::io::Error },
 }
@@ -65,6 +67,9 @@ pub struct Services {
     plugins: Option<Arc<Plugins>>,
     file: PathBuf,
     local: Mutex<BTreeMap<String, Local>>,
+    /// Held while a registration changes: the file is written before the
+    /// change takes effect, one change at a time.
+    changing: Mutex<()>,
 }
 
 impl Services {
@@ -80,6 +85,7 @@ impl Services {
             plugins,
             file: data_dir.join(REGISTRATIONS_FILE),
             local: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(()),
         });
         for entry in configured {
             services.add(entry, true);
@@ -101,15 +107,24 @@ impl Services {
     pub fn register(self: &Arc<Self>, file: ServiceFile) -> Result<ServiceEntry, ServiceError> {
         let entry = check_service(file, &self.check_plugins())
             .map_err(|(field, problem)| ServiceError::Invalid { field, problem })?;
-        if self
-            .lock()
-            .get(&entry.id)
-            .is_some_and(|local| local.from_config)
-        {
-            return Err(ServiceError::FromConfig(entry.id));
-        }
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut saved = {
+            let local = self.lock();
+            match local.get(&entry.id) {
+                Some(existing) if existing.from_config => {
+                    return Err(ServiceError::FromConfig(entry.id))
+                }
+                None if local.len() >= MAX_SERVICES => {
+                    return Err(ServiceError::TooMany(local.len()))
+                }
+                _ => {}
+            }
+            api_registrations(&local)
+        };
+        saved.retain(|file| file.id.as_ref().unwrap_or(&file.name) != &entry.id);
+        saved.push(entry.source.clone());
+        self.save(&saved)?;
         self.add(entry.clone(), false);
-        self.save()?;
         self.publish();
         tracing::info!(service = %entry.id, name = %entry.name, "service registered");
         Ok(entry)
@@ -117,8 +132,9 @@ impl Services {
 
     /// Removes a service registered through the API.
     pub fn deregister(&self, id: &str) -> Result<(), ServiceError> {
-        {
-            let mut local = self.lock();
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut saved = {
+            let local = self.lock();
             match local.get(id) {
                 None => return Err(ServiceError::Unknown(id.to_string())),
                 Some(service) if service.from_config => {
@@ -126,11 +142,13 @@ impl Services {
                 }
                 Some(_) => {}
             }
-            if let Some(runner) = local.remove(id).and_then(|s| s.runner) {
-                runner.abort();
-            }
+            api_registrations(&local)
+        };
+        saved.retain(|file| file.id.as_deref().unwrap_or(&file.name) != id);
+        self.save(&saved)?;
+        if let Some(runner) = self.lock().remove(id).and_then(|s| s.runner) {
+            runner.abort();
         }
-        self.save()?;
         self.publish();
         tracing::info!(service = %id, "service deregistered");
         Ok(())
@@ -158,7 +176,9 @@ impl Services {
                 return Err(ServiceError::NoTtl(id.to_string()));
             }
             for (index, ttl) in ttls {
-                service.ttl_deadlines.insert(index, Instant::now() + ttl);
+                // Check durations are at most a day: this cannot overflow.
+                let deadline = Instant::now().checked_add(ttl).unwrap_or_else(Instant::now);
+                service.ttl_deadlines.insert(index, deadline);
                 service.results[index].health = Some(Health::Passing);
                 service.results[index].output = note.to_string();
             }
@@ -285,14 +305,9 @@ impl Services {
         })
     }
 
-    fn save(&self) -> Result<(), ServiceError> {
-        let files: Vec<ServiceFile> = self
-            .lock()
-            .values()
-            .filter(|s| !s.from_config)
-            .map(|s| s.entry.source.clone())
-            .collect();
-        let text = serde_json::to_vec_pretty(&files).expect("registrations serialize");
+    /// Writes the API registrations atomically.
+    fn save(&self, files: &[ServiceFile]) -> Result<(), ServiceError> {
+        let text = serde_json::to_vec_pretty(files).expect("registrations serialize");
         let save_error = |error| ServiceError::Save {
             path: self.file.display().to_string(),
             error,
@@ -308,6 +323,14 @@ impl Services {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Local>> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn api_registrations(local: &BTreeMap<String, Local>) -> Vec<ServiceFile> {
+    local
+        .values()
+        .filter(|s| !s.from_config)
+        .map(|s| s.entry.source.clone())
+        .collect()
 }
 
 fn severity(health: Option<Health>) -> u8 {
@@ -366,6 +389,16 @@ pub fn discover(members: &[Record], query: &Query) -> Vec<Instance> {
             continue;
         }
         for service in &member.meta.services {
+            // Whatever another agent announces is checked again before it
+            // can reach a rendered file.
+            let sound = valid_word(&service.name)
+                && valid_word(&service.id)
+                && valid_host(&service.address)
+                && service.tags.iter().all(|t| valid_word(t));
+            if !sound {
+                tracing::debug!(member = %member.id, service = ?service.name, "ignored a malformed service announcement");
+                continue;
+            }
             if query.name.as_ref().is_some_and(|n| *n != service.name)
                 || query
                     .tag

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use super::{connect, tls};
 
-/// Largest gossip message accepted on a stream.
-const MAX_MESSAGE: usize = 4 << 20;
+/// Largest gossip message accepted on a stream (a full sync of a large
+/// fleet: about 300 bytes per member).
+const MAX_MESSAGE: usize = 32 << 20;
 /// Messages held for a peer while its connection is being made.
 const PENDING_PER_PEER: usize = 64;
 
@@ -129,10 +130,14 @@ pub(super) async fn receive(
             while let Ok(mut stream) = connection.accept_uni().await {
                 let (sink, isolated) = (sink.clone(), isolated.clone());
                 tokio::spawn(async move {
-                    if let Ok(message) = stream.read_to_end(MAX_MESSAGE).await {
-                        if !isolated.load(Ordering::SeqCst) {
-                            sink(message);
-                        }
+                    match stream.read_to_end(MAX_MESSAGE).await {
+                        Ok(message) if !isolated.load(Ordering::SeqCst) => sink(message),
+                        Ok(_) => {}
+                        Err(quinn::ReadToEndError::TooLong) => tracing::warn!(
+                            limit = MAX_MESSAGE,
+                            "dropped a gossip message over the size limit"
+                        ),
+                        Err(err) => tracing::debug!(error = %err, "gossip stream failed"),
                     }
                 });
             }

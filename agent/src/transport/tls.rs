@@ -267,24 +267,32 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
     };
     let (raft_client, gossip_client) = (quic_client(ALPN_RAFT)?, quic_client(ALPN_GOSSIP)?);
 
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
-    transport.max_idle_timeout(Some(
-        std::time::Duration::from_secs(5)
-            .try_into()
-            .expect("5 s fits"),
-    ));
-    let transport = Arc::new(transport);
+    // Connections close after 5 s without traffic. Raft connections are
+    // kept up by their dialer's keep-alives; gossip connections are not,
+    // so an agent holds connections only to the members it talks to
+    // lately (SWIM's cost per member stays flat as the fleet grows).
+    let transport = |keep_alive: Option<std::time::Duration>| {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(keep_alive);
+        transport.max_idle_timeout(Some(
+            std::time::Duration::from_secs(5)
+                .try_into()
+                .expect("5 s fits"),
+        ));
+        Arc::new(transport)
+    };
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-    server.transport_config(transport.clone());
-    let client = |crypto| {
+    server.transport_config(transport(None));
+    let client = |crypto, keep_alive| {
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(transport.clone());
+        client.transport_config(transport(keep_alive));
         client
     };
+    let raft_client = client(raft_client, Some(std::time::Duration::from_secs(1)));
+    let gossip_client = client(gossip_client, None);
     Ok(QuicConfigs {
         server,
-        raft_client: client(raft_client),
-        gossip_client: client(gossip_client),
+        raft_client,
+        gossip_client,
     })
 }
