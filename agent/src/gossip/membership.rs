@@ -95,9 +95,9 @@ impl Membership {
     pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) {
         {
             let mut swim = self.lock();
-            let mut meta = swim.records()[0].meta.as_ref().clone();
+            let mut meta = swim.meta().as_ref().clone();
             change(&mut meta);
-            if *swim.records()[0].meta == meta {
+            if **swim.meta() == meta {
                 return;
             }
             swim.set_meta(meta);

@@ -204,6 +204,11 @@ impl Swim {
         self.awareness
     }
 
+    /// What this member says about itself.
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
     /// Grows whenever a record changes.
     pub fn revision(&self) -> u64 {
         self.revision
