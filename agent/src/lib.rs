@@ -21,6 +21,7 @@ pub mod gossip;
 pub mod metrics;
 pub mod plugins;
 pub mod render;
+pub mod rollout;
 pub mod services;
 pub mod signing;
 pub mod store;
