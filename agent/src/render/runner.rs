@@ -32,6 +32,9 @@ use crate::store::{KeyValue, RangeRequest};
 const RETRY_RENDER: Duration = Duration::from_secs(5);
 /// How often the runner looks for a replaced keyring (SIGHUP).
 const KEYRING_CHECK: Duration = Duration::from_secs(1);
+/// How long the config file and templates must be quiet before an edit
+/// is read (a file read in the middle of a save may be cut short).
+const CONFIG_SETTLE: Duration = Duration::from_millis(150);
 
 /// Reads the TOML file again (the agent's config loader).
 pub type ConfigReloader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
@@ -173,6 +176,9 @@ impl Runner {
             }
         }
         let mut keyring_check = tokio::time::interval(KEYRING_CHECK);
+        // When the config file or a template was last changed, plus
+        // CONFIG_SETTLE: the time to read it again.
+        let mut config_edited: Option<Instant> = None;
 
         loop {
             let next = self
@@ -180,6 +186,7 @@ impl Runner {
                 .values()
                 .copied()
                 .chain(reloads.next_retry())
+                .chain(config_edited)
                 .min();
             let sleep = async {
                 match next {
@@ -214,9 +221,10 @@ impl Runner {
                         self.watch_dirs(&mut watcher, &mut watched);
                     }
                     if self.is_input(&path) {
-                        if self.reload_plan(&mut reloads) {
-                            self.watch_dirs(&mut watcher, &mut watched);
-                        }
+                        // An editor's save is several events, and a file
+                        // read between them may be cut short: read it once
+                        // it has been quiet a moment.
+                        config_edited = Some(Instant::now() + CONFIG_SETTLE);
                     } else {
                         self.check_drift(&path, &mut reloads);
                     }
@@ -237,6 +245,12 @@ impl Runner {
             }
             if time_is_up {
                 let now = Instant::now();
+                if config_edited.is_some_and(|at| at <= now) {
+                    config_edited = None;
+                    if self.reload_plan(&mut reloads) {
+                        self.watch_dirs(&mut watcher, &mut watched);
+                    }
+                }
                 let due = self.take_due(now);
                 if !due.is_empty() {
                     self.render(&due, false, &mut reloads).await;
