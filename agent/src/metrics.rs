@@ -170,12 +170,7 @@ fn fleet_metrics(out: &mut String, sources: &Sources) {
     let _ = writeln!(out, "# HELP edgeconf_service_check_status Service check result: 0 passing, 1 warning, 2 critical, -1 not run yet.\n# TYPE edgeconf_service_check_status gauge");
     for (entry, results) in &local {
         for result in results {
-            let value = match result.health {
-                None => -1,
-                Some(Health::Passing) => 0,
-                Some(Health::Warning) => 1,
-                Some(Health::Critical) => 2,
-            };
+            let value = health_value(result.health);
             let _ = writeln!(
                 out,
                 "edgeconf_service_check_status{{service=\"{}\",check=\"{}\"}} {value}",
@@ -183,6 +178,17 @@ fn fleet_metrics(out: &mut String, sources: &Sources) {
                 label(&result.check)
             );
         }
+    }
+}
+
+/// A check result as a gauge: 0 passing, 1 warning, 2 critical, -1 not
+/// run yet.
+fn health_value(health: Option<Health>) -> i32 {
+    match health {
+        None => -1,
+        Some(Health::Passing) => 0,
+        Some(Health::Warning) => 1,
+        Some(Health::Critical) => 2,
     }
 }
 
@@ -242,12 +248,7 @@ fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
     }
     let _ = writeln!(out, "# HELP edgeconf_check_status Health check result: 0 passing, 1 warning, 2 critical, -1 not run yet.\n# TYPE edgeconf_check_status gauge");
     for (name, state) in &checks {
-        let value = match state.health {
-            None => -1,
-            Some(Health::Passing) => 0,
-            Some(Health::Warning) => 1,
-            Some(Health::Critical) => 2,
-        };
+        let value = health_value(state.health);
         let _ = writeln!(
             out,
             "edgeconf_check_status{{check=\"{}\",plugin=\"{}\"}} {value}",
