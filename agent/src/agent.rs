@@ -197,7 +197,20 @@ pub async fn run(
             }
         });
     }
-    if config.source.is_some() || !render_plan.entries.is_empty() {
+    {
+        let (node, keyring, membership, stopped) = (
+            node.clone(),
+            keyring.clone(),
+            membership.clone(),
+            stopped.clone(),
+        );
+        tasks.spawn(async move {
+            crate::rollout::controller::run(node, keyring, membership, stopped).await
+        });
+    }
+    // Always: besides the files, the renderer tells the fleet which
+    // rollouts this agent takes part in.
+    {
         let runner = crate::render::runner::Runner::new(
             node.clone(),
             keyring.clone(),
@@ -348,6 +361,7 @@ fn start_gossip(
         peer_url,
         client_urls: config.advertise_client_urls.clone(),
         services: Vec::new(),
+        rollouts: Vec::new(),
     };
     let settings = crate::gossip::Config {
         probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,

@@ -27,6 +27,17 @@ pub struct Meta {
     pub client_urls: Vec<String>,
     /// The services of its host and their health.
     pub services: Vec<ServiceState>,
+    /// The rollouts whose new value this agent renders (it is in their
+    /// current stage), and whether rendering it worked.
+    pub rollouts: Vec<RolloutMark>,
+}
+
+/// One rollout an agent takes part in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutMark {
+    pub id: String,
+    /// Empty when the new value rendered; otherwise why it did not.
+    pub error: String,
 }
 
 /// A health verdict.

@@ -16,5 +16,7 @@ pub mod swim;
 mod tests;
 
 pub use membership::Membership;
-pub use message::{Addr, Health, Message, Meta, NodeId, Record, ServiceState, State, Update};
+pub use message::{
+    Addr, Health, Message, Meta, NodeId, Record, RolloutMark, ServiceState, State, Update,
+};
 pub use swim::{Config, Outgoing, StateChange, Swim};

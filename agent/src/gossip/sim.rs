@@ -71,6 +71,7 @@ impl Sim {
                 health: crate::gossip::Health::Passing,
                 output: String::new(),
             }],
+            rollouts: Vec::new(),
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {

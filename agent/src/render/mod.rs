@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod reload;
+mod rollouts;
 pub mod runner;
 pub mod status;
 pub mod template;

@@ -17,12 +17,14 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{broadcast, mpsc};
 
 use super::reload::{Finished, Reloads};
+use super::rollouts::RolloutValues;
 use super::status::RenderStatus;
 use super::{files, plain_values, produce_with, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
 use crate::gossip::Membership;
 use crate::plugins::validators::Validators;
+use crate::rollout::stored::is_rollout_key;
 use crate::services::{discover, Instance, Query};
 use crate::signing::{Keyring, KeyringCell};
 use crate::store::{KeyValue, RangeRequest};
@@ -59,8 +61,13 @@ pub struct Runner {
     refused: Option<String>,
     /// Validator plugins every value passes before it is rendered.
     validators: Option<Arc<Validators>>,
-    /// The fleet's membership, for templates that show services.
+    /// The fleet's membership, for templates that show services and for
+    /// this agent's name and labels in rollouts.
     membership: Option<Arc<Membership>>,
+    /// New values of rollouts this agent is in the stage of.
+    rollouts: RolloutValues,
+    /// Why the last entry rendered failed.
+    last_failure: Option<String>,
 }
 
 /// The outcome of rendering one entry.
@@ -98,6 +105,8 @@ impl Runner {
             refused: None,
             validators: None,
             membership: None,
+            rollouts: RolloutValues::default(),
+            last_failure: None,
         }
     }
 
@@ -153,8 +162,10 @@ impl Runner {
         let (mut reloads, mut finished) = Reloads::new(self.pending_file.clone());
         let owed = reloads.left_pending();
         let mut keyring = self.keyring.get();
+        self.refresh_rollouts();
         let all: Vec<usize> = (0..self.plan.entries.len()).collect();
         self.render(&all, true, &mut reloads).await;
+        self.publish_rollouts();
         // Reloads the last run of the agent asked for and did not finish
         // (it stopped or crashed after writing the file).
         let owed: Vec<String> = owed.into_iter().filter(|c| !reloads.is_active(c)).collect();
@@ -205,12 +216,24 @@ impl Runner {
                                 compiled.range().is_some_and(|r| r.contains(&event.kv.key))
                             });
                         }
+                        let rollouts = commit.events.iter().any(|e| is_rollout_key(&e.kv.key));
+                        // A rollout moved: entries render again if what
+                        // this agent renders changed.
+                        if (rollouts || commit.replaced) && self.refresh_rollouts() {
+                            self.mark(|compiled| compiled.range().is_some());
+                        }
                         // A snapshot installed: anything may have changed.
                         if commit.replaced {
                             self.mark(|_| true);
                         }
+                        if rollouts || commit.replaced {
+                            self.publish_rollouts();
+                        }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.mark(|_| true),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.refresh_rollouts();
+                        self.mark(|_| true);
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some(path) = fs_events.recv() => {
@@ -237,6 +260,7 @@ impl Runner {
                     let current = self.keyring.get();
                     if !Arc::ptr_eq(&current, &keyring) {
                         keyring = current;
+                        self.refresh_rollouts();
                         self.mark(|_| true);
                     }
                 }
@@ -254,6 +278,7 @@ impl Runner {
                 let due = self.take_due(now);
                 if !due.is_empty() {
                     self.render(&due, false, &mut reloads).await;
+                    self.publish_rollouts();
                 }
                 reloads.retry_due(now);
             }
@@ -332,7 +357,7 @@ impl Runner {
             let Some(compiled) = self.plan.entries.get(index).cloned() else {
                 continue;
             };
-            match self.render_one(&compiled, startup).await {
+            match self.render_one(index, &compiled, startup).await {
                 Rendered::Changed => {
                     let entry = &compiled.entry;
                     if let Some(command) = &entry.reload {
@@ -399,7 +424,22 @@ impl Runner {
         }
     }
 
-    async fn render_one(&mut self, compiled: &Compiled, startup: bool) -> Rendered {
+    /// Renders one entry and notes how the rollout values in it fared.
+    async fn render_one(&mut self, index: usize, compiled: &Compiled, startup: bool) -> Rendered {
+        let mut used = Vec::new();
+        self.last_failure = None;
+        let rendered = self.render_entry(compiled, startup, &mut used).await;
+        let failure = self.last_failure.take();
+        self.rollouts.record(index, used, failure.as_deref());
+        rendered
+    }
+
+    async fn render_entry(
+        &mut self,
+        compiled: &Compiled,
+        startup: bool,
+        used: &mut Vec<String>,
+    ) -> Rendered {
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
         let read = match compiled.range() {
@@ -409,13 +449,18 @@ impl Runner {
                 .range_with_sequences(&RangeRequest::new(range)),
             None => Ok((Default::default(), self.node.store().revision(), Vec::new())),
         };
-        let (response, revision, sequences) = match read {
+        let (mut response, revision, mut sequences) = match read {
             Ok(read) => read,
             Err(err) => {
                 self.failed(compiled, format!("reading the store: {err}"));
                 return Rendered::Failed;
             }
         };
+        if let Some(range) = compiled.range() {
+            *used = self
+                .rollouts
+                .apply(&range, &mut response.kvs, &mut sequences);
+        }
         let keyring: Arc<Keyring> = self.keyring.get();
         let content = match self
             .content(compiled, &keyring, &response.kvs, &sequences)
@@ -467,7 +512,8 @@ impl Runner {
         }
     }
 
-    fn failed(&self, compiled: &Compiled, err: String) {
+    fn failed(&mut self, compiled: &Compiled, err: String) {
+        self.last_failure = Some(err.clone());
         let entry = &compiled.entry;
         let dest = entry.dest.display().to_string();
         tracing::error!(entry = %entry.name, dest = %dest, error = %err, "render failed; the last good file stays");
@@ -622,12 +668,32 @@ impl Runner {
             .collect();
         reloads.retain(&commands);
         self.plan = plan;
+        self.rollouts.forget();
         self.dirty.clear();
         let now = Instant::now();
         for index in 0..self.plan.entries.len() {
             self.dirty.insert(index, now);
         }
         true
+    }
+
+    /// Reads the rollouts under way again; true when this agent's new
+    /// values changed.
+    fn refresh_rollouts(&mut self) -> bool {
+        match &self.membership {
+            Some(membership) => {
+                self.rollouts
+                    .refresh(self.node.store(), &self.keyring.get().trust, membership)
+            }
+            None => false,
+        }
+    }
+
+    /// Tells the fleet which rollouts this agent renders, and how.
+    fn publish_rollouts(&self) {
+        if let Some(membership) = &self.membership {
+            self.rollouts.publish(&self.plan, &self.dirty, membership);
+        }
     }
 
     /// Watches the directories of every destination, every template and

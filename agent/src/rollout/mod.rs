@@ -1,23 +1,46 @@
-//! Staged rollouts (issue 8, in progress): the pure parts so far — which
-//! agents a selector picks, which of them are in a stage, and the checked
-//! shape of a plan. Nothing here is wired into the agent yet.
+//! Staged rollouts: a signed new value for one key, given to a growing
+//! share of the fleet while the health of the agents that have it is
+//! watched, then stored for everyone, or taken back.
+//!
+//! - [`signed`]: the operator's signed plan (the new value is a signed
+//!   change of the key, made like any signed write).
+//! - [`progress`]: where a rollout stands; the leader writes it to the
+//!   replicated store, so a new leader or a restarted agent picks it up.
+//! - [`gate`]: the pure decision: which agents are in the stage, whether
+//!   they are healthy, and whether to advance, wait or roll back.
+//! - [`stored`]: the records' keys in the store and the commands that
+//!   change them.
+//! - [`controller`]: the leader's loop that applies the decisions.
+//! - [`overlay`]: on every agent, the new value in place of the stored one
+//!   while the agent is in the current stage.
 //!
 //! An agent decides alone, and every agent decides the same way: it is in
-//! a stage of a rollout when its label set matches the selector and its
-//! stable bucket (a hash of the rollout id and its name) falls below the
-//! stage's percentage. Stages only grow, so an agent in a stage stays in
-//! every later one.
+//! the current stage when its labels match the selector and its stable
+//! bucket (a hash of the rollout id and its name) is below the stage's
+//! threshold. Thresholds only grow, so an agent in a stage stays in every
+//! later one.
 
+pub mod controller;
+pub mod gate;
+pub mod overlay;
 pub mod plan;
+pub mod progress;
 pub mod selector;
+pub mod signed;
+pub mod stored;
 
 pub use plan::{Plan, PlanError};
+pub use progress::{Progress, Status};
 pub use selector::{Selector, SelectorError};
+pub use signed::{PlanBody, SignedPlan, VerifiedPlan};
 
 use sha2::{Digest, Sha256};
 
+/// Buckets per rollout: a threshold of `BUCKETS` takes every agent.
+pub const BUCKETS: u32 = 10_000;
+
 /// Where agent `name` falls in rollout `rollout_id`: a number in
-/// [0, 10000), stable for the pair and evenly spread across agents.
+/// [0, BUCKETS), stable for the pair and evenly spread across agents.
 pub fn bucket(rollout_id: &str, name: &str) -> u32 {
     let mut hash = Sha256::new();
     hash.update(rollout_id.as_bytes());
@@ -25,13 +48,18 @@ pub fn bucket(rollout_id: &str, name: &str) -> u32 {
     hash.update(name.as_bytes());
     let digest = hash.finalize();
     let head = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-    (head % 10_000) as u32
+    (head % u64::from(BUCKETS)) as u32
+}
+
+/// The threshold that takes `percent` (0 to 100) of a large fleet.
+pub fn percent_threshold(percent: f64) -> u32 {
+    ((percent * f64::from(BUCKETS) / 100.0).ceil() as u32).min(BUCKETS)
 }
 
 /// Whether agent `name` is in a stage that covers `percent` of the
 /// selected agents (0 to 100; fractions such as 0.5 are allowed).
 pub fn in_stage(rollout_id: &str, name: &str, percent: f64) -> bool {
-    f64::from(bucket(rollout_id, name)) < percent * 100.0
+    bucket(rollout_id, name) < percent_threshold(percent)
 }
 
 #[cfg(test)]

@@ -1,0 +1,235 @@
+//! Rollouts in the replicated store, under the reserved prefix
+//! `_edgeconf/` (clients cannot write there):
+//!
+//! - `_edgeconf/rollout/plan/ID`: the signed plan (never changes);
+//! - `_edgeconf/rollout/progress/ID`: its [`Progress`] (the leader's);
+//! - `_edgeconf/rollout/active/KEY`: the id of the rollout under way on
+//!   KEY. Starting one is a txn that requires this key to be absent, so
+//!   two rollouts of one key conflict even when they race.
+
+use super::signed::{SignedPlan, VerifiedPlan};
+use super::Progress;
+use crate::signing::TrustPolicy;
+use crate::store::{
+    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyRange, PutRequest,
+    RangeEnd, RangeRequest, Store, StoreError, TxnOp, TxnRequest,
+};
+
+/// Keys no client may write.
+pub const RESERVED_PREFIX: &str = "_edgeconf/";
+const PLAN_PREFIX: &str = "_edgeconf/rollout/plan/";
+const PROGRESS_PREFIX: &str = "_edgeconf/rollout/progress/";
+const ACTIVE_PREFIX: &str = "_edgeconf/rollout/active/";
+
+pub fn plan_key(id: &str) -> Vec<u8> {
+    format!("{PLAN_PREFIX}{id}").into_bytes()
+}
+
+pub fn progress_key(id: &str) -> Vec<u8> {
+    format!("{PROGRESS_PREFIX}{id}").into_bytes()
+}
+
+pub fn active_key(key: &[u8]) -> Vec<u8> {
+    let mut active = ACTIVE_PREFIX.as_bytes().to_vec();
+    active.extend_from_slice(key);
+    active
+}
+
+/// Whether a store change may concern rollouts.
+pub fn is_rollout_key(key: &[u8]) -> bool {
+    key.starts_with(b"_edgeconf/rollout/")
+}
+
+/// A rollout as stored.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub id: String,
+    pub signed: SignedPlan,
+    /// The plan, or why it does not verify (any more) under the current
+    /// trust policy.
+    pub plan: Result<VerifiedPlan, String>,
+    pub progress: Progress,
+    /// The progress record's mod revision, for compare-and-swap updates.
+    pub progress_revision: i64,
+}
+
+impl Rollout {
+    /// The target key, as the plan names it (verified or not).
+    pub fn key(&self) -> String {
+        match &self.plan {
+            Ok(plan) => plan.body.key.clone(),
+            Err(_) => serde_json::from_str::<super::PlanBody>(&self.signed.body)
+                .map(|body| body.key)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Every rollout in the store, oldest first; or only rollout `id`.
+pub fn load(store: &Store, trust: &TrustPolicy, id: Option<&str>) -> Result<Vec<Rollout>, StoreError> {
+    let range = match id {
+        Some(id) => KeyRange::single(plan_key(id)),
+        None => KeyRange::prefix(PLAN_PREFIX.as_bytes().to_vec()),
+    };
+    let (plans, _) = store.range(&RangeRequest::new(range))?;
+    let mut rollouts = Vec::with_capacity(plans.kvs.len());
+    for kv in plans.kvs {
+        let id = String::from_utf8_lossy(&kv.key[PLAN_PREFIX.len()..]).into_owned();
+        let Ok(signed) = SignedPlan::from_bytes(&kv.value) else {
+            tracing::error!(rollout = %id, "unreadable rollout plan in the store; skipped");
+            continue;
+        };
+        let (progress_kvs, _) =
+            store.range(&RangeRequest::new(KeyRange::single(progress_key(&id))))?;
+        let Some(progress_kv) = progress_kvs.kvs.into_iter().next() else {
+            continue;
+        };
+        let Ok(progress) = Progress::from_bytes(&progress_kv.value) else {
+            tracing::error!(rollout = %id, "unreadable rollout progress in the store; skipped");
+            continue;
+        };
+        let plan = signed.verify(trust).map_err(|err| err.to_string());
+        rollouts.push(Rollout {
+            id,
+            signed,
+            plan,
+            progress,
+            progress_revision: progress_kv.mod_revision,
+        });
+    }
+    rollouts.sort_by_key(|r| (r.progress.events.first().map(|e| e.unix_ms), r.id.clone()));
+    Ok(rollouts)
+}
+
+/// The rollouts under way (running or paused).
+pub fn load_active(store: &Store, trust: &TrustPolicy) -> Result<Vec<Rollout>, StoreError> {
+    let mut active = Vec::new();
+    for (_, id) in active_ids(store)? {
+        active.extend(load(store, trust, Some(&id))?);
+    }
+    Ok(active.into_iter().filter(|r| r.progress.status.is_active()).collect())
+}
+
+/// `(key, rollout id)` of every key under a rollout.
+pub fn active_ids(store: &Store) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+    let (kvs, _) = store.range(&RangeRequest::new(KeyRange::prefix(
+        ACTIVE_PREFIX.as_bytes().to_vec(),
+    )))?;
+    Ok(kvs
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let key = kv.key[ACTIVE_PREFIX.len()..].to_vec();
+            (key, String::from_utf8_lossy(&kv.value).into_owned())
+        })
+        .collect())
+}
+
+fn absent(key: Vec<u8>) -> Compare {
+    Compare {
+        range: KeyRange::single(key),
+        result: CompareResult::Equal,
+        target: CompareTarget::Version(0),
+    }
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> TxnOp {
+    TxnOp::Put(PutRequest::new(key, value))
+}
+
+/// Stores a new rollout, unless its key is under another one (the txn then
+/// fails and reads the active record, naming the other rollout).
+pub fn start_command(plan: &VerifiedPlan, signed: &SignedPlan, progress: &Progress) -> Command {
+    let active = active_key(plan.body.key.as_bytes());
+    Command::Txn(TxnRequest {
+        compare: vec![absent(active.clone()), absent(plan_key(&plan.id))],
+        success: vec![
+            put(plan_key(&plan.id), signed.to_bytes()),
+            put(progress_key(&plan.id), progress.to_bytes()),
+            put(active.clone(), plan.id.clone().into_bytes()),
+        ],
+        failure: vec![TxnOp::Range(RangeRequest::new(KeyRange::single(active)))],
+    })
+}
+
+/// Writes `progress` if nobody changed it since `revision`; a finished
+/// rollout releases its key.
+pub fn update_command(rollout: &Rollout, progress: &Progress) -> Command {
+    let mut success = vec![put(progress_key(&rollout.id), progress.to_bytes())];
+    if !progress.status.is_active() {
+        success.push(TxnOp::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::single(active_key(rollout.key().as_bytes())),
+            prev_kv: false,
+        }));
+    }
+    Command::Txn(TxnRequest {
+        compare: vec![Compare {
+            range: KeyRange::single(progress_key(&rollout.id)),
+            result: CompareResult::Equal,
+            target: CompareTarget::Mod(rollout.progress_revision),
+        }],
+        success,
+        failure: Vec::new(),
+    })
+}
+
+/// The key ranges a client command writes.
+pub fn written_ranges(command: &Command) -> Vec<KeyRange> {
+    fn ops(ops: &[TxnOp], out: &mut Vec<KeyRange>) {
+        for op in ops {
+            match op {
+                TxnOp::Put(put) => out.push(KeyRange::single(put.key.clone())),
+                TxnOp::DeleteRange(delete) => out.push(delete.range.clone()),
+                TxnOp::Range(_) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match command.unwrapped() {
+        Command::Put(put) | Command::SignedPut { put, .. } => {
+            out.push(KeyRange::single(put.key.clone()))
+        }
+        Command::DeleteRange(delete) => out.push(delete.range.clone()),
+        Command::SignedDelete { key, .. } => out.push(KeyRange::single(key.clone())),
+        Command::Txn(txn) => {
+            ops(&txn.success, &mut out);
+            ops(&txn.failure, &mut out);
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Why a client may not run `command`: it writes the reserved prefix, or
+/// a key under a rollout.
+pub fn refuse_write(store: &Store, command: &Command) -> Result<Option<String>, StoreError> {
+    let ranges = written_ranges(command);
+    if ranges.is_empty() {
+        return Ok(None);
+    }
+    // A put there, or a delete that would reach a record (deleting every
+    // key of an agent without rollouts stays possible).
+    let reserved = KeyRange::prefix(RESERVED_PREFIX.as_bytes().to_vec());
+    let (records, _) = store.range(&RangeRequest {
+        keys_only: true,
+        ..RangeRequest::new(reserved.clone())
+    })?;
+    let touches_reserved = ranges.iter().any(|r| {
+        (r.end == RangeEnd::Single && reserved.contains(&r.start))
+            || records.kvs.iter().any(|kv| r.contains(&kv.key))
+    });
+    if touches_reserved {
+        return Ok(Some(format!(
+            "keys under {RESERVED_PREFIX:?} are edgeconf's own (rollout records); change rollouts with `edgeconf rollout`"
+        )));
+    }
+    for (key, id) in active_ids(store)? {
+        if ranges.iter().any(|r| r.contains(&key)) {
+            return Ok(Some(format!(
+                "{:?} is being rolled out by rollout {id} (`edgeconf rollout status {id}`); wait for it to finish, `edgeconf rollout abort {id}`, or write with `edgeconf put --force` (which aborts the rollout)",
+                String::from_utf8_lossy(&key)
+            )));
+        }
+    }
+    Ok(None)
+}
