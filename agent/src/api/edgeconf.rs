@@ -379,4 +379,25 @@ impl Edgeconf for EdgeconfService {
     ) -> Result<Response<pb::PassServiceResponse>, Status> {
         super::fleet::pass(&self.0, request)
     }
+
+    async fn rollout_start(
+        &self,
+        request: Request<pb::RolloutStartRequest>,
+    ) -> Result<Response<pb::RolloutStartResponse>, Status> {
+        super::rollout::start(&self.0, request).await
+    }
+
+    async fn rollouts(
+        &self,
+        request: Request<pb::RolloutsRequest>,
+    ) -> Result<Response<pb::RolloutsResponse>, Status> {
+        super::rollout::list(&self.0, request).await
+    }
+
+    async fn rollout_control(
+        &self,
+        request: Request<pb::RolloutControlRequest>,
+    ) -> Result<Response<pb::RolloutControlResponse>, Status> {
+        super::rollout::control(&self.0, request).await
+    }
 }

@@ -14,6 +14,7 @@ mod fleet;
 mod kv;
 mod lease;
 mod maintenance;
+mod rollout;
 mod signed;
 pub mod tls;
 mod watch;
@@ -80,7 +81,13 @@ pub struct Shared {
 impl Context {
     /// Runs the validator plugins bound to the keys `command` writes: a
     /// refusal is the client's error, with the plugin's message.
+    /// Keys under a rollout and edgeconf's own keys are refused first.
     pub(crate) async fn validate(&self, command: &crate::store::Command) -> Result<(), Status> {
+        if let Some(problem) = crate::rollout::stored::refuse_write(self.node.store(), command)
+            .map_err(store_status)?
+        {
+            return Err(Status::failed_precondition(format!("edgeconf: {problem}")));
+        }
         let Some(validators) = &self.plugins.validators else {
             return Ok(());
         };

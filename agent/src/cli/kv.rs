@@ -42,6 +42,9 @@ pub struct PutArgs {
     /// Print the previous value.
     #[arg(long)]
     pub prev_kv: bool,
+    /// Write even if the key is under a rollout, which is aborted first.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,14 +186,29 @@ pub(super) fn read_value(value: Option<&str>, file: Option<&Path>) -> anyhow::Re
     Ok(value)
 }
 
+/// `put --force`: aborts the rollout under way on `key`, if any.
+async fn force(client: &Client, key: &str) -> anyhow::Result<()> {
+    let reason = "overridden by a forced write (`edgeconf put --force`)";
+    for id in super::rollout::abort_on_key(client, key, reason).await? {
+        eprintln!("aborted rollout {id} of {key:?}");
+    }
+    Ok(())
+}
+
 pub async fn put(client: &Client, format: Format, args: PutArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.signed {
         let change = signing::read_change_file(path)?;
+        if args.force {
+            force(client, &lossy(&change.key)).await?;
+        }
         let resp = signing::submit(client, &change, false).await?;
         return print_signed_write(format, &lossy(&change.key), &resp);
     }
     let key = args.key.clone().unwrap_or_default();
     let value = read_value(args.value.as_deref(), args.file.as_deref())?;
+    if args.force {
+        force(client, &key).await?;
+    }
     if let Some(key_file) = &args.sign_key {
         if args.lease.is_some() || args.prev_kv {
             bail!("--lease and --prev-kv do not go with --sign-key: signed values are not bound to leases");

@@ -11,6 +11,7 @@ mod member;
 mod output;
 mod plugin;
 mod render;
+mod rollout;
 mod service;
 mod signing;
 mod status;
@@ -148,6 +149,9 @@ pub enum Command {
     /// Discover service instances; register the services of this host.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Roll a new value out to the fleet in stages, gated on health.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Print this agent's node key (creating it if needed), for peer_trust.keys.
     NodeKey {
         /// The agent's data directory.
@@ -266,6 +270,13 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         let key = cli.key.map(|k| k.to_string_lossy().into_owned());
         return plugin::run(cli.format, command, key).await;
     }
+    // `rollout start --key KEY` names the key to roll out, unless a client
+    // certificate is given (its key is then --key; KEY goes as an argument).
+    let mut rollout_key = None;
+    let mut cli = cli;
+    if matches!(cli.command, Command::Rollout(_)) && cli.cert.is_none() {
+        rollout_key = cli.key.take().map(|k| k.to_string_lossy().into_owned());
+    }
     if cli.key.is_some() && cli.cert.is_none() {
         anyhow::bail!(
             "--key is the client certificate's private key: give the certificate with --cert too"
@@ -292,6 +303,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Lease(command) => lease::run(&client, format, command).await,
         Command::Member(command) => member::run(&client, format, command).await,
         Command::Service(command) => service::run(&client, format, command).await,
+        Command::Rollout(command) => rollout::run(&client, format, command, rollout_key).await,
         Command::Auth(command) => auth::auth(&client, format, command).await,
         Command::User(command) => auth::user(&client, format, command).await,
         Command::Role(command) => auth::role(&client, format, command).await,

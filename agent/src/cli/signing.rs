@@ -99,7 +99,7 @@ pub fn keygen(format: Format, args: KeygenArgs) -> anyhow::Result<()> {
 }
 
 /// A sequence above every earlier default one: the time in microseconds.
-fn default_sequence(floor: u64) -> u64 {
+pub fn default_sequence(floor: u64) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);

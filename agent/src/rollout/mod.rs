@@ -11,6 +11,7 @@
 //! - [`stored`]: the records' keys in the store and the commands that
 //!   change them.
 //! - [`controller`]: the leader's loop that applies the decisions.
+//! - [`status`]: a rollout as `edgeconf rollout status` shows it.
 //! - [`overlay`]: on every agent, the new value in place of the stored one
 //!   while the agent is in the current stage.
 //!
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod progress;
 pub mod selector;
 pub mod signed;
+pub mod status;
 pub mod stored;
 
 pub use plan::{Plan, PlanError};
