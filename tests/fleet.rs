@@ -8,64 +8,12 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{edgeconf, etcdctl, ok, Agent};
+use common::fleet::{agent, fleet, json, wait_until, TIMEOUT};
+use common::{edgeconf, etcdctl, ok};
 use serde_json::Value;
-
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Voters n1..n3 and edge agents n4..n(3+edges), all on loopback.
-/// `extra` is TOML per agent (tables), `head` top-level keys per agent.
-fn fleet(
-    dir: &std::path::Path,
-    edges: usize,
-    gossip: &str,
-    extra: &[String],
-    head: &[String],
-) -> Cluster {
-    let mut cluster = Cluster::new(dir, 3 + edges);
-    let seed = cluster.slots[0]
-        .peer_url
-        .trim_start_matches("quic://")
-        .to_string();
-    for i in 0..3 + edges {
-        let (role, labels) = if i < 3 {
-            ("voter", "region = \"eu\"")
-        } else {
-            ("edge", "region = \"us\"\ntier = \"canary\"")
-        };
-        cluster.member_head[i] = format!(
-            "role = {role:?}\n{}",
-            head.get(i).map(String::as_str).unwrap_or_default()
-        );
-        cluster.member_config[i] = format!(
-            "[labels]\n{labels}\n\n[gossip]\nseeds = [{seed:?}]\n{gossip}\n{}",
-            extra.get(i).map(String::as_str).unwrap_or_default()
-        );
-    }
-    let initial = cluster.initial_cluster(0..3);
-    for i in 0..3 {
-        cluster.write_config(i, &initial, "new");
-        cluster.run(i);
-    }
-    cluster.wait_for_leader();
-    for i in 3..3 + edges {
-        let own = cluster.initial_cluster(i..i + 1);
-        cluster.write_config(i, &own, "new");
-        cluster.run(i);
-    }
-    cluster
-}
-
-fn agent(cluster: &Cluster, i: usize) -> &Agent {
-    cluster.agents[i].as_ref().expect("agent is running")
-}
-
-fn json(output: String) -> Value {
-    serde_json::from_str(&output).unwrap_or_else(|err| panic!("not JSON ({err}): {output}"))
-}
 
 /// `member list -w json` on agent `i`: name -> member.
 fn members(cluster: &Cluster, i: usize) -> std::collections::BTreeMap<String, Value> {
@@ -79,16 +27,6 @@ fn members(cluster: &Cluster, i: usize) -> std::collections::BTreeMap<String, Va
         .iter()
         .map(|m| (m["name"].as_str().unwrap().to_string(), m.clone()))
         .collect()
-}
-
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn states(cluster: &Cluster, i: usize) -> Vec<(String, String)> {

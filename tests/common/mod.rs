@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fleet;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

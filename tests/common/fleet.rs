@@ -1,0 +1,84 @@
+//! A fleet of real agents on loopback: voters n1..n3 and edge agents after
+//! them, joined by gossip.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::cluster::Cluster;
+use super::Agent;
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Voters n1..n3 (`region = "eu"`) and edge agents n4..n(3+edges)
+/// (`region = "us"`, `tier = "canary"`). `extra` is TOML per agent
+/// (tables), `head` top-level keys per agent.
+pub fn fleet(dir: &Path, edges: usize, gossip: &str, extra: &[String], head: &[String]) -> Cluster {
+    let labels = |i: usize| {
+        if i < 3 {
+            "region = \"eu\"".to_string()
+        } else {
+            "region = \"us\"\ntier = \"canary\"".to_string()
+        }
+    };
+    fleet_with(dir, edges, labels, gossip, extra, head)
+}
+
+/// [`fleet`] with the `[labels]` of agent `i` from `labels(i)`.
+pub fn fleet_with(
+    dir: &Path,
+    edges: usize,
+    labels: impl Fn(usize) -> String,
+    gossip: &str,
+    extra: &[String],
+    head: &[String],
+) -> Cluster {
+    let mut cluster = Cluster::new(dir, 3 + edges);
+    let seed = cluster.slots[0]
+        .peer_url
+        .trim_start_matches("quic://")
+        .to_string();
+    for i in 0..3 + edges {
+        let role = if i < 3 { "voter" } else { "edge" };
+        cluster.member_head[i] = format!(
+            "role = {role:?}\n{}",
+            head.get(i).map(String::as_str).unwrap_or_default()
+        );
+        cluster.member_config[i] = format!(
+            "[labels]\n{}\n\n[gossip]\nseeds = [{seed:?}]\n{gossip}\n{}",
+            labels(i),
+            extra.get(i).map(String::as_str).unwrap_or_default()
+        );
+    }
+    let initial = cluster.initial_cluster(0..3);
+    for i in 0..3 {
+        cluster.write_config(i, &initial, "new");
+        cluster.run(i);
+    }
+    cluster.wait_for_leader();
+    for i in 3..3 + edges {
+        let own = cluster.initial_cluster(i..i + 1);
+        cluster.write_config(i, &own, "new");
+        cluster.run(i);
+    }
+    cluster
+}
+
+pub fn agent(cluster: &Cluster, i: usize) -> &Agent {
+    cluster.agents[i].as_ref().expect("agent is running")
+}
+
+pub fn json(output: String) -> Value {
+    serde_json::from_str(&output).unwrap_or_else(|err| panic!("not JSON ({err}): {output}"))
+}
+
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}

@@ -1,0 +1,375 @@
+//! Staged rollouts on a real fleet: 3 voters and 6 edge agents on
+//! loopback, each rendering `/app/config` into a file that a small local
+//! service reads, with an HTTP health check of that service. A good change
+//! advances through every stage; a bad one (the service fails on it) is
+//! rolled back by itself; the leader dies in the middle of one; plain
+//! writes and second rollouts of the key are refused; `put --force` wins.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::fleet::{agent, fleet_with, json, wait_until};
+use common::{edgeconf, failed, ok};
+use serde_json::Value;
+
+const AGENTS: usize = 9;
+const EDGES: usize = 6;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A local service that reads its config file on every request: healthy
+/// unless the file says `bad`.
+struct App {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl App {
+    fn start(config: PathBuf) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                        let mut buf = [0u8; 1024];
+                        let _ = stream.read(&mut buf);
+                        let content = std::fs::read_to_string(&config).unwrap_or_default();
+                        let reply = if content.contains("bad") {
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 10\r\nconnection: close\r\n\r\nbad config"
+                        } else {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        };
+                        let _ = stream.write_all(reply.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        App { port, stop }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Fleet {
+    cluster: Cluster,
+    files: Vec<PathBuf>,
+    operator_key: PathBuf,
+    _apps: Vec<App>,
+}
+
+impl Fleet {
+    fn start(dir: &Path) -> Fleet {
+        let operator_key = dir.join("operator.key");
+        let made = ok(common::run_with_timeout(
+            std::process::Command::new(common::BIN).args([
+                "-w",
+                "json",
+                "keygen",
+                "--out",
+                operator_key.to_str().unwrap(),
+            ]),
+            Duration::from_secs(20),
+        ));
+        let public = json(made)["public_key"].as_str().unwrap().to_string();
+        let mut files = Vec::new();
+        let (mut extra, mut head, mut apps) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..AGENTS {
+            let out = dir.join(format!("out{}", i + 1));
+            std::fs::create_dir_all(&out).unwrap();
+            let file = out.join("app.conf");
+            let app = App::start(file.clone());
+            head.push(format!("render_root = {:?}", out.display().to_string()));
+            extra.push(format!(
+                "[trust]\nkeys = [{public:?}]\n[[trust.prefix]]\nprefix = \"/app/\"\n\n\
+                 [[render]]\nkey = \"/app/config\"\ndest = {:?}\n\n\
+                 [[service]]\nname = \"app\"\nport = {}\n\
+                 [[service.check]]\nhttp = \"http://127.0.0.1:{}/health\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
+                file.display().to_string(),
+                app.port,
+                app.port
+            ));
+            files.push(file);
+            apps.push(app);
+        }
+        let labels = |i: usize| {
+            if i < 3 {
+                "tier = \"core\"".to_string()
+            } else {
+                "tier = \"edge\"".to_string()
+            }
+        };
+        let gossip = "probe_interval = \"500ms\"\nprobe_timeout = \"200ms\"";
+        let cluster = fleet_with(dir, EDGES, labels, gossip, &extra, &head);
+        Fleet {
+            cluster,
+            files,
+            operator_key,
+            _apps: apps,
+        }
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        edgeconf(agent(&self.cluster, i), args)
+    }
+
+    /// The rollout's status as agent `i` reports it.
+    fn status(&self, i: usize, id: &str) -> Value {
+        json(ok(self.cli(i, &["-w", "json", "rollout", "status", id])))
+    }
+
+    /// Starts a rollout of `value` on agent `i`; its id.
+    fn start_rollout(&self, i: usize, value: &str, flags: &[&str]) -> String {
+        let key = self.operator_key.to_str().unwrap();
+        let mut args = vec![
+            "-w",
+            "json",
+            "rollout",
+            "start",
+            "--key",
+            "/app/config",
+            "--sign-key",
+            key,
+            "--value",
+            value,
+        ];
+        args.extend_from_slice(flags);
+        json(ok(self.cli(i, &args)))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn contents(&self, agents: impl Iterator<Item = usize>) -> Vec<String> {
+        agents
+            .map(|i| std::fs::read_to_string(&self.files[i]).unwrap_or_default())
+            .collect()
+    }
+
+    fn count_with(&self, text: &str) -> usize {
+        self.contents(0..AGENTS)
+            .iter()
+            .filter(|c| c.as_str() == text)
+            .count()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        self.cluster.running()
+    }
+
+    /// Waits until rollout `id` leaves running/paused; its final status.
+    fn wait_finished(&self, i: usize, id: &str) -> Value {
+        let mut last = Value::Null;
+        wait_until("the rollout finishes", TIMEOUT, || {
+            last = self.status(i, id);
+            !matches!(last["status"].as_str(), Some("running" | "paused"))
+        });
+        last
+    }
+}
+
+#[test]
+fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(dir.path());
+    let sign_key = fleet.operator_key.to_str().unwrap().to_string();
+    ok(fleet.cli(
+        0,
+        &["put", "--sign-key", &sign_key, "/app/config", "version=1"],
+    ));
+    wait_until("every agent renders version 1", TIMEOUT, || {
+        fleet.count_with("version=1") == AGENTS
+    });
+    wait_until("every agent is alive and its app healthy", TIMEOUT, || {
+        let listed = json(ok(fleet.cli(
+            0,
+            &["-w", "json", "service", "list", "app", "--healthy"],
+        )));
+        listed.as_array().map_or(0, Vec::len) == AGENTS
+    });
+
+    // 1. A good change: stage by stage to every agent, then stored.
+    let started = Instant::now();
+    let id = fleet.start_rollout(
+        1,
+        "version=2",
+        &["--stages", "20,50,100", "--gate", "2s", "--max-unhealthy", "0%"],
+    );
+    // While the first stage holds its gate, only its agents have version 2.
+    let mut first_stage = 0;
+    wait_until("the first stage's gate runs", TIMEOUT, || {
+        let status = fleet.status(0, &id);
+        if status["stage"] == 1 && !status["gate_started_unix_ms"].is_null() {
+            first_stage = status["counts"]["in_stage"].as_u64().unwrap() as usize;
+            return true;
+        }
+        false
+    });
+    assert!(
+        (1..AGENTS / 2).contains(&first_stage),
+        "20% of 9 agents: {first_stage}"
+    );
+    assert_eq!(fleet.count_with("version=2"), first_stage);
+    // The key is locked meanwhile: no plain write, no second rollout.
+    let refused = failed(fleet.cli(
+        2,
+        &["put", "--sign-key", &sign_key, "/app/config", "version=9"],
+    ));
+    assert!(
+        refused.contains(&format!("being rolled out by rollout {id}")),
+        "{refused}"
+    );
+    let conflict = failed(fleet.cli(
+        3,
+        &[
+            "rollout", "start", "--key", "/app/config", "--sign-key", &sign_key, "--value",
+            "version=8",
+        ],
+    ));
+    assert!(
+        conflict.contains(&format!("already being rolled out by rollout {id}")),
+        "{conflict}"
+    );
+    let done = fleet.wait_finished(4, &id);
+    let good_took = started.elapsed();
+    assert_eq!(done["status"], "completed", "{done}");
+    wait_until("every file has version 2", TIMEOUT, || {
+        fleet.count_with("version=2") == AGENTS
+    });
+    let stored = ok(fleet.cli(5, &["get", "/app/config", "--print-value-only"]));
+    assert_eq!(stored.trim(), "version=2");
+    let events: Vec<String> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        events.iter().any(|e| e.starts_with("stage 2 of 3 (50%) opened")),
+        "{events:?}"
+    );
+    eprintln!("good change, stages 20,50,100 with 2 s gates: start to every file in {good_took:?}");
+
+    // 2. A bad change: the canaries' app fails on it, and it is rolled
+    // back everywhere by itself.
+    let started = Instant::now();
+    let id = fleet.start_rollout(
+        0,
+        "version=3 bad",
+        &["--stages", "20,50,100", "--gate", "5s"],
+    );
+    let done = fleet.wait_finished(2, &id);
+    let decided = started.elapsed();
+    assert_eq!(done["status"], "rolled_back", "{done}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("stage 1 of 3") && reason.contains("service app critical"),
+        "{reason}"
+    );
+    wait_until("every file is back on version 2", TIMEOUT, || {
+        fleet.count_with("version=2") == AGENTS
+    });
+    let restored = started.elapsed();
+    let stored = ok(fleet.cli(0, &["get", "/app/config", "--print-value-only"]));
+    assert_eq!(stored.trim(), "version=2");
+    eprintln!(
+        "bad change: rolled back {decided:?} after start; every file restored {restored:?} after start"
+    );
+    let simple = ok(fleet.cli(3, &["rollout", "status", &id]));
+    assert!(simple.contains("rolled_back") && simple.contains("agents:"), "{simple}");
+
+    // 3. The leader dies in the middle of a rollout (edges only, one of
+    // them down: within --max-unhealthy 20%); a new leader finishes it,
+    // and the agents that were down converge when they come back.
+    fleet.cluster.kill9(8);
+    let id = fleet.start_rollout(
+        3,
+        "version=4",
+        &[
+            "--selector", "tier=edge", "--stages", "34,67,100", "--gate", "2s",
+            "--max-unhealthy", "20%",
+        ],
+    );
+    wait_until("the rollout reaches its second stage", TIMEOUT, || {
+        fleet.status(3, &id)["stage"] == 2
+    });
+    // Voters are not selected: none renders version 4 before the end.
+    assert!(fleet.contents(0..3).iter().all(|c| c == "version=2"));
+    let leader = fleet.cluster.wait_for_leader();
+    fleet.cluster.kill9(leader);
+    let killed_at = Instant::now();
+    let done = fleet.wait_finished(4, &id);
+    assert_eq!(done["status"], "completed", "{done}");
+    eprintln!(
+        "leader killed at stage 2: the rollout completed {:?} later",
+        killed_at.elapsed()
+    );
+    wait_until("every running agent has version 4", TIMEOUT, || {
+        fleet.running().iter().all(|&i| {
+            std::fs::read_to_string(&fleet.files[i]).unwrap_or_default() == "version=4"
+        })
+    });
+    for i in [leader, 8] {
+        fleet.cluster.run(i);
+    }
+    wait_until("the restarted agents converge on version 4", TIMEOUT, || {
+        fleet.count_with("version=4") == AGENTS
+    });
+
+    // 4. Pause, resume, and a forced write that aborts a rollout.
+    let id = fleet.start_rollout(4, "version=5", &["--stages", "50,100", "--gate", "30s"]);
+    let paused = json(ok(fleet.cli(0, &["-w", "json", "rollout", "pause", &id])));
+    assert_eq!(paused["status"], "paused");
+    let again = failed(fleet.cli(0, &["rollout", "pause", &id]));
+    assert!(again.contains("is paused: it cannot be paused"), "{again}");
+    ok(fleet.cli(0, &["rollout", "resume", &id]));
+    wait_until("the first stage renders version 5", TIMEOUT, || {
+        fleet.count_with("version=5") > 0
+    });
+    ok(fleet.cli(
+        5,
+        &[
+            "put", "--force", "--sign-key", &sign_key, "/app/config", "version=6",
+        ],
+    ));
+    let aborted = fleet.status(1, &id);
+    assert_eq!(aborted["status"], "aborted", "{aborted}");
+    assert!(aborted["reason"].as_str().unwrap().contains("forced write"));
+    wait_until("every file has the forced version 6", TIMEOUT, || {
+        fleet.count_with("version=6") == AGENTS
+    });
+
+    // History: every rollout, oldest first.
+    let history = json(ok(fleet.cli(2, &["-w", "json", "rollout", "list"])));
+    let statuses: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["completed", "rolled_back", "completed", "aborted"]);
+    let table = ok(fleet.cli(2, &["-w", "table", "rollout", "list"]));
+    assert!(table.contains("rolled_back") && table.contains("/app/config"), "{table}");
+    // Edgeconf's own records cannot be written by clients.
+    let reserved = failed(fleet.cli(0, &["put", "_edgeconf/rollout/x", "y"]));
+    assert!(reserved.contains("edgeconf's own"), "{reserved}");
+    for i in fleet.running() {
+        fleet.cluster.stop(i);
+    }
+}
