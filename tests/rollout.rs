@@ -197,11 +197,10 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         fleet.count_with("version=1") == AGENTS
     });
     wait_until("every agent is alive and its app healthy", TIMEOUT, || {
-        let listed = json(ok(fleet.cli(
-            0,
-            &["-w", "json", "service", "list", "app", "--healthy"],
-        )));
-        listed.as_array().map_or(0, Vec::len) == AGENTS
+        let listed = json(ok(
+            fleet.cli(0, &["-w", "json", "service", "list", "app", "--healthy"])
+        ));
+        listed["instances"].as_array().map_or(0, Vec::len) == AGENTS
     });
 
     // 1. A good change: stage by stage to every agent, then stored.
@@ -209,7 +208,14 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     let id = fleet.start_rollout(
         1,
         "version=2",
-        &["--stages", "20,50,100", "--gate", "2s", "--max-unhealthy", "0%"],
+        &[
+            "--stages",
+            "20,50,100",
+            "--gate",
+            "2s",
+            "--max-unhealthy",
+            "0%",
+        ],
     );
     // While the first stage holds its gate, only its agents have version 2.
     let mut first_stage = 0;
@@ -238,7 +244,13 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     let conflict = failed(fleet.cli(
         3,
         &[
-            "rollout", "start", "--key", "/app/config", "--sign-key", &sign_key, "--value",
+            "rollout",
+            "start",
+            "--key",
+            "/app/config",
+            "--sign-key",
+            &sign_key,
+            "--value",
             "version=8",
         ],
     ));
@@ -261,7 +273,9 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         .map(|e| e["what"].as_str().unwrap().to_string())
         .collect();
     assert!(
-        events.iter().any(|e| e.starts_with("stage 2 of 3 (50%) opened")),
+        events
+            .iter()
+            .any(|e| e.starts_with("stage 2 of 3 (50%) opened")),
         "{events:?}"
     );
     eprintln!("good change, stages 20,50,100 with 2 s gates: start to every file in {good_took:?}");
@@ -292,22 +306,31 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         "bad change: rolled back {decided:?} after start; every file restored {restored:?} after start"
     );
     let simple = ok(fleet.cli(3, &["rollout", "status", &id]));
-    assert!(simple.contains("rolled_back") && simple.contains("agents:"), "{simple}");
+    assert!(
+        simple.contains("rolled_back") && simple.contains("agents:"),
+        "{simple}"
+    );
 
-    // 3. The leader dies in the middle of a rollout (edges only, one of
-    // them down: within --max-unhealthy 20%); a new leader finishes it,
-    // and the agents that were down converge when they come back.
+    // 3. The leader dies in the middle of a rollout of the edges; a new
+    // leader finishes it. An edge down from the start is not held against
+    // the change, and converges when it comes back, like the old leader.
     fleet.cluster.kill9(8);
     let id = fleet.start_rollout(
         3,
         "version=4",
         &[
-            "--selector", "tier=edge", "--stages", "34,67,100", "--gate", "2s",
-            "--max-unhealthy", "20%",
+            "--selector",
+            "tier=edge",
+            "--stages",
+            "34,67,100",
+            "--gate",
+            "2s",
         ],
     );
     wait_until("the rollout reaches its second stage", TIMEOUT, || {
-        fleet.status(3, &id)["stage"] == 2
+        let status = fleet.status(3, &id);
+        assert_eq!(status["status"], "running", "{status}");
+        status["stage"] == 2
     });
     // Voters are not selected: none renders version 4 before the end.
     assert!(fleet.contents(0..3).iter().all(|c| c == "version=2"));
@@ -321,16 +344,19 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         killed_at.elapsed()
     );
     wait_until("every running agent has version 4", TIMEOUT, || {
-        fleet.running().iter().all(|&i| {
-            std::fs::read_to_string(&fleet.files[i]).unwrap_or_default() == "version=4"
-        })
+        fleet
+            .running()
+            .iter()
+            .all(|&i| std::fs::read_to_string(&fleet.files[i]).unwrap_or_default() == "version=4")
     });
     for i in [leader, 8] {
         fleet.cluster.run(i);
     }
-    wait_until("the restarted agents converge on version 4", TIMEOUT, || {
-        fleet.count_with("version=4") == AGENTS
-    });
+    wait_until(
+        "the restarted agents converge on version 4",
+        TIMEOUT,
+        || fleet.count_with("version=4") == AGENTS,
+    );
 
     // 4. Pause, resume, and a forced write that aborts a rollout.
     let id = fleet.start_rollout(4, "version=5", &["--stages", "50,100", "--gate", "30s"]);
@@ -345,7 +371,12 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     ok(fleet.cli(
         5,
         &[
-            "put", "--force", "--sign-key", &sign_key, "/app/config", "version=6",
+            "put",
+            "--force",
+            "--sign-key",
+            &sign_key,
+            "/app/config",
+            "version=6",
         ],
     ));
     let aborted = fleet.status(1, &id);
@@ -363,9 +394,15 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         .iter()
         .map(|r| r["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["completed", "rolled_back", "completed", "aborted"]);
+    assert_eq!(
+        statuses,
+        ["completed", "rolled_back", "completed", "aborted"]
+    );
     let table = ok(fleet.cli(2, &["-w", "table", "rollout", "list"]));
-    assert!(table.contains("rolled_back") && table.contains("/app/config"), "{table}");
+    assert!(
+        table.contains("rolled_back") && table.contains("/app/config"),
+        "{table}"
+    );
     // Edgeconf's own records cannot be written by clients.
     let reserved = failed(fleet.cli(0, &["put", "_edgeconf/rollout/x", "y"]));
     assert!(reserved.contains("edgeconf's own"), "{reserved}");

@@ -147,7 +147,9 @@ pub(crate) async fn control(
             id: request.id.clone(),
             ..Default::default()
         };
-        let Some(rollout) = matching(context, &query)?.pop().filter(|_| !request.id.is_empty())
+        let Some(rollout) = matching(context, &query)?
+            .pop()
+            .filter(|_| !request.id.is_empty())
         else {
             return Err(Status::not_found(format!(
                 "edgeconf: no rollout {:?} (`edgeconf rollout list` shows them all)",
@@ -212,7 +214,11 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
         }
         "resume" => return Err(refuse("resumed")),
         "abort" if status.is_active() => {
-            progress.finish(RolloutStatus::Aborted, because("aborted by an operator"), now);
+            progress.finish(
+                RolloutStatus::Aborted,
+                because("aborted by an operator"),
+                now,
+            );
         }
         "abort" => return Err(refuse("aborted")),
         "promote" if status.is_active() => {
@@ -232,17 +238,16 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
             progress.gate_started_unix_ms = None;
             progress.log(
                 now,
-                format!("promoted to the last stage (100%): {}", because("by an operator")),
+                format!(
+                    "promoted to the last stage (100%): {}",
+                    because("by an operator")
+                ),
             );
         }
         "promote" => return Err(refuse("promoted")),
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "edgeconf: unknown rollout action {other:?}: expected pause, resume, abort or promote"
-            )))
-        }
+        other => return Err(Status::invalid_argument(format!(
+            "edgeconf: unknown rollout action {other:?}: expected pause, resume, abort or promote"
+        ))),
     }
     Ok(progress)
 }
-
-

@@ -117,7 +117,12 @@ async fn start(
         anyhow!("rollout start needs the key to roll out: --key KEY (or KEY as an argument)")
     })?;
     // Checked here too, for errors before anything is signed.
-    Plan::parse(&args.stages, &args.gate, &args.max_unhealthy, &args.selector)?;
+    Plan::parse(
+        &args.stages,
+        &args.gate,
+        &args.max_unhealthy,
+        &args.selector,
+    )?;
     let value = match (&args.value, &args.file) {
         (Some(value), None) => value.clone().into_bytes(),
         (None, Some(path)) => std::fs::read(path)
@@ -304,7 +309,8 @@ pub async fn abort_on_key(client: &Client, key: &str, reason: &str) -> anyhow::R
 }
 
 fn ago(unix_ms: i64) -> String {
-    let elapsed = Duration::from_millis(now_unix_ms().saturating_sub(unix_ms).max(0) as u64 / 1000 * 1000);
+    let elapsed =
+        Duration::from_millis(now_unix_ms().saturating_sub(unix_ms).max(0) as u64 / 1000 * 1000);
     humantime::format_duration(elapsed).to_string()
 }
 
@@ -330,8 +336,8 @@ fn print_view(format: Format, view: &RolloutView) {
             );
             let c = &view.counts;
             println!(
-                "  agents: {} selected, {} in stage, {} updated, {} healthy, {} failing",
-                c.selected, c.in_stage, c.updated, c.healthy, c.failing
+                "  agents: {} selected, {} in stage, {} updated, {} healthy, {} failing, {} down",
+                c.selected, c.in_stage, c.updated, c.healthy, c.failing, c.down
             );
             if let Some(finished) = view.finished_unix_ms {
                 println!("  finished {}: {}", format_time(finished), view.reason);

@@ -65,8 +65,13 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
             return save(node, rollout, &progress).await;
         }
     };
-    let (assessment, decision) =
-        gate::decide(&rollout.id, &plan.plan, &progress, &membership.members(), now);
+    let (assessment, decision) = gate::decide(
+        &rollout.id,
+        &plan.plan,
+        &progress,
+        &membership.members(),
+        now,
+    );
     let stage_name = |stage: usize| {
         format!(
             "stage {} of {} ({}%)",
@@ -96,7 +101,10 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
             );
         }
         Decision::Advance { stage, threshold } => {
-            progress.log(now, format!("{} passed its gate", stage_name(progress.stage)));
+            progress.log(
+                now,
+                format!("{} passed its gate", stage_name(progress.stage)),
+            );
             progress.stage = stage;
             progress.threshold = threshold;
             progress.stage_started_unix_ms = now;
@@ -106,7 +114,10 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
         Decision::Complete => match store_new_value(node, plan).await? {
             Ok(()) => progress.finish(
                 Status::Completed,
-                format!("every stage passed its gate; the new value is stored as sequence {}", plan.change.sequence),
+                format!(
+                    "every stage passed its gate; the new value is stored as sequence {}",
+                    plan.change.sequence
+                ),
                 now,
             ),
             Err(reason) => progress.finish(Status::Aborted, reason, now),
@@ -132,7 +143,9 @@ async fn store_new_value(
     if stored >= plan.change.sequence {
         let current = node
             .store()
-            .range(&crate::store::RangeRequest::new(crate::store::KeyRange::single(key)))
+            .range(&crate::store::RangeRequest::new(
+                crate::store::KeyRange::single(key),
+            ))
             .map_err(|err| err.to_string())?
             .0
             .kvs;

@@ -57,9 +57,7 @@ pub fn threshold_for(
     if percent >= 100.0 {
         return BUCKETS;
     }
-    let mut buckets: Vec<u32> = selected(plan, members)
-        .map(|m| bucket(id, &m.id))
-        .collect();
+    let mut buckets: Vec<u32> = selected(plan, members).map(|m| bucket(id, &m.id)).collect();
     buckets.sort_unstable();
     let wanted = ((percent / 100.0) * buckets.len() as f64).ceil().max(1.0) as usize;
     let enough = buckets.get(wanted - 1).map_or(0, |b| b + 1);
@@ -80,16 +78,29 @@ pub fn assess(id: &str, plan: &Plan, progress: &Progress, members: &[Record]) ->
         assessment.counts.in_stage += 1;
         let mark = member.meta.rollouts.iter().find(|m| m.id == id);
         let rendered = mark.is_some_and(|m| m.error.is_empty());
+        let down = matches!(member.state, State::Dead | State::Suspect);
+        if down && mark.is_none() {
+            // Down before it took the new value: no evidence against the
+            // change. It converges when it comes back.
+            assessment.counts.down += 1;
+            continue;
+        }
         let mut problems = Vec::new();
-        if matches!(member.state, State::Dead | State::Suspect) {
-            problems.push(member.state.as_str().to_string());
+        if down {
+            problems.push(format!(
+                "{} after taking the new value",
+                member.state.as_str()
+            ));
         }
         if let Some(mark) = mark.filter(|m| !m.error.is_empty()) {
             problems.push(format!("cannot render the new value: {}", mark.error));
         }
         for service in &member.meta.services {
             if service.health == Health::Critical {
-                problems.push(format!("service {} critical: {}", service.name, service.output));
+                problems.push(format!(
+                    "service {} critical: {}",
+                    service.name, service.output
+                ));
             }
         }
         if rendered {
@@ -133,7 +144,12 @@ pub fn decide(
     }
     let counts = &assessment.counts;
     if !plan.within_gate(counts.failing, counts.in_stage) {
-        let mut shown: Vec<&str> = assessment.failing.iter().map(String::as_str).take(3).collect();
+        let mut shown: Vec<&str> = assessment
+            .failing
+            .iter()
+            .map(String::as_str)
+            .take(3)
+            .collect();
         if assessment.failing.len() > 3 {
             shown.push("...");
         }
@@ -244,8 +260,14 @@ mod tests {
             ..Progress::new(0)
         };
         let assessment = assess("r", &plan, &progress, &members);
-        assert_eq!(assessment.counts.selected, 6, "the us agent is not selected");
-        assert_eq!(assessment.counts.in_stage, 1, "1% of 6 agents is one canary");
+        assert_eq!(
+            assessment.counts.selected, 6,
+            "the us agent is not selected"
+        );
+        assert_eq!(
+            assessment.counts.in_stage, 1,
+            "1% of 6 agents is one canary"
+        );
         let second = threshold_for("r", &plan, 1, first, &members);
         assert!(second >= first);
         let progress = Progress {
@@ -276,7 +298,10 @@ mod tests {
         assert_eq!(decision, Decision::StartGate);
         assert_eq!(assessment.counts.healthy, 2);
         progress.gate_started_unix_ms = Some(20);
-        assert_eq!(decide("r", &plan, &progress, &members, 1_000).1, Decision::Wait);
+        assert_eq!(
+            decide("r", &plan, &progress, &members, 1_000).1,
+            Decision::Wait
+        );
         assert_eq!(
             decide("r", &plan, &progress, &members, 2_020).1,
             Decision::Advance {
@@ -287,10 +312,16 @@ mod tests {
         progress.stage = 1;
         progress.threshold = BUCKETS;
         progress.gate_started_unix_ms = Some(3_000);
-        assert_eq!(decide("r", &plan, &progress, &members, 5_000).1, Decision::Complete);
+        assert_eq!(
+            decide("r", &plan, &progress, &members, 5_000).1,
+            Decision::Complete
+        );
         // Paused: no advance.
         progress.status = Status::Paused;
-        assert_eq!(decide("r", &plan, &progress, &members, 9_000).1, Decision::Wait);
+        assert_eq!(
+            decide("r", &plan, &progress, &members, 9_000).1,
+            Decision::Wait
+        );
     }
 
     #[test]
@@ -303,21 +334,39 @@ mod tests {
         };
         // One of four (25%) is within the allowance.
         members[0] = critical(members[0].clone());
-        assert_eq!(decide("r", &plan, &progress, &members, 1).1, Decision::StartGate);
+        assert_eq!(
+            decide("r", &plan, &progress, &members, 1).1,
+            Decision::StartGate
+        );
         // Two of four are not; the reason names them and why.
         members[1] = rendered(member("e1", State::Alive, &[]), "r", "template error");
         members[2].state = State::Dead;
+        // Down before taking the new value: neither failing nor awaited.
+        members.push(member("e4", State::Dead, &[]));
         let (assessment, decision) = decide("r", &plan, &progress, &members, 1);
+        assert_eq!(assessment.counts.down, 1);
+        assert!(assessment.pending.is_empty());
         let Decision::RollBack { reason } = decision else {
             panic!("expected a rollback, got {decision:?}");
         };
         assert_eq!(assessment.counts.failing, 3);
-        assert!(reason.contains("3 of 4 agents unhealthy"), "{reason}");
-        assert!(reason.contains("e0: service web critical: HTTP 500"), "{reason}");
-        assert!(reason.contains("cannot render the new value: template error"), "{reason}");
+        assert!(reason.contains("3 of 5 agents unhealthy"), "{reason}");
+        assert!(
+            reason.contains("e2: dead after taking the new value"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("e0: service web critical: HTTP 500"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("cannot render the new value: template error"),
+            "{reason}"
+        );
         // Agents that left are not counted: one of the two left is too many.
         members[2].state = State::Left;
         members[1] = rendered(member("e1", State::Left, &[]), "r", "");
+        members.pop();
         let (assessment, decision) = decide("r", &plan, &progress, &members, 1);
         assert_eq!(assessment.counts.in_stage, 2);
         assert!(matches!(decision, Decision::RollBack { reason } if reason.contains("1 of 2")));

@@ -118,7 +118,11 @@ mod tests {
         let mut kvs = vec![kv("/app/a"), kv("/app/b"), kv("/app/c")];
         let mut sequences = vec![None, Some(2), Some(5)];
         let used = apply(&items, &KeyRange::prefix("/app/"), &mut kvs, &mut sequences);
-        assert_eq!(used, ["r1", "r2"], "r3 is outside the range; r4 is stored already");
+        assert_eq!(
+            used,
+            ["r1", "r2"],
+            "r3 is outside the range; r4 is stored already"
+        );
         let keys: Vec<&[u8]> = kvs.iter().map(|kv| kv.key.as_slice()).collect();
         assert_eq!(keys, [&b"/app/a"[..], b"/app/a0", b"/app/b", b"/app/c"]);
         assert_eq!(kvs[1].value, b"new /app/a0");

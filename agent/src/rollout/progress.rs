@@ -52,9 +52,12 @@ pub struct Counts {
     pub updated: usize,
     /// Agents in the stage that render it and are healthy.
     pub healthy: usize,
-    /// Agents in the stage that are down, failed to render or have a
-    /// critical service.
+    /// Agents in the stage that failed to render it, have a critical
+    /// service, or went down after taking it.
     pub failing: usize,
+    /// Agents in the stage that were down before they took it; they
+    /// converge when they come back, and are not held against it.
+    pub down: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,7 +120,9 @@ impl SignedPlan {
             )));
         }
         if change.op != Op::Put {
-            return Err(malformed("the new value must be a put, not a delete".into()));
+            return Err(malformed(
+                "the new value must be a put, not a delete".into(),
+            ));
         }
         if change.signer != signer {
             return Err(malformed(
@@ -129,7 +131,12 @@ impl SignedPlan {
         }
         // The signer may sign the key, and the value's signature holds.
         trust.check_change(&change)?;
-        let plan = Plan::parse(&body.stages, &body.gate, &body.max_unhealthy, &body.selector)?;
+        let plan = Plan::parse(
+            &body.stages,
+            &body.gate,
+            &body.max_unhealthy,
+            &body.selector,
+        )?;
         Ok(VerifiedPlan {
             id: self.id(),
             body,
@@ -150,9 +157,15 @@ mod tests {
     use super::*;
 
     fn body(key: &SigningKey) -> PlanBody {
-        let change =
-            SignedChange::sign(key, b"/app/conf".to_vec(), Op::Put, 4, false, b"v2".to_vec())
-                .unwrap();
+        let change = SignedChange::sign(
+            key,
+            b"/app/conf".to_vec(),
+            Op::Put,
+            4,
+            false,
+            b"v2".to_vec(),
+        )
+        .unwrap();
         PlanBody {
             key: "/app/conf".into(),
             change: change.to_json(),
@@ -192,7 +205,10 @@ mod tests {
         // A widened selector breaks the plan's signature.
         let mut widened = signed.clone();
         widened.body = widened.body.replace("region=eu", "");
-        let err = widened.verify(&trusting(&operator)).unwrap_err().to_string();
+        let err = widened
+            .verify(&trusting(&operator))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad signature"), "{err}");
 
         // A value signed for another key is refused.

@@ -44,7 +44,8 @@ impl RolloutView {
     pub fn new(rollout: &Rollout, members: &[Record]) -> RolloutView {
         let progress = &rollout.progress;
         let body = serde_json::from_str::<super::PlanBody>(&rollout.signed.body).ok();
-        let field = |get: fn(&super::PlanBody) -> String| body.as_ref().map(get).unwrap_or_default();
+        let field =
+            |get: fn(&super::PlanBody) -> String| body.as_ref().map(get).unwrap_or_default();
         let (mut counts, mut failing, mut pending) = (progress.counts.clone(), vec![], vec![]);
         let (mut stages, mut sequence, mut plan_problem) = (Vec::new(), 0, String::new());
         match &rollout.plan {

@@ -66,7 +66,11 @@ impl Rollout {
 }
 
 /// Every rollout in the store, oldest first; or only rollout `id`.
-pub fn load(store: &Store, trust: &TrustPolicy, id: Option<&str>) -> Result<Vec<Rollout>, StoreError> {
+pub fn load(
+    store: &Store,
+    trust: &TrustPolicy,
+    id: Option<&str>,
+) -> Result<Vec<Rollout>, StoreError> {
     let range = match id {
         Some(id) => KeyRange::single(plan_key(id)),
         None => KeyRange::prefix(PLAN_PREFIX.as_bytes().to_vec()),
@@ -107,7 +111,10 @@ pub fn load_active(store: &Store, trust: &TrustPolicy) -> Result<Vec<Rollout>, S
     for (_, id) in active_ids(store)? {
         active.extend(load(store, trust, Some(&id))?);
     }
-    Ok(active.into_iter().filter(|r| r.progress.status.is_active()).collect())
+    Ok(active
+        .into_iter()
+        .filter(|r| r.progress.status.is_active())
+        .collect())
 }
 
 /// `(key, rollout id)` of every key under a rollout.
