@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::fleet::{agent, fleet, json, wait_until, TIMEOUT};
+use common::fleet::{agent, fleet, http_get, json, wait_until, TIMEOUT};
 use common::{edgeconf, etcdctl, ok};
 use serde_json::Value;
 
@@ -352,20 +352,4 @@ fn service_health_flows_to_discovery_and_rendered_upstreams() {
     for i in 0..4 {
         cluster.stop(i);
     }
-}
-
-/// A plain HTTP GET on loopback; the body.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::fleet::{agent, fleet_with, json, wait_until};
+use common::fleet::{agent, fleet_with, http_get, json, wait_until};
 use common::{edgeconf, failed, ok};
 use serde_json::Value;
 
@@ -71,6 +71,7 @@ struct Fleet {
     cluster: Cluster,
     files: Vec<PathBuf>,
     operator_key: PathBuf,
+    metrics_ports: Vec<u16>,
     _apps: Vec<App>,
 }
 
@@ -88,14 +89,19 @@ impl Fleet {
             Duration::from_secs(20),
         ));
         let public = json(made)["public_key"].as_str().unwrap().to_string();
-        let mut files = Vec::new();
+        let (mut files, mut metrics_ports) = (Vec::new(), Vec::new());
         let (mut extra, mut head, mut apps) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..AGENTS {
             let out = dir.join(format!("out{}", i + 1));
             std::fs::create_dir_all(&out).unwrap();
             let file = out.join("app.conf");
             let app = App::start(file.clone());
-            head.push(format!("render_root = {:?}", out.display().to_string()));
+            let metrics = common::free_port();
+            head.push(format!(
+                "render_root = {:?}\nlisten_metrics_url = \"http://127.0.0.1:{metrics}\"",
+                out.display().to_string()
+            ));
+            metrics_ports.push(metrics);
             extra.push(format!(
                 "[trust]\nkeys = [{public:?}]\n[[trust.prefix]]\nprefix = \"/app/\"\n\n\
                  [[render]]\nkey = \"/app/config\"\ndest = {:?}\n\n\
@@ -121,6 +127,7 @@ impl Fleet {
             cluster,
             files,
             operator_key,
+            metrics_ports,
             _apps: apps,
         }
     }
@@ -239,6 +246,16 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         "20% of 9 agents: {first_stage}"
     );
     assert_eq!(fleet.count_with("version=2"), first_stage);
+    let staged = format!("edgeconf_rollout_staged{{rollout=\"{id}\"}} 1");
+    let reporting = fleet
+        .metrics_ports
+        .iter()
+        .filter(|port| http_get(**port, "/metrics").contains(&staged))
+        .count();
+    assert_eq!(
+        reporting, first_stage,
+        "agents whose /metrics show {staged}"
+    );
     // The key is locked meanwhile: no plain write, no second rollout.
     let refused = failed(fleet.cli(
         2,

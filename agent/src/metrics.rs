@@ -163,6 +163,17 @@ fn fleet_metrics(out: &mut String, sources: &Sources) {
         );
     }
     let _ = writeln!(out, "# HELP edgeconf_gossip_health_score Lifeguard's local health multiplier (0 is healthy).\n# TYPE edgeconf_gossip_health_score gauge\nedgeconf_gossip_health_score {}", sources.membership.awareness());
+    if let Some(me) = members.first().filter(|me| !me.meta.rollouts.is_empty()) {
+        let _ = writeln!(out, "# HELP edgeconf_rollout_staged Rollouts whose new value this agent renders: 1 rendered, 0 failed to render.\n# TYPE edgeconf_rollout_staged gauge");
+        for mark in &me.meta.rollouts {
+            let _ = writeln!(
+                out,
+                "edgeconf_rollout_staged{{rollout=\"{}\"}} {}",
+                label(&mark.id),
+                u8::from(mark.error.is_empty())
+            );
+        }
+    }
     let local = sources.services.local();
     if local.is_empty() {
         return;
