@@ -345,6 +345,12 @@ fn print_view(format: Format, view: &RolloutView) {
             for failing in &view.failing {
                 println!("  failing: {failing}");
             }
+            if !view.pending.is_empty() {
+                println!(
+                    "  waiting for (not rendering the new value yet): {}",
+                    view.pending.join(", ")
+                );
+            }
             if !view.plan_problem.is_empty() {
                 println!("  plan problem: {}", view.plan_problem);
             }
