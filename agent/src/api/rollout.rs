@@ -14,7 +14,7 @@ use crate::rollout::status::RolloutView;
 use crate::rollout::stored::{self, Rollout};
 use crate::rollout::{Progress, SignedPlan, Status as RolloutStatus, BUCKETS};
 use crate::signing::SigningError;
-use crate::store::{Command, CommandResponse, KeyRange, PutRequest, TxnOpResponse};
+use crate::store::{Command, CommandResponse, KeyRange, PutRequest, RangeRequest, TxnOpResponse};
 
 /// How often a control action retries after losing a race with the leader.
 const CONTROL_ATTEMPTS: usize = 5;
@@ -58,6 +58,27 @@ pub(crate) async fn start(
     {
         return Err(conflict(&plan.body.key, &id));
     }
+    let (current, _) = store
+        .range(&RangeRequest::new(KeyRange::single(
+            plan.change.key.clone(),
+        )))
+        .map_err(store_status)?;
+    let current = current.kvs.into_iter().next().unwrap_or_default();
+    if current.lease != 0 {
+        return Err(Status::failed_precondition(format!(
+            "edgeconf: {:?} is attached to lease {:x}, which could delete it under the rollout; write it without a lease first",
+            plan.body.key, current.lease
+        )));
+    }
+    let members = context.fleet.membership.members();
+    if !members.iter().any(|m| {
+        m.state != crate::gossip::State::Left && plan.plan.selector.matches(&m.meta.labels)
+    }) {
+        return Err(Status::failed_precondition(format!(
+            "edgeconf: --selector {:?} matches no agent of the fleet (`edgeconf member list` shows their labels)",
+            plan.body.selector
+        )));
+    }
     // Validator plugins see the new value now, before any agent renders it.
     context
         .validate(&Command::SignedPut {
@@ -67,7 +88,10 @@ pub(crate) async fn start(
         .await?;
     let progress = Progress::new(now_unix_ms());
     let applied = context
-        .propose_checked(&caller, stored::start_command(&plan, &signed, &progress))
+        .propose_checked(
+            &caller,
+            stored::start_command(&plan, &signed, &progress, current.mod_revision),
+        )
         .await
         .map_err(propose_status)?;
     match applied.response {
@@ -80,11 +104,23 @@ pub(crate) async fn start(
                 TxnOpResponse::Range(range) => range.kvs.into_iter().next(),
                 _ => None,
             });
+            let exists = store
+                .range(&RangeRequest::new(KeyRange::single(stored::plan_key(
+                    &plan.id,
+                ))))
+                .map_err(store_status)?
+                .0
+                .count
+                > 0;
             Err(match other {
                 Some(kv) => conflict(&plan.body.key, &String::from_utf8_lossy(&kv.value)),
-                None => Status::already_exists(format!(
+                None if exists => Status::already_exists(format!(
                     "edgeconf: rollout {} exists already (the same plan was started before); sign a new one",
                     plan.id
+                )),
+                None => Status::aborted(format!(
+                    "edgeconf: {:?} was written while the rollout was being started; start it again",
+                    plan.body.key
                 )),
             })
         }
@@ -185,6 +221,12 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
     let now = now_unix_ms();
     let mut progress = rollout.progress.clone();
     let status = progress.status;
+    if progress.completing {
+        return Err(Status::failed_precondition(format!(
+            "edgeconf: rollout {} passed its last gate and is storing its new value; it can no longer be changed",
+            rollout.id
+        )));
+    }
     let refuse = |what: &str| {
         Status::failed_precondition(format!(
             "edgeconf: rollout {} is {}: it cannot be {what}",

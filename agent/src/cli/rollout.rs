@@ -302,8 +302,12 @@ pub async fn abort_on_key(client: &Client, key: &str, reason: &str) -> anyhow::R
     };
     let mut aborted = Vec::new();
     for view in fetch(client, request).await? {
-        control_request(client, "abort", &view.id, reason).await?;
-        aborted.push(view.id);
+        match control_request(client, "abort", &view.id, reason).await {
+            Ok(_) => aborted.push(view.id),
+            // It finished meanwhile: the key is free.
+            Err(err) if format!("{err:#}").contains("cannot be aborted") => {}
+            Err(err) => return Err(err),
+        }
     }
     Ok(aborted)
 }

@@ -21,6 +21,8 @@ pub struct RolloutValues {
     /// By (entry index, rollout id): the last render's error, empty when
     /// it rendered the new value.
     results: HashMap<(usize, String), String>,
+    /// By entry index: the last run of its reload command failed.
+    reload_errors: HashMap<usize, String>,
 }
 
 impl RolloutValues {
@@ -63,15 +65,40 @@ impl RolloutValues {
         }
     }
 
+    /// The reload command of entries `indexes` finished.
+    pub fn reloaded(&mut self, indexes: &[usize], outcome: &Result<(), String>) {
+        for &index in indexes {
+            match outcome {
+                Ok(()) => self.reload_errors.remove(&index),
+                Err(err) => self.reload_errors.insert(
+                    index,
+                    format!("reload command failed: {err}")
+                        .chars()
+                        .take(MAX_ERROR)
+                        .collect(),
+                ),
+            };
+        }
+    }
+
     /// The entries changed (a config edit): outcomes start over.
     pub fn forget(&mut self) {
         self.results.clear();
+        self.reload_errors.clear();
     }
 
     /// Announces the rollouts this agent renders: one whose key no entry
     /// renders at once; one whose key entries render once all of them
-    /// rendered it (not while one waits to), with the first error.
-    pub fn publish(&self, plan: &Plan, dirty: &HashMap<usize, Instant>, membership: &Membership) {
+    /// rendered it and their reload commands ran (not while one waits to),
+    /// with the first error, which is told at once (even while a retry is
+    /// due). `reloading(command)` says whether a reload is still to run.
+    pub fn publish(
+        &self,
+        plan: &Plan,
+        dirty: &HashMap<usize, Instant>,
+        reloading: impl Fn(&str) -> bool,
+        membership: &Membership,
+    ) {
         let mut marks = Vec::new();
         for item in &self.staged {
             let covering: Vec<usize> = plan
@@ -81,19 +108,29 @@ impl RolloutValues {
                 .filter(|(_, c)| c.range().is_some_and(|r| r.contains(&item.key)))
                 .map(|(index, _)| index)
                 .collect();
-            let outcomes: Option<Vec<&String>> = covering
-                .iter()
-                .map(|&index| {
-                    if dirty.contains_key(&index) {
-                        return None;
-                    }
-                    self.results.get(&(index, item.rollout_id.clone()))
-                })
-                .collect();
-            let Some(outcomes) = outcomes else {
-                continue;
+            // Per entry: Some(error), Some("") when done, None when pending.
+            let outcome = |index: usize| -> Option<String> {
+                let result = self.results.get(&(index, item.rollout_id.clone()));
+                if let Some(error) = result.filter(|e| !e.is_empty()) {
+                    return Some(error.clone());
+                }
+                if result.is_none() || dirty.contains_key(&index) {
+                    return None;
+                }
+                if let Some(error) = self.reload_errors.get(&index) {
+                    return Some(error.clone());
+                }
+                let reload = plan.entries[index].entry.reload.as_deref();
+                if reload.is_some_and(&reloading) {
+                    return None;
+                }
+                Some(String::new())
             };
-            let error = outcomes.into_iter().find(|e| !e.is_empty()).cloned();
+            let outcomes: Vec<Option<String>> = covering.iter().map(|&i| outcome(i)).collect();
+            let error = outcomes.iter().flatten().find(|e| !e.is_empty()).cloned();
+            if error.is_none() && outcomes.iter().any(Option::is_none) {
+                continue;
+            }
             marks.push(RolloutMark {
                 id: item.rollout_id.clone(),
                 error: error.unwrap_or_default(),

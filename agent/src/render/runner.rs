@@ -165,7 +165,7 @@ impl Runner {
         self.refresh_rollouts();
         let all: Vec<usize> = (0..self.plan.entries.len()).collect();
         self.render(&all, true, &mut reloads).await;
-        self.publish_rollouts();
+        self.publish_rollouts(&reloads);
         // Reloads the last run of the agent asked for and did not finish
         // (it stopped or crashed after writing the file).
         let owed: Vec<String> = owed.into_iter().filter(|c| !reloads.is_active(c)).collect();
@@ -227,7 +227,7 @@ impl Runner {
                             self.mark(|_| true);
                         }
                         if rollouts || commit.replaced {
-                            self.publish_rollouts();
+                            self.publish_rollouts(&reloads);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -252,7 +252,10 @@ impl Runner {
                         self.check_drift(&path, &mut reloads);
                     }
                 }
-                Some(done) = finished.recv() => self.finished(&mut reloads, done),
+                Some(done) = finished.recv() => {
+                    self.finished(&mut reloads, done);
+                    self.publish_rollouts(&reloads);
+                }
                 Ok(()) = fleet.changed() => self.mark(|compiled| compiled.uses_services()),
                 _ = keyring_check.tick() => {
                     // New trust or secret keys (SIGHUP): what was rendered
@@ -278,7 +281,7 @@ impl Runner {
                 let due = self.take_due(now);
                 if !due.is_empty() {
                     self.render(&due, false, &mut reloads).await;
-                    self.publish_rollouts();
+                    self.publish_rollouts(&reloads);
                 }
                 reloads.retry_due(now);
             }
@@ -590,6 +593,10 @@ impl Runner {
         let Some(report) = reloads.finished(done) else {
             return;
         };
+        let indexes: Vec<usize> = (0..self.plan.entries.len())
+            .filter(|&i| self.plan.entries[i].entry.reload.as_ref() == Some(&command))
+            .collect();
+        self.rollouts.reloaded(&indexes, &report.outcome);
         match (&report.outcome, report.retry_in) {
             (Ok(()), _) => tracing::info!(command = %command, "reload command succeeded"),
             (Err(err), retry_in) => {
@@ -690,9 +697,11 @@ impl Runner {
     }
 
     /// Tells the fleet which rollouts this agent renders, and how.
-    fn publish_rollouts(&self) {
+    fn publish_rollouts(&self, reloads: &Reloads) {
         if let Some(membership) = &self.membership {
-            self.rollouts.publish(&self.plan, &self.dirty, membership);
+            let reloading = |command: &str| reloads.is_active(command);
+            self.rollouts
+                .publish(&self.plan, &self.dirty, reloading, membership);
         }
     }
 

@@ -57,14 +57,29 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
     let plan = match &rollout.plan {
         Ok(plan) => plan,
         Err(err) => {
-            progress.finish(
-                Status::Aborted,
-                format!("the plan no longer verifies under this agent's trust policy: {err}"),
-                now,
+            let reason = format!(
+                "the leader ({}) cannot verify the plan signed by {} with its trust policy: {err}",
+                membership.name(),
+                rollout.signed.signer
             );
+            progress.finish(Status::Aborted, reason, now);
             return save(node, rollout, &progress).await;
         }
     };
+    if progress.completing {
+        match store_new_value(node, plan).await? {
+            Ok(()) => progress.finish(
+                Status::Completed,
+                format!(
+                    "every stage passed its gate; the new value is stored as sequence {}",
+                    plan.change.sequence
+                ),
+                now,
+            ),
+            Err(reason) => progress.finish(Status::Aborted, reason, now),
+        }
+        return save(node, rollout, &progress).await;
+    }
     let (assessment, decision) = gate::decide(
         &rollout.id,
         &plan.plan,
@@ -73,11 +88,11 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
         now,
     );
     let stage_name = |stage: usize| {
+        let percent = plan.plan.stages.get(stage).copied().unwrap_or(f64::NAN);
         format!(
-            "stage {} of {} ({}%)",
+            "stage {} of {} ({percent}%)",
             stage + 1,
-            plan.plan.stages.len(),
-            plan.plan.stages[stage]
+            plan.plan.stages.len()
         )
     };
     match decision {
@@ -111,17 +126,19 @@ async fn step(node: &Node, membership: &Membership, rollout: &Rollout) -> Result
             progress.gate_started_unix_ms = None;
             progress.log(now, format!("{} opened", stage_name(stage)));
         }
-        Decision::Complete => match store_new_value(node, plan).await? {
-            Ok(()) => progress.finish(
-                Status::Completed,
-                format!(
-                    "every stage passed its gate; the new value is stored as sequence {}",
-                    plan.change.sequence
-                ),
+        // First, in one compare-and-swap, the point of no return: an
+        // operator's abort (or `put --force`) either lands before it and
+        // wins, or is refused after it. The next tick stores the value.
+        Decision::Complete => {
+            progress.completing = true;
+            progress.log(
                 now,
-            ),
-            Err(reason) => progress.finish(Status::Aborted, reason, now),
-        },
+                format!(
+                    "{} passed its gate; storing the new value",
+                    stage_name(progress.stage)
+                ),
+            );
+        }
         Decision::RollBack { reason } => {
             tracing::warn!(rollout = %rollout.id, key = %plan.body.key, %reason, "rolling back");
             progress.finish(Status::RolledBack, reason, now);

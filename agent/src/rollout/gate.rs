@@ -76,15 +76,18 @@ pub fn assess(id: &str, plan: &Plan, progress: &Progress, members: &[Record]) ->
             continue;
         }
         assessment.counts.in_stage += 1;
-        let mark = member.meta.rollouts.iter().find(|m| m.id == id);
-        let rendered = mark.is_some_and(|m| m.error.is_empty());
         let down = matches!(member.state, State::Dead | State::Suspect);
-        if down && mark.is_none() {
-            // Down before it took the new value: no evidence against the
-            // change. It converges when it comes back.
-            assessment.counts.down += 1;
+        let Some(mark) = member.meta.rollouts.iter().find(|m| m.id == id) else {
+            // It has not taken the new value: its health says nothing
+            // about the change. One that is down converges when it is back.
+            if down {
+                assessment.counts.down += 1;
+            } else {
+                assessment.pending.push(member.id.to_string());
+            }
             continue;
-        }
+        };
+        let rendered = mark.error.is_empty();
         let mut problems = Vec::new();
         if down {
             problems.push(format!(
@@ -92,7 +95,7 @@ pub fn assess(id: &str, plan: &Plan, progress: &Progress, members: &[Record]) ->
                 member.state.as_str()
             ));
         }
-        if let Some(mark) = mark.filter(|m| !m.error.is_empty()) {
+        if !rendered {
             problems.push(format!("cannot render the new value: {}", mark.error));
         }
         for service in &member.meta.services {
@@ -111,10 +114,8 @@ pub fn assess(id: &str, plan: &Plan, progress: &Progress, members: &[Record]) ->
             assessment
                 .failing
                 .push(format!("{}: {}", member.id, problems.join("; ")));
-        } else if rendered {
-            assessment.counts.healthy += 1;
         } else {
-            assessment.pending.push(member.id.to_string());
+            assessment.counts.healthy += 1;
         }
     }
     assessment
@@ -132,6 +133,14 @@ pub fn decide(
     if !progress.status.is_active() {
         return (assessment, Decision::Wait);
     }
+    let Some(percent) = plan.stages.get(progress.stage) else {
+        let reason = format!(
+            "the progress names stage {} but the plan has {}",
+            progress.stage + 1,
+            plan.stages.len()
+        );
+        return (assessment, Decision::RollBack { reason });
+    };
     if progress.threshold == 0 {
         let decision = if progress.status == Status::Running {
             Decision::Open {
@@ -157,7 +166,7 @@ pub fn decide(
             "stage {} of {} ({}%): {} of {} agents unhealthy, above --max-unhealthy {}% ({})",
             progress.stage + 1,
             plan.stages.len(),
-            plan.stages[progress.stage],
+            percent,
             counts.failing,
             counts.in_stage,
             plan.max_unhealthy,
@@ -165,7 +174,9 @@ pub fn decide(
         );
         return (assessment, Decision::RollBack { reason });
     }
-    if progress.status == Status::Paused {
+    // Paused; or the selector takes no agent (a typo must not pass every
+    // gate and store the value for everyone): hold, visibly.
+    if progress.status == Status::Paused || counts.selected == 0 {
         return (assessment, Decision::Wait);
     }
     let decision = match progress.gate_started_unix_ms {
@@ -332,6 +343,17 @@ mod tests {
             threshold: BUCKETS,
             ..Progress::new(0)
         };
+        // A critical service on an agent that has not taken the value is
+        // not held against it; it is awaited.
+        let mut unmarked = critical(member("e9", State::Alive, &[]));
+        let alone = std::slice::from_ref(&unmarked);
+        let assessment = assess("r", &plan, &progress, alone);
+        assert_eq!(
+            (assessment.counts.failing, assessment.pending.len()),
+            (0, 1)
+        );
+        unmarked.state = State::Dead;
+        assert_eq!(assess("r", &plan, &progress, &[unmarked]).counts.down, 1);
         // One of four (25%) is within the allowance.
         members[0] = critical(members[0].clone());
         assert_eq!(

@@ -83,6 +83,10 @@ pub struct Progress {
     pub reason: String,
     /// The counts when it last changed step.
     pub counts: Counts,
+    /// The last gate passed and the new value is being stored: nothing
+    /// can stop it any more (a leader that dies meanwhile finishes it).
+    #[serde(default)]
+    pub completing: bool,
     pub events: Vec<Event>,
 }
 
@@ -97,6 +101,7 @@ impl Progress {
             finished_unix_ms: None,
             reason: String::new(),
             counts: Counts::default(),
+            completing: false,
             events: Vec::new(),
         };
         progress.log(now_ms, "started".to_string());

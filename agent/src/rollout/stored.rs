@@ -8,7 +8,7 @@
 //!   two rollouts of one key conflict even when they race.
 
 use super::signed::{SignedPlan, VerifiedPlan};
-use super::Progress;
+use super::{Progress, Status};
 use crate::signing::TrustPolicy;
 use crate::store::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyRange, PutRequest,
@@ -20,6 +20,7 @@ pub const RESERVED_PREFIX: &str = "_edgeconf/";
 const PLAN_PREFIX: &str = "_edgeconf/rollout/plan/";
 const PROGRESS_PREFIX: &str = "_edgeconf/rollout/progress/";
 const ACTIVE_PREFIX: &str = "_edgeconf/rollout/active/";
+const BURNED_PREFIX: &str = "_edgeconf/rollout/burned/";
 
 pub fn plan_key(id: &str) -> Vec<u8> {
     format!("{PLAN_PREFIX}{id}").into_bytes()
@@ -33,6 +34,14 @@ pub fn active_key(key: &[u8]) -> Vec<u8> {
     let mut active = ACTIVE_PREFIX.as_bytes().to_vec();
     active.extend_from_slice(key);
     active
+}
+
+/// The sequence of the last rollout of `key` that did not complete: its
+/// signed value must never be written directly (`"SEQUENCE ID"`).
+pub fn burned_key(key: &[u8]) -> Vec<u8> {
+    let mut burned = BURNED_PREFIX.as_bytes().to_vec();
+    burned.extend_from_slice(key);
+    burned
 }
 
 /// Whether a store change may concern rollouts.
@@ -145,11 +154,26 @@ fn put(key: Vec<u8>, value: Vec<u8>) -> TxnOp {
 }
 
 /// Stores a new rollout, unless its key is under another one (the txn then
-/// fails and reads the active record, naming the other rollout).
-pub fn start_command(plan: &VerifiedPlan, signed: &SignedPlan, progress: &Progress) -> Command {
+/// fails and reads the active record, naming the other rollout), or the key
+/// changed since its mod revision was `key_revision` (when it was checked).
+pub fn start_command(
+    plan: &VerifiedPlan,
+    signed: &SignedPlan,
+    progress: &Progress,
+    key_revision: i64,
+) -> Command {
     let active = active_key(plan.body.key.as_bytes());
+    let unchanged = Compare {
+        range: KeyRange::single(plan.change.key.clone()),
+        result: CompareResult::Equal,
+        target: CompareTarget::Mod(key_revision),
+    };
     Command::Txn(TxnRequest {
-        compare: vec![absent(active.clone()), absent(plan_key(&plan.id))],
+        compare: vec![
+            absent(active.clone()),
+            absent(plan_key(&plan.id)),
+            unchanged,
+        ],
         success: vec![
             put(plan_key(&plan.id), signed.to_bytes()),
             put(progress_key(&plan.id), progress.to_bytes()),
@@ -160,7 +184,8 @@ pub fn start_command(plan: &VerifiedPlan, signed: &SignedPlan, progress: &Progre
 }
 
 /// Writes `progress` if nobody changed it since `revision`; a finished
-/// rollout releases its key.
+/// rollout releases its key, and one that did not complete burns its
+/// value's sequence.
 pub fn update_command(rollout: &Rollout, progress: &Progress) -> Command {
     let mut success = vec![put(progress_key(&rollout.id), progress.to_bytes())];
     if !progress.status.is_active() {
@@ -168,6 +193,10 @@ pub fn update_command(rollout: &Rollout, progress: &Progress) -> Command {
             range: KeyRange::single(active_key(rollout.key().as_bytes())),
             prev_kv: false,
         }));
+    }
+    if let (Status::RolledBack | Status::Aborted, Ok(plan)) = (progress.status, &rollout.plan) {
+        let burned = format!("{} {}", plan.change.sequence, rollout.id);
+        success.push(put(burned_key(&plan.change.key), burned.into_bytes()));
     }
     Command::Txn(TxnRequest {
         compare: vec![Compare {
@@ -234,15 +263,37 @@ pub fn refuse_write(store: &Store, command: &Command) -> Result<Option<String>, 
     }
     if touches_reserved {
         return Ok(Some(format!(
-            "keys under {RESERVED_PREFIX:?} are edgeconf's own (rollout records); change rollouts with `edgeconf rollout`"
+            "keys under {RESERVED_PREFIX:?} are edgeconf's own (rollout records and history); change rollouts with `edgeconf rollout`, and make ranges you delete stop short of {RESERVED_PREFIX:?}"
         )));
     }
     for (key, id) in active_ids(store)? {
         if ranges.iter().any(|r| r.contains(&key)) {
             return Ok(Some(format!(
-                "{:?} is being rolled out by rollout {id} (`edgeconf rollout status {id}`); wait for it to finish, `edgeconf rollout abort {id}`, or write with `edgeconf put --force` (which aborts the rollout)",
+                "{:?} is being rolled out by rollout {id} (`edgeconf rollout status {id}`); wait for it to finish or stop it with `edgeconf rollout abort {id}` (`edgeconf put --force` aborts it and writes)",
                 String::from_utf8_lossy(&key)
             )));
+        }
+    }
+    // The value of a rollout that was rolled back or aborted, sent as a
+    // signed write of its own, would skip every gate.
+    let signed = match command.unwrapped() {
+        Command::SignedPut { put, sequence } => Some((&put.key, *sequence)),
+        Command::SignedDelete { key, sequence, .. } => Some((key, *sequence)),
+        _ => None,
+    };
+    if let Some((key, sequence)) = signed {
+        let (burned, _) = store.range(&RangeRequest::new(KeyRange::single(burned_key(key))))?;
+        let record = burned
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        if let Some((burned, id)) = record.as_deref().and_then(|r| r.split_once(' ')) {
+            if burned.parse::<u64>().is_ok_and(|burned| sequence <= burned) {
+                return Ok(Some(format!(
+                    "sequence {sequence} of {:?} is at or below that of rollout {id}, which did not complete; its value cannot be written directly. Sign the change again with a new sequence (`edgeconf put --sign-key` picks one)",
+                    String::from_utf8_lossy(key)
+                )));
+            }
         }
     }
     Ok(None)
@@ -309,7 +360,7 @@ mod tests {
             ..TrustPolicy::default()
         };
         let plan = signed.verify(&trust).unwrap();
-        let start = start_command(&plan, &signed, &Progress::new(1));
+        let start = start_command(&plan, &signed, &Progress::new(1), 0);
         apply(&store, start.clone());
 
         let refused = refusal(put("/app/a")).unwrap();
@@ -338,11 +389,23 @@ mod tests {
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].key(), "/app/a");
 
-        // Finished: the key is free again, the record stays as history.
+        // Finished: the key is free again, the record stays as history,
+        // and the aborted value cannot be sent as a signed write.
         let mut done = active[0].progress.clone();
-        done.finish(super::super::Status::Aborted, "test".into(), 3);
+        done.finish(Status::Aborted, "test".into(), 3);
         apply(&store, update_command(&active[0], &done));
         assert_eq!(refusal(put("/app/a")), None);
+        let replay = Command::SignedPut {
+            put: PutRequest::new("/app/a", change.to_stored()),
+            sequence: 1,
+        };
+        let refused = refusal(replay).unwrap();
+        assert!(refused.contains("did not complete"), "{refused}");
+        let fresh = Command::SignedPut {
+            put: PutRequest::new("/app/a", change.to_stored()),
+            sequence: 2,
+        };
+        assert_eq!(refusal(fresh), None);
         assert!(load_active(&store, &trust).unwrap().is_empty());
         assert_eq!(load(&store, &trust, None).unwrap().len(), 1);
     }

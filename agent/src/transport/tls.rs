@@ -16,7 +16,9 @@ pub const SERVER_NAME: &str = "edgeconf-peer";
 /// ALPN protocol of raft traffic.
 pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// ALPN protocol of gossip traffic (datagrams, and streams for big messages).
-pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/1";
+/// Version 2: member metadata carries rollout marks (postcard is not
+/// self-describing, so agents of version 1 could not read it).
+pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/2";
 
 const KEY_FILE: &str = "node.key";
 
