@@ -21,7 +21,7 @@ use serde_json::Value;
 
 const AGENTS: usize = 9;
 const EDGES: usize = 6;
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A local service that reads its config file on every request: healthy
 /// unless the file says `bad`.
@@ -195,8 +195,16 @@ impl Fleet {
     /// Waits until rollout `id` leaves running/paused; its final status.
     fn wait_finished(&self, i: usize, id: &str) -> Value {
         let mut last = Value::Null;
+        let mut polls = 0;
         wait_until("the rollout finishes", TIMEOUT, || {
             last = self.status(i, id);
+            polls += 1;
+            if polls % 30 == 0 {
+                eprintln!(
+                    "still waiting: stage {} counts {} pending {} failing {}",
+                    last["stage"], last["counts"], last["pending"], last["failing"]
+                );
+            }
             !matches!(last["status"].as_str(), Some("running" | "paused"))
         });
         last
@@ -329,6 +337,38 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     eprintln!(
         "bad change: rolled back {decided:?} after start; every file restored {restored:?} after start"
     );
+    // Its signed value, taken from the stored plan, cannot be written
+    // directly (it would skip every gate).
+    let plan = json(ok(fleet.cli(
+        0,
+        &[
+            "get",
+            &format!("_edgeconf/rollout/plan/{id}"),
+            "--print-value-only",
+        ],
+    )));
+    let body = json(plan["body"].as_str().unwrap().to_string());
+    let change = dir.path().join("rolled-back.json");
+    std::fs::write(&change, body["change"].as_str().unwrap()).unwrap();
+    let replay = failed(fleet.cli(1, &["put", "--signed", change.to_str().unwrap()]));
+    assert!(replay.contains("did not complete"), "{replay}");
+    // A selector that matches nobody is refused.
+    let nobody = failed(fleet.cli(
+        0,
+        &[
+            "rollout",
+            "start",
+            "--key",
+            "/app/config",
+            "--sign-key",
+            &sign_key,
+            "--value",
+            "x",
+            "--selector",
+            "tier=nope",
+        ],
+    ));
+    assert!(nobody.contains("matches no agent"), "{nobody}");
     let simple = ok(fleet.cli(3, &["rollout", "status", &id]));
     assert!(
         simple.contains("rolled_back") && simple.contains("agents:"),
