@@ -239,8 +239,13 @@ pub async fn run(
                 plugins.checks.clone(),
             );
             let stopped = stopped.clone();
+            let announced = (status.clone(), membership.clone(), stopped.clone());
             tasks.spawn(async move {
                 crate::plugins::checks::run(loaded, checks, Some(keys), status, stopped).await
+            });
+            tasks.spawn(async move {
+                let (status, membership, stopped) = announced;
+                crate::plugins::checks::announce(status, membership, stopped).await
             });
         }
     }
@@ -362,6 +367,7 @@ fn start_gossip(
         client_urls: config.advertise_client_urls.clone(),
         services: Vec::new(),
         rollouts: Vec::new(),
+        checks: Vec::new(),
     };
     let settings = crate::gossip::Config {
         probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,

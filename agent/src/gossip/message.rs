@@ -30,6 +30,17 @@ pub struct Meta {
     /// The rollouts whose new value this agent renders (it is in their
     /// current stage), and whether rendering it worked.
     pub rollouts: Vec<RolloutMark>,
+    /// The agent's own health checks (`[[check]]`), for rollout gates.
+    pub checks: Vec<AgentCheck>,
+}
+
+/// The latest result of one of an agent's `[[check]]` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCheck {
+    pub name: String,
+    pub health: Health,
+    /// What it said (cut to a few hundred bytes).
+    pub output: String,
 }
 
 /// One rollout an agent takes part in.

@@ -17,6 +17,7 @@ mod tests;
 
 pub use membership::Membership;
 pub use message::{
-    Addr, Health, Message, Meta, NodeId, Record, RolloutMark, ServiceState, State, Update,
+    Addr, AgentCheck, Health, Message, Meta, NodeId, Record, RolloutMark, ServiceState, State,
+    Update,
 };
 pub use swim::{Config, Outgoing, StateChange, Swim};

@@ -72,6 +72,7 @@ impl Sim {
                 output: String::new(),
             }],
             rollouts: Vec::new(),
+            checks: Vec::new(),
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {

@@ -136,3 +136,44 @@ pub async fn run(
     }
     while tasks.join_next().await.is_some() {}
 }
+
+/// How often the agent's check results are compared with what it
+/// announces in gossip.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// How much of a check's output travels in gossip.
+const ANNOUNCED_OUTPUT: usize = 200;
+
+/// Announces the checks' results in this agent's gossip metadata (a change
+/// spreads to the fleet; rollout gates count critical checks).
+pub async fn announce(
+    status: Arc<CheckStatus>,
+    membership: Arc<crate::gossip::Membership>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(ANNOUNCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let checks: Vec<crate::gossip::AgentCheck> = status
+            .snapshot()
+            .into_iter()
+            .filter_map(|(name, state)| {
+                let health = state.health?;
+                // A passing check's output may change every run; only a
+                // change of health is worth an announcement.
+                let output = match health {
+                    Health::Passing => String::new(),
+                    _ => state.output.chars().take(ANNOUNCED_OUTPUT).collect(),
+                };
+                Some(crate::gossip::AgentCheck {
+                    name,
+                    health,
+                    output,
+                })
+            })
+            .collect();
+        membership.update_meta(|meta| meta.checks = checks);
+    }
+}

@@ -98,6 +98,11 @@ pub fn assess(id: &str, plan: &Plan, progress: &Progress, members: &[Record]) ->
         if !rendered {
             problems.push(format!("cannot render the new value: {}", mark.error));
         }
+        for check in &member.meta.checks {
+            if check.health == Health::Critical {
+                problems.push(format!("check {} critical: {}", check.name, check.output));
+            }
+        }
         for service in &member.meta.services {
             if service.health == Health::Critical {
                 problems.push(format!(
@@ -206,7 +211,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::gossip::{Meta, RolloutMark, ServiceState};
+    use crate::gossip::{AgentCheck, Meta, RolloutMark, ServiceState};
 
     fn member(name: &str, state: State, labels: &[(&str, &str)]) -> Record {
         Record {
@@ -354,6 +359,16 @@ mod tests {
         );
         unmarked.state = State::Dead;
         assert_eq!(assess("r", &plan, &progress, &[unmarked]).counts.down, 1);
+        // The agent's own checks count too.
+        let checked = with_meta(rendered(member("e8", State::Alive, &[]), "r", ""), |meta| {
+            meta.checks.push(AgentCheck {
+                name: "disk".into(),
+                health: Health::Critical,
+                output: "95% full".into(),
+            })
+        });
+        let assessment = assess("r", &plan, &progress, &[checked]);
+        assert_eq!(assessment.failing, ["e8: check disk critical: 95% full"]);
         // One of four (25%) is within the allowance.
         members[0] = critical(members[0].clone());
         assert_eq!(
