@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::fleet::{agent, fleet, http_get, json, wait_until, TIMEOUT};
+use common::fleet::{agent, fleet, http_get, json, wait_until, HttpStub, TIMEOUT};
 use common::{edgeconf, etcdctl, ok};
 use serde_json::Value;
 
@@ -135,48 +133,30 @@ fn agents_join_edges_get_config_leave_and_kill_is_detected() {
 }
 
 /// A tiny HTTP server that answers 200 "ok" while `up`, 503 otherwise.
+/// A backend whose health endpoint answers 200 "ok" while `up`, 503
+/// otherwise.
 struct Backend {
     port: u16,
     up: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    _stub: HttpStub,
 }
 
 impl Backend {
     fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (up, stop) = (
-            Arc::new(AtomicBool::new(true)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (serving, stopping) = (up.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                        let mut buf = [0u8; 1024];
-                        let _ = stream.read(&mut buf);
-                        let reply = if serving.load(Ordering::SeqCst) {
-                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                        } else {
-                            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown"
-                        };
-                        let _ = stream.write_all(reply.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
+        let up = Arc::new(AtomicBool::new(true));
+        let serving = up.clone();
+        let stub = HttpStub::start(move || {
+            if serving.load(Ordering::SeqCst) {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            } else {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown"
             }
         });
-        Backend { port, up, stop }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        Backend {
+            port: stub.port,
+            up,
+            _stub: stub,
+        }
     }
 }
 

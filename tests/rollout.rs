@@ -7,15 +7,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::fleet::{agent, fleet_with, http_get, json, wait_until};
+use common::fleet::{agent, fleet_with, http_get, json, wait_until, HttpStub};
 use common::{edgeconf, failed, ok};
 use serde_json::Value;
 
@@ -25,46 +21,15 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A local service that reads its config file on every request: healthy
 /// unless the file says `bad`.
-struct App {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl App {
-    fn start(config: PathBuf) -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                        let mut buf = [0u8; 1024];
-                        let _ = stream.read(&mut buf);
-                        let content = std::fs::read_to_string(&config).unwrap_or_default();
-                        let reply = if content.contains("bad") {
-                            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 10\r\nconnection: close\r\n\r\nbad config"
-                        } else {
-                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                        };
-                        let _ = stream.write_all(reply.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        App { port, stop }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+fn app(config: PathBuf) -> HttpStub {
+    HttpStub::start(move || {
+        let content = std::fs::read_to_string(&config).unwrap_or_default();
+        if content.contains("bad") {
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 10\r\nconnection: close\r\n\r\nbad config"
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        }
+    })
 }
 
 struct Fleet {
@@ -72,7 +37,7 @@ struct Fleet {
     files: Vec<PathBuf>,
     operator_key: PathBuf,
     metrics_ports: Vec<u16>,
-    _apps: Vec<App>,
+    _apps: Vec<HttpStub>,
 }
 
 impl Fleet {
@@ -95,7 +60,7 @@ impl Fleet {
             let out = dir.join(format!("out{}", i + 1));
             std::fs::create_dir_all(&out).unwrap();
             let file = out.join("app.conf");
-            let app = App::start(file.clone());
+            let app = app(file.clone());
             let metrics = common::free_port();
             head.push(format!(
                 "render_root = {:?}\nlisten_metrics_url = \"http://127.0.0.1:{metrics}\"",
@@ -141,8 +106,8 @@ impl Fleet {
         json(ok(self.cli(i, &["-w", "json", "rollout", "status", id])))
     }
 
-    /// Starts a rollout of `value` on agent `i`; its id.
-    fn start_rollout(&self, i: usize, value: &str, flags: &[&str]) -> String {
+    /// `rollout start` of `value` on agent `i`, signed, with `flags`.
+    fn rollout_start(&self, i: usize, value: &str, flags: &[&str]) -> std::process::Output {
         let key = self.operator_key.to_str().unwrap();
         let mut args = vec![
             "-w",
@@ -157,7 +122,12 @@ impl Fleet {
             value,
         ];
         args.extend_from_slice(flags);
-        json(ok(self.cli(i, &args)))["id"]
+        self.cli(i, &args)
+    }
+
+    /// Starts a rollout of `value` on agent `i`; its id.
+    fn start_rollout(&self, i: usize, value: &str, flags: &[&str]) -> String {
+        json(ok(self.rollout_start(i, value, flags)))["id"]
             .as_str()
             .unwrap()
             .to_string()
@@ -273,19 +243,7 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
         refused.contains(&format!("being rolled out by rollout {id}")),
         "{refused}"
     );
-    let conflict = failed(fleet.cli(
-        3,
-        &[
-            "rollout",
-            "start",
-            "--key",
-            "/app/config",
-            "--sign-key",
-            &sign_key,
-            "--value",
-            "version=8",
-        ],
-    ));
+    let conflict = failed(fleet.rollout_start(3, "version=8", &[]));
     assert!(
         conflict.contains(&format!("already being rolled out by rollout {id}")),
         "{conflict}"
@@ -353,21 +311,7 @@ fn staged_rollouts_advance_roll_back_and_survive_the_leader() {
     let replay = failed(fleet.cli(1, &["put", "--signed", change.to_str().unwrap()]));
     assert!(replay.contains("did not complete"), "{replay}");
     // A selector that matches nobody is refused.
-    let nobody = failed(fleet.cli(
-        0,
-        &[
-            "rollout",
-            "start",
-            "--key",
-            "/app/config",
-            "--sign-key",
-            &sign_key,
-            "--value",
-            "x",
-            "--selector",
-            "tier=nope",
-        ],
-    ));
+    let nobody = failed(fleet.rollout_start(0, "x", &["--selector", "tier=nope"]));
     assert!(nobody.contains("matches no agent"), "{nobody}");
     let simple = ok(fleet.cli(3, &["rollout", "status", &id]));
     assert!(

@@ -71,9 +71,10 @@ pub(crate) async fn start(
         )));
     }
     let members = context.fleet.membership.members();
-    if !members.iter().any(|m| {
-        m.state != crate::gossip::State::Left && plan.plan.selector.matches(&m.meta.labels)
-    }) {
+    if crate::rollout::gate::selected(&plan.plan, &members)
+        .next()
+        .is_none()
+    {
         return Err(Status::failed_precondition(format!(
             "edgeconf: --selector {:?} matches no agent of the fleet (`edgeconf member list` shows their labels)",
             plan.body.selector

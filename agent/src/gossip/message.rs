@@ -129,6 +129,20 @@ pub struct Record {
     pub meta: Arc<Meta>,
 }
 
+#[cfg(test)]
+impl Record {
+    /// A member named `name` in `state`, for tests of what reads records.
+    pub fn for_test(name: &str, state: State, meta: Meta) -> Record {
+        Record {
+            id: name.into(),
+            addr: "127.0.0.1:1".into(),
+            incarnation: 1,
+            state,
+            meta: Arc::new(meta),
+        }
+    }
+}
+
 /// A member's state as others see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {

@@ -36,7 +36,7 @@ pub struct Assessment {
 
 /// The agents `plan` selects: those whose labels match, except the ones
 /// that left the fleet.
-fn selected<'a>(plan: &'a Plan, members: &'a [Record]) -> impl Iterator<Item = &'a Record> {
+pub fn selected<'a>(plan: &'a Plan, members: &'a [Record]) -> impl Iterator<Item = &'a Record> {
     members
         .iter()
         .filter(move |m| m.state != State::Left && plan.selector.matches(&m.meta.labels))
@@ -214,19 +214,18 @@ mod tests {
     use crate::gossip::{AgentCheck, Meta, RolloutMark, ServiceState};
 
     fn member(name: &str, state: State, labels: &[(&str, &str)]) -> Record {
-        Record {
-            id: name.into(),
-            addr: "127.0.0.1:1".into(),
-            incarnation: 1,
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        Record::for_test(
+            name,
             state,
-            meta: Arc::new(Meta {
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
+            Meta {
+                labels,
                 ..Meta::default()
-            }),
-        }
+            },
+        )
     }
 
     fn with_meta(mut record: Record, change: impl FnOnce(&mut Meta)) -> Record {

@@ -447,16 +447,14 @@ mod tests {
                 output: String::new(),
             })
             .collect();
-        Record {
-            id: name.into(),
-            addr: "127.0.0.1:1".into(),
-            incarnation: 1,
+        Record::for_test(
+            name,
             state,
-            meta: Arc::new(Meta {
+            Meta {
                 services,
                 ..Meta::default()
-            }),
-        }
+            },
+        )
     }
 
     #[test]
