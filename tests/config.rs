@@ -49,6 +49,12 @@ fn bad_config_files_are_refused_naming_file_line_and_field() {
             "expected `new` or `existing`",
         ),
         ("data_dir = \"d\"\nname = [\n", "line 2", "agent.toml"),
+        (
+            "data_dir = \"d\"\nname = \"n1\"\nlisten_peer_urls = [\"quic://127.0.0.1:3380\"]\n\
+             initial_cluster = \"n1=quic://127.0.0.1:3380,n2=quic://127.0.0.1:4380\"\n",
+            "peer_trust.keys",
+            "edgeconf node-key",
+        ),
     ];
     for (text, location, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -91,6 +97,26 @@ fn a_missing_config_file_is_named() {
 
 #[test]
 fn the_example_configs_are_valid() {
+    // `agent --check` refuses what `agent` refuses: peers without pinned keys.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "name = \"n1\"\nlisten_peer_urls = [\"quic://127.0.0.1:3380\"]\n\
+         initial_cluster = \"n1=quic://127.0.0.1:3380,n2=quic://127.0.0.1:4380\"\n",
+    )
+    .unwrap();
+    let checked = run_with_timeout(
+        Command::new(BIN).args(["agent", "--check", "--config", path.to_str().unwrap()]),
+        Duration::from_secs(20),
+    );
+    assert!(!checked.status.success());
+    assert!(
+        stderr(&checked).contains("peer_trust.keys"),
+        "{}",
+        stderr(&checked)
+    );
+
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
@@ -173,4 +199,74 @@ fn sigterm_stops_the_agent_cleanly_and_data_survives() {
         ok(edgeconf(&agent, &["get", "k", "--print-value-only"])),
         "v\n"
     );
+}
+
+#[test]
+fn a_restart_waits_for_the_lock_of_an_agent_still_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Agent::start(dir.path());
+    ok(edgeconf(&first, &["put", "k", "v"]));
+    // The second start finds the store locked, waits, and takes it once the
+    // first agent is gone.
+    let (path, port) = (dir.path().to_path_buf(), common::free_port());
+    let second = std::thread::spawn(move || Agent::start_with(&path, port, &[]));
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill9();
+    let second = second.join().expect("the second agent started");
+    assert!(
+        second.log().contains("waiting for it to let go"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        ok(edgeconf(&second, &["get", "k", "--print-value-only"])),
+        "v\n"
+    );
+}
+
+#[test]
+fn status_says_when_no_peer_was_ever_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    // n2's key is pinned, but n2 never runs: n1 starts and can reach no one.
+    let n2_key = ok(run_with_timeout(
+        Command::new(BIN).args([
+            "node-key",
+            "--data-dir",
+            dir.path().join("n2").to_str().unwrap(),
+        ]),
+        Duration::from_secs(20),
+    ));
+    let (port, own, other) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = dir.path().join("n1.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"n1\"\ninitial_cluster = \"n1=quic://127.0.0.1:{own},n2=quic://127.0.0.1:{other}\"\n\n[peer_trust]\nkeys = [\"{}\"]\n",
+            n2_key.trim()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("n1").to_str().unwrap(),
+        "--listen-client-urls",
+        &format!("http://127.0.0.1:{port}"),
+        "--listen-peer-urls",
+        &format!("quic://127.0.0.1:{own}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::spawn(dir.path(), dir.path().join("n1"), port, &args);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(edgeconf(&agent, &["-w", "json", "status"]))).unwrap();
+    let errors = json[0]["errors"].to_string();
+    assert!(errors.contains("no peer has ever been reached"), "{json}");
+    assert!(errors.contains("edgeconf node-key"), "{json}");
 }

@@ -125,3 +125,118 @@ fn etcdctl_txn_lease_compaction_and_endpoint_status() {
     assert_eq!(s["leader"], s["header"]["member_id"], "{status}");
     assert!(s["raftTerm"].as_u64().unwrap() >= 1, "{status}");
 }
+
+/// Runs etcdctl against one endpoint, written as given.
+fn etcdctl_at(endpoint: &str, args: &[&str]) -> std::process::Output {
+    run_with_timeout(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "--dial-timeout", "3s"])
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
+/// etcd's documentation writes endpoints with a scheme, and etcdctl sends
+/// some of them on as the request's `:authority` (`endpoint status` with
+/// `http://127.0.0.1:2379` sends exactly that): every form must work for
+/// every etcdctl command the tests use.
+#[test]
+fn every_etcdctl_command_works_with_every_endpoint_form() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let urls = format!("http://127.0.0.1:{port},http://[::1]:{port}");
+    let agent = Agent::start_with(dir.path(), port, &["--listen-client-urls", &urls]);
+    let forms = [
+        format!("127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("http://localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("http://[::1]:{port}"),
+    ];
+    for (n, endpoint) in forms.iter().enumerate() {
+        let run = |args: &[&str]| {
+            let output = etcdctl_at(endpoint, args);
+            assert!(
+                output.status.success(),
+                "etcdctl --endpoints={endpoint} {args:?} failed: {}\nagent log:\n{}",
+                stderr(&output),
+                agent.log()
+            );
+            stdout(&output)
+        };
+        let key = format!("/forms/{n}");
+        assert_eq!(run(&["put", &key, "1"]), "OK\n");
+        let status: serde_json::Value =
+            serde_json::from_str(&run(&["endpoint", "status", "-w", "json"])).unwrap();
+        let revision = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
+        assert_eq!(
+            status[0]["Status"]["leader"],
+            status[0]["Status"]["header"]["member_id"]
+        );
+        assert!(run(&["endpoint", "status"]).contains(endpoint.as_str()));
+        // etcdctl prints health on stderr.
+        let health = etcdctl_at(endpoint, &["endpoint", "health"]);
+        assert!(health.status.success(), "{}", stderr(&health));
+        assert!(
+            stderr(&health).contains("is healthy"),
+            "{}",
+            stderr(&health)
+        );
+        assert!(!run(&["member", "list"]).is_empty());
+        assert_eq!(run(&["put", &key, "2"]), "OK\n");
+        assert_eq!(
+            run(&[
+                "get",
+                &key,
+                "--rev",
+                &revision.to_string(),
+                "--print-value-only"
+            ]),
+            "1\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&run(&["get", &key, "-w", "json"])).unwrap();
+        assert_eq!(json["kvs"][0]["version"], 2);
+        assert!(run(&["get", "/forms/", "--prefix"]).contains(&key));
+        let watched = run_with_timeout(
+            Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+                "--endpoints",
+                endpoint,
+                "watch",
+                &key,
+                "--rev",
+                &revision.to_string(),
+            ]),
+            Duration::from_secs(2),
+        );
+        // watch runs until killed: the replayed events are what counts.
+        assert!(stdout(&watched).starts_with(&format!("PUT\n{key}\n1\nPUT\n{key}\n2\n")));
+        let mut txn = Command::new("etcdctl");
+        txn.env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "txn"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = txn.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("value(\"{key}\") = \"2\"\n\nput {key}/txn yes\n\n\n").as_bytes())
+            .unwrap();
+        assert_eq!(
+            stdout(&child.wait_with_output().unwrap()),
+            "SUCCESS\n\nOK\n"
+        );
+        let granted = run(&["lease", "grant", "60"]);
+        let id = granted.split_whitespace().nth(1).unwrap().to_string();
+        assert!(run(&["lease", "keep-alive", "--once", &id]).contains("TTL(60)"));
+        run(&["lease", "revoke", &id]);
+        assert_eq!(run(&["del", &key]), "1\n");
+        let compact = (revision - 1).max(1).to_string();
+        assert!(run(&["compaction", &compact]).contains("compacted revision"));
+    }
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{failed, free_port, ok, run_with_timeout, Agent, BIN};
+use common::{failed, free_port, ok, run_with_timeout, stderr, Agent, BIN};
 
 fn edgeconf_cli(args: &[&str]) -> Output {
     run_with_timeout(Command::new(BIN).args(args), Duration::from_secs(30))
@@ -111,12 +111,14 @@ fn mutual_tls_admits_certified_clients_and_refuses_the_rest() {
     ]));
     assert!(err.contains("https://"), "{err}");
     assert!(agent.log().contains("client TLS handshake refused"));
-    // etcdctl with the same files.
-    let etcdctl = |cert: bool| {
+    // etcdctl with the same files, with and without the scheme (etcdctl
+    // sends `https://...` on as the request's authority in `endpoint
+    // status`).
+    let etcdctl = |endpoint: &str, cert: bool, args: &[&str]| {
         let mut command = Command::new("etcdctl");
         command
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &format!("https://{}", agent.endpoint())])
+            .args(["--endpoints", endpoint])
             .args([
                 "--dial-timeout",
                 "2s",
@@ -127,11 +129,22 @@ fn mutual_tls_admits_certified_clients_and_refuses_the_rest() {
             command.args(["--cert", &path(dir.path(), "pki/alice.crt")]);
             command.args(["--key", &path(dir.path(), "pki/alice.key")]);
         }
-        command.args(["get", "/a", "--print-value-only"]);
+        command.args(args);
         run_with_timeout(&mut command, Duration::from_secs(30))
     };
-    assert_eq!(ok(etcdctl(true)), "1\n");
-    assert!(!etcdctl(false).status.success());
+    let get = ["get", "/a", "--print-value-only"];
+    for endpoint in [format!("https://{}", agent.endpoint()), agent.endpoint()] {
+        assert_eq!(ok(etcdctl(&endpoint, true, &get)), "1\n");
+        let status = ok(etcdctl(&endpoint, true, &["endpoint", "status"]));
+        assert!(status.contains(&endpoint), "{status}");
+        let health = etcdctl(&endpoint, true, &["endpoint", "health"]);
+        assert!(
+            stderr(&health).contains("is healthy"),
+            "{}",
+            stderr(&health)
+        );
+        assert!(!etcdctl(&endpoint, false, &get).status.success());
+    }
 }
 
 #[test]

@@ -20,6 +20,10 @@ use crate::transport::{NodeKey, Transport};
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a start waits for a store still locked by a process that is
+/// exiting (a restart right after `kill -9`).
+const STORE_LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How long an edge agent may be dead before the leader stops replicating
 /// to it (it is added again if it comes back).
 const EDGE_DEAD_GRACE: Duration = Duration::from_secs(30 * 60);
@@ -47,10 +51,11 @@ pub async fn run(
         )
     })?;
     let store_path = config.store_path();
-    let store = Store::open(&store_path).map_err(|err| match err {
+    let store = Store::open_waiting(&store_path, STORE_LOCK_PATIENCE).map_err(|err| match err {
         StoreError::Storage(redb::Error::DatabaseAlreadyOpen) => anyhow::anyhow!(
-            "store {} is in use by another process: is an agent already running with data_dir {}?",
+            "store {} is in use by another process (waited {}s for it to let go): is an agent already running with data_dir {}?",
             store_path.display(),
+            STORE_LOCK_PATIENCE.as_secs(),
             config.data_dir.display()
         ),
         err => anyhow::anyhow!("cannot open store {}: {err}", store_path.display()),

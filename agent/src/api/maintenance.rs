@@ -50,6 +50,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_applied_index: node.applied_index(),
             raft_term: node.term(),
             storage_version: format!("edgeconf {}", env!("CARGO_PKG_VERSION")),
+            errors: status_errors(node),
             ..Default::default()
         }))
     }
@@ -103,4 +104,18 @@ impl PbMaintenanceService for MaintenanceService {
         self.0.caller(&request)?.check_admin("downgrade")?;
         Err(unsupported("Downgrade"))
     }
+}
+
+/// What `Status` reports in `errors` (etcdctl's ERRORS column): today, a
+/// member with peers that has never reached any of them.
+fn status_errors(node: &crate::consensus::Node) -> Vec<String> {
+    let has_peers = node.members().is_ok_and(|members| members.len() > 1);
+    if has_peers && node.transport().contact().last().is_none() {
+        return vec![
+            "no peer has ever been reached: check that [peer_trust] keys lists every member's node key \
+             (`edgeconf node-key` prints it) and that the peers listen at their peer URLs"
+                .to_string(),
+        ];
+    }
+    Vec::new()
 }

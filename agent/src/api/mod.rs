@@ -7,6 +7,7 @@
 
 mod access;
 pub mod auth;
+mod authority;
 mod cluster;
 mod convert;
 mod edgeconf;
@@ -27,6 +28,7 @@ use etcd_client::proto::{
     PbWatchServer,
 };
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
@@ -173,12 +175,15 @@ pub async fn serve(
     };
     match tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls, shutdown.clone());
+            let incoming = tls::incoming(listener, tls, shutdown.clone())
+                .map(|stream| stream.map(authority::LenientAuthority::new));
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|stream| stream.map(authority::LenientAuthority::new));
             let _ = &mut shutdown;
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }

@@ -62,6 +62,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                 "leader": s.leader(),
                 "raft_index": s.raft_index(),
                 "raft_term": s.raft_term(),
+                "errors": s.errors(),
             }))
             .collect::<Vec<_>>())),
         _ => {
@@ -76,6 +77,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                     s.raft_term().to_string(),
                     s.raft_index().to_string(),
                     s.header().map_or(0, |h| h.revision()).to_string(),
+                    s.errors().join("; "),
                 ]
             });
             let headers = [
@@ -87,6 +89,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                 "RAFT TERM",
                 "RAFT INDEX",
                 "REVISION",
+                "ERRORS",
             ];
             if format == Format::Table {
                 print_table(&headers, lines);

@@ -529,6 +529,7 @@ impl Config {
             .collect();
         let gossip = services::check_gossip(file.gossip.unwrap_or_default(), default_seeds, role)
             .map_err(|(field, problem)| origin.invalid(field, problem))?;
+        check_peers_trusted(origin, &peer_keys, &initial_cluster, &gossip.seeds)?;
         let check_plugins: Vec<String> = plugins
             .plugins
             .iter()
@@ -675,6 +676,43 @@ fn parse_initial_cluster(
         ));
     }
     Ok(members)
+}
+
+/// An agent with peers (other members in `initial_cluster`, or gossip
+/// seeds) must pin their node keys: peers admit each other only by pinned
+/// keys, so without any they would start, say "ready" and refuse each other
+/// forever.
+fn check_peers_trusted(
+    origin: &Origin,
+    peer_keys: &[[u8; 32]],
+    initial_cluster: &[(String, String)],
+    seeds: &[SocketAddr],
+) -> Result<(), ConfigError> {
+    if !peer_keys.is_empty() || (initial_cluster.len() < 2 && seeds.is_empty()) {
+        return Ok(());
+    }
+    let peers = if initial_cluster.len() >= 2 {
+        let names: Vec<&str> = initial_cluster
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        format!(
+            "initial_cluster names {} members ({})",
+            names.len(),
+            names.join(", ")
+        )
+    } else {
+        format!("it has gossip seeds {seeds:?}")
+    };
+    Err(origin.invalid(
+        "keys",
+        format!(
+            "in [peer_trust] (peer_trust.keys) is empty, but {peers}: peers admit each other only by pinned node keys, \
+             so these members would refuse each other forever. Print each member's key with \
+             `edgeconf node-key --data-dir <its data_dir>` and list every one of them in \
+             [peer_trust] keys = [\"...\", ...]"
+        ),
+    ))
 }
 
 fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigError> {

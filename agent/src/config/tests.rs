@@ -11,6 +11,37 @@ fn message(text: &str) -> String {
     load_text(text).unwrap_err().to_string()
 }
 
+/// A `[peer_trust]` section with one key, for configs that have peers.
+fn pinned_peer() -> String {
+    let key = crate::transport::tls::format_key(&[7u8; 32]);
+    format!("\n[peer_trust]\nkeys = [\"{key}\"]\n")
+}
+
+#[test]
+fn peers_without_pinned_keys_are_refused_with_how_to_get_them() {
+    let cluster = message(
+        "name = \"n1\"\nlisten_peer_urls = [\"quic://127.0.0.1:3380\"]\n\
+         initial_cluster = \"n1=quic://127.0.0.1:3380,n2=quic://127.0.0.1:4380,n3=quic://127.0.0.1:5380\"\n",
+    );
+    for expected in [
+        "peer_trust.keys",
+        "edgeconf node-key",
+        "3 members (n1, n2, n3)",
+    ] {
+        assert!(
+            cluster.contains(expected),
+            "{expected:?} missing from: {cluster}"
+        );
+    }
+    let edge = message("role = \"edge\"\n[gossip]\nseeds = [\"127.0.0.1:4380\"]\n");
+    assert!(
+        edge.contains("peer_trust.keys") && edge.contains("127.0.0.1:4380"),
+        "{edge}"
+    );
+    // A single member needs no peers; with a key it has nothing to refuse.
+    assert!(load_text("name = \"alone\"\n").is_ok());
+}
+
 #[test]
 fn no_file_gives_a_single_local_node() {
     let config = Config::load(None, ConfigFile::default()).unwrap();
@@ -33,6 +64,7 @@ listen_peer_urls = ["quic://127.0.0.1:3380"]
 initial_cluster = "n1=quic://127.0.0.1:3380,n2=quic://127.0.0.1:4380"
 initial_cluster_state = "existing"
 "#;
+    let text = &format!("{text}{}", pinned_peer());
     let config = load_text(text).unwrap();
     assert_eq!(config.initial_cluster.len(), 2);
     assert_eq!(config.initial_cluster_state, ClusterState::Existing);
@@ -210,7 +242,7 @@ tags = ["v1"]
   [[service.check]]
   ttl = "30s"
 "#;
-    let config = load_text(text).unwrap();
+    let config = load_text(&format!("{text}{}", pinned_peer())).unwrap();
     assert_eq!(config.role, Role::Voter);
     assert_eq!(config.labels["region"], "eu");
     // Voters gossip with the other initial members unless told otherwise.

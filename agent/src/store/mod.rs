@@ -58,6 +58,29 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store file. redb recovers from a crash on open:
     /// the last committed transaction is what is there.
+    /// Opens the store at `path`, waiting up to `patience` while another
+    /// process holds its lock: an agent restarted right after `kill -9` can
+    /// find the old process still being torn down, its lock not yet
+    /// released. Any other error returns at once.
+    pub fn open_waiting(path: &Path, patience: std::time::Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut said = false;
+        loop {
+            match Self::open(path) {
+                Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        tracing::info!(store = %path.display(), ?patience, "store is locked by another process; waiting for it to let go");
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{connect, tls};
+use super::{connect, tls, Contact};
 
 /// Largest gossip message accepted on a stream (a full sync of a large
 /// fleet: about 300 bytes per member).
@@ -30,6 +30,7 @@ pub struct GossipNet {
     peers: Mutex<HashMap<SocketAddr, Slot>>,
     isolated: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
+    contact: Arc<Contact>,
 }
 
 enum Slot {
@@ -44,6 +45,7 @@ impl GossipNet {
         client_config: quinn::ClientConfig,
         isolated: Arc<AtomicBool>,
         runtime: tokio::runtime::Handle,
+        contact: Arc<Contact>,
     ) -> Arc<GossipNet> {
         Arc::new(GossipNet {
             endpoint,
@@ -51,6 +53,7 @@ impl GossipNet {
             peers: Mutex::new(HashMap::new()),
             isolated,
             runtime,
+            contact,
         })
     }
 
@@ -76,7 +79,7 @@ impl GossipNet {
         peers.insert(to, Slot::Connecting(vec![message]));
         let net = self.clone();
         self.runtime.spawn(async move {
-            let connection = connect(&net.endpoint, &net.client_config, to).await;
+            let connection = connect(&net.endpoint, &net.client_config, &net.contact, to).await;
             let mut peers = net.peers.lock().unwrap_or_else(|e| e.into_inner());
             let pending = match peers.remove(&to) {
                 Some(Slot::Connecting(pending)) => pending,

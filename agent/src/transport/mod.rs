@@ -68,6 +68,32 @@ pub struct Transport {
     /// Fault injection: while set, every peer message in or out is dropped,
     /// as if this member were cut off by a network partition.
     isolated: Arc<AtomicBool>,
+    /// When a peer last completed a handshake with us, either way.
+    contact: Arc<Contact>,
+}
+
+/// When this agent last completed a QUIC handshake with a trusted peer (in
+/// either direction), in milliseconds since the Unix epoch; 0 for never.
+/// A member that has never reached a peer is most often one whose
+/// `[peer_trust] keys` do not match the others' node keys.
+#[derive(Default)]
+pub struct Contact(std::sync::atomic::AtomicU64);
+
+impl Contact {
+    fn touch(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.0.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// The last contact, or `None` if no peer was ever reached.
+    pub fn last(&self) -> Option<std::time::SystemTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
 }
 
 struct Peer {
@@ -94,6 +120,7 @@ impl Transport {
         let isolated = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();
         let sinks = Sinks::default();
+        let contact = Arc::new(Contact::default());
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
             client_config: configs.raft_client,
@@ -104,11 +131,13 @@ impl Transport {
                 configs.gossip_client,
                 isolated.clone(),
                 runtime.clone(),
+                contact.clone(),
             ),
             runtime,
             isolated: isolated.clone(),
+            contact: contact.clone(),
         });
-        tokio::spawn(accept_peers(endpoint, sinks, isolated));
+        tokio::spawn(accept_peers(endpoint, sinks, isolated, contact));
         Ok(transport)
     }
 
@@ -125,6 +154,11 @@ impl Transport {
     /// Sends gossip messages.
     pub fn gossip(&self) -> &Arc<GossipNet> {
         &self.gossip
+    }
+
+    /// When a peer was last reached (see [`Contact`]).
+    pub fn contact(&self) -> &Contact {
+        &self.contact
     }
 
     /// The address the endpoint listens on.
@@ -151,8 +185,8 @@ impl Transport {
                 self.runtime.spawn(send_to_peer(
                     self.endpoint.clone(),
                     self.client_config.clone(),
-                    id,
-                    addr,
+                    self.contact.clone(),
+                    (id, addr),
                     outbox,
                     sink.clone(),
                 ));
@@ -236,10 +270,16 @@ struct Sinks {
     gossip: Arc<OnceLock<GossipSink>>,
 }
 
-async fn accept_peers(endpoint: quinn::Endpoint, sinks: Sinks, isolated: Arc<AtomicBool>) {
+async fn accept_peers(
+    endpoint: quinn::Endpoint,
+    sinks: Sinks,
+    isolated: Arc<AtomicBool>,
+    contact: Arc<Contact>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let sinks = sinks.clone();
         let isolated = isolated.clone();
+        let contact = contact.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -249,6 +289,7 @@ async fn accept_peers(endpoint: quinn::Endpoint, sinks: Sinks, isolated: Arc<Ato
                     return;
                 }
             };
+            contact.touch();
             if gossip::is_gossip(&connection) {
                 if let Some(sink) = sinks.gossip.get() {
                     gossip::receive(connection, sink.clone(), isolated).await;
@@ -283,8 +324,8 @@ async fn accept_peers(endpoint: quinn::Endpoint, sinks: Sinks, isolated: Arc<Ato
 async fn send_to_peer(
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    id: u64,
-    addr: SocketAddr,
+    contact: Arc<Contact>,
+    (id, addr): (u64, SocketAddr),
     mut outbox: mpsc::Receiver<Message>,
     sink: Sink,
 ) {
@@ -306,7 +347,7 @@ async fn send_to_peer(
             .as_ref()
             .is_none_or(|c| c.close_reason().is_some())
         {
-            connection = connect(&endpoint, &config, addr).await;
+            connection = connect(&endpoint, &config, &contact, addr).await;
             if connection.is_none() {
                 tracing::debug!(peer = format_args!("{id:x}"), %addr, "peer unreachable");
                 sink(Delivery::Unreachable(id));
@@ -341,13 +382,17 @@ async fn send_to_peer(
 async fn connect(
     endpoint: &quinn::Endpoint,
     config: &quinn::ClientConfig,
+    contact: &Contact,
     addr: SocketAddr,
 ) -> Option<quinn::Connection> {
     let connecting = endpoint
         .connect_with(config.clone(), addr, tls::SERVER_NAME)
         .ok()?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(connection)) => Some(connection),
+        Ok(Ok(connection)) => {
+            contact.touch();
+            Some(connection)
+        }
         Ok(Err(err)) => {
             tracing::debug!(%addr, error = %err, "connecting to peer failed");
             None
