@@ -94,7 +94,11 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
             if format == Format::Table {
                 print_table(&headers, lines);
             } else {
-                for line in lines {
+                for mut line in lines {
+                    // No trailing empty ERRORS field in the simple format.
+                    if line.last().is_some_and(String::is_empty) {
+                        line.pop();
+                    }
                     println!("{}", line.join(", "));
                 }
             }

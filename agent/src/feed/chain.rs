@@ -1,0 +1,220 @@
+//! The change chain: what every voter derives from the committed log, and
+//! what a voter signs so that an edge can check a relayed change without
+//! trusting the relay.
+//!
+//! Every revision's changes are summarised as [`Entry`]s (key, kind, the
+//! SHA-256 of the value, create revision, version, lease), and the chain
+//! links them: `chain(r) = SHA-256(DOMAIN || chain(prev) || postcard(r's
+//! entries))`. Applying the same committed log gives every voter the same
+//! chain, so a [`Checkpoint`] (cluster id, revision, chain value) signed by
+//! any voter's node key vouches for every change up to that revision, in
+//! order. An edge that holds a verified chain value and receives the entries
+//! that follow it recomputes the chain; a relay that forged, dropped,
+//! reordered or replayed a change cannot make the result match a voter's
+//! signature.
+//!
+//! The chain covers every key, so an edge also learns which changes it does
+//! *not* need: key names are visible to every edge, values only to edges
+//! subscribed to them (and secret values stay encrypted).
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::FeedError;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// Domain separation: these hashes and signatures mean nothing elsewhere.
+const CHAIN_DOMAIN: &[u8] = b"edgeconf feed chain v1\0";
+const CHECKPOINT_DOMAIN: &[u8] = b"edgeconf feed checkpoint v1\0";
+
+/// The chain value before the first revision.
+pub const GENESIS: Digest = [0; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Put,
+    Delete,
+}
+
+/// One key's change at a revision, as voters attest it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub kind: Kind,
+    /// SHA-256 of the stored value (of the signed envelope, for signed
+    /// values); all zero for a delete.
+    pub value_hash: Digest,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl Entry {
+    pub fn put(key: &[u8], value: &[u8], create_revision: i64, version: i64, lease: i64) -> Self {
+        Entry {
+            key: key.to_vec(),
+            kind: Kind::Put,
+            value_hash: Sha256::digest(value).into(),
+            create_revision,
+            version,
+            lease,
+        }
+    }
+
+    pub fn delete(key: &[u8]) -> Self {
+        Entry {
+            key: key.to_vec(),
+            kind: Kind::Delete,
+            value_hash: [0; 32],
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+        }
+    }
+}
+
+/// Everything that changed at one revision (a put, a delete range, a txn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub revision: i64,
+    pub entries: Vec<Entry>,
+}
+
+/// The chain value after `revision`, given the value before it.
+pub fn link(previous: &Digest, revision: &Revision) -> Digest {
+    let mut hasher = Sha256::new();
+    hasher.update(CHAIN_DOMAIN);
+    hasher.update(previous);
+    hasher.update(postcard::to_stdvec(revision).expect("encoding into memory cannot fail"));
+    hasher.finalize().into()
+}
+
+/// "The cluster's committed changes up to `revision` chain to `chain`."
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub cluster_id: u64,
+    pub revision: i64,
+    pub chain: Digest,
+}
+
+/// A checkpoint signed by a voter's node key.
+///
+/// Sent by: voters (who make them) and any relay (who passes them on).
+/// Checked by the receiver: the signer is a voter key it pins, the
+/// signature is valid, and the cluster id is its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub signer: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Checkpoint {
+    fn message(&self) -> Vec<u8> {
+        let mut message = CHECKPOINT_DOMAIN.to_vec();
+        message.extend(postcard::to_stdvec(self).expect("encoding into memory cannot fail"));
+        message
+    }
+
+    pub fn sign(self, key: &SigningKey) -> SignedCheckpoint {
+        SignedCheckpoint {
+            checkpoint: self,
+            signer: key.verifying_key().to_bytes(),
+            signature: key.sign(&self.message()).to_bytes().to_vec(),
+        }
+    }
+}
+
+impl SignedCheckpoint {
+    /// Checks the signature and signer against the voters this agent pins,
+    /// and the cluster against its own.
+    pub fn verify(&self, cluster_id: u64, voters: &[[u8; 32]]) -> Result<&Checkpoint, FeedError> {
+        if self.checkpoint.cluster_id != cluster_id {
+            return Err(FeedError::WrongCluster {
+                theirs: self.checkpoint.cluster_id,
+                ours: cluster_id,
+            });
+        }
+        if !voters.contains(&self.signer) {
+            return Err(FeedError::UnknownSigner(
+                crate::signing::keys::format_public_key(&self.signer),
+            ));
+        }
+        let key = VerifyingKey::from_bytes(&self.signer).map_err(|_| FeedError::BadSignature)?;
+        let signature =
+            Signature::from_slice(&self.signature).map_err(|_| FeedError::BadSignature)?;
+        key.verify(&self.checkpoint.message(), &signature)
+            .map_err(|_| FeedError::BadSignature)?;
+        Ok(&self.checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn the_chain_depends_on_every_entry_and_their_order() {
+        let a = Revision {
+            revision: 1,
+            entries: vec![Entry::put(b"/a", b"1", 1, 1, 0)],
+        };
+        let b = Revision {
+            revision: 2,
+            entries: vec![Entry::delete(b"/a")],
+        };
+        let ab = link(&link(&GENESIS, &a), &b);
+        let ba = link(&link(&GENESIS, &b), &a);
+        assert_ne!(ab, ba);
+        let mut forged = a.clone();
+        forged.entries[0].value_hash[0] ^= 1;
+        assert_ne!(link(&GENESIS, &a), link(&GENESIS, &forged));
+        // Deterministic: every voter computes the same value.
+        assert_eq!(ab, link(&link(&GENESIS, &a.clone()), &b.clone()));
+    }
+
+    #[test]
+    fn checkpoints_verify_only_for_pinned_voters_of_this_cluster() {
+        let voter = key(1);
+        let pinned = [voter.verifying_key().to_bytes()];
+        let checkpoint = Checkpoint {
+            cluster_id: 7,
+            revision: 3,
+            chain: [9; 32],
+        };
+        let signed = checkpoint.sign(&voter);
+        assert_eq!(signed.verify(7, &pinned).unwrap(), &checkpoint);
+        assert!(matches!(
+            signed.verify(8, &pinned),
+            Err(FeedError::WrongCluster { theirs: 7, ours: 8 })
+        ));
+        // A trusted key that is not a voter's (an edge's, say) is refused.
+        let stranger = checkpoint.sign(&key(2));
+        assert!(matches!(
+            stranger.verify(7, &pinned),
+            Err(FeedError::UnknownSigner(_))
+        ));
+        // A voter's signature moved onto another checkpoint is refused.
+        let mut moved = signed.clone();
+        moved.checkpoint.revision = 4;
+        assert!(matches!(
+            moved.verify(7, &pinned),
+            Err(FeedError::BadSignature)
+        ));
+        let mut truncated = signed;
+        truncated.signature.truncate(10);
+        assert!(matches!(
+            truncated.verify(7, &pinned),
+            Err(FeedError::BadSignature)
+        ));
+    }
+}
