@@ -45,8 +45,8 @@ pub struct Entry {
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub kind: Kind,
-    /// SHA-256 of the stored value (of the signed envelope, for signed
-    /// values); all zero for a delete.
+    /// SHA-256 of the stored value: of the signed envelope for signed
+    /// values, of the signed delete (or nothing) for a delete.
     pub value_hash: Digest,
     pub create_revision: i64,
     pub version: i64,
@@ -54,10 +54,19 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn put(key: &[u8], value: &[u8], create_revision: i64, version: i64, lease: i64) -> Self {
+    /// The entry of a row the store writes: a put, or a delete's tombstone
+    /// (whose value, when not empty, is the signed delete).
+    pub fn new(
+        key: &[u8],
+        kind: Kind,
+        value: &[u8],
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+    ) -> Self {
         Entry {
             key: key.to_vec(),
-            kind: Kind::Put,
+            kind,
             value_hash: Sha256::digest(value).into(),
             create_revision,
             version,
@@ -65,17 +74,25 @@ impl Entry {
         }
     }
 
+    pub fn put(key: &[u8], value: &[u8], create_revision: i64, version: i64, lease: i64) -> Self {
+        Self::new(key, Kind::Put, value, create_revision, version, lease)
+    }
+
     pub fn delete(key: &[u8]) -> Self {
-        Entry {
-            key: key.to_vec(),
-            kind: Kind::Delete,
-            value_hash: [0; 32],
-            create_revision: 0,
-            version: 0,
-            lease: 0,
-        }
+        Self::new(key, Kind::Delete, b"", 0, 0, 0)
+    }
+
+    /// Whether the entry's value is empty, so a batch need not carry it.
+    pub fn has_empty_value(&self) -> bool {
+        self.value_hash == EMPTY_HASH
     }
 }
+
+/// SHA-256 of the empty string.
+const EMPTY_HASH: Digest = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
 
 /// Everything that changed at one revision (a put, a delete range, a txn).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +177,13 @@ mod tests {
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn the_empty_hash_is_the_hash_of_nothing() {
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(b"")), EMPTY_HASH);
+        assert!(Entry::delete(b"/a").has_empty_value());
+        assert!(!Entry::put(b"/a", b"1", 1, 1, 0).has_empty_value());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::chain::{link, Digest, Kind, Revision, SignedCheckpoint};
+use super::chain::{link, Digest, Revision, SignedCheckpoint};
 use super::{key_text, FeedError};
 
 const IMAGE_DOMAIN: &[u8] = b"edgeconf feed image v1\0";
@@ -69,12 +69,13 @@ pub struct Batch {
     pub checkpoint: SignedCheckpoint,
 }
 
-/// A verified batch: the new position and, per revision, the changes to
-/// subscribed keys with their values (`None` for deletes).
+/// A verified batch: the new position and, in order, the changes to
+/// subscribed keys (revision, entry, value; the value of a delete is its
+/// signed delete, or empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub position: Position,
-    pub changes: Vec<(i64, super::Entry, Option<Vec<u8>>)>,
+    pub changes: Vec<(i64, super::Entry, Vec<u8>)>,
 }
 
 /// Checks `batch` against the follower's position, cluster, pinned voter
@@ -132,24 +133,25 @@ pub fn verify_batch(
             if !prefixes.covers(&entry.key) {
                 continue;
             }
-            let value = match entry.kind {
-                Kind::Delete => None,
-                Kind::Put => {
-                    let slot = (revision.revision, entry.key.clone());
-                    let value = values
-                        .remove(&slot)
-                        .ok_or_else(|| FeedError::MissingValue {
-                            revision: revision.revision,
-                            key: key_text(&entry.key),
-                        })?;
-                    if <[u8; 32]>::from(Sha256::digest(&value)) != entry.value_hash {
-                        return Err(FeedError::ValueMismatch {
-                            revision: revision.revision,
-                            key: key_text(&entry.key),
-                        });
-                    }
-                    Some(value)
+            // Puts and signed deletes carry a value; it must be the
+            // attested one.
+            let value = if entry.has_empty_value() {
+                Vec::new()
+            } else {
+                let slot = (revision.revision, entry.key.clone());
+                let value = values
+                    .remove(&slot)
+                    .ok_or_else(|| FeedError::MissingValue {
+                        revision: revision.revision,
+                        key: key_text(&entry.key),
+                    })?;
+                if <[u8; 32]>::from(Sha256::digest(&value)) != entry.value_hash {
+                    return Err(FeedError::ValueMismatch {
+                        revision: revision.revision,
+                        key: key_text(&entry.key),
+                    });
                 }
+                value
             };
             changes.push((revision.revision, entry, value));
         }

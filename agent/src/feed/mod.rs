@@ -16,7 +16,9 @@ pub mod follow;
 mod tests;
 
 pub use chain::{Checkpoint, Digest, Entry, Kind, Revision, SignedCheckpoint, GENESIS};
-pub use follow::{verify_batch, verify_image, Accepted, Batch, Image, Position, Prefixes, Value};
+pub use follow::{
+    verify_batch, verify_image, Accepted, Batch, Image, ImageKv, Position, Prefixes, Value,
+};
 
 /// Why a relayed batch or image was refused. Each names what the relay got
 /// wrong; the follower keeps its position and asks another peer.

@@ -45,6 +45,18 @@ impl Voter {
         self.commit(vec![Entry::delete(key.as_bytes())], Vec::new());
     }
 
+    /// A delete that keeps a signed note as its tombstone's value.
+    fn signed_delete(&mut self, key: &str, note: &str) {
+        let revision = self.log.len() as i64 + 1;
+        let entry = Entry::new(key.as_bytes(), Kind::Delete, note.as_bytes(), 0, 0, 0);
+        let value = Value {
+            revision,
+            key: key.as_bytes().to_vec(),
+            value: note.as_bytes().to_vec(),
+        };
+        self.commit(vec![entry], vec![value]);
+    }
+
     fn commit(&mut self, entries: Vec<Entry>, values: Vec<Value>) {
         let revision = Revision {
             revision: self.log.len() as i64 + 1,
@@ -109,17 +121,17 @@ fn an_honest_batch_gives_the_subscribed_changes_in_order() {
     let voter = fleet();
     let accepted = verify(&voter, 0, voter.batch(0, &app())).unwrap();
     assert_eq!(accepted.position, voter.position(4));
-    let seen: Vec<(i64, &[u8], Option<&[u8]>)> = accepted
+    let seen: Vec<(i64, &[u8], Kind, &[u8])> = accepted
         .changes
         .iter()
-        .map(|(rev, entry, value)| (*rev, &entry.key[..], value.as_deref()))
+        .map(|(rev, entry, value)| (*rev, &entry.key[..], entry.kind, &value[..]))
         .collect();
     assert_eq!(
         seen,
         [
-            (1, &b"/app/a"[..], Some(&b"1"[..])),
-            (3, b"/app/b", Some(b"2")),
-            (4, b"/app/a", None),
+            (1, &b"/app/a"[..], Kind::Put, &b"1"[..]),
+            (3, b"/app/b", Kind::Put, b"2"),
+            (4, b"/app/a", Kind::Delete, b""),
         ]
     );
     // The other group's value never reached this follower.
@@ -256,6 +268,20 @@ fn checkpoints_from_non_voters_and_other_clusters_are_refused() {
     assert!(matches!(
         verify(&voter, 0, batch),
         Err(FeedError::BadSignature)
+    ));
+}
+
+#[test]
+fn signed_deletes_carry_their_attested_note() {
+    let mut voter = fleet();
+    voter.signed_delete("/app/b", "signed-delete");
+    let accepted = verify(&voter, 4, voter.batch(4, &app())).unwrap();
+    assert_eq!(accepted.changes[0].2, b"signed-delete");
+    let mut batch = voter.batch(4, &app());
+    batch.values.clear();
+    assert!(matches!(
+        verify(&voter, 4, batch),
+        Err(FeedError::MissingValue { revision: 5, .. })
     ));
 }
 

@@ -10,8 +10,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
-    Record, AUTH, AUTH_STATE, CHANGES, KV, LEASES, LEASE_KEYS, LIVE, META, META_APPLIED_INDEX,
-    META_COMPACT_REVISION, META_REVISION, SEQUENCES,
+    Record, AUTH, AUTH_STATE, CHANGES, FEED, FEED_CHAIN, KV, LEASES, LEASE_KEYS, LIVE, META,
+    META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION, SEQUENCES,
 };
 use crate::auth::{AuthError, AuthState};
 
@@ -38,6 +38,9 @@ pub(crate) struct Writer<'txn> {
     meta: Table<'txn, &'static str, u64>,
     sequences: Table<'txn, &'static [u8], u64>,
     auth_table: Table<'txn, &'static str, &'static [u8]>,
+    feed: Table<'txn, &'static str, &'static [u8]>,
+    /// The rows written by this batch, in order, for the feed chain.
+    feed_log: Vec<(i64, crate::feed::Entry)>,
     /// The auth state as changed by this batch, when it was.
     pub auth: Option<AuthState>,
     pub revision: i64,
@@ -61,6 +64,8 @@ impl<'txn> Writer<'txn> {
             meta,
             sequences: txn.open_table(SEQUENCES)?,
             auth_table: txn.open_table(AUTH)?,
+            feed: txn.open_table(FEED)?,
+            feed_log: Vec::new(),
             auth: None,
             revision,
             compact_revision,
@@ -71,6 +76,7 @@ impl<'txn> Writer<'txn> {
     /// Records the revision counters and the raft index applied; call once
     /// before committing.
     pub fn finish(&mut self, applied_index: u64) -> Result<()> {
+        self.link_feed()?;
         self.meta.insert(META_APPLIED_INDEX, applied_index)?;
         self.meta.insert(META_REVISION, self.revision as u64)?;
         self.meta
@@ -199,7 +205,28 @@ impl<'txn> Writer<'txn> {
         Ok(())
     }
 
+    /// Extends the feed chain with the revisions this batch wrote; every
+    /// member applies the same log, so every member gets the same chain.
+    fn link_feed(&mut self) -> Result<()> {
+        if self.feed_log.is_empty() {
+            return Ok(());
+        }
+        let mut chain = super::tables::read_feed_chain(&self.feed)?;
+        let mut log = std::mem::take(&mut self.feed_log).into_iter().peekable();
+        while let Some((revision, entry)) = log.next() {
+            let mut entries = vec![entry];
+            while let Some((_, entry)) = log.next_if(|(next, _)| *next == revision) {
+                entries.push(entry);
+            }
+            chain = crate::feed::chain::link(&chain, &crate::feed::Revision { revision, entries });
+        }
+        self.feed.insert(FEED_CHAIN, chain.as_slice())?;
+        Ok(())
+    }
+
     fn write_row(&mut self, key: &[u8], at: &mut WriteRevision, record: &Record) -> Result<()> {
+        self.feed_log
+            .push((at.main, super::feed::entry_of(key, record)));
         self.kv.insert((key, at.main), record.encode().as_slice())?;
         self.changes.insert((at.main, at.sub), key)?;
         at.sub += 1;

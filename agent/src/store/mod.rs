@@ -7,6 +7,7 @@
 //! and acceptance belong to the consensus layer above it.
 
 mod apply;
+mod feed;
 mod members;
 mod read;
 mod snapshot;
@@ -14,6 +15,10 @@ mod tables;
 mod types;
 mod watch;
 
+pub use feed::{FeedSlice, SliceRefusal};
+
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod tests;
 
@@ -107,6 +112,7 @@ impl Store {
             txn.open_table(tables::SEQUENCES)?;
             txn.open_table(META)?;
             txn.open_table(tables::CONSENSUS)?;
+            txn.open_table(tables::FEED)?;
             txn.open_table(tables::AUTH)?;
         }
         txn.commit()?;

@@ -5,8 +5,9 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    AUTH, AUTH_STATE, CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, KV, LEASES, LEASE_KEYS, LIVE,
-    MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION, SEQUENCES,
+    AUTH, AUTH_STATE, CHANGES, CONSENSUS, CONSENSUS_SNAPSHOT, FEED, FEED_CHAIN, KV, LEASES,
+    LEASE_KEYS, LIVE, MEMBERS, META, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION,
+    SEQUENCES,
 };
 use super::types::{Result, StoreError};
 use super::{Committed, Store};
@@ -27,6 +28,8 @@ struct Image {
     sequences: Vec<(Vec<u8>, u64)>,
     /// The auth state row, empty when none was ever stored.
     auth: Vec<u8>,
+    /// The feed chain value after `revision`.
+    feed_chain: crate::feed::Digest,
 }
 
 impl Store {
@@ -48,6 +51,7 @@ impl Store {
             members: Vec::new(),
             sequences: Vec::new(),
             auth: Vec::new(),
+            feed_chain: super::tables::read_feed_chain(&txn.open_table(FEED)?)?,
         };
         for row in txn.open_table(KV)?.iter()? {
             let (k, v) = row?;
@@ -142,6 +146,8 @@ impl Store {
             txn.open_table(CONSENSUS)?
                 .insert(CONSENSUS_SNAPSHOT, consensus)?;
             meta.insert(META_REVISION, image.revision)?;
+            txn.open_table(FEED)?
+                .insert(FEED_CHAIN, image.feed_chain.as_slice())?;
             meta.insert(META_COMPACT_REVISION, image.compact_revision)?;
         }
         txn.commit()?;

@@ -42,6 +42,25 @@ pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("me
 pub(crate) const CONSENSUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consensus");
 pub(crate) const CONSENSUS_SNAPSHOT: &str = "snapshot";
 
+/// The edge feed's state: `FEED_CHAIN -> 32 bytes`, the chain value after
+/// the current revision (see `feed::chain`), updated in the transaction
+/// that writes the revision.
+pub(crate) const FEED: TableDefinition<&str, &[u8]> = TableDefinition::new("feed");
+pub(crate) const FEED_CHAIN: &str = "chain";
+
+/// Reads the chain value after the current revision.
+pub(crate) fn read_feed_chain(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<crate::feed::Digest> {
+    match table.get(FEED_CHAIN)? {
+        None => Ok(crate::feed::GENESIS),
+        Some(value) => value
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("the feed chain value is not 32 bytes".into())),
+    }
+}
+
 /// Scalars: see the `META_*` names.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -1,0 +1,291 @@
+//! The store's side of the edge feed: reading the attested changes after a
+//! revision (what a voter serves), an image of some prefixes (for a
+//! follower too far behind), and applying what a follower verified.
+//!
+//! The store never checks signatures or chains itself: `feed::follow`
+//! decides what may be applied, and [`Store::apply_feed`] takes only its
+//! verdict ([`Accepted`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::read::{event_from_record, for_each_live, get_at};
+use super::tables::{
+    read_feed_chain, Record, CHANGES, FEED, FEED_CHAIN, KV, LIVE, META, META_COMPACT_REVISION,
+    META_REVISION,
+};
+use super::types::{KeyRange, Result, StoreError};
+use super::{Committed, Store};
+use crate::feed::{Accepted, Entry, ImageKv, Kind, Position, Prefixes, Revision, Value};
+
+/// The changes after a revision, as a voter serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSlice {
+    pub revisions: Vec<Revision>,
+    /// The values of `prefixes`' keys among them (empty values are left out).
+    pub values: Vec<Value>,
+    /// Where the slice ends: sign a checkpoint of this.
+    pub position: Position,
+}
+
+/// Why the changes after a revision cannot be served as a slice.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SliceRefusal {
+    /// History up to `compacted` is gone: send an image.
+    Compacted { compacted: i64 },
+    /// More than the limit of revisions: an image is smaller.
+    TooFarBehind { behind: i64 },
+    /// The asker claims a revision this store has not reached.
+    Ahead { current: i64 },
+}
+
+impl Store {
+    /// The current revision and the chain value after it.
+    pub fn feed_position(&self) -> Result<Position> {
+        let txn = self.db.begin_read()?;
+        let revision = txn
+            .open_table(META)?
+            .get(META_REVISION)?
+            .map_or(0, |v| v.value() as i64);
+        let chain = read_feed_chain(&txn.open_table(FEED)?)?;
+        Ok(Position { revision, chain })
+    }
+
+    /// Every change after `after` up to now, with the values under
+    /// `prefixes`, read from one snapshot; or why an image is needed.
+    pub fn feed_since(
+        &self,
+        after: i64,
+        prefixes: &Prefixes,
+        max_revisions: i64,
+    ) -> Result<std::result::Result<FeedSlice, SliceRefusal>> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |name| -> Result<i64> { Ok(meta.get(name)?.map_or(0, |v| v.value() as i64)) };
+        let (current, compacted) = (get(META_REVISION)?, get(META_COMPACT_REVISION)?);
+        if after > current {
+            return Ok(Err(SliceRefusal::Ahead { current }));
+        }
+        if after < compacted {
+            return Ok(Err(SliceRefusal::Compacted { compacted }));
+        }
+        if current - after > max_revisions {
+            return Ok(Err(SliceRefusal::TooFarBehind {
+                behind: current - after,
+            }));
+        }
+        let (changes, kv) = (txn.open_table(CHANGES)?, txn.open_table(KV)?);
+        let mut slice = FeedSlice {
+            revisions: Vec::new(),
+            values: Vec::new(),
+            position: Position {
+                revision: current,
+                chain: read_feed_chain(&txn.open_table(FEED)?)?,
+            },
+        };
+        for row in changes.range((after + 1, 0u32)..=(current, u32::MAX))? {
+            let (at, key) = row?;
+            let (revision, key) = (at.value().0, key.value());
+            let bytes = kv.get((key, revision))?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the change log names {:?} at revision {revision}, which has no record",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            let record = Record::decode(key, revision, bytes.value())?;
+            let entry = entry_of(key, &record);
+            if prefixes.covers(key) && !record.value.is_empty() {
+                slice.values.push(Value {
+                    revision,
+                    key: key.to_vec(),
+                    value: record.value,
+                });
+            }
+            match slice.revisions.last_mut() {
+                Some(last) if last.revision == revision => last.entries.push(entry),
+                _ => slice.revisions.push(Revision {
+                    revision,
+                    entries: vec![entry],
+                }),
+            }
+        }
+        Ok(Ok(slice))
+    }
+
+    /// Every live key under `prefixes` now, and the position it reflects.
+    pub fn feed_image(&self, prefixes: &Prefixes) -> Result<(Position, Vec<ImageKv>)> {
+        let txn = self.db.begin_read()?;
+        let revision = txn
+            .open_table(META)?
+            .get(META_REVISION)?
+            .map_or(0, |v| v.value() as i64);
+        let chain = read_feed_chain(&txn.open_table(FEED)?)?;
+        let kv = txn.open_table(KV)?;
+        // Overlapping prefixes must not list a key twice.
+        let mut kvs = BTreeMap::new();
+        for prefix in &prefixes.0 {
+            for_each_live(
+                &kv,
+                &KeyRange::prefix(prefix.clone()),
+                revision,
+                |key, rev, record| {
+                    kvs.insert(
+                        key.to_vec(),
+                        ImageKv {
+                            key: key.to_vec(),
+                            value: record.value,
+                            create_revision: record.create_revision,
+                            mod_revision: rev,
+                            version: record.version,
+                            lease: record.lease,
+                        },
+                    );
+                    Ok(())
+                },
+            )?;
+        }
+        Ok((Position { revision, chain }, kvs.into_values().collect()))
+    }
+
+    /// Stores a verified batch: its subscribed changes at their revisions,
+    /// and its position as this store's revision and chain, in one durable
+    /// transaction; watchers see the changes as from raft.
+    pub fn apply_feed(&self, accepted: &Accepted, time_unix_ms: i64) -> Result<()> {
+        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write()?;
+        let mut events = Vec::new();
+        {
+            let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
+            let mut changes = txn.open_table(CHANGES)?;
+            let mut sub = (0i64, 0u32);
+            for (revision, entry, value) in &accepted.changes {
+                if *revision <= self.revision() {
+                    return Err(StoreError::InvalidRequest(format!(
+                        "feed change at revision {revision} is not after the store's revision {}",
+                        self.revision()
+                    )));
+                }
+                sub = if sub.0 == *revision {
+                    (sub.0, sub.1 + 1)
+                } else {
+                    (*revision, 0)
+                };
+                let key = entry.key.as_slice();
+                let prev = get_at(&kv, key, *revision - 1)?
+                    .map(|(rev, record)| record.to_key_value(key, rev));
+                let record = Record {
+                    deleted: entry.kind == Kind::Delete,
+                    create_revision: entry.create_revision,
+                    version: entry.version,
+                    lease: entry.lease,
+                    time_unix_ms,
+                    value: value.clone(),
+                };
+                kv.insert((key, *revision), record.encode().as_slice())?;
+                changes.insert(sub, key)?;
+                match entry.kind {
+                    Kind::Put => live.insert(key, *revision).map(drop)?,
+                    Kind::Delete => live.remove(key).map(drop)?,
+                }
+                events.push(event_from_record(key, *revision, &record, prev));
+            }
+            set_position(&txn, &accepted.position)?;
+        }
+        txn.commit()?;
+        self.publish(accepted.position.revision, events, false);
+        Ok(())
+    }
+
+    /// Replaces everything under `prefixes` with a verified image: keys the
+    /// image lacks are deleted at its revision, its keys are stored at their
+    /// own revisions, and its position becomes this store's.
+    pub fn install_feed_image(
+        &self,
+        position: &Position,
+        prefixes: &Prefixes,
+        kvs: &[ImageKv],
+        time_unix_ms: i64,
+    ) -> Result<()> {
+        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write()?;
+        {
+            let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
+            let mut changes = txn.open_table(CHANGES)?;
+            let wanted: BTreeMap<&[u8], &ImageKv> =
+                kvs.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
+            let mut stale = Vec::new();
+            for row in live.iter()? {
+                let (key, _) = row?;
+                let key = key.value();
+                if prefixes.covers(key) && !wanted.contains_key(key) {
+                    stale.push(key.to_vec());
+                }
+            }
+            for (sub, key) in (0u32..).zip(stale) {
+                let tombstone = Record::tombstone(time_unix_ms);
+                kv.insert(
+                    (key.as_slice(), position.revision),
+                    tombstone.encode().as_slice(),
+                )?;
+                changes.insert((position.revision, sub), key.as_slice())?;
+                live.remove(key.as_slice())?;
+            }
+            for image in kvs.iter().filter(|kv| prefixes.covers(&kv.key)) {
+                let record = Record {
+                    deleted: false,
+                    create_revision: image.create_revision,
+                    version: image.version,
+                    lease: image.lease,
+                    time_unix_ms,
+                    value: image.value.clone(),
+                };
+                kv.insert(
+                    (image.key.as_slice(), image.mod_revision),
+                    record.encode().as_slice(),
+                )?;
+                live.insert(image.key.as_slice(), image.mod_revision)?;
+            }
+            set_position(&txn, position)?;
+        }
+        txn.commit()?;
+        self.publish(position.revision, Vec::new(), true);
+        Ok(())
+    }
+
+    fn publish(&self, revision: i64, events: Vec<super::types::Event>, replaced: bool) {
+        self.revision
+            .store(revision, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.live.send(Arc::new(Committed {
+            revision,
+            events,
+            replaced,
+        }));
+    }
+}
+
+fn set_position(txn: &redb::WriteTransaction, position: &Position) -> Result<()> {
+    txn.open_table(META)?
+        .insert(META_REVISION, position.revision as u64)?;
+    txn.open_table(FEED)?
+        .insert(FEED_CHAIN, position.chain.as_slice())?;
+    Ok(())
+}
+
+/// The attested entry of a stored row.
+pub(crate) fn entry_of(key: &[u8], record: &Record) -> Entry {
+    let kind = if record.deleted {
+        Kind::Delete
+    } else {
+        Kind::Put
+    };
+    Entry::new(
+        key,
+        kind,
+        &record.value,
+        record.create_revision,
+        record.version,
+        record.lease,
+    )
+}
