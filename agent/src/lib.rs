@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consensus;
+pub mod edge;
 pub mod feed;
 pub mod gossip;
 pub mod metrics;

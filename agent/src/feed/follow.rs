@@ -71,11 +71,14 @@ pub struct Batch {
 
 /// A verified batch: the new position and, in order, the changes to
 /// subscribed keys (revision, entry, value; the value of a delete is its
-/// signed delete, or empty).
+/// signed delete, or empty). The batch's revisions and checkpoint are
+/// kept too, so this agent can relay them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub position: Position,
     pub changes: Vec<(i64, super::Entry, Vec<u8>)>,
+    pub revisions: Vec<Revision>,
+    pub checkpoint: SignedCheckpoint,
 }
 
 /// Checks `batch` against the follower's position, cluster, pinned voter
@@ -128,8 +131,8 @@ pub fn verify_batch(
         }
     }
     let mut changes = Vec::new();
-    for revision in batch.revisions {
-        for entry in revision.entries {
+    for revision in &batch.revisions {
+        for entry in &revision.entries {
             if !prefixes.covers(&entry.key) {
                 continue;
             }
@@ -153,7 +156,7 @@ pub fn verify_batch(
                 }
                 value
             };
-            changes.push((revision.revision, entry, value));
+            changes.push((revision.revision, entry.clone(), value));
         }
     }
     if let Some(((revision, key), _)) = values.into_iter().next() {
@@ -168,6 +171,8 @@ pub fn verify_batch(
             chain,
         },
         changes,
+        revisions: batch.revisions,
+        checkpoint: batch.checkpoint,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod follow;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 pub use chain::{Checkpoint, Digest, Entry, Kind, Revision, SignedCheckpoint, GENESIS};
 pub use follow::{

@@ -13,12 +13,14 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::read::{event_from_record, for_each_live, get_at};
 use super::tables::{
-    read_feed_chain, Record, CHANGES, FEED, FEED_CHAIN, KV, LIVE, META, META_COMPACT_REVISION,
-    META_REVISION,
+    read_feed_chain, Record, CHANGES, FEED, FEED_CHAIN, FEED_CHECKPOINT, FEED_LOG, FEED_LOG_RETAIN,
+    KV, LIVE, META, META_COMPACT_REVISION, META_REVISION,
 };
 use super::types::{KeyRange, Result, StoreError};
 use super::{Committed, Store};
-use crate::feed::{Accepted, Entry, ImageKv, Kind, Position, Prefixes, Revision, Value};
+use crate::feed::{
+    Accepted, Batch, Entry, ImageKv, Kind, Position, Prefixes, Revision, SignedCheckpoint, Value,
+};
 
 /// The changes after a revision, as a voter serves them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +194,18 @@ impl Store {
                 events.push(event_from_record(key, *revision, &record, prev));
             }
             set_position(&txn, &accepted.position)?;
+            let mut log = txn.open_table(FEED_LOG)?;
+            for revision in &accepted.revisions {
+                let bytes =
+                    postcard::to_stdvec(revision).expect("encoding into memory cannot fail");
+                log.insert(revision.revision, bytes.as_slice())?;
+            }
+            let keep_from = accepted.position.revision - FEED_LOG_RETAIN;
+            log.retain(|revision, _| revision > keep_from)?;
+            let checkpoint = postcard::to_stdvec(&accepted.checkpoint)
+                .expect("encoding into memory cannot fail");
+            txn.open_table(FEED)?
+                .insert(FEED_CHECKPOINT, checkpoint.as_slice())?;
         }
         txn.commit()?;
         self.publish(accepted.position.revision, events, false);
@@ -248,10 +262,64 @@ impl Store {
                 live.insert(image.key.as_slice(), image.mod_revision)?;
             }
             set_position(&txn, position)?;
+            // Nothing before the image can be relayed any more.
+            txn.open_table(FEED_LOG)?.retain(|_, _| false)?;
+            txn.open_table(FEED)?.remove(FEED_CHECKPOINT)?;
         }
         txn.commit()?;
         self.publish(position.revision, Vec::new(), true);
         Ok(())
+    }
+
+    /// On a follower: the verified revisions after `after` and the values
+    /// it holds of them under `prefixes`, ending at the last checkpoint it
+    /// verified, for relaying; `None` when it does not have all of them.
+    pub fn feed_relay_since(&self, after: i64, prefixes: &Prefixes) -> Result<Option<Batch>> {
+        let txn = self.db.begin_read()?;
+        let Some(checkpoint) = txn.open_table(FEED)?.get(FEED_CHECKPOINT)?.map(|v| {
+            postcard::from_bytes::<SignedCheckpoint>(v.value())
+                .map_err(|err| StoreError::Corrupt(format!("the stored feed checkpoint: {err}")))
+        }) else {
+            return Ok(None);
+        };
+        let checkpoint = checkpoint?;
+        let end = checkpoint.checkpoint.revision;
+        if after > end {
+            return Ok(None);
+        }
+        let (log, kv) = (txn.open_table(FEED_LOG)?, txn.open_table(KV)?);
+        let mut batch = Batch {
+            after,
+            revisions: Vec::new(),
+            values: Vec::new(),
+            checkpoint,
+        };
+        for row in log.range(after + 1..=end)? {
+            let (_, bytes) = row?;
+            let revision: Revision = postcard::from_bytes(bytes.value())
+                .map_err(|err| StoreError::Corrupt(format!("a relayed feed revision: {err}")))?;
+            for entry in revision.entries.iter() {
+                if !prefixes.covers(&entry.key) || entry.has_empty_value() {
+                    continue;
+                }
+                let Some(bytes) = kv.get((entry.key.as_slice(), revision.revision))? else {
+                    // A value this agent does not keep: it cannot relay this.
+                    return Ok(None);
+                };
+                let record = Record::decode(&entry.key, revision.revision, bytes.value())?;
+                batch.values.push(Value {
+                    revision: revision.revision,
+                    key: entry.key.clone(),
+                    value: record.value,
+                });
+            }
+            batch.revisions.push(revision);
+        }
+        // Revisions are consecutive: a gap means some were pruned.
+        if batch.revisions.len() as i64 != end - after {
+            return Ok(None);
+        }
+        Ok(Some(batch))
     }
 
     fn publish(&self, revision: i64, events: Vec<super::types::Event>, replaced: bool) {

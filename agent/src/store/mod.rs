@@ -113,6 +113,7 @@ impl Store {
             txn.open_table(META)?;
             txn.open_table(tables::CONSENSUS)?;
             txn.open_table(tables::FEED)?;
+            txn.open_table(tables::FEED_LOG)?;
             txn.open_table(tables::AUTH)?;
         }
         txn.commit()?;

@@ -47,6 +47,14 @@ pub(crate) const CONSENSUS_SNAPSHOT: &str = "snapshot";
 /// that writes the revision.
 pub(crate) const FEED: TableDefinition<&str, &[u8]> = TableDefinition::new("feed");
 pub(crate) const FEED_CHAIN: &str = "chain";
+/// On a follower: the last voter checkpoint it verified (postcard).
+pub(crate) const FEED_CHECKPOINT: &str = "checkpoint";
+
+/// On a follower: the attested revisions it applied, `revision -> postcard
+/// feed::Revision`, so it can relay them to others (the last
+/// `FEED_LOG_RETAIN` revisions).
+pub(crate) const FEED_LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("feed_log");
+pub(crate) const FEED_LOG_RETAIN: i64 = 10_000;
 
 /// Reads the chain value after the current revision.
 pub(crate) fn read_feed_chain(

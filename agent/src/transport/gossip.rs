@@ -158,9 +158,5 @@ pub(super) async fn receive(
 
 /// Whether an accepted connection negotiated the gossip protocol.
 pub(super) fn is_gossip(connection: &quinn::Connection) -> bool {
-    connection
-        .handshake_data()
-        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|data| data.protocol)
-        .is_some_and(|protocol| protocol == tls::ALPN_GOSSIP)
+    tls::protocol(connection).is_some_and(|protocol| protocol == tls::ALPN_GOSSIP)
 }

@@ -6,6 +6,7 @@
 //! told it is unreachable; raft retransmits), never stalling the others.
 //! The transport knows nothing of raft's logic, only how to move messages.
 
+pub mod feed;
 pub mod gossip;
 pub mod tls;
 
@@ -19,6 +20,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
+pub use feed::{FeedHandler, FeedNet, FeedNetError};
 pub use gossip::{GossipNet, GossipSink};
 pub use tls::NodeKey;
 
@@ -63,6 +65,7 @@ pub struct Transport {
     /// that arrive before are dropped, and raft sends them again).
     sinks: Sinks,
     gossip: Arc<GossipNet>,
+    feed: Arc<FeedNet>,
     /// Sender tasks are started from the raft thread, outside the runtime.
     runtime: tokio::runtime::Handle,
     /// Fault injection: while set, every peer message in or out is dropped,
@@ -133,6 +136,12 @@ impl Transport {
                 runtime.clone(),
                 contact.clone(),
             ),
+            feed: FeedNet::new(
+                endpoint.clone(),
+                configs.feed_client,
+                isolated.clone(),
+                contact.clone(),
+            ),
             runtime,
             isolated: isolated.clone(),
             contact: contact.clone(),
@@ -154,6 +163,16 @@ impl Transport {
     /// Sends gossip messages.
     pub fn gossip(&self) -> &Arc<GossipNet> {
         &self.gossip
+    }
+
+    /// Starts answering feed requests with `handler`.
+    pub fn attach_feed(&self, handler: FeedHandler) {
+        let _ = self.sinks.feed.set(handler);
+    }
+
+    /// Asks peers for feed batches.
+    pub fn feed(&self) -> &Arc<FeedNet> {
+        &self.feed
     }
 
     /// When a peer was last reached (see [`Contact`]).
@@ -268,6 +287,7 @@ fn decode(mut frame: &[u8]) -> Result<Vec<Message>, String> {
 struct Sinks {
     raft: Arc<OnceLock<Sink>>,
     gossip: Arc<OnceLock<GossipSink>>,
+    feed: Arc<OnceLock<FeedHandler>>,
 }
 
 async fn accept_peers(
@@ -290,6 +310,12 @@ async fn accept_peers(
                 }
             };
             contact.touch();
+            if tls::protocol(&connection).is_some_and(|p| p == tls::ALPN_FEED) {
+                if let Some(handler) = sinks.feed.get() {
+                    feed::serve(connection, handler.clone(), isolated).await;
+                }
+                return;
+            }
             if gossip::is_gossip(&connection) {
                 if let Some(sink) = sinks.gossip.get() {
                     gossip::receive(connection, sink.clone(), isolated).await;

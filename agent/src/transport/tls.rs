@@ -19,6 +19,8 @@ pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// Version 2: member metadata carries rollout marks (postcard is not
 /// self-describing, so agents of version 1 could not read it).
 pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/2";
+/// The edge feed: a follower asks for the changes after a revision.
+pub const ALPN_FEED: &[u8] = b"edgeconf-feed/1";
 
 const KEY_FILE: &str = "node.key";
 
@@ -72,6 +74,22 @@ impl NodeKey {
             }
         })?;
         Ok(Self { key })
+    }
+
+    /// The raw public key.
+    pub fn public_key_raw(&self) -> [u8; 32] {
+        self.key
+            .public_key_raw()
+            .try_into()
+            .expect("ed25519 public keys are 32 bytes")
+    }
+
+    /// The same key for signing feed checkpoints and images (a voter's
+    /// attestation is made with the key its peers already pin).
+    pub fn signing_key(&self) -> Result<ed25519_dalek::SigningKey, TlsError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        ed25519_dalek::SigningKey::from_pkcs8_der(&self.key.serialize_der())
+            .map_err(|err| TlsError::Setup(format!("reading the node key for signing: {err}")))
     }
 
     /// The public key as written in `peer_trust.keys`: `ed25519:BASE64`.
@@ -233,6 +251,26 @@ pub struct QuicConfigs {
     pub server: quinn::ServerConfig,
     pub raft_client: quinn::ClientConfig,
     pub gossip_client: quinn::ClientConfig,
+    pub feed_client: quinn::ClientConfig,
+}
+
+/// The ALPN a connection negotiated.
+pub fn protocol(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+}
+
+/// The node key the peer of `connection` proved it holds (the handshake
+/// already checked it is pinned).
+pub fn peer_key(connection: &quinn::Connection) -> Option<[u8; 32]> {
+    let certificates = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificates.first()?.as_ref()).ok()?;
+    <[u8; 32]>::try_from(parsed.public_key().subject_public_key.data.as_ref()).ok()
 }
 
 pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConfigs, TlsError> {
@@ -250,7 +288,7 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![cert.clone()], key.clone_key())
         .map_err(|e| setup("server certificate", &e))?;
-    server.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_GOSSIP.to_vec()];
+    server.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_GOSSIP.to_vec(), ALPN_FEED.to_vec()];
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
         .map_err(|e| setup("QUIC server", &e))?;
 
@@ -268,6 +306,7 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
             .map_err(|e| setup("QUIC client", &e))
     };
     let (raft_client, gossip_client) = (quic_client(ALPN_RAFT)?, quic_client(ALPN_GOSSIP)?);
+    let feed_client = quic_client(ALPN_FEED)?;
 
     // Connections close after 5 s without traffic. Raft connections are
     // kept up by their dialer's keep-alives; gossip connections are not,
@@ -292,9 +331,13 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
     };
     let raft_client = client(raft_client, Some(std::time::Duration::from_secs(1)));
     let gossip_client = client(gossip_client, None);
+    // A follower's long polls keep its feed connection busy; keep-alives
+    // hold it open between them.
+    let feed_client = client(feed_client, Some(std::time::Duration::from_secs(2)));
     Ok(QuicConfigs {
         server,
         raft_client,
         gossip_client,
+        feed_client,
     })
 }
