@@ -12,7 +12,7 @@ use crate::config::ClusterState;
 use crate::config::Config;
 use crate::config::Role;
 use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
-use crate::gossip::{Membership, Meta, State};
+use crate::gossip::{Membership, Meta};
 use crate::signing::{Identities, Keyring, KeyringCell, Recipient};
 use crate::store::{Store, StoreError};
 use crate::transport::{NodeKey, Transport};
@@ -23,10 +23,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a start waits for a store still locked by a process that is
 /// exiting (a restart right after `kill -9`).
 const STORE_LOCK_PATIENCE: Duration = Duration::from_secs(5);
-
-/// How long an edge agent may be dead before the leader stops replicating
-/// to it (it is added again if it comes back).
-const EDGE_DEAD_GRACE: Duration = Duration::from_secs(30 * 60);
 
 /// Set in the environment to let tests partition an agent from its peers.
 const FAULT_INJECTION_ENV: &str = "EDGECONF_FAULT_INJECTION";
@@ -65,17 +61,10 @@ pub async fn run(
     let transport = Transport::start(config.listen_peer[0], &node_key, &config.peer_keys)?;
     let (stop, stopped) = watch::channel(false);
     let membership = start_gossip(&config, &store, &transport, stopped.clone())?;
-    // An edge agent that has not received anything from raft yet (a first
-    // start, or a restart before the leader reached it) learns the voters
-    // from gossip again.
-    let unjoined_edge = config.role == Role::Edge && store.applied_index()? == 0;
-    let (identity, initial_cluster) = if unjoined_edge {
-        edge_bootstrap(&config, &membership).await
-    } else {
-        (
-            load_identity(&store, &config)?,
-            config.initial_cluster.clone(),
-        )
+    let identity = match config.role {
+        // An edge is no raft member: its identity is its node key.
+        Role::Edge => crate::edge::agent::identity(&store, &membership, &node_key).await?,
+        Role::Voter => load_identity(&store, &config)?,
     };
     let identity = Identity {
         cluster_id: store.meta_or_insert("cluster_id", identity.cluster_id)?,
@@ -104,44 +93,31 @@ pub async fn run(
             None
         }
     };
-    let (node, raft_thread) = Node::start(
-        store.clone(),
-        NodeSettings {
-            data_dir: &config.data_dir,
+    let (node, raft_thread) = match config.role {
+        Role::Voter => start_voter(
+            &config, &store, &transport, &keyring, &plugins, identity, member,
+        )?,
+        Role::Edge => Node::start_follower(
+            store.clone(),
             identity,
             member,
-            initial_cluster: &initial_cluster,
-            join_existing: config.initial_cluster_state == ClusterState::Existing
-                || config.role == Role::Edge,
-            transport: transport.clone(),
-            heartbeat: config.heartbeat_interval,
-            election_ticks: (config.election_timeout.as_millis()
-                / config.heartbeat_interval.as_millis().max(1))
-                as usize,
-            compaction: Compaction {
-                every_entries: config.snapshot_count,
-                retain: config.snapshot_catchup_entries,
-            },
-            admission: {
-                let keyring = keyring.clone();
-                Arc::new(move |command| {
-                    keyring
-                        .get()
-                        .trust
-                        .admit(command)
-                        .map_err(|err| err.to_string())
-                })
-            },
-            screening: plugins.validators.clone().map(|validators| {
-                let keyring = keyring.clone();
-                Arc::new(move |command: &crate::store::Command| {
-                    validators
-                        .check_command(command, &keyring.get())
-                        .map_err(|err| err.to_string())
-                }) as crate::consensus::Admission
-            }),
-        },
-    )?;
+            transport.clone(),
+            "this is an edge agent, not a raft member: it takes config from the voters' feed; \
+             send writes to a voter's client URL (see `edgeconf member list`)"
+                .to_string(),
+        )?,
+    };
+    crate::edge::agent::serve(&config, &store, &transport, identity.cluster_id, &node_key)?;
+    let feed = (config.role == Role::Edge).then(|| {
+        crate::edge::agent::follow(
+            &config,
+            &store,
+            &transport,
+            &membership,
+            identity.cluster_id,
+            stopped.clone(),
+        )
+    });
 
     let services = crate::services::Services::start(
         membership.clone(),
@@ -159,6 +135,7 @@ pub async fn run(
         membership: membership.clone(),
         services: services.clone(),
         leave: leave_request.clone(),
+        edge: config.role == Role::Edge,
     };
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
@@ -174,13 +151,9 @@ pub async fn run(
         let stopped = stopped.clone();
         tasks.spawn(async move { node.expire_leases(stopped).await });
     }
-    {
+    if config.role == Role::Voter {
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
-    }
-    {
-        let (node, membership, stopped) = (node.clone(), membership.clone(), stopped.clone());
-        tasks.spawn(async move { admit_edges(node, membership, stopped).await });
     }
     #[cfg(unix)]
     {
@@ -194,6 +167,7 @@ pub async fn run(
             plugins: plugins.clone(),
             membership: membership.clone(),
             services: services.clone(),
+            feed: feed.clone(),
         };
         let stopped = stopped.clone();
         tasks.spawn(async move {
@@ -373,6 +347,7 @@ fn start_gossip(
         services: Vec::new(),
         rollouts: Vec::new(),
         checks: Vec::new(),
+        feed_group: String::new(),
     };
     let settings = crate::gossip::Config {
         probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,
@@ -390,118 +365,53 @@ fn start_gossip(
     ))
 }
 
-/// An edge agent's first start: it learns the cluster from the voters it
-/// meets through its seeds, then waits for the leader to add it as a
-/// learner (see [`admit_edges`]).
-async fn edge_bootstrap(
+/// Starts raft on a voter, with the leader's checks of forwarded commands.
+fn start_voter(
     config: &Config,
-    membership: &Membership,
-) -> (Identity, Vec<(String, String)>) {
-    let own_url = config.initial_advertise_peer_urls[0].clone();
-    let mut waited = 0u32;
-    loop {
-        let voters: Vec<_> = membership
-            .members()
-            .into_iter()
-            .filter(|r| r.state == State::Alive && r.meta.role == Role::Voter.as_str())
-            .filter(|r| !r.meta.peer_url.is_empty() && !r.meta.cluster.is_empty())
-            .collect();
-        if let Some(cluster_id) = voters
-            .first()
-            .and_then(|v| u64::from_str_radix(&v.meta.cluster, 16).ok())
-        {
-            let mut initial: Vec<(String, String)> = voters
-                .iter()
-                .map(|v| (v.id.to_string(), v.meta.peer_url.clone()))
-                .collect();
-            initial.push((config.name.clone(), own_url.clone()));
-            tracing::info!(
-                voters = voters.len(),
-                cluster_id = format_args!("{cluster_id:x}"),
-                "found the cluster through gossip; waiting to be added as a learner"
-            );
-            let member_id = crate::consensus::member_id(&own_url);
-            return (
-                Identity {
-                    cluster_id,
-                    member_id,
-                },
-                initial,
-            );
-        }
-        if waited.is_multiple_of(25) {
-            tracing::info!(seeds = ?config.gossip.seeds, "edge agent: waiting to meet a voter through the gossip seeds");
-        }
-        waited += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// On the leader: edge agents seen alive in gossip become raft learners
-/// (so they receive config); edge agents that left, or have been dead for
-/// [`EDGE_DEAD_GRACE`], are removed (one that comes back is added again).
-async fn admit_edges(
-    node: Arc<Node>,
-    membership: Arc<Membership>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    let mut dead_since: std::collections::HashMap<u64, std::time::Instant> = Default::default();
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-        if !node.is_leader() {
-            continue;
-        }
-        let Ok(raft_members) = node.members() else {
-            continue;
-        };
-        for record in membership.members() {
-            if record.meta.role != Role::Edge.as_str() || record.meta.peer_url.is_empty() {
-                continue;
-            }
-            let id = crate::consensus::member_id(&record.meta.peer_url);
-            let known = raft_members.iter().find(|(known, _)| *known == id);
-            let long_dead = record.state == State::Dead
-                && dead_since
-                    .entry(id)
-                    .or_insert_with(std::time::Instant::now)
-                    .elapsed()
-                    >= EDGE_DEAD_GRACE;
-            if record.state != State::Dead {
-                dead_since.remove(&id);
-            }
-            let gone = record.state == State::Left || long_dead;
-            match (record.state, known) {
-                (State::Alive, None) => {
-                    match node
-                        .add_member(vec![record.meta.peer_url.clone()], true)
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(member = %record.id, peer_url = %record.meta.peer_url, "edge agent added as a raft learner")
-                        }
-                        Err(err) => {
-                            tracing::warn!(member = %record.id, error = %err, "cannot add edge agent as a learner")
-                        }
-                    }
-                }
-                (_, Some((_, raft))) if gone && raft.is_learner => {
-                    match node.remove_member(id).await {
-                        Ok(()) => {
-                            tracing::info!(member = %record.id, "edge agent removed from raft (left, or dead too long)")
-                        }
-                        Err(err) => {
-                            tracing::warn!(member = %record.id, error = %err, "cannot remove departed edge agent")
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    store: &Arc<Store>,
+    transport: &Arc<Transport>,
+    keyring: &Arc<KeyringCell>,
+    plugins: &crate::plugins::AgentPlugins,
+    identity: Identity,
+    member: Member,
+) -> anyhow::Result<(Arc<Node>, JoinHandle<()>)> {
+    Ok(Node::start(
+        store.clone(),
+        NodeSettings {
+            data_dir: &config.data_dir,
+            identity,
+            member,
+            initial_cluster: &config.initial_cluster,
+            join_existing: config.initial_cluster_state == ClusterState::Existing,
+            transport: transport.clone(),
+            heartbeat: config.heartbeat_interval,
+            election_ticks: (config.election_timeout.as_millis()
+                / config.heartbeat_interval.as_millis().max(1))
+                as usize,
+            compaction: Compaction {
+                every_entries: config.snapshot_count,
+                retain: config.snapshot_catchup_entries,
+            },
+            admission: {
+                let keyring = keyring.clone();
+                Arc::new(move |command| {
+                    keyring
+                        .get()
+                        .trust
+                        .admit(command)
+                        .map_err(|err| err.to_string())
+                })
+            },
+            screening: plugins.validators.clone().map(|validators| {
+                let keyring = keyring.clone();
+                Arc::new(move |command: &crate::store::Command| {
+                    validators
+                        .check_command(command, &keyring.get())
+                        .map_err(|err| err.to_string())
+                }) as crate::consensus::Admission
+            }),
+        },
+    )?)
 }
 
 async fn shutdown_signal() {

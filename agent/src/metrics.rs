@@ -43,6 +43,8 @@ pub struct Sources {
     pub plugins: AgentPlugins,
     pub membership: Arc<crate::gossip::Membership>,
     pub services: Arc<crate::services::Services>,
+    /// An edge's feed follower (none on voters).
+    pub feed: Option<std::sync::Arc<crate::edge::follow::FollowStatus>>,
 }
 
 /// The metrics as Prometheus text.
@@ -86,6 +88,10 @@ pub fn render_text(sources: &Sources) -> String {
         "1 when this member leads the cluster.",
         f64::from(u8::from(node.leader() == identity.member_id)),
     );
+
+    if let Some(feed) = &sources.feed {
+        feed_metrics(&mut out, feed);
+    }
 
     let files = sources.renders.snapshot();
     let series: [Series<EntryStatus>; 8] = [
@@ -315,14 +321,10 @@ fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes
             "text/plain; version=0.0.4",
             render_text(sources),
         ),
-        "/health" if sources.node.leader() != 0 => {
-            (StatusCode::OK, "text/plain", "ok\n".to_string())
-        }
-        "/health" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no leader\n".to_string(),
-        ),
+        "/health" => match health(sources) {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -334,4 +336,48 @@ fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("a response from fixed parts")
+}
+
+/// An edge's follower is stale after this long without a verified batch
+/// (a follower long-polls every 10 s, so a live one hears within that).
+pub const FEED_STALE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A voter is healthy with a known leader; an edge with a recent verified
+/// feed (an offline edge keeps serving its files, but says it is stale).
+fn health(sources: &Sources) -> Result<(), String> {
+    match &sources.feed {
+        None if sources.node.leader() != 0 => Ok(()),
+        None => Err("no leader\n".into()),
+        Some(feed) => match feed.seconds_since_contact() {
+            Some(age) if age <= FEED_STALE.as_secs_f64() => Ok(()),
+            Some(age) => Err(format!("stale: no verified feed for {age:.0} s\n")),
+            None => Err("stale: no verified feed yet\n".into()),
+        },
+    }
+}
+
+fn feed_metrics(out: &mut String, feed: &crate::edge::follow::FollowStatus) {
+    let age = feed.seconds_since_contact().unwrap_or(-1.0);
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_seconds_since_contact Seconds since a peer last sent this edge a verified feed batch (-1: never).\n\
+         # TYPE edgeconf_feed_seconds_since_contact gauge\nedgeconf_feed_seconds_since_contact {age}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_verified_revision The newest revision this edge verified from the feed.\n\
+         # TYPE edgeconf_feed_verified_revision gauge\nedgeconf_feed_verified_revision {}",
+        feed.verified_revision.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_refused_total Feed batches and images refused, by what the relay got wrong.\n\
+         # TYPE edgeconf_feed_refused_total counter"
+    );
+    for (reason, count) in feed.refused() {
+        let _ = writeln!(
+            out,
+            "edgeconf_feed_refused_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
 }

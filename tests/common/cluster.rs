@@ -98,11 +98,14 @@ impl Cluster {
     pub fn write_config(&self, i: usize, initial_cluster: &str, state: &str) {
         let slot = &self.slots[i];
         let keys: Vec<String> = self.slots.iter().map(|s| format!("{:?}", s.key)).collect();
+        // Edge agents take the feed as attested by the first three (the
+        // voters of every fleet these tests start).
+        let voters = &keys[..keys.len().min(3)];
         let config = format!(
             "name = {:?}\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\n\
              listen_peer_urls = [{:?}]\ninitial_cluster = {:?}\ninitial_cluster_state = {:?}\n\
              heartbeat_interval = 50\nelection_timeout = 500\nsnapshot_count = 200\n\
-             snapshot_catchup_entries = 20\n{}\n\n[peer_trust]\nkeys = [{}]\n",
+             snapshot_catchup_entries = 20\n{}\n\n[peer_trust]\nkeys = [{}]\nvoters = [{}]\n",
             slot.name,
             slot.data_dir.display().to_string(),
             slot.client_port,
@@ -110,7 +113,8 @@ impl Cluster {
             initial_cluster,
             state,
             self.member_head[i],
-            keys.join(", ")
+            keys.join(", "),
+            voters.join(", ")
         );
         let config = format!(
             "{config}\n{}\n{}\n",

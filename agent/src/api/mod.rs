@@ -12,6 +12,7 @@ mod cluster;
 mod convert;
 mod edgeconf;
 mod fleet;
+mod forward;
 mod kv;
 mod lease;
 mod maintenance;
@@ -57,6 +58,8 @@ pub(crate) struct Context {
     renders: Arc<RenderStatus>,
     plugins: AgentPlugins,
     fleet: Fleet,
+    /// On an edge agent: where client writes go.
+    forward: Option<Arc<forward::Forwarder>>,
 }
 
 /// Gossip membership and the service catalog, for the fleet RPCs.
@@ -78,6 +81,8 @@ pub struct Shared {
     pub services: Arc<crate::services::Services>,
     /// Notified by `edgeconf member leave`: the agent leaves and stops.
     pub leave: Arc<tokio::sync::Notify>,
+    /// This agent is an edge: writes are forwarded to a voter.
+    pub edge: bool,
 }
 
 impl Context {
@@ -107,6 +112,23 @@ impl Context {
             revision,
             raft_term: self.node.term(),
         }
+    }
+
+    /// On an edge, sends a write on to a voter (`None` on a voter, which
+    /// handles it itself).
+    pub(crate) async fn forwarded<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &tonic::Request<Req>,
+    ) -> Option<Result<tonic::Response<Resp>, Status>>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let forwarder = self.forward.as_ref()?;
+        let mut copy = tonic::Request::new(request.get_ref().clone());
+        *copy.metadata_mut() = request.metadata().clone();
+        Some(forwarder.unary(&self.fleet.membership, path, copy).await)
     }
 
     /// A header at the current revision.
@@ -143,6 +165,7 @@ pub async fn serve(
         cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
         renders: shared.renders,
         plugins: shared.plugins,
+        forward: shared.edge.then(|| Arc::new(forward::Forwarder::default())),
         fleet: Fleet {
             membership: shared.membership,
             services: shared.services,

@@ -257,6 +257,7 @@ impl AgentArgs {
             validate: Vec::new(),
             check: Vec::new(),
             role: None,
+            sync: Vec::new(),
             labels: None,
             gossip: None,
             service: Vec::new(),

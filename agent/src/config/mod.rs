@@ -81,6 +81,10 @@ pub struct ConfigFile {
     pub check: Vec<plugins::CheckFile>,
     /// "voter" (default) or "edge".
     pub role: Option<Role>,
+    /// Key prefixes an edge keeps besides those its `[[render]]` entries and
+    /// plugins read.
+    #[serde(default)]
+    pub sync: Vec<String>,
     /// `[labels]`: what this agent announces about itself (for selectors).
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// `[gossip]`: seeds and timing of the fleet membership.
@@ -131,6 +135,10 @@ pub struct SecretsFile {
 pub struct PeerTrust {
     #[serde(default)]
     pub keys: Vec<String>,
+    /// The voters' node keys: an edge applies the feed only as attested by
+    /// one of these (they are admitted as peers too).
+    #[serde(default)]
+    pub voters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -188,6 +196,10 @@ pub struct Config {
     pub render: Vec<RenderEntry>,
     pub plugins: PluginSections,
     pub role: Role,
+    /// `sync` prefixes (an edge's explicit subscription).
+    pub sync: Vec<Vec<u8>>,
+    /// Raw ed25519 keys of the voters, whose feed checkpoints edges accept.
+    pub voter_keys: Vec<[u8; 32]>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub gossip: GossipSettings,
     pub services: Vec<ServiceEntry>,
@@ -315,6 +327,11 @@ impl ConfigFile {
                 overrides.check
             },
             role: overrides.role.or(self.role),
+            sync: if overrides.sync.is_empty() {
+                self.sync
+            } else {
+                overrides.sync
+            },
             labels: overrides.labels.or(self.labels),
             gossip: overrides.gossip.or(self.gossip),
             service: if overrides.service.is_empty() {
@@ -471,17 +488,23 @@ impl Config {
                 ),
             ));
         }
-        let peer_keys = file
-            .peer_trust
-            .unwrap_or_default()
-            .keys
-            .iter()
-            .map(|key| {
-                crate::transport::tls::parse_key(key).map_err(|problem| {
-                    origin.invalid("keys", format!("in [peer_trust]: {problem}"))
+        let peer_trust = file.peer_trust.unwrap_or_default();
+        let parse_peer_keys = |field: &'static str, keys: &[String]| {
+            keys.iter()
+                .map(|key| {
+                    crate::transport::tls::parse_key(key).map_err(|problem| {
+                        origin.invalid(field, format!("in [peer_trust]: {problem}"))
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let voter_keys = parse_peer_keys("voters", &peer_trust.voters)?;
+        let mut peer_keys = parse_peer_keys("keys", &peer_trust.keys)?;
+        for key in &voter_keys {
+            if !peer_keys.contains(key) {
+                peer_keys.push(*key);
+            }
+        }
 
         // An edge agent serves no followers: it keeps a short raft log.
         let role = file.role.unwrap_or_default();
@@ -530,6 +553,7 @@ impl Config {
         let gossip = services::check_gossip(file.gossip.unwrap_or_default(), default_seeds, role)
             .map_err(|(field, problem)| origin.invalid(field, problem))?;
         check_peers_trusted(origin, &peer_keys, &initial_cluster, &gossip.seeds)?;
+        let sync = check_edge_feed(origin, role, &voter_keys, file.sync)?;
         let check_plugins: Vec<String> = plugins
             .plugins
             .iter()
@@ -569,6 +593,8 @@ impl Config {
         }
         Ok(Config {
             role,
+            sync,
+            voter_keys,
             labels,
             gossip,
             services,
@@ -676,6 +702,49 @@ fn parse_initial_cluster(
         ));
     }
     Ok(members)
+}
+
+/// An edge takes the feed only as attested by pinned voter keys, and keeps
+/// the prefixes it is told to.
+fn check_edge_feed(
+    origin: &Origin,
+    role: Role,
+    voter_keys: &[[u8; 32]],
+    sync: Vec<String>,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
+    if role == Role::Edge && voter_keys.is_empty() {
+        return Err(origin.invalid(
+            "voters",
+            "in [peer_trust] (peer_trust.voters) is empty, but an edge agent applies config only as attested by a voter: \
+             list the voters' node keys (`edgeconf node-key --data-dir <its data_dir>` on each voter) in \
+             [peer_trust] voters = [\"...\", ...]"
+                .into(),
+        ));
+    }
+    if sync.len() > crate::feed::wire::MAX_PREFIXES / 2 {
+        return Err(origin.invalid(
+            "sync",
+            format!(
+                "has {} prefixes: at most {} are allowed",
+                sync.len(),
+                crate::feed::wire::MAX_PREFIXES / 2
+            ),
+        ));
+    }
+    sync.into_iter()
+        .map(|prefix| {
+            if prefix.is_empty() || prefix.len() > crate::feed::wire::MAX_PREFIX_LEN {
+                Err(origin.invalid(
+                    "sync",
+                    format!(
+                        "has {prefix:?}: expected a key prefix such as \"/app/\" (1 to 1024 bytes)"
+                    ),
+                ))
+            } else {
+                Ok(prefix.into_bytes())
+            }
+        })
+        .collect()
 }
 
 /// An agent with peers (other members in `initial_cluster`, or gossip

@@ -314,6 +314,49 @@ impl Node {
         Ok((node, thread))
     }
 
+    /// A node for an agent that is not a raft member (an edge): its store
+    /// is filled by the feed follower (`crate::edge`), it never proposes,
+    /// and reads are served from its own store (serializable). Writes are
+    /// refused with `refusal`, which says where to send them.
+    pub fn start_follower(
+        store: Arc<Store>,
+        identity: Identity,
+        member: Member,
+        transport: Arc<Transport>,
+        refusal: String,
+    ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
+        let (inputs, queue) = std::sync::mpsc::channel::<Input>();
+        let lessor = Arc::new(Lessor::recover(&store)?);
+        let thread = std::thread::Builder::new()
+            .name("edgeconf-follower".into())
+            .spawn(move || {
+                let refuse = || Err(ProposeError::Failed(refusal.clone()));
+                while let Ok(input) = queue.recv() {
+                    match input {
+                        Input::Propose { reply, .. } | Input::ConfChange { reply, .. } => {
+                            let _ = reply.send(refuse());
+                        }
+                        Input::ReadIndex { reply } => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Input::Delivery(_) => {}
+                        Input::Stop => return,
+                    }
+                }
+            })
+            .expect("spawning the follower thread");
+        let node = Arc::new(Node {
+            store,
+            identity,
+            member,
+            inputs,
+            status: Arc::new(RaftStatus::default()),
+            transport,
+            lessor,
+        });
+        Ok((node, thread))
+    }
+
     /// Stops the raft thread (after a final store sync) and the transport.
     pub fn stop(&self) {
         let _ = self.inputs.send(Input::Stop);

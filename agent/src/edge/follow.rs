@@ -39,6 +39,14 @@ impl FollowStatus {
             .clone()
     }
 
+    /// Seconds since the last verified batch, `None` if none yet.
+    pub fn seconds_since_contact(&self) -> Option<f64> {
+        match self.last_contact_unix_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((crate::consensus::now_unix_ms() - ms).max(0) as f64 / 1000.0),
+        }
+    }
+
     fn count(&self, err: &FeedError) {
         *self
             .refused
@@ -157,8 +165,14 @@ impl Follower {
                     Err(err) => return Outcome::Refused(err),
                     Ok(accepted) => {
                         let revision = accepted.position.revision;
+                        let sequences = signed_sequences(
+                            accepted
+                                .changes
+                                .iter()
+                                .map(|(_, e, v)| (&e.key, v.as_slice())),
+                        );
                         self.store
-                            .apply_feed(&accepted, crate::consensus::now_unix_ms())
+                            .apply_feed(&accepted, &sequences, crate::consensus::now_unix_ms())
                             .map(|()| revision)
                     }
                 }
@@ -172,15 +186,20 @@ impl Follower {
                     &image,
                 ) {
                     Err(err) => return Outcome::Refused(err),
-                    Ok(verified) => self
-                        .store
-                        .install_feed_image(
-                            &verified,
-                            &self.prefixes,
-                            &image.kvs,
-                            crate::consensus::now_unix_ms(),
-                        )
-                        .map(|()| verified.revision),
+                    Ok(verified) => {
+                        let sequences = signed_sequences(
+                            image.kvs.iter().map(|kv| (&kv.key, kv.value.as_slice())),
+                        );
+                        self.store
+                            .install_feed_image(
+                                &verified,
+                                &self.prefixes,
+                                &image.kvs,
+                                &sequences,
+                                crate::consensus::now_unix_ms(),
+                            )
+                            .map(|()| verified.revision)
+                    }
                 }
             }
         };
@@ -198,4 +217,17 @@ impl Follower {
             }
         }
     }
+}
+
+/// The signed sequence of every signed value (or signed delete) among
+/// `values`, so the edge store knows each key's latest as a voter does.
+fn signed_sequences<'a>(
+    values: impl Iterator<Item = (&'a Vec<u8>, &'a [u8])>,
+) -> Vec<(Vec<u8>, u64)> {
+    values
+        .filter_map(|(key, value)| {
+            let change = crate::signing::SignedChange::from_stored(value).ok()??;
+            Some((key.clone(), change.sequence))
+        })
+        .collect()
 }

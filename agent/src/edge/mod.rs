@@ -7,6 +7,7 @@
 //! to apply is decided in `crate::feed` alone; this module never applies
 //! anything the feed's checks did not accept, and never proposes to raft.
 
+pub mod agent;
 pub mod follow;
 pub mod serve;
 pub mod sources;

@@ -110,7 +110,7 @@ async fn follow_past(lie: Lie) -> std::collections::BTreeMap<&'static str, u64> 
             old.clone(),
         )
         .unwrap();
-        edge.store.apply_feed(&accepted, 0).unwrap();
+        edge.store.apply_feed(&accepted, &[], 0).unwrap();
     }
     put(&voter.store, "/app/a", "3");
     write(

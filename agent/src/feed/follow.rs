@@ -33,6 +33,18 @@ impl Prefixes {
         other.0.iter().all(|prefix| self.covers(prefix))
     }
 
+    /// A short name for the set (order and duplicates aside): agents with
+    /// the same group can relay the feed to each other.
+    pub fn group(&self) -> String {
+        let mut prefixes = self.0.clone();
+        prefixes.sort();
+        prefixes.dedup();
+        let digest = Sha256::digest(
+            postcard::to_stdvec(&prefixes).expect("encoding into memory cannot fail"),
+        );
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn texts(&self) -> Vec<String> {
         self.0.iter().map(|p| key_text(p)).collect()
     }

@@ -32,6 +32,9 @@ pub struct Meta {
     pub rollouts: Vec<RolloutMark>,
     /// The agent's own health checks (`[[check]]`), for rollout gates.
     pub checks: Vec<AgentCheck>,
+    /// An edge's feed subscription group (see `edge::sources`): agents of
+    /// one group relay the feed to each other. Empty on voters.
+    pub feed_group: String,
 }
 
 /// The latest result of one of an agent's `[[check]]` entries.

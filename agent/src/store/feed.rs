@@ -153,8 +153,15 @@ impl Store {
 
     /// Stores a verified batch: its subscribed changes at their revisions,
     /// and its position as this store's revision and chain, in one durable
-    /// transaction; watchers see the changes as from raft.
-    pub fn apply_feed(&self, accepted: &Accepted, time_unix_ms: i64) -> Result<()> {
+    /// transaction; watchers see the changes as from raft. `sequences` are
+    /// the signed sequences of signed values among them (the store does not
+    /// read envelopes), kept as a voter keeps them.
+    pub fn apply_feed(
+        &self,
+        accepted: &Accepted,
+        sequences: &[(Vec<u8>, u64)],
+        time_unix_ms: i64,
+    ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_write()?;
         let mut events = Vec::new();
@@ -194,6 +201,7 @@ impl Store {
                 events.push(event_from_record(key, *revision, &record, prev));
             }
             set_position(&txn, &accepted.position)?;
+            raise_sequences(&txn, sequences)?;
             let mut log = txn.open_table(FEED_LOG)?;
             for revision in &accepted.revisions {
                 let bytes =
@@ -220,6 +228,7 @@ impl Store {
         position: &Position,
         prefixes: &Prefixes,
         kvs: &[ImageKv],
+        sequences: &[(Vec<u8>, u64)],
         time_unix_ms: i64,
     ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -262,6 +271,7 @@ impl Store {
                 live.insert(image.key.as_slice(), image.mod_revision)?;
             }
             set_position(&txn, position)?;
+            raise_sequences(&txn, sequences)?;
             // Nothing before the image can be relayed any more.
             txn.open_table(FEED_LOG)?.retain(|_, _| false)?;
             txn.open_table(FEED)?.remove(FEED_CHECKPOINT)?;
@@ -331,6 +341,18 @@ impl Store {
             replaced,
         }));
     }
+}
+
+/// Raises each key's stored sequence to the one given (never lowers it).
+fn raise_sequences(txn: &redb::WriteTransaction, sequences: &[(Vec<u8>, u64)]) -> Result<()> {
+    let mut table = txn.open_table(super::tables::SEQUENCES)?;
+    for (key, sequence) in sequences {
+        let stored = table.get(key.as_slice())?.map_or(0, |s| s.value());
+        if *sequence > stored {
+            table.insert(key.as_slice(), *sequence)?;
+        }
+    }
+    Ok(())
 }
 
 fn set_position(txn: &redb::WriteTransaction, position: &Position) -> Result<()> {

@@ -70,7 +70,7 @@ fn follow(edge: &Store, batch: Batch, voter_key: &SigningKey) {
         batch,
     )
     .unwrap();
-    edge.apply_feed(&accepted, 0).unwrap();
+    edge.apply_feed(&accepted, &[], 0).unwrap();
 }
 
 fn mixed_log() -> Vec<Command> {
@@ -184,7 +184,7 @@ fn a_follower_behind_compaction_gets_an_image_then_batches() {
         &image,
     )
     .unwrap();
-    edge.install_feed_image(&verified, &app(), &image.kvs, 0)
+    edge.install_feed_image(&verified, &app(), &image.kvs, &[], 0)
         .unwrap();
     assert_eq!(live(&edge, "/app/"), live(&voter, "/app/"));
     assert_eq!(

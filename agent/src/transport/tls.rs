@@ -18,7 +18,7 @@ pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// ALPN protocol of gossip traffic (datagrams, and streams for big messages).
 /// Version 2: member metadata carries rollout marks (postcard is not
 /// self-describing, so agents of version 1 could not read it).
-pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/2";
+pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/3";
 /// The edge feed: a follower asks for the changes after a revision.
 pub const ALPN_FEED: &[u8] = b"edgeconf-feed/1";
 
