@@ -168,9 +168,15 @@ impl Cluster {
                 .enable_all()
                 .build()
                 .unwrap();
+            // Edge agents are not raft members: only voters know a leader.
+            let voters: Vec<usize> = self
+                .running()
+                .into_iter()
+                .filter(|&i| !self.member_head[i].contains("role = \"edge\""))
+                .collect();
             let leaders: Vec<(usize, u64, u64)> = rt.block_on(async {
                 let mut seen = Vec::new();
-                for i in self.running() {
+                for &i in &voters {
                     let Ok(Ok(mut client)) = tokio::time::timeout(
                         Duration::from_secs(1),
                         etcd_client::Client::connect(
@@ -191,8 +197,7 @@ impl Cluster {
                 }
                 seen
             });
-            let running = self.running().len();
-            if leaders.len() == running {
+            if leaders.len() == voters.len() {
                 let leader = leaders[0].2;
                 if leader != 0 && leaders.iter().all(|(_, _, l)| *l == leader) {
                     if let Some((i, _, _)) = leaders.iter().find(|(_, me, _)| *me == leader) {

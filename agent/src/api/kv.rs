@@ -176,6 +176,9 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        if let Some(answer) = self.0.forwarded("/etcdserverpb.KV/Compact", &request).await {
+            return answer;
+        }
         let caller = self.0.caller(&request)?;
         let command = Command::Compact {
             revision: request.into_inner().revision,

@@ -22,6 +22,9 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        if let Some(answer) = self.0.forwarded("/etcdserverpb.Lease/LeaseGrant", &request).await {
+            return answer;
+        }
         self.0.caller(&request)?.check_signed_in()?;
         let req = request.into_inner();
         let applied = self
@@ -45,6 +48,9 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        if let Some(answer) = self.0.forwarded("/etcdserverpb.Lease/LeaseRevoke", &request).await {
+            return answer;
+        }
         // Revoking deletes the lease's keys: it takes write access to all.
         let caller = self.0.caller(&request)?;
         let id = request.into_inner().id;
