@@ -1,0 +1,154 @@
+//! The edge tier with real processes on loopback: 3 voters and 20 edge
+//! agents that are not raft members. A put reaches every edge's file; the
+//! leader and a relaying edge are killed mid-stream and every edge still
+//! converges; an edge down for 1,000 writes catches up; an edge started
+//! with every voter down renders its last verified file at once.
+//! (Relays that lie are refused in `agent/src/edge/tests.rs`, on real QUIC
+//! sockets with the real protocol.)
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::fleet::{fleet_with, wait_until};
+use common::{edgeconf, ok};
+
+const VOTERS: usize = 3;
+const EDGES: usize = 20;
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Fleet {
+    cluster: Cluster,
+    files: Vec<PathBuf>,
+}
+
+fn start(dir: &std::path::Path) -> Fleet {
+    let (mut head, mut extra, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..VOTERS + EDGES {
+        let out = dir.join(format!("out{}", i + 1));
+        std::fs::create_dir_all(&out).unwrap();
+        let file = out.join("app.conf");
+        head.push(format!("render_root = {:?}", out.display().to_string()));
+        extra.push(if i < VOTERS {
+            String::new()
+        } else {
+            format!(
+                "[[render]]\nkey = \"/app/config\"\ndest = {:?}\ndebounce = \"1ms\"\n",
+                file.display().to_string()
+            )
+        });
+        files.push(file);
+    }
+    let gossip = "probe_interval = \"500ms\"\nprobe_timeout = \"200ms\"";
+    let cluster = fleet_with(dir, EDGES, |_| String::new(), gossip, &extra, &head);
+    Fleet { cluster, files }
+}
+
+impl Fleet {
+    fn edges(&self) -> impl Iterator<Item = usize> + '_ {
+        (VOTERS..VOTERS + EDGES).filter(|&i| self.cluster.agents[i].is_some())
+    }
+
+    fn file(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(&self.files[i]).ok()
+    }
+
+    /// Waits until every running edge's file says `value`; returns how long.
+    fn converge(&self, value: &str, what: &str) -> Duration {
+        wait_until(what, TIMEOUT, || self.edges().all(|i| self.file(i).as_deref() == Some(value)))
+    }
+
+    fn voter_endpoints(&self) -> Vec<String> {
+        (0..VOTERS)
+            .filter(|&i| self.cluster.agents[i].is_some())
+            .map(|i| format!("http://{}", self.cluster.endpoint(i)))
+            .collect()
+    }
+}
+
+/// `count` puts of `/app/config` (the last one `last`) through the voters.
+fn puts(endpoints: Vec<String>, count: usize, last: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+        for n in 0..count {
+            let value = if n + 1 == count {
+                last.to_string()
+            } else {
+                format!("w{n}")
+            };
+            // A put may fail while a leader is elected: retry it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(err) = client.put("/app/config", value.clone(), None).await {
+                assert!(Instant::now() < deadline, "put {n} kept failing: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = start(dir.path());
+
+    // Edges are not raft members.
+    let listed = ok(common::etcdctl(
+        fleet.cluster.agents[0].as_ref().unwrap(),
+        &["member", "list"],
+    ));
+    assert_eq!(listed.lines().count(), VOTERS, "{listed}");
+
+    // A put reaches every edge's file.
+    let start = Instant::now();
+    puts(fleet.voter_endpoints(), 1, "v1");
+    fleet.converge("v1", "every edge renders v1");
+    eprintln!("put to the file on all {EDGES} edges: {:?}", start.elapsed());
+
+    // An edge goes away; the leader is killed while writes stream in, and
+    // a relaying edge (a root of the tree: the first by name) too.
+    let away = VOTERS + EDGES - 1;
+    fleet.cluster.kill9(away);
+    let leader = fleet.cluster.wait_for_leader();
+    let endpoints = fleet.voter_endpoints();
+    let writer = std::thread::spawn(move || puts(endpoints, 1000, "after-1000"));
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.cluster.kill9(leader);
+    fleet.cluster.kill9(VOTERS);
+    writer.join().unwrap();
+    let took = fleet.converge("after-1000", "every running edge converges after the kills");
+    eprintln!("1,000 writes with the leader and a relay killed: running edges converged {took:?} after the last write");
+
+    // The edge that was away for the 1,000 writes catches up.
+    let back = Instant::now();
+    fleet.cluster.run(away);
+    wait_until("the returning edge catches up", TIMEOUT, || {
+        fleet.file(away).as_deref() == Some("after-1000")
+    });
+    eprintln!("an edge away for 1,000 writes caught up {:?} after its start", back.elapsed());
+
+    // Every voter down: an edge started now renders from its own store.
+    for i in 0..VOTERS {
+        fleet.cluster.kill9(i);
+    }
+    let offline = VOTERS + 5;
+    fleet.cluster.kill9(offline);
+    std::fs::remove_file(&fleet.files[offline]).unwrap();
+    let booted = Instant::now();
+    fleet.cluster.run(offline);
+    wait_until("the offline edge renders", Duration::from_secs(10), || {
+        fleet.file(offline).as_deref() == Some("after-1000")
+    });
+    let took = booted.elapsed();
+    eprintln!("edge booted with every voter down rendered its file {took:?} after spawn");
+    assert!(took < Duration::from_secs(2), "offline render took {took:?}");
+    // It serves reads from its store, and says it is stale.
+    let agent = fleet.cluster.agents[offline].as_ref().unwrap();
+    let got = ok(edgeconf(agent, &["get", "/app/config", "--print-value-only"]));
+    assert_eq!(got, "after-1000\n");
+}
