@@ -57,7 +57,9 @@ impl Fleet {
 
     /// Waits until every running edge's file says `value`; returns how long.
     fn converge(&self, value: &str, what: &str) -> Duration {
-        wait_until(what, TIMEOUT, || self.edges().all(|i| self.file(i).as_deref() == Some(value)))
+        wait_until(what, TIMEOUT, || {
+            self.edges().all(|i| self.file(i).as_deref() == Some(value))
+        })
     }
 
     fn voter_endpoints(&self) -> Vec<String> {
@@ -108,7 +110,10 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
     let start = Instant::now();
     puts(fleet.voter_endpoints(), 1, "v1");
     fleet.converge("v1", "every edge renders v1");
-    eprintln!("put to the file on all {EDGES} edges: {:?}", start.elapsed());
+    eprintln!(
+        "put to the file on all {EDGES} edges: {:?}",
+        start.elapsed()
+    );
 
     // An edge goes away; the leader is killed while writes stream in, and
     // a relaying edge (a root of the tree: the first by name) too.
@@ -130,7 +135,10 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
     wait_until("the returning edge catches up", TIMEOUT, || {
         fleet.file(away).as_deref() == Some("after-1000")
     });
-    eprintln!("an edge away for 1,000 writes caught up {:?} after its start", back.elapsed());
+    eprintln!(
+        "an edge away for 1,000 writes caught up {:?} after its start",
+        back.elapsed()
+    );
 
     // Every voter down: an edge started now renders from its own store.
     for i in 0..VOTERS {
@@ -146,9 +154,15 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
     });
     let took = booted.elapsed();
     eprintln!("edge booted with every voter down rendered its file {took:?} after spawn");
-    assert!(took < Duration::from_secs(2), "offline render took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "offline render took {took:?}"
+    );
     // It serves reads from its store, and says it is stale.
     let agent = fleet.cluster.agents[offline].as_ref().unwrap();
-    let got = ok(edgeconf(agent, &["get", "/app/config", "--print-value-only"]));
+    let got = ok(edgeconf(
+        agent,
+        &["get", "/app/config", "--print-value-only"],
+    ));
     assert_eq!(got, "after-1000\n");
 }

@@ -23,6 +23,8 @@ for name in n1 n2 n3 e1; do
   keys+=("\"$("$edgeconf" node-key --data-dir "$run/$name.data")\"")
 done
 trust=$(IFS=,; echo "${keys[*]}")
+# The voters' keys: edges apply the feed only as these attest it.
+voters=$(IFS=,; echo "${keys[*]:0:3}")
 # The operator key that signs everything under /app/.
 if [ ! -f "$run/operator.pub" ]; then
   "$edgeconf" -w json keygen --out "$run/operator.key" \
@@ -36,7 +38,7 @@ cp "$here/upstream.j2" "$run/"
 mkdir -p "$run/e1.out"
 for name in n1 n2 n3 e1; do
   { cat "$here/$name.toml"
-    printf '\n[peer_trust]\nkeys = [%s]\n' "$trust"
+    printf '\n[peer_trust]\nkeys = [%s]\nvoters = [%s]\n' "$trust" "$voters"
     printf '\n[trust]\nkeys = ["%s"]\n[[trust.prefix]]\nprefix = "/app/"\n' "$operator"
   } > "$run/$name.toml"
   (cd "$run" && exec "$edgeconf" agent --config "$name.toml") &

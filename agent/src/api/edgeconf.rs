@@ -159,7 +159,11 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::SignedWriteRequest>,
     ) -> Result<Response<pb::SignedWriteResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/edgeconf.v1.Edgeconf/SignedWrite", &request).await {
+        if let Some(answer) = self
+            .0
+            .forwarded("/edgeconf.v1.Edgeconf/SignedWrite", &request)
+            .await
+        {
             return answer;
         }
         let caller = self.0.caller(&request)?;
@@ -387,7 +391,11 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::RolloutStartRequest>,
     ) -> Result<Response<pb::RolloutStartResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/edgeconf.v1.Edgeconf/RolloutStart", &request).await {
+        if let Some(answer) = self
+            .0
+            .forwarded("/edgeconf.v1.Edgeconf/RolloutStart", &request)
+            .await
+        {
             return answer;
         }
         super::rollout::start(&self.0, request).await
@@ -404,7 +412,11 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::RolloutControlResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/edgeconf.v1.Edgeconf/RolloutControl", &request).await {
+        if let Some(answer) = self
+            .0
+            .forwarded("/edgeconf.v1.Edgeconf/RolloutControl", &request)
+            .await
+        {
             return answer;
         }
         super::rollout::control(&self.0, request).await

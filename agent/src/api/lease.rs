@@ -22,7 +22,11 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/etcdserverpb.Lease/LeaseGrant", &request).await {
+        if let Some(answer) = self
+            .0
+            .forwarded("/etcdserverpb.Lease/LeaseGrant", &request)
+            .await
+        {
             return answer;
         }
         self.0.caller(&request)?.check_signed_in()?;
@@ -48,7 +52,11 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/etcdserverpb.Lease/LeaseRevoke", &request).await {
+        if let Some(answer) = self
+            .0
+            .forwarded("/etcdserverpb.Lease/LeaseRevoke", &request)
+            .await
+        {
             return answer;
         }
         // Revoking deletes the lease's keys: it takes write access to all.
