@@ -80,7 +80,8 @@ fn scenario(n: usize, loss: f64, dead_share: f64, rng: &mut rand::rngs::StdRng) 
         group: "g".into(),
     }));
     let dead: Vec<bool> = (0..n).map(|_| rng.random_bool(dead_share)).collect();
-    let positions: std::collections::HashMap<SocketAddr, usize> = (0..n).map(|i| (addr(i), i)).collect();
+    let positions: std::collections::HashMap<SocketAddr, usize> =
+        (0..n).map(|i| (addr(i), i)).collect();
     let index_of = |a: &SocketAddr| -> Option<usize> { positions.get(a).copied() };
 
     let hop = |rng: &mut rand::rngs::StdRng| {
@@ -115,7 +116,9 @@ fn scenario(n: usize, loss: f64, dead_share: f64, rng: &mut rand::rngs::StdRng) 
     }
     let mut times: Vec<u64> = arrival.into_iter().filter(|&t| t != u64::MAX).collect();
     times.sort_unstable();
-    let at = |share: f64| times[((times.len() as f64 * share).ceil() as usize).clamp(1, times.len()) - 1];
+    let at = |share: f64| {
+        times[((times.len() as f64 * share).ceil() as usize).clamp(1, times.len()) - 1]
+    };
 
     let one = Reply::Batch(batch(1, 256)).encode().len() + OVERHEAD;
     let empty = Reply::Batch(batch(0, 0)).encode().len() + OVERHEAD;

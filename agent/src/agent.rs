@@ -135,7 +135,7 @@ pub async fn run(
         membership: membership.clone(),
         services: services.clone(),
         leave: leave_request.clone(),
-        edge: config.role == Role::Edge,
+        feed: feed.clone(),
     };
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());

@@ -39,10 +39,12 @@ pub fn fleet_with(
     head: &[String],
 ) -> Cluster {
     let mut cluster = Cluster::new(dir, 3 + edges);
-    let seed = cluster.slots[0]
-        .peer_url
-        .trim_start_matches("quic://")
-        .to_string();
+    // Every voter is a seed, so an agent joins with any one of them up.
+    let seeds: Vec<String> = cluster.slots[..3]
+        .iter()
+        .map(|slot| format!("{:?}", slot.peer_url.trim_start_matches("quic://")))
+        .collect();
+    let seeds = seeds.join(", ");
     for i in 0..3 + edges {
         let role = if i < 3 { "voter" } else { "edge" };
         cluster.member_head[i] = format!(
@@ -50,7 +52,7 @@ pub fn fleet_with(
             head.get(i).map(String::as_str).unwrap_or_default()
         );
         cluster.member_config[i] = format!(
-            "[labels]\n{}\n\n[gossip]\nseeds = [{seed:?}]\n{gossip}\n{}",
+            "[labels]\n{}\n\n[gossip]\nseeds = [{seeds}]\n{gossip}\n{}",
             labels(i),
             extra.get(i).map(String::as_str).unwrap_or_default()
         );

@@ -50,7 +50,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_applied_index: node.applied_index(),
             raft_term: node.term(),
             storage_version: format!("edgeconf {}", env!("CARGO_PKG_VERSION")),
-            errors: status_errors(node),
+            errors: status_errors(&self.0),
             ..Default::default()
         }))
     }
@@ -106,16 +106,34 @@ impl PbMaintenanceService for MaintenanceService {
     }
 }
 
-/// What `Status` reports in `errors` (etcdctl's ERRORS column): today, a
-/// member with peers that has never reached any of them.
-fn status_errors(node: &crate::consensus::Node) -> Vec<String> {
-    let has_peers = node.members().is_ok_and(|members| members.len() > 1);
+/// What `Status` reports in `errors` (etcdctl's ERRORS column): a member
+/// with peers that has never reached any of them, and an edge whose feed
+/// is stale (it serves its last verified config, and says how old).
+fn status_errors(context: &super::Context) -> Vec<String> {
+    let node = &context.node;
+    let mut errors = Vec::new();
+    let has_peers = context.feed.is_some() || node.members().is_ok_and(|members| members.len() > 1);
     if has_peers && node.transport().contact().last().is_none() {
-        return vec![
+        errors.push(
             "no peer has ever been reached: check that [peer_trust] keys lists every member's node key \
              (`edgeconf node-key` prints it) and that the peers listen at their peer URLs"
                 .to_string(),
-        ];
+        );
     }
-    Vec::new()
+    if let Some(feed) = &context.feed {
+        let revision = feed
+            .verified_revision
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match feed.seconds_since_contact() {
+            None => errors.push(format!(
+                "stale: no verified feed batch since this edge started (serving revision {})",
+                node.store().revision()
+            )),
+            Some(age) if age > crate::metrics::FEED_STALE.as_secs_f64() => errors.push(format!(
+                "stale: last verified feed batch {age:.0} s ago, at revision {revision}"
+            )),
+            Some(_) => {}
+        }
+    }
+    errors
 }

@@ -60,6 +60,8 @@ pub(crate) struct Context {
     fleet: Fleet,
     /// On an edge agent: where client writes go.
     forward: Option<Arc<forward::Forwarder>>,
+    /// On an edge agent: how fresh its feed is.
+    feed: Option<Arc<crate::edge::follow::FollowStatus>>,
 }
 
 /// Gossip membership and the service catalog, for the fleet RPCs.
@@ -81,8 +83,8 @@ pub struct Shared {
     pub services: Arc<crate::services::Services>,
     /// Notified by `edgeconf member leave`: the agent leaves and stops.
     pub leave: Arc<tokio::sync::Notify>,
-    /// This agent is an edge: writes are forwarded to a voter.
-    pub edge: bool,
+    /// On an edge: its feed follower (writes are forwarded to a voter).
+    pub feed: Option<Arc<crate::edge::follow::FollowStatus>>,
 }
 
 impl Context {
@@ -165,7 +167,11 @@ pub async fn serve(
         cert_users: tls.as_ref().is_some_and(|tls| tls.cert_auth()),
         renders: shared.renders,
         plugins: shared.plugins,
-        forward: shared.edge.then(|| Arc::new(forward::Forwarder::default())),
+        forward: shared
+            .feed
+            .is_some()
+            .then(|| Arc::new(forward::Forwarder::default())),
+        feed: shared.feed,
         fleet: Fleet {
             membership: shared.membership,
             services: shared.services,

@@ -141,13 +141,24 @@ pub fn follow(
     let status = Arc::new(FollowStatus::default());
     let own = membership.name();
     let members = membership.clone();
+    // Seeds are asked last: an edge that meets nobody through gossip (its
+    // seed is down, or the voters cannot dial it) still pulls from them.
+    let seeds = config.gossip.seeds.clone();
     let follower = Follower {
         store: store.clone(),
         net: transport.feed().clone(),
         cluster_id,
         voters: config.voter_keys.clone(),
         prefixes,
-        sources: Box::new(move || sources::candidates(&own, &group, &peers(&members))),
+        sources: Box::new(move || {
+            let mut order = sources::candidates(&own, &group, &peers(&members));
+            for seed in &seeds {
+                if !order.contains(seed) {
+                    order.push(*seed);
+                }
+            }
+            order
+        }),
         status: status.clone(),
     };
     tokio::spawn(follower.run(stopped));
