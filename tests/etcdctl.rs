@@ -79,21 +79,13 @@ fn etcdctl_txn_lease_compaction_and_endpoint_status() {
     let agent = Agent::start(dir.path());
     ok(etcdctl(&agent, &["put", "flag", "on"]));
 
-    let mut txn = Command::new("etcdctl");
-    txn.env("ETCDCTL_API", "3")
-        .args(["--endpoints", &agent.endpoint(), "txn"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = txn.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"value(\"flag\") = \"on\"\n\nput result yes\n\nput result no\n\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(stdout(&output), "SUCCESS\n\nOK\n");
+    assert_eq!(
+        etcdctl_txn(
+            &agent.endpoint(),
+            "value(\"flag\") = \"on\"\n\nput result yes\n\nput result no\n\n"
+        ),
+        "SUCCESS\n\nOK\n"
+    );
     assert_eq!(
         ok(etcdctl(&agent, &["get", "result", "--print-value-only"])),
         "yes\n"
@@ -124,6 +116,25 @@ fn etcdctl_txn_lease_compaction_and_endpoint_status() {
     let s = &json[0]["Status"];
     assert_eq!(s["leader"], s["header"]["member_id"], "{status}");
     assert!(s["raftTerm"].as_u64().unwrap() >= 1, "{status}");
+}
+
+/// Runs `etcdctl txn` (interactive) with `script` on its stdin; its stdout.
+fn etcdctl_txn(endpoint: &str, script: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "txn"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    stdout(&child.wait_with_output().unwrap())
 }
 
 /// Runs etcdctl against one endpoint, written as given.
@@ -214,23 +225,8 @@ fn every_etcdctl_command_works_with_every_endpoint_form() {
         );
         // watch runs until killed: the replayed events are what counts.
         assert!(stdout(&watched).starts_with(&format!("PUT\n{key}\n1\nPUT\n{key}\n2\n")));
-        let mut txn = Command::new("etcdctl");
-        txn.env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint, "txn"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
-        let mut child = txn.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("value(\"{key}\") = \"2\"\n\nput {key}/txn yes\n\n\n").as_bytes())
-            .unwrap();
-        assert_eq!(
-            stdout(&child.wait_with_output().unwrap()),
-            "SUCCESS\n\nOK\n"
-        );
+        let script = format!("value(\"{key}\") = \"2\"\n\nput {key}/txn yes\n\n\n");
+        assert_eq!(etcdctl_txn(endpoint, &script), "SUCCESS\n\nOK\n");
         let granted = run(&["lease", "grant", "60"]);
         let id = granted.split_whitespace().nth(1).unwrap().to_string();
         assert!(run(&["lease", "keep-alive", "--once", &id]).contains("TTL(60)"));

@@ -46,13 +46,7 @@ pub enum SliceRefusal {
 impl Store {
     /// The current revision and the chain value after it.
     pub fn feed_position(&self) -> Result<Position> {
-        let txn = self.db.begin_read()?;
-        let revision = txn
-            .open_table(META)?
-            .get(META_REVISION)?
-            .map_or(0, |v| v.value() as i64);
-        let chain = read_feed_chain(&txn.open_table(FEED)?)?;
-        Ok(Position { revision, chain })
+        position_in(&self.db.begin_read()?)
     }
 
     /// Every change after `after` up to now, with the values under
@@ -119,11 +113,7 @@ impl Store {
     /// Every live key under `prefixes` now, and the position it reflects.
     pub fn feed_image(&self, prefixes: &Prefixes) -> Result<(Position, Vec<ImageKv>)> {
         let txn = self.db.begin_read()?;
-        let revision = txn
-            .open_table(META)?
-            .get(META_REVISION)?
-            .map_or(0, |v| v.value() as i64);
-        let chain = read_feed_chain(&txn.open_table(FEED)?)?;
+        let Position { revision, chain } = position_in(&txn)?;
         let kv = txn.open_table(KV)?;
         // Overlapping prefixes must not list a key twice.
         let mut kvs = BTreeMap::new();
@@ -353,6 +343,16 @@ fn raise_sequences(txn: &redb::WriteTransaction, sequences: &[(Vec<u8>, u64)]) -
         }
     }
     Ok(())
+}
+
+/// The revision and chain as of `txn`.
+fn position_in(txn: &redb::ReadTransaction) -> Result<Position> {
+    let revision = txn
+        .open_table(META)?
+        .get(META_REVISION)?
+        .map_or(0, |v| v.value() as i64);
+    let chain = read_feed_chain(&txn.open_table(FEED)?)?;
+    Ok(Position { revision, chain })
 }
 
 fn set_position(txn: &redb::WriteTransaction, position: &Position) -> Result<()> {
