@@ -166,13 +166,21 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
         took < Duration::from_secs(2),
         "offline render took {took:?}"
     );
-    // It serves reads from its store, and says it is stale.
+    // It serves serializable reads from its store (a linearizable read is a
+    // voter's to answer, and none is up), and says it is stale.
     let agent = fleet.cluster.agents[offline].as_ref().unwrap();
     let got = ok(edgeconf(
         agent,
-        &["get", "/app/config", "--print-value-only"],
+        &[
+            "get",
+            "/app/config",
+            "--print-value-only",
+            "--consistency",
+            "s",
+        ],
     ));
     assert_eq!(got, "after-1000\n");
+    assert!(!edgeconf(agent, &["get", "/app/config"]).status.success());
     let status = ok(edgeconf(agent, &["-w", "json", "status"]));
     assert!(status.contains("stale: no verified feed batch"), "{status}");
 }

@@ -58,6 +58,10 @@ impl PbKvService for KvService {
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
         if !request.get_ref().serializable {
+            // On an edge, a linearizable read is a voter's to answer.
+            if let Some(answer) = self.0.forwarded("/etcdserverpb.KV/Range", &request).await {
+                return answer;
+            }
             // Linearizable: first catch up with everything committed so far
             // (auth changes included, so the check below sees them).
             self.0.node.read_index().await.map_err(propose_status)?;
