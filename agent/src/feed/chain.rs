@@ -157,18 +157,34 @@ impl SignedCheckpoint {
                 ours: cluster_id,
             });
         }
-        if !voters.contains(&self.signer) {
-            return Err(FeedError::UnknownSigner(
-                crate::signing::keys::format_public_key(&self.signer),
-            ));
-        }
-        let key = VerifyingKey::from_bytes(&self.signer).map_err(|_| FeedError::BadSignature)?;
-        let signature =
-            Signature::from_slice(&self.signature).map_err(|_| FeedError::BadSignature)?;
-        key.verify(&self.checkpoint.message(), &signature)
-            .map_err(|_| FeedError::BadSignature)?;
+        check_voter_signature(
+            &self.signer,
+            &self.signature,
+            &self.checkpoint.message(),
+            voters,
+            FeedError::BadSignature,
+        )?;
         Ok(&self.checkpoint)
     }
+}
+
+/// Checks that `signer` is a pinned voter and signed `message`; a signature
+/// that does not verify is reported as `mismatch`.
+pub(super) fn check_voter_signature(
+    signer: &[u8; 32],
+    signature: &[u8],
+    message: &[u8],
+    voters: &[[u8; 32]],
+    mismatch: FeedError,
+) -> Result<(), FeedError> {
+    if !voters.contains(signer) {
+        return Err(FeedError::UnknownSigner(
+            crate::signing::keys::format_public_key(signer),
+        ));
+    }
+    let key = VerifyingKey::from_bytes(signer).map_err(|_| FeedError::BadSignature)?;
+    let signature = Signature::from_slice(signature).map_err(|_| FeedError::BadSignature)?;
+    key.verify(message, &signature).map_err(|_| mismatch)
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@
 //! follower too far behind for batches. Neither changes anything: the caller
 //! stores what was accepted and then moves to the new position.
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::chain::{link, Digest, Revision, SignedCheckpoint};
+use super::chain::{check_voter_signature, link, Digest, Revision, SignedCheckpoint};
 use super::{key_text, FeedError};
 
 const IMAGE_DOMAIN: &[u8] = b"edgeconf feed image v1\0";
@@ -283,15 +283,13 @@ pub fn verify_image(
             ours: cluster_id,
         });
     }
-    if !voters.contains(&image.signer) {
-        return Err(FeedError::UnknownSigner(
-            crate::signing::keys::format_public_key(&image.signer),
-        ));
-    }
-    let key = VerifyingKey::from_bytes(&image.signer).map_err(|_| FeedError::BadSignature)?;
-    let signature = Signature::from_slice(&image.signature).map_err(|_| FeedError::BadSignature)?;
-    key.verify(&image.message(), &signature)
-        .map_err(|_| FeedError::ImageMismatch)?;
+    check_voter_signature(
+        &image.signer,
+        &image.signature,
+        &image.message(),
+        voters,
+        FeedError::ImageMismatch,
+    )?;
     if image.revision <= position.revision {
         return Err(FeedError::OldImage {
             image: image.revision,
