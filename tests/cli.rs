@@ -87,20 +87,11 @@ fn put_reads_the_value_from_a_file_or_stdin() {
         "from a file\n\n"
     );
 
-    let mut child = Command::new(BIN)
-        .args(["--endpoints", &agent.endpoint(), "put", "s"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"from stdin")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    ok(common::run_with_input(
+        Command::new(BIN).args(["--endpoints", &agent.endpoint(), "put", "s"]),
+        Some(b"from stdin"),
+        Duration::from_secs(30),
+    ));
     assert_eq!(
         ok(edgeconf(&agent, &["get", "s", "--print-value-only"])),
         "from stdin\n"

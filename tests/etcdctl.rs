@@ -120,21 +120,14 @@ fn etcdctl_txn_lease_compaction_and_endpoint_status() {
 
 /// Runs `etcdctl txn` (interactive) with `script` on its stdin; its stdout.
 fn etcdctl_txn(endpoint: &str, script: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "txn"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    stdout(&child.wait_with_output().unwrap())
+    let output = common::run_with_input(
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "txn"]),
+        Some(script.as_bytes()),
+        Duration::from_secs(30),
+    );
+    stdout(&output)
 }
 
 /// Runs etcdctl against one endpoint, written as given.

@@ -289,12 +289,26 @@ pub fn etcdctl(agent: &Agent, args: &[&str]) -> Output {
 
 /// Runs a command with no stdin and kills it if it outlives `timeout`.
 pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
-    let child = command
-        .stdin(Stdio::null())
+    run_with_input(command, None, timeout)
+}
+
+/// Runs a command with `input` (if any) as its whole stdin, and kills it if
+/// it outlives `timeout`.
+pub fn run_with_input(command: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn command");
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin.write_all(input).expect("write the command's stdin");
+    }
     let pid = child.id();
     let (done, waiter) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
