@@ -2,7 +2,9 @@
 //! agents that are not raft members. A put reaches every edge's file; the
 //! leader and a relaying edge are killed mid-stream and every edge still
 //! converges; an edge down for 1,000 writes catches up; an edge started
-//! with every voter down renders its last verified file at once.
+//! with every voter down renders its last verified file at once. Five edges
+//! are behind "NAT": they accept no peer connection and are reached only
+//! over the ones they dial.
 //! (Relays that lie are refused in `agent/src/edge/tests.rs`, on real QUIC
 //! sockets with the real protocol.)
 
@@ -18,6 +20,8 @@ use common::{edgeconf, ok};
 const VOTERS: usize = 3;
 const EDGES: usize = 20;
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// Edges that accept no peer connections (`[gossip] dial_out_only`).
+const BEHIND_NAT: std::ops::Range<usize> = VOTERS + 10..VOTERS + 15;
 
 struct Fleet {
     cluster: Cluster,
@@ -31,11 +35,17 @@ fn start(dir: &std::path::Path) -> Fleet {
         std::fs::create_dir_all(&out).unwrap();
         let file = out.join("app.conf");
         head.push(format!("render_root = {:?}", out.display().to_string()));
+        // Written inside [gossip], before the tables.
+        let nat = if BEHIND_NAT.contains(&i) {
+            "dial_out_only = true\n"
+        } else {
+            ""
+        };
         extra.push(if i < VOTERS {
             String::new()
         } else {
             format!(
-                "[[render]]\nkey = \"/app/config\"\ndest = {:?}\ndebounce = \"1ms\"\n",
+                "{nat}[[render]]\nkey = \"/app/config\"\ndest = {:?}\ndebounce = \"1ms\"\n",
                 file.display().to_string()
             )
         });
@@ -114,6 +124,55 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
         "put to the file on all {EDGES} edges: {:?}",
         start.elapsed()
     );
+
+    // Edges behind NAT are members in gossip like the others: the voters
+    // reach them over the connections they dial, and keep seeing them alive.
+    let gossip_states = |i: usize| -> std::collections::BTreeMap<String, String> {
+        let listed = common::fleet::json(ok(edgeconf(
+            fleet.cluster.agents[i].as_ref().unwrap(),
+            &["-w", "json", "member", "list"],
+        )));
+        listed["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let field = |f: &str| m[f].as_str().unwrap_or_default().to_string();
+                (field("name"), field("state"))
+            })
+            .collect()
+    };
+    let all_alive = |i: usize| {
+        let states = gossip_states(i);
+        (0..VOTERS + EDGES)
+            .all(|n| states.get(&format!("n{}", n + 1)).map(String::as_str) == Some("alive"))
+    };
+    let watchers = || (0..VOTERS).chain(BEHIND_NAT);
+    let took = wait_until(
+        "the voters and the edges behind NAT see every member alive",
+        TIMEOUT,
+        || watchers().all(all_alive),
+    );
+    eprintln!(
+        "voters and edges behind NAT saw all {} members alive {took:?} after the first put",
+        VOTERS + EDGES
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    for voter in 0..VOTERS {
+        assert!(
+            all_alive(voter),
+            "n{}: {:?}",
+            voter + 1,
+            gossip_states(voter)
+        );
+        let log = fleet.cluster.agents[voter].as_ref().unwrap().log();
+        assert!(!log.contains("member dead"), "n{}:\n{log}", voter + 1);
+    }
+    for edge in BEHIND_NAT {
+        assert!(all_alive(edge), "n{}: {:?}", edge + 1, gossip_states(edge));
+        let log = fleet.cluster.agents[edge].as_ref().unwrap().log();
+        assert!(!log.contains("member dead"), "n{}:\n{log}", edge + 1);
+    }
 
     // An edge goes away; the leader is killed while writes stream in, and
     // a relaying edge (a root of the tree: the first by name) too.

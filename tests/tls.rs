@@ -21,7 +21,7 @@ fn path(dir: &Path, name: &str) -> String {
 fn pki(dir: &Path) {
     let pki = path(dir, "pki");
     ok(edgeconf_cli(&["cert", "ca", "--out-dir", &pki]));
-    for (name, ip) in [("n1", true), ("alice", false)] {
+    for (name, ip) in [("n1", true), ("e1", true), ("alice", false)] {
         let mut args = vec![
             "cert",
             "issue",
@@ -250,4 +250,93 @@ fn a_client_certificate_common_name_signs_in_as_that_user() {
     // Credentials given with --user win over the certificate.
     ok(run(&alice, &["--user", "root:rootpw", "put", "/a", "2"]));
     assert_eq!(ok(run(&alice, &["get", "/a", "--print-value-only"])), "2\n");
+}
+
+/// An edge forwards a write to a voter that serves only https://: it checks
+/// the voter's certificate against its CA and presents its own.
+#[test]
+fn an_edge_forwards_writes_to_a_tls_voter() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let key = |name: &str| {
+        let data = dir.path().join(name);
+        let out = ok(edgeconf_cli(&[
+            "node-key",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]));
+        format!("{:?}", out.trim())
+    };
+    let (voter_key, edge_key) = (key("v"), key("e"));
+    let tls = |cert: &str| {
+        format!(
+            "client_cert_file = {:?}\nclient_key_file = {:?}\nclient_trusted_ca_file = {:?}\n",
+            path(dir.path(), &format!("pki/{cert}.crt")),
+            path(dir.path(), &format!("pki/{cert}.key")),
+            path(dir.path(), "pki/ca.crt"),
+        )
+    };
+    let start = |name: &str, toml: String| {
+        let (port, peer) = (free_port(), free_port());
+        let config = dir.path().join(format!("{name}.toml"));
+        let toml = toml.replace("PEER", &peer.to_string());
+        std::fs::write(&config, toml).unwrap();
+        let args: Vec<String> = [
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join(name).to_str().unwrap(),
+            "--listen-client-urls",
+            &format!("https://127.0.0.1:{port}"),
+            "--listen-peer-urls",
+            &format!("quic://127.0.0.1:{peer}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        (
+            Agent::spawn(dir.path(), dir.path().join(name), port, &args),
+            peer,
+        )
+    };
+    let (voter, voter_peer) = start(
+        "v",
+        format!(
+            "name = \"n1\"\n{}[peer_trust]\nkeys = [{voter_key}, {edge_key}]\n",
+            tls("n1")
+        ),
+    );
+    let (edge, _) = start(
+        "e",
+        format!(
+            "name = \"e1\"\nrole = \"edge\"\nsync = [\"/app/\"]\n{}\
+             [gossip]\nseeds = [\"127.0.0.1:{voter_peer}\"]\n\
+             [peer_trust]\nkeys = [{voter_key}]\nvoters = [{voter_key}]\n",
+            tls("e1")
+        ),
+    );
+    let on = |agent: &Agent| {
+        vec![
+            "--endpoints".to_string(),
+            format!("https://{}", agent.endpoint()),
+            "--cacert".to_string(),
+            path(dir.path(), "pki/ca.crt"),
+        ]
+    };
+    // The edge learns the voter's client URL by gossip: retry until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let put = run(&on(&edge), &["put", "/app/x", "through-tls"]);
+        if put.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge did not forward: {}\n{}",
+            stderr(&put),
+            edge.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got = ok(run(&on(&voter), &["get", "/app/x", "--print-value-only"]));
+    assert_eq!(got, "through-tls\n");
 }

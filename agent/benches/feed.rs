@@ -71,6 +71,7 @@ fn scenario(n: usize, loss: f64, dead_share: f64, rng: &mut rand::rngs::StdRng) 
             addr: addr(1_000_000 + v),
             role: Role::Voter,
             group: String::new(),
+            dials_out: false,
         })
         .collect();
     peers.extend((0..n).map(|i| Peer {
@@ -78,6 +79,7 @@ fn scenario(n: usize, loss: f64, dead_share: f64, rng: &mut rand::rngs::StdRng) 
         addr: addr(i),
         role: Role::Edge,
         group: "g".into(),
+        dials_out: false,
     }));
     let dead: Vec<bool> = (0..n).map(|_| rng.random_bool(dead_share)).collect();
     let positions: std::collections::HashMap<SocketAddr, usize> =

@@ -58,7 +58,12 @@ pub async fn run(
     })?;
     let store = Arc::new(store);
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
-    let transport = Transport::start(config.listen_peer[0], &node_key, &config.peer_keys)?;
+    let transport = Transport::start(
+        config.listen_peer[0],
+        &node_key,
+        &config.peer_keys,
+        config.gossip.dial_out_only,
+    )?;
     let (stop, stopped) = watch::channel(false);
     let membership = start_gossip(&config, &store, &transport, stopped.clone())?;
     let identity = match config.role {
@@ -348,6 +353,7 @@ fn start_gossip(
         rollouts: Vec::new(),
         checks: Vec::new(),
         feed_group: String::new(),
+        dials_out: config.gossip.dial_out_only,
     };
     let settings = crate::gossip::Config {
         probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,

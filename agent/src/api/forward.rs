@@ -6,22 +6,36 @@
 
 use std::sync::Mutex;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::ClientTls;
 use tonic::{Request, Response, Status};
 
 use crate::gossip::{Membership, State};
 
 /// Forwards requests to a voter.
-#[derive(Default)]
 pub struct Forwarder {
     /// The voter last used, and the channel to it.
     channel: Mutex<Option<(String, Channel)>>,
+    /// How to reach voters that serve https://, or why this edge cannot.
+    tls: Result<ClientTlsConfig, String>,
 }
 
 /// Metadata carried over to the voter (credentials only).
 const CARRIED: &[&str] = &["authorization", "token"];
 
 impl Forwarder {
+    /// A forwarder that speaks TLS to voters with this agent's own client
+    /// API files: it checks a voter's certificate against
+    /// `client_trusted_ca_file` and presents its `client_cert_file` (as an
+    /// etcd gRPC proxy presents its `--cert`).
+    pub fn new(files: Option<&ClientTls>) -> Forwarder {
+        Forwarder {
+            channel: Mutex::new(None),
+            tls: voter_tls(files),
+        }
+    }
+
     /// Sends `request` to `path` (e.g. `/etcdserverpb.KV/Put`) on a voter.
     pub async fn unary<Req, Resp>(
         &self,
@@ -68,14 +82,22 @@ impl Forwarder {
         }
         let mut last = String::from("no voter is alive in gossip");
         for url in voters {
-            if url.starts_with("https://") {
-                last = format!("voter {url} serves TLS, which edge forwarding does not speak yet");
-                continue;
-            }
-            let endpoint = Endpoint::from_shared(url.clone())
+            let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| Status::internal(format!("voter client URL {url}: {err}")))?
                 .connect_timeout(std::time::Duration::from_secs(2))
                 .timeout(std::time::Duration::from_secs(10));
+            if url.starts_with("https://") {
+                let tls = match &self.tls {
+                    Ok(tls) => tls.clone(),
+                    Err(why) => {
+                        last = format!("voter {url} serves TLS, but {why}");
+                        continue;
+                    }
+                };
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|err| Status::internal(format!("TLS to voter {url}: {err}")))?;
+            }
             match endpoint.connect().await {
                 Ok(channel) => {
                     *self.lock() = Some((url, channel.clone()));
@@ -100,4 +122,29 @@ impl Forwarder {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Channel)>> {
         self.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The TLS this edge speaks to https:// voters, from its client API files.
+fn voter_tls(files: Option<&ClientTls>) -> Result<ClientTlsConfig, String> {
+    let Some(files) = files else {
+        return Err(
+            "this edge has no client TLS files: set client_cert_file, client_key_file \
+                    and client_trusted_ca_file (the CA of the voters' certificates)"
+                .into(),
+        );
+    };
+    let Some(ca_file) = &files.trusted_ca_file else {
+        return Err(
+            "this edge has no client_trusted_ca_file to check the voters' certificates with".into(),
+        );
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca_file)?))
+        .identity(Identity::from_pem(
+            read(&files.cert_file)?,
+            read(&files.key_file)?,
+        )))
 }

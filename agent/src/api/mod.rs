@@ -170,7 +170,7 @@ pub async fn serve(
         forward: shared
             .feed
             .is_some()
-            .then(|| Arc::new(forward::Forwarder::default())),
+            .then(|| Arc::new(forward::Forwarder::new(tls.as_ref().map(|t| t.files())))),
         feed: shared.feed,
         fleet: Fleet {
             membership: shared.membership,

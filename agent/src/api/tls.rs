@@ -32,6 +32,11 @@ impl ClientTlsFiles {
     pub fn cert_auth(&self) -> bool {
         self.files.cert_auth
     }
+
+    /// The files, as configured.
+    pub fn files(&self) -> &ClientTls {
+        &self.files
+    }
 }
 
 impl ClientTlsFiles {

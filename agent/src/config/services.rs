@@ -45,6 +45,11 @@ pub struct GossipFile {
     pub probe_interval: Option<String>,
     /// How long a probe waits for its ack, e.g. "500ms".
     pub probe_timeout: Option<String>,
+    /// This agent's peer port cannot be reached (NAT, a firewall): it
+    /// accepts no peer connections and is reached only over the ones it
+    /// dials. Edges only.
+    #[serde(default)]
+    pub dial_out_only: bool,
 }
 
 /// `[gossip]`, checked.
@@ -53,6 +58,8 @@ pub struct GossipSettings {
     pub seeds: Vec<SocketAddr>,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// Accept no peer connections (see [`GossipFile::dial_out_only`]).
+    pub dial_out_only: bool,
 }
 
 /// One `[[service]]` entry (or one API registration) as written.
@@ -230,6 +237,14 @@ pub fn check_gossip(
     if seeds.is_empty() {
         seeds = default_seeds;
     }
+    if file.dial_out_only && role == Role::Voter {
+        return Err((
+            "dial_out_only",
+            "in [gossip] is true, but this agent is a voter, which raft peers and edges must be able to dial: \
+             use it only on agents with role = \"edge\""
+                .into(),
+        ));
+    }
     if seeds.is_empty() && role == Role::Edge {
         return Err((
             "seeds",
@@ -274,6 +289,7 @@ pub fn check_gossip(
         seeds,
         probe_interval,
         probe_timeout,
+        dial_out_only: file.dial_out_only,
     })
 }
 

@@ -279,6 +279,11 @@ fn bad_fleet_settings_name_the_field() {
         seed.contains("`seeds`") && seed.contains("nowhere"),
         "{seed}"
     );
+    let nat_voter = message("[gossip]\ndial_out_only = true\n");
+    assert!(
+        nat_voter.contains("`dial_out_only`") && nat_voter.contains("voter"),
+        "{nat_voter}"
+    );
     let timing = message("[gossip]\nprobe_interval = \"100ms\"\nprobe_timeout = \"200ms\"\n");
     assert!(timing.contains("`probe_timeout`"), "{timing}");
     let two = message("[[service]]\nname = \"web\"\nport = 80\n[[service.check]]\ntcp = \"127.0.0.1:80\"\nttl = \"5s\"\n");

@@ -104,6 +104,7 @@ fn peers(membership: &Membership) -> Vec<Peer> {
                 addr: r.addr.parse().ok()?,
                 role,
                 group: r.meta.feed_group.clone(),
+                dials_out: r.meta.dials_out,
             })
         })
         .collect()

@@ -9,6 +9,9 @@
 //! hops. A follower whose parent is unreachable, lies or lags falls back to
 //! its grandparent and so on, then to the voters, then to any other member
 //! of its group: the tree is a preference, never a single point of failure.
+//!
+//! Edges that cannot be dialed (behind NAT) follow like the others but
+//! relay to nobody: they are left out of the tree.
 
 use std::net::SocketAddr;
 
@@ -30,6 +33,8 @@ pub struct Peer {
     pub role: Role,
     /// The subscription group it announces (edges), empty for voters.
     pub group: String,
+    /// It accepts no connections (`[gossip] dial_out_only`).
+    pub dials_out: bool,
 }
 
 /// The positions of the ancestors of `position` in a group's tree, nearest
@@ -49,6 +54,7 @@ pub fn candidates(own: &str, group: &str, peers: &[Peer]) -> Vec<SocketAddr> {
     let group_members: std::collections::BTreeMap<&str, SocketAddr> = peers
         .iter()
         .filter(|p| p.role == Role::Edge && p.group == group && p.name != own)
+        .filter(|p| !p.dials_out)
         .map(|p| (p.name.as_str(), p.addr))
         .collect();
     let position = group_members.range(..own).count();
@@ -84,6 +90,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
             role: Role::Edge,
             group: group.into(),
+            dials_out: false,
         }
     }
 
@@ -93,6 +100,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 2], 20_000 + i as u16)),
             role: Role::Voter,
             group: String::new(),
+            dials_out: false,
         }
     }
 
@@ -146,5 +154,25 @@ mod tests {
         // A follower alone in its group pulls from the voters only.
         let alone = candidates("solo", "lonely", &peers);
         assert_eq!(alone.len(), 3);
+    }
+
+    #[test]
+    fn edges_behind_nat_follow_but_are_never_asked() {
+        let mut peers = fleet(30);
+        for peer in &mut peers[3..13] {
+            peer.dials_out = true;
+        }
+        let behind: Vec<SocketAddr> = peers[3..13].iter().map(|p| p.addr).collect();
+        for own in ["e0000", "e0005", "e0020", "e0029"] {
+            let order = candidates(own, "g", &peers);
+            assert!(
+                order.iter().all(|a| !behind.contains(a)),
+                "{own}: {order:?}"
+            );
+            assert_eq!(order.len(), 3 + 20 - usize::from(own >= "e0010"));
+        }
+        // The first dialable edges are the roots again: they ask a voter.
+        let is_voter = |a: &SocketAddr| peers.iter().any(|p| p.role == Role::Voter && p.addr == *a);
+        assert!(is_voter(&candidates("e0010", "g", &peers)[0]));
     }
 }

@@ -35,7 +35,8 @@ fn agent() -> Agent {
 
 fn listen(agent: &Agent, trusted: &[&Agent]) -> (Arc<Transport>, SocketAddr) {
     let keys: Vec<[u8; 32]> = trusted.iter().map(|a| a.key.public_key_raw()).collect();
-    let transport = Transport::start("127.0.0.1:0".parse().unwrap(), &agent.key, &keys).unwrap();
+    let transport =
+        Transport::start("127.0.0.1:0".parse().unwrap(), &agent.key, &keys, false).unwrap();
     let addr = transport.local_addr().unwrap();
     (transport, addr)
 }

@@ -15,6 +15,9 @@ use crate::transport::{GossipNet, Transport};
 
 /// How long a leaving member keeps gossiping its departure.
 const LEAVE_PROPAGATION: Duration = Duration::from_millis(1500);
+/// How often a member that dials out checks its connections to the voters
+/// (they close after 5 s idle; the held ones send keep-alives).
+const HOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// This agent's view of the fleet.
 pub struct Membership {
@@ -50,9 +53,9 @@ impl Membership {
         });
         {
             let membership = Arc::downgrade(&membership);
-            transport.attach_gossip(Arc::new(move |bytes| {
+            transport.attach_gossip(Arc::new(move |bytes, via| {
                 if let Some(membership) = membership.upgrade() {
-                    membership.receive(&bytes);
+                    membership.receive(&bytes, via);
                 }
             }));
         }
@@ -62,6 +65,7 @@ impl Membership {
         let timers = membership.clone();
         tokio::spawn(async move {
             let mut rejoin = tokio::time::interval(Duration::from_secs(5));
+            let mut hold = tokio::time::interval(HOLD_INTERVAL);
             loop {
                 let deadline = timers.lock().next_deadline();
                 let wait = Duration::from_millis(deadline.saturating_sub(timers.now_ms()));
@@ -69,6 +73,7 @@ impl Membership {
                     _ = tokio::time::sleep(wait) => {}
                     _ = timers.wake.notified() => continue,
                     _ = rejoin.tick() => timers.rejoin_if_alone(&seeds),
+                    _ = hold.tick() => timers.hold_voters(),
                     _ = stop.wait_for(|stop| *stop) => return,
                 }
                 let now = timers.now_ms();
@@ -140,13 +145,25 @@ impl Membership {
         self.lock().awareness()
     }
 
-    fn receive(&self, bytes: &[u8]) {
+    /// Takes a message that came over a connection to `via`.
+    fn receive(&self, bytes: &[u8], via: SocketAddr) {
         let Ok(message) = Message::decode(bytes) else {
             tracing::debug!(bytes = bytes.len(), "dropped an undecodable gossip message");
             return;
         };
         let now = self.now_ms();
-        let out = self.lock().receive(message, now);
+        let (from, from_addr) = (message.from.clone(), message.from_addr.clone());
+        let out = {
+            let mut swim = self.lock();
+            let out = swim.receive(message, now);
+            // A member behind NAT is reached over the connection it
+            // dialed from, whatever address it announces.
+            let dials_out = swim.record_of(&from).is_some_and(|r| r.meta.dials_out);
+            if let (true, Ok(announced)) = (dials_out, from_addr.parse()) {
+                self.net.alias(announced, via);
+            }
+            out
+        };
         self.send(out);
         self.publish();
         self.wake.notify_one();
@@ -163,6 +180,24 @@ impl Membership {
             swim.join(seeds)
         };
         self.send(out);
+    }
+
+    /// A member that dials out keeps a connection to every voter it knows
+    /// of, so that they can probe it and gossip to it.
+    fn hold_voters(&self) {
+        let voters: Vec<SocketAddr> = {
+            let swim = self.lock();
+            if !swim.meta().dials_out {
+                return;
+            }
+            swim.records()
+                .into_iter()
+                .filter(|r| r.meta.role == "voter")
+                .filter(|r| matches!(r.state, State::Alive | State::Suspect))
+                .filter_map(|r| r.addr.parse().ok())
+                .collect()
+        };
+        self.net.hold(&voters);
     }
 
     fn send(&self, out: Vec<Outgoing>) {

@@ -35,6 +35,9 @@ pub struct Meta {
     /// An edge's feed subscription group (see `edge::sources`): agents of
     /// one group relay the feed to each other. Empty on voters.
     pub feed_group: String,
+    /// This member cannot be dialed (`[gossip] dial_out_only`, behind
+    /// NAT): only voters, to which it holds connections, send to it.
+    pub dials_out: bool,
 }
 
 /// The latest result of one of an agent's `[[check]]` entries.

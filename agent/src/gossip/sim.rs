@@ -74,6 +74,7 @@ impl Sim {
             rollouts: Vec::new(),
             checks: Vec::new(),
             feed_group: "5f3a9c1e".into(),
+            dials_out: false,
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {

@@ -541,7 +541,17 @@ impl Swim {
         let Some(target_addr) = self.members.get(&target).map(|m| m.record.addr.clone()) else {
             return;
         };
-        let helpers = self.random_members(self.config.indirect_probes, now_ms, Some(&target));
+        // Only voters hold connections from a member that dials out.
+        let voters_only = self
+            .members
+            .get(&target)
+            .is_some_and(|m| m.record.meta.dials_out);
+        let helpers = self.random_members_of(
+            self.config.indirect_probes,
+            now_ms,
+            Some(&target),
+            voters_only,
+        );
         for addr in helpers {
             let message = self.message(Body::PingReq {
                 seq,
@@ -633,10 +643,9 @@ impl Swim {
             while self.ring_at < self.ring.len() {
                 let id = self.ring[self.ring_at].clone();
                 self.ring_at += 1;
-                let probeable = self
-                    .members
-                    .get(&id)
-                    .is_some_and(|m| matches!(m.record.state, State::Alive | State::Suspect));
+                let probeable = self.members.get(&id).is_some_and(|m| {
+                    matches!(m.record.state, State::Alive | State::Suspect) && self.can_reach(m)
+                });
                 if probeable {
                     return Some(id);
                 }
@@ -645,6 +654,7 @@ impl Swim {
                 .members
                 .iter()
                 .filter(|(_, m)| matches!(m.record.state, State::Alive | State::Suspect))
+                .filter(|(_, m)| self.can_reach(m))
                 .map(|(id, _)| id.clone())
                 .collect();
             // Shuffle (Fisher-Yates).
@@ -660,6 +670,17 @@ impl Swim {
     /// Up to `count` addresses of distinct random members that are alive,
     /// suspect, or dead for less than `gossip_dead_ms`; never `except`.
     fn random_members(&mut self, count: usize, now_ms: u64, except: Option<&NodeId>) -> Vec<Addr> {
+        self.random_members_of(count, now_ms, except, false)
+    }
+
+    /// [`Swim::random_members`], only voters if `voters_only`.
+    fn random_members_of(
+        &mut self,
+        count: usize,
+        now_ms: u64,
+        except: Option<&NodeId>,
+        voters_only: bool,
+    ) -> Vec<Addr> {
         let mut picked: Vec<Addr> = Vec::with_capacity(count);
         if self.known.is_empty() {
             return picked;
@@ -680,13 +701,15 @@ impl Swim {
             let Some(member) = self.members.get(id) else {
                 continue;
             };
-            let eligible = match member.record.state {
-                State::Alive | State::Suspect => true,
-                State::Dead => {
-                    now_ms.saturating_sub(member.changed_ms) < self.config.gossip_dead_ms
-                }
-                State::Left => false,
-            };
+            let eligible = self.can_reach(member)
+                && (!voters_only || member.record.meta.role == "voter")
+                && match member.record.state {
+                    State::Alive | State::Suspect => true,
+                    State::Dead => {
+                        now_ms.saturating_sub(member.changed_ms) < self.config.gossip_dead_ms
+                    }
+                    State::Left => false,
+                };
             if eligible {
                 picked.push(member.record.addr.clone());
             }
@@ -706,12 +729,18 @@ impl Swim {
             if let Some(member) = self
                 .members
                 .get(id)
-                .filter(|m| m.record.state == State::Alive)
+                .filter(|m| m.record.state == State::Alive && self.can_reach(m))
             {
                 return Some(member.record.addr.clone());
             }
         }
         None
+    }
+
+    /// Whether this member may send to `member`: one that dials out (is
+    /// behind NAT) is reached only by the voters it holds connections to.
+    fn can_reach(&self, member: &Member) -> bool {
+        !member.record.meta.dials_out || self.meta.role == "voter"
     }
 
     /// Someone says this member is suspect or dead: refute with a higher

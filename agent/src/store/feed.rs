@@ -246,6 +246,13 @@ impl Store {
                 live.remove(key.as_slice())?;
             }
             for image in kvs.iter().filter(|kv| prefixes.covers(&kv.key)) {
+                let known = live.get(image.key.as_slice())?.map(|r| r.value());
+                if known != Some(image.mod_revision) {
+                    // A change this follower never saw: watchers that
+                    // resume before it read it from the change log.
+                    let sub = next_change_slot(&changes, image.mod_revision)?;
+                    changes.insert((image.mod_revision, sub), image.key.as_slice())?;
+                }
                 let record = Record {
                     deleted: false,
                     create_revision: image.create_revision,
@@ -331,6 +338,16 @@ impl Store {
             replaced,
         }));
     }
+}
+
+/// The first free slot of `revision` in the change log.
+fn next_change_slot(changes: &redb::Table<'_, (i64, u32), &[u8]>, revision: i64) -> Result<u32> {
+    let last = changes
+        .range((revision, 0)..=(revision, u32::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(slot, _)| slot.value().1);
+    Ok(last.map_or(0, |sub| sub + 1))
 }
 
 /// Raises each key's stored sequence to the one given (never lowers it).

@@ -187,6 +187,26 @@ fn a_follower_behind_compaction_gets_an_image_then_batches() {
     edge.install_feed_image(&verified, &app(), &image.kvs, &[], 0)
         .unwrap();
     assert_eq!(live(&edge, "/app/"), live(&voter, "/app/"));
+    // A watcher resuming from before the image sees what it brought, each
+    // change at its own revision, and the delete of what it dropped.
+    let (events, through) = edge
+        .events_between(&KeyRange::prefix("/app/"), 2, edge.revision(), 100)
+        .unwrap();
+    assert_eq!(through, 6);
+    let seen: Vec<(String, i64, bool)> = events
+        .iter()
+        .map(|e| {
+            let key = String::from_utf8(e.kv.key.clone()).unwrap();
+            (key, e.kv.mod_revision, e.kind == EventKind::Delete)
+        })
+        .collect();
+    let want = [
+        ("/app/b", 3, false),
+        ("/app/a", 4, false),
+        ("/app/gone", 6, true),
+        ("/app/empty", 6, false),
+    ];
+    assert_eq!(seen, want.map(|(k, r, d)| (k.to_string(), r, d)).to_vec());
     assert_eq!(
         edge.feed_position().unwrap(),
         voter.feed_position().unwrap()

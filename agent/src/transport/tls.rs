@@ -18,7 +18,7 @@ pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// ALPN protocol of gossip traffic (datagrams, and streams for big messages).
 /// Version 2: member metadata carries rollout marks (postcard is not
 /// self-describing, so agents of version 1 could not read it).
-pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/3";
+pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/4";
 /// The edge feed: a follower asks for the changes after a revision.
 pub const ALPN_FEED: &[u8] = b"edgeconf-feed/1";
 
@@ -251,6 +251,8 @@ pub struct QuicConfigs {
     pub server: quinn::ServerConfig,
     pub raft_client: quinn::ClientConfig,
     pub gossip_client: quinn::ClientConfig,
+    /// Gossip with keep-alives, for connections held open.
+    pub gossip_held_client: quinn::ClientConfig,
     pub feed_client: quinn::ClientConfig,
 }
 
@@ -311,7 +313,8 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
     // Connections close after 5 s without traffic. Raft connections are
     // kept up by their dialer's keep-alives; gossip connections are not,
     // so an agent holds connections only to the members it talks to
-    // lately (SWIM's cost per member stays flat as the fleet grows).
+    // lately (SWIM's cost per member stays flat as the fleet grows), except
+    // those a dial-out agent holds to the voters so that they can reach it.
     let transport = |keep_alive: Option<std::time::Duration>| {
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(keep_alive);
@@ -330,6 +333,10 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
         client
     };
     let raft_client = client(raft_client, Some(std::time::Duration::from_secs(1)));
+    let gossip_held_client = client(
+        quic_client(ALPN_GOSSIP)?,
+        Some(std::time::Duration::from_secs(2)),
+    );
     let gossip_client = client(gossip_client, None);
     // A follower's long polls keep its feed connection busy; keep-alives
     // hold it open between them.
@@ -338,6 +345,7 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
         server,
         raft_client,
         gossip_client,
+        gossip_held_client,
         feed_client,
     })
 }
