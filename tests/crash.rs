@@ -87,3 +87,105 @@ async fn acknowledged_puts_survive_kill_9() {
     }
     assert!(total_acked > 0);
 }
+
+/// GET `path` on the metrics port: the status code and body, or `None`
+/// if nothing answers.
+fn http(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Some((code, body.to_string()))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_agent_whose_raft_thread_dies_exits_non_zero_and_restarts_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = common::free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"\n"),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let port = common::free_port();
+    let mut agent = Agent::start_with(dir.path(), port, &args);
+    wait_for("a healthy agent", Duration::from_secs(20), || {
+        http(metrics, "/health").is_some_and(|(code, _)| code == 200)
+    });
+    common::ok(common::edgeconf(&agent, &["put", "/kept", "yes"]));
+
+    // The fault-injection switch makes the raft thread panic.
+    std::fs::write(agent.data_dir.join("fault-raft-crash"), b"").unwrap();
+    let mut status = None;
+    wait_for("the agent exits", Duration::from_secs(20), || {
+        status = agent.exit_status();
+        status.is_some()
+    });
+    let status = status.unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}\n{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("the raft thread panicked: fault injection"),
+        "{log}"
+    );
+    assert!(log.contains("consensus stopped"), "{log}");
+    assert!(http(metrics, "/health").is_none(), "it stopped serving");
+
+    // A supervisor's restart finds everything it acknowledged.
+    std::fs::remove_file(agent.data_dir.join("fault-raft-crash")).unwrap();
+    let agent = Agent::start_with(dir.path(), port, &args);
+    wait_for("healthy again", Duration::from_secs(20), || {
+        http(metrics, "/health").is_some_and(|(code, _)| code == 200)
+    });
+    let got = common::ok(common::edgeconf(
+        &agent,
+        &["get", "/kept", "--print-value-only"],
+    ));
+    assert_eq!(got, "yes\n");
+}
+
+#[test]
+fn health_turns_red_when_a_voter_knows_no_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = common::free_port();
+    let mut head = vec![String::new(); 3];
+    head[0] = format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"");
+    let mut cluster = common::fleet::fleet(dir.path(), 0, "", &[], &head);
+    wait_for("a healthy voter", Duration::from_secs(30), || {
+        http(metrics, "/health").is_some_and(|(code, _)| code == 200)
+    });
+    // Without a quorum its leader (itself or another) is gone: a leader
+    // steps down (check quorum), a follower's leader stops answering.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    wait_for("/health turns red", Duration::from_secs(30), || {
+        answer = http(metrics, "/health");
+        answer.as_ref().is_some_and(|(code, _)| *code == 503)
+    });
+    let (_, body) = answer.unwrap();
+    assert!(body.contains("no leader"), "{body}");
+    eprintln!(
+        "/health red {:?} after the quorum was lost",
+        started.elapsed()
+    );
+}

@@ -229,3 +229,41 @@ fn every_etcdctl_command_works_with_every_endpoint_form() {
         assert!(run(&["compaction", &compact]).contains("compacted revision"));
     }
 }
+
+#[test]
+fn requests_over_etcds_size_limit_are_refused_as_etcd_refuses_them() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let put = |value: &[u8]| {
+        common::run_with_input(
+            Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+                "--endpoints",
+                &agent.endpoint(),
+                "put",
+                "/big",
+            ]),
+            Some(value),
+            Duration::from_secs(30),
+        )
+    };
+    // 1 MiB fits; 1.6 MiB is over the 1.5 MiB request limit, 3 MiB over
+    // what gRPC takes at all. Neither is stored.
+    assert_eq!(ok(put(&vec![b'a'; 1 << 20])), "OK\n");
+    let over = put(&vec![b'b'; 1600 * 1024]);
+    assert!(!over.status.success());
+    assert!(
+        stderr(&over).contains("request is too large"),
+        "{}",
+        stderr(&over)
+    );
+    let huge = put(&vec![b'c'; 3 << 20]);
+    assert!(!huge.status.success());
+    assert!(
+        stderr(&huge).contains("larger than max"),
+        "{}",
+        stderr(&huge)
+    );
+    let stored = ok(etcdctl(&agent, &["get", "/big", "--print-value-only"]));
+    assert_eq!(stored.len(), (1 << 20) + 1, "the 1 MiB value stays");
+}

@@ -588,3 +588,113 @@ fn the_leader_checks_what_followers_forward() {
     ));
     assert_eq!(get, "", "the forged value landed");
 }
+
+#[test]
+fn an_agent_run_as_an_unprivileged_user_keeps_its_files_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "render_root = {:?}\n{}\n\
+             [[render]]\nkey = \"/app/db/password\"\ndest = \"password\"\n\n\
+             [[render]]\nkey = \"/app/db/password\"\ndest = \"password-0640\"\nmode = \"0640\"\n\n\
+             [[render]]\nkey = \"/app/name\"\ndest = \"name\"\n",
+            path(&out),
+            keys.toml()
+        ),
+    )
+    .unwrap();
+    // As root, the agent runs as nobody and owns what it needs.
+    let user = (std::fs::metadata(dir.path()).unwrap().uid() == 0).then_some((65534, 65534));
+    if let Some((uid, gid)) = user {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), Some(gid)).unwrap();
+        }
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    }
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let args: Vec<String> = [
+        "--data-dir",
+        path(&data_dir),
+        "--listen-peer-urls",
+        &format!("quic://127.0.0.1:{}", free_port()),
+        "--listen-client-urls",
+        &format!("http://127.0.0.1:{port}"),
+        "--config",
+        path(&config),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut agent = Agent::spawn_as(dir.path(), data_dir.clone(), port, &args, user);
+    let sign = ["put", "--sign-key", path(&keys.admin)];
+    ok(edgeconf(
+        &agent,
+        &[&sign[..], &["--encrypt", "/app/db/password", "s3cr3t"]].concat(),
+    ));
+    ok(edgeconf(
+        &agent,
+        &[&sign[..], &["/app/name", "web"]].concat(),
+    ));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ["name", "password", "password-0640"]
+        .iter()
+        .any(|f| !out.join(f).exists())
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("password")).unwrap(),
+        "s3cr3t"
+    );
+    // A decrypted secret is 0600 unless its entry says otherwise; the rest
+    // keep the 0644 default.
+    assert_eq!(mode(&out.join("password")), 0o600);
+    assert_eq!(mode(&out.join("password-0640")), 0o640);
+    assert_eq!(mode(&out.join("name")), 0o644);
+    assert!(
+        agent
+            .log()
+            .contains("holds a decrypted secret: written with mode 0600"),
+        "{}",
+        agent.log()
+    );
+
+    // The data dir is 0700; everything in it is for the agent's user only.
+    assert_eq!(mode(&data_dir), 0o700);
+    let mut pending = vec![data_dir.clone()];
+    let mut seen = Vec::new();
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::metadata(&p).unwrap();
+        if let Some((uid, _)) = user {
+            assert_eq!(meta.uid(), uid, "{} is not the agent user's", p.display());
+        }
+        assert_eq!(
+            mode(&p) & 0o077,
+            0,
+            "{} is mode {:o}",
+            p.display(),
+            mode(&p)
+        );
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen.push(p.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for expected in ["store.redb", "raft.redb", "raft-wal", "node.key"] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "no {expected} in {seen:?}"
+        );
+    }
+    assert!(seen.iter().any(|s| s.ends_with(".wal")), "{seen:?}");
+    assert!(agent.stop());
+}

@@ -59,6 +59,7 @@ fn batch(revisions: usize, value_len: usize) -> Batch {
             cluster_id: 1,
             revision: 1,
             chain: [7; 32],
+            head: 1,
         }
         .sign(&key),
     }

@@ -29,6 +29,9 @@ const FAULT_INJECTION_ENV: &str = "EDGECONF_FAULT_INJECTION";
 /// With fault injection on, this file in the data dir cuts the agent off
 /// from its peers while it exists.
 const PARTITION_SWITCH: &str = "fault-partition";
+/// With fault injection on, this file in the data dir makes the raft thread
+/// panic (once), to check that the agent fails stop.
+const CRASH_SWITCH: &str = "fault-raft-crash";
 
 /// Runs the agent until SIGINT or SIGTERM. Returns the raft thread: join it
 /// after the runtime is dropped, to close the store cleanly.
@@ -40,9 +43,9 @@ pub async fn run(
 ) -> anyhow::Result<JoinHandle<()>> {
     let render_plan = crate::render::Plan::load(&config).map_err(anyhow::Error::msg)?;
     let reload = Arc::new(reload);
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    crate::private_files::dir(&config.data_dir).with_context(|| {
         format!(
-            "cannot create data_dir {}: choose a writable directory",
+            "cannot create data_dir {} (mode 0700): choose a directory this user can own",
             config.data_dir.display()
         )
     })?;
@@ -234,8 +237,12 @@ pub async fn run(
         }
     }
     if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
-        let (node, switch) = (node.clone(), config.data_dir.join(PARTITION_SWITCH));
-        tasks.spawn(async move { watch_fault_switch(node, switch).await });
+        let node = node.clone();
+        let (partition, crash) = (
+            config.data_dir.join(PARTITION_SWITCH),
+            config.data_dir.join(CRASH_SWITCH),
+        );
+        tasks.spawn(async move { watch_fault_switches(node, partition, crash).await });
     }
     tracing::info!(
         name = %config.name,
@@ -249,11 +256,16 @@ pub async fn run(
         "edgeconf agent ready"
     );
 
+    let mut failure = None;
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = leave_request.notified() => {
             tracing::info!("leaving the fleet (edgeconf member leave)");
             membership.leave().await;
+        }
+        reason = node.failed() => {
+            tracing::error!(%reason, "consensus stopped: this agent stops serving and exits");
+            failure = Some(reason);
         }
     }
     tracing::info!("stopping: finishing in-flight requests");
@@ -266,18 +278,34 @@ pub async fn run(
     .await;
     tasks.abort_all();
     node.stop();
+    if let Some(reason) = failure {
+        anyhow::bail!(
+            "consensus stopped ({reason}); the agent exited so that its supervisor restarts it \
+             (if it fails the same way again, see the log above for what to do)"
+        );
+    }
     Ok(raft_thread)
 }
 
 /// Fault injection for partition tests (only with `EDGECONF_FAULT_INJECTION`
 /// set): drops all peer traffic while `switch` exists, so a live agent can
 /// be cut off from the others and healed without touching the network.
-async fn watch_fault_switch(node: Arc<Node>, switch: std::path::PathBuf) {
-    tracing::warn!(switch = %switch.display(), "fault injection enabled");
+async fn watch_fault_switches(
+    node: Arc<Node>,
+    partition: std::path::PathBuf,
+    crash: std::path::PathBuf,
+) {
+    tracing::warn!(partition = %partition.display(), crash = %crash.display(), "fault injection enabled");
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut crashed = false;
     loop {
         tick.tick().await;
-        node.transport().set_isolated(switch.exists());
+        node.transport().set_isolated(partition.exists());
+        if !crashed && crash.exists() {
+            tracing::warn!("fault injection: crashing the raft thread");
+            node.inject_crash();
+            crashed = true;
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod feed;
 pub mod gossip;
 pub mod metrics;
 pub mod plugins;
+pub mod private_files;
 pub mod render;
 pub mod rollout;
 pub mod services;

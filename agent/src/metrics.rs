@@ -345,6 +345,9 @@ pub const FEED_STALE: std::time::Duration = std::time::Duration::from_secs(30);
 /// A voter is healthy with a known leader; an edge with a recent verified
 /// feed (an offline edge keeps serving its files, but says it is stale).
 fn health(sources: &Sources) -> Result<(), String> {
+    if let Some(reason) = sources.node.failure() {
+        return Err(format!("consensus stopped: {reason}\n"));
+    }
     match &sources.feed {
         None if sources.node.leader() != 0 => Ok(()),
         None => Err("no leader\n".into()),
@@ -368,6 +371,12 @@ fn feed_metrics(out: &mut String, feed: &crate::edge::follow::FollowStatus) {
         "# HELP edgeconf_feed_verified_revision The newest revision this edge verified from the feed.\n\
          # TYPE edgeconf_feed_verified_revision gauge\nedgeconf_feed_verified_revision {}",
         feed.verified_revision.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_revisions_behind Revisions between the newest a voter signed it had and the newest this edge verified.\n\
+         # TYPE edgeconf_feed_revisions_behind gauge\nedgeconf_feed_revisions_behind {}",
+        feed.revisions_behind()
     );
     let _ = writeln!(
         out,

@@ -112,7 +112,18 @@ impl Agent {
 
     /// Starts `edgeconf agent ARGS`; `port` is its client port.
     pub fn spawn(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Agent {
-        let mut agent = Self::spawn_process(dir, data_dir, port, args);
+        Self::spawn_as(dir, data_dir, port, args, None)
+    }
+
+    /// `spawn` as another user (`uid`, `gid`), when the tests run as root.
+    pub fn spawn_as(
+        dir: &Path,
+        data_dir: PathBuf,
+        port: u16,
+        args: &[String],
+        user: Option<(u32, u32)>,
+    ) -> Agent {
+        let mut agent = Self::spawn_process(dir, data_dir, port, args, user);
         if let Err(log) = agent.wait_ready() {
             panic!("{log}");
         }
@@ -121,7 +132,7 @@ impl Agent {
 
     /// Like `spawn`, but `None` if the agent could not bind a port.
     fn spawn_checked(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Option<Agent> {
-        let mut agent = Self::spawn_process(dir, data_dir, port, args);
+        let mut agent = Self::spawn_process(dir, data_dir, port, args, None);
         match agent.wait_ready() {
             Ok(()) => Some(agent),
             Err(log) if log.contains("Address already in use") => None,
@@ -129,7 +140,13 @@ impl Agent {
         }
     }
 
-    fn spawn_process(dir: &Path, data_dir: PathBuf, port: u16, args: &[String]) -> Agent {
+    fn spawn_process(
+        dir: &Path,
+        data_dir: PathBuf,
+        port: u16,
+        args: &[String],
+        user: Option<(u32, u32)>,
+    ) -> Agent {
         let log = dir.join(format!("agent-{port}.log"));
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let log_file = std::fs::OpenOptions::new()
@@ -137,7 +154,12 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        let child = command
             .arg("agent")
             .args(args)
             .env("RUST_LOG", "info")
@@ -235,6 +257,13 @@ impl Agent {
             return true;
         }
         false
+    }
+
+    /// Its exit status, once it has exited by itself.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit; returns its success.

@@ -15,6 +15,18 @@ use crate::store::{
 
 /// etcd's limit on operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes`: a larger write is refused before
+/// it reaches consensus. (gRPC itself stops messages at this plus
+/// [`GRPC_OVERHEAD_BYTES`], as etcd's server does.)
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+fn size_checked(message: &impl prost::Message) -> Result<(), Status> {
+    if message.encoded_len() > MAX_REQUEST_BYTES {
+        return Err(Status::invalid_argument("etcdserver: request is too large"));
+    }
+    Ok(())
+}
 
 fn key_required(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
@@ -89,6 +101,7 @@ pub fn range_to_pb(resp: RangeResponse, header: PbResponseHeader) -> PbRangeResp
 
 pub fn put_from_pb(req: PbPutRequest) -> Result<PutRequest, Status> {
     key_required(&req.key)?;
+    size_checked(&req)?;
     Ok(PutRequest {
         key: req.key,
         value: req.value,
@@ -123,6 +136,7 @@ pub fn delete_to_pb(resp: DeleteRangeResponse, header: PbResponseHeader) -> PbDe
 }
 
 pub fn txn_from_pb(req: PbTxnRequest) -> Result<TxnRequest, Status> {
+    size_checked(&req)?;
     if req.compare.len() > MAX_TXN_OPS
         || req.success.len() > MAX_TXN_OPS
         || req.failure.len() > MAX_TXN_OPS

@@ -110,6 +110,10 @@ impl PbMaintenanceService for MaintenanceService {
 /// with peers that has never reached any of them, and an edge whose feed
 /// is stale (it serves its last verified config, and says how old).
 fn status_errors(context: &super::Context) -> Vec<String> {
+    let behind = |revisions: i64| match revisions {
+        0 => String::new(),
+        n => format!(", {n} revisions behind what a voter last signed it had"),
+    };
     let node = &context.node;
     let mut errors = Vec::new();
     let has_peers = context.feed.is_some() || node.members().is_ok_and(|members| members.len() > 1);
@@ -130,7 +134,12 @@ fn status_errors(context: &super::Context) -> Vec<String> {
                 node.store().revision()
             )),
             Some(age) if age > crate::metrics::FEED_STALE.as_secs_f64() => errors.push(format!(
-                "stale: last verified feed batch {age:.0} s ago, at revision {revision}"
+                "stale: last verified feed batch {age:.0} s ago, at revision {revision}{}",
+                behind(feed.revisions_behind())
+            )),
+            Some(_) if feed.revisions_behind() > 0 => errors.push(format!(
+                "catching up: at revision {revision}{}",
+                behind(feed.revisions_behind())
             )),
             Some(_) => {}
         }

@@ -179,23 +179,38 @@ pub async fn serve(
         },
     };
     let passwords = shared.passwords;
+    const MAX_MESSAGE: usize = convert::MAX_REQUEST_BYTES + convert::GRPC_OVERHEAD_BYTES;
     let router = tonic::transport::Server::builder()
-        .add_service(PbKvServer::new(kv::KvService(context.clone())))
-        .add_service(PbWatchServer::new(watch::WatchService(context.clone())))
-        .add_service(PbLeaseServer::new(lease::LeaseService(context.clone())))
-        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(
-            context.clone(),
-        )))
-        .add_service(PbClusterServer::new(cluster::ClusterService(
-            context.clone(),
-        )))
-        .add_service(auth::AuthServer::new(auth::AuthService {
-            context: context.clone(),
-            passwords,
-        }))
-        .add_service(pb::edgeconf_server::EdgeconfServer::new(
-            edgeconf::EdgeconfService(context),
-        ));
+        .add_service(
+            PbKvServer::new(kv::KvService(context.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PbWatchServer::new(watch::WatchService(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PbLeaseServer::new(lease::LeaseService(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PbMaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PbClusterServer::new(cluster::ClusterService(context.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            auth::AuthServer::new(auth::AuthService {
+                context: context.clone(),
+                passwords,
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::edgeconf_server::EdgeconfServer::new(edgeconf::EdgeconfService(context))
+                .max_decoding_message_size(MAX_MESSAGE),
+        );
     let stopped = {
         let mut shutdown = shutdown.clone();
         async move {

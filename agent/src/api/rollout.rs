@@ -222,7 +222,9 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
     let now = now_unix_ms();
     let mut progress = rollout.progress.clone();
     let status = progress.status;
-    if progress.completing {
+    // A finished rollout keeps `completing` set: it answers as finished
+    // (below), so `put --force` seen from a lagging edge passes over it.
+    if progress.completing && status.is_active() {
         return Err(Status::failed_precondition(format!(
             "edgeconf: rollout {} passed its last gate and is storing its new value; it can no longer be changed",
             rollout.id
@@ -295,4 +297,64 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
         }
     }
     Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::PlanBody;
+    use crate::signing::{Op, SignedChange};
+    use ed25519_dalek::SigningKey;
+
+    fn rollout(progress: Progress) -> Rollout {
+        let operator = SigningKey::from_bytes(&[5; 32]);
+        let change = SignedChange::sign(
+            &operator,
+            b"/app/a".to_vec(),
+            Op::Put,
+            1,
+            false,
+            b"v".to_vec(),
+        )
+        .unwrap();
+        let body = PlanBody {
+            key: "/app/a".into(),
+            change: change.to_json(),
+            selector: String::new(),
+            stages: "50,100".into(),
+            gate: "1s".into(),
+            max_unhealthy: "0%".into(),
+            created_unix_ms: 1,
+        };
+        let signed = SignedPlan::sign(&operator, &body);
+        Rollout {
+            id: "r1".into(),
+            plan: Err("not checked here".into()),
+            signed,
+            progress,
+            progress_revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_completing_rollout_refuses_changes_and_a_finished_one_says_it_finished() {
+        let mut progress = Progress::new(1);
+        progress.completing = true;
+        let completing = controlled(&rollout(progress.clone()), "abort", "").unwrap_err();
+        assert!(
+            completing.message().contains("can no longer be changed"),
+            "{completing:?}"
+        );
+
+        // Finished: `put --force` from an agent whose list lagged passes
+        // over it ("cannot be aborted"), as over any finished rollout.
+        progress.finish(RolloutStatus::Completed, "done".into(), 2);
+        let finished = controlled(&rollout(progress), "abort", "").unwrap_err();
+        assert!(
+            finished
+                .message()
+                .contains("is completed: it cannot be aborted"),
+            "{finished:?}"
+        );
+    }
 }

@@ -86,6 +86,9 @@ pub async fn render(client: &Client, args: RenderArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // A file showing a decrypted secret is 0600 unless its entry says.
+        let applied = entry.for_content(kvs.iter().any(|kv| kv.value().starts_with(AGE_ARMOR)));
+        let entry = &*applied;
         match produce_with(compiled, &plain, &services) {
             Err(err) => {
                 println!("{dest}: would keep the current file: {err}");

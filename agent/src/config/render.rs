@@ -91,7 +91,10 @@ pub struct RenderEntry {
     pub template: Option<PathBuf>,
     /// Absolute, inside `render_root`.
     pub dest: PathBuf,
+    /// The file's permission bits (see [`RenderEntry::for_content`]).
     pub mode: u32,
+    /// `mode` was set in the config (else it is the 0644 default).
+    pub mode_set: bool,
     pub owner: Option<u32>,
     pub group: Option<u32>,
     pub reload: Option<String>,
@@ -101,6 +104,25 @@ pub struct RenderEntry {
     pub on_drift: OnDrift,
     pub atomic: AtomicMode,
     pub required: bool,
+}
+
+/// The mode of a file holding a decrypted secret when its entry sets none.
+pub const SECRET_MODE: u32 = 0o600;
+
+impl RenderEntry {
+    /// The entry as it applies to a file whose content does (or does not)
+    /// hold a decrypted secret: without a `mode` of its own, such a file is
+    /// [`SECRET_MODE`] rather than 0644.
+    pub fn for_content(&self, holds_secret: bool) -> std::borrow::Cow<'_, RenderEntry> {
+        if holds_secret && !self.mode_set {
+            std::borrow::Cow::Owned(RenderEntry {
+                mode: SECRET_MODE,
+                ..self.clone()
+            })
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
 }
 
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -319,6 +341,7 @@ fn check_entry(
         template,
         dest,
         mode,
+        mode_set: entry.mode.is_some(),
         owner,
         group,
         reload: entry.reload,

@@ -16,6 +16,18 @@ impl RaftLoop {
     /// Applies committed entries: normal entries in one store transaction,
     /// membership changes one by one.
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        self.apply_entries(entries).map_err(|err| {
+            format!(
+                "cannot apply a committed entry: {err}. It stays committed, so every restart stops \
+                 here too: if a newer edgeconf wrote it, upgrade this agent; otherwise remove this \
+                 member (`edgeconf member remove {:x}` on a healthy member) and add it back with an \
+                 empty data dir, so that it starts from a snapshot",
+                self.id
+            )
+        })
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         let mut batch: Vec<(Option<u64>, Proposal)> = Vec::new();
         let mut last = None;
         for entry in entries {

@@ -46,7 +46,9 @@ fn storage_err(err: impl std::fmt::Display) -> raft::Error {
 impl RaftLog {
     /// Opens `<data_dir>/raft.redb` and `<data_dir>/raft-wal/`.
     pub fn open(data_dir: &Path, store: Arc<Store>) -> Result<Self, raft::Error> {
-        let db = Database::create(data_dir.join("raft.redb")).map_err(storage_err)?;
+        let path = data_dir.join("raft.redb");
+        crate::private_files::file(&path).map_err(storage_err)?;
+        let db = Database::create(path).map_err(storage_err)?;
         let txn = db.begin_write().map_err(storage_err)?;
         txn.open_table(STATE).map_err(storage_err)?;
         txn.commit().map_err(storage_err)?;
@@ -81,12 +83,15 @@ impl RaftLog {
             .into_iter()
             .filter(|e| e.index > snapshot_meta.index)
             .collect();
-        if let Some(first) = entries.front() {
-            if first.index != snapshot_meta.index + 1 {
+        for (expected, entry) in (snapshot_meta.index + 1..).zip(&entries) {
+            if entry.index != expected {
                 return Err(storage_err(format!(
-                    "{}: the log resumes at entry {} but its snapshot ends at {}",
+                    "{}: entry {} follows entry {} (snapshot at {}): the entries between are lost; \
+                     the raft log is damaged: remove this member (`edgeconf member remove`) and add \
+                     it back with an empty data dir, or restore it from a snapshot",
                     wal_dir.display(),
-                    first.index,
+                    entry.index,
+                    expected - 1,
                     snapshot_meta.index
                 )));
             }
@@ -305,5 +310,30 @@ impl raft::Storage for RaftLog {
         meta.term = self.term_of(applied)?;
         meta.set_conf_state(self.conf_state.clone());
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_with_entries_missing_past_its_snapshot_refuses_to_open_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
+        {
+            let (mut wal, _) = Wal::open(&dir.path().join("raft-wal")).unwrap();
+            let entry = |index| Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            };
+            wal.append(&[entry(1), entry(2)]).unwrap();
+            // A write that skipped entry 3 (as lost records would leave).
+            wal.append(&[entry(4)]).unwrap();
+        }
+        let err = RaftLog::open(dir.path(), store).err().unwrap().to_string();
+        assert!(err.contains("entry 4 follows entry 2"), "{err}");
+        assert!(err.contains("empty data dir"), "{err}");
     }
 }

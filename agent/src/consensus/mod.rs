@@ -298,9 +298,24 @@ impl Node {
             },
         );
         raft_loop.update_peers();
+        let watched = status.clone();
         let thread = std::thread::Builder::new()
             .name("edgeconf-raft".into())
-            .spawn(move || raft_loop.run(queue))
+            .spawn(move || {
+                // Fail stop: however the raft thread ends other than by
+                // `Stop` (a failed round, a raft-rs `fatal!` panic), the
+                // agent hears why and exits rather than serve without
+                // consensus.
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raft_loop.run(queue)));
+                let reason = match ran {
+                    Ok(Ok(())) => return,
+                    Ok(Err(err)) => err,
+                    Err(panic) => format!("the raft thread panicked: {}", panic_message(&*panic)),
+                };
+                tracing::error!(%reason, "consensus stopped");
+                watched.fail(reason);
+            })
             .expect("spawning the raft thread");
         let node = Arc::new(Node {
             store,
@@ -339,7 +354,7 @@ impl Node {
                         Input::ReadIndex { reply } => {
                             let _ = reply.send(Ok(()));
                         }
-                        Input::Delivery(_) => {}
+                        Input::Delivery(_) | Input::Crash => {}
                         Input::Stop => return,
                     }
                 }
@@ -384,6 +399,30 @@ impl Node {
     }
 
     /// The current leader's id, 0 when none is known.
+    /// Why consensus stopped, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.status.failure.borrow().clone()
+    }
+
+    /// Waits until consensus stops (never, on an edge, or while it works).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.status.failure.subscribe();
+        let reason = match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The status outlives every waiter: cannot happen.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Fault injection (tests): makes the raft thread panic.
+    pub fn inject_crash(&self) {
+        let _ = self.inputs.send(Input::Crash);
+    }
+
     pub fn leader(&self) -> u64 {
         self.status.leader.load(Ordering::SeqCst)
     }
@@ -590,4 +629,13 @@ impl slog::Drain for TracingDrain {
         }
         Ok(())
     }
+}
+
+/// The message a panic carried (`panic!` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

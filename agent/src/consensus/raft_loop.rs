@@ -58,6 +58,9 @@ pub(crate) enum Input {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
     Delivery(Delivery),
+    /// Sent by the fault-injection switch only (tests): the raft thread
+    /// panics, as a raft-rs `fatal!` would make it.
+    Crash,
     Stop,
 }
 
@@ -96,6 +99,19 @@ pub struct RaftStatus {
     pub is_leader: AtomicBool,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// Why consensus stopped, once it has (the raft thread ended other
+    /// than by `Stop`, or panicked).
+    pub failure: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl RaftStatus {
+    /// Consensus is gone: no leader from here on, and whoever waits on
+    /// `failure` (the agent, to exit) hears why.
+    pub fn fail(&self, reason: String) {
+        self.leader.store(0, Ordering::SeqCst);
+        self.is_leader.store(false, Ordering::SeqCst);
+        self.failure.send_replace(Some(reason));
+    }
 }
 
 type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
@@ -202,7 +218,8 @@ impl RaftLoop {
         }
     }
 
-    pub fn run(mut self, inputs: Receiver<Input>) {
+    /// Runs until `Stop` (Ok) or until a round fails (the reason).
+    pub fn run(mut self, inputs: Receiver<Input>) -> Result<(), String> {
         self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
@@ -216,7 +233,8 @@ impl RaftLoop {
             // Take everything already queued, so one round serves many.
             while let Ok(input) = inputs.try_recv() {
                 if matches!(input, Input::Stop) {
-                    return self.stop();
+                    self.stop();
+                    return Ok(());
                 }
                 self.handle(input, &mut reads);
             }
@@ -235,12 +253,13 @@ impl RaftLoop {
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
             if let Err(err) = self.on_ready() {
-                tracing::error!(error = %err, "raft round failed; stopping consensus");
-                break;
+                self.stop();
+                return Err(err.to_string());
             }
             self.publish_status();
         }
         self.stop();
+        Ok(())
     }
 
     fn stop(mut self) {
@@ -308,6 +327,7 @@ impl RaftLoop {
                 };
                 self.raw.report_snapshot(to, status);
             }
+            Input::Crash => panic!("fault injection: the raft thread was told to crash"),
             Input::Stop => {}
         }
     }

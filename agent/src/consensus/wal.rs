@@ -6,8 +6,12 @@
 //! over from an older, torn write can never pass for a record. Replaying reads
 //! the segments in order; an entry at index i replaces every entry >= i read
 //! before it (that is how a conflicting tail was overwritten). A record that
-//! is cut short or fails its checksum ends the replay of the last segment: it
-//! is a write that never completed, and the next append writes over it.
+//! is cut short or fails its checksum ends the replay of its segment: it is a
+//! write that never completed. Opening zeroes such a tail in the last segment
+//! (so a later rotation cannot leave it behind), and a torn tail left in an
+//! older segment by an earlier version ends that segment's replay too; the
+//! raft log (`log.rs`) then checks that the entries past its snapshot carry
+//! on without a gap, which would mean entries were lost.
 //! What the entries must be read against (the snapshot they follow, the
 //! hard state) lives in `raft.redb`; see `log.rs`.
 
@@ -21,6 +25,8 @@ use raft::eraftpb::Entry;
 
 /// Size a segment is preallocated to; a new one starts past it.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// Segments hold the raft log: only this agent's user may read them.
+const SEGMENT_MODE: u32 = 0o600;
 const HEADER: usize = 8;
 
 struct Segment {
@@ -37,6 +43,7 @@ pub struct Wal {
     next_seq: u64,
     /// Checksum of the last record in the current segment (0 at its start).
     last_crc: u32,
+    segment_bytes: u64,
 }
 
 fn chained_crc(previous: u32, payload: &[u8]) -> u32 {
@@ -55,7 +62,11 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> io::Error {
 impl Wal {
     /// Opens the log in `dir` and returns the entries it holds, in order.
     pub fn open(dir: &Path) -> io::Result<(Wal, Vec<Entry>)> {
-        std::fs::create_dir_all(dir)?;
+        Wal::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<(Wal, Vec<Entry>)> {
+        crate::private_files::dir(dir)?;
         let mut paths: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -67,15 +78,14 @@ impl Wal {
         paths.sort();
         let mut entries: Vec<Entry> = Vec::new();
         let mut segments = Vec::new();
-        let mut end_of_last = (0, 0);
-        for (position, (_, path)) in paths.iter().enumerate() {
-            let last = position + 1 == paths.len();
-            let (last_index, end, crc) = replay(path, &mut entries, last)?;
+        let mut end_of_last = (0, 0, false);
+        for (_, path) in &paths {
+            let replayed = replay(path, &mut entries)?;
             segments.push(Segment {
                 path: path.clone(),
-                last_index,
+                last_index: replayed.last_index,
             });
-            end_of_last = (end, crc);
+            end_of_last = (replayed.end, replayed.crc, replayed.torn);
         }
         let next_seq = paths.last().map_or(0, |(seq, _)| seq + 1);
         let mut wal = match segments.last() {
@@ -84,17 +94,27 @@ impl Wal {
                     .read(true)
                     .write(true)
                     .open(&segment.path)?;
+                let (end, crc, torn) = end_of_last;
+                if torn {
+                    // The write that never completed is cut off here, so
+                    // whatever happens next (an append over it, or a
+                    // rotation) no garbage stays after the last record.
+                    tracing::warn!(segment = %segment.path.display(), offset = end, "the raft log ends in a torn write (a crash mid-append); it is cut off");
+                    file.write_all_at(&[0; HEADER], end)?;
+                    file.sync_data()?;
+                }
                 Wal {
                     dir: dir.to_path_buf(),
                     segments,
                     file,
-                    offset: end_of_last.0,
+                    offset: end,
                     next_seq,
-                    last_crc: end_of_last.1,
+                    last_crc: crc,
+                    segment_bytes,
                 }
             }
             None => {
-                let (file, path) = create_segment(dir, next_seq)?;
+                let (file, path) = create_segment(dir, next_seq, segment_bytes)?;
                 Wal {
                     dir: dir.to_path_buf(),
                     segments: vec![Segment {
@@ -105,10 +125,11 @@ impl Wal {
                     offset: 0,
                     next_seq: next_seq + 1,
                     last_crc: 0,
+                    segment_bytes,
                 }
             }
         };
-        if wal.offset >= SEGMENT_BYTES {
+        if wal.offset >= wal.segment_bytes {
             wal.rotate()?;
         }
         Ok((wal, entries))
@@ -123,7 +144,7 @@ impl Wal {
             size += HEADER + bytes.len();
             records.push(bytes);
         }
-        if self.offset + size as u64 > SEGMENT_BYTES && self.offset > 0 {
+        if self.offset + size as u64 > self.segment_bytes && self.offset > 0 {
             self.rotate()?;
         }
         let mut buffer = Vec::with_capacity(size);
@@ -147,7 +168,7 @@ impl Wal {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        let (file, path) = create_segment(&self.dir, self.next_seq)?;
+        let (file, path) = create_segment(&self.dir, self.next_seq, self.segment_bytes)?;
         self.next_seq += 1;
         self.file = file;
         self.offset = 0;
@@ -180,31 +201,32 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, seq: u64) -> io::Result<(File, PathBuf)> {
+fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!("{seq:020}.wal"));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(SEGMENT_MODE)
         .open(&path)?;
-    preallocate(&file)?;
+    preallocate(&file, bytes)?;
     file.sync_all()?;
     // The new name must survive a crash too.
     sync_dir(dir)?;
     Ok((file, path))
 }
 
-fn preallocate(file: &File) -> io::Result<()> {
+fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
     // SAFETY: posix_fallocate on a file descriptor we own; no memory is
     // shared with the kernel.
-    let result =
-        unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SEGMENT_BYTES as libc::off_t) };
+    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
     if result == 0 {
         Ok(())
     } else {
         // Not every filesystem can: fall back to a plain length.
-        file.set_len(SEGMENT_BYTES)
+        file.set_len(bytes)
     }
 }
 
@@ -212,28 +234,36 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads one segment's records into `entries`; returns the highest index it
-/// held, where its valid records end and the last record's checksum.
-fn replay(path: &Path, entries: &mut Vec<Entry>, last: bool) -> io::Result<(u64, u64, u32)> {
+/// What replaying one segment found.
+struct Replayed {
+    /// Highest index the segment held.
+    last_index: u64,
+    /// Where its valid records end, and the last record's checksum.
+    end: u64,
+    crc: u32,
+    /// Its records end in a torn write rather than in unwritten space.
+    torn: bool,
+}
+
+/// Reads one segment's records into `entries` (whether they follow on
+/// without a gap is for the caller to check against its snapshot).
+fn replay(path: &Path, entries: &mut Vec<Entry>) -> io::Result<Replayed> {
     let bytes = std::fs::read(path)?;
     let mut offset = 0usize;
     let mut last_index = 0;
     let mut previous_crc = 0;
+    let mut torn = false;
     while let Some(header) = bytes.get(offset..offset + HEADER) {
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         if len == 0 {
             break; // preallocated, never written
         }
-        let Some(payload) = bytes.get(offset + HEADER..offset + HEADER + len) else {
-            break; // cut short
+        let payload = bytes.get(offset + HEADER..offset + HEADER + len);
+        let Some(payload) = payload.filter(|p| chained_crc(previous_crc, p) == crc) else {
+            torn = true; // cut short, or a torn write
+            break;
         };
-        if chained_crc(previous_crc, payload) != crc {
-            if !last {
-                return Err(invalid(path, format!("bad checksum at offset {offset}")));
-            }
-            break; // a torn last write
-        }
         let entry = Entry::parse_from_bytes(payload).map_err(|e| invalid(path, e))?;
         while entries.last().is_some_and(|e| e.index >= entry.index) {
             entries.pop();
@@ -243,7 +273,12 @@ fn replay(path: &Path, entries: &mut Vec<Entry>, last: bool) -> io::Result<(u64,
         offset += HEADER + len;
         previous_crc = crc;
     }
-    Ok((last_index, offset as u64, previous_crc))
+    Ok(Replayed {
+        last_index,
+        end: offset as u64,
+        crc: previous_crc,
+        torn,
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +337,73 @@ mod tests {
         }
         let (_, entries) = Wal::open(dir.path()).unwrap();
         assert_eq!(indexes(&entries), [(1, 1), (2, 3)]);
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
+    fn tear_second_record(path: &Path) {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        let first_len = entry(1, 1).write_to_bytes().unwrap().len() as u64;
+        file.write_all_at(b"garbage", HEADER as u64 * 2 + first_len)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_followed_by_a_rotation_does_not_break_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open_sized(dir.path(), 4096).unwrap();
+            wal.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        }
+        tear_second_record(&only_segment(dir.path()));
+        {
+            let (mut wal, entries) = Wal::open_sized(dir.path(), 4096).unwrap();
+            assert_eq!(indexes(&entries), [(1, 1)]);
+            // The segment is "full" just past its last good record, so the
+            // next append rotates, leaving the torn bytes behind.
+            wal.segment_bytes = wal.offset + 1;
+            wal.append(&[entry(2, 3), entry(3, 3)]).unwrap();
+            assert_eq!(wal.segments.len(), 2, "the append rotated");
+        }
+        let (_, entries) = Wal::open_sized(dir.path(), 4096).unwrap();
+        assert_eq!(indexes(&entries), [(1, 1), (2, 3), (3, 3)]);
+    }
+
+    #[test]
+    fn a_torn_tail_an_older_version_left_before_a_rotation_ends_that_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let (mut wal, _) = Wal::open_sized(dir.path(), 4096).unwrap();
+            wal.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+            let first = wal.segments[0].path.clone();
+            wal.rotate().unwrap();
+            wal.append(&[entry(2, 3)]).unwrap();
+            first
+        };
+        // As the old code left it: garbage after the first segment's last
+        // good record, and the log carried on in the next segment.
+        tear_second_record(&first);
+        let (_, entries) = Wal::open_sized(dir.path(), 4096).unwrap();
+        assert_eq!(indexes(&entries), [(1, 1), (2, 3)]);
+    }
+
+    #[test]
+    fn segments_are_private_to_the_agent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Wal::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(only_segment(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

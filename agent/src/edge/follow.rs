@@ -27,6 +27,8 @@ pub struct FollowStatus {
     pub last_contact_unix_ms: AtomicI64,
     /// The revision of the newest verified checkpoint seen.
     pub verified_revision: AtomicI64,
+    /// The newest revision a voter signed it had (`Checkpoint::head`).
+    pub known_head: AtomicI64,
     /// Refusals by reason (`FeedError::reason`).
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -45,6 +47,15 @@ impl FollowStatus {
             0 => None,
             ms => Some((crate::consensus::now_unix_ms() - ms).max(0) as f64 / 1000.0),
         }
+    }
+
+    /// Revisions between the newest one a voter said it had and the
+    /// newest this edge verified: how far a catch-up still has to go. An
+    /// edge cut off from every peer keeps the figure of its last contact;
+    /// `seconds_since_contact` says how old that is.
+    pub fn revisions_behind(&self) -> i64 {
+        let head = self.known_head.load(Ordering::Relaxed);
+        (head - self.verified_revision.load(Ordering::Relaxed)).max(0)
     }
 
     fn count(&self, err: &FeedError) {
@@ -165,6 +176,9 @@ impl Follower {
                     Err(err) => return Outcome::Refused(err),
                     Ok(accepted) => {
                         let revision = accepted.position.revision;
+                        self.status
+                            .known_head
+                            .fetch_max(accepted.checkpoint.checkpoint.head, Ordering::Relaxed);
                         let sequences = signed_sequences(
                             accepted
                                 .changes
@@ -208,6 +222,10 @@ impl Follower {
                 self.status.contact();
                 self.status
                     .verified_revision
+                    .fetch_max(revision, Ordering::Relaxed);
+                // An image is a voter's state at its newest revision.
+                self.status
+                    .known_head
                     .fetch_max(revision, Ordering::Relaxed);
                 Outcome::Applied
             }

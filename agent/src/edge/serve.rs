@@ -116,9 +116,13 @@ impl FeedServer {
     }
 
     fn checkpoint(&self, position: crate::feed::Position, key: &SigningKey) -> SignedCheckpoint {
+        // The store may have moved on since the slice was read.
+        let head = self.store.revision().max(position.revision);
         let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = signed.as_ref().filter(|c| {
-            c.checkpoint.revision == position.revision && c.checkpoint.chain == position.chain
+            c.checkpoint.revision == position.revision
+                && c.checkpoint.chain == position.chain
+                && c.checkpoint.head == head
         }) {
             return cached.clone();
         }
@@ -126,6 +130,7 @@ impl FeedServer {
             cluster_id: self.cluster_id,
             revision: position.revision,
             chain: position.chain,
+            head,
         }
         .sign(key);
         *signed = Some(fresh.clone());

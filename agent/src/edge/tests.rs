@@ -174,6 +174,12 @@ async fn follow_past(lie: Lie) -> std::collections::BTreeMap<&'static str, u64> 
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
+    // The voter signed its head; the edge is there.
+    assert_eq!(
+        status.known_head.load(std::sync::atomic::Ordering::Relaxed),
+        voter.store.revision()
+    );
+    assert_eq!(status.revisions_behind(), 0);
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
     status.refused()

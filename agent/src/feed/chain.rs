@@ -110,12 +110,18 @@ pub fn link(previous: &Digest, revision: &Revision) -> Digest {
     hasher.finalize().into()
 }
 
-/// "The cluster's committed changes up to `revision` chain to `chain`."
+/// "The cluster's committed changes up to `revision` chain to `chain`, and
+/// when I signed this my newest revision was `head`."
+///
+/// `head` (never below `revision`) lets a follower that takes a long
+/// catch-up in batches report how far behind it is; a relay passes on the
+/// voter's claim as signed and cannot raise or lower it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub cluster_id: u64,
     pub revision: i64,
     pub chain: Digest,
+    pub head: i64,
 }
 
 /// A checkpoint signed by a voter's node key.
@@ -164,6 +170,12 @@ impl SignedCheckpoint {
             voters,
             FeedError::BadSignature,
         )?;
+        if self.checkpoint.head < self.checkpoint.revision {
+            return Err(FeedError::HeadBehind {
+                head: self.checkpoint.head,
+                revision: self.checkpoint.revision,
+            });
+        }
         Ok(&self.checkpoint)
     }
 }
@@ -230,6 +242,7 @@ mod tests {
             cluster_id: 7,
             revision: 3,
             chain: [9; 32],
+            head: 5,
         };
         let signed = checkpoint.sign(&voter);
         assert_eq!(signed.verify(7, &pinned).unwrap(), &checkpoint);
@@ -255,6 +268,26 @@ mod tests {
         assert!(matches!(
             truncated.verify(7, &pinned),
             Err(FeedError::BadSignature)
+        ));
+        // A relay cannot lower the voter's head claim, and a voter that
+        // claims a head below its own checkpoint is refused.
+        let mut lowered = checkpoint.sign(&voter);
+        lowered.checkpoint.head = 3;
+        assert!(matches!(
+            lowered.verify(7, &pinned),
+            Err(FeedError::BadSignature)
+        ));
+        let behind = Checkpoint {
+            head: 2,
+            ..checkpoint
+        }
+        .sign(&voter);
+        assert!(matches!(
+            behind.verify(7, &pinned),
+            Err(FeedError::HeadBehind {
+                head: 2,
+                revision: 3
+            })
         ));
     }
 }

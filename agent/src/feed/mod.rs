@@ -31,6 +31,10 @@ pub enum FeedError {
     UnknownSigner(String),
     #[error("checkpoint signature does not verify")]
     BadSignature,
+    #[error(
+        "checkpoint for revision {revision} says its voter's newest revision was {head}, below it"
+    )]
+    HeadBehind { head: i64, revision: i64 },
     #[error("batch follows revision {after}, but this agent is at revision {ours} (replayed or out of order)")]
     NotNext { after: i64, ours: i64 },
     #[error(
@@ -67,6 +71,7 @@ impl FeedError {
             FeedError::WrongCluster { .. } => "wrong_cluster",
             FeedError::UnknownSigner(_) => "unknown_signer",
             FeedError::BadSignature => "bad_signature",
+            FeedError::HeadBehind { .. } => "head_behind",
             FeedError::NotNext { .. } => "not_next",
             FeedError::Misordered { .. } => "misordered",
             FeedError::EndMismatch { .. } => "end_mismatch",

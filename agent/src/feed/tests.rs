@@ -79,6 +79,7 @@ impl Voter {
             cluster_id: CLUSTER,
             revision,
             chain: self.chain[revision as usize],
+            head: self.log.len() as i64,
         }
         .sign(&self.key)
     }

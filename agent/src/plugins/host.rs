@@ -2,6 +2,7 @@
 //! answering only what the plugin's capabilities grant, and the memory cap.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,12 +182,15 @@ impl tcp::Host for HostState {
             return Err(self.refuse("connecting to", &target, "tcp"));
         }
         let budget = self.budget(timeout_ms)?;
-        // Name lookup and connection together, bounded by the budget.
+        // Name lookup and connection together, bounded by the budget; the
+        // connection goes to the very address that was checked.
         let connect = async move {
             let started = Instant::now();
-            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+            let addr = resolve_granted(&host, port).await?;
+            tokio::net::TcpStream::connect(addr)
                 .await
                 .map(|_| started.elapsed().as_micros() as u64)
+                .map_err(|err| err.to_string())
         };
         match self.runtime.wait_io(budget, connect) {
             Some(Ok(micros)) => Ok(micros),
@@ -227,18 +231,89 @@ impl http::Host for HostState {
                 "{url}: user names and passwords in URLs are not supported"
             ));
         }
+        let fetch = async move {
+            let addr = resolve_granted(&host, port)
+                .await
+                .map_err(|err| format!("{uri}: {err}"))?;
+            fetch_from(addr, uri, host).await
+        };
         let (status, body) = self
             .runtime
-            .wait_io(budget, fetch(uri, host, port))
+            .wait_io(budget, fetch)
             .ok_or_else(|| format!("{url}: timed out after {budget:?}"))??;
         Ok(http::Response { status, body })
+    }
+}
+
+/// Where a plugin granted `host:port` by name may connect: the name is
+/// resolved once, here, and the connection goes to that address (so a DNS
+/// answer that changes between a check and the connect cannot move it). A
+/// name must not resolve to this host or its link (loopback, unspecified,
+/// link-local, multicast): that is DNS rebinding, the way a granted outside
+/// name reaches the agent's own API. Granting the address itself (or
+/// `localhost`) allows it.
+async fn resolve_granted(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let bare = host.trim_matches(['[', ']']);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addr = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|err| format!("resolving {bare}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{bare} resolves to no address"))?;
+    check_resolved(bare, addr)
+}
+
+/// The rule of [`resolve_granted`] for a name and what it resolved to.
+fn check_resolved(name: &str, addr: SocketAddr) -> Result<SocketAddr, String> {
+    if !name.eq_ignore_ascii_case("localhost") && is_local(addr.ip()) {
+        return Err(format!(
+            "{name} resolves to {}, an address of this host or its link: refused (DNS \
+             rebinding); if that is meant, grant the address itself ({addr})",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
+}
+
+/// Loopback, unspecified, link-local or multicast (v4, v6, v4-mapped v6).
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast()
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_local(IpAddr::V4(v4)),
+            None => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
     }
 }
 
 /// GETs `uri` from `host:port`: the status and the first 64 KiB of body.
 pub async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec<u8>), String> {
     let url = uri.to_string();
-    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+    let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|err| format!("{url}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: {host} resolves to no address"))?;
+    fetch_from(addr, uri, host).await
+}
+
+/// GETs `uri` from `addr` (`host` names it in the request).
+async fn fetch_from(
+    addr: SocketAddr,
+    uri: hyper::Uri,
+    host: String,
+) -> Result<(u16, Vec<u8>), String> {
+    let url = uri.to_string();
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|err| format!("{url}: {err}"))?;
     let (mut sender, connection) =
@@ -282,3 +357,49 @@ pub async fn fetch(uri: hyper::Uri, host: String, port: u16) -> Result<(u16, Vec
 }
 
 impl health_check::edgeconf::plugin::health::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_granted_name_may_not_resolve_to_this_host_or_its_link() {
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 80);
+        for local in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "169.254.1.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "224.0.0.1",
+        ] {
+            let refused = check_resolved("config.example", at(local)).unwrap_err();
+            assert!(refused.contains("DNS rebinding"), "{local}: {refused}");
+            assert!(refused.contains("grant the address itself"), "{refused}");
+        }
+        for outside in ["10.0.0.7", "192.168.1.2", "93.184.216.34", "2001:db8::1"] {
+            assert_eq!(
+                check_resolved("config.example", at(outside)),
+                Ok(at(outside))
+            );
+        }
+        assert_eq!(
+            check_resolved("LocalHost", at("127.0.0.1")),
+            Ok(at("127.0.0.1"))
+        );
+    }
+
+    #[tokio::test]
+    async fn granted_addresses_are_used_as_they_are() {
+        assert_eq!(
+            resolve_granted("[::1]", 8080).await,
+            Ok("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_granted("127.0.0.1", 1).await,
+            Ok("127.0.0.1:1".parse().unwrap())
+        );
+    }
+}

@@ -92,7 +92,7 @@ impl Runtime {
                 .map_err(|err| PluginError::Engine(format!("starting the epoch ticker: {err}")))?;
         }
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir).map_err(|err| PluginError::Cache {
+            crate::private_files::dir(dir).map_err(|err| PluginError::Cache {
                 path: dir.clone(),
                 message: err.to_string(),
             })?;

@@ -50,9 +50,10 @@ pub struct Runner {
     reload_config: ConfigReloader,
     /// Where reload commands still owed are recorded across restarts.
     pending_file: Option<PathBuf>,
-    /// What was last written to each destination, to tell drift from our
-    /// own writes.
-    written: HashMap<PathBuf, Vec<u8>>,
+    /// What was last written to each destination (and whether it held a
+    /// decrypted secret, which sets its default mode), to tell drift from
+    /// our own writes.
+    written: HashMap<PathBuf, (Vec<u8>, bool)>,
     /// Hand edits already reported (`on_drift = "report"`), by content.
     reported: HashMap<PathBuf, Option<Vec<u8>>>,
     /// Entries waiting for their debounce window to end, by index in plan.
@@ -465,6 +466,9 @@ impl Runner {
                 .apply(&range, &mut response.kvs, &mut sequences);
         }
         let keyring: Arc<Keyring> = self.keyring.get();
+        let holds_secret = response.kvs.iter().any(|kv| holds_secret(&kv.value));
+        let applied = entry.for_content(holds_secret);
+        let entry = &*applied;
         let content = match self
             .content(compiled, &keyring, &response.kvs, &sequences)
             .await
@@ -493,6 +497,9 @@ impl Runner {
         let changed = !unchanged;
         if startup || changed {
             tracing::info!(entry = %entry.name, dest = %dest, bytes = content.len(), revision, changed, "rendered");
+            if holds_secret && !entry.mode_set {
+                tracing::info!(entry = %entry.name, dest = %dest, "the file holds a decrypted secret: written with mode 0600 (set `mode` in its [[render]] entry to choose another)");
+            }
         }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -507,7 +514,8 @@ impl Runner {
             s.drift = None;
         });
         self.reported.remove(&entry.dest);
-        self.written.insert(entry.dest.clone(), content);
+        self.written
+            .insert(entry.dest.clone(), (content, holds_secret));
         if changed {
             Rendered::Changed
         } else {
@@ -538,10 +546,11 @@ impl Runner {
         else {
             return;
         };
-        let entry = &compiled.entry;
-        let Some(expected) = self.written.get(&entry.dest).cloned() else {
+        let Some((expected, held_secret)) = self.written.get(&compiled.entry.dest).cloned() else {
             return;
         };
+        let applied = compiled.entry.for_content(held_secret);
+        let entry = &*applied;
         let current = files::read(&entry.dest).unwrap_or(None);
         let same = current.as_deref() == Some(expected.as_slice());
         if same && files::has_attributes(&entry.dest, entry) {
@@ -778,4 +787,13 @@ async fn check_content(
     super::reload::run(&command, entry.reload_timeout)
         .await
         .map_err(|err| format!("check command refused the new content ({check}): {err}"))
+}
+
+/// Whether a stored value is a secret (an encrypted signed change); the
+/// file that shows it holds the decrypted secret.
+fn holds_secret(value: &[u8]) -> bool {
+    matches!(
+        crate::signing::SignedChange::from_stored(value),
+        Ok(Some(change)) if change.encrypted
+    )
 }

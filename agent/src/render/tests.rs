@@ -16,6 +16,7 @@ fn compiled(source: RenderSource, template: Option<&str>, required: bool) -> Arc
         template: template.map(|_| PathBuf::from("/tmp/t.j2")),
         dest: PathBuf::from("/tmp/out"),
         mode: 0o644,
+        mode_set: false,
         owner: None,
         group: None,
         reload: None,

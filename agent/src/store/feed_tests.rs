@@ -55,6 +55,7 @@ fn batch_from(voter: &Store, key: &SigningKey, after: i64) -> Batch {
             cluster_id: CLUSTER,
             revision: slice.position.revision,
             chain: slice.position.chain,
+            head: slice.position.revision,
         }
         .sign(key),
     }

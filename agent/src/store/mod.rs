@@ -87,6 +87,7 @@ impl Store {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
+        crate::private_files::file(path).map_err(redb::Error::from)?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {

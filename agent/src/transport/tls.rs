@@ -20,7 +20,7 @@ pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// self-describing, so agents of version 1 could not read it).
 pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/4";
 /// The edge feed: a follower asks for the changes after a revision.
-pub const ALPN_FEED: &[u8] = b"edgeconf-feed/1";
+pub const ALPN_FEED: &[u8] = b"edgeconf-feed/2";
 
 const KEY_FILE: &str = "node.key";
 
@@ -61,7 +61,7 @@ impl NodeKey {
             }
             return Ok(Self { key });
         }
-        std::fs::create_dir_all(data_dir).map_err(|error| TlsError::WriteKey {
+        crate::private_files::dir(data_dir).map_err(|error| TlsError::WriteKey {
             path: display.clone(),
             error,
         })?;
