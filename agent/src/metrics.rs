@@ -92,6 +92,17 @@ pub fn render_text(sources: &Sources) -> String {
     if let Some(feed) = &sources.feed {
         feed_metrics(&mut out, feed);
     }
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_raft_refused_total Raft messages refused for their sender (not a member, not verified yet, or speaking for another member).\n\
+         # TYPE edgeconf_raft_refused_total counter"
+    );
+    for (reason, count) in node.transport().senders().refused() {
+        let _ = writeln!(
+            out,
+            "edgeconf_raft_refused_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
 
     let files = sources.renders.snapshot();
     let series: [Series<EntryStatus>; 8] = [

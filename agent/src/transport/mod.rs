@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod gossip;
+pub mod senders;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 pub use feed::{FeedHandler, FeedNet, FeedNetError};
 pub use gossip::{GossipNet, GossipSink};
+pub use senders::Senders;
 pub use tls::NodeKey;
 
 /// Messages queued per peer before further ones are dropped.
@@ -73,6 +75,8 @@ pub struct Transport {
     isolated: Arc<AtomicBool>,
     /// When a peer last completed a handshake with us, either way.
     contact: Arc<Contact>,
+    /// Which node key speaks for which member (see `senders`).
+    senders: Arc<Senders>,
 }
 
 /// When this agent last completed a QUIC handshake with a trusted peer (in
@@ -127,6 +131,7 @@ impl Transport {
         let runtime = tokio::runtime::Handle::current();
         let sinks = Sinks::default();
         let contact = Arc::new(Contact::default());
+        let senders = Arc::new(Senders::default());
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
             client_config: configs.raft_client,
@@ -149,13 +154,13 @@ impl Transport {
             runtime,
             isolated: isolated.clone(),
             contact: contact.clone(),
+            senders: senders.clone(),
         });
         tokio::spawn(accept_peers(
             endpoint,
             sinks,
             transport.gossip.clone(),
-            isolated,
-            contact,
+            (isolated, contact, senders),
             dial_out_only,
         ));
         Ok(transport)
@@ -187,6 +192,11 @@ impl Transport {
     }
 
     /// When a peer was last reached (see [`Contact`]).
+    /// Raft messages refused for their sender, by reason.
+    pub fn senders(&self) -> &Senders {
+        &self.senders
+    }
+
     pub fn contact(&self) -> &Contact {
         &self.contact
     }
@@ -204,6 +214,7 @@ impl Transport {
 
     /// Sets who the peers are; senders start or stop to match.
     pub fn set_peers(&self, wanted: &[(u64, SocketAddr)]) {
+        self.senders.set_members(wanted.iter().map(|(id, _)| *id));
         let Some(sink) = self.sinks.raft.get() else {
             return;
         };
@@ -215,7 +226,7 @@ impl Transport {
                 self.runtime.spawn(send_to_peer(
                     self.endpoint.clone(),
                     self.client_config.clone(),
-                    self.contact.clone(),
+                    (self.contact.clone(), self.senders.clone()),
                     (id, addr),
                     outbox,
                     sink.clone(),
@@ -305,8 +316,7 @@ async fn accept_peers(
     endpoint: quinn::Endpoint,
     sinks: Sinks,
     gossip: Arc<GossipNet>,
-    isolated: Arc<AtomicBool>,
-    contact: Arc<Contact>,
+    (isolated, contact, senders): (Arc<AtomicBool>, Arc<Contact>, Arc<Senders>),
     dial_out_only: bool,
 ) {
     while let Some(incoming) = endpoint.accept().await {
@@ -318,6 +328,7 @@ async fn accept_peers(
         let sinks = sinks.clone();
         let isolated = isolated.clone();
         let contact = contact.clone();
+        let senders = senders.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -338,9 +349,15 @@ async fn accept_peers(
                 gossip.accepted(connection).await;
                 return;
             }
+            // The handshake checked the key is trusted; which member it
+            // may speak for is `senders`' to say.
+            let Some(key) = tls::peer_key(&connection) else {
+                return;
+            };
+            let warned = Arc::new(Mutex::new(std::collections::HashSet::new()));
             while let Ok(mut stream) = connection.accept_uni().await {
-                let sinks = sinks.clone();
-                let isolated = isolated.clone();
+                let (sinks, isolated) = (sinks.clone(), isolated.clone());
+                let (senders, warned) = (senders.clone(), warned.clone());
                 tokio::spawn(async move {
                     let frame = stream.read_to_end(MAX_FRAME).await;
                     if isolated.load(Ordering::SeqCst) {
@@ -352,7 +369,16 @@ async fn accept_peers(
                     match frame.map_err(|e| e.to_string()).and_then(|f| decode(&f)) {
                         Ok(messages) => {
                             for message in messages {
-                                sink(Delivery::Message(message));
+                                match senders.check(message.from, &key) {
+                                    Ok(()) => sink(Delivery::Message(message)),
+                                    Err(refusal) => {
+                                        let first = warned
+                                            .lock()
+                                            .unwrap_or_else(|e| e.into_inner())
+                                            .insert((refusal, message.from));
+                                        refused(&remote, &key, message.from, refusal, first);
+                                    }
+                                }
                             }
                         }
                         Err(err) => tracing::debug!(%remote, error = %err, "dropped a bad frame"),
@@ -363,15 +389,45 @@ async fn accept_peers(
     }
 }
 
+/// Logs a refused raft message (once per connection, sender and reason;
+/// every one is counted).
+fn refused(remote: &SocketAddr, key: &[u8; 32], from: u64, refusal: senders::Refusal, first: bool) {
+    if !first {
+        return;
+    }
+    let key = crate::signing::keys::format_public_key(key);
+    match refusal {
+        senders::Refusal::NotAMember => {
+            tracing::warn!(%remote, %key, from = format_args!("{from:x}"), "refused raft messages from a peer that is not a raft member (an edge, or a stranger with a trusted key)")
+        }
+        senders::Refusal::Unverified => {
+            tracing::info!(%remote, %key, from = format_args!("{from:x}"), "dropped raft messages from a member not dialed yet (they pass once it is)")
+        }
+        senders::Refusal::Impersonation => {
+            tracing::warn!(%remote, %key, from = format_args!("{from:x}"), "refused raft messages claiming to be a member whose node key is another (an impersonation, or a member rebuilt with a new key: that passes once this agent dials it again)")
+        }
+    }
+}
+
 async fn send_to_peer(
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    contact: Arc<Contact>,
+    (contact, senders): (Arc<Contact>, Arc<Senders>),
     (id, addr): (u64, SocketAddr),
     mut outbox: mpsc::Receiver<Message>,
     sink: Sink,
 ) {
-    let mut connection: Option<quinn::Connection> = None;
+    let dial = || async {
+        let connection = connect(&endpoint, &config, &contact, addr).await?;
+        // Whoever answers at the member's address with a trusted key is
+        // the member: its messages are accepted from that key alone.
+        if let Some(key) = tls::peer_key(&connection) {
+            senders.bind(id, key);
+        }
+        Some(connection)
+    };
+    // Dialed at once, so the binding is known before raft needs it.
+    let mut connection: Option<quinn::Connection> = dial().await;
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = outbox.recv().await {
         let mut batch = vec![first];
@@ -389,7 +445,7 @@ async fn send_to_peer(
             .as_ref()
             .is_none_or(|c| c.close_reason().is_some())
         {
-            connection = connect(&endpoint, &config, &contact, addr).await;
+            connection = dial().await;
             if connection.is_none() {
                 tracing::debug!(peer = format_args!("{id:x}"), %addr, "peer unreachable");
                 sink(Delivery::Unreachable(id));

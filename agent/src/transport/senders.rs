@@ -1,0 +1,134 @@
+//! Who may send raft messages, and as whom.
+//!
+//! Sent by: raft members (voters, and learners being added), over QUIC
+//! connections authenticated by their node keys. Checked by the receiver:
+//! the message's `from` is a member this agent sends to, and the key of the
+//! connection it arrived on is the key this agent saw when it dialed that
+//! member at the address of its member record. An edge, a stranger holding
+//! a trusted key, or a member claiming another's id is refused, logged and
+//! counted (`edgeconf_raft_refused_total{reason}`); raft never sees it.
+//!
+//! The binding is learned by dialing rather than from what a peer says, so
+//! no peer can teach this agent a false one: to be bound to member X a key
+//! must answer at X's peer address. Each sender task dials its member as it
+//! starts, so bindings are known before raft needs them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// Why a raft message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `from` is not a member this agent knows (an edge, a stranger).
+    NotAMember,
+    /// `from` is a member, but no connection to it has shown its key yet.
+    Unverified,
+    /// `from` is a member bound to another key: someone speaks for it.
+    Impersonation,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NotAMember => "not_a_member",
+            Refusal::Unverified => "unverified",
+            Refusal::Impersonation => "impersonation",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Senders {
+    /// Member id -> its node key, as seen when dialing it (`None`: a member
+    /// not reached yet).
+    bound: Mutex<HashMap<u64, Option<[u8; 32]>>>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Senders {
+    /// The members are exactly `members`: others are forgotten, new ones
+    /// await their first dial.
+    pub fn set_members(&self, members: impl IntoIterator<Item = u64>) {
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: HashMap<u64, Option<[u8; 32]>> = members
+            .into_iter()
+            .map(|id| (id, bound.get(&id).copied().flatten()))
+            .collect();
+        *bound = wanted;
+    }
+
+    /// Dialing `member` reached `key` (a node key may change when a member
+    /// is rebuilt: the latest dial wins).
+    pub fn bind(&self, member: u64, key: [u8; 32]) {
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = bound.get_mut(&member) {
+            *slot = Some(key);
+        }
+    }
+
+    /// May a message claiming to be `from` arriving over `key` go to raft?
+    /// A refusal is counted.
+    pub fn check(&self, from: u64, key: &[u8; 32]) -> Result<(), Refusal> {
+        let verdict = match self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&from)
+        {
+            None => Err(Refusal::NotAMember),
+            Some(None) => Err(Refusal::Unverified),
+            Some(Some(bound)) if bound == key => Ok(()),
+            Some(Some(_)) => Err(Refusal::Impersonation),
+        };
+        if let Err(refusal) = verdict {
+            *self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(refusal.label())
+                .or_default() += 1;
+        }
+        verdict
+    }
+
+    /// Refused messages by reason.
+    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_key_that_answered_at_a_members_address_speaks_for_it() {
+        let senders = Senders::default();
+        let (leader, follower, edge) = ([1; 32], [2; 32], [9; 32]);
+        senders.set_members([10, 20]);
+        // Not dialed yet: nobody speaks for 10.
+        assert_eq!(senders.check(10, &leader), Err(Refusal::Unverified));
+        senders.bind(10, leader);
+        senders.bind(20, follower);
+        assert_eq!(senders.check(10, &leader), Ok(()));
+        // Another trusted key (a follower, an edge) claiming the leader.
+        assert_eq!(senders.check(10, &follower), Err(Refusal::Impersonation));
+        assert_eq!(senders.check(10, &edge), Err(Refusal::Impersonation));
+        // An id that is no member (an edge's, made up).
+        assert_eq!(senders.check(99, &edge), Err(Refusal::NotAMember));
+        // A binding to a non-member is never made.
+        senders.bind(99, edge);
+        assert_eq!(senders.check(99, &edge), Err(Refusal::NotAMember));
+        // Removed members are forgotten; kept ones keep their key.
+        senders.set_members([10]);
+        assert_eq!(senders.check(20, &follower), Err(Refusal::NotAMember));
+        assert_eq!(senders.check(10, &leader), Ok(()));
+        let refused = senders.refused();
+        assert_eq!(refused.get("impersonation"), Some(&2));
+        assert_eq!(refused.get("not_a_member"), Some(&3));
+        assert_eq!(refused.get("unverified"), Some(&1));
+    }
+}

@@ -1,0 +1,183 @@
+//! A hostile peer against real agents: it holds a node key every voter
+//! trusts (a stolen edge key) and speaks the real transport (QUIC, mutual
+//! TLS, raft frames). Every attack must leave the cluster unharmed, be
+//! logged, and be counted in `/metrics`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use common::fleet::{http_get, json, wait_until};
+use common::{edgeconf, ok};
+use edgeconf::transport::{NodeKey, Transport};
+use raft::eraftpb::{Entry, Message, MessageType};
+
+const VOTERS: usize = 3;
+
+fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let agent = cluster.agents[i].as_ref().unwrap();
+    json(ok(edgeconf(agent, &["-w", "json", "status"])))[0].clone()
+}
+
+fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let mut message = Message::default();
+    message.set_msg_type(kind);
+    message.from = from;
+    message.to = to;
+    message.term = term;
+    message
+}
+
+#[test]
+fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slot 4 is never started: its key is trusted by every voter, as an
+    // edge's is, and the attacker holds it.
+    let mut cluster = Cluster::new(dir.path(), VOTERS + 1);
+    let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
+    for (i, port) in metrics.iter().enumerate() {
+        cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
+    }
+    let initial = cluster.initial_cluster(0..VOTERS);
+    for i in 0..VOTERS {
+        cluster.write_config(i, &initial, "new");
+        cluster.run(i);
+    }
+    let leader = cluster.wait_for_leader();
+    ok(edgeconf(
+        cluster.agents[leader].as_ref().unwrap(),
+        &["put", "/app/config", "before"],
+    ));
+    let before = status(&cluster, leader);
+    let term = before["raft_term"].as_u64().unwrap();
+    let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
+    let addr = |i: usize| -> std::net::SocketAddr {
+        cluster.slots[i]
+            .peer_url
+            .trim_start_matches("quic://")
+            .parse()
+            .unwrap()
+    };
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let stolen = NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap();
+        let voters: Vec<[u8; 32]> = (0..VOTERS)
+            .map(|i| {
+                NodeKey::load_or_create(&cluster.slots[i].data_dir)
+                    .unwrap()
+                    .public_key_raw()
+            })
+            .collect();
+        let attacker = Transport::start(
+            format!("127.0.0.1:{}", common::free_port())
+                .parse()
+                .unwrap(),
+            &stolen,
+            &voters,
+            false,
+        )
+        .unwrap();
+        attacker.attach_raft(std::sync::Arc::new(|_| {}));
+        attacker.set_peers(
+            &followers
+                .iter()
+                .map(|&i| (id(i), addr(i)))
+                .collect::<Vec<_>>(),
+        );
+        for _ in 0..20 {
+            let mut forged = Vec::new();
+            for &f in &followers {
+                // A heartbeat from the leader's id with a commit far past
+                // the log (raft-rs would panic on it).
+                let mut heartbeat = message(MessageType::MsgHeartbeat, id(leader), id(f), term);
+                heartbeat.commit = u64::MAX / 2;
+                forged.push(heartbeat);
+                // An append from the leader's id that rewrites the log.
+                let mut append = message(MessageType::MsgAppend, id(leader), id(f), term);
+                append.index = 1;
+                append.log_term = 1;
+                append.commit = u64::MAX / 2;
+                append.entries = vec![Entry {
+                    index: 2,
+                    term,
+                    data: b"forged".to_vec().into(),
+                    ..Default::default()
+                }]
+                .into();
+                forged.push(append);
+                // A vote request from another voter's id with a huge term
+                // (accepted, it would depose the leader).
+                let other = followers.iter().copied().find(|&o| o != f).unwrap();
+                let mut vote = message(MessageType::MsgRequestVote, id(other), id(f), u64::MAX / 2);
+                vote.index = u64::MAX / 2;
+                vote.log_term = u64::MAX / 2;
+                forged.push(vote);
+                // Messages as itself: not a member.
+                forged.push(message(MessageType::MsgHeartbeat, 0xbad, id(f), term + 1));
+            }
+            attacker.send(forged);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        attacker.close();
+    });
+
+    // Unharmed: every voter runs, the leader and term stand, writes work
+    // and the stored value is the real one.
+    for i in 0..VOTERS {
+        assert!(
+            !cluster.agents[i].as_mut().unwrap().exited(),
+            "n{} exited",
+            i + 1
+        );
+    }
+    let after = status(&cluster, leader);
+    assert_eq!(after["raft_term"], before["raft_term"], "{after}");
+    assert_eq!(cluster.wait_for_leader(), leader);
+    ok(edgeconf(
+        cluster.agents[leader].as_ref().unwrap(),
+        &["put", "/app/config", "after"],
+    ));
+    for i in 0..VOTERS {
+        wait_until(
+            "every voter has the real value",
+            Duration::from_secs(10),
+            || {
+                ok(edgeconf(
+                    cluster.agents[i].as_ref().unwrap(),
+                    &[
+                        "get",
+                        "/app/config",
+                        "--print-value-only",
+                        "--consistency",
+                        "s",
+                    ],
+                )) == "after\n"
+            },
+        );
+    }
+    // Logged and counted on each follower.
+    for &f in &followers {
+        let text = http_get(metrics[f], "/metrics");
+        let count = |reason: &str| -> u64 {
+            let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .map_or(0, |n| n.trim().parse().unwrap())
+        };
+        assert!(count("impersonation") >= 20, "{text}");
+        assert!(count("not_a_member") >= 10, "{text}");
+        let log = cluster.agents[f].as_ref().unwrap().log();
+        assert!(
+            log.contains("refused raft messages claiming to be a member"),
+            "{log}"
+        );
+        assert!(
+            log.contains("refused raft messages from a peer that is not a raft member"),
+            "{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
