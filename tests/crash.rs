@@ -189,3 +189,48 @@ fn health_turns_red_when_a_voter_knows_no_leader() {
         started.elapsed()
     );
 }
+
+#[test]
+fn the_metrics_server_cuts_off_connections_that_send_nothing() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = common::free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"\n"),
+    )
+    .unwrap();
+    let _agent = Agent::start_with(
+        dir.path(),
+        common::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_for("metrics served", Duration::from_secs(20), || {
+        http(metrics, "/health").is_some()
+    });
+    // More idle connections than the server serves at once: each is
+    // closed (at accept, or after the header timeout), none is kept.
+    let started = std::time::Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap())
+        .collect();
+    for mut stream in idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let read = stream.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read.is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "an idle connection was kept open"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "idle connections held {took:?}"
+    );
+    assert_eq!(http(metrics, "/health").map(|(code, _)| code), Some(200));
+}

@@ -295,6 +295,13 @@ fn plugin_metrics(out: &mut String, plugins: &AgentPlugins) {
     }
 }
 
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its request headers, and to be done.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves `/metrics` and `/health` on `addr` until `shutdown` turns true.
 pub async fn serve(
     addr: SocketAddr,
@@ -304,23 +311,38 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await.map_err(|err| {
         anyhow::anyhow!("cannot listen for metrics on {addr}: {err} (change listen_metrics_url)")
     })?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => continue,
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: back off rather than spin.
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics server cannot accept; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // A scraper beyond the limit is turned away, not queued.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
         };
         let sources = sources.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let sources = sources.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &sources)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            // A connection that trickles or idles is cut off.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, serving).await;
         });
     }
 }

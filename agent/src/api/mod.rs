@@ -293,6 +293,7 @@ pub(crate) fn propose_status(err: ProposeError) -> Status {
             "etcdserver: only the leader can do this; send the request to the leader (member {leader:x}, see `edgeconf status`)"
         )),
         ProposeError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        ProposeError::TooManyRequests => Status::resource_exhausted("etcdserver: too many requests"),
     }
 }
 

@@ -17,7 +17,7 @@ mod wal;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender as Sender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +57,9 @@ pub enum ProposeError {
     LeaderChanged,
     #[error("the agent is shutting down")]
     Stopped,
+    /// The raft thread's inbox is full: the client should back off.
+    #[error("too many requests: this member's consensus queue is full; retry shortly")]
+    TooManyRequests,
     /// Only the leader can answer this request; the id of the leader known
     /// (0: none).
     #[error("only the leader can do this; send it to member {0:x}")]
@@ -125,6 +128,38 @@ pub struct Member {
     pub client_urls: Vec<String>,
 }
 
+/// Inputs waiting for the raft thread (client requests and peer messages)
+/// before more are refused: requests with "too many requests", peer
+/// messages dropped (raft sends them again).
+const INBOX: usize = 16_384;
+
+/// Queues a client's request for the raft thread, or says why not.
+fn submit(inputs: &Sender<Input>, input: Input) -> Result<(), ProposeError> {
+    inputs.try_send(input).map_err(|err| match err {
+        TrySendError::Full(_) => ProposeError::TooManyRequests,
+        TrySendError::Disconnected(_) => ProposeError::Stopped,
+    })
+}
+
+/// Queues a peer's message; a full inbox drops it (raft retransmits),
+/// while the transport's own reports (unreachable, snapshot sent) wait
+/// for room on a blocking thread: raft would stall without them, and the
+/// raft thread itself reports through here, so it must never wait.
+fn deliver(inputs: &Sender<Input>, runtime: &tokio::runtime::Handle, delivery: Delivery) {
+    match inputs.try_send(Input::Delivery(delivery)) {
+        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+        Err(TrySendError::Full(Input::Delivery(Delivery::Message(_)))) => {
+            tracing::debug!("raft inbox full: dropped a peer message");
+        }
+        Err(TrySendError::Full(report)) => {
+            let inputs = inputs.clone();
+            runtime.spawn_blocking(move || {
+                let _ = inputs.send(report);
+            });
+        }
+    }
+}
+
 /// Forwarded proposals screened at most this many at a time.
 const SCREENING_CONCURRENCY: usize = 64;
 
@@ -132,9 +167,10 @@ const SCREENING_CONCURRENCY: usize = 64;
 /// proposals, which `screening` (if any) filters first on a blocking
 /// thread. Other messages are not held up behind them.
 fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::transport::Sink {
+    let handle = tokio::runtime::Handle::current();
     let Some(screening) = screening else {
         return Arc::new(move |delivery: Delivery| {
-            let _ = inputs.send(Input::Delivery(delivery));
+            deliver(&inputs, &handle, delivery);
         });
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(SCREENING_CONCURRENCY));
@@ -147,11 +183,12 @@ fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::
                 message
             }
             other => {
-                let _ = inputs.send(Input::Delivery(other));
+                deliver(&inputs, &handle, other);
                 return;
             }
         };
         let (inputs, screening, permits) = (inputs.clone(), screening.clone(), permits.clone());
+        let handle = handle.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
@@ -164,7 +201,7 @@ fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::
             .await;
             if let Ok(message) = screened {
                 if !message.entries.is_empty() {
-                    let _ = inputs.send(Input::Delivery(Delivery::Message(message)));
+                    deliver(&inputs, &handle, Delivery::Message(message));
                 }
             }
         });
@@ -279,7 +316,7 @@ impl Node {
             raw.campaign()?;
         }
 
-        let (inputs, queue) = std::sync::mpsc::channel();
+        let (inputs, queue) = std::sync::mpsc::sync_channel(INBOX);
         let sink = screened_sink(inputs.clone(), settings.screening);
         let transport = settings.transport;
         transport.attach_raft(sink);
@@ -340,7 +377,7 @@ impl Node {
         transport: Arc<Transport>,
         refusal: String,
     ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
-        let (inputs, queue) = std::sync::mpsc::channel::<Input>();
+        let (inputs, queue) = std::sync::mpsc::sync_channel::<Input>(INBOX);
         let lessor = Arc::new(Lessor::recover(&store)?);
         let thread = std::thread::Builder::new()
             .name("edgeconf-follower".into())
@@ -420,7 +457,7 @@ impl Node {
 
     /// Fault injection (tests): makes the raft thread panic.
     pub fn inject_crash(&self) {
-        let _ = self.inputs.send(Input::Crash);
+        let _ = self.inputs.try_send(Input::Crash);
     }
 
     pub fn leader(&self) -> u64 {
@@ -444,9 +481,7 @@ impl Node {
         input: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Input,
     ) -> Result<T, ProposeError> {
         let (reply, outcome) = oneshot::channel();
-        self.inputs
-            .send(input(reply))
-            .map_err(|_| ProposeError::Stopped)?;
+        submit(&self.inputs, input(reply))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ProposeError::Stopped),
@@ -638,4 +673,27 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_inbox_refuses_requests_with_too_many_requests() {
+        let (inputs, queue) = std::sync::mpsc::sync_channel(1);
+        assert!(submit(&inputs, Input::Stop).is_ok());
+        assert!(matches!(
+            submit(&inputs, Input::Stop),
+            Err(ProposeError::TooManyRequests)
+        ));
+        let status = crate::api::propose_status(ProposeError::TooManyRequests);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "etcdserver: too many requests");
+        drop(queue);
+        assert!(matches!(
+            submit(&inputs, Input::Stop),
+            Err(ProposeError::Stopped)
+        ));
+    }
 }
