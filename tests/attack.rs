@@ -61,9 +61,9 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     };
     let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
 
+    let (f1, f2) = (followers[0], followers[1]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let stolen = NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap();
         let voters: Vec<[u8; 32]> = (0..VOTERS)
             .map(|i| {
                 NodeKey::load_or_create(&cluster.slots[i].data_dir)
@@ -71,57 +71,45 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
                     .public_key_raw()
             })
             .collect();
-        let attacker = Transport::start(
-            format!("127.0.0.1:{}", common::free_port())
-                .parse()
-                .unwrap(),
-            &stolen,
-            &voters,
-            false,
-        )
-        .unwrap();
-        attacker.attach_raft(std::sync::Arc::new(|_| {}));
-        attacker.set_peers(
-            &followers
-                .iter()
-                .map(|&i| (id(i), addr(i)))
-                .collect::<Vec<_>>(),
-        );
+        let attacker = |slot: usize, targets: &[usize]| {
+            let stolen = NodeKey::load_or_create(&cluster.slots[slot].data_dir).unwrap();
+            let transport = Transport::start(
+                format!("127.0.0.1:{}", common::free_port())
+                    .parse()
+                    .unwrap(),
+                &stolen,
+                &voters,
+                false,
+            )
+            .unwrap();
+            transport.attach_raft(std::sync::Arc::new(|_| {}));
+            transport.set_peers(
+                &targets
+                    .iter()
+                    .map(|&i| (id(i), addr(i)))
+                    .collect::<Vec<_>>(),
+            );
+            transport
+        };
+        // An edge's stolen key: trusted for gossip and the feed, a member
+        // of nothing. A follower's stolen key: a member, but only itself.
+        let edge = attacker(VOTERS, &followers);
+        let follower = attacker(f2, &[f1]);
         for _ in 0..20 {
             let mut forged = Vec::new();
             for &f in &followers {
-                // A heartbeat from the leader's id with a commit far past
-                // the log (raft-rs would panic on it).
-                let mut heartbeat = message(MessageType::MsgHeartbeat, id(leader), id(f), term);
-                heartbeat.commit = u64::MAX / 2;
-                forged.push(heartbeat);
-                // An append from the leader's id that rewrites the log.
-                let mut append = message(MessageType::MsgAppend, id(leader), id(f), term);
-                append.index = 1;
-                append.log_term = 1;
-                append.commit = u64::MAX / 2;
-                append.entries = vec![Entry {
-                    index: 2,
-                    term,
-                    data: b"forged".to_vec().into(),
-                    ..Default::default()
-                }]
-                .into();
-                forged.push(append);
-                // A vote request from another voter's id with a huge term
-                // (accepted, it would depose the leader).
-                let other = followers.iter().copied().find(|&o| o != f).unwrap();
-                let mut vote = message(MessageType::MsgRequestVote, id(other), id(f), u64::MAX / 2);
-                vote.index = u64::MAX / 2;
-                vote.log_term = u64::MAX / 2;
-                forged.push(vote);
+                forged.extend(forgeries(id(leader), id(f), id(other(&followers, f)), term));
                 // Messages as itself: not a member.
                 forged.push(message(MessageType::MsgHeartbeat, 0xbad, id(f), term + 1));
             }
-            attacker.send(forged);
+            edge.send(forged);
+            // As the leader, to the other follower: the key is f2's.
+            let as_leader = forgeries(id(leader), id(f1), id(leader), term);
+            follower.send(as_leader[..2].to_vec());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        attacker.close();
+        edge.close();
+        follower.close();
     });
 
     // Unharmed: every voter runs, the leader and term stand, writes work
@@ -158,26 +146,64 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
             },
         );
     }
-    // Logged and counted on each follower.
-    for &f in &followers {
+    // Logged and counted: the edge key is turned away at the connection
+    // (on both followers), the follower's key when it speaks for the leader.
+    let count = |f: usize, reason: &str| -> u64 {
         let text = http_get(metrics[f], "/metrics");
-        let count = |reason: &str| -> u64 {
-            let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&line))
-                .map_or(0, |n| n.trim().parse().unwrap())
-        };
-        assert!(count("impersonation") >= 20, "{text}");
-        assert!(count("not_a_member") >= 10, "{text}");
+        let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert!(
+        count(f1, "impersonation") >= 20,
+        "{}",
+        http_get(metrics[f1], "/metrics")
+    );
+    for &f in &followers {
+        assert!(
+            count(f, "not_a_member") >= 1,
+            "{}",
+            http_get(metrics[f], "/metrics")
+        );
         let log = cluster.agents[f].as_ref().unwrap().log();
         assert!(
-            log.contains("refused raft messages claiming to be a member"),
-            "{log}"
-        );
-        assert!(
-            log.contains("refused raft messages from a peer that is not a raft member"),
+            log.contains("refused a raft connection from a key that speaks for no member"),
             "{log}"
         );
         assert!(!log.contains("panicked"), "{log}");
     }
+    let log = cluster.agents[f1].as_ref().unwrap().log();
+    assert!(
+        log.contains("refused raft messages claiming to be a member"),
+        "{log}"
+    );
+}
+
+fn other(followers: &[usize], f: usize) -> usize {
+    followers.iter().copied().find(|&o| o != f).unwrap()
+}
+
+/// A heartbeat from `leader` with a commit far past the log (raft-rs would
+/// panic on it), an append from `leader` that rewrites the log, and a vote
+/// request from `voter` with a huge term (accepted, it would depose the
+/// leader), all to `to`.
+fn forgeries(leader: u64, to: u64, voter: u64, term: u64) -> Vec<Message> {
+    let mut heartbeat = message(MessageType::MsgHeartbeat, leader, to, term);
+    heartbeat.commit = u64::MAX / 2;
+    let mut append = message(MessageType::MsgAppend, leader, to, term);
+    append.index = 1;
+    append.log_term = 1;
+    append.commit = u64::MAX / 2;
+    append.entries = vec![Entry {
+        index: 2,
+        term,
+        data: b"forged".to_vec().into(),
+        ..Default::default()
+    }]
+    .into();
+    let mut vote = message(MessageType::MsgRequestVote, voter, to, u64::MAX / 2);
+    vote.index = u64::MAX / 2;
+    vote.log_term = u64::MAX / 2;
+    vec![heartbeat, append, vote]
 }

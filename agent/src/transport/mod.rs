@@ -33,6 +33,8 @@ const MAX_BATCH: usize = 256;
 /// Largest frame accepted (snapshots travel in one frame).
 const MAX_FRAME: usize = 1 << 30;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Raft frames one member may have in flight to us at once.
+const RAFT_STREAMS_PER_CONNECTION: u32 = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the transport tells the consensus layer.
@@ -354,6 +356,14 @@ async fn accept_peers(
             let Some(key) = tls::peer_key(&connection) else {
                 return;
             };
+            if !senders.admits(&key) {
+                tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), "refused a raft connection from a key that speaks for no member (an edge, or a stranger with a trusted key)");
+                connection.close(0u32.into(), b"not a raft member");
+                return;
+            }
+            // A member sends a handful of frames at a time; more in
+            // parallel only buffer (each frame may be a snapshot).
+            connection.set_max_concurrent_uni_streams(RAFT_STREAMS_PER_CONNECTION.into());
             let warned = Arc::new(Mutex::new(std::collections::HashSet::new()));
             while let Ok(mut stream) = connection.accept_uni().await {
                 let (sinks, isolated) = (sinks.clone(), isolated.clone());

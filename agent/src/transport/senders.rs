@@ -66,6 +66,29 @@ impl Senders {
         }
     }
 
+    /// May a connection with `key` send raft frames at all? Only if the key
+    /// is bound to a member, or some member's key is not known yet (a
+    /// member not dialed so far). Anyone else (an edge, a stranger with a
+    /// trusted key) is turned away before a byte of a frame is read; the
+    /// refusal is counted as `not_a_member`.
+    pub fn admits(&self, key: &[u8; 32]) -> bool {
+        let admitted = self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|bound| bound.is_none_or(|bound| &bound == key));
+        if !admitted {
+            *self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(Refusal::NotAMember.label())
+                .or_default() += 1;
+        }
+        admitted
+    }
+
     /// May a message claiming to be `from` arriving over `key` go to raft?
     /// A refusal is counted.
     pub fn check(&self, from: u64, key: &[u8; 32]) -> Result<(), Refusal> {
@@ -130,5 +153,18 @@ mod tests {
         assert_eq!(refused.get("impersonation"), Some(&2));
         assert_eq!(refused.get("not_a_member"), Some(&3));
         assert_eq!(refused.get("unverified"), Some(&1));
+    }
+
+    #[test]
+    fn connections_from_keys_that_speak_for_no_member_are_turned_away() {
+        let senders = Senders::default();
+        senders.set_members([10, 20]);
+        senders.bind(10, [1; 32]);
+        // Member 20 not dialed yet: any trusted key may be it, for now.
+        assert!(senders.admits(&[9; 32]));
+        senders.bind(20, [2; 32]);
+        assert!(senders.admits(&[1; 32]) && senders.admits(&[2; 32]));
+        assert!(!senders.admits(&[9; 32]));
+        assert_eq!(senders.refused().get("not_a_member"), Some(&1));
     }
 }
