@@ -115,6 +115,15 @@ pub enum Update {
 }
 
 impl Update {
+    pub fn incarnation(&self) -> u64 {
+        match self {
+            Update::Alive { incarnation, .. }
+            | Update::Suspect { incarnation, .. }
+            | Update::Dead { incarnation, .. }
+            | Update::Left { incarnation, .. } => *incarnation,
+        }
+    }
+
     pub fn subject(&self) -> &NodeId {
         match self {
             Update::Alive { id, .. }

@@ -42,7 +42,17 @@ pub struct Config {
     pub max_piggyback: usize,
     pub push_pull_interval_ms: u64,
     pub max_awareness: u32,
+    /// Dead and left members are forgotten this long after they went.
+    pub prune_after_ms: u64,
 }
+
+/// Incarnations above this are refused as forged: a member adds one per
+/// refutation, so no honest one gets near it, and no arithmetic on an
+/// accepted one can overflow.
+pub const MAX_INCARNATION: u64 = 1 << 40;
+/// Members one agent tracks at most: past it, new names are refused, so no
+/// peer can grow the table without bound.
+pub const MAX_MEMBERS: usize = 65_536;
 
 impl Default for Config {
     /// memberlist's LAN profile, which Consul uses.
@@ -60,6 +70,9 @@ impl Default for Config {
             max_piggyback: 8,
             push_pull_interval_ms: 30_000,
             max_awareness: 8,
+            // Consul reaps members after 72 h; a day is plenty for an
+            // edge fleet's `member list` to show who went, and when.
+            prune_after_ms: 24 * 3_600_000,
         }
     }
 }
@@ -364,6 +377,7 @@ impl Swim {
             return out;
         }
         self.expire_suspicions(now_ms, &mut out);
+        self.prune(now_ms);
         self.relays.retain(|_, relay| relay.expires_ms > now_ms);
         if let Some(probe) = &self.probe {
             if !probe.acked && !probe.indirect_sent && now_ms >= probe.indirect_at_ms {
@@ -757,7 +771,7 @@ impl Swim {
             self.broadcasts.push(self.alive_update());
             return;
         }
-        self.incarnation = incarnation + 1;
+        self.incarnation = incarnation.saturating_add(1);
         self.awareness = (self.awareness + 1).min(self.config.max_awareness);
         self.broadcasts.push(self.alive_update());
     }
@@ -781,8 +795,39 @@ impl Swim {
         }
     }
 
+    /// Forgets dead and left members once `prune_after_ms` has passed.
+    fn prune(&mut self, now_ms: u64) {
+        let grace = self.config.prune_after_ms;
+        let gone: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.record.state, State::Dead | State::Left))
+            .filter(|(_, m)| now_ms.saturating_sub(m.changed_ms) >= grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            self.members.remove(id);
+            self.suspicions.remove(id);
+            tracing::info!(member = %id, "forgot a member that has been dead or gone for a day");
+        }
+        self.known.retain(|id| self.members.contains_key(id));
+        self.revision += 1;
+    }
+
     /// Applies an update if it is news; news is gossiped on.
+    ///
+    /// Sent by: any member, about any member (SWIM's gossip is hearsay;
+    /// records are not yet signed per member). Checked here: incarnations
+    /// are within [`MAX_INCARNATION`] and the table within [`MAX_MEMBERS`];
+    /// a member's own state is only ever refuted, never taken.
     pub fn apply(&mut self, update: Update, now_ms: u64) {
+        if update.incarnation() > MAX_INCARNATION {
+            tracing::warn!(member = %update.subject(), incarnation = update.incarnation(), "refused a gossip update with an impossible incarnation (forged)");
+            return;
+        }
         match &update {
             Update::Alive {
                 id,
@@ -796,7 +841,12 @@ impl Swim {
                     }
                     return;
                 }
+                let full = self.members.len() >= MAX_MEMBERS;
                 match self.members.get_mut(id) {
+                    None if full => {
+                        tracing::warn!(member = %id, "refused a new gossip member: {MAX_MEMBERS} are known already");
+                        return;
+                    }
                     None => {
                         self.revision += 1;
                         self.known.push(id.clone());

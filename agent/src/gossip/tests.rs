@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::sim::{Network, Sim};
+use super::swim::{MAX_INCARNATION, MAX_MEMBERS};
 use super::*;
 
 const SECOND: u64 = 1000;
@@ -228,4 +229,108 @@ fn a_member_that_left_and_restarts_is_alive_again() {
         out = b.tick(now);
     }
     assert_eq!(a.state_of("b"), Some(State::Alive));
+}
+
+fn member(name: &str) -> Swim {
+    Swim::new(
+        Config::default(),
+        Arc::from(name),
+        Arc::from(format!("{name}:1").as_str()),
+        Meta::default(),
+        0,
+        1,
+    )
+}
+
+fn alive(name: &str, incarnation: u64) -> Update {
+    Update::Alive {
+        id: Arc::from(name),
+        incarnation,
+        addr: Arc::from(format!("{name}:1").as_str()),
+        meta: Arc::new(Meta::default()),
+    }
+}
+
+#[test]
+fn forged_updates_with_impossible_incarnations_are_refused() {
+    let mut a = member("a");
+    a.apply(alive("b", 3), 0);
+    // A forged "b left" and "a left" at u64::MAX: refused, nothing moves,
+    // and a's own incarnation cannot be pushed to overflow.
+    a.apply(
+        Update::Left {
+            id: Arc::from("b"),
+            incarnation: u64::MAX,
+        },
+        0,
+    );
+    a.apply(
+        Update::Left {
+            id: Arc::from("a"),
+            incarnation: u64::MAX,
+        },
+        0,
+    );
+    a.apply(
+        Update::Dead {
+            id: Arc::from("a"),
+            incarnation: MAX_INCARNATION + 1,
+            from: Arc::from("b"),
+        },
+        0,
+    );
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    assert_eq!(a.records()[0].incarnation, 1);
+    // The highest acceptable one is refuted without overflow.
+    a.apply(
+        Update::Suspect {
+            id: Arc::from("a"),
+            incarnation: MAX_INCARNATION,
+            from: Arc::from("b"),
+        },
+        0,
+    );
+    assert_eq!(a.records()[0].incarnation, MAX_INCARNATION + 1);
+}
+
+#[test]
+fn dead_and_left_members_are_forgotten_after_the_grace_period() {
+    let mut a = member("a");
+    a.apply(alive("b", 1), 0);
+    a.apply(alive("c", 1), 0);
+    a.apply(
+        Update::Dead {
+            id: Arc::from("b"),
+            incarnation: 1,
+            from: Arc::from("c"),
+        },
+        1_000,
+    );
+    a.apply(
+        Update::Left {
+            id: Arc::from("c"),
+            incarnation: 1,
+        },
+        2_000,
+    );
+    let grace = Config::default().prune_after_ms;
+    a.tick(1_000 + grace - 1);
+    assert_eq!(a.state_of("b"), Some(State::Dead), "kept within the grace");
+    a.tick(2_000 + grace);
+    assert_eq!(a.state_of("b"), None);
+    assert_eq!(a.state_of("c"), None);
+    assert_eq!(a.records().len(), 1, "only itself");
+}
+
+#[test]
+fn no_peer_can_grow_the_member_table_without_bound() {
+    let mut a = member("a");
+    for n in 0..MAX_MEMBERS + 100 {
+        a.apply(alive(&format!("fake-{n}"), 1), 0);
+    }
+    assert_eq!(
+        a.records().len(),
+        MAX_MEMBERS + 1,
+        "the table stops at its bound (plus itself)"
+    );
 }
