@@ -94,7 +94,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         // An edge's stolen key: trusted for gossip and the feed, a member
         // of nothing. A follower's stolen key: a member, but only itself.
         let edge = attacker(VOTERS, &followers);
-        let follower = attacker(f2, &[f1]);
+        let follower = attacker(f2, &[f1, leader]);
         for _ in 0..20 {
             let mut forged = Vec::new();
             for &f in &followers {
@@ -106,6 +106,9 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
             // As the leader, to the other follower: the key is f2's.
             let as_leader = forgeries(id(leader), id(f1), id(leader), term);
             follower.send(as_leader[..2].to_vec());
+            // As itself, to the leader: a membership change proposed
+            // through raft (the leader takes them only from its API).
+            follower.send(vec![add_member_proposal(id(f2), id(leader), term)]);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         edge.close();
@@ -178,6 +181,38 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         log.contains("refused raft messages claiming to be a member"),
         "{log}"
     );
+    // No membership change got in.
+    let members = json(ok(edgeconf(
+        cluster.agents[leader].as_ref().unwrap(),
+        &["-w", "json", "member", "list"],
+    )));
+    assert_eq!(
+        members["members"].as_array().unwrap().len(),
+        VOTERS,
+        "{members}"
+    );
+    let log = cluster.agents[leader].as_ref().unwrap().log();
+    assert!(
+        log.contains("refused a membership change forwarded by a follower"),
+        "{log}"
+    );
+}
+
+/// A follower's proposal, as raft forwards one, of a conf change adding a
+/// learner the attacker controls.
+fn add_member_proposal(from: u64, leader: u64, term: u64) -> Message {
+    use protobuf::Message as _;
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+    single.node_id = 0xbad;
+    let mut change = raft::eraftpb::ConfChangeV2::default();
+    change.changes = vec![single].into();
+    let mut entry = Entry::default();
+    entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+    entry.data = change.write_to_bytes().unwrap().into();
+    let mut proposal = message(MessageType::MsgPropose, from, leader, term);
+    proposal.entries = vec![entry].into();
+    proposal
 }
 
 fn other(followers: &[usize], f: usize) -> usize {

@@ -119,12 +119,56 @@ impl Forwarder {
         *self.lock() = None;
     }
 
+    /// Sends `request` to `path` at the client URL `url` (a follower's
+    /// membership change, to the leader: the leader takes none through
+    /// raft). `request` carries the caller's credentials already.
+    pub async fn unary_at<Req, Resp>(
+        &self,
+        url: &str,
+        path: &'static str,
+        request: Request<Req>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let unreachable = |why: String| {
+            Status::unavailable(format!(
+                "etcdserver: cannot reach the leader at {url}: {why}"
+            ))
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|err| Status::internal(format!("leader client URL {url}: {err}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10));
+        if url.starts_with("https://") {
+            let tls = self
+                .tls
+                .clone()
+                .map_err(|why| unreachable(format!("it serves TLS, but {why}")))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|err| Status::internal(format!("TLS to the leader at {url}: {err}")))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.unary(request, path, tonic_prost::ProstCodec::default())
+            .await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Channel)>> {
         self.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The TLS this edge speaks to https:// voters, from its client API files.
+/// The TLS this agent speaks to https:// voters, from its client API files.
 fn voter_tls(files: Option<&ClientTls>) -> Result<ClientTlsConfig, String> {
     let Some(files) = files else {
         return Err(

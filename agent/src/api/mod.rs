@@ -60,6 +60,8 @@ pub(crate) struct Context {
     fleet: Fleet,
     /// On an edge agent: where client writes go.
     forward: Option<Arc<forward::Forwarder>>,
+    /// On a follower: how membership changes reach the leader.
+    to_leader: Arc<forward::Forwarder>,
     /// On an edge agent: how fresh its feed is.
     feed: Option<Arc<crate::edge::follow::FollowStatus>>,
 }
@@ -171,6 +173,7 @@ pub async fn serve(
             .feed
             .is_some()
             .then(|| Arc::new(forward::Forwarder::new(tls.as_ref().map(|t| t.files())))),
+        to_leader: Arc::new(forward::Forwarder::new(tls.as_ref().map(|t| t.files()))),
         feed: shared.feed,
         fleet: Fleet {
             membership: shared.membership,

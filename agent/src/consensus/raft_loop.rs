@@ -145,21 +145,36 @@ pub(crate) struct RaftLoop {
 /// clients send.
 pub type Admission = Arc<dyn Fn(&crate::store::Command) -> Result<(), String> + Send + Sync>;
 
-/// Keeps the entries of a forwarded proposal that `check` admits (entries
-/// that are not commands, such as conf changes, always stay); logs the
+/// Keeps the entries of a forwarded proposal that `check` admits; logs the
 /// others.
+///
+/// Sent by: a follower (its `from` is bound to its node key by the
+/// transport), for its clients' writes. Checked here, on the leader: a
+/// membership change (conf change) never comes this way (a follower's
+/// Cluster API forwards the request to the leader's), a member record
+/// change only as the sender's own `Publish`, and every command passes
+/// `check` as at the API.
 pub(crate) fn retain_admitted(message: &mut Message, check: &Admission) {
     let from = message.from;
     message.entries.retain(|entry| {
         if entry.get_entry_type() != EntryType::EntryNormal {
+            tracing::warn!(from = format_args!("{from:x}"), "refused a membership change forwarded by a follower (they go through the leader's Cluster API)");
+            return false;
+        }
+        if entry.data.is_empty() {
             return true;
         }
         let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
             tracing::warn!(from = format_args!("{from:x}"), "refused an undecodable entry forwarded by a follower");
             return false;
         };
-        let Body::Command(proposal) = &data.body else {
-            return true;
+        let proposal = match &data.body {
+            Body::Command(proposal) => proposal,
+            Body::Member(MemberChange::Publish { id, .. }) if *id == from => return true,
+            Body::Member(change) => {
+                tracing::warn!(from = format_args!("{from:x}"), ?change, "refused a member record change forwarded by a follower (a member may only publish its own name and URLs)");
+                return false;
+            }
         };
         match check(&proposal.command) {
             Ok(()) => true,
