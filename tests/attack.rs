@@ -205,8 +205,10 @@ fn add_member_proposal(from: u64, leader: u64, term: u64) -> Message {
     let mut single = raft::eraftpb::ConfChangeSingle::default();
     single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
     single.node_id = 0xbad;
-    let mut change = raft::eraftpb::ConfChangeV2::default();
-    change.changes = vec![single].into();
+    let change = raft::eraftpb::ConfChangeV2 {
+        changes: vec![single].into(),
+        ..Default::default()
+    };
     let mut entry = Entry::default();
     entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
     entry.data = change.write_to_bytes().unwrap().into();
