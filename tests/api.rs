@@ -331,3 +331,39 @@ async fn status_reports_the_member_as_leader_with_revision_and_size() {
     assert_eq!(members.members().len(), 1);
     assert_eq!(members.members()[0].id(), header.member_id());
 }
+
+#[tokio::test]
+async fn one_stream_holds_at_most_1024_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    let mut stream = client.watch("w0", None).await.unwrap();
+    for n in 1..1025 {
+        stream.watch(format!("w{n}"), None).await.unwrap();
+    }
+    // Every one of the first 1,024 is created; the next is canceled.
+    let (mut created, mut refused) = (0, None);
+    while refused.is_none() {
+        let response = tokio::time::timeout(TIMEOUT, stream.message())
+            .await
+            .expect("a response within the timeout")
+            .unwrap()
+            .expect("stream open");
+        if response.canceled() {
+            refused = Some(response.cancel_reason().to_string());
+        } else if response.created() {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1024);
+    let reason = refused.unwrap();
+    assert!(reason.contains("the most one stream may hold"), "{reason}");
+    // The stream still works for the watchers it holds.
+    client.put("w7", "x", None).await.unwrap();
+    let event = tokio::time::timeout(TIMEOUT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.events()[0].kv().unwrap().key(), b"w7");
+}

@@ -23,6 +23,8 @@ use crate::store::{EventKind, KeyRange, StoreError, Watcher};
 
 /// Responses queued per stream before watchers wait for the client.
 const OUTBOX_DEPTH: usize = 256;
+/// Watchers one stream may hold (each is a task and a store subscription).
+pub(crate) const MAX_WATCHERS_PER_STREAM: usize = 1024;
 /// etcd's watch id for responses that belong to no single watcher.
 const NO_WATCH_ID: i64 = -1;
 
@@ -119,14 +121,23 @@ impl WatchStream {
         } else {
             self.unused_id()
         };
-        if self.watchers.contains_key(&id) {
+        let refusal = if self.watchers.contains_key(&id) {
+            Some("etcdserver: duplicate watch ID provided".to_string())
+        } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            Some(format!(
+                "edgeconf: this stream has {MAX_WATCHERS_PER_STREAM} watchers, the most one stream may hold: cancel some or open another stream"
+            ))
+        } else {
+            None
+        };
+        if let Some(cancel_reason) = refusal {
             return self
                 .send(PbWatchResponse {
                     header: Some(self.context.current_header()),
                     watch_id: id,
                     created: true,
                     canceled: true,
-                    cancel_reason: "etcdserver: duplicate watch ID provided".into(),
+                    cancel_reason,
                     ..Default::default()
                 })
                 .await;
