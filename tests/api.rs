@@ -204,11 +204,7 @@ async fn watching_a_compacted_revision_is_canceled_with_the_compact_revision() {
         .unwrap();
     let mut canceled = None;
     while canceled.is_none() {
-        let response = tokio::time::timeout(TIMEOUT, stream.message())
-            .await
-            .expect("a response within the timeout")
-            .unwrap()
-            .expect("stream open");
+        let response = next(&mut stream).await;
         if response.canceled() {
             canceled = Some(response.compact_revision());
         }
@@ -344,11 +340,7 @@ async fn one_stream_holds_at_most_1024_watchers() {
     // Every one of the first 1,024 is created; the next is canceled.
     let (mut created, mut refused) = (0, None);
     while refused.is_none() {
-        let response = tokio::time::timeout(TIMEOUT, stream.message())
-            .await
-            .expect("a response within the timeout")
-            .unwrap()
-            .expect("stream open");
+        let response = next(&mut stream).await;
         if response.canceled() {
             refused = Some(response.cancel_reason().to_string());
         } else if response.created() {
@@ -366,4 +358,13 @@ async fn one_stream_holds_at_most_1024_watchers() {
         .unwrap()
         .unwrap();
     assert_eq!(event.events()[0].kv().unwrap().key(), b"w7");
+}
+
+/// The next watch response, within the timeout.
+async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(TIMEOUT, stream.message())
+        .await
+        .expect("a response within the timeout")
+        .unwrap()
+        .expect("stream open")
 }

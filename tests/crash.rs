@@ -106,6 +106,18 @@ fn http(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// A config serving metrics on a free port: its path and the port.
+fn metrics_config(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let metrics = common::free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"\n"),
+    )
+    .unwrap();
+    (config, metrics)
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !done() {
@@ -117,13 +129,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn an_agent_whose_raft_thread_dies_exits_non_zero_and_restarts_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = common::free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"\n"),
-    )
-    .unwrap();
+    let (config, metrics) = metrics_config(dir.path());
     let args = ["--config", config.to_str().unwrap()];
     let port = common::free_port();
     let mut agent = Agent::start_with(dir.path(), port, &args);
@@ -194,13 +200,7 @@ fn health_turns_red_when_a_voter_knows_no_leader() {
 fn the_metrics_server_cuts_off_connections_that_send_nothing() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let metrics = common::free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("listen_metrics_url = \"http://127.0.0.1:{metrics}\"\n"),
-    )
-    .unwrap();
+    let (config, metrics) = metrics_config(dir.path());
     let _agent = Agent::start_with(
         dir.path(),
         common::free_port(),

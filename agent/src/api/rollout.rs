@@ -302,31 +302,11 @@ fn controlled(rollout: &Rollout, action: &str, reason: &str) -> Result<Progress,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::PlanBody;
-    use crate::signing::{Op, SignedChange};
     use ed25519_dalek::SigningKey;
 
     fn rollout(progress: Progress) -> Rollout {
         let operator = SigningKey::from_bytes(&[5; 32]);
-        let change = SignedChange::sign(
-            &operator,
-            b"/app/a".to_vec(),
-            Op::Put,
-            1,
-            false,
-            b"v".to_vec(),
-        )
-        .unwrap();
-        let body = PlanBody {
-            key: "/app/a".into(),
-            change: change.to_json(),
-            selector: String::new(),
-            stages: "50,100".into(),
-            gate: "1s".into(),
-            max_unhealthy: "0%".into(),
-            created_unix_ms: 1,
-        };
-        let signed = SignedPlan::sign(&operator, &body);
+        let (_, signed) = crate::rollout::signed::sample_plan(&operator, "50,100");
         Rollout {
             id: "r1".into(),
             plan: Err("not checked here".into()),

@@ -152,6 +152,32 @@ fn message(body: &str) -> Vec<u8> {
     message
 }
 
+/// A plan for tests: `operator` signs sequence 1 of `/app/a` = "v" and a
+/// plan of `stages` (no selector, 1 s gates), which it signs too.
+#[cfg(test)]
+pub(crate) fn sample_plan(operator: &SigningKey, stages: &str) -> (SignedChange, SignedPlan) {
+    let change = SignedChange::sign(
+        operator,
+        b"/app/a".to_vec(),
+        Op::Put,
+        1,
+        false,
+        b"v".to_vec(),
+    )
+    .expect("a small change signs");
+    let body = PlanBody {
+        key: "/app/a".into(),
+        change: change.to_json(),
+        selector: String::new(),
+        stages: stages.into(),
+        gate: "1s".into(),
+        max_unhealthy: "0%".into(),
+        created_unix_ms: 1,
+    };
+    let signed = SignedPlan::sign(operator, &body);
+    (change, signed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -304,8 +304,6 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
-    use crate::rollout::PlanBody;
-    use crate::signing::{Op, SignedChange};
     use crate::store::{Proposal, PutRequest};
 
     fn apply(store: &Store, command: Command) {
@@ -336,25 +334,7 @@ mod tests {
             .contains("edgeconf's own"));
 
         let operator = SigningKey::from_bytes(&[3; 32]);
-        let change = SignedChange::sign(
-            &operator,
-            b"/app/a".to_vec(),
-            Op::Put,
-            1,
-            false,
-            b"v".to_vec(),
-        )
-        .unwrap();
-        let body = PlanBody {
-            key: "/app/a".into(),
-            change: change.to_json(),
-            selector: String::new(),
-            stages: "100".into(),
-            gate: "1s".into(),
-            max_unhealthy: "0%".into(),
-            created_unix_ms: 1,
-        };
-        let signed = SignedPlan::sign(&operator, &body);
+        let (change, signed) = crate::rollout::signed::sample_plan(&operator, "100");
         let trust = TrustPolicy {
             keys: vec![operator.verifying_key().to_bytes()],
             ..TrustPolicy::default()
