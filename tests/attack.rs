@@ -113,6 +113,32 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         }
         edge.close();
         follower.close();
+
+        // A flood of connections with the edge's key: past its share, each
+        // is closed at the handshake.
+        let configs = edgeconf::transport::tls::quic_configs(
+            &NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap(),
+            &voters,
+        )
+        .unwrap();
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut flood = Vec::new();
+        for _ in 0..edgeconf::transport::limits::CONNECTIONS_PER_KEY + 8 {
+            let connecting = client
+                .connect_with(configs.feed_client.clone(), addr(f1), edgeconf::transport::tls::SERVER_NAME)
+                .unwrap();
+            flood.push(connecting.await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = flood
+            .iter()
+            .filter(|c| {
+                matches!(c.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(close)) if &close.reason[..] == b"too many connections")
+            })
+            .count();
+        assert_eq!(refused, 8, "connections past the share are closed");
+        drop(flood);
+        client.close(0u32.into(), b"done");
     });
 
     // Unharmed: every voter runs, the leader and term stand, writes work

@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod gossip;
+pub mod limits;
 pub mod senders;
 pub mod tls;
 
@@ -321,6 +322,7 @@ async fn accept_peers(
     (isolated, contact, senders): (Arc<AtomicBool>, Arc<Contact>, Arc<Senders>),
     dial_out_only: bool,
 ) {
+    let limits = Arc::new(limits::PerKey::default());
     while let Some(incoming) = endpoint.accept().await {
         if dial_out_only {
             incoming.ignore();
@@ -331,6 +333,7 @@ async fn accept_peers(
         let isolated = isolated.clone();
         let contact = contact.clone();
         let senders = senders.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -339,6 +342,13 @@ async fn accept_peers(
                     tracing::warn!(%remote, error = %err, "refused a peer connection");
                     return;
                 }
+            };
+            // Held while the connection is served (every branch below
+            // returns only once it has closed).
+            let Some(_place) = tls::peer_key(&connection).and_then(|key| limits.take(key)) else {
+                tracing::warn!(%remote, limit = limits::CONNECTIONS_PER_KEY, "refused a peer connection: its key has the most connections open a peer may have");
+                connection.close(0u32.into(), b"too many connections");
+                return;
             };
             contact.touch();
             if tls::protocol(&connection).is_some_and(|p| p == tls::ALPN_FEED) {
