@@ -6,7 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+
+/// Leases one cluster holds at most (each is a row and an expiry timer on
+/// the leader). Unit tests use a small bound to reach it.
+const MAX_LEASES: u64 = if cfg!(test) { 16 } else { 100_000 };
 
 use super::read::{event_from_record, for_each_live, get_at, range, resolve_revision};
 use super::tables::{
@@ -466,6 +470,12 @@ impl<'txn> Writer<'txn> {
         }
         if self.leases.get(id)?.is_some() {
             return Err(StoreError::LeaseExists(id));
+        }
+        // Applied on every member alike, so the bound is the same everywhere.
+        if self.leases.len()? >= MAX_LEASES {
+            return Err(StoreError::InvalidRequest(format!(
+                "too many leases: {MAX_LEASES} are granted, the most one cluster holds; revoke leases no longer used"
+            )));
         }
         self.leases.insert(id, ttl)?;
         Ok(())

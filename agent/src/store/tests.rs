@@ -787,3 +787,22 @@ fn a_write_checked_against_an_older_auth_state_is_refused() {
     run(&store, write(store.auth().revision)).unwrap();
     assert_eq!(store.revision(), 2);
 }
+
+#[test]
+fn a_cluster_holds_a_bounded_number_of_leases() {
+    let (_dir, store) = open();
+    for id in 1..=16 {
+        run(&store, Command::LeaseGrant { id, ttl: 10 }).unwrap();
+    }
+    let refused = run(&store, Command::LeaseGrant { id: 17, ttl: 10 })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("too many leases: 16 are granted"),
+        "{refused}"
+    );
+    // Revoking one makes room again.
+    run(&store, Command::LeaseRevoke { id: 3 }).unwrap();
+    run(&store, Command::LeaseGrant { id: 17, ttl: 10 }).unwrap();
+}
