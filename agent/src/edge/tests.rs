@@ -71,6 +71,9 @@ enum Lie {
     Reorder,
     Drop,
     Replay,
+    /// Claims the voter's head is where the batch ends (hiding how far
+    /// behind the follower is).
+    LowerHead,
 }
 
 /// Runs a follower with the liar first and the voter second; returns its
@@ -138,6 +141,7 @@ async fn follow_past(lie: Lie) -> std::collections::BTreeMap<&'static str, u64> 
                     batch.revisions.remove(last - 1);
                 }
                 Lie::Replay => batch = old,
+                Lie::LowerHead => batch.checkpoint.checkpoint.head -= 1,
             }
             Reply::Batch(batch).encode()
         })
@@ -207,6 +211,12 @@ async fn a_relay_that_drops_a_change_is_refused() {
 async fn a_relay_that_replays_an_old_batch_is_refused() {
     let refused = follow_past(Lie::Replay).await;
     assert_eq!(refused.get("not_next"), Some(&1), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_changes_the_voters_head_is_refused() {
+    let refused = follow_past(Lie::LowerHead).await;
+    assert_eq!(refused.get("bad_signature"), Some(&1), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
