@@ -194,12 +194,12 @@ impl Transport {
         &self.feed
     }
 
-    /// When a peer was last reached (see [`Contact`]).
-    /// Raft messages refused for their sender, by reason.
+    /// Which key speaks for which member, and what was refused.
     pub fn senders(&self) -> &Senders {
         &self.senders
     }
 
+    /// When a peer was last reached (see [`Contact`]).
     pub fn contact(&self) -> &Contact {
         &self.contact
     }
@@ -343,9 +343,13 @@ async fn accept_peers(
                     return;
                 }
             };
+            // The handshake checked the key is trusted.
+            let Some(key) = tls::peer_key(&connection) else {
+                return;
+            };
             // Held while the connection is served (every branch below
             // returns only once it has closed).
-            let Some(_place) = tls::peer_key(&connection).and_then(|key| limits.take(key)) else {
+            let Some(_place) = limits.take(key) else {
                 tracing::warn!(%remote, limit = limits::CONNECTIONS_PER_KEY, "refused a peer connection: its key has the most connections open a peer may have");
                 connection.close(0u32.into(), b"too many connections");
                 return;
@@ -361,11 +365,7 @@ async fn accept_peers(
                 gossip.accepted(connection).await;
                 return;
             }
-            // The handshake checked the key is trusted; which member it
-            // may speak for is `senders`' to say.
-            let Some(key) = tls::peer_key(&connection) else {
-                return;
-            };
+            // Which member the key may speak for is `senders`' to say.
             if !senders.admits(&key) {
                 tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), "refused a raft connection from a key that speaks for no member (an edge, or a stranger with a trusted key)");
                 connection.close(0u32.into(), b"not a raft member");
