@@ -26,8 +26,6 @@ use super::{connect, tls, Contact};
 const MAX_MESSAGE: usize = 32 << 20;
 /// Messages held for a peer while its connection is being made.
 const PENDING_PER_PEER: usize = 64;
-/// Gossip messages one peer may have in flight to us at once.
-const STREAMS_PER_CONNECTION: u32 = 16;
 
 /// Where received gossip messages go (still encoded), with the address
 /// the connection they came on leads to.
@@ -248,8 +246,6 @@ fn transmit(connection: quinn::Connection, message: Vec<u8>) {
 /// Reads gossip messages from a connection until it closes.
 async fn receive(connection: quinn::Connection, sink: GossipSink, isolated: Arc<AtomicBool>) {
     let remote = connection.remote_address();
-    // Gossip is a message or two at a time; more in parallel only buffer.
-    connection.set_max_concurrent_uni_streams(STREAMS_PER_CONNECTION.into());
     let streams = {
         let (connection, sink, isolated) = (connection.clone(), sink.clone(), isolated.clone());
         async move {

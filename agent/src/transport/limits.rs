@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Connections one key may have open to this agent at once.
-pub const CONNECTIONS_PER_KEY: usize = 32;
+pub const CONNECTIONS_PER_KEY: usize = 256;
 
 #[derive(Default)]
 pub struct PerKey {
