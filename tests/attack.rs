@@ -224,6 +224,161 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     );
 }
 
+#[test]
+fn a_follower_cannot_propose_what_its_clients_may_not() {
+    use edgeconf::auth::{AuthCommand, Credential};
+    use edgeconf::store::{Command, PutRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), VOTERS);
+    let initial = cluster.initial_cluster(0..VOTERS);
+    for i in 0..VOTERS {
+        cluster.write_config(i, &initial, "new");
+        cluster.run(i);
+    }
+    let leader = cluster.wait_for_leader();
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    // Set up through a follower: auth changes go to the leader's API.
+    for args in [
+        &["put", "/app/config", "before"][..],
+        &["user", "add", "root:rootpw"],
+        &["auth", "enable"],
+    ] {
+        ok(edgeconf(agent(f1), args));
+    }
+    let root = |i: usize, args: &[&str]| {
+        let mut all = vec!["--user", "root:rootpw"];
+        all.extend_from_slice(args);
+        edgeconf(agent(i), &all)
+    };
+    ok(root(f1, &["put", "/app/config", "real"]));
+
+    let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
+    let addr = |i: usize| -> std::net::SocketAddr {
+        cluster.slots[i]
+            .peer_url
+            .trim_start_matches("quic://")
+            .parse()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let voters: Vec<[u8; 32]> = (0..VOTERS)
+            .map(|i| {
+                NodeKey::load_or_create(&cluster.slots[i].data_dir)
+                    .unwrap()
+                    .public_key_raw()
+            })
+            .collect();
+        // f2's stolen key: a member, speaking as itself to the leader.
+        let stolen = NodeKey::load_or_create(&cluster.slots[f2].data_dir).unwrap();
+        let transport = Transport::start(
+            format!("127.0.0.1:{}", common::free_port())
+                .parse()
+                .unwrap(),
+            &stolen,
+            &voters,
+            false,
+        )
+        .unwrap();
+        transport.attach_raft(std::sync::Arc::new(|_| {}));
+        transport.set_peers(&[(id(leader), addr(leader))]);
+        let put =
+            |key: &str| Command::Put(PutRequest::new(key.as_bytes().to_vec(), b"owned".to_vec()));
+        // The auth revision is a small number: try each, so that one of
+        // them is the leader's current one.
+        let mut seq = 0;
+        for auth_revision in 0..16 {
+            let attempts = [
+                (Command::Auth(AuthCommand::Disable), Credential::None),
+                (put("/app/config"), Credential::None),
+                (
+                    put("/app/config"),
+                    Credential::Token("edgeconf1.Zm9yZ2Vk.dGFn".into()),
+                ),
+                (put("_edgeconf/rollout/progress/r1"), Credential::None),
+                (Command::Compact { revision: 2 }, Credential::None),
+            ];
+            let mut proposal = message(MessageType::MsgPropose, id(f2), id(leader), 0);
+            for (command, credential) in attempts {
+                seq += 1;
+                let command = Command::Authorized {
+                    auth_revision,
+                    command: Box::new(command),
+                };
+                proposal.entries.push(Entry {
+                    data: edgeconf::consensus::forwarded_entry(id(f2), seq, command, credential)
+                        .into(),
+                    ..Default::default()
+                });
+            }
+            transport.send(vec![proposal]);
+        }
+        // And a write with no auth revision at all.
+        let mut bare = message(MessageType::MsgPropose, id(f2), id(leader), 0);
+        bare.entries.push(Entry {
+            data: edgeconf::consensus::forwarded_entry(
+                id(f2),
+                seq + 1,
+                put("/app/config"),
+                Credential::None,
+            )
+            .into(),
+            ..Default::default()
+        });
+        transport.send(vec![bare]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        transport.close();
+    });
+
+    // Auth is still on (an anonymous read is refused), the value is the
+    // real one on every member, nothing was compacted, and the leader
+    // says why it refused.
+    let anonymous = edgeconf(agent(leader), &["get", "/app/config"]);
+    assert!(!anonymous.status.success(), "auth was disabled");
+    for i in 0..VOTERS {
+        wait_until(
+            "every voter has the real value",
+            Duration::from_secs(10),
+            || {
+                ok(root(
+                    i,
+                    &[
+                        "get",
+                        "/app/config",
+                        "--print-value-only",
+                        "--consistency",
+                        "s",
+                    ],
+                )) == "real\n"
+            },
+        );
+    }
+    // Compacted at 2, revision 1 would be gone.
+    ok(root(leader, &["get", "/app/config", "--rev", "1"]));
+    let log = agent(leader).log();
+    for reason in [
+        "an auth change (followers send these",
+        "a compaction (followers send these",
+        "the client may not",
+        "does not check out on the leader",
+        "_edgeconf/",
+        "without the auth revision",
+    ] {
+        assert!(
+            log.contains("refused a command forwarded by a follower") && log.contains(reason),
+            "{reason}: {log}"
+        );
+    }
+    // Followers' own clients are unharmed: writes through a follower still
+    // reach the log, checked again by the leader.
+    ok(root(f2, &["put", "/app/config", "after"]));
+    let value = ok(root(leader, &["get", "/app/config", "--print-value-only"]));
+    assert_eq!(value, "after\n");
+}
+
 /// A follower's proposal, as raft forwards one, of a conf change adding a
 /// learner the attacker controls.
 fn add_member_proposal(from: u64, leader: u64, term: u64) -> Message {

@@ -103,7 +103,12 @@ pub async fn run(
     };
     let (node, raft_thread) = match config.role {
         Role::Voter => start_voter(
-            &config, &store, &transport, &keyring, &plugins, identity, member,
+            &config,
+            &store,
+            &transport,
+            api::admission::LeaderChecks::new(&store, &keyring, &plugins, client_tls.clone()),
+            identity,
+            member,
         )?,
         Role::Edge => Node::start_follower(
             store.clone(),
@@ -404,8 +409,7 @@ fn start_voter(
     config: &Config,
     store: &Arc<Store>,
     transport: &Arc<Transport>,
-    keyring: &Arc<KeyringCell>,
-    plugins: &crate::plugins::AgentPlugins,
+    checks: api::admission::LeaderChecks,
     identity: Identity,
     member: Member,
 ) -> anyhow::Result<(Arc<Node>, JoinHandle<()>)> {
@@ -426,24 +430,8 @@ fn start_voter(
                 every_entries: config.snapshot_count,
                 retain: config.snapshot_catchup_entries,
             },
-            admission: {
-                let keyring = keyring.clone();
-                Arc::new(move |command| {
-                    keyring
-                        .get()
-                        .trust
-                        .admit(command)
-                        .map_err(|err| err.to_string())
-                })
-            },
-            screening: plugins.validators.clone().map(|validators| {
-                let keyring = keyring.clone();
-                Arc::new(move |command: &crate::store::Command| {
-                    validators
-                        .check_command(command, &keyring.get())
-                        .map_err(|err| err.to_string())
-                }) as crate::consensus::Admission
-            }),
+            admission: checks.admission,
+            screening: checks.screening,
         },
     )?)
 }

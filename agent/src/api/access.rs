@@ -11,9 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Status};
 
 use super::Context;
-use crate::auth::{token, Access, AuthState};
+use crate::auth::{token, Access, AuthState, Credential};
 use crate::consensus::ProposeError;
-use crate::store::{Applied, Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, TxnOp};
+use crate::store::{
+    Applied, Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, Store, TxnOp,
+};
 
 /// The caller of one request, with the auth state it was resolved against.
 pub(crate) struct Caller {
@@ -21,6 +23,8 @@ pub(crate) struct Caller {
     /// `None` when auth is disabled, or for a caller that gave no
     /// credentials (who may then only use the RPCs open to everyone).
     user: Option<String>,
+    /// What proved `user`, for the leader to check again.
+    credential: Credential,
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -48,31 +52,22 @@ impl Context {
     pub(crate) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let auth = self.node.store().auth();
         if !auth.enabled {
-            return Ok(Caller { auth, user: None });
+            return Ok(Caller::anyone(auth));
         }
         if let Some(token) = request.metadata().get("token") {
-            let claims = token
-                .to_str()
-                .ok()
-                .and_then(|token| token::check(&auth.token_key, token, now_unix()))
-                .filter(|claims| {
-                    auth.users
-                        .get(&claims.user)
-                        .is_some_and(|user| user.password_revision == claims.password_revision)
-                })
-                .ok_or_else(invalid_token)?;
-            return Ok(Caller {
-                auth,
-                user: Some(claims.user),
-            });
+            let token = token.to_str().map_err(|_| invalid_token())?;
+            return Caller::with_token(auth, token).ok_or_else(invalid_token);
         }
         // As etcd: the certificate names the user only where the agent
         // demands certificates from its CA (client_cert_auth).
-        let user = request
+        let chain = request
             .peer_certs()
-            .filter(|_| self.cert_users)
-            .and_then(|certs| certs.first().and_then(|cert| common_name(cert)));
-        Ok(Caller { auth, user })
+            .filter(|certs| self.cert_users && !certs.is_empty())
+            .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect());
+        Ok(match chain {
+            Some(chain) => Caller::with_certificate(auth, chain),
+            None => Caller::anyone(auth),
+        })
     }
 
     /// As etcd's `checkLeasePuts`: a put that attaches a lease needs write
@@ -83,33 +78,7 @@ impl Context {
         caller: &Caller,
         command: &Command,
     ) -> Result<(), Status> {
-        if caller.unrestricted() {
-            return Ok(());
-        }
-        let puts: Vec<&PutRequest> = match command.unwrapped() {
-            Command::Put(put) => vec![put],
-            Command::Txn(txn) => txn
-                .success
-                .iter()
-                .chain(&txn.failure)
-                .filter_map(|op| match op {
-                    TxnOp::Put(put) => Some(put),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for put in puts.into_iter().filter(|put| put.lease != 0) {
-            let lease = self
-                .node
-                .store()
-                .lease(put.lease)
-                .map_err(super::store_status)?;
-            if let Some(lease) = lease {
-                caller.check_keys(Access::Write, &lease.keys)?;
-            }
-        }
-        Ok(())
+        caller.check_lease_puts(self.node.store(), command)
     }
 
     /// Proposes a client's `command`, stamped with the auth revision it was
@@ -125,7 +94,9 @@ impl Context {
             auth_revision: caller.auth.revision,
             command: Box::new(command),
         };
-        self.node.propose(command).await
+        self.node
+            .propose_as(command, caller.credential.clone())
+            .await
     }
 }
 
@@ -146,6 +117,68 @@ fn etcd_end(range: &KeyRange) -> &[u8] {
 }
 
 impl Caller {
+    /// A caller without credentials.
+    pub(crate) fn anyone(auth: Arc<AuthState>) -> Caller {
+        Caller {
+            auth,
+            user: None,
+            credential: Credential::None,
+        }
+    }
+
+    /// The user `token` names, if it checks out: signed with the cluster's
+    /// token key, not expired, and issued under the user's current password.
+    pub(crate) fn with_token(auth: Arc<AuthState>, token: &str) -> Option<Caller> {
+        let claims = token::check(&auth.token_key, token, now_unix()).filter(|claims| {
+            auth.users
+                .get(&claims.user)
+                .is_some_and(|user| user.password_revision == claims.password_revision)
+        })?;
+        Some(Caller {
+            auth,
+            user: Some(claims.user),
+            credential: Credential::Token(token.to_string()),
+        })
+    }
+
+    /// The user a client certificate chain (DER, leaf first) names by its
+    /// leaf's common name; the chain must have been verified already.
+    pub(crate) fn with_certificate(auth: Arc<AuthState>, chain: Vec<Vec<u8>>) -> Caller {
+        Caller {
+            auth,
+            user: chain.first().and_then(|leaf| common_name(leaf)),
+            credential: Credential::Certificate(chain),
+        }
+    }
+
+    /// As etcd's `checkLeasePuts`: a put that attaches a lease needs write
+    /// access to every key already on that lease.
+    pub(crate) fn check_lease_puts(&self, store: &Store, command: &Command) -> Result<(), Status> {
+        if self.unrestricted() {
+            return Ok(());
+        }
+        let puts: Vec<&PutRequest> = match command.unwrapped() {
+            Command::Put(put) => vec![put],
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .filter_map(|op| match op {
+                    TxnOp::Put(put) => Some(put),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for put in puts.into_iter().filter(|put| put.lease != 0) {
+            let lease = store.lease(put.lease).map_err(super::store_status)?;
+            if let Some(lease) = lease {
+                self.check_keys(Access::Write, &lease.keys)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether auth applies to this caller at all.
     fn unrestricted(&self) -> bool {
         !self.auth.enabled

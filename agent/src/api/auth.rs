@@ -179,6 +179,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/AuthEnable", &request)
+            .await
+        {
+            return answer;
+        }
         let token_key = rand::random::<[u8; 32]>().to_vec();
         self.change(&request, "auth enable", AuthCommand::Enable { token_key })
             .await?;
@@ -192,6 +199,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/AuthDisable", &request)
+            .await
+        {
+            return answer;
+        }
         self.change(&request, "auth disable", AuthCommand::Disable)
             .await?;
         tracing::warn!("authentication disabled: every client may now do everything");
@@ -258,6 +272,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/UserAdd", &request)
+            .await
+        {
+            return answer;
+        }
         self.context.caller(&request)?.check_admin("user add")?;
         let body = request.get_ref().clone();
         if body.name.is_empty() {
@@ -317,6 +338,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserDeleteRequest>,
     ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/UserDelete", &request)
+            .await
+        {
+            return answer;
+        }
         let name = request.get_ref().name.clone();
         self.change(&request, "user delete", AuthCommand::UserDelete { name })
             .await?;
@@ -329,6 +357,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/UserChangePassword", &request)
+            .await
+        {
+            return answer;
+        }
         self.context.caller(&request)?.check_admin("user passwd")?;
         let body = request.get_ref().clone();
         let password_hash = self
@@ -348,6 +383,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/UserGrantRole", &request)
+            .await
+        {
+            return answer;
+        }
         let pb::AuthUserGrantRoleRequest { user, role } = request.get_ref().clone();
         let command = AuthCommand::UserGrantRole { user, role };
         self.change(&request, "user grant-role", command).await?;
@@ -360,6 +402,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/UserRevokeRole", &request)
+            .await
+        {
+            return answer;
+        }
         let pb::AuthUserRevokeRoleRequest { name, role } = request.get_ref().clone();
         let command = AuthCommand::UserRevokeRole { user: name, role };
         self.change(&request, "user revoke-role", command).await?;
@@ -372,6 +421,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/RoleAdd", &request)
+            .await
+        {
+            return answer;
+        }
         let name = request.get_ref().name.clone();
         self.change(&request, "role add", AuthCommand::RoleAdd { name })
             .await?;
@@ -421,6 +477,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/RoleDelete", &request)
+            .await
+        {
+            return answer;
+        }
         let name = request.get_ref().role.clone();
         self.change(&request, "role delete", AuthCommand::RoleDelete { name })
             .await?;
@@ -433,6 +496,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/RoleGrantPermission", &request)
+            .await
+        {
+            return answer;
+        }
         let body = request.get_ref().clone();
         let permission = permission_from_pb(body.perm)?;
         let command = AuthCommand::RoleGrantPermission {
@@ -450,6 +520,13 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
+        if let Some(answer) = self
+            .context
+            .to_leader("/etcdserverpb.Auth/RoleRevokePermission", &request)
+            .await
+        {
+            return answer;
+        }
         let body = request.get_ref().clone();
         let command = AuthCommand::RoleRevokePermission {
             role: body.role,

@@ -30,65 +30,7 @@ fn normalize_peer_url(url: &str) -> Result<String, Status> {
     Ok(quic)
 }
 
-/// Marks a request a follower passed on to the leader, so that a leader
-/// that changed meanwhile answers rather than passing it on again.
-const FORWARDED: &str = "edgeconf-forwarded-to-leader";
-/// How long a follower waits to learn the leader's client URL.
-const LEADER_URL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
-
 impl ClusterService {
-    /// A membership change goes to the leader's client API, which takes it
-    /// as any client's (the leader refuses membership changes forwarded
-    /// through raft). `None` on the leader.
-    async fn to_leader<Req, Resp>(
-        &self,
-        path: &'static str,
-        request: &Request<Req>,
-    ) -> Option<Result<Response<Resp>, Status>>
-    where
-        Req: prost::Message + Clone + Send + Sync + 'static,
-        Resp: prost::Message + Default + Send + Sync + 'static,
-    {
-        // An edge passes it to a voter, which passes it on if need be.
-        if let Some(answer) = self.0.forwarded(path, request).await {
-            return Some(answer);
-        }
-        let node = &self.0.node;
-        if node.is_leader() {
-            return None;
-        }
-        if request.metadata().contains_key(FORWARDED) {
-            return Some(Err(Status::unavailable("etcdserver: leader changed")));
-        }
-        // A leader just elected may not have published its client URL yet
-        // (it does so right after it starts): give it a moment.
-        let deadline = tokio::time::Instant::now() + LEADER_URL_PATIENCE;
-        let (leader, url) = loop {
-            let leader = node.leader();
-            let url = node
-                .members()
-                .ok()
-                .and_then(|members| members.into_iter().find(|(id, _)| *id == leader))
-                .and_then(|(_, record)| record.client_urls.into_iter().next());
-            if url.is_some() || tokio::time::Instant::now() >= deadline {
-                break (leader, url);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
-        let Some(url) = url else {
-            return Some(Err(Status::unavailable(if leader == 0 {
-                "etcdserver: no leader".to_string()
-            } else {
-                format!("etcdserver: no leader (the leader, member {leader:x}, has published no client URL yet)")
-            })));
-        };
-        let mut copy = Request::new(request.get_ref().clone());
-        *copy.metadata_mut() = request.metadata().clone();
-        copy.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        Some(self.0.to_leader.unary_at(&url, path, copy).await)
-    }
-
     fn members(&self) -> Result<Vec<PbMember>, Status> {
         let members = self.0.node.members().map_err(store_status)?;
         Ok(members
@@ -124,6 +66,7 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<PbMemberAddResponse>, Status> {
         // The leader checks the caller, as for any client of its own.
         if let Some(answer) = self
+            .0
             .to_leader("/etcdserverpb.Cluster/MemberAdd", &request)
             .await
         {
@@ -166,6 +109,7 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
         // The leader checks the caller, as for any client of its own.
         if let Some(answer) = self
+            .0
             .to_leader("/etcdserverpb.Cluster/MemberRemove", &request)
             .await
         {
@@ -199,6 +143,7 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
         // The leader checks the caller, as for any client of its own.
         if let Some(answer) = self
+            .0
             .to_leader("/etcdserverpb.Cluster/MemberPromote", &request)
             .await
         {

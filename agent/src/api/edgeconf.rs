@@ -393,7 +393,7 @@ impl Edgeconf for EdgeconfService {
     ) -> Result<Response<pb::RolloutStartResponse>, Status> {
         if let Some(answer) = self
             .0
-            .forwarded("/edgeconf.v1.Edgeconf/RolloutStart", &request)
+            .to_leader("/edgeconf.v1.Edgeconf/RolloutStart", &request)
             .await
         {
             return answer;
@@ -414,7 +414,7 @@ impl Edgeconf for EdgeconfService {
     ) -> Result<Response<pb::RolloutControlResponse>, Status> {
         if let Some(answer) = self
             .0
-            .forwarded("/edgeconf.v1.Edgeconf/RolloutControl", &request)
+            .to_leader("/edgeconf.v1.Edgeconf/RolloutControl", &request)
             .await
         {
             return answer;

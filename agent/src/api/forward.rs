@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::Context;
 use crate::config::ClientTls;
 use tonic::{Request, Response, Status};
 
@@ -191,4 +192,71 @@ fn voter_tls(files: Option<&ClientTls>) -> Result<ClientTlsConfig, String> {
             read(&files.cert_file)?,
             read(&files.key_file)?,
         )))
+}
+
+/// Marks a request a follower passed on to the leader, so that a leader
+/// that changed meanwhile answers rather than passing it on again.
+const FORWARDED: &str = "edgeconf-forwarded-to-leader";
+/// How long a follower waits to learn the leader's client URL.
+const LEADER_URL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Context {
+    /// An admin request (a membership or auth change, a compaction, a
+    /// rollout) goes to the leader's client API, which takes it as any
+    /// client's: the leader refuses those forwarded through raft (see
+    /// `admission`). `None` on the leader.
+    pub(crate) async fn to_leader<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &Request<Req>,
+    ) -> Option<Result<Response<Resp>, Status>>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        // An edge passes it to a voter, which passes it on if need be.
+        if let Some(answer) = self.forwarded(path, request).await {
+            return Some(answer);
+        }
+        let node = &self.node;
+        if node.is_leader() {
+            return None;
+        }
+        if request.metadata().contains_key(FORWARDED) {
+            return Some(Err(Status::unavailable("etcdserver: leader changed")));
+        }
+        // A leader just elected may not have published its client URL yet
+        // (it does so right after it starts): give it a moment.
+        let deadline = tokio::time::Instant::now() + LEADER_URL_PATIENCE;
+        let (leader, url) = loop {
+            let leader = node.leader();
+            let url = node
+                .members()
+                .ok()
+                .and_then(|members| members.into_iter().find(|(id, _)| *id == leader))
+                .and_then(|(_, record)| record.client_urls.into_iter().next());
+            if url.is_some() || tokio::time::Instant::now() >= deadline {
+                break (leader, url);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let Some(url) = url else {
+            return Some(Err(Status::unavailable(if leader == 0 {
+                "etcdserver: no leader".to_string()
+            } else {
+                format!("etcdserver: no leader (the leader, member {leader:x}, has published no client URL yet)")
+            })));
+        };
+        let mut copy = Request::new(request.get_ref().clone());
+        *copy.metadata_mut() = request.metadata().clone();
+        copy.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let answer = self.to_leader.unary_at(&url, path, copy).await;
+        if answer.is_ok() {
+            // Read your writes through this member too: the client's next
+            // request here must see what the leader just did.
+            let _ = node.read_index().await;
+        }
+        Some(answer)
+    }
 }

@@ -180,7 +180,7 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
-        if let Some(answer) = self.0.forwarded("/etcdserverpb.KV/Compact", &request).await {
+        if let Some(answer) = self.0.to_leader("/etcdserverpb.KV/Compact", &request).await {
             return answer;
         }
         let caller = self.0.caller(&request)?;

@@ -6,6 +6,7 @@
 //! of their own beyond open streams.
 
 mod access;
+pub mod admission;
 pub mod auth;
 mod authority;
 mod cluster;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
@@ -24,7 +25,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client API's TLS settings, reloaded when the files change.
 pub struct ClientTlsFiles {
     files: ClientTls,
-    loaded: Mutex<(Vec<Option<SystemTime>>, Arc<ServerConfig>)>,
+    loaded: Mutex<Loaded>,
+}
+
+struct Loaded {
+    stamps: Vec<Option<SystemTime>>,
+    config: Arc<ServerConfig>,
+    /// Checks client certificates against the trusted CA, if there is one.
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl ClientTlsFiles {
@@ -42,33 +50,72 @@ impl ClientTlsFiles {
 impl ClientTlsFiles {
     /// Loads the files; an error names the file at fault.
     pub fn load(files: ClientTls) -> Result<Self, String> {
-        let config = build(&files)?;
+        let (config, clients) = build(&files)?;
         let stamps = stamps(&files);
         Ok(Self {
             files,
-            loaded: Mutex::new((stamps, config)),
+            loaded: Mutex::new(Loaded {
+                stamps,
+                config,
+                clients,
+            }),
         })
+    }
+
+    /// Whether `chain` (leaf first, DER) is a client certificate the
+    /// trusted CA issued and that is valid now: the leader's check of a
+    /// certificate a follower says its client presented.
+    pub fn verifies_client(&self, chain: &[Vec<u8>]) -> bool {
+        let Some(verifier) = self.reloaded().clients else {
+            return false;
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let intermediates: Vec<CertificateDer> = intermediates
+            .iter()
+            .map(|der| CertificateDer::from(der.as_slice()))
+            .collect();
+        verifier
+            .verify_client_cert(
+                &CertificateDer::from(leaf.as_slice()),
+                &intermediates,
+                UnixTime::now(),
+            )
+            .is_ok()
     }
 
     /// The configuration for a new connection: rebuilt first if a file
     /// changed. A change that does not load (a file half written, a key that
     /// does not match) is logged and the previous files stay in use.
     pub fn current(&self) -> Arc<ServerConfig> {
+        self.reloaded().config
+    }
+
+    fn reloaded(&self) -> Loaded {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let now = stamps(&self.files);
-        if now != loaded.0 {
+        if now != loaded.stamps {
             match build(&self.files) {
-                Ok(config) => {
+                Ok((config, clients)) => {
                     tracing::info!(cert = %self.files.cert_file.display(), "client TLS files changed: new connections use them");
-                    *loaded = (now, config);
+                    *loaded = Loaded {
+                        stamps: now,
+                        config,
+                        clients,
+                    };
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "client TLS files changed but do not load; keeping the previous ones");
-                    loaded.0 = now;
+                    loaded.stamps = now;
                 }
             }
         }
-        loaded.1.clone()
+        Loaded {
+            stamps: loaded.stamps.clone(),
+            config: loaded.config.clone(),
+            clients: loaded.clients.clone(),
+        }
     }
 }
 
@@ -89,7 +136,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn build(files: &ClientTls) -> Result<Arc<ServerConfig>, String> {
+/// The server configuration, and the client certificate verifier in it.
+type Built = (Arc<ServerConfig>, Option<Arc<dyn ClientCertVerifier>>);
+
+fn build(files: &ClientTls) -> Result<Built, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&files.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|err| {
@@ -101,6 +151,7 @@ fn build(files: &ClientTls) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| format!("TLS setup: {err}"))?;
+    let mut clients = None;
     let builder = match &files.trusted_ca_file {
         Some(ca_file) => {
             let mut roots = RootCertStore::empty();
@@ -115,11 +166,11 @@ fn build(files: &ClientTls) -> Result<Arc<ServerConfig>, String> {
             } else {
                 verifier.allow_unauthenticated()
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|err| format!("{}: {err}", ca_file.display()))?,
-            )
+            let verifier = verifier
+                .build()
+                .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+            clients = Some(verifier.clone());
+            builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
@@ -131,7 +182,7 @@ fn build(files: &ClientTls) -> Result<Arc<ServerConfig>, String> {
         )
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), clients))
 }
 
 /// Accepts TCP connections on `listener` and hands over those that finish a

@@ -22,6 +22,24 @@ pub const ROOT_USER: &str = "root";
 /// The role that grants everything: every key and every admin RPC.
 pub const ROOT_ROLE: &str = "root";
 
+/// How a client proved who it is. A member proposing a client's write
+/// carries it to the leader, which checks it again: a follower's word for
+/// who its client is counts for nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Credential {
+    /// No credentials (auth disabled, or an anonymous caller).
+    #[default]
+    None,
+    /// A token from `Authenticate` (HMAC-signed with the cluster's token
+    /// key, so the leader checks it as the member that issued it did).
+    Token(String),
+    /// The client certificate chain (DER, leaf first) whose common name
+    /// named the user. It proves less than a token: certificates are
+    /// public, so a compromised member can present one a client showed it,
+    /// but never make one up.
+    Certificate(Vec<Vec<u8>>),
+}
+
 /// The replicated auth state. Small (people and roles, not keys), so it is
 /// stored and cached whole.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,7 +39,11 @@ impl RaftLoop {
                         .map_err(|e| format!("entry {} is unreadable: {e}", entry.index))?;
                     let mine = (data.origin.node == self.id).then_some(data.origin.seq);
                     match data.body {
-                        Body::Command(proposal) => batch.push((mine, proposal)),
+                        // `CommandAs` never enters a log (the leader drops
+                        // the credential); were one there, it is a command.
+                        Body::Command(proposal) | Body::CommandAs(proposal, _) => {
+                            batch.push((mine, proposal))
+                        }
                         Body::Member(change) => {
                             self.flush(&mut batch, entry.index - 1)?;
                             self.apply_member(&change, entry.index, mine)?;

@@ -30,11 +30,12 @@ use raft::RawNode;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::auth::Credential;
 use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store, StoreError};
 use crate::transport::{Delivery, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
-pub use raft_loop::{Admission, Compaction, RaftStatus};
+pub use raft_loop::{forwarded_entry, Admission, Compaction, RaftStatus};
 use raft_loop::{Body, Input, LoopSettings, RaftLoop};
 
 /// How long a client waits for its write or read to be applied.
@@ -195,7 +196,7 @@ fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::
             };
             let screened = tokio::task::spawn_blocking(move || {
                 let mut message = message;
-                raft_loop::retain_admitted(&mut message, &screening);
+                raft_loop::retain_screened(&mut message, &screening);
                 message
             })
             .await;
@@ -491,12 +492,22 @@ impl Node {
 
     /// Proposes a command and waits until this member has applied it.
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        self.propose_as(command, Credential::None).await
+    }
+
+    /// Proposes a client's command with the credential the client gave,
+    /// which the leader checks again (see [`Admission`]).
+    pub async fn propose_as(
+        &self,
+        command: Command,
+        credential: Credential,
+    ) -> Result<Applied, ProposeError> {
         let proposal = Proposal {
             command,
             time_unix_ms: now_unix_ms(),
         };
         self.ask(|reply| Input::Propose {
-            body: Body::Command(proposal),
+            body: Body::CommandAs(proposal, credential),
             reply,
         })
         .await

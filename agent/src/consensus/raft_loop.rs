@@ -27,7 +27,8 @@ use tokio::sync::oneshot;
 
 use super::log::RaftLog;
 use super::{Lessor, ProposeError};
-use crate::store::{Applied, MemberChange, Proposal, Store};
+use crate::auth::Credential;
+use crate::store::{Applied, Command, MemberChange, Proposal, Store};
 use crate::transport::{Delivery, Transport};
 
 /// Sync the store at least this often when entries were applied.
@@ -70,6 +71,10 @@ pub(crate) enum Body {
     Command(Proposal),
     /// A member's own record (name, URLs) changed.
     Member(MemberChange),
+    /// A client's command as a follower proposes it: with the client's
+    /// credential, which the leader checks and drops before the entry
+    /// enters the log (so no log holds a token). Last, so older logs decode.
+    CommandAs(Proposal, Credential),
 }
 
 /// Who proposed an entry, so that member can answer its client.
@@ -140,50 +145,105 @@ pub(crate) struct RaftLoop {
     pub(super) admission: Admission,
 }
 
-/// Checks a command before the leader takes it into the log: the leader's
-/// own policy applies to what followers forward, not only to what its own
-/// clients send.
-pub type Admission = Arc<dyn Fn(&crate::store::Command) -> Result<(), String> + Send + Sync>;
+/// Checks a command a follower forwarded, with the credential of the
+/// client it came from, before the leader takes it into the log: the
+/// leader's own policy applies to what followers forward, not only to what
+/// its own clients send.
+pub type Admission = Arc<dyn Fn(&Command, &Credential) -> Result<(), String> + Send + Sync>;
 
-/// Keeps the entries of a forwarded proposal that `check` admits; logs the
-/// others.
+/// Keeps the entries of a forwarded proposal that `check` admits (with
+/// their credentials dropped); logs the others.
 ///
 /// Sent by: a follower (its `from` is bound to its node key by the
 /// transport), for its clients' writes. Checked here, on the leader: a
 /// membership change (conf change) never comes this way (a follower's
 /// Cluster API forwards the request to the leader's), a member record
 /// change only as the sender's own `Publish`, and every command passes
-/// `check` as at the API.
+/// `check` with the credential the follower says its client gave.
 pub(crate) fn retain_admitted(message: &mut Message, check: &Admission) {
+    retain_checked(message, check, true);
+}
+
+/// Keeps the entries of a forwarded proposal that `check` admits, as they
+/// came (the screening before [`retain_admitted`]).
+pub(crate) fn retain_screened(message: &mut Message, check: &Admission) {
+    retain_checked(message, check, false);
+}
+
+fn retain_checked(message: &mut Message, check: &Admission, drop_credentials: bool) {
     let from = message.from;
-    message.entries.retain(|entry| {
-        if entry.get_entry_type() != EntryType::EntryNormal {
-            tracing::warn!(from = format_args!("{from:x}"), "refused a membership change forwarded by a follower (they go through the leader's Cluster API)");
+    let entries = std::mem::take(&mut message.entries).into_iter();
+    let kept: Vec<raft::eraftpb::Entry> = entries
+        .filter_map(|mut entry| {
+            admitted(&mut entry, from, check, drop_credentials).then_some(entry)
+        })
+        .collect();
+    message.entries = kept.into();
+}
+
+/// Whether the leader takes `entry` (see [`retain_admitted`]); with
+/// `drop_credentials`, rewritten without the client's credential.
+fn admitted(
+    entry: &mut raft::eraftpb::Entry,
+    from: u64,
+    check: &Admission,
+    drop_credentials: bool,
+) -> bool {
+    if entry.get_entry_type() != EntryType::EntryNormal {
+        tracing::warn!(from = format_args!("{from:x}"), "refused a membership change forwarded by a follower (they go through the leader's Cluster API)");
+        return false;
+    }
+    if entry.data.is_empty() {
+        return true;
+    }
+    let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
+        tracing::warn!(
+            from = format_args!("{from:x}"),
+            "refused an undecodable entry forwarded by a follower"
+        );
+        return false;
+    };
+    let (proposal, credential) = match data.body {
+        Body::Command(proposal) => (proposal, Credential::None),
+        Body::CommandAs(proposal, credential) => (proposal, credential),
+        Body::Member(MemberChange::Publish { id, .. }) if id == from => return true,
+        Body::Member(change) => {
+            tracing::warn!(from = format_args!("{from:x}"), ?change, "refused a member record change forwarded by a follower (a member may only publish its own name and URLs)");
             return false;
         }
-        if entry.data.is_empty() {
-            return true;
-        }
-        let Ok(data) = postcard::from_bytes::<EntryData>(&entry.data) else {
-            tracing::warn!(from = format_args!("{from:x}"), "refused an undecodable entry forwarded by a follower");
-            return false;
-        };
-        let proposal = match &data.body {
-            Body::Command(proposal) => proposal,
-            Body::Member(MemberChange::Publish { id, .. }) if *id == from => return true,
-            Body::Member(change) => {
-                tracing::warn!(from = format_args!("{from:x}"), ?change, "refused a member record change forwarded by a follower (a member may only publish its own name and URLs)");
-                return false;
-            }
-        };
-        match check(&proposal.command) {
-            Ok(()) => true,
-            Err(reason) => {
-                tracing::warn!(from = format_args!("{from:x}"), %reason, "refused a command forwarded by a follower");
-                false
-            }
-        }
-    });
+    };
+    if let Err(reason) = check(&proposal.command, &credential) {
+        tracing::warn!(from = format_args!("{from:x}"), %reason, "refused a command forwarded by a follower");
+        return false;
+    }
+    if !drop_credentials {
+        return true;
+    }
+    let admitted = EntryData {
+        origin: data.origin,
+        body: Body::Command(proposal),
+    };
+    entry.data = postcard::to_allocvec(&admitted)
+        .expect("encoding into memory")
+        .into();
+    true
+}
+
+/// The wire form of a client's write as a follower forwards it to the
+/// leader (`Origin` names the proposer, so it can answer its client).
+/// Public for the tests that play a hostile follower.
+pub fn forwarded_entry(node: u64, seq: u64, command: Command, credential: Credential) -> Vec<u8> {
+    let data = EntryData {
+        origin: Origin { node, seq },
+        body: Body::CommandAs(
+            Proposal {
+                command,
+                time_unix_ms: 0,
+            },
+            credential,
+        ),
+    };
+    postcard::to_allocvec(&data).expect("encoding into memory")
 }
 
 /// How the loop runs: its tick, when to compact, what the leader admits.
@@ -291,7 +351,14 @@ impl RaftLoop {
 
     fn handle(&mut self, input: Input, reads: &mut Vec<ReadReply>) {
         match input {
-            Input::Propose { body, reply } => {
+            Input::Propose { mut body, reply } => {
+                // The leader's API checked its own client: the credential
+                // is only for a leader elsewhere.
+                if self.raw.raft.state == StateRole::Leader {
+                    if let Body::CommandAs(proposal, _) = body {
+                        body = Body::Command(proposal);
+                    }
+                }
                 let seq = self.take_seq();
                 let data = EntryData {
                     origin: Origin { node: self.id, seq },
