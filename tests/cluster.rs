@@ -217,6 +217,12 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
 
     // Promotion is the leader's, once it sees the learner in sync.
     let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    // The leader built the copy off its raft thread.
+    let log = cluster.agents[leader].as_ref().unwrap().log();
+    assert!(
+        log.contains("built a snapshot for followers behind the log"),
+        "{log}"
+    );
     let mut client = cluster.client(leader).await;
     let deadline = Instant::now() + TIMEOUT;
     while let Err(err) = client.member_promote(new_id).await {

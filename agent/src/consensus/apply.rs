@@ -130,7 +130,7 @@ impl RaftLoop {
         };
         self.raw
             .mut_store()
-            .set_conf_state(conf_state)
+            .set_conf_state(conf_state, entry.index)
             .map_err(|e| format!("recording the membership: {e}"))?;
         match context {
             Some(ctx) => {

@@ -18,6 +18,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+use super::snapshots::Snapshots;
 use super::wal::Wal;
 use crate::store::Store;
 
@@ -27,6 +28,8 @@ const CONF_STATE: &str = "conf_state";
 /// Index and term of the last entry compacted away (or of the snapshot the
 /// log starts from).
 const SNAPSHOT_META: &str = "snapshot_meta";
+/// The log index of the last membership change (`u64`, little endian).
+const CONF_INDEX: &str = "conf_index";
 
 pub struct RaftLog {
     db: Database,
@@ -36,7 +39,11 @@ pub struct RaftLog {
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
-    store: Arc<Store>,
+    /// Where `conf_state` took effect: a snapshot below it would carry the
+    /// wrong membership.
+    conf_index: u64,
+    /// Copies of the store for followers behind the log.
+    snapshots: Snapshots,
 }
 
 fn storage_err(err: impl std::fmt::Display) -> raft::Error {
@@ -73,6 +80,9 @@ impl RaftLog {
             Some(bytes) => SnapshotMetadata::parse_from_bytes(&bytes)?,
             None => SnapshotMetadata::default(),
         };
+        let conf_index = read(CONF_INDEX)?
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_le_bytes);
         drop(state);
 
         let wal_dir = data_dir.join("raft-wal");
@@ -96,6 +106,13 @@ impl RaftLog {
                 )));
             }
         }
+        // A log from before the index was kept: assume the last entry
+        // changed the membership (snapshots wait until it is applied).
+        let conf_index = conf_index.unwrap_or_else(|| {
+            entries
+                .back()
+                .map_or(snapshot_meta.index, |entry| entry.index)
+        });
         Ok(Self {
             db,
             wal,
@@ -103,7 +120,8 @@ impl RaftLog {
             hard_state,
             conf_state,
             snapshot_meta,
-            store,
+            conf_index,
+            snapshots: Snapshots::new(store),
         })
     }
 
@@ -187,9 +205,14 @@ impl RaftLog {
         self.save(&[(HARD_STATE, bytes)])
     }
 
-    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), raft::Error> {
-        self.save(&[(CONF_STATE, conf_state.write_to_bytes()?)])?;
+    /// Records the membership as changed by the entry at `index`.
+    pub fn set_conf_state(&mut self, conf_state: ConfState, index: u64) -> Result<(), raft::Error> {
+        self.save(&[
+            (CONF_STATE, conf_state.write_to_bytes()?),
+            (CONF_INDEX, index.to_le_bytes().to_vec()),
+        ])?;
         self.conf_state = conf_state;
+        self.conf_index = index;
         Ok(())
     }
 
@@ -204,11 +227,13 @@ impl RaftLog {
         self.save(&[
             (SNAPSHOT_META, meta.write_to_bytes()?),
             (CONF_STATE, meta.get_conf_state().write_to_bytes()?),
+            (CONF_INDEX, meta.index.to_le_bytes().to_vec()),
             (HARD_STATE, hs.write_to_bytes()?),
         ])?;
         self.entries.clear();
         self.snapshot_meta = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
+        self.conf_index = meta.index;
         self.hard_state = hs;
         Ok(())
     }
@@ -294,15 +319,23 @@ impl raft::Storage for RaftLog {
         Ok(self.last_index_value())
     }
 
+    /// Served from a copy built off this thread (see `snapshots.rs`): the
+    /// first ask answers "temporarily unavailable" and raft-rs asks again.
+    /// A copy is usable at or past what raft asks for, the last membership
+    /// change (its conf state is the current one) and the log's start (the
+    /// log continues it, and knows its term).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let (applied, data) = self.store.snapshot_data().map_err(storage_err)?;
-        if applied < request_index {
+        let floor = request_index
+            .max(self.conf_index)
+            .max(self.snapshot_meta.index);
+        let Some(built) = self.snapshots.ready(floor) else {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
-        }
+        };
+        let applied = built.applied;
         let mut snapshot = Snapshot {
-            data: data.into(),
+            data: built.data,
             ..Default::default()
         };
         let meta = snapshot.mut_metadata();

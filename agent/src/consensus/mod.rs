@@ -13,6 +13,7 @@ mod apply;
 mod lessor;
 mod log;
 mod raft_loop;
+mod snapshots;
 mod wal;
 
 use std::path::Path;
