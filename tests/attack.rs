@@ -379,6 +379,176 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     assert_eq!(value, "after\n");
 }
 
+#[test]
+fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
+    use edgeconf::gossip::message::Body;
+    use edgeconf::gossip::{Message as Gossip, Meta, Update};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), VOTERS + 1);
+    let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
+    for (i, port) in metrics.iter().enumerate() {
+        cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
+    }
+    let initial = cluster.initial_cluster(0..VOTERS);
+    for i in 0..VOTERS {
+        cluster.write_config(i, &initial, "new");
+        cluster.run(i);
+    }
+    cluster.wait_for_leader();
+    let name = |i: usize| cluster.slots[i].name.clone();
+    let addr = |i: usize| -> std::net::SocketAddr {
+        cluster.slots[i]
+            .peer_url
+            .trim_start_matches("quic://")
+            .parse()
+            .unwrap()
+    };
+    let alive_everywhere = |count: usize| {
+        let line = format!("edgeconf_gossip_members{{state=\"alive\"}} {count}");
+        metrics
+            .iter()
+            .all(|&port| http_get(port, "/metrics").lines().any(|l| l == line))
+    };
+    wait_until(
+        "every voter sees the others",
+        Duration::from_secs(10),
+        || alive_everywhere(VOTERS),
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let voters: Vec<[u8; 32]> = (0..VOTERS)
+            .map(|i| {
+                NodeKey::load_or_create(&cluster.slots[i].data_dir)
+                    .unwrap()
+                    .public_key_raw()
+            })
+            .collect();
+        // The never-started slot's key: trusted by every voter, as an
+        // edge's is.
+        let stolen = NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap();
+        let signing = stolen.signing_key().unwrap();
+        let transport = Transport::start(
+            format!("127.0.0.1:{}", common::free_port())
+                .parse()
+                .unwrap(),
+            &stolen,
+            &voters,
+            false,
+        )
+        .unwrap();
+        transport.attach_gossip(std::sync::Arc::new(|_, _, _| {}));
+        let me: std::sync::Arc<str> = name(VOTERS).into();
+        let my_addr: std::sync::Arc<str> = transport.local_addr().unwrap().to_string().into();
+        let forged_meta = Meta {
+            role: "voter".into(),
+            services: vec![edgeconf::gossip::ServiceState {
+                id: "db".into(),
+                name: "db".into(),
+                address: "10.6.6.6".into(),
+                port: 5432,
+                tags: Vec::new(),
+                health: edgeconf::gossip::Health::Passing,
+                output: String::new(),
+            }],
+            ..Meta::default()
+        };
+        let forgeries = vec![
+            // "n1 left" at u64::MAX, signed by the attacker.
+            Update::Left {
+                id: name(0).into(),
+                incarnation: u64::MAX,
+                sig: Vec::new(),
+            }
+            .signed(&signing),
+            // "n2 left", in n2's name.
+            Update::Left {
+                id: name(1).into(),
+                incarnation: 50,
+                sig: Vec::new(),
+            }
+            .signed(&signing),
+            // n3 announcing a database it does not run, under the
+            // attacker's key.
+            Update::Alive {
+                id: name(2).into(),
+                incarnation: 50,
+                addr: my_addr.clone(),
+                meta: std::sync::Arc::new(forged_meta),
+                key: stolen.public_key_raw(),
+                sig: Vec::new(),
+            }
+            .signed(&signing),
+            // "n1 is dead, says n2".
+            Update::Dead {
+                id: name(0).into(),
+                incarnation: 1,
+                from: name(1).into(),
+                sig: Vec::new(),
+            }
+            .signed(&signing),
+        ];
+        for _ in 0..5 {
+            for i in 0..VOTERS {
+                let honest = Gossip {
+                    from: me.clone(),
+                    from_addr: my_addr.clone(),
+                    body: Body::Gossip,
+                    updates: forgeries.clone(),
+                };
+                transport.gossip().send(addr(i), honest.encode());
+                // A message in another voter's name over this connection.
+                let impostor = Gossip {
+                    from: name((i + 1) % VOTERS).into(),
+                    from_addr: addr((i + 1) % VOTERS).to_string().into(),
+                    body: Body::Gossip,
+                    updates: Vec::new(),
+                };
+                transport.gossip().send(addr(i), impostor.encode());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        transport.close();
+    });
+
+    // Unharmed: every voter still sees the three alive, nobody runs the
+    // forged database, and each refusal is counted and logged.
+    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
+    assert!(alive_everywhere(VOTERS));
+    for (i, &port) in metrics.iter().enumerate() {
+        let text = http_get(port, "/metrics");
+        // n3 takes the announcement in its own name as a bad signature.
+        let reasons: &[&str] = if i == 2 {
+            &["impossible_incarnation", "bad_signature", "impersonation"]
+        } else {
+            &[
+                "impossible_incarnation",
+                "bad_signature",
+                "key_changed",
+                "impersonation",
+            ]
+        };
+        for reason in reasons {
+            let line = format!("edgeconf_gossip_refused_total{{reason=\"{reason}\"}} ");
+            let count: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            assert!(count >= 1, "n{}: {reason} not counted:\n{text}", i + 1);
+        }
+        let agent = cluster.agents[i].as_ref().unwrap();
+        let services = ok(edgeconf(agent, &["-w", "json", "service", "list"]));
+        assert!(!services.contains("10.6.6.6"), "{services}");
+        let log = agent.log();
+        assert!(
+            log.contains("refused a gossip update with a bad signature"),
+            "{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
 /// A follower's proposal, as raft forwards one, of a conf change adding a
 /// learner the attacker controls.
 fn add_member_proposal(from: u64, leader: u64, term: u64) -> Message {

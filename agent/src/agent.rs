@@ -68,7 +68,7 @@ pub async fn run(
         config.gossip.dial_out_only,
     )?;
     let (stop, stopped) = watch::channel(false);
-    let membership = start_gossip(&config, &store, &transport, stopped.clone())?;
+    let membership = start_gossip(&config, &store, &transport, &node_key, stopped.clone())?;
     let identity = match config.role {
         // An edge is no raft member: its identity is its node key.
         Role::Edge => crate::edge::agent::identity(&store, &membership, &node_key).await?,
@@ -365,6 +365,7 @@ fn start_gossip(
     config: &Config,
     store: &Store,
     transport: &Transport,
+    node_key: &NodeKey,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<Membership>> {
     let peer_url = config.initial_advertise_peer_urls[0].clone();
@@ -396,7 +397,11 @@ fn start_gossip(
     Ok(Membership::start(
         transport,
         settings,
-        &config.name,
+        crate::gossip::membership::Identity {
+            name: &config.name,
+            key: node_key.signing_key()?,
+            trusted: &config.peer_keys,
+        },
         addr,
         meta,
         &config.gossip.seeds,

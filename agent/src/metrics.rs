@@ -179,6 +179,13 @@ fn fleet_metrics(out: &mut String, sources: &Sources) {
             state.as_str()
         );
     }
+    let _ = writeln!(out, "# HELP edgeconf_gossip_refused_total Gossip updates and messages refused, by reason (bad_signature, key_changed, untrusted_key, unknown_signer, impersonation, impossible_incarnation, table_full).\n# TYPE edgeconf_gossip_refused_total counter");
+    for (reason, count) in sources.membership.refused() {
+        let _ = writeln!(
+            out,
+            "edgeconf_gossip_refused_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
     let _ = writeln!(out, "# HELP edgeconf_gossip_health_score Lifeguard's local health multiplier (0 is healthy).\n# TYPE edgeconf_gossip_health_score gauge\nedgeconf_gossip_health_score {}", sources.membership.awareness());
     if let Some(me) = members.first().filter(|me| !me.meta.rollouts.is_empty()) {
         let _ = writeln!(out, "# HELP edgeconf_rollout_staged Rollouts whose new value this agent renders: 1 rendered, 0 failed to render.\n# TYPE edgeconf_rollout_staged gauge");

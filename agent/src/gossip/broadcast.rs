@@ -111,6 +111,7 @@ mod tests {
         Update::Left {
             id: id.into(),
             incarnation,
+            sig: Vec::new(),
         }
     }
 
@@ -143,16 +144,20 @@ mod tests {
             incarnation: 2,
             addr: "a:1".into(),
             meta: Default::default(),
+            key: [0; 32],
+            sig: Vec::new(),
         });
         queue.push(Update::Dead {
             id: "d".into(),
             incarnation: 1,
             from: "x".into(),
+            sig: Vec::new(),
         });
         queue.push(Update::Suspect {
             id: "s".into(),
             incarnation: 1,
             from: "x".into(),
+            sig: Vec::new(),
         });
         let subjects = |updates: Vec<Update>| -> Vec<String> {
             updates.iter().map(|u| u.subject().to_string()).collect()

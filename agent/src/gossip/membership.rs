@@ -19,6 +19,15 @@ const LEAVE_PROPAGATION: Duration = Duration::from_millis(1500);
 /// (they close after 5 s idle; the held ones send keep-alives).
 const HOLD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Who this agent is on the gossip network.
+pub struct Identity<'a> {
+    pub name: &'a str,
+    /// Its node key: it signs what this agent says of itself and others.
+    pub key: ed25519_dalek::SigningKey,
+    /// The node keys a member's name may be bound to (the trusted peers).
+    pub trusted: &'a [[u8; 32]],
+}
+
 /// This agent's view of the fleet.
 pub struct Membership {
     swim: Mutex<Swim>,
@@ -35,7 +44,7 @@ impl Membership {
     pub fn start(
         transport: &Transport,
         config: super::Config,
-        name: &str,
+        identity: Identity<'_>,
         addr: SocketAddr,
         meta: Meta,
         seeds: &[SocketAddr],
@@ -43,7 +52,16 @@ impl Membership {
     ) -> Arc<Membership> {
         let epoch = Instant::now();
         let seed = rand::random();
-        let swim = Swim::new(config, name.into(), addr.to_string().into(), meta, 0, seed);
+        let mut swim = Swim::new(
+            config,
+            identity.name.into(),
+            addr.to_string().into(),
+            meta,
+            identity.key,
+            0,
+            seed,
+        );
+        swim.set_trusted(identity.trusted.iter().copied());
         let membership = Arc::new(Membership {
             swim: Mutex::new(swim),
             net: transport.gossip().clone(),
@@ -53,9 +71,9 @@ impl Membership {
         });
         {
             let membership = Arc::downgrade(&membership);
-            transport.attach_gossip(Arc::new(move |bytes, via| {
+            transport.attach_gossip(Arc::new(move |bytes, via, key| {
                 if let Some(membership) = membership.upgrade() {
-                    membership.receive(&bytes, via);
+                    membership.receive(&bytes, via, key);
                 }
             }));
         }
@@ -145,8 +163,14 @@ impl Membership {
         self.lock().awareness()
     }
 
-    /// Takes a message that came over a connection to `via`.
-    fn receive(&self, bytes: &[u8], via: SocketAddr) {
+    /// Gossip updates and messages refused so far, by reason.
+    pub fn refused(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.lock().refused().clone()
+    }
+
+    /// Takes a message that came over a connection to `via`, made with the
+    /// node key `key`.
+    fn receive(&self, bytes: &[u8], via: SocketAddr, key: [u8; 32]) {
         let Ok(message) = Message::decode(bytes) else {
             tracing::debug!(bytes = bytes.len(), "dropped an undecodable gossip message");
             return;
@@ -155,7 +179,7 @@ impl Membership {
         let (from, from_addr) = (message.from.clone(), message.from_addr.clone());
         let out = {
             let mut swim = self.lock();
-            let out = swim.receive(message, now);
+            let out = swim.receive(message, Some(key), now);
             // A member behind NAT is reached over the connection it
             // dialed from, whatever address it announces.
             let dials_out = swim.record_of(&from).is_some_and(|r| r.meta.dials_out);

@@ -89,8 +89,16 @@ pub struct ServiceState {
     pub output: String,
 }
 
+/// A member's node key (ed25519, raw).
+pub type PublicKey = [u8; 32];
+
 /// A change in one member's state, at one incarnation. Newer incarnations
 /// win; at equal incarnation, dead beats suspect beats alive.
+///
+/// Each is signed by the member that makes the statement (its
+/// [`Update::signer`]): `Alive` and `Left` by their subject, `Suspect` and
+/// `Dead` by the member that suspects. Gossip relays them as they are, so
+/// no member can speak for another; `sig` is over [`Update::signed_bytes`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Update {
     Alive {
@@ -98,23 +106,90 @@ pub enum Update {
         incarnation: u64,
         addr: Addr,
         meta: Arc<Meta>,
+        /// The subject's node key: the name is bound to it where first
+        /// seen (and only if the key is trusted).
+        key: PublicKey,
+        sig: Vec<u8>,
     },
     Suspect {
         id: NodeId,
         incarnation: u64,
         /// Who suspects it: independent suspicions shorten the timeout.
         from: NodeId,
+        sig: Vec<u8>,
     },
     Dead {
         id: NodeId,
         incarnation: u64,
         from: NodeId,
+        sig: Vec<u8>,
     },
     /// The member left on purpose (`edgeconf member leave`).
-    Left { id: NodeId, incarnation: u64 },
+    Left {
+        id: NodeId,
+        incarnation: u64,
+        sig: Vec<u8>,
+    },
 }
 
+/// Separates gossip signatures from every other use of a node key.
+const SIGNING_CONTEXT: &[u8] = b"edgeconf-gossip-update/1";
+
 impl Update {
+    /// Who makes the statement, and so signs it.
+    pub fn signer(&self) -> &NodeId {
+        match self {
+            Update::Alive { id, .. } | Update::Left { id, .. } => id,
+            Update::Suspect { from, .. } | Update::Dead { from, .. } => from,
+        }
+    }
+
+    /// The bytes `sig` covers: the update without its signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.sig_mut().clear();
+        let mut bytes = SIGNING_CONTEXT.to_vec();
+        bytes.extend(postcard::to_allocvec(&unsigned).unwrap_or_default());
+        bytes
+    }
+
+    /// Signs the update with `key` (the signer's own).
+    pub fn signed(mut self, key: &ed25519_dalek::SigningKey) -> Update {
+        use ed25519_dalek::Signer as _;
+        let signature = key.sign(&self.signed_bytes());
+        *self.sig_mut() = signature.to_bytes().to_vec();
+        self
+    }
+
+    /// Whether `key` signed this update.
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        let (Ok(key), Ok(sig)) = (
+            ed25519_dalek::VerifyingKey::from_bytes(key),
+            ed25519_dalek::Signature::from_slice(self.sig()),
+        ) else {
+            return false;
+        };
+        key.verify_strict(&self.signed_bytes(), &sig).is_ok()
+    }
+
+    fn sig(&self) -> &[u8] {
+        match self {
+            Update::Alive { sig, .. }
+            | Update::Suspect { sig, .. }
+            | Update::Dead { sig, .. }
+            | Update::Left { sig, .. } => sig,
+        }
+    }
+
+    fn sig_mut(&mut self) -> &mut Vec<u8> {
+        match self {
+            Update::Alive { sig, .. }
+            | Update::Suspect { sig, .. }
+            | Update::Dead { sig, .. }
+            | Update::Left { sig, .. } => sig,
+        }
+    }
+
     pub fn incarnation(&self) -> u64 {
         match self {
             Update::Alive { incarnation, .. }
@@ -192,8 +267,10 @@ pub enum Body {
     Ack { seq: u64 },
     /// Updates only.
     Gossip,
-    /// Anti-entropy: my whole table; `reply` asks for theirs back.
-    Sync { records: Vec<Record>, reply: bool },
+    /// Anti-entropy: my whole table, as the signed updates that made each
+    /// record (a member's latest `Alive`, then what changed its state
+    /// since); `reply` asks for theirs back.
+    Sync { updates: Vec<Update>, reply: bool },
 }
 
 /// A message with its sender and piggybacked updates.

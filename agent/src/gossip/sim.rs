@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::message::{Addr, Message, Meta, NodeId, Record, State};
+use super::message::{Addr, Message, Meta, NodeId, State};
 use super::swim::{Config, Outgoing, StateChange, Swim};
 
 /// How often (simulated ms) `run_until` asks whether it is done.
@@ -78,28 +78,24 @@ impl Sim {
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {
+                let member_seed = seed.wrapping_mul(31).wrapping_add(i as u64);
                 Swim::new(
                     config.clone(),
                     ids[i].clone(),
                     addrs[i].clone(),
                     (*meta).clone(),
+                    sim_key(member_seed),
                     0,
-                    seed.wrapping_mul(31).wrapping_add(i as u64),
+                    member_seed,
                 )
             })
             .collect();
+        let announcements: Vec<_> = members.iter().map(Swim::announcement).collect();
         for (i, member) in members.iter_mut().enumerate() {
-            for j in (0..n).filter(|j| *j != i) {
-                member.add_known(
-                    Record {
-                        id: ids[j].clone(),
-                        addr: addrs[j].clone(),
-                        incarnation: 1,
-                        state: State::Alive,
-                        meta: meta.clone(),
-                    },
-                    0,
-                );
+            for (j, announcement) in announcements.iter().enumerate() {
+                if i != j {
+                    member.add_known(announcement.clone(), 0);
+                }
             }
         }
         let index = addrs
@@ -194,7 +190,7 @@ impl Sim {
                     if self.down[to] {
                         continue;
                     }
-                    let outgoing = self.members[to].receive(message, at_ms);
+                    let outgoing = self.members[to].receive(message, None, at_ms);
                     self.after(to, outgoing);
                 }
             }
@@ -255,4 +251,11 @@ impl Sim {
             })
             .count()
     }
+}
+
+/// A member's node key in the simulation, from its seed.
+pub fn sim_key(seed: u64) -> ed25519_dalek::SigningKey {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    ed25519_dalek::SigningKey::from_bytes(&bytes)
 }

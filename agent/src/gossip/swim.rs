@@ -16,14 +16,16 @@
 //!   itself slows its probing and waits longer, so an overloaded member does
 //!   not accuse healthy ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::broadcast::Broadcasts;
-use super::message::{Addr, Body, Message, Meta, NodeId, Record, State, Update};
+use ed25519_dalek::SigningKey;
+
+use super::message::{Addr, Body, Message, Meta, NodeId, PublicKey, Record, State, Update};
 
 /// Timing and fan-out; times in milliseconds.
 #[derive(Debug, Clone)]
@@ -96,6 +98,12 @@ pub struct StateChange {
 struct Member {
     record: Record,
     changed_ms: u64,
+    /// The node key its name is bound to here.
+    key: PublicKey,
+    /// The signed `Alive` its address and metadata come from.
+    alive: Update,
+    /// The signed statement that made it suspect, dead or left, if it is.
+    status: Option<Update>,
 }
 
 struct Suspicion {
@@ -147,6 +155,15 @@ struct Relay {
 pub struct Swim {
     config: Config,
     me: NodeId,
+    /// This member's node key: it signs what this member says.
+    signing: SigningKey,
+    public: PublicKey,
+    /// Keys a member's name may be bound to (`None`: any key).
+    trusted: Option<HashSet<PublicKey>>,
+    /// This member's own signed `Left`, once it left.
+    own_left: Option<Update>,
+    /// Updates and messages refused, by reason.
+    refused: BTreeMap<&'static str, u64>,
     addr: Addr,
     incarnation: u64,
     meta: Arc<Meta>,
@@ -175,7 +192,16 @@ pub struct Swim {
 }
 
 impl Swim {
-    pub fn new(config: Config, me: NodeId, addr: Addr, meta: Meta, now_ms: u64, seed: u64) -> Swim {
+    /// A member named `me` that signs with `key`.
+    pub fn new(
+        config: Config,
+        me: NodeId,
+        addr: Addr,
+        meta: Meta,
+        key: SigningKey,
+        now_ms: u64,
+        seed: u64,
+    ) -> Swim {
         let mut rng = StdRng::seed_from_u64(seed);
         // Spread the members' timers so they do not all fire together.
         let jitter = |rng: &mut StdRng, interval: u64| rng.random_range(0..interval.max(1));
@@ -186,6 +212,11 @@ impl Swim {
         Swim {
             config,
             me,
+            public: key.verifying_key().to_bytes(),
+            signing: key,
+            trusted: None,
+            own_left: None,
+            refused: BTreeMap::new(),
             addr,
             incarnation: 1,
             meta: Arc::new(meta),
@@ -211,6 +242,22 @@ impl Swim {
 
     pub fn id(&self) -> &NodeId {
         &self.me
+    }
+
+    /// Only these keys may be bound to a member's name (the peer keys the
+    /// agent trusts); without a call, any key may.
+    pub fn set_trusted(&mut self, keys: impl IntoIterator<Item = PublicKey>) {
+        self.trusted = Some(keys.into_iter().collect());
+    }
+
+    /// Updates and messages refused so far, by reason.
+    pub fn refused(&self) -> &BTreeMap<&'static str, u64> {
+        &self.refused
+    }
+
+    /// This member's signed announcement of itself.
+    pub fn announcement(&self) -> Update {
+        self.alive_update()
     }
 
     pub fn awareness(&self) -> u32 {
@@ -273,35 +320,73 @@ impl Swim {
             incarnation: self.incarnation,
             addr: self.addr.clone(),
             meta: self.meta.clone(),
+            key: self.public,
+            sig: Vec::new(),
         }
+        .signed(&self.signing)
     }
 
-    /// Learns a member without gossiping about it (a simulation's start).
-    pub fn add_known(&mut self, record: Record, now_ms: u64) {
-        if record.id == self.me {
+    /// Learns a member from its signed announcement without gossiping
+    /// about it (a simulation's start).
+    pub fn add_known(&mut self, alive: Update, now_ms: u64) {
+        let Update::Alive {
+            id,
+            incarnation,
+            addr,
+            meta,
+            key,
+            ..
+        } = &alive
+        else {
+            return;
+        };
+        if *id == self.me || !alive.verify(key) {
             return;
         }
-        if !self.members.contains_key(&record.id) {
-            self.known.push(record.id.clone());
+        if !self.members.contains_key(id) {
+            self.known.push(id.clone());
         }
+        let record = Record {
+            id: id.clone(),
+            addr: addr.clone(),
+            incarnation: *incarnation,
+            state: State::Alive,
+            meta: meta.clone(),
+        };
+        let key = *key;
         self.members.insert(
-            record.id.clone(),
+            id.clone(),
             Member {
                 record,
                 changed_ms: now_ms,
+                key,
+                alive,
+                status: None,
             },
         );
+    }
+
+    /// Every record as the signed updates that made it, for a full sync.
+    fn sync_updates(&self) -> Vec<Update> {
+        let mut out = Vec::with_capacity(self.members.len() + 2);
+        out.push(self.alive_update());
+        out.extend(self.own_left.clone());
+        for member in self.members.values() {
+            out.push(member.alive.clone());
+            out.extend(member.status.clone());
+        }
+        out
     }
 
     /// Joins through `seeds` (addresses): a full sync with each.
     pub fn join(&mut self, seeds: &[Addr]) -> Vec<Outgoing> {
         self.broadcasts.push(self.alive_update());
-        let records = self.records();
+        let updates = self.sync_updates();
         let mut out = Vec::new();
         let own = self.addr.clone();
         for seed in seeds.iter().filter(|seed| **seed != own) {
             let message = self.message(Body::Sync {
-                records: records.clone(),
+                updates: updates.clone(),
                 reply: true,
             });
             out.push(Outgoing {
@@ -332,7 +417,10 @@ impl Swim {
         let update = Update::Left {
             id: self.me.clone(),
             incarnation: self.incarnation,
-        };
+            sig: Vec::new(),
+        }
+        .signed(&self.signing);
+        self.own_left = Some(update.clone());
         self.broadcasts.push(update);
         self.leave_gossip(now_ms)
     }
@@ -405,11 +493,11 @@ impl Swim {
         if now_ms >= self.next_sync_ms {
             self.next_sync_ms = now_ms + self.push_pull_interval();
             if let Some(addr) = self.random_alive(None) {
-                let records = self.records();
+                let updates = self.sync_updates();
                 out.push(Outgoing {
                     to: addr,
                     message: self.message(Body::Sync {
-                        records,
+                        updates,
                         reply: true,
                     }),
                 });
@@ -418,11 +506,35 @@ impl Swim {
         out
     }
 
-    /// Handles a message from another member.
-    pub fn receive(&mut self, message: Message, now_ms: u64) -> Vec<Outgoing> {
+    /// Handles a message from another member, which came over a
+    /// connection authenticated with `sender_key` (`None`: not known, as
+    /// in the simulation).
+    ///
+    /// Sent by: any member with a trusted key. Checked here: the sender's
+    /// name is bound to the key it came with (else the message is dropped
+    /// as an impersonation), and every update it carries is signed by the
+    /// member that makes the statement (see [`Swim::apply`]).
+    pub fn receive(
+        &mut self,
+        message: Message,
+        sender_key: Option<PublicKey>,
+        now_ms: u64,
+    ) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.left {
             return out;
+        }
+        if let Some(sender) = sender_key {
+            let bound = if message.from == self.me {
+                Some(self.public)
+            } else {
+                self.members.get(&message.from).map(|m| m.key)
+            };
+            if bound.is_some_and(|bound| bound != sender) {
+                self.refuse("impersonation");
+                tracing::warn!(member = %message.from, "refused a gossip message from a key that is not the one this member's name is bound to");
+                return out;
+            }
         }
         for update in message.updates {
             self.apply(update, now_ms);
@@ -475,16 +587,16 @@ impl Swim {
                 }
             }
             Body::Gossip => {}
-            Body::Sync { records, reply } => {
-                for record in records {
-                    self.apply(record_update(record, &message.from), now_ms);
+            Body::Sync { updates, reply } => {
+                for update in updates {
+                    self.apply(update, now_ms);
                 }
                 if reply {
-                    let records = self.records();
+                    let updates = self.sync_updates();
                     out.push(Outgoing {
                         to: message.from_addr,
                         message: self.message(Body::Sync {
-                            records,
+                            updates,
                             reply: false,
                         }),
                     });
@@ -595,7 +707,9 @@ impl Swim {
             id: probe.target.clone(),
             incarnation: member.record.incarnation,
             from: self.me.clone(),
-        };
+            sig: Vec::new(),
+        }
+        .signed(&self.signing);
         self.apply(update, now_ms);
     }
 
@@ -626,14 +740,13 @@ impl Swim {
                         seq,
                         target: id.clone(),
                     });
-                    message.updates.insert(
-                        0,
-                        Update::Suspect {
-                            id: id.clone(),
-                            incarnation,
-                            from: self.me.clone(),
-                        },
-                    );
+                    let suspect = Update::Suspect {
+                        id: id.clone(),
+                        incarnation,
+                        from: self.me.clone(),
+                        sig: Vec::new(),
+                    };
+                    message.updates.insert(0, suspect.signed(&self.signing));
                     out.push(Outgoing {
                         to: addr.clone(),
                         message,
@@ -646,7 +759,9 @@ impl Swim {
                 id,
                 incarnation,
                 from: self.me.clone(),
-            };
+                sig: Vec::new(),
+            }
+            .signed(&self.signing);
             self.apply(update, now_ms);
         }
     }
@@ -817,15 +932,100 @@ impl Swim {
         self.revision += 1;
     }
 
+    fn refuse(&mut self, reason: &'static str) {
+        *self.refused.entry(reason).or_default() += 1;
+    }
+
+    /// Whether the member that makes `update`'s statement signed it: the
+    /// key its name is bound to (an `Alive` of a name not yet bound binds
+    /// it to its key, if trusted; a name is bound anew only after the
+    /// member it named left, by its own signed word).
+    fn authentic(&mut self, update: &Update) -> bool {
+        let signer = update.signer();
+        let key = if *signer == self.me {
+            Some(self.public)
+        } else if let Update::Alive { id, key, .. } = update {
+            let bound = self.members.get(id).map(|m| (m.key, m.record.state));
+            match bound {
+                Some((bound, state)) if bound != *key && state != State::Left => {
+                    self.refuse("key_changed");
+                    tracing::warn!(member = %id, "refused a gossip announcement of a member under another node key than the one its name is bound to");
+                    return false;
+                }
+                _ if self.trusted.as_ref().is_some_and(|t| !t.contains(key)) => {
+                    self.refuse("untrusted_key");
+                    tracing::warn!(member = %id, "refused a gossip announcement of a member whose node key is not trusted");
+                    return false;
+                }
+                _ => Some(*key),
+            }
+        } else {
+            self.members.get(signer).map(|m| m.key)
+        };
+        let Some(key) = key else {
+            // A statement by a member not known here yet: it comes again.
+            self.refuse("unknown_signer");
+            return false;
+        };
+        if !update.verify(&key) {
+            self.refuse("bad_signature");
+            tracing::warn!(member = %update.subject(), signer = %signer, "refused a gossip update with a bad signature (forged, or spoken for another member)");
+            return false;
+        }
+        true
+    }
+
     /// Applies an update if it is news; news is gossiped on.
     ///
-    /// Sent by: any member, about any member (SWIM's gossip is hearsay;
-    /// records are not yet signed per member). Checked here: incarnations
-    /// are within [`MAX_INCARNATION`] and the table within [`MAX_MEMBERS`];
-    /// a member's own state is only ever refuted, never taken.
+    /// Sent by: any member, about any member (SWIM's gossip is hearsay),
+    /// but each statement is signed by the member that makes it. Checked
+    /// here, before anything changes: the signature ([`Swim::authentic`]),
+    /// incarnations within [`MAX_INCARNATION`] and the table within
+    /// [`MAX_MEMBERS`]; a suspicion is taken only about an incarnation the
+    /// subject announced here; a member's own state is only ever refuted,
+    /// and its incarnation jumps only past statements it signed itself.
     pub fn apply(&mut self, update: Update, now_ms: u64) {
         if update.incarnation() > MAX_INCARNATION {
+            self.refuse("impossible_incarnation");
             tracing::warn!(member = %update.subject(), incarnation = update.incarnation(), "refused a gossip update with an impossible incarnation (forged)");
+            return;
+        }
+        if *update.subject() == self.me {
+            self.apply_about_me(&update);
+            return;
+        }
+        let news = match (&update, self.members.get(update.subject())) {
+            (Update::Alive { .. }, None) => true,
+            (_, None) => false,
+            (Update::Alive { incarnation, .. }, Some(member)) => {
+                *incarnation > member.record.incarnation
+            }
+            (
+                Update::Suspect {
+                    incarnation, from, ..
+                },
+                Some(member),
+            ) => {
+                let record = &member.record;
+                let confirmed = record.state == State::Suspect
+                    && *incarnation == record.incarnation
+                    && self
+                        .suspicions
+                        .get(update.subject())
+                        .is_none_or(|s| s.confirmations.contains(from));
+                matches!(record.state, State::Alive | State::Suspect)
+                    && *incarnation == record.incarnation
+                    && !confirmed
+            }
+            (Update::Dead { incarnation, .. }, Some(member)) => {
+                !matches!(member.record.state, State::Dead | State::Left)
+                    && *incarnation == member.record.incarnation
+            }
+            (Update::Left { incarnation, .. }, Some(member)) => {
+                member.record.state != State::Left && *incarnation >= member.record.incarnation
+            }
+        };
+        if !news || !self.authentic(&update) {
             return;
         }
         match &update {
@@ -834,16 +1034,13 @@ impl Swim {
                 incarnation,
                 addr,
                 meta,
+                key,
+                ..
             } => {
-                if *id == self.me {
-                    if *incarnation > self.incarnation && !self.left {
-                        self.refute(*incarnation);
-                    }
-                    return;
-                }
                 let full = self.members.len() >= MAX_MEMBERS;
                 match self.members.get_mut(id) {
                     None if full => {
+                        self.refuse("table_full");
                         tracing::warn!(member = %id, "refused a new gossip member: {MAX_MEMBERS} are known already");
                         return;
                     }
@@ -861,6 +1058,9 @@ impl Swim {
                                     meta: meta.clone(),
                                 },
                                 changed_ms: now_ms,
+                                key: *key,
+                                alive: update.clone(),
+                                status: None,
                             },
                         );
                         self.changes.push(StateChange {
@@ -871,11 +1071,11 @@ impl Swim {
                         });
                     }
                     Some(member) => {
-                        if *incarnation <= member.record.incarnation {
-                            return;
-                        }
                         member.record.addr = addr.clone();
                         member.record.meta = meta.clone();
+                        member.key = *key;
+                        member.alive = update.clone();
+                        member.status = None;
                         self.suspicions.remove(id);
                         self.set_state(id, State::Alive, *incarnation, now_ms);
                     }
@@ -885,31 +1085,21 @@ impl Swim {
                 id,
                 incarnation,
                 from,
+                ..
             } => {
-                if *id == self.me {
-                    self.refute(*incarnation);
-                    return;
-                }
                 let n = self.live_count() as f64;
-                let Some(member) = self.members.get(id) else {
+                let Some(member) = self.members.get_mut(id) else {
                     return;
                 };
-                let state = member.record.state;
-                if matches!(state, State::Dead | State::Left)
-                    || *incarnation < member.record.incarnation
-                {
-                    return;
-                }
-                if state == State::Suspect && *incarnation == member.record.incarnation {
+                if member.record.state == State::Suspect {
                     // A confirmation: shortens the timeout if independent.
                     let Some(suspicion) = self.suspicions.get_mut(id) else {
                         return;
                     };
-                    if !suspicion.confirmations.insert(from.clone()) {
-                        return;
-                    }
+                    suspicion.confirmations.insert(from.clone());
                     suspicion.recompute();
                 } else {
+                    member.status = Some(update.clone());
                     let min_ms = (self.config.suspicion_mult as f64
                         * n.log10().max(1.0)
                         * self.config.probe_interval_ms as f64)
@@ -941,34 +1131,20 @@ impl Swim {
                 id,
                 incarnation,
                 from,
+                ..
             } => {
-                if *id == self.me {
-                    self.refute(*incarnation);
-                    return;
-                }
-                let Some(member) = self.members.get(id) else {
-                    return;
-                };
-                if matches!(member.record.state, State::Dead | State::Left)
-                    || *incarnation < member.record.incarnation
-                {
-                    return;
+                if let Some(member) = self.members.get_mut(id) {
+                    member.status = Some(update.clone());
                 }
                 self.suspicions.remove(id);
                 let state = if from == id { State::Left } else { State::Dead };
                 self.set_state(id, state, *incarnation, now_ms);
             }
-            Update::Left { id, incarnation } => {
-                if *id == self.me {
-                    // An earlier run of this member left; this one is back.
-                    self.refute(*incarnation);
-                    return;
-                }
-                let Some(member) = self.members.get(id) else {
-                    return;
-                };
-                if member.record.state == State::Left || *incarnation < member.record.incarnation {
-                    return;
+            Update::Left {
+                id, incarnation, ..
+            } => {
+                if let Some(member) = self.members.get_mut(id) {
+                    member.status = Some(update.clone());
                 }
                 self.suspicions.remove(id);
                 self.set_state(id, State::Left, *incarnation, now_ms);
@@ -976,30 +1152,25 @@ impl Swim {
         }
         self.broadcasts.push(update);
     }
-}
 
-/// A synced record as the update it stands for (`sender` vouches for it).
-fn record_update(record: Record, sender: &NodeId) -> Update {
-    match record.state {
-        State::Alive => Update::Alive {
-            id: record.id,
-            incarnation: record.incarnation,
-            addr: record.addr,
-            meta: record.meta,
-        },
-        State::Suspect => Update::Suspect {
-            from: sender.clone(),
-            id: record.id,
-            incarnation: record.incarnation,
-        },
-        State::Dead => Update::Dead {
-            from: sender.clone(),
-            id: record.id,
-            incarnation: record.incarnation,
-        },
-        State::Left => Update::Left {
-            id: record.id,
-            incarnation: record.incarnation,
-        },
+    /// Someone says something about this member. Its own signed words from
+    /// an earlier run (an `Alive` or `Left` at a higher incarnation) move
+    /// its incarnation past them; a suspicion or death is refuted one past
+    /// its own incarnation, never past one it did not sign (so a stolen
+    /// key cannot push it to the limit where it could no longer refute).
+    fn apply_about_me(&mut self, update: &Update) {
+        match update {
+            Update::Alive { incarnation, .. } | Update::Left { incarnation, .. } => {
+                if *incarnation > self.incarnation && !self.left && self.authentic(update) {
+                    self.refute(*incarnation);
+                }
+            }
+            Update::Suspect { incarnation, .. } | Update::Dead { incarnation, .. } => {
+                if !self.authentic(update) {
+                    return;
+                }
+                self.refute((*incarnation).min(self.incarnation));
+            }
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! Gossip unit tests: two members by hand, then small clusters in the
-//! simulator (the same code the agent runs; simulated time and network).
+//! simulator (the same code the agent runs; simulated time and network),
+//! then forged statements a member holding a trusted key might send.
 
 use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
 
 use super::sim::{Network, Sim};
 use super::swim::{MAX_INCARNATION, MAX_MEMBERS};
@@ -16,81 +19,117 @@ fn lan() -> Network {
     }
 }
 
+/// The node key of member `name` (the same on every run, as a data dir's).
+fn key(name: &str) -> SigningKey {
+    let mut bytes = [7u8; 32];
+    for (slot, byte) in bytes.iter_mut().zip(name.bytes()) {
+        *slot = byte;
+    }
+    SigningKey::from_bytes(&bytes)
+}
+
+fn public(name: &str) -> [u8; 32] {
+    key(name).verifying_key().to_bytes()
+}
+
+fn swim(name: &str, seed: u64) -> Swim {
+    Swim::new(
+        Config::default(),
+        Arc::from(name),
+        Arc::from(format!("{name}:1").as_str()),
+        Meta::default(),
+        key(name),
+        0,
+        seed,
+    )
+}
+
+fn member(name: &str) -> Swim {
+    swim(name, 1)
+}
+
+/// `name`'s own announcement, with `meta`, signed with `signer`'s key.
+fn alive_by(name: &str, incarnation: u64, meta: Meta, signer: &str) -> Update {
+    Update::Alive {
+        id: Arc::from(name),
+        incarnation,
+        addr: Arc::from(format!("{name}:1").as_str()),
+        meta: Arc::new(meta),
+        key: public(signer),
+        sig: Vec::new(),
+    }
+    .signed(&key(signer))
+}
+
+fn alive(name: &str, incarnation: u64) -> Update {
+    alive_by(name, incarnation, Meta::default(), name)
+}
+
+fn suspect(id: &str, incarnation: u64, from: &str) -> Update {
+    Update::Suspect {
+        id: Arc::from(id),
+        incarnation,
+        from: Arc::from(from),
+        sig: Vec::new(),
+    }
+    .signed(&key(from))
+}
+
+fn dead(id: &str, incarnation: u64, from: &str) -> Update {
+    Update::Dead {
+        id: Arc::from(id),
+        incarnation,
+        from: Arc::from(from),
+        sig: Vec::new(),
+    }
+    .signed(&key(from))
+}
+
+/// "`id` left", signed with `signer`'s key.
+fn left_by(id: &str, incarnation: u64, signer: &str) -> Update {
+    Update::Left {
+        id: Arc::from(id),
+        incarnation,
+        sig: Vec::new(),
+    }
+    .signed(&key(signer))
+}
+
 #[test]
 fn a_member_joins_through_a_seed() {
-    let config = Config::default();
-    let mut a = Swim::new(
-        config.clone(),
-        Arc::from("a"),
-        Arc::from("a:1"),
-        Meta::default(),
-        0,
-        1,
-    );
-    let mut b = Swim::new(
-        config,
-        Arc::from("b"),
-        Arc::from("b:1"),
-        Meta::default(),
-        0,
-        2,
-    );
+    let (mut a, mut b) = (swim("a", 1), swim("b", 2));
     let to_b = a.join(&[Arc::from("b:1")]);
     assert_eq!(to_b.len(), 1);
-    let replies = b.receive(to_b[0].message.clone(), 10);
+    let replies = b.receive(to_b[0].message.clone(), Some(public("a")), 10);
     assert_eq!(b.state_of("a"), Some(State::Alive));
     for reply in replies {
         assert_eq!(&*reply.to, "a:1");
-        a.receive(reply.message, 20);
+        a.receive(reply.message, Some(public("b")), 20);
     }
     assert_eq!(a.state_of("b"), Some(State::Alive));
     // Messages survive their encoding.
     let message = a.tick(SECOND * 2).into_iter().next().unwrap().message;
     assert_eq!(Message::decode(&message.encode()).unwrap(), message);
+    assert!(a.refused().is_empty() && b.refused().is_empty());
 }
 
 #[test]
 fn higher_incarnations_win_and_suspicion_is_refuted() {
-    let config = Config::default();
-    let mut a = Swim::new(
-        config.clone(),
-        Arc::from("a"),
-        Arc::from("a:1"),
-        Meta::default(),
-        0,
-        1,
-    );
-    let alive = |incarnation| Update::Alive {
-        id: Arc::from("b"),
-        incarnation,
-        addr: Arc::from("b:1"),
-        meta: Arc::new(Meta::default()),
-    };
-    a.apply(alive(5), 0);
+    let mut a = member("a");
+    a.apply(alive("c", 1), 0);
+    a.apply(alive("b", 5), 0);
     // An older suspicion is ignored, a current one applies.
-    let suspect = |incarnation| Update::Suspect {
-        id: Arc::from("b"),
-        incarnation,
-        from: Arc::from("c"),
-    };
-    a.apply(suspect(4), 0);
+    a.apply(suspect("b", 4, "c"), 0);
     assert_eq!(a.state_of("b"), Some(State::Alive));
-    a.apply(suspect(5), 0);
+    a.apply(suspect("b", 5, "c"), 0);
     assert_eq!(a.state_of("b"), Some(State::Suspect));
     // The same incarnation alive does not clear it; a higher one does.
-    a.apply(alive(5), 0);
+    a.apply(alive("b", 5), 0);
     assert_eq!(a.state_of("b"), Some(State::Suspect));
-    a.apply(alive(6), 0);
+    a.apply(alive("b", 6), 0);
     assert_eq!(a.state_of("b"), Some(State::Alive));
     // Suspected itself, a member refutes with a higher incarnation.
-    a.apply(
-        Update::Suspect {
-            id: Arc::from("a"),
-            incarnation: 1,
-            from: Arc::from("b"),
-        },
-        0,
-    );
+    a.apply(suspect("a", 1, "b"), 0);
     assert_eq!(a.records()[0].incarnation, 2);
     assert!(
         a.awareness() > 0,
@@ -185,25 +224,14 @@ fn lossy_networks_cause_few_false_deaths_and_all_are_undone() {
 
 #[test]
 fn a_member_that_left_and_restarts_is_alive_again() {
-    let config = Config::default();
-    let swim = |name: &str, seed| {
-        Swim::new(
-            config.clone(),
-            Arc::from(name),
-            Arc::from(format!("{name}:1")),
-            Meta::default(),
-            0,
-            seed,
-        )
-    };
     let (mut a, mut b) = (swim("a", 1), swim("b", 2));
-    let deliver = |to: &mut Swim, out: Vec<Outgoing>, now| -> Vec<Outgoing> {
+    let deliver = |to: &mut Swim, out: Vec<Outgoing>, from: &str, now| -> Vec<Outgoing> {
         out.into_iter()
-            .flat_map(|o| to.receive(o.message, now))
+            .flat_map(|o| to.receive(o.message, Some(public(from)), now))
             .collect()
     };
-    let replies = deliver(&mut b, a.join(&[Arc::from("b:1")]), 10);
-    deliver(&mut a, replies, 20);
+    let replies = deliver(&mut b, a.join(&[Arc::from("b:1")]), "a", 10);
+    deliver(&mut a, replies, "b", 20);
     // b leaves; a hears it. A change of metadata while leaving does not
     // bring it back.
     let left = b.leave(30);
@@ -211,86 +239,162 @@ fn a_member_that_left_and_restarts_is_alive_again() {
         role: "edge".into(),
         ..Meta::default()
     });
-    deliver(&mut a, left, 40);
+    deliver(&mut a, left, "b", 40);
     assert_eq!(a.state_of("b"), Some(State::Left));
-    // b starts again from incarnation 1 and joins through a: a's sync
-    // reply says b left, so b refutes above it, and a takes it back.
+    // b starts again (same node key) from incarnation 1 and joins through
+    // a: a's sync reply holds b's own signed "left", so b refutes above
+    // it, and a takes it back.
     let mut b = swim("b", 3);
-    let replies = deliver(&mut a, b.join(&[Arc::from("a:1")]), 50);
-    deliver(&mut b, replies, 60);
+    let replies = deliver(&mut a, b.join(&[Arc::from("a:1")]), "b", 50);
+    deliver(&mut b, replies, "a", 60);
     let gossip = b.tick(SECOND);
     let mut now = SECOND;
     let mut out = gossip;
     while a.state_of("b") != Some(State::Alive) && now < 10 * SECOND {
         let to_a: Vec<Outgoing> = out.into_iter().filter(|o| &*o.to == "a:1").collect();
-        let back = deliver(&mut a, to_a, now);
-        deliver(&mut b, back, now);
+        let back = deliver(&mut a, to_a, "b", now);
+        deliver(&mut b, back, "a", now);
         now += 200;
         out = b.tick(now);
     }
     assert_eq!(a.state_of("b"), Some(State::Alive));
 }
 
-fn member(name: &str) -> Swim {
-    Swim::new(
-        Config::default(),
-        Arc::from(name),
-        Arc::from(format!("{name}:1").as_str()),
-        Meta::default(),
-        0,
-        1,
-    )
-}
-
-fn alive(name: &str, incarnation: u64) -> Update {
-    Update::Alive {
-        id: Arc::from(name),
-        incarnation,
-        addr: Arc::from(format!("{name}:1").as_str()),
-        meta: Arc::new(Meta::default()),
-    }
-}
-
 #[test]
 fn forged_updates_with_impossible_incarnations_are_refused() {
     let mut a = member("a");
     a.apply(alive("b", 3), 0);
-    // A forged "b left" and "a left" at u64::MAX: refused, nothing moves,
-    // and a's own incarnation cannot be pushed to overflow.
-    a.apply(
-        Update::Left {
-            id: Arc::from("b"),
-            incarnation: u64::MAX,
-        },
-        0,
-    );
-    a.apply(
-        Update::Left {
-            id: Arc::from("a"),
-            incarnation: u64::MAX,
-        },
-        0,
-    );
-    a.apply(
-        Update::Dead {
-            id: Arc::from("a"),
-            incarnation: MAX_INCARNATION + 1,
-            from: Arc::from("b"),
-        },
-        0,
-    );
+    // "b left" and "a left" at u64::MAX, even signed by their subjects:
+    // refused, nothing moves, and a's incarnation cannot overflow.
+    a.apply(left_by("b", u64::MAX, "b"), 0);
+    a.apply(left_by("a", u64::MAX, "a"), 0);
+    a.apply(dead("a", MAX_INCARNATION + 1, "b"), 0);
     assert_eq!(a.state_of("b"), Some(State::Alive));
     assert_eq!(a.records()[0].incarnation, 1);
-    // The highest acceptable one is refuted without overflow.
-    a.apply(
-        Update::Suspect {
-            id: Arc::from("a"),
-            incarnation: MAX_INCARNATION,
-            from: Arc::from("b"),
-        },
-        0,
-    );
-    assert_eq!(a.records()[0].incarnation, MAX_INCARNATION + 1);
+    assert_eq!(a.refused()["impossible_incarnation"], 3);
+    // A suspicion at the highest acceptable one is refuted one past a's
+    // own incarnation: only a's own signed words move it further.
+    a.apply(suspect("a", MAX_INCARNATION, "b"), 0);
+    assert_eq!(a.records()[0].incarnation, 2);
+}
+
+#[test]
+fn no_member_can_speak_for_another() {
+    // a knows b and c; c holds a trusted key and lies about b.
+    let mut a = member("a");
+    a.set_trusted([public("a"), public("b"), public("c")]);
+    a.apply(alive("b", 1), 0);
+    a.apply(alive("c", 1), 0);
+    let services = Meta {
+        services: vec![ServiceState {
+            id: "web".into(),
+            name: "web".into(),
+            address: "10.0.0.66".into(),
+            port: 80,
+            tags: Vec::new(),
+            health: Health::Passing,
+            output: String::new(),
+        }],
+        ..Meta::default()
+    };
+    let forgeries = [
+        // b's announcement with services b never had, under c's key...
+        (alive_by("b", 2, services.clone(), "c"), "key_changed"),
+        // ...or claiming b's key, signed by c.
+        (
+            match alive_by("b", 2, services, "c") {
+                Update::Alive {
+                    id,
+                    incarnation,
+                    addr,
+                    meta,
+                    sig,
+                    ..
+                } => Update::Alive {
+                    id,
+                    incarnation,
+                    addr,
+                    meta,
+                    key: public("b"),
+                    sig,
+                },
+                other => other,
+            },
+            "bad_signature",
+        ),
+        // "b left", and "b is dead, says a", signed by c.
+        (left_by("b", 2, "c"), "bad_signature"),
+        (
+            match dead("b", 1, "c") {
+                Update::Dead {
+                    id,
+                    incarnation,
+                    sig,
+                    ..
+                } => Update::Dead {
+                    id,
+                    incarnation,
+                    from: Arc::from("a"),
+                    sig,
+                },
+                other => other,
+            },
+            "bad_signature",
+        ),
+        // A suspicion in the name of a member nobody knows.
+        (suspect("b", 1, "stranger"), "unknown_signer"),
+        // A new member under a key nobody trusts.
+        (alive("mallory", 1), "untrusted_key"),
+    ];
+    for (forgery, reason) in forgeries {
+        let before = a.refused().get(reason).copied().unwrap_or(0);
+        a.apply(forgery.clone(), 0);
+        assert_eq!(
+            a.refused().get(reason).copied().unwrap_or(0),
+            before + 1,
+            "{forgery:?} should be refused as {reason}"
+        );
+    }
+    let b = a.records().into_iter().find(|r| &*r.id == "b").unwrap();
+    assert_eq!(b.state, State::Alive);
+    assert_eq!(b.incarnation, 1);
+    assert!(b.meta.services.is_empty());
+    assert_eq!(a.state_of("mallory"), None);
+    // A message c sends in b's name over its own connection is dropped.
+    // (b's real "left", which c kept from an earlier run of b, say.)
+    let message = Message {
+        from: Arc::from("b"),
+        from_addr: Arc::from("b:1"),
+        body: super::message::Body::Gossip,
+        updates: vec![left_by("b", 2, "b")],
+    };
+    a.receive(message, Some(public("c")), 0);
+    assert_eq!(a.refused()["impersonation"], 1);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    // What c says in its own name stands (and b can refute it).
+    a.apply(suspect("b", 1, "c"), 0);
+    assert_eq!(a.state_of("b"), Some(State::Suspect));
+    a.apply(alive("b", 2), 0);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+}
+
+#[test]
+fn a_name_is_bound_anew_only_after_its_member_left() {
+    let mut a = member("a");
+    a.apply(alive("b", 1), 0);
+    // The same name under another key (a new data dir, or an impostor).
+    let other = alive_by("b", 2, Meta::default(), "b2");
+    a.apply(other.clone(), 0);
+    assert_eq!(a.refused()["key_changed"], 1);
+    // Once b says itself that it left, the name is free.
+    a.apply(left_by("b", 2, "b"), 0);
+    assert_eq!(a.state_of("b"), Some(State::Left));
+    a.apply(alive_by("b", 3, Meta::default(), "b2"), 0);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    // ...and bound to the new key: the old one no longer speaks for it.
+    a.apply(left_by("b", 4, "b"), 0);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
+    assert_eq!(a.refused()["bad_signature"], 1);
 }
 
 #[test]
@@ -298,21 +402,8 @@ fn dead_and_left_members_are_forgotten_after_the_grace_period() {
     let mut a = member("a");
     a.apply(alive("b", 1), 0);
     a.apply(alive("c", 1), 0);
-    a.apply(
-        Update::Dead {
-            id: Arc::from("b"),
-            incarnation: 1,
-            from: Arc::from("c"),
-        },
-        1_000,
-    );
-    a.apply(
-        Update::Left {
-            id: Arc::from("c"),
-            incarnation: 1,
-        },
-        2_000,
-    );
+    a.apply(dead("b", 1, "c"), 1_000);
+    a.apply(left_by("c", 1, "c"), 2_000);
     let grace = Config::default().prune_after_ms;
     a.tick(1_000 + grace - 1);
     assert_eq!(a.state_of("b"), Some(State::Dead), "kept within the grace");
@@ -325,8 +416,9 @@ fn dead_and_left_members_are_forgotten_after_the_grace_period() {
 #[test]
 fn no_peer_can_grow_the_member_table_without_bound() {
     let mut a = member("a");
+    // One key, many names (the key is trusted; its owner is not).
     for n in 0..MAX_MEMBERS + 100 {
-        a.apply(alive(&format!("fake-{n}"), 1), 0);
+        a.apply(alive_by(&format!("fake-{n}"), 1, Meta::default(), "c"), 0);
     }
     assert_eq!(
         a.records().len(),

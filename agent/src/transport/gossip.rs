@@ -28,8 +28,8 @@ const MAX_MESSAGE: usize = 32 << 20;
 const PENDING_PER_PEER: usize = 64;
 
 /// Where received gossip messages go (still encoded), with the address
-/// the connection they came on leads to.
-pub type GossipSink = Arc<dyn Fn(Vec<u8>, SocketAddr) + Send + Sync>;
+/// the connection they came on leads to and the node key it was made with.
+pub type GossipSink = Arc<dyn Fn(Vec<u8>, SocketAddr, [u8; 32]) + Send + Sync>;
 
 /// Sends gossip messages to peers by address.
 pub struct GossipNet {
@@ -246,6 +246,10 @@ fn transmit(connection: quinn::Connection, message: Vec<u8>) {
 /// Reads gossip messages from a connection until it closes.
 async fn receive(connection: quinn::Connection, sink: GossipSink, isolated: Arc<AtomicBool>) {
     let remote = connection.remote_address();
+    // The handshake checked it is a trusted key.
+    let Some(key) = tls::peer_key(&connection) else {
+        return;
+    };
     let streams = {
         let (connection, sink, isolated) = (connection.clone(), sink.clone(), isolated.clone());
         async move {
@@ -254,7 +258,9 @@ async fn receive(connection: quinn::Connection, sink: GossipSink, isolated: Arc<
                 tokio::spawn(async move {
                     match stream.read_to_end(MAX_MESSAGE).await {
                         Ok(message) if message.is_empty() => {}
-                        Ok(message) if !isolated.load(Ordering::SeqCst) => sink(message, remote),
+                        Ok(message) if !isolated.load(Ordering::SeqCst) => {
+                            sink(message, remote, key)
+                        }
                         Ok(_) => {}
                         Err(quinn::ReadToEndError::TooLong) => tracing::warn!(
                             limit = MAX_MESSAGE,
@@ -269,7 +275,7 @@ async fn receive(connection: quinn::Connection, sink: GossipSink, isolated: Arc<
     let datagrams = async move {
         while let Ok(datagram) = connection.read_datagram().await {
             if !datagram.is_empty() && !isolated.load(Ordering::SeqCst) {
-                sink(datagram.to_vec(), remote);
+                sink(datagram.to_vec(), remote, key);
             }
         }
     };

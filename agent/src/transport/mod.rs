@@ -555,7 +555,7 @@ mod tests {
         let inbox = |transport: &Transport| {
             let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, SocketAddr)>();
             let tx = Mutex::new(tx);
-            transport.attach_gossip(Arc::new(move |bytes, via| {
+            transport.attach_gossip(Arc::new(move |bytes, via, _| {
                 let _ = tx.lock().unwrap().send((bytes, via));
             }));
             rx

@@ -16,9 +16,10 @@ pub const SERVER_NAME: &str = "edgeconf-peer";
 /// ALPN protocol of raft traffic.
 pub const ALPN_RAFT: &[u8] = b"edgeconf-raft/1";
 /// ALPN protocol of gossip traffic (datagrams, and streams for big messages).
-/// Version 2: member metadata carries rollout marks (postcard is not
-/// self-describing, so agents of version 1 could not read it).
-pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/4";
+/// Version 5: every update is signed by the member that makes it, and full
+/// syncs carry those updates (postcard is not self-describing, so agents of
+/// an earlier version could not read it).
+pub const ALPN_GOSSIP: &[u8] = b"edgeconf-gossip/5";
 /// The edge feed: a follower asks for the changes after a revision.
 pub const ALPN_FEED: &[u8] = b"edgeconf-feed/2";
 
