@@ -46,6 +46,10 @@ pub struct Config {
     pub max_awareness: u32,
     /// Dead and left members are forgotten this long after they went.
     pub prune_after_ms: u64,
+    /// A member dead this long may come back under a new node key (a host
+    /// whose data dir was wiped); before that, and unless it left, its
+    /// name stays bound to its old key.
+    pub rebind_after_dead_ms: u64,
 }
 
 /// Incarnations above this are refused as forged: a member adds one per
@@ -75,6 +79,7 @@ impl Default for Config {
             // Consul reaps members after 72 h; a day is plenty for an
             // edge fleet's `member list` to show who went, and when.
             prune_after_ms: 24 * 3_600_000,
+            rebind_after_dead_ms: 10 * 60_000,
         }
     }
 }
@@ -939,15 +944,24 @@ impl Swim {
     /// Whether the member that makes `update`'s statement signed it: the
     /// key its name is bound to (an `Alive` of a name not yet bound binds
     /// it to its key, if trusted; a name is bound anew only after the
-    /// member it named left, by its own signed word).
-    fn authentic(&mut self, update: &Update) -> bool {
+    /// member it named left, by its own signed word, or has been dead for
+    /// `rebind_after_dead_ms`).
+    fn authentic(&mut self, update: &Update, now_ms: u64) -> bool {
         let signer = update.signer();
         let key = if *signer == self.me {
             Some(self.public)
         } else if let Update::Alive { id, key, .. } = update {
-            let bound = self.members.get(id).map(|m| (m.key, m.record.state));
+            let rebind_after = self.config.rebind_after_dead_ms;
+            let bound = self.members.get(id).map(|m| {
+                let free = match m.record.state {
+                    State::Left => true,
+                    State::Dead => now_ms.saturating_sub(m.changed_ms) >= rebind_after,
+                    State::Alive | State::Suspect => false,
+                };
+                (m.key, free)
+            });
             match bound {
-                Some((bound, state)) if bound != *key && state != State::Left => {
+                Some((bound, false)) if bound != *key => {
                     self.refuse("key_changed");
                     tracing::warn!(member = %id, "refused a gossip announcement of a member under another node key than the one its name is bound to");
                     return false;
@@ -991,7 +1005,7 @@ impl Swim {
             return;
         }
         if *update.subject() == self.me {
-            self.apply_about_me(&update);
+            self.apply_about_me(&update, now_ms);
             return;
         }
         let news = match (&update, self.members.get(update.subject())) {
@@ -1025,7 +1039,7 @@ impl Swim {
                 member.record.state != State::Left && *incarnation >= member.record.incarnation
             }
         };
-        if !news || !self.authentic(&update) {
+        if !news || !self.authentic(&update, now_ms) {
             return;
         }
         match &update {
@@ -1158,15 +1172,15 @@ impl Swim {
     /// its incarnation past them; a suspicion or death is refuted one past
     /// its own incarnation, never past one it did not sign (so a stolen
     /// key cannot push it to the limit where it could no longer refute).
-    fn apply_about_me(&mut self, update: &Update) {
+    fn apply_about_me(&mut self, update: &Update, now_ms: u64) {
         match update {
             Update::Alive { incarnation, .. } | Update::Left { incarnation, .. } => {
-                if *incarnation > self.incarnation && !self.left && self.authentic(update) {
+                if *incarnation > self.incarnation && !self.left && self.authentic(update, now_ms) {
                     self.refute(*incarnation);
                 }
             }
             Update::Suspect { incarnation, .. } | Update::Dead { incarnation, .. } => {
-                if !self.authentic(update) {
+                if !self.authentic(update, now_ms) {
                     return;
                 }
                 self.refute((*incarnation).min(self.incarnation));

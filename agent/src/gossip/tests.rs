@@ -395,6 +395,16 @@ fn a_name_is_bound_anew_only_after_its_member_left() {
     a.apply(left_by("b", 4, "b"), 0);
     assert_eq!(a.state_of("b"), Some(State::Alive));
     assert_eq!(a.refused()["bad_signature"], 1);
+    // A member dead long enough may come back under a new key (a wiped
+    // host), not before.
+    a.apply(alive("c", 1), 0);
+    a.apply(dead("b", 3, "c"), 1_000);
+    let wait = Config::default().rebind_after_dead_ms;
+    a.apply(alive_by("b", 4, Meta::default(), "b3"), 1_000 + wait - 1);
+    assert_eq!(a.state_of("b"), Some(State::Dead));
+    assert_eq!(a.refused()["key_changed"], 2);
+    a.apply(alive_by("b", 4, Meta::default(), "b3"), 1_000 + wait);
+    assert_eq!(a.state_of("b"), Some(State::Alive));
 }
 
 #[test]
