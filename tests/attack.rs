@@ -29,12 +29,12 @@ fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
     message
 }
 
-#[test]
-fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
-    let dir = tempfile::tempdir().unwrap();
-    // Slot 4 is never started: its key is trusted by every voter, as an
-    // edge's is, and the attacker holds it.
-    let mut cluster = Cluster::new(dir.path(), VOTERS + 1);
+/// A cluster of `slots` slots whose first `VOTERS` run as voters, each
+/// serving metrics on the returned port. The slots past them are never
+/// started: their keys are trusted by every voter, as an edge's is, and
+/// the attacker holds them.
+fn voters(dir: &std::path::Path, slots: usize) -> (Cluster, Vec<u16>) {
+    let mut cluster = Cluster::new(dir, slots);
     let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
     for (i, port) in metrics.iter().enumerate() {
         cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
@@ -44,6 +44,49 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         cluster.write_config(i, &initial, "new");
         cluster.run(i);
     }
+    (cluster, metrics)
+}
+
+/// Where slot `i` listens for peers.
+fn peer_addr(cluster: &Cluster, i: usize) -> std::net::SocketAddr {
+    cluster.slots[i]
+        .peer_url
+        .trim_start_matches("quic://")
+        .parse()
+        .unwrap()
+}
+
+/// The real transport, run with slot `slot`'s stolen node key (call from
+/// within a runtime).
+fn hostile(cluster: &Cluster, slot: usize) -> (std::sync::Arc<Transport>, NodeKey) {
+    let stolen = NodeKey::load_or_create(&cluster.slots[slot].data_dir).unwrap();
+    let transport = Transport::start(
+        format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap(),
+        &stolen,
+        &voter_keys(cluster),
+        false,
+    )
+    .unwrap();
+    (transport, stolen)
+}
+
+/// The voters' node keys (the ones every agent trusts).
+fn voter_keys(cluster: &Cluster) -> Vec<[u8; 32]> {
+    (0..VOTERS)
+        .map(|i| {
+            NodeKey::load_or_create(&cluster.slots[i].data_dir)
+                .unwrap()
+                .public_key_raw()
+        })
+        .collect()
+}
+
+#[test]
+fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, metrics) = voters(dir.path(), VOTERS + 1);
     let leader = cluster.wait_for_leader();
     ok(edgeconf(
         cluster.agents[leader].as_ref().unwrap(),
@@ -52,36 +95,14 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     let before = status(&cluster, leader);
     let term = before["raft_term"].as_u64().unwrap();
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
-    let addr = |i: usize| -> std::net::SocketAddr {
-        cluster.slots[i]
-            .peer_url
-            .trim_start_matches("quic://")
-            .parse()
-            .unwrap()
-    };
+    let addr = |i: usize| peer_addr(&cluster, i);
     let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
 
     let (f1, f2) = (followers[0], followers[1]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let voters: Vec<[u8; 32]> = (0..VOTERS)
-            .map(|i| {
-                NodeKey::load_or_create(&cluster.slots[i].data_dir)
-                    .unwrap()
-                    .public_key_raw()
-            })
-            .collect();
         let attacker = |slot: usize, targets: &[usize]| {
-            let stolen = NodeKey::load_or_create(&cluster.slots[slot].data_dir).unwrap();
-            let transport = Transport::start(
-                format!("127.0.0.1:{}", common::free_port())
-                    .parse()
-                    .unwrap(),
-                &stolen,
-                &voters,
-                false,
-            )
-            .unwrap();
+            let (transport, _) = hostile(&cluster, slot);
             transport.attach_raft(std::sync::Arc::new(|_| {}));
             transport.set_peers(
                 &targets
@@ -118,7 +139,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         // is closed at the handshake.
         let configs = edgeconf::transport::tls::quic_configs(
             &NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap(),
-            &voters,
+            &voter_keys(&cluster),
         )
         .unwrap();
         let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -230,12 +251,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     use edgeconf::store::{Command, PutRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::new(dir.path(), VOTERS);
-    let initial = cluster.initial_cluster(0..VOTERS);
-    for i in 0..VOTERS {
-        cluster.write_config(i, &initial, "new");
-        cluster.run(i);
-    }
+    let (cluster, _) = voters(dir.path(), VOTERS);
     let leader = cluster.wait_for_leader();
     let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
     let (f1, f2) = (followers[0], followers[1]);
@@ -256,35 +272,12 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     ok(root(f1, &["put", "/app/config", "real"]));
 
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
-    let addr = |i: usize| -> std::net::SocketAddr {
-        cluster.slots[i]
-            .peer_url
-            .trim_start_matches("quic://")
-            .parse()
-            .unwrap()
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let voters: Vec<[u8; 32]> = (0..VOTERS)
-            .map(|i| {
-                NodeKey::load_or_create(&cluster.slots[i].data_dir)
-                    .unwrap()
-                    .public_key_raw()
-            })
-            .collect();
         // f2's stolen key: a member, speaking as itself to the leader.
-        let stolen = NodeKey::load_or_create(&cluster.slots[f2].data_dir).unwrap();
-        let transport = Transport::start(
-            format!("127.0.0.1:{}", common::free_port())
-                .parse()
-                .unwrap(),
-            &stolen,
-            &voters,
-            false,
-        )
-        .unwrap();
+        let (transport, _) = hostile(&cluster, f2);
         transport.attach_raft(std::sync::Arc::new(|_| {}));
-        transport.set_peers(&[(id(leader), addr(leader))]);
+        transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
         let put =
             |key: &str| Command::Put(PutRequest::new(key.as_bytes().to_vec(), b"owned".to_vec()));
         // The auth revision is a small number: try each, so that one of
@@ -385,25 +378,10 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
     use edgeconf::gossip::{Message as Gossip, Meta, Update};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::new(dir.path(), VOTERS + 1);
-    let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
-    for (i, port) in metrics.iter().enumerate() {
-        cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
-    }
-    let initial = cluster.initial_cluster(0..VOTERS);
-    for i in 0..VOTERS {
-        cluster.write_config(i, &initial, "new");
-        cluster.run(i);
-    }
+    let (cluster, metrics) = voters(dir.path(), VOTERS + 1);
     cluster.wait_for_leader();
     let name = |i: usize| cluster.slots[i].name.clone();
-    let addr = |i: usize| -> std::net::SocketAddr {
-        cluster.slots[i]
-            .peer_url
-            .trim_start_matches("quic://")
-            .parse()
-            .unwrap()
-    };
+    let addr = |i: usize| peer_addr(&cluster, i);
     let alive_everywhere = |count: usize| {
         let line = format!("edgeconf_gossip_members{{state=\"alive\"}} {count}");
         metrics
@@ -418,26 +396,10 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let voters: Vec<[u8; 32]> = (0..VOTERS)
-            .map(|i| {
-                NodeKey::load_or_create(&cluster.slots[i].data_dir)
-                    .unwrap()
-                    .public_key_raw()
-            })
-            .collect();
         // The never-started slot's key: trusted by every voter, as an
         // edge's is.
-        let stolen = NodeKey::load_or_create(&cluster.slots[VOTERS].data_dir).unwrap();
+        let (transport, stolen) = hostile(&cluster, VOTERS);
         let signing = stolen.signing_key().unwrap();
-        let transport = Transport::start(
-            format!("127.0.0.1:{}", common::free_port())
-                .parse()
-                .unwrap(),
-            &stolen,
-            &voters,
-            false,
-        )
-        .unwrap();
         transport.attach_gossip(std::sync::Arc::new(|_, _, _| {}));
         let me: std::sync::Arc<str> = name(VOTERS).into();
         let my_addr: std::sync::Arc<str> = transport.local_addr().unwrap().to_string().into();

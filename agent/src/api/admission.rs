@@ -169,17 +169,13 @@ mod tests {
     use crate::auth::{token, AuthCommand, Permission, PermissionKind};
     use crate::store::{KeyRange, Proposal, PutRequest, TxnOp, TxnRequest};
 
-    fn apply(store: &Store, command: Command) {
-        store
-            .apply(Proposal {
-                command,
-                time_unix_ms: 1,
-            })
-            .unwrap();
-    }
-
-    fn auth(store: &Store, command: AuthCommand) {
-        apply(store, Command::Auth(command));
+    fn auth(store: &Store, change: AuthCommand) {
+        let command = Command::Auth(change);
+        let proposal = Proposal {
+            command,
+            time_unix_ms: 1,
+        };
+        store.apply(proposal).unwrap();
     }
 
     /// A store with auth on: root, and user `app` that may write `/app/`.
