@@ -135,6 +135,64 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         edge.close();
         follower.close();
 
+        // Raw frames with the follower's key (a member, so its raft
+        // connection is admitted): a message claiming 2 GiB, an append of
+        // 20 MiB (only snapshots may be that big), then 100 frames in
+        // parallel (they queue behind the 16 streams a member may have).
+        let configs = edgeconf::transport::tls::quic_configs(
+            &NodeKey::load_or_create(&cluster.slots[f2].data_dir).unwrap(),
+            &voter_keys(&cluster),
+        )
+        .unwrap();
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let raw = client
+            .connect_with(configs.raft_client.clone(), addr(f1), edgeconf::transport::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let frame = |message: &Message| {
+            use protobuf::Message as _;
+            let bytes = message.write_to_bytes().unwrap();
+            let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
+            frame.extend(bytes);
+            frame
+        };
+        let mut huge = raw.open_uni().await.unwrap();
+        huge.write_all(&(2u32 << 30).to_be_bytes()).await.unwrap();
+        let _ = huge.write_all(&[0; 1024]).await;
+        let _ = huge.finish();
+        let mut big = message(MessageType::MsgAppend, id(f2), id(f1), term);
+        big.context = vec![0u8; 20 << 20].into();
+        let mut stream = raw.open_uni().await.unwrap();
+        let _ = stream.write_all(&frame(&big)).await;
+        let _ = stream.finish();
+        // Read whole (it might have been a snapshot), then refused.
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await;
+        let small = frame(&message(MessageType::MsgHeartbeatResponse, id(f2), id(f1), term));
+        let parallel: Vec<_> = (0..100)
+            .map(|_| {
+                let (raw, small) = (raw.clone(), small.clone());
+                tokio::spawn(async move {
+                    let mut stream = raw.open_uni().await.ok()?;
+                    stream.write_all(&small).await.ok()?;
+                    stream.finish().ok()?;
+                    stream.stopped().await.ok()
+                })
+            })
+            .collect();
+        let done = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut finished = 0;
+            for task in parallel {
+                if matches!(task.await, Ok(Some(_))) {
+                    finished += 1;
+                }
+            }
+            finished
+        })
+        .await;
+        assert_eq!(done, Ok(100), "every small frame was read");
+        raw.close(0u32.into(), b"done");
+
         // A flood of connections with the edge's key: past its share, each
         // is closed at the handshake.
         let configs = edgeconf::transport::tls::quic_configs(
@@ -205,6 +263,11 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
             .find_map(|l| l.strip_prefix(&line))
             .map_or(0, |n| n.trim().parse().unwrap())
     };
+    assert!(
+        count(f1, "oversized") >= 2,
+        "{}",
+        http_get(metrics[f1], "/metrics")
+    );
     assert!(
         count(f1, "impersonation") >= 20,
         "{}",

@@ -7,6 +7,7 @@
 //! The transport knows nothing of raft's logic, only how to move messages.
 
 pub mod feed;
+pub mod frames;
 pub mod gossip;
 pub mod limits;
 pub mod senders;
@@ -18,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
@@ -31,8 +31,6 @@ pub use tls::NodeKey;
 const PEER_QUEUE: usize = 4096;
 /// Most messages sent in one stream.
 const MAX_BATCH: usize = 256;
-/// Largest frame accepted (snapshots travel in one frame).
-const MAX_FRAME: usize = 1 << 30;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Raft frames one member may have in flight to us at once.
 const RAFT_STREAMS_PER_CONNECTION: u32 = 16;
@@ -278,35 +276,6 @@ impl Transport {
     }
 }
 
-fn encode(messages: &[Message]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    for message in messages {
-        let bytes = message
-            .write_to_bytes()
-            .expect("encoding a raft message into memory cannot fail");
-        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&bytes);
-    }
-    frame
-}
-
-fn decode(mut frame: &[u8]) -> Result<Vec<Message>, String> {
-    let mut messages = Vec::new();
-    while !frame.is_empty() {
-        let (len, rest) = frame
-            .split_first_chunk::<4>()
-            .ok_or("truncated frame length")?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err("truncated frame".into());
-        }
-        let message = Message::parse_from_bytes(&rest[..len]).map_err(|e| e.to_string())?;
-        messages.push(message);
-        frame = &rest[len..];
-    }
-    Ok(messages)
-}
-
 /// Where accepted connections deliver, per protocol.
 #[derive(Default, Clone)]
 struct Sinks {
@@ -323,6 +292,7 @@ async fn accept_peers(
     dial_out_only: bool,
 ) {
     let limits = Arc::new(limits::PerKey::default());
+    let read_limits = Arc::new(frames::ReadLimits::default());
     while let Some(incoming) = endpoint.accept().await {
         if dial_out_only {
             incoming.ignore();
@@ -333,7 +303,7 @@ async fn accept_peers(
         let isolated = isolated.clone();
         let contact = contact.clone();
         let senders = senders.clone();
-        let limits = limits.clone();
+        let (limits, read_limits) = (limits.clone(), read_limits.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -378,30 +348,37 @@ async fn accept_peers(
             while let Ok(mut stream) = connection.accept_uni().await {
                 let (sinks, isolated) = (sinks.clone(), isolated.clone());
                 let (senders, warned) = (senders.clone(), warned.clone());
+                let limits = read_limits.clone();
                 tokio::spawn(async move {
-                    let frame = stream.read_to_end(MAX_FRAME).await;
-                    if isolated.load(Ordering::SeqCst) {
-                        return;
-                    }
                     let Some(sink) = sinks.raft.get() else {
                         return;
                     };
-                    match frame.map_err(|e| e.to_string()).and_then(|f| decode(&f)) {
-                        Ok(messages) => {
-                            for message in messages {
-                                match senders.check(message.from, &key) {
-                                    Ok(()) => sink(Delivery::Message(message)),
-                                    Err(refusal) => {
-                                        let first = warned
-                                            .lock()
-                                            .unwrap_or_else(|e| e.into_inner())
-                                            .insert((refusal, message.from));
-                                        refused(&remote, &key, message.from, refusal, first);
-                                    }
-                                }
+                    let read = frames::read(&mut stream, &limits, |message| {
+                        if isolated.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        match senders.check(message.from, &key) {
+                            Ok(()) => sink(Delivery::Message(message)),
+                            Err(refusal) => {
+                                let first = warned
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert((refusal, message.from));
+                                refused(&remote, &key, message.from, refusal, first);
                             }
                         }
-                        Err(err) => tracing::debug!(%remote, error = %err, "dropped a bad frame"),
+                    })
+                    .await;
+                    match read {
+                        Err(frames::FrameError::Read(err)) => {
+                            tracing::debug!(%remote, error = %err, "a raft stream failed")
+                        }
+                        Err(err) => {
+                            senders.count(err.label());
+                            tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), error = %err, "dropped a raft frame");
+                            let _ = stream.stop(0u32.into());
+                        }
+                        Ok(()) => {}
                     }
                 });
             }
@@ -519,19 +496,24 @@ async fn connect(
     }
 }
 
+/// Sends `messages` in frames of a few MiB, each on a stream of its own.
 async fn send_frame(connection: &quinn::Connection, messages: &[Message]) -> Result<(), String> {
-    let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
-    stream
-        .write_all(&encode(messages))
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.finish().map_err(|e| e.to_string())?;
-    if messages
+    let snapshot = messages
         .iter()
-        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-    {
-        // A snapshot counts as sent once the peer has read all of it.
-        stream.stopped().await.map_err(|e| e.to_string())?;
+        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+    for frame in frames::encode(messages) {
+        let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        stream.finish().map_err(|e| e.to_string())?;
+        if snapshot {
+            // A snapshot counts as sent once the peer has read all of it
+            // (a peer that refused it stops the stream with an error).
+            match stream.stopped().await {
+                Ok(None) => {}
+                Ok(Some(code)) => return Err(format!("the peer refused the snapshot ({code})")),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
     }
     Ok(())
 }
@@ -588,19 +570,5 @@ mod tests {
         open.gossip().send(announced, b"via alias".to_vec());
         let got = tokio::task::block_in_place(|| wait(&to_a)).unwrap();
         assert_eq!(got.0, b"via alias".to_vec());
-    }
-
-    #[test]
-    fn frames_round_trip_several_messages() {
-        let mut a = Message::default();
-        a.set_msg_type(MessageType::MsgHeartbeat);
-        a.to = 2;
-        a.from = 1;
-        let mut b = Message::default();
-        b.set_msg_type(MessageType::MsgAppend);
-        b.index = 7;
-        let decoded = decode(&encode(&[a.clone(), b.clone()])).unwrap();
-        assert_eq!(decoded, vec![a, b]);
-        assert!(decode(&[0, 0, 0, 9, 1]).is_err());
     }
 }

@@ -114,6 +114,17 @@ impl Senders {
         verdict
     }
 
+    /// Counts a message refused for what it is rather than who sent it
+    /// (an oversized frame, say).
+    pub fn count(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
     /// Refused messages by reason.
     pub fn refused(&self) -> BTreeMap<&'static str, u64> {
         self.refused

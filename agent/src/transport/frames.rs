@@ -1,0 +1,177 @@
+//! Raft frames: one QUIC stream carries one frame, a run of raft messages,
+//! each a big-endian `u32` length and the protobuf bytes.
+//!
+//! Sent by: raft members only (the connection's key was admitted first).
+//! Checked by the receiver, as it reads, so that no member (any may hold a
+//! stolen key) can make it hold more than a bounded amount of memory:
+//! - a message other than a snapshot is at most [`MAX_MESSAGE`] bytes, and
+//!   the bytes being read at once, over every stream of every peer, stay
+//!   within [`READ_BUDGET`] (a stream waits for room);
+//! - a bigger message must be a snapshot, at most [`MAX_SNAPSHOT`] bytes,
+//!   alone in its frame, and one is read at a time (another is refused;
+//!   raft sends it again).
+//!
+//! Messages are read one after another, as the bytes come (a snapshot
+//! streams in QUIC's flow-control windows); each is delivered once read.
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::Semaphore;
+
+/// Largest raft message other than a snapshot: appends carry at most 1 MiB
+/// of entries (`max_size_per_msg`), or one entry of a client request of at
+/// most 1.5 MiB.
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Largest snapshot accepted (the whole store of the leader).
+pub const MAX_SNAPSHOT: usize = 1 << 30;
+/// Bytes of messages (snapshots aside) read at once, from all peers.
+pub const READ_BUDGET: usize = 256 << 20;
+/// A frame the sender fills up to about this many bytes.
+const FRAME_TARGET: usize = 4 << 20;
+
+/// Why a frame was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("a raft message of {0} bytes, over the limit for a snapshot")]
+    TooBig(usize),
+    #[error("a raft message of {0} bytes that is not a snapshot alone in its frame")]
+    OversizedNotSnapshot(usize),
+    #[error("a snapshot while another is being received")]
+    SnapshotBusy,
+    #[error("undecodable raft message: {0}")]
+    Undecodable(String),
+    #[error("reading the stream: {0}")]
+    Read(String),
+}
+
+impl FrameError {
+    /// The reason as counted in `edgeconf_raft_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FrameError::TooBig(_) | FrameError::OversizedNotSnapshot(_) => "oversized",
+            FrameError::SnapshotBusy => "snapshot_busy",
+            FrameError::Undecodable(_) => "undecodable",
+            FrameError::Read(_) => "read_failed",
+        }
+    }
+}
+
+/// What bounds the reads of all raft streams together.
+pub struct ReadLimits {
+    /// Permits in KiB of message bytes.
+    budget: Semaphore,
+    snapshots: Semaphore,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            budget: Semaphore::new(READ_BUDGET >> 10),
+            snapshots: Semaphore::new(1),
+        }
+    }
+}
+
+/// The messages of a batch as frames of about [`FRAME_TARGET`] bytes each
+/// (every frame holds at least one message).
+pub fn encode(messages: &[Message]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    for message in messages {
+        let bytes = message
+            .write_to_bytes()
+            .expect("encoding a raft message into memory cannot fail");
+        if !frame.is_empty() && frame.len() + bytes.len() > FRAME_TARGET {
+            frames.push(std::mem::take(&mut frame));
+        }
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&bytes);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// Reads one frame from `stream`, handing each message to `deliver` as it
+/// is read. Ends at the end of the stream, or at the first message that
+/// breaks a limit (the rest of the stream is dropped).
+pub async fn read(
+    stream: &mut quinn::RecvStream,
+    limits: &ReadLimits,
+    mut deliver: impl FnMut(Message),
+) -> Result<(), FrameError> {
+    let mut first = true;
+    loop {
+        let mut header = [0u8; 4];
+        match stream.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
+            Err(err) => return Err(FrameError::Read(err.to_string())),
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        let snapshot = len > MAX_MESSAGE;
+        if len > MAX_SNAPSHOT {
+            return Err(FrameError::TooBig(len));
+        }
+        if snapshot && !first {
+            return Err(FrameError::OversizedNotSnapshot(len));
+        }
+        // Held until the message is decoded and handed over.
+        let _room = if snapshot {
+            limits
+                .snapshots
+                .try_acquire()
+                .map_err(|_| FrameError::SnapshotBusy)?
+        } else {
+            let kib = (len >> 10).max(1) as u32;
+            limits
+                .budget
+                .acquire_many(kib)
+                .await
+                .map_err(|err| FrameError::Read(err.to_string()))?
+        };
+        let mut bytes = vec![0u8; len];
+        stream
+            .read_exact(&mut bytes)
+            .await
+            .map_err(|err| FrameError::Read(err.to_string()))?;
+        let message = Message::parse_from_bytes(&bytes)
+            .map_err(|e| FrameError::Undecodable(e.to_string()))?;
+        drop(bytes);
+        if snapshot {
+            let alone = matches!(
+                stream.read_exact(&mut header).await,
+                Err(quinn::ReadExactError::FinishedEarly(0))
+            );
+            if message.get_msg_type() != MessageType::MsgSnapshot || !alone {
+                return Err(FrameError::OversizedNotSnapshot(len));
+            }
+        }
+        deliver(message);
+        first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(bytes: usize) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.context = vec![7u8; bytes].into();
+        message
+    }
+
+    #[test]
+    fn batches_are_split_into_frames_of_a_few_mebibytes() {
+        let messages: Vec<Message> = (0..10).map(|_| append(1 << 20)).collect();
+        let frames = encode(&messages);
+        assert_eq!(frames.len(), 4, "three of 1 MiB fit in 4 MiB");
+        assert!(frames.iter().all(|f| f.len() <= FRAME_TARGET + (2 << 20)));
+        // One message bigger than the target still goes, alone.
+        let frames = encode(&[append(8 << 20), append(10)]);
+        assert_eq!(frames.len(), 2);
+    }
+}
