@@ -95,9 +95,19 @@ impl Context {
     /// refusal is the client's error, with the plugin's message.
     /// Keys under a rollout and edgeconf's own keys are refused first.
     pub(crate) async fn validate(&self, command: &crate::store::Command) -> Result<(), Status> {
-        if let Some(problem) = crate::rollout::stored::refuse_write(self.node.store(), command)
-            .map_err(store_status)?
-        {
+        let refusal = || {
+            crate::rollout::stored::refuse_write(self.node.store(), command).map_err(store_status)
+        };
+        let mut problem = refusal()?;
+        // A follower's store may not have applied what the client saw just
+        // before (`put --force` aborts the rollout on the leader, then
+        // writes here): a refusal holds only once this member has caught up
+        // with the leader's commit.
+        if problem.is_some() && !self.node.is_leader() {
+            self.node.read_index().await.map_err(propose_status)?;
+            problem = refusal()?;
+        }
+        if let Some(problem) = problem {
             return Err(Status::failed_precondition(format!("edgeconf: {problem}")));
         }
         let Some(validators) = &self.plugins.validators else {
