@@ -24,15 +24,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// exiting (a restart right after `kill -9`).
 const STORE_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Set in the environment to let tests partition an agent from its peers.
-const FAULT_INJECTION_ENV: &str = "EDGECONF_FAULT_INJECTION";
-/// With fault injection on, this file in the data dir cuts the agent off
-/// from its peers while it exists.
-const PARTITION_SWITCH: &str = "fault-partition";
-/// With fault injection on, this file in the data dir makes the raft thread
-/// panic (once), to check that the agent fails stop.
-const CRASH_SWITCH: &str = "fault-raft-crash";
-
 /// Runs the agent until SIGINT or SIGTERM. Returns the raft thread: join it
 /// after the runtime is dropped, to close the store cleanly.
 /// `reload` reads the config again; on SIGHUP the agent takes the trust
@@ -241,13 +232,9 @@ pub async fn run(
             });
         }
     }
-    if std::env::var_os(FAULT_INJECTION_ENV).is_some() {
-        let node = node.clone();
-        let (partition, crash) = (
-            config.data_dir.join(PARTITION_SWITCH),
-            config.data_dir.join(CRASH_SWITCH),
-        );
-        tasks.spawn(async move { watch_fault_switches(node, partition, crash).await });
+    if crate::fault::enabled() {
+        let (node, data_dir) = (node.clone(), config.data_dir.clone());
+        tasks.spawn(crate::fault::watch_switches(node, data_dir));
     }
     tracing::info!(
         name = %config.name,
@@ -290,28 +277,6 @@ pub async fn run(
         );
     }
     Ok(raft_thread)
-}
-
-/// Fault injection for partition tests (only with `EDGECONF_FAULT_INJECTION`
-/// set): drops all peer traffic while `switch` exists, so a live agent can
-/// be cut off from the others and healed without touching the network.
-async fn watch_fault_switches(
-    node: Arc<Node>,
-    partition: std::path::PathBuf,
-    crash: std::path::PathBuf,
-) {
-    tracing::warn!(partition = %partition.display(), crash = %crash.display(), "fault injection enabled");
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut crashed = false;
-    loop {
-        tick.tick().await;
-        node.transport().set_isolated(partition.exists());
-        if !crashed && crash.exists() {
-            tracing::warn!("fault injection: crashing the raft thread");
-            node.inject_crash();
-            crashed = true;
-        }
-    }
 }
 
 /// Compiles the `[[plugin]]` components (compiled code is cached in the data

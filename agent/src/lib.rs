@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod edge;
+pub mod fault;
 pub mod feed;
 pub mod gossip;
 pub mod metrics;

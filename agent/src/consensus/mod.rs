@@ -652,6 +652,7 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        .saturating_add(crate::fault::clock_offset_ms())
 }
 
 /// raft-rs logs through slog; send its records to tracing.

@@ -155,7 +155,17 @@ impl Wal {
             buffer.extend_from_slice(&crc.to_le_bytes());
             buffer.extend_from_slice(bytes);
         }
+        use crate::fault::DiskFault;
+        if crate::fault::disk() == DiskFault::Full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (fault injection)",
+            ));
+        }
         self.file.write_all_at(&buffer, self.offset)?;
+        if crate::fault::disk() == DiskFault::FailingFsync {
+            return Err(io::Error::other("fdatasync failed (fault injection)"));
+        }
         self.file.sync_data()?;
         self.offset += buffer.len() as u64;
         self.last_crc = crc;

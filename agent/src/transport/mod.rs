@@ -74,6 +74,9 @@ pub struct Transport {
     /// Fault injection: while set, every peer message in or out is dropped,
     /// as if this member were cut off by a network partition.
     isolated: Arc<AtomicBool>,
+    /// Fault injection: while set, raft messages this member sends are
+    /// dropped, but it still hears its peers (an asymmetric partition).
+    muted: AtomicBool,
     /// When a peer last completed a handshake with us, either way.
     contact: Arc<Contact>,
     /// Which node key speaks for which member (see `senders`).
@@ -154,6 +157,7 @@ impl Transport {
             ),
             runtime,
             isolated: isolated.clone(),
+            muted: AtomicBool::new(false),
             contact: contact.clone(),
             senders: senders.clone(),
         });
@@ -238,7 +242,7 @@ impl Transport {
     }
 
     /// Cuts this member off from its peers (or reconnects it): a fault
-    /// injection for partition tests, see `agent::watch_fault_switch`.
+    /// injection for partition tests, see `crate::fault`.
     pub fn set_isolated(&self, isolated: bool) {
         if self.isolated.swap(isolated, Ordering::SeqCst) != isolated {
             tracing::warn!(
@@ -249,9 +253,21 @@ impl Transport {
         }
     }
 
+    /// Drops the raft messages this member sends (or sends them again):
+    /// a fault injection for asymmetric partitions, see `crate::fault`.
+    pub fn set_muted(&self, muted: bool) {
+        if self.muted.swap(muted, Ordering::SeqCst) != muted {
+            tracing::warn!(
+                muted,
+                "fault injection: outgoing raft messages {}",
+                if muted { "dropped" } else { "restored" }
+            );
+        }
+    }
+
     /// Queues messages for their peers without waiting.
     pub fn send(&self, messages: Vec<Message>) {
-        let isolated = self.isolated.load(Ordering::SeqCst);
+        let isolated = self.isolated.load(Ordering::SeqCst) || self.muted.load(Ordering::SeqCst);
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for message in messages {
             let to = message.to;
