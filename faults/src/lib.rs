@@ -3,7 +3,7 @@
 //! decides whether such a history is linearizable ([`linearizable`]).
 //!
 //! The suite that drives real agents through faults lives beside the
-//! integration tests (`tests/faults/`); it records with [`history::Recorder`]
+//! integration tests (`tests/fault_suite/`); it records with [`history::Recorder`]
 //! and judges with [`linearizable::check`].
 
 pub mod history;
