@@ -105,6 +105,10 @@ pub async fn client(id: usize, endpoint: String, workload: Arc<Workload>) {
             Outcome::Unknown | Outcome::Failed => connection = None,
             _ => {}
         }
+        if outcome == Outcome::Failed {
+            // Most often its member is down: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         workload.recorder.record(Entry {
             client: id,
             key,

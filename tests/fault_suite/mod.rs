@@ -1,12 +1,13 @@
 //! The fault suite (Jepsen-style): clients read, write and compare-and-set
-//! a few keys on a real three-member cluster through the etcd API while a
+//! a few keys through the etcd API of three real voters and an edge agent
+//! (which forwards writes and linearizable reads to a voter) while a
 //! nemesis kills, pauses, partitions, fails disks and jumps clocks; then,
 //! with every fault healed, the run is judged:
 //! - the history is linearizable (per key, `edgeconf_faults::check`);
-//! - every acknowledged write is in every member's history, at its revision;
-//! - every member's watcher saw every revision once, in order, across
-//!   reconnections (compared with a fresh replay of that member);
-//! - every member's rendered file equals its store;
+//! - every acknowledged write is in every agent's history, at its revision;
+//! - every agent's watcher saw every revision once, in order, across
+//!   reconnections (compared with a fresh replay of that agent);
+//! - every agent's rendered file equals its store;
 //! - no agent panicked.
 //!
 //! Used by `tests/faults.rs` (a short run in the test suite) and by
@@ -26,10 +27,14 @@ use edgeconf_faults::{check, Verdict};
 use etcd_client::{GetOptions, WatchOptions};
 
 use crate::common::cluster::{wait_for_revision, Cluster, TIMEOUT};
+use crate::common::fleet::fleet_with;
 use clients::{Watched, Workload, PREFIX};
 use nemesis::Fault;
 
-const MEMBERS: usize = 3;
+/// Three voters (n1..n3) and one edge agent (n4), which follows the
+/// voters' feed and forwards its clients' writes and linearizable reads.
+const VOTERS: usize = 3;
+const AGENTS: usize = VOTERS + 1;
 /// Rendered by every member: each value of the prefix, one per line.
 const TEMPLATE: &str = "{% for e in entries %}{{ e.value }}\n{% endfor %}";
 
@@ -100,7 +105,7 @@ impl Report {
 /// Runs the suite in `dir` (agents, logs and rendered files go there).
 pub fn run(dir: &Path, settings: &Settings) -> Report {
     let (mut cluster, files) = start_cluster(dir);
-    let endpoints: Vec<String> = (0..MEMBERS).map(|i| cluster.endpoint(i)).collect();
+    let endpoints: Vec<String> = (0..AGENTS).map(|i| cluster.endpoint(i)).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,7 +113,7 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
         .unwrap();
     let workload = Arc::new(Workload::new(settings.keys, settings.key_life));
     let watch_stop = Arc::new(AtomicBool::new(false));
-    let watched: Vec<Arc<Mutex<Watched>>> = (0..MEMBERS).map(|_| Arc::default()).collect();
+    let watched: Vec<Arc<Mutex<Watched>>> = (0..AGENTS).map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
     for (endpoint, watched) in endpoints.iter().zip(&watched) {
         let task = clients::watcher(endpoint.clone(), watched.clone(), watch_stop.clone());
@@ -116,7 +121,7 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
     }
     let clients: Vec<_> = (0..settings.clients)
         .map(|id| {
-            let endpoint = endpoints[id % MEMBERS].clone();
+            let endpoint = endpoints[id % AGENTS].clone();
             runtime.spawn(clients::client(id, endpoint, workload.clone()))
         })
         .collect();
@@ -172,7 +177,7 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
     });
     runtime.block_on(check_rendered(&cluster, &files, &mut anomalies));
     check_logs(dir, &mut anomalies);
-    for i in 0..MEMBERS {
+    for i in 0..AGENTS {
         cluster.stop(i);
     }
     Report {
@@ -185,30 +190,32 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
     }
 }
 
-/// Three voters, each rendering [`PREFIX`] into its own file.
+/// Three voters and an edge, each rendering [`PREFIX`] into its own file.
 fn start_cluster(dir: &Path) -> (Cluster, Vec<PathBuf>) {
     let template = dir.join("values.j2");
     std::fs::write(&template, TEMPLATE).unwrap();
-    let mut cluster = Cluster::new(dir, MEMBERS);
-    let mut files = Vec::new();
-    for i in 0..MEMBERS {
+    let (mut head, mut extra, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..AGENTS {
         let out = dir.join(format!("out{}", i + 1));
         std::fs::create_dir_all(&out).unwrap();
         let file = out.join("values.txt");
-        cluster.member_head[i] = format!("render_root = {:?}", out.display().to_string());
-        cluster.member_config[i] = format!(
+        head.push(format!("render_root = {:?}", out.display().to_string()));
+        extra.push(format!(
             "[[render]]\nprefix = {PREFIX:?}\ntemplate = {:?}\ndest = {:?}\ndebounce = \"1ms\"\n",
             template.display().to_string(),
             file.display().to_string()
-        );
+        ));
         files.push(file);
     }
-    let initial = cluster.initial_cluster(0..MEMBERS);
-    for i in 0..MEMBERS {
-        cluster.write_config(i, &initial, "new");
-        cluster.run(i);
-    }
-    cluster.wait_for_leader();
+    let gossip = "probe_interval = \"500ms\"\nprobe_timeout = \"200ms\"";
+    let cluster = fleet_with(
+        dir,
+        AGENTS - VOTERS,
+        |_| String::new(),
+        gossip,
+        &extra,
+        &head,
+    );
     (cluster, files)
 }
 
@@ -231,7 +238,7 @@ async fn converged_replays(cluster: &Cluster, leader: usize) -> Vec<Vec<Event>> 
         .max()
         .unwrap_or(0);
     let mut replays = Vec::new();
-    for i in 0..MEMBERS {
+    for i in 0..AGENTS {
         wait_for_revision(cluster, i, last).await;
         replays.push(replay(cluster, i, last).await);
     }

@@ -15,8 +15,10 @@ use crate::common::cluster::Cluster;
 pub enum Fault {
     /// kill -9 of the leader, restarted after the hold.
     KillLeader,
-    /// kill -9 of any member.
+    /// kill -9 of any agent, voter or edge.
     KillRandom,
+    /// kill -9 of the edge agent: it must catch up from the feed.
+    KillEdge,
     /// SIGSTOP of the leader for longer than the election timeout.
     PauseLeader,
     /// The leader cut off from every peer, both ways.
@@ -25,16 +27,17 @@ pub enum Fault {
     AsymmetricLeader,
     /// The leader's WAL fsyncs fail: it must stop, and restart whole.
     FailingFsync,
-    /// A member's disk is full for its WAL.
+    /// A voter's disk is full for its WAL.
     DiskFull,
     /// kill -9, then garbage after the WAL's last record (a torn write).
     TornWalTail,
-    /// A member's wall clock jumps an hour ahead, then back.
+    /// An agent's wall clock jumps an hour ahead, then back.
     ClockJump,
 }
 
-pub const ALL: [Fault; 9] = [
+pub const ALL: [Fault; 10] = [
     Fault::KillLeader,
+    Fault::KillEdge,
     Fault::PauseLeader,
     Fault::PartitionLeader,
     Fault::FailingFsync,
@@ -60,12 +63,13 @@ pub fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let members = cluster.slots.len() as u64;
+        // Voters first in the slots; agents past them are edges (no WAL).
+        let (voters, agents) = (3, cluster.slots.len() as u64);
         let leader = cluster.wait_for_leader();
         let target = match fault {
-            Fault::KillRandom | Fault::DiskFull | Fault::TornWalTail | Fault::ClockJump => {
-                rng.below(members) as usize
-            }
+            Fault::KillRandom | Fault::ClockJump => rng.below(agents) as usize,
+            Fault::DiskFull | Fault::TornWalTail => rng.below(voters) as usize,
+            Fault::KillEdge => voters as usize + rng.below(agents - voters) as usize,
             _ => leader,
         };
         eprintln!(
@@ -83,7 +87,7 @@ pub fn run(
 fn inject(cluster: &mut Cluster, fault: Fault, target: usize, hold: Duration) {
     let switch = |name: &str| cluster.slots[target].data_dir.join(name);
     match fault {
-        Fault::KillLeader | Fault::KillRandom => {
+        Fault::KillLeader | Fault::KillRandom | Fault::KillEdge => {
             cluster.kill9(target);
             std::thread::sleep(hold);
             cluster.run(target);
