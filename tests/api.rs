@@ -97,6 +97,24 @@ async fn txn_compare_and_swap_and_compaction() {
     let mut client = etcd_client(&agent).await;
     client.put("lock", "free", None).await.unwrap();
 
+    // etcd's limit: 128 operations of each kind in one transaction.
+    let puts = |n: usize| -> Vec<TxnOp> {
+        (0..n)
+            .map(|i| TxnOp::put(format!("many/{i}"), "v", None))
+            .collect()
+    };
+    client.txn(Txn::new().and_then(puts(128))).await.unwrap();
+    let refused = client
+        .txn(Txn::new().and_then(puts(129)))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("etcdserver: too many operations in txn request"),
+        "{refused}"
+    );
+
     let cas = |expect: &str, new: &str| {
         Txn::new()
             .when([Compare::value("lock", CompareOp::Equal, expect)])

@@ -314,7 +314,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     use edgeconf::store::{Command, PutRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = voters(dir.path(), VOTERS);
+    let (cluster, metrics) = voters(dir.path(), VOTERS);
     let leader = cluster.wait_for_leader();
     let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
     let (f1, f2) = (followers[0], followers[1]);
@@ -333,6 +333,14 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
         edgeconf(agent(i), &all)
     };
     ok(root(f1, &["put", "/app/config", "real"]));
+    // A key on a lease: revoking the lease would delete it.
+    let granted = ok(root(f1, &["lease", "grant", "600"]));
+    let lease_hex = granted.split_whitespace().nth(1).unwrap().to_string();
+    let lease = i64::from_str_radix(&lease_hex, 16).unwrap();
+    ok(root(
+        f1,
+        &["put", "/app/leased", "kept", "--lease", &lease_hex],
+    ));
 
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -385,6 +393,19 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
             ..Default::default()
         });
         transport.send(vec![bare]);
+        // A lease revoke (it deletes the lease's keys) with no credential.
+        let mut revoke = message(MessageType::MsgPropose, id(f2), id(leader), 0);
+        revoke.entries.push(Entry {
+            data: edgeconf::consensus::forwarded_entry(
+                id(f2),
+                seq + 2,
+                Command::LeaseRevoke { id: lease },
+                Credential::None,
+            )
+            .into(),
+            ..Default::default()
+        });
+        transport.send(vec![revoke]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         transport.close();
     });
@@ -414,6 +435,19 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     }
     // Compacted at 2, revision 1 would be gone.
     ok(root(leader, &["get", "/app/config", "--rev", "1"]));
+    let leased = ok(root(leader, &["get", "/app/leased", "--print-value-only"]));
+    assert_eq!(leased, "kept\n", "the lease was revoked");
+    // Refused entries are counted: in each of the 16 rounds at least the
+    // auth change, the compaction and the record rewrite (the writes pass
+    // this check when stamped with an older auth revision, and are refused
+    // where they apply), then the bare write and the revoke.
+    let text = http_get(metrics[leader], "/metrics");
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"));
+    assert!((16 * 3 + 2..=16 * 5 + 2).contains(&refused), "{refused}");
     let log = agent(leader).log();
     for reason in [
         "an auth change (followers send these",
@@ -422,6 +456,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
         "does not check out on the leader",
         "_edgeconf/",
         "without the auth revision",
+        "a lease revoke the client may not make",
     ] {
         assert!(
             log.contains("refused a command forwarded by a follower") && log.contains(reason),
@@ -433,6 +468,10 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     ok(root(f2, &["put", "/app/config", "after"]));
     let value = ok(root(leader, &["get", "/app/config", "--print-value-only"]));
     assert_eq!(value, "after\n");
+    // ... and so are their lease revokes, with the client's credential.
+    ok(root(f2, &["lease", "revoke", &lease_hex]));
+    let gone = ok(root(leader, &["get", "/app/leased", "--print-value-only"]));
+    assert_eq!(gone, "", "the revoked lease's key is deleted");
 }
 
 #[test]

@@ -104,6 +104,14 @@ pub fn render_text(sources: &Sources) -> String {
         );
     }
 
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_forwarded_refused_total Entries followers forwarded that this member, as leader, refused (the log says why).\n\
+         # TYPE edgeconf_forwarded_refused_total counter\n\
+         edgeconf_forwarded_refused_total {}",
+        node.forwarded_refused()
+    );
+
     let files = sources.renders.snapshot();
     let series: [Series<EntryStatus>; 8] = [
         (

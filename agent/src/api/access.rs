@@ -24,7 +24,7 @@ pub(crate) struct Caller {
     /// credentials (who may then only use the RPCs open to everyone).
     user: Option<String>,
     /// What proved `user`, for the leader to check again.
-    credential: Credential,
+    pub(crate) credential: Credential,
 }
 
 pub(crate) fn now_unix() -> u64 {

@@ -81,11 +81,31 @@ fn check(
         Command::Compact { .. } => {
             return Err("a compaction (followers send these to the leader's KV API)".into())
         }
-        // Leases name no keys of their own; a revoke deletes the keys put
-        // on the lease, which only their writers can have done.
-        Command::LeaseGrant { .. }
-        | Command::LeaseRevoke { .. }
-        | Command::LeaseKeepAlive { .. } => return Ok(()),
+        // Leases name no keys of their own.
+        Command::LeaseGrant { .. } | Command::LeaseKeepAlive { .. } => return Ok(()),
+        // A revoke deletes the lease's keys: as the API, it takes a
+        // signed-in caller who may write every one of them.
+        Command::LeaseRevoke { id } => {
+            let auth = store.auth();
+            if !auth.enabled {
+                return Ok(());
+            }
+            let caller = caller(auth, client_tls, credential)?;
+            let keys = store
+                .lease(*id)
+                .map_err(|err| err.to_string())?
+                .map(|lease| lease.keys)
+                .unwrap_or_default();
+            return caller
+                .check_keys(crate::auth::Access::Write, &keys)
+                .and_then(|()| caller.check_signed_in())
+                .map_err(|status| {
+                    format!(
+                        "a lease revoke the client may not make: {}",
+                        status.message()
+                    )
+                });
+        }
         Command::Authorized { .. }
         | Command::Put(_)
         | Command::DeleteRange(_)
@@ -109,7 +129,21 @@ fn check(
         Verdict::Refuse(why) => return Err(why),
         Verdict::CheckCaller => {}
     }
-    let caller = match credential {
+    let caller = caller(auth, client_tls, credential)?;
+    caller
+        .check_command(command)
+        .and_then(|()| caller.check_lease_puts(store, command))
+        .map_err(|status| format!("the client may not: {}", status.message()))
+}
+
+/// Who the client behind a forwarded entry is, as the leader sees its
+/// credential.
+fn caller(
+    auth: Arc<AuthState>,
+    client_tls: Option<&super::tls::ClientTlsFiles>,
+    credential: &Credential,
+) -> Result<Caller, String> {
+    Ok(match credential {
         Credential::None => Caller::anyone(auth),
         Credential::Token(token) => Caller::with_token(auth, token)
             .ok_or("an auth token that does not check out on the leader")?,
@@ -121,11 +155,7 @@ fn check(
             }
             Caller::with_certificate(auth, chain.clone())
         }
-    };
-    caller
-        .check_command(command)
-        .and_then(|()| caller.check_lease_puts(store, command))
-        .map_err(|status| format!("the client may not: {}", status.message()))
+    })
 }
 
 /// What the auth state says of a forwarded write, before its credential.

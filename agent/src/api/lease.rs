@@ -66,7 +66,12 @@ impl PbLeaseService for LeaseService {
             caller.check_keys(Access::Write, &lease.keys)?;
         }
         caller.check_signed_in()?;
-        let applied = self.0.node.lease_revoke(id).await.map_err(propose_status)?;
+        let applied = self
+            .0
+            .node
+            .lease_revoke(id, caller.credential.clone())
+            .await
+            .map_err(propose_status)?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: Some(self.0.header(applied.revision)),
         }))

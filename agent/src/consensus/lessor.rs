@@ -122,8 +122,15 @@ impl Node {
         }
     }
 
-    pub async fn lease_revoke(&self, id: i64) -> Result<Applied, ProposeError> {
-        self.propose(Command::LeaseRevoke { id }).await
+    /// Revokes a lease for a client whose `credential` (checked again by
+    /// the leader when this member is a follower) may write its keys.
+    pub async fn lease_revoke(
+        &self,
+        id: i64,
+        credential: crate::auth::Credential,
+    ) -> Result<Applied, ProposeError> {
+        self.propose_as(Command::LeaseRevoke { id }, credential)
+            .await
     }
 
     /// Renews a lease on every member; returns its TTL, or `None` if it is

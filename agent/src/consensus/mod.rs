@@ -168,7 +168,11 @@ const SCREENING_CONCURRENCY: usize = 64;
 /// Where the transport delivers: straight to the raft thread, except
 /// proposals, which `screening` (if any) filters first on a blocking
 /// thread. Other messages are not held up behind them.
-fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::transport::Sink {
+fn screened_sink(
+    inputs: Sender<Input>,
+    screening: Option<Admission>,
+    status: Arc<RaftStatus>,
+) -> crate::transport::Sink {
     let handle = tokio::runtime::Handle::current();
     let Some(screening) = screening else {
         return Arc::new(move |delivery: Delivery| {
@@ -190,6 +194,7 @@ fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::
             }
         };
         let (inputs, screening, permits) = (inputs.clone(), screening.clone(), permits.clone());
+        let status = status.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
@@ -197,7 +202,10 @@ fn screened_sink(inputs: Sender<Input>, screening: Option<Admission>) -> crate::
             };
             let screened = tokio::task::spawn_blocking(move || {
                 let mut message = message;
-                raft_loop::retain_screened(&mut message, &screening);
+                let refused = raft_loop::retain_screened(&mut message, &screening);
+                status
+                    .forwarded_refused
+                    .fetch_add(refused, Ordering::Relaxed);
                 message
             })
             .await;
@@ -319,10 +327,10 @@ impl Node {
         }
 
         let (inputs, queue) = std::sync::mpsc::sync_channel(INBOX);
-        let sink = screened_sink(inputs.clone(), settings.screening);
+        let status = Arc::new(RaftStatus::default());
+        let sink = screened_sink(inputs.clone(), settings.screening, status.clone());
         let transport = settings.transport;
         transport.attach_raft(sink);
-        let status = Arc::new(RaftStatus::default());
         let lessor = Arc::new(Lessor::recover(&store)?);
         let raft_loop = RaftLoop::new(
             raw,
@@ -438,6 +446,11 @@ impl Node {
     }
 
     /// The current leader's id, 0 when none is known.
+    /// Entries followers forwarded that this member, as leader, refused.
+    pub fn forwarded_refused(&self) -> u64 {
+        self.status.forwarded_refused.load(Ordering::Relaxed)
+    }
+
     /// Why consensus stopped, if it has.
     pub fn failure(&self) -> Option<String> {
         self.status.failure.borrow().clone()

@@ -104,6 +104,9 @@ pub struct RaftStatus {
     pub is_leader: AtomicBool,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// Entries followers forwarded that this member, as leader, refused
+    /// (`edgeconf_forwarded_refused_total`).
+    pub forwarded_refused: AtomicU64,
     /// Why consensus stopped, once it has (the raft thread ended other
     /// than by `Stop`, or panicked).
     pub failure: tokio::sync::watch::Sender<Option<String>>,
@@ -160,25 +163,31 @@ pub type Admission = Arc<dyn Fn(&Command, &Credential) -> Result<(), String> + S
 /// Cluster API forwards the request to the leader's), a member record
 /// change only as the sender's own `Publish`, and every command passes
 /// `check` with the credential the follower says its client gave.
-pub(crate) fn retain_admitted(message: &mut Message, check: &Admission) {
-    retain_checked(message, check, true);
+/// Returns how many entries it refused.
+pub(crate) fn retain_admitted(message: &mut Message, check: &Admission) -> u64 {
+    retain_checked(message, check, true)
 }
 
 /// Keeps the entries of a forwarded proposal that `check` admits, as they
-/// came (the screening before [`retain_admitted`]).
-pub(crate) fn retain_screened(message: &mut Message, check: &Admission) {
-    retain_checked(message, check, false);
+/// came (the screening before [`retain_admitted`]). Returns how many
+/// entries it refused.
+pub(crate) fn retain_screened(message: &mut Message, check: &Admission) -> u64 {
+    retain_checked(message, check, false)
 }
 
-fn retain_checked(message: &mut Message, check: &Admission, drop_credentials: bool) {
+fn retain_checked(message: &mut Message, check: &Admission, drop_credentials: bool) -> u64 {
     let from = message.from;
-    let entries = std::mem::take(&mut message.entries).into_iter();
+    let entries = std::mem::take(&mut message.entries);
+    let offered = entries.len();
     let kept: Vec<raft::eraftpb::Entry> = entries
+        .into_iter()
         .filter_map(|mut entry| {
             admitted(&mut entry, from, check, drop_credentials).then_some(entry)
         })
         .collect();
+    let refused = (offered - kept.len()) as u64;
     message.entries = kept.into();
+    refused
 }
 
 /// Whether the leader takes `entry` (see [`retain_admitted`]); with
@@ -465,7 +474,10 @@ impl RaftLoop {
     /// or configured differently; its client then times out, and the
     /// leader's log says why.
     fn admit_forwarded(&mut self, message: &mut Message) {
-        retain_admitted(message, &self.admission);
+        let refused = retain_admitted(message, &self.admission);
+        self.status
+            .forwarded_refused
+            .fetch_add(refused, Ordering::Relaxed);
     }
 
     fn on_ready(&mut self) -> Result<(), String> {
