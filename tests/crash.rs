@@ -140,6 +140,13 @@ fn an_agent_whose_raft_thread_dies_exits_non_zero_and_restarts_with_its_data() {
 
     // The fault-injection switch makes the raft thread panic.
     std::fs::write(agent.data_dir.join("fault-raft-crash"), b"").unwrap();
+    let mut red = None;
+    wait_for("/health turns red", Duration::from_secs(20), || {
+        red = http(metrics, "/health").filter(|(code, _)| *code == 503);
+        red.is_some()
+    });
+    let (_, body) = red.unwrap();
+    assert!(body.contains("consensus stopped"), "{body}");
     let mut status = None;
     wait_for("the agent exits", Duration::from_secs(20), || {
         status = agent.exit_status();

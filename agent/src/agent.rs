@@ -20,6 +20,10 @@ use crate::transport::{NodeKey, Transport};
 /// How long in-flight requests get to finish once a stop is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an agent whose consensus stopped keeps answering /health (red)
+/// before it exits.
+const FAILED_HEALTH_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a start waits for a store still locked by a process that is
 /// exiting (a restart right after `kill -9`).
 const STORE_LOCK_PATIENCE: Duration = Duration::from_secs(5);
@@ -259,6 +263,11 @@ pub async fn run(
             tracing::error!(%reason, "consensus stopped: this agent stops serving and exits");
             failure = Some(reason);
         }
+    }
+    if failure.is_some() {
+        // /health answers 503 "consensus stopped" meanwhile: a prober or
+        // load balancer sees red before the ports close.
+        tokio::time::sleep(FAILED_HEALTH_GRACE).await;
     }
     tracing::info!("stopping: finishing in-flight requests");
     let _ = stop.send(true);

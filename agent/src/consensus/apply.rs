@@ -74,7 +74,12 @@ impl RaftLoop {
         let outcomes = self
             .store
             .apply_batch(&proposals, through, false)
-            .map_err(|e| format!("applying entries through {through}: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "the entries from {} through {through} cannot be applied: {e}",
+                    self.applied + 1
+                )
+            })?;
         self.applied = through;
         for ((origin, proposal), outcome) in origins.into_iter().zip(&proposals).zip(outcomes) {
             if let Ok(applied) = &outcome {
@@ -95,7 +100,7 @@ impl RaftLoop {
     ) -> Result<(), String> {
         self.store
             .apply_member_change(change, index)
-            .map_err(|e| format!("recording a member change: {e}"))?;
+            .map_err(|e| format!("entry {index} (a member change) cannot be recorded: {e}"))?;
         self.applied = index;
         self.update_peers();
         if let Some((_, reply)) = mine.and_then(|seq| self.pending.remove(&seq)) {
@@ -105,11 +110,17 @@ impl RaftLoop {
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
+        let unreadable = |e: protobuf::ProtobufError| {
+            format!(
+                "entry {} (a membership change) is unreadable: {e}",
+                entry.index
+            )
+        };
         let change = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(unreadable)?
         } else {
             ConfChange::parse_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())?
+                .map_err(unreadable)?
                 .into_v2()
         };
         let context: Option<ConfContext> = postcard::from_bytes(&entry.context).ok();
@@ -131,7 +142,12 @@ impl RaftLoop {
         self.raw
             .mut_store()
             .set_conf_state(conf_state, entry.index)
-            .map_err(|e| format!("recording the membership: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "entry {} (a membership change) cannot be recorded: {e}",
+                    entry.index
+                )
+            })?;
         match context {
             Some(ctx) => {
                 let mine = (ctx.origin.node == self.id).then_some(ctx.origin.seq);
