@@ -241,3 +241,82 @@ fn the_metrics_server_cuts_off_connections_that_send_nothing() {
     );
     assert_eq!(http(metrics, "/health").map(|(code, _)| code), Some(200));
 }
+
+/// Appends to the newest segment of the raft WAL in `wal_dir` a record of
+/// an entry at the next index whose data no edgeconf can read (records are
+/// `[len u32][crc32 u32 chained from the previous record][protobuf Entry]`).
+/// Returns its index.
+fn append_unreadable_entry(wal_dir: &std::path::Path) -> u64 {
+    use protobuf::Message as _;
+    use std::os::unix::fs::FileExt;
+    let segment = std::fs::read_dir(wal_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max()
+        .expect("a WAL segment");
+    let bytes = std::fs::read(&segment).unwrap();
+    let (mut end, mut crc, mut last) = (0, 0, raft::eraftpb::Entry::default());
+    while let Some(header) = bytes.get(end..end + 8) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let Some(payload) = bytes.get(end + 8..end + 8 + len).filter(|_| len > 0) else {
+            break;
+        };
+        last = raft::eraftpb::Entry::parse_from_bytes(payload).unwrap();
+        crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        end += 8 + len;
+    }
+    let entry = raft::eraftpb::Entry {
+        index: last.index + 1,
+        term: last.term,
+        data: b"\xffnot an edgeconf entry".to_vec().into(),
+        ..Default::default()
+    };
+    let payload = entry.write_to_bytes().unwrap();
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+    hasher.update(&payload);
+    let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+    record.extend_from_slice(&hasher.finalize().to_le_bytes());
+    record.extend_from_slice(&payload);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(&record, end as u64).unwrap();
+    file.sync_all().unwrap();
+    entry.index
+}
+
+#[test]
+fn a_committed_entry_that_cannot_be_applied_stops_every_start_naming_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut agent = Agent::start_with(dir.path(), port, &[]);
+    common::ok(common::edgeconf(&agent, &["put", "/kept", "yes"]));
+    agent.kill9();
+    // The restarted single voter commits every entry of its log with its
+    // first entry of the new term, this one too.
+    let index = append_unreadable_entry(&agent.data_dir.join("raft-wal"));
+    for start in 1..=2 {
+        let output = common::run_with_timeout(
+            std::process::Command::new(common::BIN).args([
+                "agent",
+                "--data-dir",
+                agent.data_dir.to_str().unwrap(),
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--listen-peer-urls",
+                &format!("quic://127.0.0.1:{}", common::free_port()),
+            ]),
+            Duration::from_secs(30),
+        );
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "start {start}:\n{log}");
+        assert!(
+            log.contains(&format!("entry {index} is unreadable"))
+                && log.contains("every restart stops here too")
+                && log.contains("edgeconf member remove"),
+            "start {start}:\n{log}"
+        );
+    }
+}
