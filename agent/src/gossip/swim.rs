@@ -173,6 +173,9 @@ pub struct Swim {
     incarnation: u64,
     meta: Arc<Meta>,
     members: HashMap<NodeId, Member>,
+    /// The member each node key was last bound to (checked against
+    /// `members` when read: an entry may be stale).
+    names_by_key: HashMap<[u8; 32], NodeId>,
     /// Every member ever known (for O(1) random picks; states are checked).
     known: Vec<NodeId>,
     ring: Vec<NodeId>,
@@ -226,6 +229,7 @@ impl Swim {
             incarnation: 1,
             meta: Arc::new(meta),
             members: HashMap::new(),
+            names_by_key: HashMap::new(),
             known: Vec::new(),
             ring: Vec::new(),
             ring_at: 0,
@@ -359,6 +363,7 @@ impl Swim {
             meta: meta.clone(),
         };
         let key = *key;
+        self.names_by_key.insert(key, id.clone());
         self.members.insert(
             id.clone(),
             Member {
@@ -929,7 +934,11 @@ impl Swim {
             return;
         }
         for id in &gone {
-            self.members.remove(id);
+            if let Some(member) = self.members.remove(id) {
+                if self.names_by_key.get(&member.key) == Some(id) {
+                    self.names_by_key.remove(&member.key);
+                }
+            }
             self.suspicions.remove(id);
             tracing::info!(member = %id, "forgot a member that has been dead or gone for a day");
         }
@@ -969,6 +978,22 @@ impl Swim {
                 _ if self.trusted.as_ref().is_some_and(|t| !t.contains(key)) => {
                     self.refuse("untrusted_key");
                     tracing::warn!(member = %id, "refused a gossip announcement of a member whose node key is not trusted");
+                    return false;
+                }
+                // A new binding: one node key speaks for one live member,
+                // so a stolen key cannot fill the table with made-up names.
+                Some((bound, _)) if bound == *key => Some(*key),
+                _ if *key == self.public
+                    || self.names_by_key.get(key).is_some_and(|other| {
+                        other != id
+                            && self.members.get(other).is_some_and(|m| {
+                                m.key == *key
+                                    && matches!(m.record.state, State::Alive | State::Suspect)
+                            })
+                    }) =>
+                {
+                    self.refuse("key_has_another_name");
+                    tracing::warn!(member = %id, "refused a gossip announcement under a node key that another live member is bound to");
                     return false;
                 }
                 _ => Some(*key),
@@ -1061,6 +1086,7 @@ impl Swim {
                     None => {
                         self.revision += 1;
                         self.known.push(id.clone());
+                        self.names_by_key.insert(*key, id.clone());
                         self.members.insert(
                             id.clone(),
                             Member {
@@ -1088,6 +1114,7 @@ impl Swim {
                         member.record.addr = addr.clone();
                         member.record.meta = meta.clone();
                         member.key = *key;
+                        self.names_by_key.insert(*key, id.clone());
                         member.alive = update.clone();
                         member.status = None;
                         self.suspicions.remove(id);

@@ -345,6 +345,11 @@ fn no_member_can_speak_for_another() {
         (suspect("b", 1, "stranger"), "unknown_signer"),
         // A new member under a key nobody trusts.
         (alive("mallory", 1), "untrusted_key"),
+        // A made-up member under c's key, which c (alive) is bound to.
+        (
+            alive_by("sybil", 1, Meta::default(), "c"),
+            "key_has_another_name",
+        ),
     ];
     for (forgery, reason) in forgeries {
         let before = a.refused().get(reason).copied().unwrap_or(0);
@@ -426,9 +431,16 @@ fn dead_and_left_members_are_forgotten_after_the_grace_period() {
 #[test]
 fn no_peer_can_grow_the_member_table_without_bound() {
     let mut a = member("a");
-    // One key, many names (the key is trusted; its owner is not).
-    for n in 0..MAX_MEMBERS + 100 {
+    // One key, many names (the key is trusted; its owner is not): one.
+    for n in 0..100 {
         a.apply(alive_by(&format!("fake-{n}"), 1, Meta::default(), "c"), 0);
+    }
+    assert_eq!(a.records().len(), 2, "itself and the first name");
+    assert_eq!(a.refused()["key_has_another_name"], 99);
+    // Many keys, one name each: the table stops at its bound.
+    for n in 0..MAX_MEMBERS + 100 {
+        let name = format!("k-{n}");
+        a.apply(alive_by(&name, 1, Meta::default(), &name), 0);
     }
     assert_eq!(
         a.records().len(),
