@@ -26,7 +26,7 @@ use edgeconf_faults::history::Counts;
 use edgeconf_faults::{check, Verdict};
 use etcd_client::{GetOptions, WatchOptions};
 
-use crate::common::cluster::{wait_for_revision, Cluster, TIMEOUT};
+use crate::common::cluster::{local_state, wait_for_revision, Cluster, TIMEOUT};
 use crate::common::fleet::fleet_with;
 use clients::{Watched, Workload, PREFIX};
 use nemesis::Fault;
@@ -337,19 +337,10 @@ async fn check_watchers(
 /// Each member's rendered file ends equal to its store.
 async fn check_rendered(cluster: &Cluster, files: &[PathBuf], anomalies: &mut Vec<String>) {
     for (i, file) in files.iter().enumerate() {
-        let mut client = cluster.client(i).await;
-        let resp = client
-            .get(
-                PREFIX,
-                Some(GetOptions::new().with_prefix().with_serializable()),
-            )
-            .await
-            .unwrap();
-        let expected: Vec<String> = resp
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-            .collect();
+        let mut stored: Vec<(String, (String, i64))> =
+            local_state(cluster, i, PREFIX).await.into_iter().collect();
+        stored.sort();
+        let expected: Vec<String> = stored.into_iter().map(|(_, (value, _))| value).collect();
         let rendered = || {
             std::fs::read_to_string(file)
                 .unwrap_or_default()

@@ -131,11 +131,7 @@ pub async fn read(
                 .await
                 .map_err(|err| FrameError::Read(err.to_string()))?
         };
-        let mut bytes = vec![0u8; len];
-        stream
-            .read_exact(&mut bytes)
-            .await
-            .map_err(|err| FrameError::Read(err.to_string()))?;
+        let bytes = read_growing(stream, len).await?;
         let message = Message::parse_from_bytes(&bytes)
             .map_err(|e| FrameError::Undecodable(e.to_string()))?;
         drop(bytes);
@@ -151,6 +147,23 @@ pub async fn read(
         deliver(message);
         first = false;
     }
+}
+
+/// Reads `len` bytes, growing the buffer as they arrive rather than
+/// allocating what the header claims: a peer that announces a large frame
+/// and sends little costs little memory.
+async fn read_growing(stream: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, FrameError> {
+    const STEP: usize = 1 << 20;
+    let mut bytes = Vec::with_capacity(len.min(STEP));
+    while bytes.len() < len {
+        let start = bytes.len();
+        bytes.resize(start + (len - start).min(STEP), 0);
+        stream
+            .read_exact(&mut bytes[start..])
+            .await
+            .map_err(|err| FrameError::Read(err.to_string()))?;
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
