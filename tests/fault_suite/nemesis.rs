@@ -48,8 +48,9 @@ pub const ALL: [Fault; 10] = [
     Fault::ClockJump,
 ];
 
-/// Injects faults one after another until `stop`, each held for `hold` and
-/// followed by `quiet` without faults. Returns how many of each it injected.
+/// Injects faults one after another until `stop` (but at least one of
+/// each kind), each held for `hold` and followed by `quiet` without faults.
+/// Returns how many of each it injected.
 pub fn run(
     cluster: &mut Cluster,
     hold: Duration,
@@ -60,7 +61,7 @@ pub fn run(
     let mut rng = Rng(seed | 1);
     let mut injected = BTreeMap::new();
     for fault in ALL.iter().cycle() {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) && injected.len() == ALL.len() {
             break;
         }
         // Voters first in the slots; agents past them are edges (no WAL).
@@ -79,7 +80,7 @@ pub fn run(
         inject(cluster, *fault, target, hold);
         *injected.entry(*fault).or_default() += 1;
         heal(cluster);
-        sleep_unless(stop, quiet);
+        std::thread::sleep(quiet);
     }
     injected
 }
@@ -201,11 +202,4 @@ fn tear_wal_tail(data_dir: &Path) {
         .open(&segment)
         .unwrap();
     file.write_all_at(&torn, end as u64).unwrap();
-}
-
-fn sleep_unless(stop: &AtomicBool, total: Duration) {
-    let deadline = Instant::now() + total;
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
