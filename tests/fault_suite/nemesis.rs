@@ -50,16 +50,17 @@ pub const ALL: [Fault; 10] = [
 
 /// Injects faults one after another until `stop` (but at least one of
 /// each kind), each held for `hold` and followed by `quiet` without faults.
-/// Returns how many of each it injected.
+/// Returns how many of each it injected, and the agents that exited
+/// without being made to.
 pub fn run(
     cluster: &mut Cluster,
     hold: Duration,
     quiet: Duration,
     seed: u64,
     stop: &AtomicBool,
-) -> BTreeMap<Fault, usize> {
+) -> (BTreeMap<Fault, usize>, Vec<String>) {
     let mut rng = Rng(seed | 1);
-    let mut injected = BTreeMap::new();
+    let (mut injected, mut unexpected) = (BTreeMap::new(), Vec::new());
     for fault in ALL.iter().cycle() {
         if stop.load(Ordering::Relaxed) && injected.len() == ALL.len() {
             break;
@@ -79,10 +80,10 @@ pub fn run(
         );
         inject(cluster, *fault, target, hold);
         *injected.entry(*fault).or_default() += 1;
-        heal(cluster);
+        unexpected.extend(heal(cluster));
         std::thread::sleep(quiet);
     }
-    injected
+    (injected, unexpected)
 }
 
 fn inject(cluster: &mut Cluster, fault: Fault, target: usize, hold: Duration) {
@@ -151,7 +152,10 @@ fn inject(cluster: &mut Cluster, fault: Fault, target: usize, hold: Duration) {
 }
 
 /// Heals every fault: no switch left, every member running and resumed.
-pub fn heal(cluster: &mut Cluster) {
+/// Each fault restarts the agents it stopped, so an agent found exited
+/// here stopped by itself: it is restarted, and returned as an anomaly.
+pub fn heal(cluster: &mut Cluster) -> Vec<String> {
+    let mut unexpected = Vec::new();
     for i in 0..cluster.slots.len() {
         for switch in [
             "fault-partition",
@@ -164,10 +168,23 @@ pub fn heal(cluster: &mut Cluster) {
         let running = cluster.agents[i].as_mut().is_some_and(|a| !a.exited());
         if running {
             cluster.agents[i].as_ref().unwrap().signal("CONT");
-        } else {
-            cluster.run(i);
+            continue;
         }
+        if let Some(agent) = &cluster.agents[i] {
+            let log = agent.log();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("ERROR"))
+                .unwrap_or("");
+            unexpected.push(format!(
+                "{} exited by itself: {last}",
+                cluster.slots[i].name
+            ));
+        }
+        cluster.run(i);
     }
+    unexpected
 }
 
 /// Writes what a crash in the middle of an append leaves: a record header

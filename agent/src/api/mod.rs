@@ -99,11 +99,12 @@ impl Context {
             crate::rollout::stored::refuse_write(self.node.store(), command).map_err(store_status)
         };
         let mut problem = refusal()?;
-        // A follower's store may not have applied what the client saw just
-        // before (`put --force` aborts the rollout on the leader, then
-        // writes here): a refusal holds only once this member has caught up
-        // with the leader's commit.
-        if problem.is_some() && !self.node.is_leader() {
+        // This member may not have applied what the client saw just before
+        // (`put --force` aborts the rollout on the leader, then writes
+        // through a follower; a new leader may still be applying): a
+        // refusal holds only once this member has caught up with the
+        // cluster's commit.
+        if problem.is_some() {
             self.node.read_index().await.map_err(propose_status)?;
             problem = refusal()?;
         }
