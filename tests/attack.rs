@@ -72,6 +72,14 @@ fn hostile(cluster: &Cluster, slot: usize) -> (std::sync::Arc<Transport>, NodeKe
     (transport, stolen)
 }
 
+/// Lets a hostile transport send raft messages (what it receives is
+/// dropped).
+fn deaf_to_raft(cluster: &Cluster, transport: &Transport) {
+    let dir = cluster.slots[0].data_dir.with_file_name("attacker");
+    let snapshots = edgeconf::transport::SnapshotDir::open(&dir).unwrap();
+    transport.attach_raft(std::sync::Arc::new(|_| {}), std::sync::Arc::new(snapshots));
+}
+
 /// The voters' node keys (the ones every agent trusts).
 fn voter_keys(cluster: &Cluster) -> Vec<[u8; 32]> {
     (0..VOTERS)
@@ -103,7 +111,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     rt.block_on(async {
         let attacker = |slot: usize, targets: &[usize]| {
             let (transport, _) = hostile(&cluster, slot);
-            transport.attach_raft(std::sync::Arc::new(|_| {}));
+            deaf_to_raft(&cluster, &transport);
             transport.set_peers(
                 &targets
                     .iter()
@@ -168,6 +176,35 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         let _ = stream.finish();
         // Read whole (it might have been a snapshot), then refused.
         let _ = tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await;
+        // Snapshots as itself (a member may send one): a copy whose bytes
+        // do not match their digest, one cut short, and one announcing
+        // 16 GiB. Each is refused before raft sees it; the partial copy
+        // is removed.
+        let hostile_snapshot = |bytes: u64, sent: usize| {
+            let mut snapshot = message(MessageType::MsgSnapshot, id(f2), id(f1), term);
+            let reference = edgeconf::transport::SnapshotRef {
+                applied: 1_000_000,
+                bytes,
+                sha256: [7; 32],
+            };
+            snapshot.mut_snapshot().data = reference.encode().into();
+            snapshot.mut_snapshot().mut_metadata().index = 1_000_000;
+            snapshot.mut_snapshot().mut_metadata().term = term;
+            let raw = raw.clone();
+            let mut bytes = frame(&snapshot);
+            bytes.extend(vec![0xab; sent]);
+            async move {
+                let mut stream = raw.open_uni().await.unwrap();
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.finish();
+                tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await
+            }
+        };
+        // (All bytes may be acknowledged before the refusal: it shows in
+        // the counts below.)
+        for (bytes, sent) in [(3 << 20, 3 << 20), (3 << 20, 1 << 20), (16 << 30, 1 << 20)] {
+            let _ = hostile_snapshot(bytes, sent).await;
+        }
         let small = frame(&message(MessageType::MsgHeartbeatResponse, id(f2), id(f1), term));
         let parallel: Vec<_> = (0..100)
             .map(|_| {
@@ -263,8 +300,21 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
             .find_map(|l| l.strip_prefix(&line))
             .map_or(0, |n| n.trim().parse().unwrap())
     };
+    assert_eq!(
+        count(f1, "snapshot_invalid"),
+        2,
+        "{}",
+        http_get(metrics[f1], "/metrics")
+    );
+    let received = cluster.slots[f1].data_dir.join("snapshots/in");
+    assert_eq!(
+        std::fs::read_dir(&received).unwrap().count(),
+        0,
+        "no refused copy is kept in {}",
+        received.display()
+    );
     assert!(
-        count(f1, "oversized") >= 2,
+        count(f1, "oversized") >= 3,
         "{}",
         http_get(metrics[f1], "/metrics")
     );
@@ -347,7 +397,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     rt.block_on(async {
         // f2's stolen key: a member, speaking as itself to the leader.
         let (transport, _) = hostile(&cluster, f2);
-        transport.attach_raft(std::sync::Arc::new(|_| {}));
+        deaf_to_raft(&cluster, &transport);
         transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
         let put =
             |key: &str| Command::Put(PutRequest::new(key.as_bytes().to_vec(), b"owned".to_vec()));

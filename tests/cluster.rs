@@ -214,6 +214,11 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         log.contains("installed a snapshot"),
         "the learner should catch up by snapshot:\n{log}"
     );
+    // Streamed as a file in chunks, checked before raft saw it, removed
+    // once installed.
+    assert!(log.contains("received a snapshot copy, verified"), "{log}");
+    let received = cluster.slots[3].data_dir.join("snapshots/in");
+    assert_eq!(std::fs::read_dir(&received).unwrap().count(), 0);
 
     // Promotion is the leader's, once it sees the learner in sync.
     let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());

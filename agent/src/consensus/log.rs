@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use super::snapshots::Snapshots;
 use super::wal::Wal;
 use crate::store::Store;
+use crate::transport::SnapshotDir;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const HARD_STATE: &str = "hard_state";
@@ -121,8 +122,18 @@ impl RaftLog {
             conf_state,
             snapshot_meta,
             conf_index,
-            snapshots: Snapshots::new(store),
+            snapshots: Snapshots::new(
+                store,
+                Arc::new(SnapshotDir::open(data_dir).map_err(|e| {
+                    storage_err(format!("{}: {e}", data_dir.join("snapshots").display()))
+                })?),
+            ),
         })
+    }
+
+    /// Where snapshot copies are built and received.
+    pub fn snapshot_dir(&self) -> &Arc<SnapshotDir> {
+        self.snapshots.dir()
     }
 
     /// True before the first start has set the membership.
@@ -335,7 +346,7 @@ impl raft::Storage for RaftLog {
         };
         let applied = built.applied;
         let mut snapshot = Snapshot {
-            data: built.data,
+            data: built.encode().into(),
             ..Default::default()
         };
         let meta = snapshot.mut_metadata();

@@ -330,7 +330,7 @@ impl Node {
         let status = Arc::new(RaftStatus::default());
         let sink = screened_sink(inputs.clone(), settings.screening, status.clone());
         let transport = settings.transport;
-        transport.attach_raft(sink);
+        transport.attach_raft(sink, raw.store().snapshot_dir().clone());
         let lessor = Arc::new(Lessor::recover(&store)?);
         let raft_loop = RaftLoop::new(
             raw,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, EntryType, Message, MessageType};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -29,7 +30,7 @@ use super::log::RaftLog;
 use super::{Lessor, ProposeError};
 use crate::auth::Credential;
 use crate::store::{Applied, Command, MemberChange, Proposal, Store};
-use crate::transport::{Delivery, Transport};
+use crate::transport::{Delivery, SnapshotRef, Transport};
 
 /// Sync the store at least this often when entries were applied.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
@@ -496,10 +497,18 @@ impl RaftLoop {
                 .get_metadata()
                 .write_to_bytes()
                 .map_err(|e| format!("encoding snapshot metadata: {e}"))?;
+            // The transport received the copy and checked its digest before
+            // raft saw the message (see `transport::snapshot_stream`).
+            let copy = SnapshotRef::decode(&snapshot.data)
+                .map(|reference| self.raw.store().snapshot_dir().received(&reference))
+                .ok_or("installing a snapshot: its data is not a reference to a copy")?;
+            let file = std::fs::File::open(&copy)
+                .map_err(|e| format!("installing a snapshot: opening {}: {e}", copy.display()))?;
             let applied = self
                 .store
-                .restore_snapshot(&snapshot.data, &meta)
-                .map_err(|e| format!("installing a snapshot: {e}"))?;
+                .restore_snapshot(std::io::BufReader::with_capacity(1 << 20, file), &meta)
+                .map_err(|e| format!("installing a snapshot from {}: {e}", copy.display()))?;
+            let _ = std::fs::remove_file(&copy);
             self.raw
                 .mut_store()
                 .apply_snapshot(snapshot.get_metadata())

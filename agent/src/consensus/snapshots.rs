@@ -10,23 +10,24 @@
 //! at most once per [`MIN_BUILD_INTERVAL`], so followers that keep asking
 //! (or a peer that keeps falling behind on purpose) cannot make the leader
 //! copy its store over and over.
+//!
+//! A copy is a file in `snapshots/out/` (see `transport::snapshot_stream`),
+//! written row by row, never held in memory; raft's snapshot carries only
+//! a reference to it. A copy replaced or dropped has its file removed.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::store::Store;
+use crate::transport::{SnapshotDir, SnapshotRef};
 
 /// Builds start at most this often.
 pub const MIN_BUILD_INTERVAL: Duration = Duration::from_secs(1);
 /// A copy nobody asked for this long is dropped (it holds a whole store).
 const KEEP_UNUSED: Duration = Duration::from_secs(60);
 
-/// A copy of the store at an applied index.
-#[derive(Clone)]
-pub struct Built {
-    pub applied: u64,
-    pub data: bytes::Bytes,
-}
+/// A copy of the store at an applied index (`reference.applied`).
+pub type Built = SnapshotRef;
 
 #[derive(Default)]
 struct State {
@@ -39,15 +40,22 @@ struct State {
 /// The leader's snapshot copies.
 pub struct Snapshots {
     store: Arc<Store>,
+    dir: Arc<SnapshotDir>,
     state: Arc<Mutex<State>>,
 }
 
 impl Snapshots {
-    pub fn new(store: Arc<Store>) -> Snapshots {
+    pub fn new(store: Arc<Store>, dir: Arc<SnapshotDir>) -> Snapshots {
         Snapshots {
             store,
+            dir,
             state: Arc::default(),
         }
+    }
+
+    /// Where copies are built and received.
+    pub fn dir(&self) -> &Arc<SnapshotDir> {
+        &self.dir
     }
 
     /// A copy at an applied index of at least `min_applied` (what raft
@@ -69,7 +77,9 @@ impl Snapshots {
             .as_ref()
             .is_some_and(|(_, used)| now.duration_since(*used) > KEEP_UNUSED)
         {
-            state.ready = None;
+            if let Some((unused, _)) = state.ready.take() {
+                let _ = std::fs::remove_file(self.dir.outgoing(&unused));
+            }
         }
         let recent = state
             .last_start
@@ -81,29 +91,27 @@ impl Snapshots {
         state.last_start = Some(now);
         state.builds += 1;
         drop(state);
-        let (store, shared) = (self.store.clone(), self.state.clone());
+        let (store, dir, shared) = (self.store.clone(), self.dir.clone(), self.state.clone());
         let spawned = std::thread::Builder::new()
             .name("edgeconf-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let built = store.snapshot_data();
+                let built = dir.build(|out| store.write_snapshot(out).map_err(|e| e.to_string()));
                 let mut state = lock(&shared);
                 state.building = false;
                 match built {
-                    Ok((applied, data)) => {
+                    Ok(built) => {
                         tracing::info!(
-                            applied,
-                            bytes = data.len(),
+                            applied = built.applied,
+                            bytes = built.bytes,
                             took_ms = started.elapsed().as_millis() as u64,
                             "built a snapshot for followers behind the log"
                         );
-                        state.ready = Some((
-                            Built {
-                                applied,
-                                data: data.into(),
-                            },
-                            Instant::now(),
-                        ));
+                        let replaced = state.ready.replace((built, Instant::now()));
+                        // Senders streaming it keep their open file.
+                        if let Some((old, _)) = replaced {
+                            let _ = std::fs::remove_file(dir.outgoing(&old));
+                        }
                     }
                     Err(err) => tracing::error!(error = %err, "building a snapshot failed"),
                 }
@@ -154,11 +162,17 @@ mod tests {
             store.apply_batch(&[put], index, true).unwrap();
         };
         put(5);
-        let snapshots = Snapshots::new(store.clone());
+        let snapshots = Snapshots::new(
+            store.clone(),
+            Arc::new(SnapshotDir::open(dir.path()).unwrap()),
+        );
         assert!(snapshots.ready(5).is_none(), "the first ask starts a build");
         let built = wait_ready(&snapshots, 5);
         assert_eq!(built.applied, 5);
-        assert!(!built.data.is_empty());
+        let copy = std::fs::read(snapshots.dir().outgoing(&built)).unwrap();
+        assert_eq!(copy.len() as u64, built.bytes);
+        let other = Store::open(&dir.path().join("other.redb")).unwrap();
+        assert_eq!(other.restore_snapshot(copy.as_slice(), b"").unwrap(), 5);
         for _ in 0..100 {
             assert_eq!(snapshots.ready(3).unwrap().applied, 5);
         }
@@ -169,5 +183,9 @@ mod tests {
         let newer = wait_ready(&snapshots, 9);
         assert_eq!(newer.applied, 9);
         assert_eq!(snapshots.builds(), 2);
+        assert!(
+            !snapshots.dir().outgoing(&built).exists(),
+            "a replaced copy's file is removed"
+        );
     }
 }

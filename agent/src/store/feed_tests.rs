@@ -226,7 +226,9 @@ fn a_raft_snapshot_carries_the_chain() {
         run(&[&voter], command);
     }
     let (_, data) = voter.snapshot_data().unwrap();
-    restored.restore_snapshot(&data, b"consensus").unwrap();
+    restored
+        .restore_snapshot(data.as_slice(), b"consensus")
+        .unwrap();
     assert_eq!(
         restored.feed_position().unwrap(),
         voter.feed_position().unwrap()

@@ -1,5 +1,13 @@
 //! Whole-state copies of the store, for raft snapshots: a follower too far
 //! behind the log receives one and replaces its state with it.
+//!
+//! A copy is a stream, never a value in memory: a header, then one record
+//! per row, each a big-endian `u32` length and its postcard bytes, then an
+//! end record. The leader writes it to a file, the transport streams the
+//! file in chunks, the follower reads it back row by row into one write
+//! transaction, so a store of any size costs a few buffers, not its size.
+
+use std::io::{Read, Write};
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
@@ -12,155 +20,214 @@ use super::tables::{
 use super::types::{Result, StoreError};
 use super::{Committed, Store};
 
-/// Everything replicated, as of one applied raft index. Local facts (this
-/// member's own id) are not part of it.
+/// The format of the stream; a copy in another is refused.
+const FORMAT: u32 = 1;
+/// Largest record: a key and a value of a client request (1.5 MiB) with
+/// room to spare.
+const MAX_RECORD: usize = 16 << 20;
+
+/// What a copy starts with. Local facts (this member's own id) are not
+/// part of it.
 #[derive(Serialize, Deserialize)]
-struct Image {
+struct Header {
+    format: u32,
     applied_index: u64,
     revision: u64,
     compact_revision: u64,
-    kv: Vec<(Vec<u8>, i64, Vec<u8>)>,
-    live: Vec<(Vec<u8>, i64)>,
-    changes: Vec<(i64, u32, Vec<u8>)>,
-    leases: Vec<(i64, i64)>,
-    lease_keys: Vec<(i64, Vec<u8>)>,
-    members: Vec<(u64, Vec<u8>)>,
-    sequences: Vec<(Vec<u8>, u64)>,
     /// The auth state row, empty when none was ever stored.
     auth: Vec<u8>,
     /// The feed chain value after `revision`.
     feed_chain: crate::feed::Digest,
 }
 
+/// One replicated row.
+#[derive(Serialize, Deserialize)]
+enum Row {
+    Kv(Vec<u8>, i64, Vec<u8>),
+    Live(Vec<u8>, i64),
+    Change(i64, u32, Vec<u8>),
+    Lease(i64, i64),
+    LeaseKey(i64, Vec<u8>),
+    Member(u64, Vec<u8>),
+    Sequence(Vec<u8>, u64),
+    End,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("snapshot: {what}"))
+}
+
+fn write_record(out: &mut impl Write, record: &impl Serialize) -> Result<()> {
+    let bytes = postcard::to_allocvec(record).map_err(|e| corrupt(format!("encoding: {e}")))?;
+    out.write_all(&(bytes.len() as u32).to_be_bytes())
+        .and_then(|()| out.write_all(&bytes))
+        .map_err(|e| corrupt(format!("writing: {e}")))
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(
+    input: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> Result<T> {
+    let mut header = [0u8; 4];
+    input
+        .read_exact(&mut header)
+        .map_err(|e| corrupt(format!("reading (cut short?): {e}")))?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_RECORD {
+        return Err(corrupt(format!(
+            "a record of {len} bytes, over {MAX_RECORD}"
+        )));
+    }
+    buf.resize(len, 0);
+    input
+        .read_exact(buf)
+        .map_err(|e| corrupt(format!("reading (cut short?): {e}")))?;
+    postcard::from_bytes(buf).map_err(|e| corrupt(format!("decoding: {e}")))
+}
+
 impl Store {
-    /// A consistent copy of the replicated state and the raft index it
-    /// reflects.
-    pub fn snapshot_data(&self) -> Result<(u64, Vec<u8>)> {
+    /// Writes a consistent copy of the replicated state to `out` and returns
+    /// the raft index it reflects.
+    pub fn write_snapshot(&self, out: &mut impl Write) -> Result<u64> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
-        let mut image = Image {
+        let header = Header {
+            format: FORMAT,
             applied_index: get(META_APPLIED_INDEX)?,
             revision: get(META_REVISION)?,
             compact_revision: get(META_COMPACT_REVISION)?,
-            kv: Vec::new(),
-            live: Vec::new(),
-            changes: Vec::new(),
-            leases: Vec::new(),
-            lease_keys: Vec::new(),
-            members: Vec::new(),
-            sequences: Vec::new(),
-            auth: Vec::new(),
+            auth: match txn.open_table(AUTH)?.get(AUTH_STATE)? {
+                Some(state) => state.value().to_vec(),
+                None => Vec::new(),
+            },
             feed_chain: super::tables::read_feed_chain(&txn.open_table(FEED)?)?,
         };
+        write_record(out, &header)?;
         for row in txn.open_table(KV)?.iter()? {
             let (k, v) = row?;
             let (key, rev) = k.value();
-            image.kv.push((key.to_vec(), rev, v.value().to_vec()));
+            write_record(out, &Row::Kv(key.to_vec(), rev, v.value().to_vec()))?;
         }
         for row in txn.open_table(LIVE)?.iter()? {
             let (k, v) = row?;
-            image.live.push((k.value().to_vec(), v.value()));
+            write_record(out, &Row::Live(k.value().to_vec(), v.value()))?;
         }
         for row in txn.open_table(CHANGES)?.iter()? {
             let (k, v) = row?;
             let (rev, sub) = k.value();
-            image.changes.push((rev, sub, v.value().to_vec()));
+            write_record(out, &Row::Change(rev, sub, v.value().to_vec()))?;
         }
         for row in txn.open_table(LEASES)?.iter()? {
             let (k, v) = row?;
-            image.leases.push((k.value(), v.value()));
+            write_record(out, &Row::Lease(k.value(), v.value()))?;
         }
         for row in txn.open_table(LEASE_KEYS)?.iter()? {
             let (k, _) = row?;
             let (lease, key) = k.value();
-            image.lease_keys.push((lease, key.to_vec()));
+            write_record(out, &Row::LeaseKey(lease, key.to_vec()))?;
         }
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
-            image.members.push((k.value(), v.value().to_vec()));
+            write_record(out, &Row::Member(k.value(), v.value().to_vec()))?;
         }
         for row in txn.open_table(SEQUENCES)?.iter()? {
             let (k, v) = row?;
-            image.sequences.push((k.value().to_vec(), v.value()));
+            write_record(out, &Row::Sequence(k.value().to_vec(), v.value()))?;
         }
-        if let Some(state) = txn.open_table(AUTH)?.get(AUTH_STATE)? {
-            image.auth = state.value().to_vec();
-        }
-        let bytes = postcard::to_allocvec(&image)
-            .map_err(|err| StoreError::Corrupt(format!("encoding a snapshot: {err}")))?;
-        Ok((image.applied_index, bytes))
+        write_record(out, &Row::End)?;
+        Ok(header.applied_index)
     }
 
-    /// Replaces the replicated state with a snapshot, durably, together with
-    /// `consensus` (the consensus layer's description of that snapshot), so
-    /// a crash right after leaves enough to bring the raft log in line.
-    pub fn restore_snapshot(&self, data: &[u8], consensus: &[u8]) -> Result<u64> {
-        let image: Image = postcard::from_bytes(data)
-            .map_err(|err| StoreError::Corrupt(format!("decoding a snapshot: {err}")))?;
+    /// A copy in memory (tests and tools; raft streams through files).
+    pub fn snapshot_data(&self) -> Result<(u64, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let applied = self.write_snapshot(&mut bytes)?;
+        Ok((applied, bytes))
+    }
+
+    /// Replaces the replicated state with the copy read from `input`,
+    /// durably, together with `consensus` (the consensus layer's
+    /// description of that snapshot), so a crash right after leaves enough
+    /// to bring the raft log in line. A copy that is cut short or damaged
+    /// changes nothing.
+    pub fn restore_snapshot(&self, mut input: impl Read, consensus: &[u8]) -> Result<u64> {
+        let mut buf = Vec::new();
+        let header: Header = read_record(&mut input, &mut buf)?;
+        if header.format != FORMAT {
+            return Err(corrupt(format!(
+                "format {} (this edgeconf reads {FORMAT}): upgrade the members to one version",
+                header.format
+            )));
+        }
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
-            kv.retain(|_, _| false)?;
-            for (key, rev, value) in &image.kv {
-                kv.insert((key.as_slice(), *rev), value.as_slice())?;
-            }
             let mut live = txn.open_table(LIVE)?;
-            live.retain(|_, _| false)?;
-            for (key, rev) in &image.live {
-                live.insert(key.as_slice(), *rev)?;
-            }
             let mut changes = txn.open_table(CHANGES)?;
-            changes.retain(|_, _| false)?;
-            for (rev, sub, key) in &image.changes {
-                changes.insert((*rev, *sub), key.as_slice())?;
-            }
             let mut leases = txn.open_table(LEASES)?;
-            leases.retain(|_, _| false)?;
-            for (id, ttl) in &image.leases {
-                leases.insert(*id, *ttl)?;
-            }
             let mut lease_keys = txn.open_table(LEASE_KEYS)?;
-            lease_keys.retain(|_, _| false)?;
-            for (id, key) in &image.lease_keys {
-                lease_keys.insert((*id, key.as_slice()), ())?;
-            }
             let mut members = txn.open_table(MEMBERS)?;
-            members.retain(|_, _| false)?;
-            for (id, record) in &image.members {
-                members.insert(*id, record.as_slice())?;
-            }
             let mut sequences = txn.open_table(SEQUENCES)?;
-            sequences.retain(|_, _| false)?;
-            for (key, sequence) in &image.sequences {
-                sequences.insert(key.as_slice(), *sequence)?;
-            }
             let mut auth = txn.open_table(AUTH)?;
+            kv.retain(|_, _| false)?;
+            live.retain(|_, _| false)?;
+            changes.retain(|_, _| false)?;
+            leases.retain(|_, _| false)?;
+            lease_keys.retain(|_, _| false)?;
+            members.retain(|_, _| false)?;
+            sequences.retain(|_, _| false)?;
             auth.retain(|_, _| false)?;
-            if !image.auth.is_empty() {
-                auth.insert(AUTH_STATE, image.auth.as_slice())?;
+            loop {
+                match read_record(&mut input, &mut buf)? {
+                    Row::Kv(key, rev, value) => {
+                        kv.insert((key.as_slice(), rev), value.as_slice())?;
+                    }
+                    Row::Live(key, rev) => {
+                        live.insert(key.as_slice(), rev)?;
+                    }
+                    Row::Change(rev, sub, key) => {
+                        changes.insert((rev, sub), key.as_slice())?;
+                    }
+                    Row::Lease(id, ttl) => {
+                        leases.insert(id, ttl)?;
+                    }
+                    Row::LeaseKey(id, key) => {
+                        lease_keys.insert((id, key.as_slice()), ())?;
+                    }
+                    Row::Member(id, record) => {
+                        members.insert(id, record.as_slice())?;
+                    }
+                    Row::Sequence(key, sequence) => {
+                        sequences.insert(key.as_slice(), sequence)?;
+                    }
+                    Row::End => break,
+                }
+            }
+            if !header.auth.is_empty() {
+                auth.insert(AUTH_STATE, header.auth.as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
-            meta.insert(META_APPLIED_INDEX, image.applied_index)?;
+            meta.insert(META_APPLIED_INDEX, header.applied_index)?;
             txn.open_table(CONSENSUS)?
                 .insert(CONSENSUS_SNAPSHOT, consensus)?;
-            meta.insert(META_REVISION, image.revision)?;
+            meta.insert(META_REVISION, header.revision)?;
             txn.open_table(FEED)?
-                .insert(FEED_CHAIN, image.feed_chain.as_slice())?;
-            meta.insert(META_COMPACT_REVISION, image.compact_revision)?;
+                .insert(FEED_CHAIN, header.feed_chain.as_slice())?;
+            meta.insert(META_COMPACT_REVISION, header.compact_revision)?;
         }
         txn.commit()?;
         self.reload_auth()?;
         self.revision
-            .store(image.revision as i64, std::sync::atomic::Ordering::SeqCst);
+            .store(header.revision as i64, std::sync::atomic::Ordering::SeqCst);
         // Wake watchers: they replay whatever they miss from the new state.
         let _ = self.live.send(std::sync::Arc::new(Committed {
-            revision: image.revision as i64,
+            revision: header.revision as i64,
             events: Vec::new(),
             replaced: true,
         }));
-        Ok(image.applied_index)
+        Ok(header.applied_index)
     }
 }
 

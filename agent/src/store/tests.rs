@@ -522,7 +522,10 @@ fn a_snapshot_restores_history_leases_and_the_applied_index_elsewhere() {
 
     let (_dir2, target) = open();
     put(&target, "stale", "x");
-    assert_eq!(target.restore_snapshot(&data, b"meta").unwrap(), 3);
+    assert_eq!(
+        target.restore_snapshot(data.as_slice(), b"meta").unwrap(),
+        3
+    );
     assert_eq!(
         target.installed_snapshot().unwrap().as_deref(),
         Some(&b"meta"[..])
@@ -532,6 +535,33 @@ fn a_snapshot_restores_history_leases_and_the_applied_index_elsewhere() {
     assert!(get_at(&target, "stale", 0).is_none());
     assert_eq!(get_at(&target, "a", 1).unwrap().value, b"1");
     assert_eq!(target.leases().unwrap(), [(5, 9)]);
+}
+
+#[test]
+fn a_snapshot_cut_short_or_damaged_changes_nothing() {
+    let (_dir, source) = open();
+    for i in 0..50 {
+        put(&source, &format!("k{i}"), "v");
+    }
+    let (_, data) = source.snapshot_data().unwrap();
+    let (_dir2, target) = open();
+    put(&target, "mine", "kept");
+    // (Damage inside a record is the transport's digest to catch.)
+    let mut damaged = data.clone();
+    damaged[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+    for bad in [
+        &data[..data.len() - 1],
+        &data[..data.len() / 2],
+        &damaged[..],
+        &[][..],
+    ] {
+        let err = target.restore_snapshot(bad, b"").unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert_eq!(get_at(&target, "mine", 0).unwrap().value, b"kept");
+        assert_eq!(target.revision(), 1);
+    }
+    target.restore_snapshot(data.as_slice(), b"").unwrap();
+    assert_eq!(target.revision(), 50);
 }
 
 #[tokio::test]
@@ -545,7 +575,7 @@ async fn a_watcher_reads_the_gap_a_restored_snapshot_leaves() {
     let (_dir2, target) = open();
     let mut watcher = target.watch(KeyRange::prefix(""), 1);
     let restoring = target.clone();
-    tokio::task::spawn_blocking(move || restoring.restore_snapshot(&data, b"").unwrap());
+    tokio::task::spawn_blocking(move || restoring.restore_snapshot(data.as_slice(), b"").unwrap());
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let events = tokio::time::timeout(Duration::from_secs(5), watcher.next())
@@ -697,7 +727,7 @@ fn signed_writes_need_a_rising_sequence_that_survives_deletes_and_snapshots() {
 
     let (_, data) = store.snapshot_data().unwrap();
     let (_other_dir, other) = open();
-    other.restore_snapshot(&data, b"").unwrap();
+    other.restore_snapshot(data.as_slice(), b"").unwrap();
     assert_eq!(other.sequence(b"/app/x").unwrap(), 6);
     assert!(run(&other, signed_put("/app/x", 6, "again")).is_err());
     run(&other, signed_put("/app/x", 7, "v7")).unwrap();
@@ -757,7 +787,7 @@ fn auth_state_is_applied_kept_across_reopen_and_carried_by_snapshots() {
     let (_, data) = store.snapshot_data().unwrap();
     let (_other_dir, other) = open();
     run(&other, user("stale")).unwrap();
-    other.restore_snapshot(&data, b"").unwrap();
+    other.restore_snapshot(data.as_slice(), b"").unwrap();
     let restored = other.auth();
     assert!(restored.users.contains_key("alice"));
     assert!(!restored.users.contains_key("stale"));

@@ -1,30 +1,33 @@
 //! Raft frames: one QUIC stream carries one frame, a run of raft messages,
-//! each a big-endian `u32` length and the protobuf bytes.
+//! each a big-endian `u32` length and the protobuf bytes. A snapshot
+//! message goes alone, and its copy follows it on the stream in chunks
+//! (see `snapshot_stream`).
 //!
 //! Sent by: raft members only (the connection's key was admitted first).
 //! Checked by the receiver, as it reads, so that no member (any may hold a
 //! stolen key) can make it hold more than a bounded amount of memory:
-//! - a message other than a snapshot is at most [`MAX_MESSAGE`] bytes, and
-//!   the bytes being read at once, over every stream of every peer, stay
-//!   within [`READ_BUDGET`] (a stream waits for room);
-//! - a bigger message must be a snapshot, at most [`MAX_SNAPSHOT`] bytes,
-//!   alone in its frame, and one is read at a time (another is refused;
-//!   raft sends it again).
+//! - a message is at most [`MAX_MESSAGE`] bytes, and the bytes being read
+//!   at once, over every stream of every peer, stay within [`READ_BUDGET`]
+//!   (a stream waits for room);
+//! - each message is screened (who sent it) before it is delivered, and a
+//!   snapshot before its copy is read;
+//! - a snapshot is first in its frame, its copy is checked as
+//!   `snapshot_stream` says, and nothing follows it.
 //!
-//! Messages are read one after another, as the bytes come (a snapshot
-//! streams in QUIC's flow-control windows); each is delivered once read.
+//! Messages are read one after another, as the bytes come; each is
+//! delivered once read.
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::Semaphore;
 
-/// Largest raft message other than a snapshot: appends carry at most 1 MiB
-/// of entries (`max_size_per_msg`), or one entry of a client request of at
-/// most 1.5 MiB.
+use super::snapshot_stream::{self, SnapshotDir, SnapshotRef};
+
+/// Largest raft message: appends carry at most 1 MiB of entries
+/// (`max_size_per_msg`), or one entry of a client request of at most
+/// 1.5 MiB; a snapshot message carries only a reference to its copy.
 pub const MAX_MESSAGE: usize = 16 << 20;
-/// Largest snapshot accepted (the whole store of the leader).
-pub const MAX_SNAPSHOT: usize = 1 << 30;
-/// Bytes of messages (snapshots aside) read at once, from all peers.
+/// Bytes of messages read at once, from all peers.
 pub const READ_BUDGET: usize = 256 << 20;
 /// A frame the sender fills up to about this many bytes.
 const FRAME_TARGET: usize = 4 << 20;
@@ -32,12 +35,26 @@ const FRAME_TARGET: usize = 4 << 20;
 /// Why a frame was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("a raft message of {0} bytes, over the limit for a snapshot")]
-    TooBig(usize),
-    #[error("a raft message of {0} bytes that is not a snapshot alone in its frame")]
-    OversizedNotSnapshot(usize),
+    #[error("a raft message or snapshot of {0} bytes, over the limit")]
+    TooBig(u64),
+    #[error("a snapshot that is not alone in its frame")]
+    SnapshotNotAlone,
     #[error("a snapshot while another is being received")]
     SnapshotBusy,
+    #[error("a snapshot whose data is not a reference to a copy")]
+    SnapshotUnreferenced,
+    #[error("a snapshot copy that ended after {0} bytes, short of its reference")]
+    SnapshotShort(u64),
+    #[error("a snapshot copy longer than its reference")]
+    SnapshotLong,
+    #[error("a snapshot copy whose chunks stopped coming")]
+    SnapshotStalled,
+    #[error("a snapshot copy whose SHA-256 differs from its reference")]
+    SnapshotDigest,
+    #[error("a snapshot from a sender refused")]
+    SnapshotRefused,
+    #[error("writing a received snapshot: {0}")]
+    Store(String),
     #[error("undecodable raft message: {0}")]
     Undecodable(String),
     #[error("reading the stream: {0}")]
@@ -45,13 +62,20 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The reason as counted in `edgeconf_raft_refused_total`.
-    pub fn label(&self) -> &'static str {
+    /// The reason as counted in `edgeconf_raft_refused_total` (`None`: not
+    /// the sender's doing, or already counted).
+    pub fn label(&self) -> Option<&'static str> {
         match self {
-            FrameError::TooBig(_) | FrameError::OversizedNotSnapshot(_) => "oversized",
-            FrameError::SnapshotBusy => "snapshot_busy",
-            FrameError::Undecodable(_) => "undecodable",
-            FrameError::Read(_) => "read_failed",
+            FrameError::TooBig(_) => Some("oversized"),
+            FrameError::SnapshotBusy => Some("snapshot_busy"),
+            FrameError::SnapshotNotAlone
+            | FrameError::SnapshotUnreferenced
+            | FrameError::SnapshotShort(_)
+            | FrameError::SnapshotLong
+            | FrameError::SnapshotStalled
+            | FrameError::SnapshotDigest => Some("snapshot_invalid"),
+            FrameError::Undecodable(_) => Some("undecodable"),
+            FrameError::SnapshotRefused | FrameError::Store(_) | FrameError::Read(_) => None,
         }
     }
 }
@@ -93,12 +117,16 @@ pub fn encode(messages: &[Message]) -> Vec<Vec<u8>> {
     frames
 }
 
-/// Reads one frame from `stream`, handing each message to `deliver` as it
-/// is read. Ends at the end of the stream, or at the first message that
-/// breaks a limit (the rest of the stream is dropped).
+/// Reads one frame from `stream`. Each message is passed to `screen`
+/// (who sent it: `false` drops it, and for a snapshot ends the frame before
+/// its copy is read), then handed to `deliver` once read. Ends at the end
+/// of the stream, or at the first message that breaks a limit (the rest of
+/// the stream is dropped).
 pub async fn read(
     stream: &mut quinn::RecvStream,
     limits: &ReadLimits,
+    snapshots: &SnapshotDir,
+    mut screen: impl FnMut(&Message) -> bool,
     mut deliver: impl FnMut(Message),
 ) -> Result<(), FrameError> {
     let mut first = true;
@@ -110,41 +138,40 @@ pub async fn read(
             Err(err) => return Err(FrameError::Read(err.to_string())),
         }
         let len = u32::from_be_bytes(header) as usize;
-        let snapshot = len > MAX_MESSAGE;
-        if len > MAX_SNAPSHOT {
-            return Err(FrameError::TooBig(len));
+        if len > MAX_MESSAGE {
+            return Err(FrameError::TooBig(len as u64));
         }
-        if snapshot && !first {
-            return Err(FrameError::OversizedNotSnapshot(len));
-        }
-        // Held until the message is decoded and handed over.
-        let _room = if snapshot {
-            limits
+        let message = {
+            // Held until the message is decoded.
+            let _room = limits
+                .budget
+                .acquire_many((len >> 10).max(1) as u32)
+                .await
+                .map_err(|err| FrameError::Read(err.to_string()))?;
+            let bytes = read_growing(stream, len).await?;
+            Message::parse_from_bytes(&bytes).map_err(|e| FrameError::Undecodable(e.to_string()))?
+        };
+        let admitted = screen(&message);
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            if !first {
+                return Err(FrameError::SnapshotNotAlone);
+            }
+            if !admitted {
+                return Err(FrameError::SnapshotRefused);
+            }
+            let reference = SnapshotRef::decode(&message.get_snapshot().data)
+                .ok_or(FrameError::SnapshotUnreferenced)?;
+            let _slot = limits
                 .snapshots
                 .try_acquire()
-                .map_err(|_| FrameError::SnapshotBusy)?
-        } else {
-            let kib = (len >> 10).max(1) as u32;
-            limits
-                .budget
-                .acquire_many(kib)
-                .await
-                .map_err(|err| FrameError::Read(err.to_string()))?
-        };
-        let bytes = read_growing(stream, len).await?;
-        let message = Message::parse_from_bytes(&bytes)
-            .map_err(|e| FrameError::Undecodable(e.to_string()))?;
-        drop(bytes);
-        if snapshot {
-            let alone = matches!(
-                stream.read_exact(&mut header).await,
-                Err(quinn::ReadExactError::FinishedEarly(0))
-            );
-            if message.get_msg_type() != MessageType::MsgSnapshot || !alone {
-                return Err(FrameError::OversizedNotSnapshot(len));
-            }
+                .map_err(|_| FrameError::SnapshotBusy)?;
+            snapshot_stream::receive(stream, snapshots, &reference).await?;
+            deliver(message);
+            return Ok(());
         }
-        deliver(message);
+        if admitted {
+            deliver(message);
+        }
         first = false;
     }
 }

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod gossip;
 pub mod limits;
 pub mod senders;
+pub mod snapshot_stream;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 pub use feed::{FeedHandler, FeedNet, FeedNetError};
 pub use gossip::{GossipNet, GossipSink};
 pub use senders::Senders;
+pub use snapshot_stream::{SnapshotDir, SnapshotRef};
 pub use tls::NodeKey;
 
 /// Messages queued per peer before further ones are dropped.
@@ -171,8 +173,10 @@ impl Transport {
         Ok(transport)
     }
 
-    /// Starts delivering raft messages to `sink`.
-    pub fn attach_raft(&self, sink: Sink) {
+    /// Starts delivering raft messages to `sink`; snapshot copies are
+    /// sent from and received into `snapshots`.
+    pub fn attach_raft(&self, sink: Sink, snapshots: Arc<SnapshotDir>) {
+        let _ = self.sinks.snapshots.set(snapshots);
         let _ = self.sinks.raft.set(sink);
     }
 
@@ -220,7 +224,8 @@ impl Transport {
     /// Sets who the peers are; senders start or stop to match.
     pub fn set_peers(&self, wanted: &[(u64, SocketAddr)]) {
         self.senders.set_members(wanted.iter().map(|(id, _)| *id));
-        let Some(sink) = self.sinks.raft.get() else {
+        let (Some(sink), Some(snapshots)) = (self.sinks.raft.get(), self.sinks.snapshots.get())
+        else {
             return;
         };
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,7 +236,11 @@ impl Transport {
                 self.runtime.spawn(send_to_peer(
                     self.endpoint.clone(),
                     self.client_config.clone(),
-                    (self.contact.clone(), self.senders.clone()),
+                    (
+                        self.contact.clone(),
+                        self.senders.clone(),
+                        snapshots.clone(),
+                    ),
                     (id, addr),
                     outbox,
                     sink.clone(),
@@ -296,6 +305,7 @@ impl Transport {
 #[derive(Default, Clone)]
 struct Sinks {
     raft: Arc<OnceLock<Sink>>,
+    snapshots: Arc<OnceLock<Arc<SnapshotDir>>>,
     gossip: Arc<OnceLock<GossipSink>>,
     feed: Arc<OnceLock<FeedHandler>>,
 }
@@ -366,31 +376,41 @@ async fn accept_peers(
                 let (senders, warned) = (senders.clone(), warned.clone());
                 let limits = read_limits.clone();
                 tokio::spawn(async move {
-                    let Some(sink) = sinks.raft.get() else {
+                    let (Some(sink), Some(snapshots)) = (sinks.raft.get(), sinks.snapshots.get())
+                    else {
                         return;
                     };
-                    let read = frames::read(&mut stream, &limits, |message| {
+                    let screen = |message: &Message| {
                         if isolated.load(Ordering::SeqCst) {
-                            return;
+                            return false;
                         }
                         match senders.check(message.from, &key) {
-                            Ok(()) => sink(Delivery::Message(message)),
+                            Ok(()) => true,
                             Err(refusal) => {
                                 let first = warned
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
                                     .insert((refusal, message.from));
                                 refused(&remote, &key, message.from, refusal, first);
+                                false
                             }
                         }
-                    })
-                    .await;
+                    };
+                    let deliver = |message: Message| {
+                        if message.get_msg_type() == MessageType::MsgSnapshot {
+                            tracing::info!(%remote, from = format_args!("{:x}", message.from), "received a snapshot copy, verified");
+                        }
+                        sink(Delivery::Message(message))
+                    };
+                    let read = frames::read(&mut stream, &limits, snapshots, screen, deliver).await;
                     match read {
                         Err(frames::FrameError::Read(err)) => {
                             tracing::debug!(%remote, error = %err, "a raft stream failed")
                         }
                         Err(err) => {
-                            senders.count(err.label());
+                            if let Some(label) = err.label() {
+                                senders.count(label);
+                            }
                             tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), error = %err, "dropped a raft frame");
                             let _ = stream.stop(0u32.into());
                         }
@@ -425,7 +445,7 @@ fn refused(remote: &SocketAddr, key: &[u8; 32], from: u64, refusal: senders::Ref
 async fn send_to_peer(
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    (contact, senders): (Arc<Contact>, Arc<Senders>),
+    (contact, senders, snapshot_dir): (Arc<Contact>, Arc<Senders>, Arc<SnapshotDir>),
     (id, addr): (u64, SocketAddr),
     mut outbox: mpsc::Receiver<Message>,
     sink: Sink,
@@ -480,9 +500,13 @@ async fn send_to_peer(
         }
         for snapshot in snapshots {
             let ok = match connection.as_ref() {
-                Some(conn) => send_frame(conn, std::slice::from_ref(&snapshot))
-                    .await
-                    .is_ok(),
+                Some(conn) => match send_snapshot(conn, &snapshot_dir, &snapshot).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::warn!(peer = format_args!("{id:x}"), error = %err, "sending a snapshot failed (raft sends another)");
+                        false
+                    }
+                },
                 None => false,
             };
             sink(Delivery::SnapshotSent { to: id, ok });
@@ -514,24 +538,35 @@ async fn connect(
 
 /// Sends `messages` in frames of a few MiB, each on a stream of its own.
 async fn send_frame(connection: &quinn::Connection, messages: &[Message]) -> Result<(), String> {
-    let snapshot = messages
-        .iter()
-        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
     for frame in frames::encode(messages) {
         let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
         stream.write_all(&frame).await.map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
-        if snapshot {
-            // A snapshot counts as sent once the peer has read all of it
-            // (a peer that refused it stops the stream with an error).
-            match stream.stopped().await {
-                Ok(None) => {}
-                Ok(Some(code)) => return Err(format!("the peer refused the snapshot ({code})")),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
     }
     Ok(())
+}
+
+/// Sends a snapshot message on a stream of its own, its copy after it.
+async fn send_snapshot(
+    connection: &quinn::Connection,
+    snapshots: &SnapshotDir,
+    snapshot: &Message,
+) -> Result<(), String> {
+    let reference = SnapshotRef::decode(&snapshot.get_snapshot().data)
+        .ok_or("the snapshot carries no reference to a copy")?;
+    let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+    for frame in frames::encode(std::slice::from_ref(snapshot)) {
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    }
+    snapshot_stream::send(&mut stream, snapshots, &reference).await?;
+    stream.finish().map_err(|e| e.to_string())?;
+    // Sent once the peer has read all of it (a peer that refused it stops
+    // the stream with an error).
+    match stream.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(code)) => Err(format!("the peer refused the snapshot ({code})")),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[cfg(test)]
