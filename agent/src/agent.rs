@@ -62,6 +62,13 @@ pub async fn run(
         &config.peer_keys,
         config.gossip.dial_out_only,
     )?;
+    if config.role == Role::Voter && !config.voter_keys.is_empty() {
+        // Raft only from the listed voters' keys (see `transport::senders`).
+        transport.senders().pin(&config.voter_keys);
+        if !config.voter_keys.contains(&node_key.public_key_raw()) {
+            tracing::warn!("this voter's own node key is not in [peer_trust] voters: list it on every voter, or its peers refuse its raft messages");
+        }
+    }
     let (stop, stopped) = watch::channel(false);
     let membership = start_gossip(&config, &store, &transport, &node_key, stopped.clone())?;
     let identity = match config.role {

@@ -94,7 +94,7 @@ pub fn render_text(sources: &Sources) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP edgeconf_raft_refused_total Raft messages refused for their sender (not a member, not verified yet, or speaking for another member).\n\
+        "# HELP edgeconf_raft_refused_total Raft messages and frames refused (a sender that is not a member, not verified yet, not a voter key, or speaking for another member; an oversized, undecodable or invalid snapshot frame; a snapshot while another is received).\n\
          # TYPE edgeconf_raft_refused_total counter"
     );
     for (reason, count) in node.transport().senders().refused() {

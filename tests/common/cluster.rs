@@ -33,6 +33,10 @@ pub struct Cluster {
     pub member_config: Vec<String>,
     /// Top-level TOML keys per member (written before any table).
     pub member_head: Vec<String>,
+    /// The first this many slots are (or may become) voters: their keys
+    /// are listed in `[peer_trust] voters`, which edges take attestations
+    /// from and voters accept raft from.
+    pub voter_slots: usize,
 }
 
 impl Cluster {
@@ -54,6 +58,7 @@ impl Cluster {
             })
             .collect::<Vec<_>>();
         let agents = slots.iter().map(|_| None).collect();
+        let voter_slots = slots.len().min(3);
         let member_config: Vec<String> = slots.iter().map(|_| String::new()).collect();
         Cluster {
             dir: dir.to_path_buf(),
@@ -62,6 +67,7 @@ impl Cluster {
             extra_config: String::new(),
             member_head: member_config.clone(),
             member_config,
+            voter_slots,
         }
     }
 
@@ -73,6 +79,8 @@ impl Cluster {
     /// [`Cluster::start`] with `extra` TOML in every member's config.
     pub fn start_with(dir: &Path, voters: usize, slots: usize, extra: &str) -> Cluster {
         let mut cluster = Cluster::new(dir, slots);
+        // Spare slots are for members added later.
+        cluster.voter_slots = slots;
         cluster.extra_config = extra.to_string();
         let initial = cluster.initial_cluster(0..voters);
         for i in 0..voters {
@@ -98,9 +106,7 @@ impl Cluster {
     pub fn write_config(&self, i: usize, initial_cluster: &str, state: &str) {
         let slot = &self.slots[i];
         let keys: Vec<String> = self.slots.iter().map(|s| format!("{:?}", s.key)).collect();
-        // Edge agents take the feed as attested by the first three (the
-        // voters of every fleet these tests start).
-        let voters = &keys[..keys.len().min(3)];
+        let voters = &keys[..self.voter_slots];
         let config = format!(
             "name = {:?}\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\n\
              listen_peer_urls = [{:?}]\ninitial_cluster = {:?}\ninitial_cluster_state = {:?}\n\

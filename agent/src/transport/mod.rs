@@ -363,7 +363,7 @@ async fn accept_peers(
             }
             // Which member the key may speak for is `senders`' to say.
             if !senders.admits(&key) {
-                tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), "refused a raft connection from a key that speaks for no member (an edge, or a stranger with a trusted key)");
+                tracing::warn!(%remote, key = %crate::signing::keys::format_public_key(&key), "refused a raft connection from a key that speaks for no member (an edge, or a stranger with a trusted key; or a key not in [peer_trust] voters)");
                 connection.close(0u32.into(), b"not a raft member");
                 return;
             }
@@ -435,6 +435,9 @@ fn refused(remote: &SocketAddr, key: &[u8; 32], from: u64, refusal: senders::Ref
         }
         senders::Refusal::Unverified => {
             tracing::info!(%remote, %key, from = format_args!("{from:x}"), "dropped raft messages from a member not dialed yet (they pass once it is)")
+        }
+        senders::Refusal::NotAVoterKey => {
+            tracing::warn!(%remote, %key, from = format_args!("{from:x}"), "refused raft messages from a key not in [peer_trust] voters")
         }
         senders::Refusal::Impersonation => {
             tracing::warn!(%remote, %key, from = format_args!("{from:x}"), "refused raft messages claiming to be a member whose node key is another (an impersonation, or a member rebuilt with a new key: that passes once this agent dials it again)")

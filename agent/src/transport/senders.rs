@@ -12,8 +12,13 @@
 //! no peer can teach this agent a false one: to be bound to member X a key
 //! must answer at X's peer address. Each sender task dials its member as it
 //! starts, so bindings are known before raft needs them.
+//!
+//! A voter whose config lists `[peer_trust] voters` also pins raft to those
+//! keys: a key not listed is bound to no member, even one that answers at a
+//! member's address (an edge key that took over a voter's address, say).
+//! A voter to be added is listed before it is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 /// Why a raft message was refused.
@@ -25,6 +30,8 @@ pub enum Refusal {
     Unverified,
     /// `from` is a member bound to another key: someone speaks for it.
     Impersonation,
+    /// The key is not one of the pinned voter keys.
+    NotAVoterKey,
 }
 
 impl Refusal {
@@ -33,6 +40,7 @@ impl Refusal {
             Refusal::NotAMember => "not_a_member",
             Refusal::Unverified => "unverified",
             Refusal::Impersonation => "impersonation",
+            Refusal::NotAVoterKey => "not_a_voter_key",
         }
     }
 }
@@ -42,10 +50,26 @@ pub struct Senders {
     /// Member id -> its node key, as seen when dialing it (`None`: a member
     /// not reached yet).
     bound: Mutex<HashMap<u64, Option<[u8; 32]>>>,
+    /// The keys raft is pinned to (`None`: any trusted key may be bound).
+    pinned: Mutex<Option<HashSet<[u8; 32]>>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Senders {
+    /// Accepts raft only from these keys from now on.
+    pub fn pin(&self, keys: &[[u8; 32]]) {
+        *self.pinned.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(keys.iter().copied().collect());
+    }
+
+    fn is_pinned_out(&self, key: &[u8; 32]) -> bool {
+        self.pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|pinned| !pinned.contains(key))
+    }
+
     /// The members are exactly `members`: others are forgotten, new ones
     /// await their first dial.
     pub fn set_members(&self, members: impl IntoIterator<Item = u64>) {
@@ -60,6 +84,10 @@ impl Senders {
     /// Dialing `member` reached `key` (a node key may change when a member
     /// is rebuilt: the latest dial wins).
     pub fn bind(&self, member: u64, key: [u8; 32]) {
+        if self.is_pinned_out(&key) {
+            tracing::warn!(member = format_args!("{member:x}"), key = %crate::signing::keys::format_public_key(&key), "a member's address answered with a key not in [peer_trust] voters: not taken as that member (list the key on every voter if the member was rebuilt or added)");
+            return;
+        }
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = bound.get_mut(&member) {
             *slot = Some(key);
@@ -72,6 +100,10 @@ impl Senders {
     /// trusted key) is turned away before a byte of a frame is read; the
     /// refusal is counted as `not_a_member`.
     pub fn admits(&self, key: &[u8; 32]) -> bool {
+        if self.is_pinned_out(key) {
+            self.count(Refusal::NotAVoterKey.label());
+            return false;
+        }
         let admitted = self
             .bound
             .lock()
@@ -92,6 +124,10 @@ impl Senders {
     /// May a message claiming to be `from` arriving over `key` go to raft?
     /// A refusal is counted.
     pub fn check(&self, from: u64, key: &[u8; 32]) -> Result<(), Refusal> {
+        if self.is_pinned_out(key) {
+            self.count(Refusal::NotAVoterKey.label());
+            return Err(Refusal::NotAVoterKey);
+        }
         let verdict = match self
             .bound
             .lock()
@@ -164,6 +200,22 @@ mod tests {
         assert_eq!(refused.get("impersonation"), Some(&2));
         assert_eq!(refused.get("not_a_member"), Some(&3));
         assert_eq!(refused.get("unverified"), Some(&1));
+    }
+
+    #[test]
+    fn pinned_to_the_voter_keys_no_other_key_speaks_raft() {
+        let senders = Senders::default();
+        let (voter, edge) = ([1; 32], [9; 32]);
+        senders.set_members([10, 20]);
+        senders.pin(&[voter]);
+        // Member 20 not dialed yet, but the edge key is no voter key.
+        assert!(!senders.admits(&edge));
+        // Even answering at member 20's address.
+        senders.bind(20, edge);
+        assert_eq!(senders.check(20, &edge), Err(Refusal::NotAVoterKey));
+        senders.bind(10, voter);
+        assert_eq!(senders.check(10, &voter), Ok(()));
+        assert_eq!(senders.refused().get("not_a_voter_key"), Some(&2));
     }
 
     #[test]
