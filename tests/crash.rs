@@ -242,6 +242,59 @@ fn the_metrics_server_cuts_off_connections_that_send_nothing() {
     assert_eq!(http(metrics, "/health").map(|(code, _)| code), Some(200));
 }
 
+#[test]
+fn the_metrics_server_backs_off_when_accept_fails_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, metrics) = metrics_config(dir.path());
+    let agent = Agent::start_with(
+        dir.path(),
+        common::free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_for("metrics served", Duration::from_secs(20), || {
+        http(metrics, "/health").is_some()
+    });
+    // Leave the agent a few file descriptors (prlimit of the soft limit
+    // of the running process), then connect more clients than that: accepting fails
+    // with "too many open files".
+    let pid = agent.pid().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = |n: usize| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "prlimit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    limit(open + 8);
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).ok())
+        .collect();
+    agent.wait_for_log(
+        "metrics server cannot accept; backing off",
+        Duration::from_secs(20),
+    );
+    // It backs off (100 ms) rather than spinning: a handful of lines a
+    // second, not thousands.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = agent.log().matches("metrics server cannot accept").count();
+    std::thread::sleep(Duration::from_secs(1));
+    let during = agent.log().matches("metrics server cannot accept").count() - before;
+    assert!(during <= 20, "{during} accept errors in a second: it spins");
+    // Once the idle clients go (or are cut off) it serves again.
+    drop(idle);
+    limit(open + 256);
+    wait_for("metrics served again", Duration::from_secs(20), || {
+        http(metrics, "/health").is_some_and(|(code, _)| code == 200)
+    });
+}
+
 /// Appends to the newest segment of the raft WAL in `wal_dir` a record of
 /// an entry at the next index whose data no edgeconf can read (records are
 /// `[len u32][crc32 u32 chained from the previous record][protobuf Entry]`).

@@ -229,6 +229,11 @@ impl Agent {
         ))
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent is running").id()
+    }
+
     /// Sends a signal by name (e.g. "HUP") to the running agent.
     pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("agent is running");
