@@ -34,7 +34,13 @@ fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
 /// started: their keys are trusted by every voter, as an edge's is, and
 /// the attacker holds them.
 fn voters(dir: &std::path::Path, slots: usize) -> (Cluster, Vec<u16>) {
+    voters_with(dir, slots, "")
+}
+
+/// [`voters`] with `extra` TOML in every voter's config.
+fn voters_with(dir: &std::path::Path, slots: usize, extra: &str) -> (Cluster, Vec<u16>) {
     let mut cluster = Cluster::new(dir, slots);
+    cluster.extra_config = extra.to_string();
     let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
     for (i, port) in metrics.iter().enumerate() {
         cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
@@ -538,6 +544,149 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     ok(root(f2, &["lease", "revoke", &lease_hex]));
     let gone = ok(root(leader, &["get", "/app/leased", "--print-value-only"]));
     assert_eq!(gone, "", "the revoked lease's key is deleted");
+}
+
+/// A follower's stolen key cannot forward writes that skip what the
+/// leader's API checks of signed config: an unsigned write under a
+/// protected prefix, a change signed by a key the cluster does not trust,
+/// a change whose value was swapped after signing, and a correctly signed
+/// change to a key under a rollout.
+#[test]
+fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
+    use edgeconf::signing::{keys, Op, SignedChange};
+    use edgeconf::store::{Command, PutRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let operator_key = dir.path().join("operator.key");
+    let made = ok(common::run_with_timeout(
+        std::process::Command::new(common::BIN).args([
+            "-w",
+            "json",
+            "keygen",
+            "--out",
+            operator_key.to_str().unwrap(),
+        ]),
+        Duration::from_secs(20),
+    ));
+    let public = json(made)["public_key"].as_str().unwrap().to_string();
+    let trust = format!("[trust]\nkeys = [{public:?}]\n[[trust.prefix]]\nprefix = \"/app/\"\n");
+    let (cluster, metrics) = voters_with(dir.path(), VOTERS, &trust);
+    let leader = cluster.wait_for_leader();
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+    let f2 = followers[1];
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let sign_key = operator_key.to_str().unwrap();
+    ok(edgeconf(
+        agent(leader),
+        &["put", "--sign-key", sign_key, "/app/config", "real"],
+    ));
+    // A rollout of /app/rolled that stays in its first stage (60 s bake).
+    ok(edgeconf(
+        agent(leader),
+        &[
+            "rollout",
+            "start",
+            "--key",
+            "/app/rolled",
+            "--sign-key",
+            sign_key,
+            "--value",
+            "staged",
+        ],
+    ));
+
+    let operator = keys::read_signing_key(&operator_key).unwrap();
+    let stranger = keys::generate_signing_key().unwrap();
+    let signed = |signer: &ed25519_dalek::SigningKey, key: &str, value: &str| {
+        let change = SignedChange::sign(
+            signer,
+            key.as_bytes().to_vec(),
+            Op::Put,
+            1_000,
+            false,
+            value.as_bytes().to_vec(),
+        )
+        .unwrap();
+        Command::SignedPut {
+            put: PutRequest::new(key.as_bytes().to_vec(), change.to_stored()),
+            sequence: 1_000,
+        }
+    };
+    // Signed by the operator, then the value swapped in the stored bytes.
+    let swapped = {
+        let Command::SignedPut { mut put, sequence } = signed(&operator, "/app/config", "evil!")
+        else {
+            unreachable!()
+        };
+        let at = put.value.windows(5).position(|w| w == b"evil!").unwrap();
+        put.value[at..at + 5].copy_from_slice(b"owned");
+        Command::SignedPut { put, sequence }
+    };
+    let attempts = [
+        Command::Put(PutRequest::new(b"/app/config".to_vec(), b"owned".to_vec())),
+        signed(&stranger, "/app/config", "owned"),
+        swapped,
+        signed(&operator, "/app/rolled", "skips the stages"),
+    ];
+    let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (transport, _) = hostile(&cluster, f2);
+        deaf_to_raft(&cluster, &transport);
+        transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
+        let mut proposal = message(MessageType::MsgPropose, id(f2), id(leader), 0);
+        for (seq, command) in attempts.into_iter().enumerate() {
+            proposal.entries.push(Entry {
+                data: edgeconf::consensus::forwarded_entry(
+                    id(f2),
+                    seq as u64 + 1,
+                    command,
+                    edgeconf::auth::Credential::None,
+                )
+                .into(),
+                ..Default::default()
+            });
+        }
+        transport.send(vec![proposal]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        transport.close();
+    });
+
+    // Every voter keeps the real value; the rolled key holds no value
+    // that skipped the stages; the leader says why it refused each.
+    for i in 0..VOTERS {
+        let get = |key: &str| {
+            ok(edgeconf(
+                agent(i),
+                &["get", key, "--print-value-only", "--consistency", "s"],
+            ))
+        };
+        wait_until("the real value stands", Duration::from_secs(10), || {
+            get("/app/config") == "real\n"
+        });
+        assert!(!get("/app/rolled").contains("skips the stages"));
+    }
+    let text = http_get(metrics[leader], "/metrics");
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"));
+    assert_eq!(refused, 4, "{text}");
+    let log = agent(leader).log();
+    for reason in [
+        "unsigned writes are refused",
+        "is not trusted",
+        "bad signature",
+        "is being rolled out",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused a command forwarded by a follower")
+                    && l.contains(reason)),
+            "{reason}: {log}"
+        );
+    }
 }
 
 #[test]
