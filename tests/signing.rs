@@ -689,7 +689,13 @@ fn an_agent_run_as_an_unprivileged_user_keeps_its_files_private() {
         }
         seen.push(p.file_name().unwrap().to_string_lossy().into_owned());
     }
-    for expected in ["store.redb", "raft.redb", "raft-wal", "node.key", "snapshots"] {
+    for expected in [
+        "store.redb",
+        "raft.redb",
+        "raft-wal",
+        "node.key",
+        "snapshots",
+    ] {
         assert!(
             seen.iter().any(|s| s == expected),
             "no {expected} in {seen:?}"

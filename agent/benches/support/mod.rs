@@ -52,11 +52,20 @@ impl Server {
 
     /// Resident memory in MiB, from /proc.
     pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The most resident memory the process has had, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
             .map_or(0.0, |kib| kib / 1024.0)
     }
@@ -111,6 +120,34 @@ pub fn edgeconf_cluster(dir: &Path, n: usize) -> Vec<Server> {
 /// The same, with `extra(i)` added to member `i`'s TOML (top-level
 /// settings, then any tables).
 pub fn edgeconf_cluster_with(dir: &Path, n: usize, extra: impl Fn(usize) -> String) -> Vec<Server> {
+    edgeconf_configs(dir, n, extra)
+        .iter()
+        .enumerate()
+        .map(|(i, member)| member.spawn(i))
+        .collect()
+}
+
+/// A member's config, written, not started.
+pub struct MemberConfig {
+    pub config: std::path::PathBuf,
+    pub data_dir: std::path::PathBuf,
+    pub client_port: u16,
+}
+
+impl MemberConfig {
+    pub fn spawn(&self, i: usize) -> Server {
+        let mut command = Command::new(EDGECONF);
+        command.arg("agent").arg("--config").arg(&self.config);
+        Server::spawn(&format!("edgeconf n{i}"), &mut command, self.client_port)
+    }
+}
+
+/// Configs of `n` edgeconf members forming one cluster in `dir`.
+pub fn edgeconf_configs(
+    dir: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> String,
+) -> Vec<MemberConfig> {
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports
         .iter()
@@ -133,22 +170,25 @@ pub fn edgeconf_cluster_with(dir: &Path, n: usize, extra: impl Fn(usize) -> Stri
         .enumerate()
         .map(|(i, (client, peer))| {
             let config = dir.join(format!("edgeconf-{i}.toml"));
+            let data_dir = dir.join(format!("edgeconf-{i}"));
             std::fs::write(
                 &config,
                 format!(
                     "name = \"n{i}\"\ndata_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{client}\"]\n\
                      listen_peer_urls = [\"quic://127.0.0.1:{peer}\"]\ninitial_cluster = {:?}\n\
                      log_level = \"warn\"\n{}\n[peer_trust]\nkeys = [{}]\n",
-                    dir.join(format!("edgeconf-{i}")).display().to_string(),
+                    data_dir.display().to_string(),
                     initial.join(","),
                     extra(i),
                     keys.join(", ")
                 ),
             )
             .unwrap();
-            let mut command = Command::new(EDGECONF);
-            command.arg("agent").arg("--config").arg(&config);
-            Server::spawn(&format!("edgeconf n{i}"), &mut command, *client)
+            MemberConfig {
+                config,
+                data_dir,
+                client_port: *client,
+            }
         })
         .collect()
 }
