@@ -405,6 +405,16 @@ impl Edgeconf for EdgeconfService {
         &self,
         request: Request<pb::RolloutsRequest>,
     ) -> Result<Response<pb::RolloutsResponse>, Status> {
+        // An edge's store trails the voters' (it cannot wait for a read
+        // index): a rollout just started, or just aborted, would be missing
+        // or stale there.
+        if let Some(answer) = self
+            .0
+            .forwarded("/edgeconf.v1.Edgeconf/Rollouts", &request)
+            .await
+        {
+            return answer;
+        }
         super::rollout::list(&self.0, request).await
     }
 
