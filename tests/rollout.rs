@@ -103,7 +103,17 @@ impl Fleet {
 
     /// The rollout's status as agent `i` reports it.
     fn status(&self, i: usize, id: &str) -> Value {
-        json(ok(self.cli(i, &["-w", "json", "rollout", "status", id])))
+        let output = self.cli(i, &["-w", "json", "rollout", "status", id]);
+        if !output.status.success() {
+            let log = agent(&self.cluster, i).log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "rollout status on agent {i} failed: {}\n--- the end of its log ---\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        json(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// `rollout start` of `value` on agent `i`, signed, with `flags`.
