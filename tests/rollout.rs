@@ -106,6 +106,7 @@ impl Fleet {
         let output = self.cli(i, &["-w", "json", "rollout", "status", id]);
         if !output.status.success() {
             let log = agent(&self.cluster, i).log();
+            eprintln!("agent {i}: {}", agent(&self.cluster, i).proc_state());
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
                 "rollout status on agent {i} failed: {}\n--- the end of its log ---\n{}",

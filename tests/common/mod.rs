@@ -229,6 +229,53 @@ impl Agent {
         ))
     }
 
+    /// What /proc says of the process and each of its threads (state and
+    /// where it waits): for a test's failure message.
+    pub fn proc_state(&self) -> String {
+        let Some(child) = self.child.as_ref() else {
+            return "not running".into();
+        };
+        let pid = child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("State:"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("no /proc/{pid}: {e}"));
+        let mut threads = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let read = |f: &str| {
+                    std::fs::read_to_string(task.path().join(f))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                };
+                let stat = read("stat");
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("?")
+                    .to_string();
+                threads.push(format!("{} {} {}", read("comm"), state, read("wchan")));
+            }
+        }
+        // A zombie's wait status (low 7 bits: the signal that killed it).
+        let exit_code = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.split_whitespace().last().map(str::to_string))
+            .unwrap_or_default();
+        format!(
+            "pid {pid} {status} (wait status {exit_code}); threads: {}",
+            threads.join(", ")
+        )
+    }
+
     /// The running agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent is running").id()
