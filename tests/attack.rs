@@ -437,47 +437,22 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
                 (put("_edgeconf/rollout/progress/r1"), Credential::None),
                 (Command::Compact { revision: 2 }, Credential::None),
             ];
-            let mut proposal = message(MessageType::MsgPropose, id(f2), id(leader), 0);
-            for (command, credential) in attempts {
-                seq += 1;
+            let authorized = attempts.map(|(command, credential)| {
                 let command = Command::Authorized {
                     auth_revision,
                     command: Box::new(command),
                 };
-                proposal.entries.push(Entry {
-                    data: edgeconf::consensus::forwarded_entry(id(f2), seq, command, credential)
-                        .into(),
-                    ..Default::default()
-                });
-            }
-            transport.send(vec![proposal]);
+                (command, credential)
+            });
+            transport.send(vec![forwarded(id(f2), id(leader), seq + 1, authorized)]);
+            seq += 5;
         }
-        // And a write with no auth revision at all.
-        let mut bare = message(MessageType::MsgPropose, id(f2), id(leader), 0);
-        bare.entries.push(Entry {
-            data: edgeconf::consensus::forwarded_entry(
-                id(f2),
-                seq + 1,
-                put("/app/config"),
-                Credential::None,
-            )
-            .into(),
-            ..Default::default()
-        });
-        transport.send(vec![bare]);
-        // A lease revoke (it deletes the lease's keys) with no credential.
-        let mut revoke = message(MessageType::MsgPropose, id(f2), id(leader), 0);
-        revoke.entries.push(Entry {
-            data: edgeconf::consensus::forwarded_entry(
-                id(f2),
-                seq + 2,
-                Command::LeaseRevoke { id: lease },
-                Credential::None,
-            )
-            .into(),
-            ..Default::default()
-        });
-        transport.send(vec![revoke]);
+        // And a write with no auth revision at all, and a lease revoke (it
+        // deletes the lease's keys) with no credential.
+        let bare = (put("/app/config"), Credential::None);
+        transport.send(vec![forwarded(id(f2), id(leader), seq + 1, [bare])]);
+        let revoke = (Command::LeaseRevoke { id: lease }, Credential::None);
+        transport.send(vec![forwarded(id(f2), id(leader), seq + 2, [revoke])]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         transport.close();
     });
@@ -558,17 +533,7 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
 
     let dir = tempfile::tempdir().unwrap();
     let operator_key = dir.path().join("operator.key");
-    let made = ok(common::run_with_timeout(
-        std::process::Command::new(common::BIN).args([
-            "-w",
-            "json",
-            "keygen",
-            "--out",
-            operator_key.to_str().unwrap(),
-        ]),
-        Duration::from_secs(20),
-    ));
-    let public = json(made)["public_key"].as_str().unwrap().to_string();
+    let public = common::keygen(&operator_key);
     let trust = format!("[trust]\nkeys = [{public:?}]\n[[trust.prefix]]\nprefix = \"/app/\"\n");
     let (cluster, metrics) = voters_with(dir.path(), VOTERS, &trust);
     let leader = cluster.wait_for_leader();
@@ -634,20 +599,8 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         let (transport, _) = hostile(&cluster, f2);
         deaf_to_raft(&cluster, &transport);
         transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
-        let mut proposal = message(MessageType::MsgPropose, id(f2), id(leader), 0);
-        for (seq, command) in attempts.into_iter().enumerate() {
-            proposal.entries.push(Entry {
-                data: edgeconf::consensus::forwarded_entry(
-                    id(f2),
-                    seq as u64 + 1,
-                    command,
-                    edgeconf::auth::Credential::None,
-                )
-                .into(),
-                ..Default::default()
-            });
-        }
-        transport.send(vec![proposal]);
+        let anonymous = attempts.map(|command| (command, edgeconf::auth::Credential::None));
+        transport.send(vec![forwarded(id(f2), id(leader), 1, anonymous)]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         transport.close();
     });
@@ -826,6 +779,24 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
         );
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// A follower's `MsgPropose` to the leader, as raft forwards one, of
+/// `commands` with their clients' credentials, numbered from `first_seq`.
+fn forwarded(
+    from: u64,
+    leader: u64,
+    first_seq: u64,
+    commands: impl IntoIterator<Item = (edgeconf::store::Command, edgeconf::auth::Credential)>,
+) -> Message {
+    let mut proposal = message(MessageType::MsgPropose, from, leader, 0);
+    for (seq, (command, credential)) in (first_seq..).zip(commands) {
+        proposal.entries.push(Entry {
+            data: edgeconf::consensus::forwarded_entry(from, seq, command, credential).into(),
+            ..Default::default()
+        });
+    }
+    proposal
 }
 
 /// A follower's proposal, as raft forwards one, of a conf change adding a

@@ -168,8 +168,23 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
         let log = fleet.cluster.agents[voter].as_ref().unwrap().log();
         assert!(!log.contains("member dead"), "n{}:\n{log}", voter + 1);
     }
+    // Which agents' processes still run (for a failure message).
+    let processes = || -> Vec<String> {
+        (0..VOTERS + EDGES)
+            .filter_map(|i| {
+                let agent = fleet.cluster.agents[i].as_ref()?;
+                Some(format!("n{}: {}", i + 1, agent.proc_state()))
+            })
+            .collect()
+    };
     for edge in BEHIND_NAT {
-        assert!(all_alive(edge), "n{}: {:?}", edge + 1, gossip_states(edge));
+        assert!(
+            all_alive(edge),
+            "n{}: {:?}\n{}",
+            edge + 1,
+            gossip_states(edge),
+            processes().join("\n")
+        );
         let log = fleet.cluster.agents[edge].as_ref().unwrap().log();
         assert!(!log.contains("member dead"), "n{}:\n{log}", edge + 1);
     }

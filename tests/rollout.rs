@@ -43,17 +43,7 @@ struct Fleet {
 impl Fleet {
     fn start(dir: &Path) -> Fleet {
         let operator_key = dir.join("operator.key");
-        let made = ok(common::run_with_timeout(
-            std::process::Command::new(common::BIN).args([
-                "-w",
-                "json",
-                "keygen",
-                "--out",
-                operator_key.to_str().unwrap(),
-            ]),
-            Duration::from_secs(20),
-        ));
-        let public = json(made)["public_key"].as_str().unwrap().to_string();
+        let public = common::keygen(&operator_key);
         let (mut files, mut metrics_ports) = (Vec::new(), Vec::new());
         let (mut extra, mut head, mut apps) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..AGENTS {

@@ -22,6 +22,16 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A port that was free (TCP and UDP) a moment ago, picked below the
 /// kernel's ephemeral range (32768 and up) so that the many short-lived
 /// client sockets of a parallel test run cannot take it in the meantime.
+/// `edgeconf keygen --out PATH`: an operator signing key; its public key.
+pub fn keygen(path: &Path) -> String {
+    let made = ok(run_with_timeout(
+        Command::new(BIN).args(["-w", "json", "keygen", "--out", path.to_str().unwrap()]),
+        Duration::from_secs(20),
+    ));
+    let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+    made["public_key"].as_str().unwrap().to_string()
+}
+
 pub fn free_port() -> u16 {
     static PICKS: AtomicU64 = AtomicU64::new(0);
     loop {
