@@ -415,12 +415,8 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     ));
 
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        // f2's stolen key: a member, speaking as itself to the leader.
-        let (transport, _) = hostile(&cluster, f2);
-        deaf_to_raft(&cluster, &transport);
-        transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
+    let mut proposals = Vec::new();
+    {
         let put =
             |key: &str| Command::Put(PutRequest::new(key.as_bytes().to_vec(), b"owned".to_vec()));
         // The auth revision is a small number: try each, so that one of
@@ -444,18 +440,18 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
                 };
                 (command, credential)
             });
-            transport.send(vec![forwarded(id(f2), id(leader), seq + 1, authorized)]);
+            proposals.push(forwarded(id(f2), id(leader), seq + 1, authorized));
             seq += 5;
         }
         // And a write with no auth revision at all, and a lease revoke (it
         // deletes the lease's keys) with no credential.
         let bare = (put("/app/config"), Credential::None);
-        transport.send(vec![forwarded(id(f2), id(leader), seq + 1, [bare])]);
+        proposals.push(forwarded(id(f2), id(leader), seq + 1, [bare]));
         let revoke = (Command::LeaseRevoke { id: lease }, Credential::None);
-        transport.send(vec![forwarded(id(f2), id(leader), seq + 2, [revoke])]);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        transport.close();
-    });
+        proposals.push(forwarded(id(f2), id(leader), seq + 2, [revoke]));
+    }
+    // f2's stolen key: a member, speaking as itself to the leader.
+    send_as(&cluster, f2, leader, proposals);
 
     // Auth is still on (an anonymous read is refused), the value is the
     // real one on every member, nothing was compacted, and the leader
@@ -488,12 +484,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
     // auth change, the compaction and the record rewrite (the writes pass
     // this check when stamped with an older auth revision, and are refused
     // where they apply), then the bare write and the revoke.
-    let text = http_get(metrics[leader], "/metrics");
-    let refused: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"));
+    let refused = forwarded_refused(metrics[leader]);
     assert!((16 * 3 + 2..=16 * 5 + 2).contains(&refused), "{refused}");
     let log = agent(leader).log();
     for reason in [
@@ -594,16 +585,13 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         signed(&operator, "/app/rolled", "skips the stages"),
     ];
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let (transport, _) = hostile(&cluster, f2);
-        deaf_to_raft(&cluster, &transport);
-        transport.set_peers(&[(id(leader), peer_addr(&cluster, leader))]);
-        let anonymous = attempts.map(|command| (command, edgeconf::auth::Credential::None));
-        transport.send(vec![forwarded(id(f2), id(leader), 1, anonymous)]);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        transport.close();
-    });
+    let anonymous = attempts.map(|command| (command, edgeconf::auth::Credential::None));
+    send_as(
+        &cluster,
+        f2,
+        leader,
+        vec![forwarded(id(f2), id(leader), 1, anonymous)],
+    );
 
     // Every voter keeps the real value; the rolled key holds no value
     // that skipped the stages; the leader says why it refused each.
@@ -619,13 +607,8 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         });
         assert!(!get("/app/rolled").contains("skips the stages"));
     }
-    let text = http_get(metrics[leader], "/metrics");
-    let refused: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"));
-    assert_eq!(refused, 4, "{text}");
+    let refused = forwarded_refused(metrics[leader]);
+    assert_eq!(refused, 4);
     let log = agent(leader).log();
     for reason in [
         "unsigned writes are refused",
@@ -779,6 +762,32 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
         );
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// `edgeconf_forwarded_refused_total` as the metrics on `port` say.
+fn forwarded_refused(port: u16) -> u64 {
+    let text = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"))
+}
+
+/// Sends `messages` to `leader` over the real transport with slot `from`'s
+/// stolen node key, and gives the leader a second to take them in.
+fn send_as(cluster: &Cluster, from: usize, leader: usize, messages: Vec<Message>) {
+    let leader_id = edgeconf::consensus::member_id(&cluster.slots[leader].peer_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (transport, _) = hostile(cluster, from);
+        deaf_to_raft(cluster, &transport);
+        transport.set_peers(&[(leader_id, peer_addr(cluster, leader))]);
+        for message in messages {
+            transport.send(vec![message]);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        transport.close();
+    });
 }
 
 /// A follower's `MsgPropose` to the leader, as raft forwards one, of
