@@ -51,7 +51,10 @@ fn start(dir: &std::path::Path) -> Fleet {
         });
         files.push(file);
     }
-    let gossip = "probe_interval = \"500ms\"\nprobe_timeout = \"200ms\"";
+    // The default probe interval and timeout (1 s, 500 ms): 17 agents of a
+    // debug build share 2 cores in CI, and a 200 ms probe timeout there
+    // once took a starved, live edge for dead.
+    let gossip = "probe_interval = \"1s\"\nprobe_timeout = \"500ms\"";
     let cluster = fleet_with(dir, EDGES, |_| String::new(), gossip, &extra, &head);
     Fleet { cluster, files }
 }

@@ -97,6 +97,21 @@ impl Fleet {
         if !output.status.success() {
             let log = agent(&self.cluster, i).log();
             eprintln!("agent {i}: {}", agent(&self.cluster, i).proc_state());
+            let port = agent(&self.cluster, i).port;
+            let direct = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(2),
+            );
+            eprintln!("agent {i}: a direct connect to {port}: {direct:?}");
+            let listening = std::process::Command::new("ss").args(["-ltnp"]).output();
+            if let Ok(out) = listening {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mine: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(&format!(":{port} ")))
+                    .collect();
+                eprintln!("agent {i}: listening on {port}: {mine:?}");
+            }
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
                 "rollout status on agent {i} failed: {}\n--- the end of its log ---\n{}",

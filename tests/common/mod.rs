@@ -361,6 +361,10 @@ pub fn edgeconf(agent: &Agent, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--endpoints")
             .arg(agent.endpoint())
+            // The default 2 s is etcdctl's; on a 2-core machine running a
+            // dozen agents a CLI process may wait that long to be scheduled
+            // (its connect then fails as "tcp connect error").
+            .args(["--dial-timeout", "10s"])
             .args(args),
         Duration::from_secs(30),
     )
