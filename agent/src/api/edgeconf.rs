@@ -410,7 +410,7 @@ impl Edgeconf for EdgeconfService {
         // or stale there.
         if let Some(answer) = self
             .0
-            .forwarded("/edgeconf.v1.Edgeconf/Rollouts", &request)
+            .forwarded_read("/edgeconf.v1.Edgeconf/Rollouts", &request)
             .await
         {
             return answer;

@@ -147,6 +147,27 @@ impl Context {
         Some(forwarder.unary(&self.fleet.membership, path, copy).await)
     }
 
+    /// On an edge, sends a read on to a voter (`None` on a voter). A read
+    /// changes nothing, so when the voter it went to is unreachable (one
+    /// just killed, not yet dead in gossip) it is sent once more, to
+    /// another: the forwarder dropped the unreachable one.
+    pub(crate) async fn forwarded_read<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &tonic::Request<Req>,
+    ) -> Option<Result<tonic::Response<Resp>, Status>>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        match self.forwarded(path, request).await? {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Some(self.forwarded(path, request).await?)
+            }
+            answer => Some(answer),
+        }
+    }
+
     /// A header at the current revision.
     fn current_header(&self) -> PbResponseHeader {
         self.header(self.node.store().revision())
