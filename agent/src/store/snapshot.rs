@@ -139,7 +139,8 @@ impl Store {
         Ok(header.applied_index)
     }
 
-    /// A copy in memory (tests and tools; raft streams through files).
+    /// A copy in memory, for tests (raft streams copies through files).
+    #[cfg(test)]
     pub fn snapshot_data(&self) -> Result<(u64, Vec<u8>)> {
         let mut bytes = Vec::new();
         let applied = self.write_snapshot(&mut bytes)?;

@@ -254,7 +254,7 @@ pub async fn receive(
     file.flush().await.map_err(io_error)?;
     drop(file);
     temp.persist(dir.received(snapshot))
-        .map_err(|e| FrameError::Store(e.to_string()))?;
+        .map_err(|e| io_error(e.error))?;
     Ok(())
 }
 
