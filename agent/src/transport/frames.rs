@@ -1,7 +1,8 @@
-//! Raft frames: one QUIC stream carries one frame, a run of raft messages,
-//! each a big-endian `u32` length and the protobuf bytes. A snapshot
-//! message goes alone, and its copy follows it on the stream in chunks
-//! (see `snapshot_stream`).
+//! Raft frames: a run of raft messages, each a big-endian `u32` length and
+//! the protobuf bytes. A member sends its messages in order on one
+//! long-lived QUIC stream per connection. A snapshot message goes alone on
+//! a stream of its own, and its copy follows it in chunks (see
+//! `snapshot_stream`).
 //!
 //! Sent by: raft members only (the connection's key was admitted first).
 //! Checked by the receiver, as it reads, so that no member (any may hold a
@@ -117,7 +118,7 @@ pub fn encode(messages: &[Message]) -> Vec<Vec<u8>> {
     frames
 }
 
-/// Reads one frame from `stream`. Each message is passed to `screen`
+/// Reads the messages of `stream` until it ends. Each message is passed to `screen`
 /// (who sent it: `false` drops it, and for a snapshot ends the frame before
 /// its copy is read), then handed to `deliver` once read. Ends at the end
 /// of the stream, or at the first message that breaks a limit (the rest of

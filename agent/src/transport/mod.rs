@@ -464,6 +464,9 @@ async fn send_to_peer(
     };
     // Dialed at once, so the binding is known before raft needs it.
     let mut connection: Option<quinn::Connection> = dial().await;
+    // Messages other than snapshots go on one long-lived stream per
+    // connection, in order: no stream setup per batch.
+    let mut stream: Option<quinn::SendStream> = None;
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = outbox.recv().await {
         let mut batch = vec![first];
@@ -482,6 +485,7 @@ async fn send_to_peer(
             .is_none_or(|c| c.close_reason().is_some())
         {
             connection = dial().await;
+            stream = None;
             if connection.is_none() {
                 tracing::debug!(peer = format_args!("{id:x}"), %addr, "peer unreachable");
                 sink(Delivery::Unreachable(id));
@@ -497,9 +501,13 @@ async fn send_to_peer(
         let Some(conn) = connection.as_ref() else {
             continue;
         };
-        if !messages.is_empty() && send_frame(conn, &messages).await.is_err() {
-            connection = None;
-            sink(Delivery::Unreachable(id));
+        if !messages.is_empty() {
+            if let Err(err) = send_messages(conn, &mut stream, &messages).await {
+                tracing::debug!(peer = format_args!("{id:x}"), error = %err, "sending raft messages failed");
+                stream = None;
+                connection = None;
+                sink(Delivery::Unreachable(id));
+            }
         }
         for snapshot in snapshots {
             let ok = match connection.as_ref() {
@@ -539,12 +547,19 @@ async fn connect(
     }
 }
 
-/// Sends `messages` in frames of a few MiB, each on a stream of its own.
-async fn send_frame(connection: &quinn::Connection, messages: &[Message]) -> Result<(), String> {
+/// Sends `messages` on the connection's long-lived raft stream (opened
+/// on first use).
+async fn send_messages(
+    connection: &quinn::Connection,
+    stream: &mut Option<quinn::SendStream>,
+    messages: &[Message],
+) -> Result<(), String> {
+    let open = match stream {
+        Some(open) => open,
+        None => stream.insert(connection.open_uni().await.map_err(|e| e.to_string())?),
+    };
     for frame in frames::encode(messages) {
-        let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
-        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-        stream.finish().map_err(|e| e.to_string())?;
+        open.write_all(&frame).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
