@@ -51,7 +51,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
+    /// The report of these latencies, measured over `elapsed`.
+    pub fn new(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| {
             let index = (latencies.len() as f64 * q) as usize;
