@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use edgeconf::cli::{self, Cli, Command};
 use edgeconf::config::Config;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -70,10 +72,16 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let filter: tracing_subscriber::filter::Targets = filter
+        .parse()
+        .map_err(|err| anyhow::anyhow!("log filter {filter:?} (RUST_LOG or log_level): {err}"))?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
     let rt = runtime()?;
     let reload = {

@@ -24,6 +24,26 @@ pub use services::{
 
 use crate::signing::{Identities, PrefixTrust, Recipient, TrustPolicy};
 
+/// Whether `filter` is a log filter: directives separated by commas, each a
+/// level (`info`), a target (`edgeconf::transport`, all its events) or
+/// `target=level`.
+pub fn is_log_filter(filter: &str) -> bool {
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    let is_level = |l: &str| l.parse::<tracing::level_filters::LevelFilter>().is_ok();
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .all(|directive| match directive.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(directive) || is_target(directive),
+        })
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -462,7 +482,7 @@ impl Config {
         }
 
         let log_level = file.log_level.unwrap_or_else(|| "info".to_string());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if !is_log_filter(&log_level) {
             return Err(origin.invalid(
                 "log_level",
                 format!(

@@ -313,3 +313,19 @@ fn bad_fleet_settings_name_the_field() {
         "{forever}"
     );
 }
+
+#[test]
+fn log_filters_are_levels_targets_and_target_levels() {
+    for good in [
+        "info",
+        "edgeconf=debug,info",
+        "warn,edgeconf::transport=trace",
+        "OFF",
+        "",
+    ] {
+        assert!(super::is_log_filter(good), "{good:?} refused");
+    }
+    for bad in ["[", "edgeconf=loud", "=info", "edgeconf[span]=debug"] {
+        assert!(!super::is_log_filter(bad), "{bad:?} taken");
+    }
+}

@@ -4,9 +4,10 @@
 //! Everything that touches raft state happens here, in one fixed order per
 //! round (as in raft-rs's `five_mem_node` example):
 //! 1. take inputs (proposals, reads, peer messages) and tick on time;
-//! 2. `ready()`: send messages, install a snapshot, apply committed entries,
-//!    persist new entries and the hard state (fsync), send the messages that
-//!    had to wait for persistence, answer reads;
+//! 2. `ready()`: send messages, install a snapshot, apply committed entries
+//!    (a follower after the next step), persist new entries and the hard
+//!    state (fsync), send the messages that had to wait for persistence,
+//!    answer reads;
 //! 3. `advance()`: record the commit index, send, apply, `advance_apply()`.
 //!
 //! Applied entries reach the store without an fsync: the raft log already
@@ -519,7 +520,15 @@ impl RaftLoop {
             self.lessor.promote(&self.store);
             tracing::info!(index = applied, "installed a snapshot from the leader");
         }
-        self.apply(ready.take_committed_entries())?;
+        // raft hands over only entries this member has persisted, so they
+        // may be applied before or after this round's fsync. The leader
+        // applies first (its clients are answered without waiting for the
+        // fsync); a follower persists first, so its acknowledgement, which
+        // the leader waits for to commit, does not wait for the apply.
+        let mut committed = ready.take_committed_entries();
+        if self.raw.raft.state == StateRole::Leader {
+            self.apply(std::mem::take(&mut committed))?;
+        }
         self.raw
             .mut_store()
             .append(ready.entries(), ready.hs())
@@ -527,6 +536,7 @@ impl RaftLoop {
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }
+        self.apply(committed)?;
         self.take_read_states(ready.take_read_states());
 
         let mut light = self.raw.advance(ready);

@@ -86,6 +86,9 @@ pub(crate) struct Record {
     pub version: i64,
     pub lease: i64,
     pub time_unix_ms: i64,
+    /// As bytes, not a sequence of `u8`s: postcard encodes both alike (a
+    /// length, then the bytes), so rows written before read the same.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -123,5 +126,42 @@ impl Record {
             version: self.version,
             lease: self.lease,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as it was encoded before its value was marked as bytes.
+    #[derive(Serialize)]
+    struct RecordBefore {
+        deleted: bool,
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+        time_unix_ms: i64,
+        value: Vec<u8>,
+    }
+
+    #[test]
+    fn records_written_before_values_were_bytes_read_the_same() {
+        let value: Vec<u8> = (0..=255).chain(0..40).collect();
+        let before = postcard::to_allocvec(&RecordBefore {
+            deleted: false,
+            create_revision: 3,
+            version: 2,
+            lease: 7,
+            time_unix_ms: 1_700_000_000_000,
+            value: value.clone(),
+        })
+        .unwrap();
+        let record = Record::decode(b"k", 9, &before).unwrap();
+        assert_eq!(record.value, value);
+        assert_eq!(
+            (record.create_revision, record.version, record.lease),
+            (3, 2, 7)
+        );
+        assert_eq!(record.encode(), before);
     }
 }

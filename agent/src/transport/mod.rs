@@ -31,10 +31,11 @@ pub use tls::NodeKey;
 
 /// Messages queued per peer before further ones are dropped.
 const PEER_QUEUE: usize = 4096;
-/// Most messages sent in one stream.
+/// Most messages taken from a peer's queue and written at once.
 const MAX_BATCH: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Raft frames one member may have in flight to us at once.
+/// Raft streams one member may have open to us at once: its long-lived
+/// message stream (a new one after an error) and snapshot streams.
 const RAFT_STREAMS_PER_CONNECTION: u32 = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -367,8 +368,8 @@ async fn accept_peers(
                 connection.close(0u32.into(), b"not a raft member");
                 return;
             }
-            // A member sends a handful of frames at a time; more in
-            // parallel only buffer (each frame may be a snapshot).
+            // A member keeps one stream for its messages and opens one per
+            // snapshot; more in parallel would only buffer.
             connection.set_max_concurrent_uni_streams(RAFT_STREAMS_PER_CONNECTION.into());
             let warned = Arc::new(Mutex::new(std::collections::HashSet::new()));
             while let Ok(mut stream) = connection.accept_uni().await {
