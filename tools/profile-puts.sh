@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A three-member cluster on loopback under puts to the leader: prints the
+# put rate and latency, and the CPU each member spent per put. Meanwhile
+# PERF_CMD (default: perf record of the leader for SECONDS_REC seconds;
+# `true` for none) runs against the leader's pid.
+#   BIN=target/dist/edgeconf CLIENTS=64 TOTAL=30000 PERF_CMD=true tools/profile-puts.sh
+# Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
+set -euo pipefail
+bin=$(realpath "${BIN:-target/release/edgeconf}")
+run=/tmp/prof-run; rm -rf $run; mkdir -p $run; cd $run
+ports=(21479 22479 23479); peers=(21480 22480 23480)
+initial="n1=quic://127.0.0.1:${peers[0]},n2=quic://127.0.0.1:${peers[1]},n3=quic://127.0.0.1:${peers[2]}"
+keys=()
+for i in 0 1 2; do keys+=("\"$($bin node-key --data-dir n$((i+1)).data)\""); done
+trust=$(IFS=,; echo "${keys[*]}")
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT
+for i in 0 1 2; do
+  cat > n$((i+1)).toml <<T
+name = "n$((i+1))"
+data_dir = "n$((i+1)).data"
+listen_client_urls = ["http://127.0.0.1:${ports[$i]}"]
+listen_peer_urls = ["quic://127.0.0.1:${peers[$i]}"]
+initial_cluster = "$initial"
+log_level = "warn"
+[peer_trust]
+keys = [$trust]
+T
+  $bin agent --config n$((i+1)).toml 2> n$((i+1)).log & pids+=($!)
+done
+sleep 3
+leader=""
+for i in 0 1 2; do
+  st=$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:${ports[$i]} endpoint status -w json)
+  if python3 -c 'import json,sys; d=json.loads(sys.argv[1])[0]["Status"]; sys.exit(0 if d["header"]["member_id"]==d["leader"] else 1)' "$st"; then leader=$i; fi
+done
+echo "leader: n$((leader+1)) pid ${pids[$leader]}"
+$bin --endpoints 127.0.0.1:${ports[$leader]} bench put --clients 1 --total 500 >/dev/null
+${PERF_CMD:-perf record -F 1999 -g -o $run/perf.data} -p "${pids[$leader]}" -- sleep ${SECONDS_REC:-8} &> $run/perf.out &
+perfpid=$!
+sleep 0.5
+snap() { for p in "${pids[@]}"; do awk '{printf "%s ", ($14+$15)/100}' /proc/$p/stat; done; echo; }
+before=$(snap)
+/usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints 127.0.0.1:${ports[$leader]} bench put --clients ${CLIENTS:-1} --total ${TOTAL:-4000}
+after=$(snap)
+python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per put us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
+wait $perfpid || true
