@@ -71,10 +71,14 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // `log_level` was checked with the config; RUST_LOG is checked alike.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
-    let filter: tracing_subscriber::filter::Targets = filter
-        .parse()
-        .map_err(|err| anyhow::anyhow!("log filter {filter:?} (RUST_LOG or log_level): {err}"))?;
+    if !edgeconf::config::is_log_filter(&filter) {
+        anyhow::bail!(
+            "RUST_LOG is {filter:?}: expected a level such as \"info\" or \"edgeconf=debug\""
+        );
+    }
+    let filter: tracing_subscriber::filter::Targets = filter.parse()?;
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

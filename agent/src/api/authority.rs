@@ -183,7 +183,7 @@ impl<S> LenientAuthority<S> {
             let valid = headers
                 .iter()
                 .filter(|(name, _)| name == b":authority")
-                .all(|(_, value)| http::uri::Authority::try_from(&value[..]).is_ok());
+                .all(|(_, value)| is_valid_authority(value));
             if valid {
                 self.ready.unsplit(pending.frames);
                 self.state = State::Passthrough;
@@ -251,10 +251,14 @@ fn repaired_block(headers: &Headers) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+fn is_valid_authority(value: &[u8]) -> bool {
+    http::uri::Authority::try_from(value).is_ok()
+}
+
 /// `value` as a valid authority: unchanged when it already is one, the
 /// `host[:port]` of a URL otherwise, or `None` (drop the header).
 pub(crate) fn repaired_authority(value: &[u8]) -> Option<Vec<u8>> {
-    if http::uri::Authority::try_from(value).is_ok() {
+    if is_valid_authority(value) {
         return Some(value.to_vec());
     }
     let text = std::str::from_utf8(value).ok()?;

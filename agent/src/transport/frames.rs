@@ -118,10 +118,10 @@ pub fn encode(messages: &[Message]) -> Vec<Vec<u8>> {
     frames
 }
 
-/// Reads the messages of `stream` until it ends. Each message is passed to `screen`
-/// (who sent it: `false` drops it, and for a snapshot ends the frame before
-/// its copy is read), then handed to `deliver` once read. Ends at the end
-/// of the stream, or at the first message that breaks a limit (the rest of
+/// Reads the messages of `stream`. Each message is passed to `screen` (who
+/// sent it: `false` drops it, and for a snapshot ends the stream before its
+/// copy is read), then handed to `deliver` once read. Ends at the end of
+/// the stream, or at the first message that breaks a limit (the rest of
 /// the stream is dropped).
 pub async fn read(
     stream: &mut quinn::RecvStream,
