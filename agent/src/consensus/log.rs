@@ -4,10 +4,12 @@
 //!
 //! Entries are fsynced before raft may act on them (send persisted messages,
 //! count them as replicated); a changed term or vote likewise. A hard state
-//! that only moved `commit` stays in memory until the next sync. Entries are
-//! also kept in memory from the log's first index on: compaction bounds
-//! them. The state machine lives in the store; `snapshot()` asks it for a
-//! copy when a follower is too far behind for the log.
+//! that only moved `commit` stays in memory until the next sync. Memory holds
+//! each entry's term and place in the WAL, and only the newest entries
+//! themselves (what raft sends to followers that keep up, and applies):
+//! older ones are read back from disk. The state machine lives in the store;
+//! `snapshot()` asks it for a copy when a follower is too far behind for the
+//! log.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -19,7 +21,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::snapshots::Snapshots;
-use super::wal::Wal;
+use super::wal::{Slot, Wal};
 use crate::store::Store;
 use crate::transport::SnapshotDir;
 
@@ -32,11 +34,20 @@ const SNAPSHOT_META: &str = "snapshot_meta";
 /// The log index of the last membership change (`u64`, little endian).
 const CONF_INDEX: &str = "conf_index";
 
+/// The newest entries kept in memory, at most this many...
+const RECENT_ENTRIES: usize = 1024;
+/// ...and of at most this many bytes of data.
+const RECENT_BYTES: usize = 1 << 20;
+
 pub struct RaftLog {
     db: Database,
     wal: Wal,
-    /// Entries from `snapshot_meta.index + 1` on, contiguous.
-    entries: VecDeque<Entry>,
+    /// Where each entry from `snapshot_meta.index + 1` on lies, contiguous.
+    slots: VecDeque<Slot>,
+    /// The newest entries, a suffix of the log (empty after a restart).
+    recent: VecDeque<Entry>,
+    /// Bytes of data in `recent`.
+    recent_bytes: usize,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
@@ -90,11 +101,11 @@ impl RaftLog {
         let (wal, replayed) = Wal::open(&wal_dir).map_err(storage_err)?;
         // Entries up to the snapshot are covered by it (a crash can leave
         // them behind a compaction or a snapshot install).
-        let entries: VecDeque<Entry> = replayed
+        let slots: VecDeque<Slot> = replayed
             .into_iter()
-            .filter(|e| e.index > snapshot_meta.index)
+            .filter(|slot| slot.index > snapshot_meta.index)
             .collect();
-        for (expected, entry) in (snapshot_meta.index + 1..).zip(&entries) {
+        for (expected, entry) in (snapshot_meta.index + 1..).zip(&slots) {
             if entry.index != expected {
                 return Err(storage_err(format!(
                     "{}: entry {} follows entry {} (snapshot at {}): the entries between are lost; \
@@ -109,15 +120,14 @@ impl RaftLog {
         }
         // A log from before the index was kept: assume the last entry
         // changed the membership (snapshots wait until it is applied).
-        let conf_index = conf_index.unwrap_or_else(|| {
-            entries
-                .back()
-                .map_or(snapshot_meta.index, |entry| entry.index)
-        });
+        let conf_index = conf_index
+            .unwrap_or_else(|| slots.back().map_or(snapshot_meta.index, |slot| slot.index));
         Ok(Self {
             db,
             wal,
-            entries,
+            slots,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
             hard_state,
             conf_state,
             snapshot_meta,
@@ -150,9 +160,9 @@ impl RaftLog {
     }
 
     pub fn last_index_value(&self) -> u64 {
-        self.entries
+        self.slots
             .back()
-            .map_or(self.snapshot_meta.index, |e| e.index)
+            .map_or(self.snapshot_meta.index, |slot| slot.index)
     }
 
     pub fn first_index_value(&self) -> u64 {
@@ -185,11 +195,31 @@ impl RaftLog {
                     first.index, self.snapshot_meta.index
                 )));
             }
-            self.wal.append(entries).map_err(storage_err)?;
-            while self.entries.back().is_some_and(|e| e.index >= first.index) {
-                self.entries.pop_back();
+            let slots = self.wal.append(entries).map_err(storage_err)?;
+            while self.slots.back().is_some_and(|s| s.index >= first.index) {
+                self.slots.pop_back();
             }
-            self.entries.extend(entries.iter().cloned());
+            self.slots.extend(slots);
+            while self.recent.back().is_some_and(|e| e.index >= first.index) {
+                self.forget_newest();
+            }
+            if self
+                .recent
+                .back()
+                .is_some_and(|e| e.index + 1 != first.index)
+            {
+                // A gap (entries appended while `recent` was empty): keep
+                // `recent` a contiguous suffix of the log.
+                self.recent.clear();
+                self.recent_bytes = 0;
+            }
+            for entry in entries {
+                self.recent_bytes += entry.data.len();
+                self.recent.push_back(entry.clone());
+            }
+            while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
+                self.forget_oldest();
+            }
         }
         if let Some(hs) = hard_state {
             // A lost commit index is learnt again from the leader, and on
@@ -241,7 +271,9 @@ impl RaftLog {
             (CONF_INDEX, meta.index.to_le_bytes().to_vec()),
             (HARD_STATE, hs.write_to_bytes()?),
         ])?;
-        self.entries.clear();
+        self.slots.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
         self.snapshot_meta = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.conf_index = meta.index;
@@ -258,15 +290,43 @@ impl RaftLog {
         meta.term = self.term_of(index)?;
         meta.index = index;
         self.save(&[(SNAPSHOT_META, meta.write_to_bytes()?)])?;
-        while self.entries.front().is_some_and(|e| e.index <= index) {
-            self.entries.pop_front();
+        while self.slots.front().is_some_and(|s| s.index <= index) {
+            self.slots.pop_front();
+        }
+        while self.recent.front().is_some_and(|e| e.index <= index) {
+            self.forget_oldest();
         }
         self.snapshot_meta = meta;
         self.wal.compact(index).map_err(storage_err)
     }
 
+    fn forget_oldest(&mut self) {
+        if let Some(entry) = self.recent.pop_front() {
+            self.recent_bytes -= entry.data.len();
+        }
+    }
+
+    fn forget_newest(&mut self) {
+        if let Some(entry) = self.recent.pop_back() {
+            self.recent_bytes -= entry.data.len();
+        }
+    }
+
     fn position(&self, index: u64) -> usize {
         (index - self.first_index_value()) as usize
+    }
+
+    /// The entry at `index`, which must lie in the log: from memory when it
+    /// is recent, else read back from the WAL.
+    fn entry_at(&self, index: u64) -> Result<Entry, raft::Error> {
+        if let Some(oldest) = self.recent.front() {
+            if index >= oldest.index {
+                return Ok(self.recent[(index - oldest.index) as usize].clone());
+            }
+        }
+        self.wal
+            .read(&self.slots[self.position(index)])
+            .map_err(storage_err)
     }
 
     fn term_of(&self, index: u64) -> Result<u64, raft::Error> {
@@ -276,8 +336,8 @@ impl RaftLog {
         if index < self.snapshot_meta.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.entries.get(self.position(index)) {
-            Some(entry) => Ok(entry.term),
+        match self.slots.get(self.position(index)) {
+            Some(slot) => Ok(slot.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
@@ -307,13 +367,14 @@ impl raft::Storage for RaftLog {
         let max_size = max_size.into().unwrap_or(u64::MAX);
         let mut entries = Vec::new();
         let mut size = 0u64;
-        for entry in self.entries.range(self.position(low)..self.position(high)) {
+        for index in low..high {
+            let entry = self.entry_at(index)?;
             size += entry.compute_size() as u64;
             // Always return at least one entry, as raft requires.
             if !entries.is_empty() && size > max_size {
                 break;
             }
-            entries.push(entry.clone());
+            entries.push(entry);
         }
         Ok(entries)
     }
@@ -379,5 +440,58 @@ mod tests {
         let err = RaftLog::open(dir.path(), store).err().unwrap().to_string();
         assert!(err.contains("entry 4 follows entry 2"), "{err}");
         assert!(err.contains("empty data dir"), "{err}");
+    }
+
+    #[test]
+    fn entries_past_the_in_memory_window_are_read_back_from_the_wal() {
+        use raft::Storage as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
+        let written: Vec<Entry> = (1..=RECENT_ENTRIES as u64 + 500)
+            .map(|index| Entry {
+                index,
+                term: 1 + index / 1000,
+                data: format!("entry {index}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect();
+        let all = |log: &RaftLog| {
+            log.entries(
+                1,
+                written.len() as u64 + 1,
+                None,
+                GetEntriesContext::empty(false),
+            )
+            .unwrap()
+        };
+        {
+            let mut log = RaftLog::open(dir.path(), store.clone()).unwrap();
+            for batch in written.chunks(100) {
+                log.append(batch, None).unwrap();
+            }
+            assert_eq!(log.recent.len(), RECENT_ENTRIES);
+            assert_eq!(all(&log), written);
+            // A conflicting tail replaces entries both in memory and on disk.
+            let replaced = Entry {
+                index: 1200,
+                term: 9,
+                ..Default::default()
+            };
+            log.append(std::slice::from_ref(&replaced), None).unwrap();
+            assert_eq!(log.last_index_value(), 1200);
+            assert_eq!(log.term(1200).unwrap(), 9);
+            assert_eq!(
+                log.entries(1199, 1201, None, GetEntriesContext::empty(false))
+                    .unwrap(),
+                [written[1198].clone(), replaced]
+            );
+        }
+        let log = RaftLog::open(dir.path(), store).unwrap();
+        assert!(log.recent.is_empty());
+        let reopened = log
+            .entries(1, 1200, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(reopened, written[..1199]);
+        assert_eq!(log.term(1200).unwrap(), 9);
     }
 }

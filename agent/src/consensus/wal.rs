@@ -14,9 +14,14 @@
 //! on without a gap, which would mean entries were lost.
 //! What the entries must be read against (the snapshot they follow, the
 //! hard state) lives in `raft.redb`; see `log.rs`.
+//!
+//! The log is not held in memory: opening and appending return each entry's
+//! [`Slot`] (its term and where its record lies), and [`Wal::read`] reads a
+//! record back, checking its checksum again, when raft needs an entry that
+//! is no longer cached.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -30,15 +35,33 @@ const SEGMENT_MODE: u32 = 0o600;
 const HEADER: usize = 8;
 
 struct Segment {
+    /// Sequence number, from the file name.
+    seq: u64,
     path: PathBuf,
+    file: File,
     /// Highest index written to this segment (0: none).
     last_index: u64,
 }
 
+/// Where an entry's record lies, and what its checksum chains from: enough
+/// to read it back and know it is the record that was written.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub index: u64,
+    pub term: u64,
+    segment: u64,
+    /// Offset of the record's header in the segment.
+    offset: u64,
+    /// Length of its payload.
+    len: u32,
+    previous_crc: u32,
+}
+
 pub struct Wal {
     dir: PathBuf,
+    /// In sequence order; the last is the one written to.
     segments: Vec<Segment>,
-    file: File,
+    /// Where the next record goes in the last segment.
     offset: u64,
     next_seq: u64,
     /// Checksum of the last record in the current segment (0 at its start).
@@ -60,12 +83,13 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> io::Error {
 }
 
 impl Wal {
-    /// Opens the log in `dir` and returns the entries it holds, in order.
-    pub fn open(dir: &Path) -> io::Result<(Wal, Vec<Entry>)> {
+    /// Opens the log in `dir` and returns the slots of the entries it holds,
+    /// in order.
+    pub fn open(dir: &Path) -> io::Result<(Wal, Vec<Slot>)> {
         Wal::open_sized(dir, SEGMENT_BYTES)
     }
 
-    fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<(Wal, Vec<Entry>)> {
+    fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<(Wal, Vec<Slot>)> {
         crate::private_files::dir(dir)?;
         let mut paths: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -76,13 +100,16 @@ impl Wal {
             })
             .collect();
         paths.sort();
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
         let mut segments = Vec::new();
         let mut end_of_last = (0, 0, false);
-        for (_, path) in &paths {
-            let replayed = replay(path, &mut entries)?;
+        for (seq, path) in &paths {
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let replayed = replay(path, &file, *seq, &mut slots)?;
             segments.push(Segment {
+                seq: *seq,
                 path: path.clone(),
+                file,
                 last_index: replayed.last_index,
             });
             end_of_last = (replayed.end, replayed.crc, replayed.torn);
@@ -90,53 +117,42 @@ impl Wal {
         let next_seq = paths.last().map_or(0, |(seq, _)| seq + 1);
         let mut wal = match segments.last() {
             Some(segment) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&segment.path)?;
                 let (end, crc, torn) = end_of_last;
                 if torn {
                     // The write that never completed is cut off here, so
                     // whatever happens next (an append over it, or a
                     // rotation) no garbage stays after the last record.
                     tracing::warn!(segment = %segment.path.display(), offset = end, "the raft log ends in a torn write (a crash mid-append); it is cut off");
-                    file.write_all_at(&[0; HEADER], end)?;
-                    file.sync_data()?;
+                    segment.file.write_all_at(&[0; HEADER], end)?;
+                    segment.file.sync_data()?;
                 }
                 Wal {
                     dir: dir.to_path_buf(),
                     segments,
-                    file,
                     offset: end,
                     next_seq,
                     last_crc: crc,
                     segment_bytes,
                 }
             }
-            None => {
-                let (file, path) = create_segment(dir, next_seq, segment_bytes)?;
-                Wal {
-                    dir: dir.to_path_buf(),
-                    segments: vec![Segment {
-                        path,
-                        last_index: 0,
-                    }],
-                    file,
-                    offset: 0,
-                    next_seq: next_seq + 1,
-                    last_crc: 0,
-                    segment_bytes,
-                }
-            }
+            None => Wal {
+                dir: dir.to_path_buf(),
+                segments: vec![create_segment(dir, next_seq, segment_bytes)?],
+                offset: 0,
+                next_seq: next_seq + 1,
+                last_crc: 0,
+                segment_bytes,
+            },
         };
         if wal.offset >= wal.segment_bytes {
             wal.rotate()?;
         }
-        Ok((wal, entries))
+        Ok((wal, slots))
     }
 
-    /// Appends entries durably (one write, one `fdatasync`).
-    pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+    /// Appends entries durably (one write, one `fdatasync`) and returns
+    /// their slots.
+    pub fn append(&mut self, entries: &[Entry]) -> io::Result<Vec<Slot>> {
         let mut records = Vec::with_capacity(entries.len());
         let mut size = 0;
         for entry in entries {
@@ -147,9 +163,19 @@ impl Wal {
         if self.offset + size as u64 > self.segment_bytes && self.offset > 0 {
             self.rotate()?;
         }
+        let segment = self.segments.last().expect("a segment is always open").seq;
         let mut buffer = Vec::with_capacity(size);
+        let mut slots = Vec::with_capacity(entries.len());
         let mut crc = self.last_crc;
-        for bytes in &records {
+        for (entry, bytes) in entries.iter().zip(&records) {
+            slots.push(Slot {
+                index: entry.index,
+                term: entry.term,
+                segment,
+                offset: self.offset + buffer.len() as u64,
+                len: bytes.len() as u32,
+                previous_crc: crc,
+            });
             crc = chained_crc(crc, bytes);
             buffer.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             buffer.extend_from_slice(&crc.to_le_bytes());
@@ -162,31 +188,71 @@ impl Wal {
                 "no space left on device (fault injection)",
             ));
         }
-        self.file.write_all_at(&buffer, self.offset)?;
+        let current = self.segments.last_mut().expect("a segment is always open");
+        current.file.write_all_at(&buffer, self.offset)?;
         if crate::fault::disk() == DiskFault::FailingFsync {
             return Err(io::Error::other("fdatasync failed (fault injection)"));
         }
-        self.file.sync_data()?;
+        current.file.sync_data()?;
         self.offset += buffer.len() as u64;
         self.last_crc = crc;
-        if let (Some(segment), Some(last)) = (self.segments.last_mut(), entries.last()) {
+        if let Some(last) = entries.last() {
             // A conflicting tail may lower the highest live index: keep the
             // segment's bound as the highest ever written, which is safe.
-            segment.last_index = segment.last_index.max(last.index);
+            current.last_index = current.last_index.max(last.index);
         }
-        Ok(())
+        Ok(slots)
+    }
+
+    /// Reads back the entry at `slot`, checking that the record is the one
+    /// written there (its checksum chain and its index).
+    pub fn read(&self, slot: &Slot) -> io::Result<Entry> {
+        let segment = self
+            .segments
+            .iter()
+            .find(|segment| segment.seq == slot.segment)
+            .ok_or_else(|| {
+                invalid(
+                    &self.dir,
+                    format!(
+                        "entry {} is in segment {}, which is gone",
+                        slot.index, slot.segment
+                    ),
+                )
+            })?;
+        let mut record = vec![0; HEADER + slot.len as usize];
+        segment.file.read_exact_at(&mut record, slot.offset)?;
+        let (header, payload) = record.split_at(HEADER);
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len != slot.len || chained_crc(slot.previous_crc, payload) != crc {
+            return Err(invalid(
+                &segment.path,
+                format!(
+                    "the record of entry {} at offset {} changed on disk since it was written",
+                    slot.index, slot.offset
+                ),
+            ));
+        }
+        let entry = Entry::parse_from_bytes(payload).map_err(|e| invalid(&segment.path, e))?;
+        if entry.index != slot.index {
+            return Err(invalid(
+                &segment.path,
+                format!(
+                    "offset {} holds entry {}, not entry {}",
+                    slot.offset, entry.index, slot.index
+                ),
+            ));
+        }
+        Ok(entry)
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        let (file, path) = create_segment(&self.dir, self.next_seq, self.segment_bytes)?;
+        let segment = create_segment(&self.dir, self.next_seq, self.segment_bytes)?;
         self.next_seq += 1;
-        self.file = file;
         self.offset = 0;
         self.last_crc = 0;
-        self.segments.push(Segment {
-            path,
-            last_index: 0,
-        });
+        self.segments.push(segment);
         Ok(())
     }
 
@@ -211,7 +277,7 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<(File, PathBuf)> {
+fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<Segment> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!("{seq:020}.wal"));
     let file = OpenOptions::new()
@@ -224,7 +290,12 @@ fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<(File, PathBuf
     file.sync_all()?;
     // The new name must survive a crash too.
     sync_dir(dir)?;
-    Ok((file, path))
+    Ok(Segment {
+        seq,
+        path,
+        file,
+        last_index: 0,
+    })
 }
 
 fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
@@ -255,10 +326,11 @@ struct Replayed {
     torn: bool,
 }
 
-/// Reads one segment's records into `entries` (whether they follow on
+/// Reads one segment's records into `slots` (whether they follow on
 /// without a gap is for the caller to check against its snapshot).
-fn replay(path: &Path, entries: &mut Vec<Entry>) -> io::Result<Replayed> {
-    let bytes = std::fs::read(path)?;
+fn replay(path: &Path, file: &File, seq: u64, slots: &mut Vec<Slot>) -> io::Result<Replayed> {
+    let mut bytes = Vec::new();
+    (&*file).read_to_end(&mut bytes)?;
     let mut offset = 0usize;
     let mut last_index = 0;
     let mut previous_crc = 0;
@@ -275,11 +347,18 @@ fn replay(path: &Path, entries: &mut Vec<Entry>) -> io::Result<Replayed> {
             break;
         };
         let entry = Entry::parse_from_bytes(payload).map_err(|e| invalid(path, e))?;
-        while entries.last().is_some_and(|e| e.index >= entry.index) {
-            entries.pop();
+        while slots.last().is_some_and(|s| s.index >= entry.index) {
+            slots.pop();
         }
         last_index = last_index.max(entry.index);
-        entries.push(entry);
+        slots.push(Slot {
+            index: entry.index,
+            term: entry.term,
+            segment: seq,
+            offset: offset as u64,
+            len: len as u32,
+            previous_crc,
+        });
         offset += HEADER + len;
         previous_crc = crc;
     }
@@ -304,8 +383,8 @@ mod tests {
         }
     }
 
-    fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
-        entries.iter().map(|e| (e.index, e.term)).collect()
+    fn indexes(slots: &[Slot]) -> Vec<(u64, u64)> {
+        slots.iter().map(|s| (s.index, s.term)).collect()
     }
 
     #[test]
@@ -459,5 +538,40 @@ mod tests {
         }
         let (_, entries) = Wal::open(dir.path()).unwrap();
         assert_eq!(indexes(&entries), [(1, 2)]);
+    }
+
+    #[test]
+    fn entries_are_read_back_by_slot_after_appending_rotating_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = [entry(1, 1), entry(2, 1), entry(3, 2)];
+        let slots = {
+            let (mut wal, _) = Wal::open_sized(dir.path(), 4096).unwrap();
+            let mut slots = wal.append(&written[..2]).unwrap();
+            wal.rotate().unwrap();
+            slots.extend(wal.append(&written[2..]).unwrap());
+            for (slot, entry) in slots.iter().zip(&written) {
+                assert_eq!(&wal.read(slot).unwrap(), entry);
+            }
+            slots
+        };
+        let (wal, replayed) = Wal::open_sized(dir.path(), 4096).unwrap();
+        assert_eq!(indexes(&replayed), indexes(&slots));
+        for (slot, entry) in replayed.iter().zip(&written) {
+            assert_eq!(&wal.read(slot).unwrap(), entry);
+        }
+    }
+
+    #[test]
+    fn a_record_changed_on_disk_after_it_was_written_is_refused_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let slots = wal.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        tear_second_record(&only_segment(dir.path()));
+        assert_eq!(wal.read(&slots[0]).unwrap(), entry(1, 1));
+        let err = wal.read(&slots[1]).unwrap_err().to_string();
+        assert!(
+            err.contains("entry 2") && err.contains("changed on disk"),
+            "{err}"
+        );
     }
 }
