@@ -553,20 +553,31 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
 
     let operator = keys::read_signing_key(&operator_key).unwrap();
     let stranger = keys::generate_signing_key().unwrap();
-    let signed = |signer: &ed25519_dalek::SigningKey, key: &str, value: &str| {
-        let change = SignedChange::sign(
-            signer,
-            key.as_bytes().to_vec(),
-            Op::Put,
-            1_000,
-            false,
-            value.as_bytes().to_vec(),
-        )
+    let ours = status(&cluster, leader)["header"]["cluster_id"]
+        .as_u64()
         .unwrap();
-        Command::SignedPut {
-            put: PutRequest::new(key.as_bytes().to_vec(), change.to_stored()),
-            sequence: 1_000,
-        }
+    let signed_for =
+        |cluster_id: u64, signer: &ed25519_dalek::SigningKey, key: &str, value: &str| {
+            let change = SignedChange::sign(
+                signer,
+                key.as_bytes().to_vec(),
+                Op::Put,
+                1_000,
+                false,
+                value.as_bytes().to_vec(),
+                edgeconf::signing::Binding {
+                    cluster_id,
+                    root_version: 0,
+                },
+            )
+            .unwrap();
+            Command::SignedPut {
+                put: PutRequest::new(key.as_bytes().to_vec(), change.to_stored()),
+                sequence: 1_000,
+            }
+        };
+    let signed = |signer: &ed25519_dalek::SigningKey, key: &str, value: &str| {
+        signed_for(ours, signer, key, value)
     };
     // Signed by the operator, then the value swapped in the stored bytes.
     let swapped = {
@@ -583,6 +594,8 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         signed(&stranger, "/app/config", "owned"),
         swapped,
         signed(&operator, "/app/rolled", "skips the stages"),
+        // The operator's real signature, made for another cluster.
+        signed_for(ours ^ 1, &operator, "/app/config", "replayed"),
     ];
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
     let anonymous = attempts.map(|command| (command, edgeconf::auth::Credential::None));
@@ -605,16 +618,18 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         wait_until("the real value stands", Duration::from_secs(10), || {
             get("/app/config") == "real\n"
         });
+        assert!(!get("/app/config").contains("replayed"));
         assert!(!get("/app/rolled").contains("skips the stages"));
     }
     let refused = forwarded_refused(metrics[leader]);
-    assert_eq!(refused, 4);
+    assert_eq!(refused, 5);
     let log = agent(leader).log();
     for reason in [
         "unsigned writes are refused",
         "is not trusted",
         "bad signature",
         "is being rolled out",
+        "not for this cluster",
     ] {
         assert!(
             log.lines()

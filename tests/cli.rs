@@ -182,6 +182,11 @@ fn status_shows_the_endpoint_as_leader() {
     assert_eq!(fields[0], agent.endpoint());
     assert_eq!(fields[4], "true", "{line}");
     assert_eq!(fields[7], "1", "revision: {line}");
+    // The cluster id, in hex, as `edgeconf sign --cluster-id` takes it.
+    let json_status: serde_json::Value =
+        serde_json::from_str(&ok(edgeconf(&agent, &["-w", "json", "status"]))).unwrap();
+    let cluster_id = json_status[0]["header"]["cluster_id"].as_u64().unwrap();
+    assert_eq!(fields[8], format!("{cluster_id:x}"), "cluster: {line}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(edgeconf(&agent, &["-w", "json", "status"]))).unwrap();
     assert!(json[0]["raft_term"].as_u64().unwrap() >= 1);

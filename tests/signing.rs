@@ -143,9 +143,18 @@ fn signed_writes_are_accepted_shown_and_every_bad_one_is_refused() {
         &["put", "--sign-key", path(&keys.team), "/app/team/x", "1"],
     ));
 
-    // Offline signing, submitted later.
+    // Offline signing for this cluster, submitted later.
+    let cluster_id = cluster_id_of(&agent);
     let change = ok(run_with_timeout(
-        Command::new(BIN).args(["sign", "--key-file", admin, "/app/port", "9090"]),
+        Command::new(BIN).args([
+            "sign",
+            "--key-file",
+            admin,
+            "--cluster-id",
+            &cluster_id,
+            "/app/port",
+            "9090",
+        ]),
         Duration::from_secs(20),
     ));
     let change_file = dir.path().join("change.json");
@@ -193,9 +202,12 @@ fn signed_writes_are_accepted_shown_and_every_bad_one_is_refused() {
     std::fs::write(&tampered_file, moved.to_string()).unwrap();
     refused(&["put", "--signed", path(&tampered_file)], "bad signature");
     let mut flipped: serde_json::Value = serde_json::from_str(&change).unwrap();
-    let signature = flipped["signature"].as_str().unwrap().to_string();
+    let signature = flipped["signatures"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let flipped_char = if signature.starts_with('A') { "B" } else { "A" };
-    flipped["signature"] = format!("{flipped_char}{}", &signature[1..]).into();
+    flipped["signatures"][0]["signature"] = format!("{flipped_char}{}", &signature[1..]).into();
     std::fs::write(&tampered_file, flipped.to_string()).unwrap();
     refused(&["put", "--signed", path(&tampered_file)], "bad signature");
     std::fs::write(&tampered_file, "{\"format\": \"edgeconf-signed-change/1\"").unwrap();
@@ -482,6 +494,11 @@ fn forged_values_in_a_followers_store_are_refused_there() {
     {
         let store = edgeconf::store::Store::open(&store_path).unwrap();
         let stranger = edgeconf::signing::keys::read_signing_key(&keys.stranger).unwrap();
+        // Bound to this very cluster: only the signer is wrong.
+        let binding = edgeconf::signing::Binding {
+            cluster_id: store.meta("cluster_id").unwrap().unwrap(),
+            root_version: 0,
+        };
         let forged = edgeconf::signing::SignedChange::sign(
             &stranger,
             b"/app/port".to_vec(),
@@ -489,6 +506,7 @@ fn forged_values_in_a_followers_store_are_refused_there() {
             i64::MAX as u64,
             false,
             b"6666".to_vec(),
+            binding,
         )
         .unwrap();
         let history = store.history(b"/app/host").unwrap();
@@ -703,4 +721,100 @@ fn an_agent_run_as_an_unprivileged_user_keeps_its_files_private() {
     }
     assert!(seen.iter().any(|s| s.ends_with(".wal")), "{seen:?}");
     assert!(agent.stop());
+}
+
+/// The agent's cluster id in hex, from `edgeconf status`.
+fn cluster_id_of(agent: &Agent) -> String {
+    let line = ok(edgeconf(agent, &["status"]));
+    line.trim().split(", ").nth(8).unwrap().to_string()
+}
+
+/// `edgeconf sign` (offline) for `agent`'s cluster, written to `file`.
+fn sign_offline(agent: &Agent, key: &Path, args: &[&str], file: &Path) {
+    let cluster_id = cluster_id_of(agent);
+    let change = ok(run_with_timeout(
+        Command::new(BIN)
+            .args(["sign", "--key-file", path(key), "--cluster-id", &cluster_id])
+            .args(args),
+        Duration::from_secs(20),
+    ));
+    std::fs::write(file, change).unwrap();
+}
+
+/// `edgeconf sign --add`: one more signature on the change in `from`.
+fn add_signature(key: &Path, from: &Path, to: &Path) {
+    let change = ok(run_with_timeout(
+        Command::new(BIN).args(["sign", "--add", path(from), "--key-file", path(key)]),
+        Duration::from_secs(20),
+    ));
+    std::fs::write(to, change).unwrap();
+}
+
+#[test]
+fn a_two_of_three_prefix_takes_two_signers_and_another_cluster_refuses_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    // /secure/ needs two of admin (global), team and stranger.
+    let toml = format!(
+        "[trust]\nkeys = [{:?}]\n\n[[trust.prefix]]\nprefix = \"/secure/\"\nkeys = [{:?}, {:?}]\nthreshold = 2\n",
+        keys.admin_pub, keys.team_pub, keys.stranger_pub
+    );
+    let start = |name: &str| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let config = home.join("agent.toml");
+        std::fs::write(&config, &toml).unwrap();
+        Agent::start_with(&home, free_port(), &["--config", path(&config)])
+    };
+    let (a, b) = (start("a"), start("b"));
+    assert_ne!(cluster_id_of(&a), cluster_id_of(&b));
+
+    // One signature, online or offline, is refused with what is missing.
+    let err = failed(edgeconf(
+        &a,
+        &["put", "--sign-key", path(&keys.team), "/secure/db", "v1"],
+    ));
+    assert!(
+        err.contains("2 of the keys trusted for \"/secure/db\""),
+        "{err}"
+    );
+    assert!(err.contains("1 more needed"), "{err}");
+    let once = dir.path().join("once.json");
+    sign_offline(&a, &keys.team, &["/secure/db", "v1"], &once);
+    let err = failed(edgeconf(&a, &["put", "--signed", path(&once)]));
+    assert!(err.contains("1 more needed"), "{err}");
+    // The same signer again is still one.
+    let again = dir.path().join("again.json");
+    add_signature(&keys.team, &once, &again);
+    assert!(failed(edgeconf(&a, &["put", "--signed", path(&again)])).contains("1 more needed"));
+
+    // A second trusted signer: accepted, and both are shown.
+    let twice = dir.path().join("twice.json");
+    add_signature(&keys.admin, &once, &twice);
+    ok(edgeconf(&a, &["put", "--signed", path(&twice)]));
+    assert_eq!(
+        ok(edgeconf(&a, &["get", "/secure/db", "--print-value-only"])),
+        "v1\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(edgeconf(&a, &["-w", "json", "get", "/secure/db"]))).unwrap();
+    let signature = &json["kvs"][0]["signature"];
+    assert_eq!(signature["verified"], true, "{signature}");
+    let signers = signature["signer"].as_str().unwrap();
+    assert!(
+        signers.contains(&keys.team_pub) && signers.contains(&keys.admin_pub),
+        "{signers}"
+    );
+    ok(edgeconf(&a, &["verify", "/secure/", "--prefix"]));
+
+    // The same, fully signed change is refused by another cluster.
+    let err = failed(edgeconf(&b, &["put", "--signed", path(&twice)]));
+    assert!(
+        err.contains(&format!("signed for cluster {}", cluster_id_of(&a))),
+        "{err}"
+    );
+    assert_eq!(
+        ok(edgeconf(&b, &["get", "/secure/db", "--print-value-only"])),
+        ""
+    );
 }

@@ -8,7 +8,12 @@ mod support;
 use std::hint::black_box;
 
 use edgeconf::signing::{
-    keys, secrets, Identities, Keyring, Op, PrefixTrust, SignedChange, TrustPolicy,
+    keys, secrets, Binding, Identities, Keyring, Op, PrefixTrust, SignedChange, TrustPolicy,
+};
+
+const BINDING: Binding = Binding {
+    cluster_id: 0xc1,
+    root_version: 0,
 };
 
 use support::per_call;
@@ -20,8 +25,10 @@ fn main() {
         prefixes: vec![PrefixTrust {
             prefix: b"/app/".to_vec(),
             keys: Vec::new(),
+            threshold: 1,
         }],
         allow_unsigned: true,
+        cluster_id: Some(BINDING.cluster_id),
     };
     println!("{:<44} {:>12}", "operation", "median µs");
     for size in [64usize, 4096, 65536] {
@@ -35,13 +42,22 @@ fn main() {
                     1,
                     false,
                     value.clone(),
+                    BINDING,
                 )
                 .unwrap(),
             );
         });
-        let stored = SignedChange::sign(&signer, b"/app/k".to_vec(), Op::Put, 1, false, value)
-            .unwrap()
-            .to_stored();
+        let stored = SignedChange::sign(
+            &signer,
+            b"/app/k".to_vec(),
+            Op::Put,
+            1,
+            false,
+            value,
+            BINDING,
+        )
+        .unwrap()
+        .to_stored();
         let parse = per_call(20_000, || {
             black_box(SignedChange::from_stored(&stored).unwrap());
         });
@@ -66,6 +82,7 @@ fn main() {
             format!("  the same value again (remembered)")
         );
     }
+    threshold(&signer);
     let plain = per_call(200_000, || {
         black_box(
             trust
@@ -99,4 +116,41 @@ fn main() {
             format!("decrypt a {size} B secret")
         );
     }
+}
+
+/// A 2-of-3 prefix: checking a change that carries two signatures.
+fn threshold(global: &ed25519_dalek::SigningKey) {
+    let (b, c) = (
+        keys::generate_signing_key().unwrap(),
+        keys::generate_signing_key().unwrap(),
+    );
+    let trust = TrustPolicy {
+        keys: vec![global.verifying_key().to_bytes()],
+        prefixes: vec![PrefixTrust {
+            prefix: b"/secure/".to_vec(),
+            keys: vec![b.verifying_key().to_bytes(), c.verifying_key().to_bytes()],
+            threshold: 2,
+        }],
+        allow_unsigned: true,
+        cluster_id: Some(BINDING.cluster_id),
+    };
+    let mut change = SignedChange::sign(
+        &b,
+        b"/secure/k".to_vec(),
+        Op::Put,
+        1,
+        false,
+        vec![b'x'; 4096],
+        BINDING,
+    )
+    .unwrap();
+    change.add_signature(global).unwrap();
+    let stored = change.to_stored();
+    let check = per_call(2_000, || {
+        black_box(trust.check_stored(b"/secure/k", &stored, Some(1)).unwrap());
+    });
+    println!(
+        "{:<44} {check:>12.1}",
+        "check a 2-of-3 change before serving (4 KiB)"
+    );
 }

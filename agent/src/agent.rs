@@ -86,7 +86,7 @@ pub async fn run(
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
-    let keyring = Arc::new(KeyringCell::new(keyring(&config)?));
+    let keyring = Arc::new(KeyringCell::new(keyring(&config, identity.cluster_id)?));
     let leave_request = Arc::new(tokio::sync::Notify::new());
     let plugins = load_plugins(&config, &store, &keyring).await?;
     let listeners = api::bind(&config.listen_client).await?;
@@ -172,8 +172,8 @@ pub async fn run(
     }
     #[cfg(unix)]
     {
-        let (keyring, reload) = (keyring.clone(), reload.clone());
-        tasks.spawn(async move { reload_on_hangup(keyring, move || reload()).await });
+        let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
+        tasks.spawn(async move { reload_on_hangup(keyring, cluster_id, move || reload()).await });
     }
     if let Some(addr) = config.listen_metrics {
         let sources = crate::metrics::Sources {
@@ -437,8 +437,9 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The trust policy and secret keys from the config.
-fn keyring(config: &Config) -> anyhow::Result<Keyring> {
+/// The trust policy and secret keys from the config; new signed writes
+/// must be bound to `cluster_id`.
+fn keyring(config: &Config, cluster_id: u64) -> anyhow::Result<Keyring> {
     let identities = Identities::load(&config.identity_files)?;
     let recipients = config
         .recipients
@@ -448,7 +449,9 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
     if !identities.is_empty() {
         tracing::info!(files = ?identities.files(), "secret identities loaded");
     }
-    Ok(Keyring::new(config.trust.clone(), identities, recipients))
+    let mut trust = config.trust.clone();
+    trust.cluster_id = Some(cluster_id);
+    Ok(Keyring::new(trust, identities, recipients))
 }
 
 /// On SIGHUP, takes `[trust]` and `[secrets]` from the config file again, so
@@ -457,6 +460,7 @@ fn keyring(config: &Config) -> anyhow::Result<Keyring> {
 #[cfg(unix)]
 async fn reload_on_hangup(
     keyring: Arc<KeyringCell>,
+    cluster_id: u64,
     reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -465,7 +469,7 @@ async fn reload_on_hangup(
         return;
     };
     while hangups.recv().await.is_some() {
-        match reload().and_then(|config| self::keyring(&config)) {
+        match reload().and_then(|config| self::keyring(&config, cluster_id)) {
             Ok(fresh) => {
                 tracing::info!(
                     trusted_keys = fresh.trust.keys.len(),

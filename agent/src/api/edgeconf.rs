@@ -70,7 +70,7 @@ fn signature_of(
                 signed_for: String::from_utf8_lossy(&change.key).into_owned(),
             })
         } else {
-            keyring.trust.check_change(&change)
+            keyring.trust.check_stored_change(&change)
         }
     } else {
         keyring.check_stored(key, value, latest).map(|_| ())
@@ -78,7 +78,7 @@ fn signature_of(
     let verified = checked.is_ok();
     pb::Signature {
         signed: true,
-        signer: format_public_key(&change.signer),
+        signer: change.signer_id(),
         sequence: change.sequence,
         encrypted: change.encrypted,
         verified,

@@ -90,7 +90,7 @@ pub(crate) fn signed_command(
 pub(crate) fn admit(keyring: &Keyring, command: &Command) -> Result<(), Status> {
     if let Command::Txn(txn) = command {
         let signed_inside = txn.success.iter().chain(&txn.failure).any(|op| {
-            matches!(op, TxnOp::Put(put) if put.value.starts_with(crate::signing::STORED_MAGIC))
+            matches!(op, TxnOp::Put(put) if crate::signing::SignedChange::is_stored(&put.value))
         });
         if signed_inside {
             return Err(Status::invalid_argument(

@@ -588,6 +588,7 @@ async fn signed_rollback(
     // rollback is refused as stale instead of overwriting their change.
     let sequence = args.seq.unwrap_or(latest.saturating_add(1));
     let signing_key = crate::signing::keys::read_signing_key(key_file)?;
+    let binding = signing::cluster_binding(client).await?;
     let change = crate::signing::SignedChange::sign(
         &signing_key,
         args.key.as_bytes().to_vec(),
@@ -595,6 +596,7 @@ async fn signed_rollback(
         sequence,
         was_secret,
         value,
+        binding,
     )?;
     let resp = signing::submit(client, &change, false).await?;
     let revision = resp.header.as_ref().map_or(0, |h| h.revision);

@@ -140,7 +140,16 @@ async fn start(
             )
         }
     };
-    let change = signing::make_change(&args.sign_key, &key, Op::Put, value, sequence, None)?;
+    let binding = signing::cluster_binding(client).await?;
+    let change = signing::make_change(
+        &args.sign_key,
+        binding,
+        &key,
+        Op::Put,
+        value,
+        sequence,
+        None,
+    )?;
     let operator = keys::read_signing_key(&args.sign_key)?;
     let body = PlanBody {
         key: key.clone(),

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::output::{lossy, print_json, print_table, Format};
 use super::Client;
 use crate::api::pb;
-use crate::signing::{keys, secrets, Op, Recipient, SignedChange};
+use crate::signing::{keys, secrets, Binding, Op, Recipient, SignedChange};
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
@@ -43,7 +43,9 @@ pub struct SignOptions {
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    pub key: String,
+    /// The key to sign a change of (not with --add).
+    #[arg(required_unless_present = "add")]
+    pub key: Option<String>,
     /// The value; read from --file or standard input when left out.
     pub value: Option<String>,
     #[arg(long, conflicts_with = "value")]
@@ -51,9 +53,17 @@ pub struct SignArgs {
     /// The operator key to sign with (from `edgeconf keygen`).
     #[arg(long = "key-file", alias = "sign-key", short = 'k')]
     pub key_file: PathBuf,
+    /// The cluster the change is for, in hex as `edgeconf status` prints
+    /// it: the signature is refused by every other cluster.
+    #[arg(long = "cluster-id", required_unless_present = "add")]
+    pub cluster_id: Option<String>,
     /// Sign a delete of KEY instead of a put.
     #[arg(long, conflicts_with_all = ["value", "file", "encrypt"])]
     pub delete: bool,
+    /// Add this key's signature to the change in FILE (written by `edgeconf
+    /// sign`) and print the result: for prefixes that need several signers.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value", "file", "delete", "cluster_id", "seq", "encrypt"])]
+    pub add: Option<PathBuf>,
     #[command(flatten)]
     pub options: SignOptions,
 }
@@ -113,9 +123,11 @@ fn parse_recipients(texts: &[String]) -> anyhow::Result<Vec<Recipient>> {
         .collect()
 }
 
-/// Signs a change with the key in `key_file`; encrypts first if asked.
+/// Signs a change for the cluster in `binding` with the key in `key_file`;
+/// encrypts first if asked.
 pub fn make_change(
     key_file: &Path,
+    binding: Binding,
     key: &str,
     op: Op,
     value: Vec<u8>,
@@ -134,10 +146,56 @@ pub fn make_change(
         sequence,
         encrypted,
         value,
+        binding,
     )?)
 }
 
+/// What changes signed against a running cluster are bound to: the cluster
+/// id its response headers carry.
+pub async fn cluster_binding(client: &Client) -> anyhow::Result<Binding> {
+    let mut etcd = client.etcd().await?;
+    let status = client.request(etcd.status()).await?;
+    let cluster_id = status
+        .header()
+        .map(|header| header.cluster_id())
+        .filter(|id| *id != 0)
+        .context("the agent's status carries no cluster id to bind the signature to")?;
+    Ok(Binding {
+        cluster_id,
+        root_version: 0,
+    })
+}
+
+/// Parses `--cluster-id`: hex, as response headers and `edgeconf status`
+/// print it.
+fn parse_cluster_id(text: &str) -> anyhow::Result<u64> {
+    let digits = text.trim_start_matches("0x");
+    match u64::from_str_radix(digits, 16) {
+        Ok(id) if id != 0 => Ok(id),
+        _ => bail!("--cluster-id {text:?} is not a cluster id: expected the hex id `edgeconf status` prints (e.g. 8e9e05c52164694d)"),
+    }
+}
+
 pub fn sign(args: SignArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.add {
+        let mut change = read_change_file(path)?;
+        change
+            .verify_signature()
+            .with_context(|| format!("{}: its signatures do not verify", path.display()))?;
+        let signing_key = keys::read_signing_key(&args.key_file)?;
+        change
+            .add_signature(&signing_key)
+            .with_context(|| format!("cannot add a signature to {}", path.display()))?;
+        println!("{}", change.to_json());
+        return Ok(());
+    }
+    let (Some(key), Some(cluster_id)) = (&args.key, &args.cluster_id) else {
+        bail!("edgeconf sign needs KEY and --cluster-id (or --add FILE)");
+    };
+    let binding = Binding {
+        cluster_id: parse_cluster_id(cluster_id)?,
+        root_version: 0,
+    };
     let op = if args.delete { Op::Delete } else { Op::Put };
     let value = if args.delete {
         Vec::new()
@@ -155,7 +213,8 @@ pub fn sign(args: SignArgs) -> anyhow::Result<()> {
     let sequence = args.options.seq.unwrap_or_else(|| default_sequence(0));
     let change = make_change(
         &args.key_file,
-        &args.key,
+        binding,
+        key,
         op,
         value,
         sequence,
@@ -216,7 +275,16 @@ pub async fn sign_and_write(
             )
         }
     };
-    let change = make_change(key_file, key, op, value, sequence, recipients.as_deref())?;
+    let binding = cluster_binding(client).await?;
+    let change = make_change(
+        key_file,
+        binding,
+        key,
+        op,
+        value,
+        sequence,
+        recipients.as_deref(),
+    )?;
     submit(client, &change, false).await
 }
 

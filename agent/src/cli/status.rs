@@ -77,6 +77,8 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                     s.raft_term().to_string(),
                     s.raft_index().to_string(),
                     s.header().map_or(0, |h| h.revision()).to_string(),
+                    // What `edgeconf sign --cluster-id` binds a change to.
+                    format!("{:x}", s.header().map_or(0, |h| h.cluster_id())),
                     s.errors().join("; "),
                 ]
             });
@@ -89,6 +91,7 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<()> {
                 "RAFT TERM",
                 "RAFT INDEX",
                 "REVISION",
+                "CLUSTER",
                 "ERRORS",
             ];
             if format == Format::Table {

@@ -136,6 +136,9 @@ pub struct TrustPrefixFile {
     pub prefix: String,
     #[serde(default)]
     pub keys: Vec<String>,
+    /// How many distinct trusted keys must sign a change under `prefix`
+    /// (default 1).
+    pub threshold: Option<usize>,
 }
 
 /// `[secrets]`: age identities this agent decrypts with, and the recipients
@@ -836,9 +839,22 @@ fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigEr
                 format!("in {section} is empty and [trust] has no keys either: nobody could write under it"),
             ));
         }
+        let signers: std::collections::BTreeSet<&[u8; 32]> =
+            keys.iter().chain(&rule_keys).collect();
+        let threshold = rule.threshold.unwrap_or(1);
+        if threshold == 0 || threshold > signers.len() {
+            return Err(origin.invalid(
+                "threshold",
+                format!(
+                    "in {section} is {threshold}: expected 1 to {} (the distinct keys that may sign under it, its own and [trust] keys)",
+                    signers.len()
+                ),
+            ));
+        }
         prefixes.push(PrefixTrust {
             prefix: rule.prefix.clone().into_bytes(),
             keys: rule_keys,
+            threshold,
         });
     }
     let allow_unsigned = file.allow_unsigned.unwrap_or(true);
@@ -852,6 +868,8 @@ fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigEr
         keys,
         prefixes,
         allow_unsigned,
+        // Known once the agent has its identity (see `agent.rs`).
+        cluster_id: None,
     })
 }
 

@@ -178,6 +178,7 @@ recipients = ["age16p7w25nvqemft6ggg3vjzuthclz8ha7ulvswfwy5a3chtk3vaf8s057jr7"]
     assert_eq!(config.trust.keys.len(), 1);
     assert!(!config.trust.allow_unsigned);
     assert_eq!(config.trust.prefixes[0].prefix, b"/app/");
+    assert_eq!(config.trust.threshold(b"/app/x"), 1);
     assert!(config.trust.is_protected(b"/elsewhere"));
     assert_eq!(config.recipients.len(), 1);
     // Without [trust], nothing is protected.
@@ -203,6 +204,16 @@ fn bad_trust_and_secrets_name_the_field_and_what_to_do() {
             &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"/a\"\n[[trust.prefix]]\nprefix = \"/a\"\n"),
             "`prefix`",
             "listed twice",
+        ),
+        (
+            &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"/a\"\nthreshold = 2\n"),
+            "`threshold` in [[trust.prefix]] \"/a\"",
+            "is 2: expected 1 to 1",
+        ),
+        (
+            &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"/a\"\nthreshold = 0\n"),
+            "`threshold`",
+            "is 0: expected 1 to 1",
         ),
         ("[trust]\nkey = []\n", "unknown field `key`", "expected one of"),
         ("[secrets]\nrecipients = [\"age1nope\"]\n", ":2: `recipients`", "not an age recipient"),

@@ -124,9 +124,9 @@ impl SignedPlan {
                 "the new value must be a put, not a delete".into(),
             ));
         }
-        if change.signer != signer {
+        if !change.signers().any(|value_signer| *value_signer == signer) {
             return Err(malformed(
-                "the plan and its new value are signed by different keys".into(),
+                "the plan's signer did not sign its new value".into(),
             ));
         }
         // The signer may sign the key, and the value's signature holds.
@@ -152,6 +152,10 @@ fn message(body: &str) -> Vec<u8> {
     message
 }
 
+/// The cluster id test plans are signed for.
+#[cfg(test)]
+pub(crate) const TEST_CLUSTER: u64 = 0xc1;
+
 /// A plan for tests: `operator` signs sequence 1 of `/app/a` = "v" and a
 /// plan of `stages` (no selector, 1 s gates), which it signs too.
 #[cfg(test)]
@@ -163,6 +167,10 @@ pub(crate) fn sample_plan(operator: &SigningKey, stages: &str) -> (SignedChange,
         1,
         false,
         b"v".to_vec(),
+        crate::signing::Binding {
+            cluster_id: TEST_CLUSTER,
+            root_version: 0,
+        },
     )
     .expect("a small change signs");
     let body = PlanBody {
@@ -190,6 +198,10 @@ mod tests {
             4,
             false,
             b"v2".to_vec(),
+            crate::signing::Binding {
+                cluster_id: TEST_CLUSTER,
+                root_version: 0,
+            },
         )
         .unwrap();
         PlanBody {
@@ -208,6 +220,7 @@ mod tests {
             keys: vec![key.verifying_key().to_bytes()],
             prefixes: Vec::new(),
             allow_unsigned: false,
+            cluster_id: Some(TEST_CLUSTER),
         }
     }
 

@@ -1,15 +1,23 @@
-//! The signed change: a value (or a delete) for one key, with the signer's
-//! key, a per-key sequence number and an ed25519 signature over all of it.
+//! The signed change: a value (or a delete) for one key, with a per-key
+//! sequence number, the cluster it is for, and one or more ed25519
+//! signatures over all of it (several when the key's prefix needs m of n
+//! operators: each adds a signature to the same change).
 //!
 //! Two encodings of the same thing:
-//! - stored: [`STORED_MAGIC`] followed by postcard bytes; this is the value
-//!   kept in the store, replicated through raft and sent in snapshots, so
-//!   every agent can check it on its own;
-//! - JSON: what `edgeconf sign` prints and `edgeconf put --signed` reads, so
-//!   a change can be signed on an offline machine and submitted later.
+//! - stored: a magic followed by postcard bytes; this is the value kept in
+//!   the store, replicated through raft and sent in snapshots, so every
+//!   agent can check it on its own;
+//! - JSON: what `edgeconf sign` prints (and adds signatures to) and
+//!   `edgeconf put --signed` reads, so a change can be signed on offline
+//!   machines and submitted later.
 //!
-//! The signature covers a domain tag, the key, the operation, whether the
-//! value is encrypted, the sequence and the SHA-256 of the value bytes.
+//! Version 2 (what this version writes): every signature covers a domain
+//! tag, the cluster id and the trust root version the change is for, the
+//! key, the operation, whether the value is encrypted, the sequence and the
+//! SHA-256 of the value bytes, so a change signed for one cluster means
+//! nothing in another. Version 1 (one signature, no cluster) is still read,
+//! so values stored by older versions stay usable; new writes must be
+//! version 2 (see `trust.rs`).
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
@@ -19,16 +27,20 @@ use sha2::{Digest, Sha256};
 use super::keys::{format_public_key, parse_public_key};
 use super::SigningError;
 
-/// The first bytes of a stored signed value. It starts with a NUL byte, so
-/// no text value is ever mistaken for it.
+/// The first bytes of a stored signed value of version 1. Every version's
+/// magic starts with a NUL byte, so no text value is ever mistaken for one.
 pub const STORED_MAGIC: &[u8] = b"\0edgeconf-signed-v1\0";
+/// The first bytes of a stored signed value of version 2.
+pub const STORED_MAGIC_V2: &[u8] = b"\0edgeconf-signed-v2\0";
 
-/// The tag that starts every signed message, so a signature made for
+/// The tags that start every signed message, so a signature made for
 /// edgeconf can never be passed off as one for anything else.
 const DOMAIN_TAG: &[u8] = b"edgeconf signed change v1\0";
+const DOMAIN_TAG_V2: &[u8] = b"edgeconf signed change v2\0";
 
-/// The `format` field of the JSON form.
+/// The `format` field of the JSON forms.
 pub const JSON_FORMAT: &str = "edgeconf-signed-change/1";
+pub const JSON_FORMAT_V2: &str = "edgeconf-signed-change/2";
 
 /// The highest sequence accepted: far above any timestamp-based default,
 /// far enough below `u64::MAX` that one change cannot freeze a key.
@@ -37,6 +49,9 @@ pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
 /// Upper bound on a key, as in etcd (which allows 1.5 MiB requests).
 const MAX_KEY_LEN: usize = 64 * 1024;
 
+/// More signatures than any threshold needs: a bound on verifying work.
+pub const MAX_SIGNATURES: usize = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
@@ -44,12 +59,38 @@ pub enum Op {
     Delete,
 }
 
-/// A signed change. Build one with [`SignedChange::sign`]; check one with
-/// [`SignedChange::verify_signature`] (which key may sign which prefix is the
-/// trust policy's business).
+/// What a version 2 change is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The cluster id, as response headers and `edgeconf status` show it.
+    pub cluster_id: u64,
+    /// The version of the trust root the change was signed under (0: the
+    /// policy in each agent's TOML).
+    pub root_version: u64,
+}
+
+/// What a malformed change (no binding, yet not version 1) is written with:
+/// cluster 0 matches no cluster, so it is refused wherever it is checked.
+const UNBOUND: Binding = Binding {
+    cluster_id: 0,
+    root_version: 0,
+};
+
+/// One signer's signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedChange {
+pub struct KeySignature {
+    /// The signer's ed25519 public key.
+    pub signer: [u8; 32],
     #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// A signed change. Build one with [`SignedChange::sign`], add signers with
+/// [`SignedChange::add_signature`]; check one with
+/// [`SignedChange::verify_signature`] (which keys may sign which prefix,
+/// and how many must, is the trust policy's business).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedChange {
     pub key: Vec<u8>,
     pub op: Op,
     /// Above every sequence signed for this key before.
@@ -57,19 +98,52 @@ pub struct SignedChange {
     /// `value` is an age-encrypted secret (ASCII armored).
     pub encrypted: bool,
     /// The value to store; empty for a delete.
-    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
-    /// The signer's ed25519 public key.
-    pub signer: [u8; 32],
-    #[serde(with = "serde_bytes")]
-    pub signature: Vec<u8>,
+    /// `None` for a version 1 change (bound to no cluster).
+    pub binding: Option<Binding>,
+    /// At least one; a version 1 change has exactly one.
+    pub signatures: Vec<KeySignature>,
 }
 
-/// The JSON form, field by field.
+/// The stored form of version 1.
+#[derive(Serialize, Deserialize)]
+struct StoredV1 {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    op: Op,
+    sequence: u64,
+    encrypted: bool,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    signer: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    signature: Vec<u8>,
+}
+
+/// The stored form of version 2.
+#[derive(Serialize, Deserialize)]
+struct StoredV2 {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    op: Op,
+    sequence: u64,
+    encrypted: bool,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    binding: Binding,
+    signatures: Vec<KeySignature>,
+}
+
+/// The JSON form, field by field (both versions).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonChange {
     format: String,
+    /// Version 2: the cluster id in hex, as `edgeconf status` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root_version: Option<u64>,
     key: String,
     op: Op,
     sequence: u64,
@@ -81,12 +155,26 @@ struct JsonChange {
     /// The value as base64, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
+    /// Version 1: the one signer and signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    /// Version 2: every signature so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    signatures: Vec<JsonSignature>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonSignature {
     signer: String,
     signature: String,
 }
 
 impl SignedChange {
-    /// Signs `op` of `value` at `key` with `sequence`.
+    /// Signs `op` of `value` at `key` with `sequence`, for the cluster and
+    /// trust root in `binding`.
     pub fn sign(
         signing_key: &SigningKey,
         key: Vec<u8>,
@@ -94,6 +182,7 @@ impl SignedChange {
         sequence: u64,
         encrypted: bool,
         value: Vec<u8>,
+        binding: Binding,
     ) -> Result<Self, SigningError> {
         let mut change = SignedChange {
             key,
@@ -101,18 +190,74 @@ impl SignedChange {
             sequence,
             encrypted,
             value,
-            signer: signing_key.verifying_key().to_bytes(),
-            signature: Vec::new(),
+            binding: Some(binding),
+            signatures: Vec::new(),
         };
-        change.check_shape()?;
-        change.signature = signing_key.sign(&change.message()).to_bytes().to_vec();
+        change.add_signature(signing_key)?;
         Ok(change)
     }
 
-    /// The bytes the signature covers.
+    /// A version 1 change (one signature, no cluster), as older versions
+    /// signed them: for tests of how such stored values are still read.
+    #[cfg(test)]
+    pub fn sign_v1(
+        signing_key: &SigningKey,
+        key: Vec<u8>,
+        op: Op,
+        sequence: u64,
+        encrypted: bool,
+        value: Vec<u8>,
+    ) -> Self {
+        let mut change = SignedChange {
+            key,
+            op,
+            sequence,
+            encrypted,
+            value,
+            binding: None,
+            signatures: Vec::new(),
+        };
+        let signature = signing_key.sign(&change.message()).to_bytes().to_vec();
+        change.signatures.push(KeySignature {
+            signer: signing_key.verifying_key().to_bytes(),
+            signature,
+        });
+        change
+    }
+
+    /// Adds `signing_key`'s signature over the same change (replacing an
+    /// earlier one by the same key). Only version 2 changes take several.
+    pub fn add_signature(&mut self, signing_key: &SigningKey) -> Result<(), SigningError> {
+        self.check_shape()?;
+        if self.binding.is_none() {
+            return Err(SigningError::Malformed(
+                "a version 1 change (bound to no cluster) takes no further signatures: sign it again with this version"
+                    .into(),
+            ));
+        }
+        let signer = signing_key.verifying_key().to_bytes();
+        self.signatures.retain(|s| s.signer != signer);
+        if self.signatures.len() >= MAX_SIGNATURES {
+            return Err(SigningError::Malformed(format!(
+                "the change already has {MAX_SIGNATURES} signatures, the most one may carry"
+            )));
+        }
+        let signature = signing_key.sign(&self.message()).to_bytes().to_vec();
+        self.signatures.push(KeySignature { signer, signature });
+        Ok(())
+    }
+
+    /// The bytes every signature covers.
     fn message(&self) -> Vec<u8> {
-        let mut message = Vec::with_capacity(DOMAIN_TAG.len() + self.key.len() + 48);
-        message.extend_from_slice(DOMAIN_TAG);
+        let mut message = Vec::with_capacity(DOMAIN_TAG_V2.len() + self.key.len() + 64);
+        match self.binding {
+            None => message.extend_from_slice(DOMAIN_TAG),
+            Some(binding) => {
+                message.extend_from_slice(DOMAIN_TAG_V2);
+                message.extend_from_slice(&binding.cluster_id.to_be_bytes());
+                message.extend_from_slice(&binding.root_version.to_be_bytes());
+            }
+        }
         message.extend_from_slice(&(self.key.len() as u32).to_be_bytes());
         message.extend_from_slice(&self.key);
         message.push(match self.op {
@@ -143,49 +288,132 @@ impl SignedChange {
         if self.op == Op::Delete && (!self.value.is_empty() || self.encrypted) {
             return malformed("a delete carries a value");
         }
+        if self.signatures.len() > MAX_SIGNATURES {
+            return malformed("the change carries more than 16 signatures");
+        }
+        if self.binding.is_none() && self.signatures.len() > 1 {
+            return malformed("a version 1 change carries more than one signature");
+        }
         Ok(())
     }
 
-    /// Checks that the signature was made by `signer` over exactly this
-    /// change. Says nothing about whether `signer` is trusted.
+    /// Checks that the change carries at least one signature and that every
+    /// signature was made by its signer over exactly this change. Says
+    /// nothing about whether the signers are trusted, or enough.
     pub fn verify_signature(&self) -> Result<(), SigningError> {
         self.check_shape()?;
-        let signer = VerifyingKey::from_bytes(&self.signer).map_err(|_| {
-            SigningError::Malformed("the signer is not a valid ed25519 public key".into())
-        })?;
-        let signature = Signature::from_slice(&self.signature)
-            .map_err(|_| SigningError::Malformed("the signature is not 64 bytes".into()))?;
-        signer
-            .verify_strict(&self.message(), &signature)
-            .map_err(|_| SigningError::BadSignature {
-                key: lossy(&self.key),
-                signer: format_public_key(&self.signer),
-            })
+        if self.signatures.is_empty() {
+            return Err(SigningError::Malformed(
+                "the change carries no signature".into(),
+            ));
+        }
+        let message = self.message();
+        for signed in &self.signatures {
+            let signer = VerifyingKey::from_bytes(&signed.signer).map_err(|_| {
+                SigningError::Malformed("a signer is not a valid ed25519 public key".into())
+            })?;
+            let signature = Signature::from_slice(&signed.signature)
+                .map_err(|_| SigningError::Malformed("a signature is not 64 bytes".into()))?;
+            signer
+                .verify_strict(&message, &signature)
+                .map_err(|_| SigningError::BadSignature {
+                    key: lossy(&self.key),
+                    signer: format_public_key(&signed.signer),
+                })?;
+        }
+        Ok(())
     }
 
-    /// The signer in `ed25519:BASE64` form: the key id shown to users.
+    /// The signers' keys, in the order they signed.
+    pub fn signers(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.signatures.iter().map(|s| &s.signer)
+    }
+
+    /// The signers in `ed25519:BASE64` form, comma separated: the key ids
+    /// shown to users.
     pub fn signer_id(&self) -> String {
-        format_public_key(&self.signer)
+        self.signers()
+            .map(|signer| format_public_key(signer))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    /// The stored form.
+    /// The stored form: version 1 for a version 1 change (so its bytes stay
+    /// as they were signed and stored), else version 2.
     pub fn to_stored(&self) -> Vec<u8> {
-        let mut bytes = STORED_MAGIC.to_vec();
-        postcard::to_io(self, &mut bytes).expect("encoding into memory cannot fail");
-        bytes
+        match (self.binding, self.signatures.as_slice()) {
+            (None, [only]) => {
+                let mut bytes = STORED_MAGIC.to_vec();
+                let v1 = StoredV1 {
+                    key: self.key.clone(),
+                    op: self.op,
+                    sequence: self.sequence,
+                    encrypted: self.encrypted,
+                    value: self.value.clone(),
+                    signer: only.signer,
+                    signature: only.signature.clone(),
+                };
+                postcard::to_io(&v1, &mut bytes).expect("encoding into memory cannot fail");
+                bytes
+            }
+            (binding, _) => {
+                let mut bytes = STORED_MAGIC_V2.to_vec();
+                let v2 = StoredV2 {
+                    key: self.key.clone(),
+                    op: self.op,
+                    sequence: self.sequence,
+                    encrypted: self.encrypted,
+                    value: self.value.clone(),
+                    binding: binding.unwrap_or(UNBOUND),
+                    signatures: self.signatures.clone(),
+                };
+                postcard::to_io(&v2, &mut bytes).expect("encoding into memory cannot fail");
+                bytes
+            }
+        }
     }
 
     /// Parses a stored value. `Ok(None)` when the value is not a signed
     /// change at all (a plain value); an error when it claims to be one but
     /// does not parse.
     pub fn from_stored(bytes: &[u8]) -> Result<Option<Self>, SigningError> {
-        let Some(body) = bytes.strip_prefix(STORED_MAGIC) else {
+        let undecodable =
+            |err: postcard::Error| SigningError::Malformed(format!("cannot decode: {err}"));
+        let change = if let Some(body) = bytes.strip_prefix(STORED_MAGIC) {
+            let v1: StoredV1 = postcard::from_bytes(body).map_err(undecodable)?;
+            SignedChange {
+                key: v1.key,
+                op: v1.op,
+                sequence: v1.sequence,
+                encrypted: v1.encrypted,
+                value: v1.value,
+                binding: None,
+                signatures: vec![KeySignature {
+                    signer: v1.signer,
+                    signature: v1.signature,
+                }],
+            }
+        } else if let Some(body) = bytes.strip_prefix(STORED_MAGIC_V2) {
+            let v2: StoredV2 = postcard::from_bytes(body).map_err(undecodable)?;
+            SignedChange {
+                key: v2.key,
+                op: v2.op,
+                sequence: v2.sequence,
+                encrypted: v2.encrypted,
+                value: v2.value,
+                binding: Some(v2.binding),
+                signatures: v2.signatures,
+            }
+        } else {
             return Ok(None);
         };
-        let change: SignedChange = postcard::from_bytes(body)
-            .map_err(|err| SigningError::Malformed(format!("cannot decode: {err}")))?;
         change.check_shape()?;
         Ok(Some(change))
+    }
+
+    /// True when `bytes` is (or claims to be) a stored signed change.
+    pub fn is_stored(bytes: &[u8]) -> bool {
+        bytes.starts_with(STORED_MAGIC) || bytes.starts_with(STORED_MAGIC_V2)
     }
 
     /// The JSON form, pretty-printed.
@@ -194,53 +422,117 @@ impl SignedChange {
             Ok(text) => (Some(text.to_string()), None),
             Err(_) => (None, Some(base64_encode(&self.value))),
         };
-        let json = JsonChange {
-            format: JSON_FORMAT.to_string(),
+        let mut json = JsonChange {
+            format: JSON_FORMAT_V2.to_string(),
+            cluster_id: None,
+            root_version: None,
             key: lossy(&self.key),
             op: self.op,
             sequence: self.sequence,
             encrypted: self.encrypted,
             value,
             value_base64,
-            signer: self.signer_id(),
-            signature: base64_encode(&self.signature),
+            signer: None,
+            signature: None,
+            signatures: Vec::new(),
         };
+        match (self.binding, self.signatures.as_slice()) {
+            (None, [only]) => {
+                json.format = JSON_FORMAT.to_string();
+                json.signer = Some(format_public_key(&only.signer));
+                json.signature = Some(base64_encode(&only.signature));
+            }
+            (binding, signatures) => {
+                let binding = binding.unwrap_or(UNBOUND);
+                json.cluster_id = Some(format!("{:x}", binding.cluster_id));
+                json.root_version = Some(binding.root_version);
+                json.signatures = signatures
+                    .iter()
+                    .map(|s| JsonSignature {
+                        signer: format_public_key(&s.signer),
+                        signature: base64_encode(&s.signature),
+                    })
+                    .collect();
+            }
+        }
         serde_json::to_string_pretty(&json).expect("encoding JSON into memory cannot fail")
     }
 
-    /// Parses the JSON form. The signature is not checked here.
+    /// Parses the JSON form. The signatures are not checked here.
     pub fn from_json(text: &str) -> Result<Self, SigningError> {
+        let malformed = |problem: String| SigningError::Malformed(problem);
         let json: JsonChange = serde_json::from_str(text)
-            .map_err(|err| SigningError::Malformed(format!("not a signed change: {err}")))?;
-        if json.format != JSON_FORMAT {
-            return Err(SigningError::Malformed(format!(
-                "format is {:?}, expected {JSON_FORMAT:?}",
-                json.format
-            )));
-        }
+            .map_err(|err| malformed(format!("not a signed change: {err}")))?;
         let value = match (json.value, json.value_base64) {
             (Some(text), None) => text.into_bytes(),
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
                 .decode(encoded)
-                .map_err(|err| SigningError::Malformed(format!("value_base64: {err}")))?,
+                .map_err(|err| malformed(format!("value_base64: {err}")))?,
             (None, None) => Vec::new(),
             (Some(_), Some(_)) => {
-                return Err(SigningError::Malformed(
-                    "both value and value_base64 are given".into(),
-                ))
+                return Err(malformed("both value and value_base64 are given".into()))
             }
         };
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(json.signature)
-            .map_err(|err| SigningError::Malformed(format!("signature: {err}")))?;
+        let signature = |signer: &str, signature: &str| -> Result<KeySignature, SigningError> {
+            Ok(KeySignature {
+                signer: parse_public_key(signer).map_err(SigningError::Malformed)?,
+                signature: base64::engine::general_purpose::STANDARD
+                    .decode(signature)
+                    .map_err(|err| malformed(format!("signature: {err}")))?,
+            })
+        };
+        let (binding, signatures) = if json.format == JSON_FORMAT {
+            let (Some(signer), Some(sig), None, None, true) = (
+                json.signer.as_deref(),
+                json.signature.as_deref(),
+                &json.cluster_id,
+                json.root_version,
+                json.signatures.is_empty(),
+            ) else {
+                return Err(malformed(format!(
+                    "a {JSON_FORMAT} change has one signer and signature and no cluster_id, root_version or signatures"
+                )));
+            };
+            (None, vec![signature(signer, sig)?])
+        } else if json.format == JSON_FORMAT_V2 {
+            let (Some(cluster_id), Some(root_version), None, None) = (
+                json.cluster_id.as_deref(),
+                json.root_version,
+                &json.signer,
+                &json.signature,
+            ) else {
+                return Err(malformed(format!(
+                    "a {JSON_FORMAT_V2} change has cluster_id, root_version and signatures (no signer or signature)"
+                )));
+            };
+            let cluster_id = u64::from_str_radix(cluster_id, 16)
+                .map_err(|_| malformed(format!("cluster_id {cluster_id:?} is not a hex number")))?;
+            let signatures = json
+                .signatures
+                .iter()
+                .map(|s| signature(&s.signer, &s.signature))
+                .collect::<Result<_, _>>()?;
+            (
+                Some(Binding {
+                    cluster_id,
+                    root_version,
+                }),
+                signatures,
+            )
+        } else {
+            return Err(malformed(format!(
+                "format is {:?}, expected {JSON_FORMAT_V2:?} (or {JSON_FORMAT:?})",
+                json.format
+            )));
+        };
         let change = SignedChange {
             key: json.key.into_bytes(),
             op: json.op,
             sequence: json.sequence,
             encrypted: json.encrypted,
             value,
-            signer: parse_public_key(&json.signer).map_err(SigningError::Malformed)?,
-            signature,
+            binding,
+            signatures,
         };
         change.check_shape()?;
         Ok(change)

@@ -14,7 +14,7 @@ pub mod trust;
 #[cfg(test)]
 mod tests;
 
-pub use envelope::{Op, SignedChange, STORED_MAGIC};
+pub use envelope::{Binding, Op, SignedChange, STORED_MAGIC};
 pub use secrets::{Identities, Recipient};
 pub use trust::{Checked, PrefixTrust, TrustPolicy};
 
@@ -112,6 +112,20 @@ pub enum SigningError {
         sequence: u64,
         stored: u64,
     },
+    #[error("{needed} of the keys trusted for {key:?} ({protection}) must sign it; {trusted} did: {missing} more needed (add signatures with `edgeconf sign --add CHANGE.json --key-file OPERATOR.key`)")]
+    TooFewSigners {
+        key: String,
+        protection: String,
+        needed: usize,
+        trusted: usize,
+        missing: usize,
+    },
+    #[error("the change to {key:?} is bound to no cluster (signed by an edgeconf older than signature binding): sign it again")]
+    Unbound { key: String },
+    #[error("the change to {key:?} was signed for cluster {theirs:x}, not for this cluster ({ours:x}); refusing it")]
+    WrongCluster { key: String, theirs: u64, ours: u64 },
+    #[error("the change to {key:?} was signed under trust root version {theirs}, but this cluster's is {ours}; sign it again")]
+    WrongRoot { key: String, theirs: u64, ours: u64 },
     #[error("{0}")]
     Key(String),
     #[error("{0}")]

@@ -1,7 +1,15 @@
 use rand::{Rng as _, SeedableRng as _};
 
+use super::envelope::STORED_MAGIC_V2;
 use super::*;
 use crate::store::{Command, DeleteRangeRequest, KeyRange, PutRequest};
+
+/// The cluster the tests' policies belong to.
+const CLUSTER: u64 = 0xc1;
+const BINDING: Binding = Binding {
+    cluster_id: CLUSTER,
+    root_version: 0,
+};
 
 fn key() -> ed25519_dalek::SigningKey {
     keys::generate_signing_key().unwrap()
@@ -19,8 +27,10 @@ fn policy(
         prefixes: vec![PrefixTrust {
             prefix: b"/app/".to_vec(),
             keys: app.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+            threshold: 1,
         }],
         allow_unsigned: true,
+        cluster_id: Some(CLUSTER),
     }
 }
 
@@ -32,6 +42,7 @@ fn put(signer: &ed25519_dalek::SigningKey, key: &str, sequence: u64, value: &str
         sequence,
         false,
         value.as_bytes().to_vec(),
+        BINDING,
     )
     .unwrap()
 }
@@ -41,7 +52,7 @@ fn stored_and_json_forms_round_trip_and_verify() {
     let signer = key();
     let change = put(&signer, "/app/x", 7, "v1");
     let stored = change.to_stored();
-    assert!(stored.starts_with(STORED_MAGIC));
+    assert!(SignedChange::is_stored(&stored));
     assert_eq!(
         SignedChange::from_stored(&stored).unwrap(),
         Some(change.clone())
@@ -49,8 +60,16 @@ fn stored_and_json_forms_round_trip_and_verify() {
     assert_eq!(SignedChange::from_json(&change.to_json()).unwrap(), change);
     change.verify_signature().unwrap();
     // Binary values travel as base64 in JSON.
-    let binary =
-        SignedChange::sign(&signer, b"/b".to_vec(), Op::Put, 1, false, vec![0xff, 0, 1]).unwrap();
+    let binary = SignedChange::sign(
+        &signer,
+        b"/b".to_vec(),
+        Op::Put,
+        1,
+        false,
+        vec![0xff, 0, 1],
+        BINDING,
+    )
+    .unwrap();
     assert!(binary.to_json().contains("value_base64"));
     assert_eq!(SignedChange::from_json(&binary.to_json()).unwrap(), binary);
     // A plain value is not a signed change.
@@ -70,13 +89,28 @@ fn every_altered_field_breaks_the_signature() {
     let mut other_flag = change.clone();
     other_flag.encrypted = true;
     let mut other_signer = change.clone();
-    other_signer.signer = key().verifying_key().to_bytes();
+    other_signer.signatures[0].signer = key().verifying_key().to_bytes();
+    let mut other_cluster = change.clone();
+    other_cluster.binding = Some(Binding {
+        cluster_id: CLUSTER + 1,
+        root_version: 0,
+    });
+    let mut other_root = change.clone();
+    other_root.binding = Some(Binding {
+        cluster_id: CLUSTER,
+        root_version: 1,
+    });
+    let mut unbound = change.clone();
+    unbound.binding = None;
     for altered in [
         other_key,
         other_value,
         other_sequence,
         other_flag,
         other_signer,
+        other_cluster,
+        other_root,
+        unbound,
     ] {
         assert!(altered.verify_signature().is_err(), "{altered:?} verified");
     }
@@ -87,7 +121,7 @@ fn tampered_stored_bytes_never_verify_and_never_panic() {
     let signer = key();
     let stored = put(&signer, "/app/x", 7, "some value").to_stored();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for index in STORED_MAGIC.len()..stored.len() {
+    for index in STORED_MAGIC_V2.len()..stored.len() {
         for _ in 0..4 {
             let mut bytes = stored.clone();
             bytes[index] ^= rng.random_range(1..=255u8);
@@ -134,7 +168,7 @@ fn json_parsing_rejects_bad_input_with_errors() {
     for bad in ["", "{}", "[]", "null", "{\"format\":\"x\"}", "\u{0}"] {
         assert!(SignedChange::from_json(bad).is_err(), "{bad:?} parsed");
     }
-    let wrong_format = json.replace("edgeconf-signed-change/1", "edgeconf-signed-change/9");
+    let wrong_format = json.replace("edgeconf-signed-change/2", "edgeconf-signed-change/9");
     let err = SignedChange::from_json(&wrong_format).unwrap_err();
     assert!(err.to_string().contains("format"), "{err}");
 }
@@ -211,7 +245,15 @@ fn admit_checks_commands_as_proposed() {
         assert!(trust.admit(&command).is_err(), "{command:?}");
     }
     // Sequences stay below 2^63, so no change can freeze a key.
-    let frozen = SignedChange::sign(&admin, b"/app/x".to_vec(), Op::Put, u64::MAX, false, vec![]);
+    let frozen = SignedChange::sign(
+        &admin,
+        b"/app/x".to_vec(),
+        Op::Put,
+        u64::MAX,
+        false,
+        vec![],
+        BINDING,
+    );
     assert!(frozen.is_err());
     let delete = Command::DeleteRange(DeleteRangeRequest {
         range: KeyRange::prefix(b"/ap".to_vec()),
@@ -320,4 +362,114 @@ fn the_keyring_remembers_verified_changes_but_not_altered_ones() {
     // Remembered signatures do not bypass the other checks.
     assert!(keyring.check_stored(b"/app/x", &good, Some(6)).is_err());
     assert!(keyring.check_stored(b"/app/y", &good, None).is_err());
+}
+
+/// A policy where `/app/` needs two of `signers`.
+fn two_of(signers: &[&ed25519_dalek::SigningKey]) -> TrustPolicy {
+    let mut trust = policy(&[], signers);
+    trust.prefixes[0].threshold = 2;
+    trust
+}
+
+#[test]
+fn a_threshold_prefix_needs_that_many_distinct_trusted_signers() {
+    let (a, b, c, stranger) = (key(), key(), key(), key());
+    let trust = two_of(&[&a, &b, &c]);
+    let mut change = put(&a, "/app/x", 1, "v");
+    let err = trust.check_change(&change).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::TooFewSigners {
+                needed: 2,
+                trusted: 1,
+                missing: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1 more needed"), "{err}");
+    // The same signer twice counts once; a stranger's signature not at all.
+    change.add_signature(&a).unwrap();
+    assert_eq!(change.signatures.len(), 1);
+    change.add_signature(&stranger).unwrap();
+    assert!(trust.check_change(&change).is_err());
+    change.add_signature(&b).unwrap();
+    trust.check_change(&change).unwrap();
+    // The signatures survive both encodings.
+    let stored = SignedChange::from_stored(&change.to_stored())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, change);
+    assert_eq!(SignedChange::from_json(&change.to_json()).unwrap(), change);
+    trust
+        .check_stored(b"/app/x", &change.to_stored(), Some(1))
+        .unwrap();
+    // A forged signature among enough good ones spoils the change.
+    let mut forged = change.clone();
+    forged.signatures[2].signature[0] ^= 1;
+    assert!(matches!(
+        trust.check_change(&forged),
+        Err(SigningError::BadSignature { .. })
+    ));
+}
+
+#[test]
+fn a_change_signed_for_another_cluster_is_refused_as_write_and_as_stored_value() {
+    let admin = key();
+    let trust = policy(&[&admin], &[]);
+    let elsewhere = SignedChange::sign(
+        &admin,
+        b"/app/x".to_vec(),
+        Op::Put,
+        1,
+        false,
+        b"v".to_vec(),
+        Binding {
+            cluster_id: CLUSTER + 1,
+            root_version: 0,
+        },
+    )
+    .unwrap();
+    let err = trust.check_change(&elsewhere).unwrap_err();
+    assert!(matches!(err, SigningError::WrongCluster { .. }), "{err}");
+    assert!(err.to_string().contains("c2"), "{err}");
+    assert!(matches!(
+        trust.check_stored(b"/app/x", &elsewhere.to_stored(), None),
+        Err(SigningError::WrongCluster { .. })
+    ));
+}
+
+#[test]
+fn version_1_changes_are_still_served_but_no_longer_written() {
+    let admin = key();
+    let trust = policy(&[&admin], &[]);
+    let old = SignedChange::sign_v1(&admin, b"/app/x".to_vec(), Op::Put, 4, false, b"v".to_vec());
+    let stored = old.to_stored();
+    assert!(stored.starts_with(STORED_MAGIC), "stored as version 1");
+    assert_eq!(
+        SignedChange::from_stored(&stored).unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(SignedChange::from_json(&old.to_json()).unwrap(), old);
+    assert_eq!(
+        trust
+            .check_stored(b"/app/x", &stored, Some(4))
+            .unwrap()
+            .into_value(),
+        b"v"
+    );
+    assert!(matches!(
+        trust.check_change(&old),
+        Err(SigningError::Unbound { .. })
+    ));
+    let command = Command::SignedPut {
+        put: PutRequest::new("/app/x", stored),
+        sequence: 4,
+    };
+    assert!(trust.admit(&command).is_err());
+    // A version 1 change takes no second signature.
+    let mut old = old;
+    assert!(old.add_signature(&key()).is_err());
 }

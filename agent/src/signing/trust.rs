@@ -2,8 +2,9 @@
 //! knowledge: before a write is proposed, and before a stored value is
 //! served.
 
-use super::envelope::{lossy, Op, SignedChange};
-use super::keys::format_public_key;
+use std::collections::BTreeSet;
+
+use super::envelope::{lossy, Binding, Op, SignedChange};
 use super::SigningError;
 use crate::store::{Command, KeyRange, TxnOp};
 
@@ -12,19 +13,28 @@ use crate::store::{Command, KeyRange, TxnOp};
 pub struct PrefixTrust {
     pub prefix: Vec<u8>,
     pub keys: Vec<[u8; 32]>,
+    /// How many distinct trusted signers a change under `prefix` needs (at
+    /// least 1, at most the number of keys that may sign it).
+    pub threshold: usize,
 }
 
 /// The `[trust]` section, checked.
 ///
 /// A key is *protected* when it falls under a `[[trust.prefix]]`, or when
 /// `allow_unsigned` is false. Protected keys only take signed writes. A
-/// signed write is accepted when its signature verifies and its signer is a
-/// global key or a key of the longest prefix rule covering the key.
+/// signed change is accepted when every signature on it verifies and at
+/// least the threshold of the longest prefix rule covering the key (1
+/// without a rule) of distinct signers are global keys or keys of that
+/// rule. A new write must also be bound to this cluster; values stored
+/// before changes were bound (version 1) are still served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustPolicy {
     pub keys: Vec<[u8; 32]>,
     pub prefixes: Vec<PrefixTrust>,
     pub allow_unsigned: bool,
+    /// The cluster new writes must be signed for; `None` only where no
+    /// cluster exists yet (checking a config file).
+    pub cluster_id: Option<u64>,
 }
 
 impl Default for TrustPolicy {
@@ -35,6 +45,7 @@ impl Default for TrustPolicy {
             keys: Vec::new(),
             prefixes: Vec::new(),
             allow_unsigned: true,
+            cluster_id: None,
         }
     }
 }
@@ -87,27 +98,88 @@ impl TrustPolicy {
                 .is_some_and(|rule| rule.keys.contains(signer))
     }
 
-    /// Checks a signed change: the signature is sound and its signer may
-    /// sign its key. The sequence is the store's to check.
-    pub fn check_change(&self, change: &SignedChange) -> Result<(), SigningError> {
-        self.check_change_with(change, SignedChange::verify_signature)
+    /// How many distinct trusted signers `key` needs.
+    pub fn threshold(&self, key: &[u8]) -> usize {
+        self.rule(key).map_or(1, |rule| rule.threshold.max(1))
     }
 
-    /// [`Self::check_change`] with the signature checked by `verify` (which
-    /// may remember changes it has verified before).
-    fn check_change_with(
+    /// Checks a new signed write: it is bound to this cluster, its
+    /// signatures are sound and enough of its signers may sign its key. The
+    /// sequence is the store's to check.
+    pub fn check_change(&self, change: &SignedChange) -> Result<(), SigningError> {
+        self.check_binding(change)?;
+        self.check_signers(change, SignedChange::verify_signature)
+    }
+
+    /// Checks a signed change already stored (a value or a delete's
+    /// tombstone): as [`Self::check_change`], except that a version 1 change
+    /// (bound to no cluster) is accepted: it was admitted before changes
+    /// were bound.
+    pub fn check_stored_change(&self, change: &SignedChange) -> Result<(), SigningError> {
+        self.check_stored_binding(change)?;
+        self.check_signers(change, SignedChange::verify_signature)
+    }
+
+    fn check_binding(&self, change: &SignedChange) -> Result<(), SigningError> {
+        if change.binding.is_none() {
+            return Err(SigningError::Unbound {
+                key: lossy(&change.key),
+            });
+        }
+        self.check_stored_binding(change)
+    }
+
+    fn check_stored_binding(&self, change: &SignedChange) -> Result<(), SigningError> {
+        match (change.binding, self.cluster_id) {
+            (Some(Binding { cluster_id, .. }), Some(ours)) if cluster_id != ours => {
+                Err(SigningError::WrongCluster {
+                    key: lossy(&change.key),
+                    theirs: cluster_id,
+                    ours,
+                })
+            }
+            (Some(Binding { root_version, .. }), _) if root_version != 0 => {
+                Err(SigningError::WrongRoot {
+                    key: lossy(&change.key),
+                    theirs: root_version,
+                    ours: 0,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every signature verifies (checked by `verify`, which may remember
+    /// changes it has verified before), and at least the threshold of
+    /// distinct signers may sign the key. Signatures by other keys are
+    /// ignored, as TUF ignores them: they add nothing and take nothing away.
+    fn check_signers(
         &self,
         change: &SignedChange,
         verify: impl FnOnce(&SignedChange) -> Result<(), SigningError>,
     ) -> Result<(), SigningError> {
         verify(change)?;
-        if !self.may_sign(&change.signer, &change.key) {
+        let trusted: BTreeSet<&[u8; 32]> = change
+            .signers()
+            .filter(|signer| self.may_sign(signer, &change.key))
+            .collect();
+        let needed = self.threshold(&change.key);
+        if trusted.len() >= needed {
+            return Ok(());
+        }
+        if needed == 1 {
             return Err(SigningError::UntrustedSigner {
                 key: lossy(&change.key),
-                signer: format_public_key(&change.signer),
+                signer: change.signer_id(),
             });
         }
-        Ok(())
+        Err(SigningError::TooFewSigners {
+            key: lossy(&change.key),
+            protection: self.protection(&change.key),
+            needed,
+            trusted: trusted.len(),
+            missing: needed - trusted.len(),
+        })
     }
 
     /// An unsigned put to `key`.
@@ -249,7 +321,8 @@ impl TrustPolicy {
                 signed_for: lossy(&change.key),
             });
         }
-        self.check_change_with(&change, verify)?;
+        self.check_stored_binding(&change)?;
+        self.check_signers(&change, verify)?;
         if let Some(latest) = latest_sequence {
             if change.sequence < latest {
                 return Err(SigningError::Replay {

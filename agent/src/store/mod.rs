@@ -227,7 +227,7 @@ impl Store {
         let sequences_table = txn.open_table(tables::SEQUENCES)?;
         let mut sequences = Vec::with_capacity(response.kvs.len());
         for kv in &response.kvs {
-            let sequence = if at_current && kv.value.starts_with(crate::signing::STORED_MAGIC) {
+            let sequence = if at_current && crate::signing::SignedChange::is_stored(&kv.value) {
                 Some(
                     sequences_table
                         .get(kv.key.as_slice())?
