@@ -29,6 +29,7 @@ fn main() {
         }],
         allow_unsigned: true,
         cluster_id: Some(BINDING.cluster_id),
+        root_version: 0,
     };
     println!("{:<44} {:>12}", "operation", "median µs");
     for size in [64usize, 4096, 65536] {
@@ -133,6 +134,7 @@ fn threshold(global: &ed25519_dalek::SigningKey) {
         }],
         allow_unsigned: true,
         cluster_id: Some(BINDING.cluster_id),
+        root_version: 0,
     };
     let mut change = SignedChange::sign(
         &b,

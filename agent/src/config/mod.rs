@@ -870,6 +870,7 @@ fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigEr
         allow_unsigned,
         // Known once the agent has its identity (see `agent.rs`).
         cluster_id: None,
+        root_version: 0,
     })
 }
 

@@ -221,6 +221,7 @@ mod tests {
             prefixes: Vec::new(),
             allow_unsigned: false,
             cluster_id: Some(TEST_CLUSTER),
+            root_version: 0,
         }
     }
 

@@ -8,6 +8,9 @@
 
 pub mod envelope;
 pub mod keys;
+pub mod root;
+#[cfg(test)]
+mod root_tests;
 pub mod secrets;
 pub mod trust;
 

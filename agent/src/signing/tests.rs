@@ -31,6 +31,7 @@ fn policy(
         }],
         allow_unsigned: true,
         cluster_id: Some(CLUSTER),
+        root_version: 0,
     }
 }
 

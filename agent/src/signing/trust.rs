@@ -35,6 +35,9 @@ pub struct TrustPolicy {
     /// The cluster new writes must be signed for; `None` only where no
     /// cluster exists yet (checking a config file).
     pub cluster_id: Option<u64>,
+    /// The version of the trust root this policy comes from (0: the TOML's
+    /// `[trust]`); new writes must be signed under it.
+    pub root_version: u64,
 }
 
 impl Default for TrustPolicy {
@@ -46,6 +49,7 @@ impl Default for TrustPolicy {
             prefixes: Vec::new(),
             allow_unsigned: true,
             cluster_id: None,
+            root_version: 0,
         }
     }
 }
@@ -120,15 +124,29 @@ impl TrustPolicy {
         self.check_signers(change, SignedChange::verify_signature)
     }
 
+    /// A new write: bound to this cluster and signed under the current
+    /// trust root (a change signed before a root update is signed again,
+    /// so no change pre-signed under older trust waits to be used).
     fn check_binding(&self, change: &SignedChange) -> Result<(), SigningError> {
-        if change.binding.is_none() {
+        let Some(binding) = change.binding else {
             return Err(SigningError::Unbound {
                 key: lossy(&change.key),
             });
+        };
+        self.check_stored_binding(change)?;
+        if binding.root_version != self.root_version {
+            return Err(SigningError::WrongRoot {
+                key: lossy(&change.key),
+                theirs: binding.root_version,
+                ours: self.root_version,
+            });
         }
-        self.check_stored_binding(change)
+        Ok(())
     }
 
+    /// A stored change: bound to this cluster (or to none, version 1). The
+    /// root version it was signed under is a record, not a condition: its
+    /// signers are checked against the current root.
     fn check_stored_binding(&self, change: &SignedChange) -> Result<(), SigningError> {
         match (change.binding, self.cluster_id) {
             (Some(Binding { cluster_id, .. }), Some(ours)) if cluster_id != ours => {
@@ -136,13 +154,6 @@ impl TrustPolicy {
                     key: lossy(&change.key),
                     theirs: cluster_id,
                     ours,
-                })
-            }
-            (Some(Binding { root_version, .. }), _) if root_version != 0 => {
-                Err(SigningError::WrongRoot {
-                    key: lossy(&change.key),
-                    theirs: root_version,
-                    ours: 0,
                 })
             }
             _ => Ok(()),

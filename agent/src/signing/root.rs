@@ -1,0 +1,450 @@
+//! The trust root: who may sign what, as signed metadata in the store, in
+//! the manner of TUF's root role.
+//!
+//! Each agent's TOML pins only root keys and a threshold (`[trust]
+//! root_keys`, `root_threshold`). A [`SignedRoot`] names the operator keys,
+//! the prefixes each may sign and how many must sign (m of n), and carries
+//! its own root keys, a version and an expiry. It is written offline with
+//! `edgeconf trust ...`, signed by root keys, stored at [`ROOT_KEY`] and
+//! replicated like any value.
+//!
+//! Who may send one: any client or peer may put bytes at [`ROOT_KEY`]; what
+//! the receiver checks ([`check_successor`]): the document is for this
+//! cluster, its version is exactly one above the current root's (or 1, for
+//! the first), it has not expired, and it is signed by a threshold of the
+//! current root's keys (for the first: the keys pinned in the TOML) *and*
+//! by a threshold of its own root keys, as TUF requires, so neither a
+//! stolen old key set nor a made-up new one can take over. The API and the
+//! leader check before proposing; every agent checks again before it uses a
+//! stored root, so a root that got into a store any other way is ignored.
+//!
+//! This module is pure: no I/O, no clock (the caller passes `now`).
+
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::envelope::KeySignature;
+use super::keys::{format_public_key, parse_public_key};
+use super::trust::{PrefixTrust, TrustPolicy};
+
+/// Where the current root lives in the store.
+pub const ROOT_KEY: &[u8] = b"/edgeconf/trust/root";
+
+/// Stored form: this magic, then postcard bytes.
+const STORED_MAGIC: &[u8] = b"\0edgeconf-root-v1\0";
+/// Every root signature covers this tag first.
+const DOMAIN_TAG: &[u8] = b"edgeconf trust root v1\0";
+/// The `format` field of the JSON form.
+pub const JSON_FORMAT: &str = "edgeconf-trust-root/1";
+/// Bound on keys and signatures, to bound verifying work.
+const MAX_KEYS: usize = 64;
+
+/// One prefix's signers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    pub keys: Vec<[u8; 32]>,
+    pub threshold: u32,
+}
+
+/// The signed part of a root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    pub cluster_id: u64,
+    /// 1 for the first root; each update is exactly one above.
+    pub version: u64,
+    /// Seconds since the Unix epoch after which the root is stale.
+    pub expires_unix: u64,
+    pub root_keys: Vec<[u8; 32]>,
+    pub root_threshold: u32,
+    /// Operator keys trusted for every key.
+    pub keys: Vec<[u8; 32]>,
+    pub prefixes: Vec<Role>,
+    /// Keys outside every prefix take unsigned writes.
+    pub allow_unsigned: bool,
+}
+
+/// A root and the root keys' signatures over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRoot {
+    pub root: Root,
+    pub signatures: Vec<KeySignature>,
+}
+
+/// The root keys an agent pins in its TOML.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinnedRoot {
+    pub keys: Vec<[u8; 32]>,
+    pub threshold: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootError {
+    #[error("malformed trust root: {0}")]
+    Malformed(String),
+    #[error("the trust root is for cluster {theirs:x}, not this cluster ({ours:x})")]
+    WrongCluster { theirs: u64, ours: u64 },
+    #[error("trust root version {theirs} does not follow the current version {current}: expected {expected}")]
+    NotNext {
+        theirs: u64,
+        current: u64,
+        expected: u64,
+    },
+    #[error("trust root version {version} expired at {expires_unix} (Unix seconds); sign a new one with a later --expires")]
+    Expired { version: u64, expires_unix: u64 },
+    #[error("trust root version {version} needs {needed} signatures by {by}; it has {valid}: {missing} more needed (`edgeconf trust sign-root ROOT.json --key-file ROOT.key`)")]
+    TooFewSignatures {
+        version: u64,
+        by: &'static str,
+        needed: usize,
+        valid: usize,
+        missing: usize,
+    },
+}
+
+impl Root {
+    /// The bytes every root signature covers.
+    fn message(&self) -> Vec<u8> {
+        let mut message = DOMAIN_TAG.to_vec();
+        postcard::to_io(self, &mut message).expect("encoding into memory cannot fail");
+        message
+    }
+
+    /// What holds for any root, signed or not.
+    pub fn check_shape(&self) -> Result<(), RootError> {
+        let malformed = |problem: String| Err(RootError::Malformed(problem));
+        if self.version == 0 {
+            return malformed("version is 0; the first root is version 1".into());
+        }
+        if self.cluster_id == 0 {
+            return malformed("cluster_id is 0; use the id `edgeconf status` prints".into());
+        }
+        check_threshold("root_keys", &self.root_keys, self.root_threshold)?;
+        if self.keys.len() > MAX_KEYS {
+            return malformed(format!("more than {MAX_KEYS} operator keys"));
+        }
+        for (i, role) in self.prefixes.iter().enumerate() {
+            let name = String::from_utf8_lossy(&role.prefix);
+            if role.prefix.is_empty() {
+                return malformed("a prefix is empty: to protect every key set allow_unsigned = false".into());
+            }
+            if self.prefixes[..i].iter().any(|r| r.prefix == role.prefix) {
+                return malformed(format!("prefix {name:?} is listed twice"));
+            }
+            let mut signers: Vec<[u8; 32]> = self.keys.clone();
+            signers.extend(&role.keys);
+            signers.sort();
+            signers.dedup();
+            check_threshold(&format!("prefix {name:?}"), &signers, role.threshold)?;
+        }
+        if !self.allow_unsigned && self.keys.is_empty() {
+            return malformed(
+                "allow_unsigned is false but no operator key may sign outside the prefixes".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The trust policy this root sets, for `cluster_id`.
+    pub fn policy(&self) -> TrustPolicy {
+        TrustPolicy {
+            keys: self.keys.clone(),
+            prefixes: self
+                .prefixes
+                .iter()
+                .map(|role| PrefixTrust {
+                    prefix: role.prefix.clone(),
+                    keys: role.keys.clone(),
+                    threshold: role.threshold as usize,
+                })
+                .collect(),
+            allow_unsigned: self.allow_unsigned,
+            cluster_id: Some(self.cluster_id),
+            root_version: self.version,
+        }
+    }
+}
+
+fn check_threshold(what: &str, keys: &[[u8; 32]], threshold: u32) -> Result<(), RootError> {
+    let mut distinct = keys.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != keys.len() && what == "root_keys" {
+        return Err(RootError::Malformed("root_keys lists a key twice".into()));
+    }
+    if distinct.len() > MAX_KEYS {
+        return Err(RootError::Malformed(format!(
+            "{what}: more than {MAX_KEYS} keys"
+        )));
+    }
+    if threshold == 0 || threshold as usize > distinct.len() {
+        return Err(RootError::Malformed(format!(
+            "{what}: threshold {threshold}, expected 1 to {} (its distinct keys)",
+            distinct.len()
+        )));
+    }
+    Ok(())
+}
+
+impl SignedRoot {
+    /// An unsigned root.
+    pub fn new(root: Root) -> Self {
+        Self {
+            root,
+            signatures: Vec::new(),
+        }
+    }
+
+    /// Adds `signing_key`'s signature (replacing an earlier one by it).
+    pub fn sign(&mut self, signing_key: &SigningKey) -> Result<(), RootError> {
+        self.root.check_shape()?;
+        let signer = signing_key.verifying_key().to_bytes();
+        self.signatures.retain(|s| s.signer != signer);
+        if self.signatures.len() >= MAX_KEYS {
+            return Err(RootError::Malformed(format!(
+                "already {MAX_KEYS} signatures"
+            )));
+        }
+        let signature = signing_key.sign(&self.root.message()).to_bytes().to_vec();
+        self.signatures.push(KeySignature { signer, signature });
+        Ok(())
+    }
+
+    /// How many distinct keys of `keys` made a valid signature. Other and
+    /// invalid signatures count for nothing, as in TUF.
+    pub fn valid_signers(&self, keys: &[[u8; 32]]) -> usize {
+        let message = self.root.message();
+        let mut counted: Vec<&[u8; 32]> = Vec::new();
+        for signed in &self.signatures {
+            if !keys.contains(&signed.signer) || counted.contains(&&signed.signer) {
+                continue;
+            }
+            let Ok(key) = VerifyingKey::from_bytes(&signed.signer) else {
+                continue;
+            };
+            let Ok(signature) = Signature::from_slice(&signed.signature) else {
+                continue;
+            };
+            if key.verify_strict(&message, &signature).is_ok() {
+                counted.push(&signed.signer);
+            }
+        }
+        counted.len()
+    }
+
+    fn check_signed_by(
+        &self,
+        by: &'static str,
+        keys: &[[u8; 32]],
+        threshold: usize,
+    ) -> Result<(), RootError> {
+        let valid = self.valid_signers(keys);
+        if valid >= threshold {
+            return Ok(());
+        }
+        Err(RootError::TooFewSignatures {
+            version: self.root.version,
+            by,
+            needed: threshold,
+            valid,
+            missing: threshold - valid,
+        })
+    }
+
+    pub fn to_stored(&self) -> Vec<u8> {
+        let mut bytes = STORED_MAGIC.to_vec();
+        postcard::to_io(self, &mut bytes).expect("encoding into memory cannot fail");
+        bytes
+    }
+
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, RootError> {
+        let body = bytes.strip_prefix(STORED_MAGIC).ok_or_else(|| {
+            RootError::Malformed(format!(
+                "the value at {} is not a trust root (write it with `edgeconf trust push`)",
+                String::from_utf8_lossy(ROOT_KEY)
+            ))
+        })?;
+        let signed: SignedRoot = postcard::from_bytes(body)
+            .map_err(|err| RootError::Malformed(format!("cannot decode: {err}")))?;
+        if signed.signatures.len() > MAX_KEYS {
+            return Err(RootError::Malformed("too many signatures".into()));
+        }
+        signed.root.check_shape()?;
+        Ok(signed)
+    }
+
+    pub fn to_json(&self) -> String {
+        let keys = |keys: &[[u8; 32]]| keys.iter().map(|k| format_public_key(k)).collect();
+        let json = JsonRoot {
+            format: JSON_FORMAT.into(),
+            cluster_id: format!("{:x}", self.root.cluster_id),
+            version: self.root.version,
+            expires_unix: self.root.expires_unix,
+            root_keys: keys(&self.root.root_keys),
+            root_threshold: self.root.root_threshold,
+            keys: keys(&self.root.keys),
+            prefixes: self
+                .root
+                .prefixes
+                .iter()
+                .map(|role| JsonRole {
+                    prefix: String::from_utf8_lossy(&role.prefix).into_owned(),
+                    keys: keys(&role.keys),
+                    threshold: role.threshold,
+                })
+                .collect(),
+            allow_unsigned: self.root.allow_unsigned,
+            signatures: self
+                .signatures
+                .iter()
+                .map(|s| JsonSignature {
+                    signer: format_public_key(&s.signer),
+                    signature: base64::engine::general_purpose::STANDARD.encode(&s.signature),
+                })
+                .collect(),
+        };
+        serde_json::to_string_pretty(&json).expect("encoding JSON into memory cannot fail")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, RootError> {
+        let malformed = |problem: String| RootError::Malformed(problem);
+        let json: JsonRoot = serde_json::from_str(text)
+            .map_err(|err| malformed(format!("not a trust root: {err}")))?;
+        if json.format != JSON_FORMAT {
+            return Err(malformed(format!(
+                "format is {:?}, expected {JSON_FORMAT:?}",
+                json.format
+            )));
+        }
+        let keys = |field: &str, texts: &[String]| {
+            texts
+                .iter()
+                .map(|text| parse_public_key(text).map_err(|p| malformed(format!("{field}: {p}"))))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let root = Root {
+            cluster_id: u64::from_str_radix(&json.cluster_id, 16).map_err(|_| {
+                malformed(format!("cluster_id {:?} is not a hex number", json.cluster_id))
+            })?,
+            version: json.version,
+            expires_unix: json.expires_unix,
+            root_keys: keys("root_keys", &json.root_keys)?,
+            root_threshold: json.root_threshold,
+            keys: keys("keys", &json.keys)?,
+            prefixes: json
+                .prefixes
+                .iter()
+                .map(|role| {
+                    Ok(Role {
+                        prefix: role.prefix.clone().into_bytes(),
+                        keys: keys("prefixes.keys", &role.keys)?,
+                        threshold: role.threshold,
+                    })
+                })
+                .collect::<Result<_, RootError>>()?,
+            allow_unsigned: json.allow_unsigned,
+        };
+        root.check_shape()?;
+        let signatures = json
+            .signatures
+            .iter()
+            .map(|s| {
+                Ok(KeySignature {
+                    signer: parse_public_key(&s.signer)
+                        .map_err(|p| malformed(format!("signatures: {p}")))?,
+                    signature: base64::engine::general_purpose::STANDARD
+                        .decode(&s.signature)
+                        .map_err(|err| malformed(format!("signatures: {err}")))?,
+                })
+            })
+            .collect::<Result<_, RootError>>()?;
+        Ok(SignedRoot { root, signatures })
+    }
+}
+
+/// Checks `new` as the root to follow `current` (`None`: no root yet, so
+/// the keys pinned in the TOML vouch for the first) in cluster `cluster_id`
+/// at `now` (Unix seconds). On success, `new` may replace `current`.
+pub fn check_successor(
+    current: Option<&Root>,
+    pinned: &PinnedRoot,
+    new: &SignedRoot,
+    cluster_id: u64,
+    now: u64,
+) -> Result<(), RootError> {
+    new.root.check_shape()?;
+    if new.root.cluster_id != cluster_id {
+        return Err(RootError::WrongCluster {
+            theirs: new.root.cluster_id,
+            ours: cluster_id,
+        });
+    }
+    let current_version = current.map_or(0, |root| root.version);
+    if new.root.version != current_version + 1 {
+        return Err(RootError::NotNext {
+            theirs: new.root.version,
+            current: current_version,
+            expected: current_version + 1,
+        });
+    }
+    check_fresh(&new.root, now)?;
+    match current {
+        Some(root) => new.check_signed_by(
+            "the current root's keys",
+            &root.root_keys,
+            root.root_threshold as usize,
+        )?,
+        None => new.check_signed_by("the root keys pinned in [trust]", &pinned.keys, pinned.threshold)?,
+    }
+    new.check_signed_by(
+        "its own root keys",
+        &new.root.root_keys,
+        new.root.root_threshold as usize,
+    )
+}
+
+/// A root past its expiry no longer vouches for anything new.
+pub fn check_fresh(root: &Root, now: u64) -> Result<(), RootError> {
+    if now >= root.expires_unix {
+        return Err(RootError::Expired {
+            version: root.version,
+            expires_unix: root.expires_unix,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRoot {
+    format: String,
+    cluster_id: String,
+    version: u64,
+    expires_unix: u64,
+    root_keys: Vec<String>,
+    root_threshold: u32,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    prefixes: Vec<JsonRole>,
+    allow_unsigned: bool,
+    #[serde(default)]
+    signatures: Vec<JsonSignature>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRole {
+    prefix: String,
+    keys: Vec<String>,
+    threshold: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonSignature {
+    signer: String,
+    signature: String,
+}
