@@ -5,18 +5,22 @@
 //! root_keys`, `root_threshold`). A [`SignedRoot`] names the operator keys,
 //! the prefixes each may sign and how many must sign (m of n), and carries
 //! its own root keys, a version and an expiry. It is written offline with
-//! `edgeconf trust ...`, signed by root keys, stored at [`ROOT_KEY`] and
-//! replicated like any value.
+//! `edgeconf trust ...`, signed by root keys, stored at [`root_key`] (one
+//! key per version, under [`ROOT_PREFIX`], all kept: an agent that missed
+//! versions walks the chain from what it trusts) and replicated like any
+//! value.
 //!
-//! Who may send one: any client or peer may put bytes at [`ROOT_KEY`]; what
-//! the receiver checks ([`check_successor`]): the document is for this
-//! cluster, its version is exactly one above the current root's (or 1, for
-//! the first), it has not expired, and it is signed by a threshold of the
+//! Who may send one: any client or peer may put bytes under
+//! [`ROOT_PREFIX`]; what the receiver checks ([`check_put`],
+//! [`check_successor`]): the document is for this cluster, at its version's
+//! key, its version is exactly one above the current root's (or 1, for the
+//! first), it has not expired, and it is signed by a threshold of the
 //! current root's keys (for the first: the keys pinned in the TOML) *and*
 //! by a threshold of its own root keys, as TUF requires, so neither a
 //! stolen old key set nor a made-up new one can take over. The API and the
-//! leader check before proposing; every agent checks again before it uses a
-//! stored root, so a root that got into a store any other way is ignored.
+//! leader check before proposing; every agent walks the stored chain again
+//! ([`walk`]) before it uses a root, so a root that got into a store any
+//! other way is ignored.
 //!
 //! This module is pure: no I/O, no clock (the caller passes `now`).
 
@@ -28,8 +32,15 @@ use super::envelope::KeySignature;
 use super::keys::{format_public_key, parse_public_key};
 use super::trust::{PrefixTrust, TrustPolicy};
 
-/// Where the current root lives in the store.
-pub const ROOT_KEY: &[u8] = b"/edgeconf/trust/root";
+/// Where roots live in the store, one key per version.
+pub const ROOT_PREFIX: &[u8] = b"/edgeconf/trust/root/";
+
+/// The key of root `version`: zero-padded, so keys sort by version.
+pub fn root_key(version: u64) -> Vec<u8> {
+    let mut key = ROOT_PREFIX.to_vec();
+    key.extend_from_slice(format!("{version:020}").as_bytes());
+    key
+}
 
 /// Stored form: this magic, then postcard bytes.
 const STORED_MAGIC: &[u8] = b"\0edgeconf-root-v1\0";
@@ -262,8 +273,8 @@ impl SignedRoot {
     pub fn from_stored(bytes: &[u8]) -> Result<Self, RootError> {
         let body = bytes.strip_prefix(STORED_MAGIC).ok_or_else(|| {
             RootError::Malformed(format!(
-                "the value at {} is not a trust root (write it with `edgeconf trust push`)",
-                String::from_utf8_lossy(ROOT_KEY)
+                "a value under {} is not a trust root (write roots with `edgeconf trust push`)",
+                String::from_utf8_lossy(ROOT_PREFIX)
             ))
         })?;
         let signed: SignedRoot = postcard::from_bytes(body)
@@ -365,14 +376,15 @@ impl SignedRoot {
 }
 
 /// Checks `new` as the root to follow `current` (`None`: no root yet, so
-/// the keys pinned in the TOML vouch for the first) in cluster `cluster_id`
-/// at `now` (Unix seconds). On success, `new` may replace `current`.
+/// the keys pinned in the TOML vouch for the first) in cluster `cluster_id`,
+/// and unexpired at `now` (Unix seconds) when given. On success, `new` may
+/// replace `current`.
 pub fn check_successor(
     current: Option<&Root>,
     pinned: &PinnedRoot,
     new: &SignedRoot,
     cluster_id: u64,
-    now: u64,
+    now: Option<u64>,
 ) -> Result<(), RootError> {
     new.root.check_shape()?;
     if new.root.cluster_id != cluster_id {
@@ -389,7 +401,9 @@ pub fn check_successor(
             expected: current_version + 1,
         });
     }
-    check_fresh(&new.root, now)?;
+    if let Some(now) = now {
+        check_fresh(&new.root, now)?;
+    }
     match current {
         Some(root) => new.check_signed_by(
             "the current root's keys",
@@ -403,6 +417,70 @@ pub fn check_successor(
         &new.root.root_keys,
         new.root.root_threshold as usize,
     )
+}
+
+/// Checks a put of `value` at `key`, under [`ROOT_PREFIX`], before it is
+/// proposed: a root at its version's key that may follow `current` now.
+pub fn check_put(
+    current: Option<&Root>,
+    pinned: &PinnedRoot,
+    key: &[u8],
+    value: &[u8],
+    cluster_id: u64,
+    now: u64,
+) -> Result<SignedRoot, RootError> {
+    if pinned.keys.is_empty() {
+        return Err(RootError::Malformed(
+            "this cluster pins no root keys ([trust] root_keys): trust roots cannot be written"
+                .into(),
+        ));
+    }
+    let new = SignedRoot::from_stored(value)?;
+    if key != root_key(new.root.version) {
+        return Err(RootError::Malformed(format!(
+            "root version {} belongs at {:?}, not at {:?}",
+            new.root.version,
+            String::from_utf8_lossy(&root_key(new.root.version)),
+            String::from_utf8_lossy(key)
+        )));
+    }
+    check_successor(current, pinned, &new, cluster_id, Some(now))?;
+    Ok(new)
+}
+
+/// Walks the stored roots (`(key, value)` under [`ROOT_PREFIX`], in key
+/// order) from the pinned keys on, and returns the newest root that
+/// follows on without a break, with what stopped the walk, if anything.
+/// Expiry does not break the chain (as in TUF, only the newest root's
+/// expiry matters; [`check_fresh`] tells).
+pub fn walk<'a>(
+    pinned: &PinnedRoot,
+    cluster_id: u64,
+    stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> (Option<Root>, Option<String>) {
+    let mut current: Option<Root> = None;
+    for (key, value) in stored {
+        let next = SignedRoot::from_stored(value).and_then(|new| {
+            if key != root_key(new.root.version) {
+                return Err(RootError::Malformed(format!(
+                    "root version {} is stored at the wrong key",
+                    new.root.version
+                )));
+            }
+            check_successor(current.as_ref(), pinned, &new, cluster_id, None)?;
+            Ok(new.root)
+        });
+        match next {
+            Ok(root) => current = Some(root),
+            Err(err) => {
+                return (
+                    current,
+                    Some(format!("{}: {err}", String::from_utf8_lossy(key))),
+                )
+            }
+        }
+    }
+    (current, None)
 }
 
 /// A root past its expiry no longer vouches for anything new.

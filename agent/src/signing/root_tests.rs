@@ -52,8 +52,8 @@ fn the_first_root_needs_the_pinned_threshold_and_its_own() {
         threshold: 2,
     };
     let first = root(1, &[&r1, &r2, &r3], &operator);
-    check_successor(None, &pinned, &signed(first.clone(), &[&r1, &r3]), CLUSTER, NOW).unwrap();
-    let err = check_successor(None, &pinned, &signed(first.clone(), &[&r1]), CLUSTER, NOW)
+    check_successor(None, &pinned, &signed(first.clone(), &[&r1, &r3]), CLUSTER, Some(NOW)).unwrap();
+    let err = check_successor(None, &pinned, &signed(first.clone(), &[&r1]), CLUSTER, Some(NOW))
         .unwrap_err();
     assert!(
         matches!(
@@ -71,11 +71,11 @@ fn the_first_root_needs_the_pinned_threshold_and_its_own() {
     // The same key twice is one signer.
     let mut twice = signed(first.clone(), &[&r1]);
     twice.signatures.push(twice.signatures[0].clone());
-    assert!(check_successor(None, &pinned, &twice, CLUSTER, NOW).is_err());
+    assert!(check_successor(None, &pinned, &twice, CLUSTER, Some(NOW)).is_err());
     // Keys nobody pinned vouch for nothing, however many.
     let (x, y) = (key(), key());
     let usurper = root(1, &[&x, &y], &operator);
-    let err = check_successor(None, &pinned, &signed(usurper, &[&x, &y]), CLUSTER, NOW)
+    let err = check_successor(None, &pinned, &signed(usurper, &[&x, &y]), CLUSTER, Some(NOW))
         .unwrap_err();
     assert!(matches!(err, RootError::TooFewSignatures { valid: 0, .. }), "{err}");
 }
@@ -90,7 +90,7 @@ fn a_rotation_needs_the_old_and_the_new_root_keys() {
     let v1 = root(1, &[&a, &b], &operator);
     let v2 = root(2, &[&c, &d], &operator);
     let check = |by: &[&SigningKey]| {
-        check_successor(Some(&v1), &pinned, &signed(v2.clone(), by), CLUSTER, NOW)
+        check_successor(Some(&v1), &pinned, &signed(v2.clone(), by), CLUSTER, Some(NOW))
     };
     let err = check(&[&a, &b]).unwrap_err();
     assert!(err.to_string().contains("its own root keys"), "{err}");
@@ -113,20 +113,20 @@ fn versions_step_by_one_for_this_cluster_until_expiry() {
             &pinned,
             &signed(root(version, &[&a, &b], &operator), &[&a, &b]),
             CLUSTER,
-            NOW,
+            Some(NOW),
         )
         .unwrap_err();
         assert!(matches!(err, RootError::NotNext { expected: 2, .. }), "{err}");
     }
     let mut elsewhere = root(2, &[&a, &b], &operator);
     elsewhere.cluster_id = CLUSTER + 1;
-    let err = check_successor(Some(&v1), &pinned, &signed(elsewhere, &[&a, &b]), CLUSTER, NOW)
+    let err = check_successor(Some(&v1), &pinned, &signed(elsewhere, &[&a, &b]), CLUSTER, Some(NOW))
         .unwrap_err();
     assert!(matches!(err, RootError::WrongCluster { .. }), "{err}");
     let v2 = signed(root(2, &[&a, &b], &operator), &[&a, &b]);
-    let err = check_successor(Some(&v1), &pinned, &v2, CLUSTER, NOW + 3600).unwrap_err();
+    let err = check_successor(Some(&v1), &pinned, &v2, CLUSTER, Some(NOW + 3600)).unwrap_err();
     assert!(matches!(err, RootError::Expired { .. }), "{err}");
-    check_successor(Some(&v1), &pinned, &v2, CLUSTER, NOW + 3599).unwrap();
+    check_successor(Some(&v1), &pinned, &v2, CLUSTER, Some(NOW + 3599)).unwrap();
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn both_forms_round_trip_and_altered_bytes_lose_their_signatures() {
         if let Ok(altered) = SignedRoot::from_stored(&bytes) {
             if altered != good {
                 assert!(
-                    check_successor(None, &pinned, &altered, CLUSTER, NOW).is_err(),
+                    check_successor(None, &pinned, &altered, CLUSTER, Some(NOW)).is_err(),
                     "byte {at} altered and still accepted"
                 );
             }
@@ -182,4 +182,43 @@ fn a_root_sets_the_policy_signed_changes_are_checked_against() {
     assert!(policy.is_protected(b"/app/x"));
     assert!(!policy.is_protected(b"/other"));
     assert_eq!(policy.threshold(b"/app/x"), 1);
+}
+
+#[test]
+fn puts_are_checked_at_their_version_key_and_the_chain_is_walked_from_the_pins() {
+    let (a, b, c, operator) = (key(), key(), key(), key());
+    let pinned = PinnedRoot {
+        keys: public(&[&a, &b]),
+        threshold: 2,
+    };
+    let v1 = signed(root(1, &[&a, &b], &operator), &[&a, &b]);
+    let v2 = signed(root(2, &[&b, &c], &operator), &[&a, &b, &c]);
+    let (k1, k2) = (root_key(1), root_key(2));
+    check_put(None, &pinned, &k1, &v1.to_stored(), CLUSTER, NOW).unwrap();
+    let err = check_put(None, &pinned, &k2, &v1.to_stored(), CLUSTER, NOW).unwrap_err();
+    assert!(err.to_string().contains("belongs at"), "{err}");
+    let err = check_put(None, &PinnedRoot::default(), &k1, &v1.to_stored(), CLUSTER, NOW)
+        .unwrap_err();
+    assert!(err.to_string().contains("root_keys"), "{err}");
+    check_put(Some(&v1.root), &pinned, &k2, &v2.to_stored(), CLUSTER, NOW).unwrap();
+
+    let (s1, s2) = (v1.to_stored(), v2.to_stored());
+    let (newest, problem) = walk(&pinned, CLUSTER, [(&k1[..], &s1[..]), (&k2[..], &s2[..])]);
+    assert_eq!(newest.unwrap().version, 2);
+    assert_eq!(problem, None);
+    // A forged version 3 (signed by keys nobody trusts) ends the walk at 2.
+    let (x, y) = (key(), key());
+    let forged = signed(root(3, &[&x, &y], &x), &[&x, &y]).to_stored();
+    let k3 = root_key(3);
+    let (newest, problem) = walk(
+        &pinned,
+        CLUSTER,
+        [(&k1[..], &s1[..]), (&k2[..], &s2[..]), (&k3[..], &forged[..])],
+    );
+    assert_eq!(newest.unwrap().version, 2);
+    assert!(problem.unwrap().contains("0003"));
+    // A gap (version 2 missing) ends it at 1.
+    let (newest, problem) = walk(&pinned, CLUSTER, [(&k1[..], &s1[..]), (&k3[..], &forged[..])]);
+    assert_eq!(newest.unwrap().version, 1);
+    assert!(problem.is_some());
 }
