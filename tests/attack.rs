@@ -519,7 +519,7 @@ fn a_follower_cannot_propose_what_its_clients_may_not() {
 /// change to a key under a rollout.
 #[test]
 fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
-    use edgeconf::signing::{keys, Op, SignedChange};
+    use edgeconf::signing::{keys, root, Op, SignedChange};
     use edgeconf::store::{Command, PutRequest};
 
     let dir = tempfile::tempdir().unwrap();
@@ -596,6 +596,22 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         signed(&operator, "/app/rolled", "skips the stages"),
         // The operator's real signature, made for another cluster.
         signed_for(ours ^ 1, &operator, "/app/config", "replayed"),
+        // A trust root naming the stranger, signed by the stranger.
+        Command::Put(PutRequest::new(root::root_key(1), {
+            let stranger_pub = stranger.verifying_key().to_bytes();
+            let mut forged = root::SignedRoot::new(root::Root {
+                cluster_id: ours,
+                version: 1,
+                expires_unix: u64::MAX,
+                root_keys: vec![stranger_pub],
+                root_threshold: 1,
+                keys: vec![stranger_pub],
+                prefixes: Vec::new(),
+                allow_unsigned: true,
+            });
+            forged.sign(&stranger).unwrap();
+            forged.to_stored()
+        })),
     ];
     let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
     let anonymous = attempts.map(|command| (command, edgeconf::auth::Credential::None));
@@ -622,7 +638,7 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         assert!(!get("/app/rolled").contains("skips the stages"));
     }
     let refused = forwarded_refused(metrics[leader]);
-    assert_eq!(refused, 5);
+    assert_eq!(refused, 6);
     let log = agent(leader).log();
     for reason in [
         "unsigned writes are refused",
@@ -630,6 +646,7 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
         "bad signature",
         "is being rolled out",
         "not for this cluster",
+        "trust roots cannot be written",
     ] {
         assert!(
             log.lines()

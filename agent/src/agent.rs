@@ -87,6 +87,8 @@ pub async fn run(
         client_urls: config.advertise_client_urls.clone(),
     };
     let keyring = Arc::new(KeyringCell::new(keyring(&config, identity.cluster_id)?));
+    // The newest trust root in the store, before anything reads with it.
+    crate::trust_root::refresh(&store, &keyring);
     let leave_request = Arc::new(tokio::sync::Notify::new());
     let plugins = load_plugins(&config, &store, &keyring).await?;
     let listeners = api::bind(&config.listen_client).await?;
@@ -170,10 +172,26 @@ pub async fn run(
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
     }
+    {
+        let (store, keyring, stopped) = (store.clone(), keyring.clone(), stopped.clone());
+        tasks.spawn(async move { crate::trust_root::follow(store, keyring, stopped).await });
+    }
     #[cfg(unix)]
     {
         let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
-        tasks.spawn(async move { reload_on_hangup(keyring, cluster_id, move || reload()).await });
+        let store = store.clone();
+        tasks.spawn(async move {
+            reload_on_hangup(
+                keyring,
+                cluster_id,
+                move || reload(),
+                move |fresh| {
+                    let root = crate::trust_root::newest_root(&store, &fresh);
+                    fresh.with_root(root)
+                },
+            )
+            .await
+        });
     }
     if let Some(addr) = config.listen_metrics {
         let sources = crate::metrics::Sources {
@@ -451,7 +469,7 @@ fn keyring(config: &Config, cluster_id: u64) -> anyhow::Result<Keyring> {
     }
     let mut trust = config.trust.clone();
     trust.cluster_id = Some(cluster_id);
-    Ok(Keyring::new(trust, identities, recipients))
+    Ok(Keyring::new(trust, identities, recipients).with_pinned(config.pinned_root.clone()))
 }
 
 /// On SIGHUP, takes `[trust]` and `[secrets]` from the config file again, so
@@ -462,6 +480,7 @@ async fn reload_on_hangup(
     keyring: Arc<KeyringCell>,
     cluster_id: u64,
     reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+    under_root: impl Fn(Keyring) -> Keyring + Send + 'static,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -477,7 +496,7 @@ async fn reload_on_hangup(
                     identities = fresh.identities.files().len(),
                     "reloaded [trust] and [secrets] from the config"
                 );
-                keyring.set(fresh);
+                keyring.set(under_root(fresh));
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "config reload refused; keeping the running trust policy and keys");

@@ -30,3 +30,4 @@ pub mod services;
 pub mod signing;
 pub mod store;
 pub mod transport;
+pub mod trust_root;

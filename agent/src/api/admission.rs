@@ -115,7 +115,6 @@ fn check(
     }
     keyring
         .get()
-        .trust
         .admit(command)
         .map_err(|err| err.to_string())?;
     if let Some(problem) =

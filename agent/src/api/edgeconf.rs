@@ -268,6 +268,15 @@ impl Edgeconf for EdgeconfService {
                 .collect(),
             allow_unsigned: keyring.trust.allow_unsigned,
             recipients: keyring.recipients.iter().map(ToString::to_string).collect(),
+            root_version: keyring.trust.root_version,
+            root_expires_unix: keyring.root.as_ref().map_or(0, |root| root.expires_unix),
+            root_expired: keyring.root.as_ref().is_some_and(|root| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                crate::signing::root::check_fresh(root, now).is_err()
+            }),
+            pinned_root_keys: keyring.pinned.keys.len() as u32,
         }))
     }
 

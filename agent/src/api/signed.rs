@@ -98,7 +98,7 @@ pub(crate) fn admit(keyring: &Keyring, command: &Command) -> Result<(), Status> 
             ));
         }
     }
-    keyring.trust.admit(command).map_err(signing_status)
+    keyring.admit(command).map_err(signing_status)
 }
 
 /// Checks stored values before serving them and replaces each signed change

@@ -15,6 +15,7 @@ mod rollout;
 mod service;
 mod signing;
 mod status;
+mod trust;
 mod watch;
 
 use std::path::PathBuf;
@@ -167,6 +168,9 @@ pub enum Command {
     Sign(signing::SignArgs),
     /// Re-check stored values against the agent's trust policy.
     Verify(signing::VerifyArgs),
+    /// Trust roots: who may sign what, signed by root keys, in the store.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
     /// Run a WebAssembly plugin locally: a validator on a value, or a
     /// health check once.
     #[command(subcommand)]
@@ -317,6 +321,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(command) => cert::run(command),
         Command::Sign(args) => signing::sign(args),
         Command::Verify(args) => signing::verify(&client, format, args).await,
+        Command::Trust(command) => trust::run(&client, format, command).await,
         Command::Status => status::status(&client, format).await,
         Command::Render(args) => render::render(&client, args).await,
         Command::Plugin(_) => unreachable!("handled above"),

@@ -57,12 +57,16 @@ pub struct SignArgs {
     /// it: the signature is refused by every other cluster.
     #[arg(long = "cluster-id", required_unless_present = "add")]
     pub cluster_id: Option<String>,
+    /// The trust root version in force (`edgeconf trust status`; 0 without
+    /// a trust root).
+    #[arg(long = "root-version", default_value_t = 0)]
+    pub root_version: u64,
     /// Sign a delete of KEY instead of a put.
     #[arg(long, conflicts_with_all = ["value", "file", "encrypt"])]
     pub delete: bool,
     /// Add this key's signature to the change in FILE (written by `edgeconf
     /// sign`) and print the result: for prefixes that need several signers.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value", "file", "delete", "cluster_id", "seq", "encrypt"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value", "file", "delete", "cluster_id", "root_version", "seq", "encrypt"])]
     pub add: Option<PathBuf>,
     #[command(flatten)]
     pub options: SignOptions,
@@ -151,7 +155,7 @@ pub fn make_change(
 }
 
 /// What changes signed against a running cluster are bound to: the cluster
-/// id its response headers carry.
+/// id its response headers carry and the trust root it has in force.
 pub async fn cluster_binding(client: &Client) -> anyhow::Result<Binding> {
     let mut etcd = client.etcd().await?;
     let status = client.request(etcd.status()).await?;
@@ -160,9 +164,14 @@ pub async fn cluster_binding(client: &Client) -> anyhow::Result<Binding> {
         .map(|header| header.cluster_id())
         .filter(|id| *id != 0)
         .context("the agent's status carries no cluster id to bind the signature to")?;
+    let mut edgeconf = client.edgeconf().await?;
+    let keyring = client
+        .request(edgeconf.keyring(pb::KeyringRequest {}))
+        .await?
+        .into_inner();
     Ok(Binding {
         cluster_id,
-        root_version: 0,
+        root_version: keyring.root_version,
     })
 }
 
@@ -194,7 +203,7 @@ pub fn sign(args: SignArgs) -> anyhow::Result<()> {
     };
     let binding = Binding {
         cluster_id: parse_cluster_id(cluster_id)?,
-        root_version: 0,
+        root_version: args.root_version,
     };
     let op = if args.delete { Op::Delete } else { Op::Put };
     let value = if args.delete {

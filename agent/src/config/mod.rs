@@ -128,6 +128,12 @@ pub struct TrustFile {
     /// `keys` (or a global key).
     #[serde(default)]
     pub prefix: Vec<TrustPrefixFile>,
+    /// Root keys: a threshold of them vouches for the first trust root in
+    /// the store, whose policy then replaces this section's.
+    #[serde(default)]
+    pub root_keys: Vec<String>,
+    /// How many of `root_keys` must sign the first root (default 1).
+    pub root_threshold: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -206,6 +212,9 @@ pub struct Config {
     /// Plain client URLs on non-loopback addresses, allowed explicitly.
     pub allow_insecure_client: bool,
     pub trust: TrustPolicy,
+    /// Root keys pinned by `[trust] root_keys`: they vouch for the first
+    /// trust root in the store (see `signing::root`).
+    pub pinned_root: crate::signing::root::PinnedRoot,
     /// Files holding the age identities that decrypt secrets.
     pub identity_files: Vec<PathBuf>,
     /// `age1...` recipients new secrets are encrypted to.
@@ -542,7 +551,9 @@ impl Config {
                 "is 0: expected a positive number of entries".into(),
             ));
         }
-        let trust = check_trust(origin, file.trust.unwrap_or_default())?;
+        let trust_file = file.trust.unwrap_or_default();
+        let pinned_root = check_pinned_root(origin, &trust_file)?;
+        let trust = check_trust(origin, trust_file)?;
         let secrets = file.secrets.unwrap_or_default();
         Identities::load(&secrets.identity_files)
             .map_err(|err| origin.invalid("identity_files", format!("in [secrets]: {err}")))?;
@@ -643,6 +654,7 @@ impl Config {
             client_tls,
             allow_insecure_client,
             trust,
+            pinned_root,
             identity_files: secrets.identity_files,
             recipients: secrets.recipients,
         })
@@ -805,6 +817,38 @@ fn check_peers_trusted(
              [peer_trust] keys = [\"...\", ...]"
         ),
     ))
+}
+
+fn check_pinned_root(
+    origin: &Origin,
+    file: &TrustFile,
+) -> Result<crate::signing::root::PinnedRoot, ConfigError> {
+    let mut keys = Vec::new();
+    for text in &file.root_keys {
+        let key = crate::signing::keys::parse_public_key(text)
+            .map_err(|problem| origin.invalid("root_keys", format!("in [trust]: {problem}")))?;
+        if keys.contains(&key) {
+            return Err(origin.invalid("root_keys", format!("in [trust] lists {text} twice")));
+        }
+        keys.push(key);
+    }
+    let threshold = file.root_threshold.unwrap_or(1);
+    if !keys.is_empty() && (threshold == 0 || threshold > keys.len()) {
+        return Err(origin.invalid(
+            "root_threshold",
+            format!(
+                "in [trust] is {threshold}: expected 1 to {} (the root_keys listed)",
+                keys.len()
+            ),
+        ));
+    }
+    if keys.is_empty() && file.root_threshold.is_some() {
+        return Err(origin.invalid(
+            "root_threshold",
+            "in [trust] is set but root_keys is empty: list the root keys".into(),
+        ));
+    }
+    Ok(crate::signing::root::PinnedRoot { keys, threshold })
 }
 
 fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigError> {

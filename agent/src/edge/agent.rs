@@ -20,7 +20,7 @@ use crate::transport::{NodeKey, Transport};
 const ROLLOUT_RECORDS: &[u8] = b"_edgeconf/rollout/";
 
 /// The prefixes an edge keeps: its `[[render]]` keys and prefixes, its
-/// plugins' `read_keys`, `sync`, and the rollout records.
+/// plugins' `read_keys`, `sync`, the rollout records and the trust roots.
 pub fn subscription(config: &Config) -> Prefixes {
     use crate::config::RenderSource;
     let mut prefixes: Vec<Vec<u8>> = config
@@ -39,6 +39,8 @@ pub fn subscription(config: &Config) -> Prefixes {
         )
         .chain(config.sync.iter().cloned())
         .chain(std::iter::once(ROLLOUT_RECORDS.to_vec()))
+        // The trust roots, which say whose signatures count.
+        .chain(std::iter::once(crate::signing::root::ROOT_PREFIX.to_vec()))
         .collect();
     prefixes.sort();
     prefixes.dedup();

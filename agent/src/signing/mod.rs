@@ -24,13 +24,50 @@ pub use trust::{Checked, PrefixTrust, TrustPolicy};
 /// What one agent trusts and holds: the trust policy, the identities that
 /// decrypt secrets, and the fleet's recipients for new secrets.
 pub struct Keyring {
+    /// In force: the newest verified trust root's, else the TOML's.
     pub trust: TrustPolicy,
-    pub identities: Identities,
+    /// The TOML's `[trust]` policy (with the cluster id).
+    pub toml_trust: TrustPolicy,
+    /// The root keys the TOML pins.
+    pub pinned: root::PinnedRoot,
+    /// The newest trust root that follows on from the pinned keys.
+    pub root: Option<root::Root>,
+    pub identities: std::sync::Arc<Identities>,
     pub recipients: Vec<Recipient>,
     /// SHA-256 of stored changes whose signature verified: the same bytes
     /// read again skip the ed25519 check (the digest covers the signature
     /// and everything it signs, so equal digests mean an equal change).
     verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+/// How a command touches the trust root prefix.
+enum RootWrite<'a> {
+    None,
+    Put(&'a crate::store::PutRequest),
+    Other,
+}
+
+fn root_write(command: &crate::store::Command) -> RootWrite<'_> {
+    use crate::store::{Command, KeyRange, TxnOp};
+    let roots = KeyRange::prefix(root::ROOT_PREFIX.to_vec());
+    let under = |key: &[u8]| key.starts_with(root::ROOT_PREFIX);
+    match command {
+        Command::Put(put) if under(&put.key) => RootWrite::Put(put),
+        Command::DeleteRange(delete) if delete.range.overlaps(&roots) => RootWrite::Other,
+        Command::SignedPut { put, .. } if under(&put.key) => RootWrite::Other,
+        Command::SignedDelete { key, .. } if under(key) => RootWrite::Other,
+        Command::Txn(txn)
+            if txn.success.iter().chain(&txn.failure).any(|op| match op {
+                TxnOp::Put(put) => under(&put.key),
+                TxnOp::DeleteRange(delete) => delete.range.overlaps(&roots),
+                TxnOp::Range(_) => false,
+            }) =>
+        {
+            RootWrite::Other
+        }
+        Command::Authorized { command, .. } => root_write(command),
+        _ => RootWrite::None,
+    }
 }
 
 /// Entries remembered before the set starts over.
@@ -39,10 +76,78 @@ const VERIFIED_CAPACITY: usize = 65_536;
 impl Keyring {
     pub fn new(trust: TrustPolicy, identities: Identities, recipients: Vec<Recipient>) -> Self {
         Self {
+            toml_trust: trust.clone(),
             trust,
-            identities,
+            pinned: root::PinnedRoot::default(),
+            root: None,
+            identities: std::sync::Arc::new(identities),
             recipients,
             verified: Default::default(),
+        }
+    }
+
+    /// With root keys pinned (`[trust] root_keys`).
+    pub fn with_pinned(mut self, pinned: root::PinnedRoot) -> Self {
+        self.pinned = pinned;
+        self
+    }
+
+    /// The same keys under `root` (the newest verified trust root), whose
+    /// policy replaces the TOML's.
+    pub fn with_root(&self, root: Option<root::Root>) -> Self {
+        let trust = match &root {
+            Some(root) => TrustPolicy {
+                cluster_id: self.toml_trust.cluster_id,
+                ..root.policy()
+            },
+            None => self.toml_trust.clone(),
+        };
+        Self {
+            trust,
+            toml_trust: self.toml_trust.clone(),
+            pinned: self.pinned.clone(),
+            root,
+            identities: self.identities.clone(),
+            recipients: self.recipients.clone(),
+            verified: Default::default(),
+        }
+    }
+
+    /// Checks a command about to be proposed (or forwarded to the leader):
+    /// a write under the trust root prefix must be the next trust root;
+    /// anything else goes by the trust policy ([`TrustPolicy::admit`]).
+    pub fn admit(&self, command: &crate::store::Command) -> Result<(), SigningError> {
+        match root_write(command) {
+            RootWrite::None => self.trust.admit(command),
+            RootWrite::Put(put) => {
+                if put.lease != 0 || put.ignore_value || put.ignore_lease {
+                    return Err(SigningError::Root(root::RootError::Malformed(
+                        "a trust root takes no lease, ignore_value or ignore_lease".into(),
+                    )));
+                }
+                let cluster_id = self.trust.cluster_id.ok_or_else(|| {
+                    SigningError::Root(root::RootError::Malformed(
+                        "this agent has no cluster id yet".into(),
+                    ))
+                })?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                root::check_put(
+                    self.root.as_ref(),
+                    &self.pinned,
+                    &put.key,
+                    &put.value,
+                    cluster_id,
+                    now,
+                )
+                .map(|_| ())
+                .map_err(SigningError::Root)
+            }
+            RootWrite::Other => Err(SigningError::Root(root::RootError::Malformed(format!(
+                "keys under {} hold trust roots: they are written one at a time with `edgeconf trust push`, never deleted, leased or written in a txn",
+                String::from_utf8_lossy(root::ROOT_PREFIX)
+            )))),
         }
     }
 
@@ -127,8 +232,10 @@ pub enum SigningError {
     Unbound { key: String },
     #[error("the change to {key:?} was signed for cluster {theirs:x}, not for this cluster ({ours:x}); refusing it")]
     WrongCluster { key: String, theirs: u64, ours: u64 },
-    #[error("the change to {key:?} was signed under trust root version {theirs}, but this cluster's is {ours}; sign it again")]
+    #[error("the change to {key:?} was signed under trust root version {theirs}, but this cluster's is {ours}; sign it again (`--root-version {ours}` when signing offline)")]
     WrongRoot { key: String, theirs: u64, ours: u64 },
+    #[error("{0}")]
+    Root(#[from] root::RootError),
     #[error("{0}")]
     Key(String),
     #[error("{0}")]

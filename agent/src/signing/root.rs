@@ -33,7 +33,7 @@ use super::keys::{format_public_key, parse_public_key};
 use super::trust::{PrefixTrust, TrustPolicy};
 
 /// Where roots live in the store, one key per version.
-pub const ROOT_PREFIX: &[u8] = b"/edgeconf/trust/root/";
+pub const ROOT_PREFIX: &[u8] = b"_edgeconf/trust/root/";
 
 /// The key of root `version`: zero-padded, so keys sort by version.
 pub fn root_key(version: u64) -> Vec<u8> {
@@ -139,7 +139,9 @@ impl Root {
         for (i, role) in self.prefixes.iter().enumerate() {
             let name = String::from_utf8_lossy(&role.prefix);
             if role.prefix.is_empty() {
-                return malformed("a prefix is empty: to protect every key set allow_unsigned = false".into());
+                return malformed(
+                    "a prefix is empty: to protect every key set allow_unsigned = false".into(),
+                );
             }
             if self.prefixes[..i].iter().any(|r| r.prefix == role.prefix) {
                 return malformed(format!("prefix {name:?} is listed twice"));
@@ -337,7 +339,10 @@ impl SignedRoot {
         };
         let root = Root {
             cluster_id: u64::from_str_radix(&json.cluster_id, 16).map_err(|_| {
-                malformed(format!("cluster_id {:?} is not a hex number", json.cluster_id))
+                malformed(format!(
+                    "cluster_id {:?} is not a hex number",
+                    json.cluster_id
+                ))
             })?,
             version: json.version,
             expires_unix: json.expires_unix,
@@ -410,7 +415,11 @@ pub fn check_successor(
             &root.root_keys,
             root.root_threshold as usize,
         )?,
-        None => new.check_signed_by("the root keys pinned in [trust]", &pinned.keys, pinned.threshold)?,
+        None => new.check_signed_by(
+            "the root keys pinned in [trust]",
+            &pinned.keys,
+            pinned.threshold,
+        )?,
     }
     new.check_signed_by(
         "its own root keys",

@@ -52,9 +52,22 @@ fn the_first_root_needs_the_pinned_threshold_and_its_own() {
         threshold: 2,
     };
     let first = root(1, &[&r1, &r2, &r3], &operator);
-    check_successor(None, &pinned, &signed(first.clone(), &[&r1, &r3]), CLUSTER, Some(NOW)).unwrap();
-    let err = check_successor(None, &pinned, &signed(first.clone(), &[&r1]), CLUSTER, Some(NOW))
-        .unwrap_err();
+    check_successor(
+        None,
+        &pinned,
+        &signed(first.clone(), &[&r1, &r3]),
+        CLUSTER,
+        Some(NOW),
+    )
+    .unwrap();
+    let err = check_successor(
+        None,
+        &pinned,
+        &signed(first.clone(), &[&r1]),
+        CLUSTER,
+        Some(NOW),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -75,9 +88,18 @@ fn the_first_root_needs_the_pinned_threshold_and_its_own() {
     // Keys nobody pinned vouch for nothing, however many.
     let (x, y) = (key(), key());
     let usurper = root(1, &[&x, &y], &operator);
-    let err = check_successor(None, &pinned, &signed(usurper, &[&x, &y]), CLUSTER, Some(NOW))
-        .unwrap_err();
-    assert!(matches!(err, RootError::TooFewSignatures { valid: 0, .. }), "{err}");
+    let err = check_successor(
+        None,
+        &pinned,
+        &signed(usurper, &[&x, &y]),
+        CLUSTER,
+        Some(NOW),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, RootError::TooFewSignatures { valid: 0, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,7 +112,13 @@ fn a_rotation_needs_the_old_and_the_new_root_keys() {
     let v1 = root(1, &[&a, &b], &operator);
     let v2 = root(2, &[&c, &d], &operator);
     let check = |by: &[&SigningKey]| {
-        check_successor(Some(&v1), &pinned, &signed(v2.clone(), by), CLUSTER, Some(NOW))
+        check_successor(
+            Some(&v1),
+            &pinned,
+            &signed(v2.clone(), by),
+            CLUSTER,
+            Some(NOW),
+        )
     };
     let err = check(&[&a, &b]).unwrap_err();
     assert!(err.to_string().contains("its own root keys"), "{err}");
@@ -116,12 +144,21 @@ fn versions_step_by_one_for_this_cluster_until_expiry() {
             Some(NOW),
         )
         .unwrap_err();
-        assert!(matches!(err, RootError::NotNext { expected: 2, .. }), "{err}");
+        assert!(
+            matches!(err, RootError::NotNext { expected: 2, .. }),
+            "{err}"
+        );
     }
     let mut elsewhere = root(2, &[&a, &b], &operator);
     elsewhere.cluster_id = CLUSTER + 1;
-    let err = check_successor(Some(&v1), &pinned, &signed(elsewhere, &[&a, &b]), CLUSTER, Some(NOW))
-        .unwrap_err();
+    let err = check_successor(
+        Some(&v1),
+        &pinned,
+        &signed(elsewhere, &[&a, &b]),
+        CLUSTER,
+        Some(NOW),
+    )
+    .unwrap_err();
     assert!(matches!(err, RootError::WrongCluster { .. }), "{err}");
     let v2 = signed(root(2, &[&a, &b], &operator), &[&a, &b]);
     let err = check_successor(Some(&v1), &pinned, &v2, CLUSTER, Some(NOW + 3600)).unwrap_err();
@@ -161,14 +198,25 @@ fn malformed_roots_are_refused_with_the_field_at_fault() {
     let (a, operator) = (key(), key());
     let mut bad = root(1, &[&a], &operator);
     let err = bad.check_shape().unwrap_err();
-    assert!(err.to_string().contains("root_keys: threshold 2, expected 1 to 1"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("root_keys: threshold 2, expected 1 to 1"),
+        "{err}"
+    );
     bad.root_threshold = 1;
     bad.prefixes[0].threshold = 2;
     let err = bad.check_shape().unwrap_err();
-    assert!(err.to_string().contains("prefix \"/app/\": threshold 2"), "{err}");
+    assert!(
+        err.to_string().contains("prefix \"/app/\": threshold 2"),
+        "{err}"
+    );
     bad.prefixes[0].threshold = 1;
     bad.prefixes.push(bad.prefixes[0].clone());
-    assert!(bad.check_shape().unwrap_err().to_string().contains("listed twice"));
+    assert!(bad
+        .check_shape()
+        .unwrap_err()
+        .to_string()
+        .contains("listed twice"));
 }
 
 #[test]
@@ -197,8 +245,15 @@ fn puts_are_checked_at_their_version_key_and_the_chain_is_walked_from_the_pins()
     check_put(None, &pinned, &k1, &v1.to_stored(), CLUSTER, NOW).unwrap();
     let err = check_put(None, &pinned, &k2, &v1.to_stored(), CLUSTER, NOW).unwrap_err();
     assert!(err.to_string().contains("belongs at"), "{err}");
-    let err = check_put(None, &PinnedRoot::default(), &k1, &v1.to_stored(), CLUSTER, NOW)
-        .unwrap_err();
+    let err = check_put(
+        None,
+        &PinnedRoot::default(),
+        &k1,
+        &v1.to_stored(),
+        CLUSTER,
+        NOW,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("root_keys"), "{err}");
     check_put(Some(&v1.root), &pinned, &k2, &v2.to_stored(), CLUSTER, NOW).unwrap();
 
@@ -213,12 +268,20 @@ fn puts_are_checked_at_their_version_key_and_the_chain_is_walked_from_the_pins()
     let (newest, problem) = walk(
         &pinned,
         CLUSTER,
-        [(&k1[..], &s1[..]), (&k2[..], &s2[..]), (&k3[..], &forged[..])],
+        [
+            (&k1[..], &s1[..]),
+            (&k2[..], &s2[..]),
+            (&k3[..], &forged[..]),
+        ],
     );
     assert_eq!(newest.unwrap().version, 2);
     assert!(problem.unwrap().contains("0003"));
     // A gap (version 2 missing) ends it at 1.
-    let (newest, problem) = walk(&pinned, CLUSTER, [(&k1[..], &s1[..]), (&k3[..], &forged[..])]);
+    let (newest, problem) = walk(
+        &pinned,
+        CLUSTER,
+        [(&k1[..], &s1[..]), (&k3[..], &forged[..])],
+    );
     assert_eq!(newest.unwrap().version, 1);
     assert!(problem.is_some());
 }

@@ -1,0 +1,279 @@
+//! Trust roots with real agents: the first root vouched for by the pinned
+//! root keys, operator keys rotated and revoked by root updates with no
+//! restart and no TOML edit, and roots with too few signatures, replayed
+//! or deleted, refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{edgeconf, failed, free_port, ok, run_with_timeout, Agent, BIN};
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = ok(run_with_timeout(
+        Command::new(BIN).args(["keygen", "--out", path.to_str().unwrap()]),
+        Duration::from_secs(20),
+    ));
+    (path, out.trim().to_string())
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs an offline `edgeconf trust ...` command and writes what it prints
+/// to `out`.
+fn offline(args: &[&str], out: &Path) {
+    let text = ok(run_with_timeout(
+        Command::new(BIN).arg("trust").args(args),
+        Duration::from_secs(20),
+    ));
+    std::fs::write(out, text).unwrap();
+}
+
+fn cluster_id_of(agent: &Agent) -> String {
+    let line = ok(edgeconf(agent, &["status"]));
+    line.trim().split(", ").nth(8).unwrap().to_string()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn operator_keys_rotate_and_are_revoked_by_signed_root_updates_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (root1, root1_pub) = keygen(d, "root1.key");
+    let (root2, root2_pub) = keygen(d, "root2.key");
+    let (old, old_pub) = keygen(d, "old.key");
+    let (new, new_pub) = keygen(d, "new.key");
+    let config = d.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[trust]\nroot_keys = [{root1_pub:?}, {root2_pub:?}]\nroot_threshold = 2\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let agent = Agent::start_with(d, port, &["--config", path(&config)]);
+    let cluster_id = cluster_id_of(&agent);
+    assert!(ok(edgeconf(&agent, &["trust", "status"])).contains("no trust root in force"));
+
+    // Version 1: the old operator key signs everything; unsigned writes refused.
+    let v1 = d.join("v1.json");
+    offline(
+        &[
+            "init",
+            "--cluster-id",
+            &cluster_id,
+            "--root-key",
+            &root1_pub,
+            "--root-key",
+            &root2_pub,
+            "--root-threshold",
+            "2",
+            "--operator-key",
+            &old_pub,
+            "--locked",
+        ],
+        &v1,
+    );
+    let once = d.join("v1.once.json");
+    offline(&["sign-root", path(&v1), "--key-file", path(&root1)], &once);
+    let err = failed(edgeconf(&agent, &["trust", "push", path(&once)]));
+    assert!(
+        err.contains("pinned in [trust]") && err.contains("1 more needed"),
+        "{err}"
+    );
+    let signed_v1 = d.join("v1.signed.json");
+    offline(
+        &["sign-root", path(&once), "--key-file", path(&root2)],
+        &signed_v1,
+    );
+    ok(edgeconf(&agent, &["trust", "push", path(&signed_v1)]));
+    wait_until("root 1 in force", || {
+        ok(edgeconf(&agent, &["trust", "status"])).contains("trust root version 1 in force")
+    });
+    ok(edgeconf(
+        &agent,
+        &["put", "--sign-key", path(&old), "/app/a", "1"],
+    ));
+    let err = failed(edgeconf(&agent, &["put", "/app/b", "1"]));
+    assert!(err.contains("unsigned writes are refused"), "{err}");
+    let err = failed(edgeconf(
+        &agent,
+        &["put", "--sign-key", path(&new), "/app/a", "2"],
+    ));
+    assert!(err.contains("not trusted"), "{err}");
+
+    // Version 2 trusts the new key beside the old one.
+    let current = d.join("current.json");
+    std::fs::write(&current, ok(edgeconf(&agent, &["trust", "show"]))).unwrap();
+    let v2 = d.join("v2.json");
+    offline(
+        &["add-key", path(&current), "--operator-key", &new_pub],
+        &v2,
+    );
+    // Signed by one root key only: refused, and nothing changes.
+    let v2_once = d.join("v2.once.json");
+    offline(
+        &["sign-root", path(&v2), "--key-file", path(&root1)],
+        &v2_once,
+    );
+    let err = failed(edgeconf(&agent, &["trust", "push", path(&v2_once)]));
+    assert!(err.contains("the current root's keys"), "{err}");
+    let v2_signed = d.join("v2.signed.json");
+    offline(
+        &["sign-root", path(&v2_once), "--key-file", path(&root2)],
+        &v2_signed,
+    );
+    ok(edgeconf(&agent, &["trust", "push", path(&v2_signed)]));
+    wait_until("the new key is trusted", || {
+        edgeconf(&agent, &["put", "--sign-key", path(&new), "/app/a", "2"])
+            .status
+            .success()
+    });
+
+    // Version 3 revokes the old key: its signatures stop counting.
+    std::fs::write(&current, ok(edgeconf(&agent, &["trust", "show"]))).unwrap();
+    let v3 = d.join("v3.json");
+    offline(
+        &["revoke-key", path(&current), "--operator-key", &old_pub],
+        &v3,
+    );
+    let v3_signed = d.join("v3.signed.json");
+    offline(
+        &["sign-root", path(&v3), "--key-file", path(&root1)],
+        &v3_signed,
+    );
+    offline(
+        &["sign-root", path(&v3_signed), "--key-file", path(&root2)],
+        &v3,
+    );
+    ok(edgeconf(&agent, &["trust", "push", path(&v3)]));
+    wait_until("the old key is refused", || {
+        !edgeconf(&agent, &["put", "--sign-key", path(&old), "/app/c", "1"])
+            .status
+            .success()
+    });
+    ok(edgeconf(
+        &agent,
+        &["put", "--sign-key", path(&new), "/app/c", "1"],
+    ));
+    ok(edgeconf(&agent, &["verify", "/app/", "--prefix"]));
+    let status = ok(edgeconf(&agent, &["-w", "json", "trust", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["root_version"], 3, "{status}");
+    assert_eq!(
+        status["trusted_keys"],
+        serde_json::json!([new_pub]),
+        "{status}"
+    );
+
+    // Replaying an older root, or deleting the roots, is refused.
+    let err = failed(edgeconf(&agent, &["trust", "push", path(&v2_signed)]));
+    assert!(err.contains("does not follow"), "{err}");
+    let err = failed(edgeconf(
+        &agent,
+        &["del", "_edgeconf/trust/root/", "--prefix"],
+    ));
+    assert!(err.contains("hold trust roots"), "{err}");
+    let status = ok(edgeconf(&agent, &["trust", "status"]));
+    assert!(status.contains("trust root version 3 in force"), "{status}");
+
+    // After a restart the agent walks the stored chain to the same root.
+    drop(agent);
+    let agent = Agent::start_with(d, port, &["--config", path(&config)]);
+    let status = ok(edgeconf(&agent, &["trust", "status"]));
+    assert!(status.contains("trust root version 3 in force"), "{status}");
+    assert!(
+        !edgeconf(&agent, &["put", "--sign-key", path(&old), "/app/d", "1"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn a_root_update_reaches_edges_through_the_feed_and_rotates_their_keys() {
+    use common::fleet::fleet_with;
+    const EDGES: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (root, root_pub) = keygen(d, "root.key");
+    let (_, old_pub) = keygen(d, "old.key");
+    let (new, new_pub) = keygen(d, "new.key");
+    let trust = format!("[trust]\nroot_keys = [{root_pub:?}]\n");
+    let extra = vec![trust; 3 + EDGES];
+    // Edges keep /app/ (beside the trust roots, which every edge keeps).
+    let head = vec!["sync = [\"/app/\"]".to_string(); 3 + EDGES];
+    let cluster = fleet_with(d, EDGES, |_| String::new(), "", &extra, &head);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let cluster_id = cluster_id_of(agent(0));
+    let in_force = |i: usize, version: u64| {
+        let status = edgeconf(agent(i), &["-w", "json", "trust", "status"]);
+        status.status.success() && {
+            let status: serde_json::Value =
+                serde_json::from_slice(&status.stdout).unwrap_or_default();
+            status["root_version"] == version
+        }
+    };
+
+    // Version 1 trusts the old key, version 2 only the new one.
+    let v1 = d.join("v1.json");
+    offline(
+        &[
+            "init",
+            "--cluster-id",
+            &cluster_id,
+            "--root-key",
+            &root_pub,
+            "--operator-key",
+            &old_pub,
+        ],
+        &v1,
+    );
+    offline(&["sign-root", path(&v1), "--key-file", path(&root)], &v1);
+    ok(edgeconf(agent(0), &["trust", "push", path(&v1)]));
+    let v2 = d.join("v2.json");
+    offline(&["add-key", path(&v1), "--operator-key", &new_pub], &v2);
+    offline(&["revoke-key", path(&v2), "--operator-key", &old_pub], &v2);
+    let v2_text = std::fs::read_to_string(&v2).unwrap();
+    // Two edits make version 3; the old root keys sign it.
+    assert!(v2_text.contains("\"version\": 3"), "{v2_text}");
+    let err = failed(edgeconf(agent(0), &["trust", "push", path(&v2)]));
+    assert!(err.contains("expected 2"), "{err}");
+    let v2 = d.join("v2b.json");
+    offline(&["add-key", path(&v1), "--operator-key", &new_pub], &v2);
+    offline(&["sign-root", path(&v2), "--key-file", path(&root)], &v2);
+    ok(edgeconf(agent(0), &["trust", "push", path(&v2)]));
+
+    for i in 0..3 + EDGES {
+        wait_until(&format!("agent {i} has root 2 in force"), || in_force(i, 2));
+    }
+    // A value the new key signs verifies on every edge.
+    ok(edgeconf(
+        agent(0),
+        &["put", "--sign-key", path(&new), "/app/x", "1"],
+    ));
+    for i in 3..3 + EDGES {
+        wait_until(&format!("edge {i} has /app/x"), || {
+            let get = edgeconf(
+                agent(i),
+                &["get", "/app/x", "--print-value-only", "--consistency", "s"],
+            );
+            get.status.success() && get.stdout == b"1\n"
+        });
+        let verified = ok(edgeconf(
+            agent(i),
+            &["verify", "/app/x", "--consistency", "s"],
+        ));
+        assert!(verified.contains("verified"), "{verified}");
+    }
+}
