@@ -84,6 +84,7 @@ fn main() {
         );
     }
     threshold(&signer);
+    root_update();
     let plain = per_call(200_000, || {
         black_box(
             trust
@@ -154,5 +155,68 @@ fn threshold(global: &ed25519_dalek::SigningKey) {
     println!(
         "{:<44} {check:>12.1}",
         "check a 2-of-3 change before serving (4 KiB)"
+    );
+}
+
+/// A root update: version 2 (three root keys, two must sign, ten operator
+/// keys over five prefixes) checked against version 1, and the walk an
+/// agent makes over both.
+fn root_update() {
+    use edgeconf::signing::root::{
+        check_successor, root_key, walk, PinnedRoot, Role, Root, SignedRoot,
+    };
+    let root_keys: Vec<_> = (0..3)
+        .map(|_| keys::generate_signing_key().unwrap())
+        .collect();
+    let public = |k: &ed25519_dalek::SigningKey| k.verifying_key().to_bytes();
+    let operators: Vec<[u8; 32]> = (0..10)
+        .map(|_| public(&keys::generate_signing_key().unwrap()))
+        .collect();
+    let root = |version| Root {
+        cluster_id: BINDING.cluster_id,
+        version,
+        expires_unix: u64::MAX,
+        root_keys: root_keys.iter().map(public).collect(),
+        root_threshold: 2,
+        keys: operators[..2].to_vec(),
+        prefixes: (0..5)
+            .map(|i| Role {
+                prefix: format!("/p{i}/").into_bytes(),
+                keys: operators[2 + i..4 + i].to_vec(),
+                threshold: 2,
+            })
+            .collect(),
+        allow_unsigned: false,
+    };
+    let sign = |root: Root| {
+        let mut signed = SignedRoot::new(root);
+        signed.sign(&root_keys[0]).unwrap();
+        signed.sign(&root_keys[1]).unwrap();
+        signed
+    };
+    let pinned = PinnedRoot {
+        keys: root_keys.iter().map(public).collect(),
+        threshold: 2,
+    };
+    let (v1, v2) = (sign(root(1)), sign(root(2)));
+    let check = per_call(2_000, || {
+        check_successor(Some(&v1.root), &pinned, &v2, BINDING.cluster_id, Some(0)).unwrap();
+    });
+    let (k1, k2, s1, s2) = (root_key(1), root_key(2), v1.to_stored(), v2.to_stored());
+    let walked = per_call(1_000, || {
+        let (newest, problem) = walk(
+            &pinned,
+            BINDING.cluster_id,
+            [(&k1[..], &s1[..]), (&k2[..], &s2[..])],
+        );
+        assert!(newest.is_some() && problem.is_none());
+    });
+    println!(
+        "{:<44} {check:>12.1}",
+        "check a root update (2 of 3 root keys)"
+    );
+    println!(
+        "{:<44} {walked:>12.1}",
+        "walk a chain of 2 roots from the pins"
     );
 }
