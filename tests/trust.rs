@@ -277,3 +277,58 @@ fn a_root_update_reaches_edges_through_the_feed_and_rotates_their_keys() {
         assert!(verified.contains("verified"), "{verified}");
     }
 }
+
+#[test]
+fn an_edge_cut_off_from_voter_timestamps_reports_itself_stale_within_its_limit() {
+    use common::fleet::fleet_with;
+    let dir = tempfile::tempdir().unwrap();
+    let head: Vec<String> = (0..4)
+        .map(|i| {
+            if i == 3 {
+                "max_staleness = \"3s\"".to_string()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let mut cluster = fleet_with(dir.path(), 1, |_| String::new(), "", &[], &head);
+    let stale = |cluster: &common::cluster::Cluster| {
+        let status = edgeconf(
+            cluster.agents[3].as_ref().unwrap(),
+            &["-w", "json", "status"],
+        );
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        status[0]["errors"].as_array().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|e| e.as_str().unwrap_or("").starts_with("stale"))
+        })
+    };
+    wait_until("the edge holds a fresh voter timestamp", || {
+        !stale(&cluster)
+    });
+    // Fresh for longer than the limit while the voters are up.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!stale(&cluster), "a live edge reported itself stale");
+
+    // Every voter down: no new timestamps. Stale within the limit (plus
+    // the time the status takes to answer).
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    let cut_off = std::time::Instant::now();
+    wait_until("the edge reports itself stale", || stale(&cluster));
+    let took = cut_off.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "stale after {took:?}, limit 3 s"
+    );
+    let log = cluster.agents[3].as_ref().unwrap().log();
+    assert!(log.contains("this edge is stale"), "{log}");
+
+    // Voters back: fresh again.
+    for i in 0..3 {
+        cluster.run(i);
+    }
+    wait_until("the edge is fresh again", || !stale(&cluster));
+}

@@ -60,6 +60,7 @@ fn batch(revisions: usize, value_len: usize) -> Batch {
             revision: 1,
             chain: [7; 32],
             head: 1,
+            time_unix: 1,
         }
         .sign(&key),
     }

@@ -386,12 +386,9 @@ fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes
         .expect("a response from fixed parts")
 }
 
-/// An edge's follower is stale after this long without a verified batch
-/// (a follower long-polls every 10 s, so a live one hears within that).
-pub const FEED_STALE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// A voter is healthy with a known leader; an edge with a recent verified
-/// feed (an offline edge keeps serving its files, but says it is stale).
+/// voter timestamp (an offline edge keeps serving its files, but says it is
+/// stale, and is unhealthy unless `stale_is_unhealthy = false`).
 fn health(sources: &Sources) -> Result<(), String> {
     if let Some(reason) = sources.node.failure() {
         return Err(format!("consensus stopped: {reason}\n"));
@@ -399,15 +396,26 @@ fn health(sources: &Sources) -> Result<(), String> {
     match &sources.feed {
         None if sources.node.leader() != 0 => Ok(()),
         None => Err("no leader\n".into()),
-        Some(feed) => match feed.seconds_since_contact() {
-            Some(age) if age <= FEED_STALE.as_secs_f64() => Ok(()),
-            Some(age) => Err(format!("stale: no verified feed for {age:.0} s\n")),
-            None => Err("stale: no verified feed yet\n".into()),
+        Some(feed) => match feed.staleness() {
+            Some(problem) if feed.unhealthy_when_stale => Err(format!("{problem}\n")),
+            _ => Ok(()),
         },
     }
 }
 
 fn feed_metrics(out: &mut String, feed: &crate::edge::follow::FollowStatus) {
+    let voter_age = feed.seconds_since_voter_time().unwrap_or(-1.0);
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_voter_timestamp_age_seconds Age of the newest voter timestamp this edge verified (-1: none yet).\n\
+         # TYPE edgeconf_feed_voter_timestamp_age_seconds gauge\nedgeconf_feed_voter_timestamp_age_seconds {voter_age}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_feed_stale 1 when no voter timestamp was verified within max_staleness.\n\
+         # TYPE edgeconf_feed_stale gauge\nedgeconf_feed_stale {}",
+        u8::from(feed.staleness().is_some())
+    );
     let age = feed.seconds_since_contact().unwrap_or(-1.0);
     let _ = writeln!(
         out,

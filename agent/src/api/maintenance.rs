@@ -128,20 +128,17 @@ fn status_errors(context: &super::Context) -> Vec<String> {
         let revision = feed
             .verified_revision
             .load(std::sync::atomic::Ordering::Relaxed);
-        match feed.seconds_since_contact() {
-            None => errors.push(format!(
-                "stale: no verified feed batch since this edge started (serving revision {})",
-                node.store().revision()
-            )),
-            Some(age) if age > crate::metrics::FEED_STALE.as_secs_f64() => errors.push(format!(
-                "stale: last verified feed batch {age:.0} s ago, at revision {revision}{}",
+        match feed.staleness() {
+            Some(problem) => errors.push(format!(
+                "{problem} (serving revision {}{})",
+                node.store().revision(),
                 behind(feed.revisions_behind())
             )),
-            Some(_) if feed.revisions_behind() > 0 => errors.push(format!(
+            None if feed.revisions_behind() > 0 => errors.push(format!(
                 "catching up: at revision {revision}{}",
                 behind(feed.revisions_behind())
             )),
-            Some(_) => {}
+            None => {}
         }
     }
     errors

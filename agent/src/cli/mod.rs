@@ -262,6 +262,8 @@ impl AgentArgs {
             check: Vec::new(),
             role: None,
             sync: Vec::new(),
+            max_staleness: None,
+            stale_is_unhealthy: None,
             labels: None,
             gossip: None,
             service: Vec::new(),

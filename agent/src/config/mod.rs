@@ -105,6 +105,11 @@ pub struct ConfigFile {
     /// plugins read.
     #[serde(default)]
     pub sync: Vec<String>,
+    /// An edge whose newest verified voter timestamp is older than this
+    /// reports itself stale (default "30s").
+    pub max_staleness: Option<String>,
+    /// A stale edge answers /health with 503 (default true).
+    pub stale_is_unhealthy: Option<bool>,
     /// `[labels]`: what this agent announces about itself (for selectors).
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// `[gossip]`: seeds and timing of the fleet membership.
@@ -230,6 +235,9 @@ pub struct Config {
     pub role: Role,
     /// `sync` prefixes (an edge's explicit subscription).
     pub sync: Vec<Vec<u8>>,
+    /// See the file's `max_staleness` and `stale_is_unhealthy`.
+    pub max_staleness: std::time::Duration,
+    pub stale_is_unhealthy: bool,
     /// Raw ed25519 keys of the voters, whose feed checkpoints edges accept.
     pub voter_keys: Vec<[u8; 32]>,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -359,6 +367,8 @@ impl ConfigFile {
                 overrides.check
             },
             role: overrides.role.or(self.role),
+            max_staleness: overrides.max_staleness.or(self.max_staleness),
+            stale_is_unhealthy: overrides.stale_is_unhealthy.or(self.stale_is_unhealthy),
             sync: if overrides.sync.is_empty() {
                 self.sync
             } else {
@@ -588,6 +598,18 @@ impl Config {
             .map_err(|(field, problem)| origin.invalid(field, problem))?;
         check_peers_trusted(origin, &peer_keys, &initial_cluster, &gossip.seeds)?;
         let sync = check_edge_feed(origin, role, &voter_keys, file.sync)?;
+        let max_staleness = match file.max_staleness.as_deref() {
+            None => crate::edge::follow::DEFAULT_MAX_STALENESS,
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|limit| *limit >= std::time::Duration::from_secs(1))
+                .ok_or_else(|| {
+                    origin.invalid(
+                        "max_staleness",
+                        format!("is {text:?}: expected a duration of at least 1s, such as \"30s\" or \"5m\""),
+                    )
+                })?,
+        };
         let check_plugins: Vec<String> = plugins
             .plugins
             .iter()
@@ -628,6 +650,8 @@ impl Config {
         Ok(Config {
             role,
             sync,
+            max_staleness,
+            stale_is_unhealthy: file.stale_is_unhealthy.unwrap_or(true),
             voter_keys,
             labels,
             gossip,

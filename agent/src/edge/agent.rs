@@ -141,7 +141,10 @@ pub fn follow(
     let group = prefixes.group();
     membership.update_meta(|meta| meta.feed_group = group.clone());
     tracing::info!(prefixes = ?prefixes.0.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(), %group, "following the voters' feed");
-    let status = Arc::new(FollowStatus::default());
+    let status = Arc::new(FollowStatus::new(
+        config.max_staleness,
+        config.stale_is_unhealthy,
+    ));
     let own = membership.name();
     let members = membership.clone();
     // Seeds are asked last: an edge that meets nobody through gossip (its

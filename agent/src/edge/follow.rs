@@ -21,10 +21,18 @@ const PENALTY: Duration = Duration::from_secs(30);
 const BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where the follower stands, for `edgeconf status` and `/metrics`.
-#[derive(Default)]
 pub struct FollowStatus {
     /// When a peer last answered with a verified batch (ms since the epoch).
     pub last_contact_unix_ms: AtomicI64,
+    /// The newest voter timestamp verified (`Checkpoint::time_unix`, Unix
+    /// seconds; 0: none yet).
+    pub voter_time_unix: AtomicI64,
+    /// Older than this, the edge reports itself stale (`max_staleness`).
+    pub max_staleness: Duration,
+    /// Stale means unhealthy on /health (`stale_is_unhealthy`).
+    pub unhealthy_when_stale: bool,
+    /// Whether it said so last time it looked, to log the transitions.
+    stale: std::sync::atomic::AtomicBool,
     /// The revision of the newest verified checkpoint seen.
     pub verified_revision: AtomicI64,
     /// The newest revision a voter signed it had (`Checkpoint::head`).
@@ -33,7 +41,70 @@ pub struct FollowStatus {
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
+impl Default for FollowStatus {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_STALENESS, true)
+    }
+}
+
+/// `max_staleness` when the config does not set it.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
+
 impl FollowStatus {
+    pub fn new(max_staleness: Duration, unhealthy_when_stale: bool) -> Self {
+        Self {
+            last_contact_unix_ms: AtomicI64::new(0),
+            voter_time_unix: AtomicI64::new(0),
+            max_staleness,
+            unhealthy_when_stale,
+            stale: std::sync::atomic::AtomicBool::new(false),
+            verified_revision: AtomicI64::new(0),
+            known_head: AtomicI64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Seconds since the newest voter timestamp this edge verified, `None`
+    /// if none yet. Measured against this host's clock: voters and edges
+    /// are assumed to keep time (NTP), as TUF's clients are.
+    pub fn seconds_since_voter_time(&self) -> Option<f64> {
+        match self.voter_time_unix.load(Ordering::Relaxed) {
+            0 => None,
+            seconds => {
+                let now_ms = crate::consensus::now_unix_ms();
+                Some((now_ms - seconds * 1000).max(0) as f64 / 1000.0)
+            }
+        }
+    }
+
+    /// Why this edge may be serving frozen config, if it may: no voter
+    /// timestamp within `max_staleness`.
+    pub fn staleness(&self) -> Option<String> {
+        let limit = self.max_staleness.as_secs_f64();
+        match self.seconds_since_voter_time() {
+            None => Some(format!(
+                "stale: no voter timestamp verified since this edge started (limit {limit:.0} s)"
+            )),
+            Some(age) if age > limit => Some(format!(
+                "stale: the newest voter timestamp this edge verified is {age:.0} s old (limit {limit:.0} s); it may be serving frozen config"
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Logs when the edge turns stale or fresh again.
+    fn note_staleness(&self) {
+        let problem = self.staleness();
+        let was = self.stale.swap(problem.is_some(), Ordering::Relaxed);
+        match (was, problem) {
+            (false, Some(problem)) => tracing::warn!(%problem, "this edge is stale"),
+            (true, None) => {
+                tracing::info!("this edge is fresh again: a recent voter timestamp verified")
+            }
+            _ => {}
+        }
+    }
+
     pub fn refused(&self) -> BTreeMap<&'static str, u64> {
         self.refused
             .lock()
@@ -97,6 +168,8 @@ enum Outcome {
 impl Follower {
     pub async fn run(self, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut sitting_out: HashMap<SocketAddr, Instant> = HashMap::new();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stopped.borrow() {
                 return;
@@ -108,10 +181,18 @@ impl Follower {
                 .collect();
             let mut progressed = false;
             for addr in candidates {
-                let pulled = tokio::select! {
-                    outcome = self.pull(addr) => outcome,
-                    _ = stopped.wait_for(|stop| *stop) => return,
+                // A pull may wait long (a long poll, an unreachable
+                // peer): staleness is looked at every second meanwhile.
+                let pull = self.pull(addr);
+                tokio::pin!(pull);
+                let pulled = loop {
+                    tokio::select! {
+                        outcome = &mut pull => break outcome,
+                        _ = ticker.tick() => self.status.note_staleness(),
+                        _ = stopped.wait_for(|stop| *stop) => return,
+                    }
                 };
+                self.status.note_staleness();
                 match pulled {
                     Outcome::Applied => {
                         progressed = true;
@@ -129,6 +210,7 @@ impl Follower {
                     }
                 }
             }
+            self.status.note_staleness();
             if !progressed {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -143,11 +225,14 @@ impl Follower {
             Ok(position) => position,
             Err(err) => return Outcome::Unhelpful(format!("reading the store: {err}")),
         };
+        // Often enough that a live edge always holds a timestamp well
+        // within its limit.
+        let long_poll = LONG_POLL.min(self.status.max_staleness / 3);
         let pull = Pull {
             cluster_id: self.cluster_id,
             after: position.revision,
             prefixes: self.prefixes.clone(),
-            wait_ms: LONG_POLL.as_millis() as u32,
+            wait_ms: long_poll.as_millis() as u32,
         };
         let reply = match self
             .net
@@ -155,7 +240,7 @@ impl Follower {
                 addr,
                 &pull.encode(),
                 MAX_REPLY,
-                LONG_POLL + Duration::from_secs(5),
+                long_poll + Duration::from_secs(5),
             )
             .await
         {
@@ -176,9 +261,11 @@ impl Follower {
                     Err(err) => return Outcome::Refused(err),
                     Ok(accepted) => {
                         let revision = accepted.position.revision;
+                        let checkpoint = &accepted.checkpoint.checkpoint;
                         self.status
                             .known_head
-                            .fetch_max(accepted.checkpoint.checkpoint.head, Ordering::Relaxed);
+                            .fetch_max(checkpoint.head, Ordering::Relaxed);
+                        let voter_time = checkpoint.time_unix as i64;
                         let sequences = signed_sequences(
                             accepted
                                 .changes
@@ -187,7 +274,7 @@ impl Follower {
                         );
                         self.store
                             .apply_feed(&accepted, &sequences, crate::consensus::now_unix_ms())
-                            .map(|()| revision)
+                            .map(|()| (revision, voter_time))
                     }
                 }
             }
@@ -212,14 +299,20 @@ impl Follower {
                                 &sequences,
                                 crate::consensus::now_unix_ms(),
                             )
-                            .map(|()| verified.revision)
+                            // An image carries no timestamp: the next
+                            // batch brings one.
+                            .map(|()| (verified.revision, 0))
                     }
                 }
             }
         };
         match stored {
-            Ok(revision) => {
+            Ok((revision, voter_time)) => {
                 self.status.contact();
+                // What this edge now holds, a voter vouched for at that time.
+                self.status
+                    .voter_time_unix
+                    .fetch_max(voter_time, Ordering::Relaxed);
                 self.status
                     .verified_revision
                     .fetch_max(revision, Ordering::Relaxed);

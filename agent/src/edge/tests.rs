@@ -271,3 +271,20 @@ async fn an_edge_relays_to_another_edge_over_quic() {
     );
     let _ = stop.send(true);
 }
+
+#[test]
+fn an_edge_is_stale_without_a_recent_voter_timestamp() {
+    use std::sync::atomic::Ordering;
+    let status = FollowStatus::new(Duration::from_secs(30), true);
+    let problem = status.staleness().unwrap();
+    assert!(problem.contains("no voter timestamp"), "{problem}");
+    let now = crate::consensus::now_unix_ms() / 1000;
+    status.voter_time_unix.store(now - 5, Ordering::Relaxed);
+    assert_eq!(status.staleness(), None);
+    status.voter_time_unix.store(now - 90, Ordering::Relaxed);
+    let problem = status.staleness().unwrap();
+    assert!(problem.contains("s old (limit 30 s)"), "{problem}");
+    // A voter clock ahead of this host's is no fresher than now.
+    status.voter_time_unix.store(now + 3600, Ordering::Relaxed);
+    assert_eq!(status.seconds_since_voter_time(), Some(0.0));
+}

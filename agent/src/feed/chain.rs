@@ -122,6 +122,12 @@ pub struct Checkpoint {
     pub revision: i64,
     pub chain: Digest,
     pub head: i64,
+    /// The voter's clock when it signed (Unix seconds): the signed
+    /// timestamp that tells a follower how fresh its view is. A relay can
+    /// withhold newer checkpoints but cannot make an old one look new, so
+    /// an edge cut off from the voters (or fed by a lying relay) sees its
+    /// newest timestamp age and reports itself stale.
+    pub time_unix: u64,
 }
 
 /// A checkpoint signed by a voter's node key.
@@ -243,6 +249,7 @@ mod tests {
             revision: 3,
             chain: [9; 32],
             head: 5,
+            time_unix: 0,
         };
         let signed = checkpoint.sign(&voter);
         assert_eq!(signed.verify(7, &pinned).unwrap(), &checkpoint);
@@ -275,6 +282,13 @@ mod tests {
         lowered.checkpoint.head = 3;
         assert!(matches!(
             lowered.verify(7, &pinned),
+            Err(FeedError::BadSignature)
+        ));
+        // Nor make an old checkpoint look fresh.
+        let mut refreshed = checkpoint.sign(&voter);
+        refreshed.checkpoint.time_unix += 3600;
+        assert!(matches!(
+            refreshed.verify(7, &pinned),
             Err(FeedError::BadSignature)
         ));
         let behind = Checkpoint {

@@ -80,6 +80,7 @@ impl Voter {
             revision,
             chain: self.chain[revision as usize],
             head: self.log.len() as i64,
+            time_unix: 0,
         }
         .sign(&self.key)
     }

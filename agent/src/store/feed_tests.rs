@@ -56,6 +56,7 @@ fn batch_from(voter: &Store, key: &SigningKey, after: i64) -> Batch {
             revision: slice.position.revision,
             chain: slice.position.chain,
             head: slice.position.revision,
+            time_unix: 0,
         }
         .sign(key),
     }
