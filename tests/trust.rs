@@ -168,6 +168,14 @@ fn operator_keys_rotate_and_are_revoked_by_signed_root_updates_without_a_restart
         &["put", "--sign-key", path(&new), "/app/c", "1"],
     ));
     ok(edgeconf(&agent, &["verify", "/app/", "--prefix"]));
+    // History says who signed each revision, under which root.
+    let history = ok(edgeconf(&agent, &["history", "/app/a"]));
+    assert!(
+        history.contains(&format!("signed by {new_pub} "))
+            && history.contains("under trust root 2"),
+        "{history}"
+    );
+    assert!(history.contains("under trust root 1"), "{history}");
     let status = ok(edgeconf(&agent, &["-w", "json", "trust", "status"]));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["root_version"], 3, "{status}");

@@ -79,6 +79,8 @@ fn signature_of(
     pb::Signature {
         signed: true,
         signer: change.signer_id(),
+        root_version: change.binding.map_or(0, |b| b.root_version),
+        bound: change.binding.is_some(),
         sequence: change.sequence,
         encrypted: change.encrypted,
         verified,

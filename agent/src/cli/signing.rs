@@ -373,8 +373,15 @@ pub fn signature_text(signature: Option<&pb::Signature>) -> String {
     } else {
         format!("NOT VERIFIED: {}", signature.problem)
     };
+    let root = if !signature.bound {
+        ", unbound (signed before binding)".to_string()
+    } else if signature.root_version > 0 {
+        format!(", under trust root {}", signature.root_version)
+    } else {
+        String::new()
+    };
     format!(
-        "signed by {} seq {}{secret}, {state}",
+        "signed by {} seq {}{root}{secret}, {state}",
         signature.signer, signature.sequence
     )
 }
@@ -388,6 +395,8 @@ pub fn signature_json(signature: Option<&pb::Signature>) -> serde_json::Value {
             "verified": s.verified,
             "problem": (!s.problem.is_empty()).then_some(&s.problem),
             "decryptable": s.encrypted.then_some(s.decryptable),
+            "bound": s.bound,
+            "root_version": s.root_version,
         }),
         Some(s) if !s.problem.is_empty() => json!({ "verified": false, "problem": s.problem }),
         _ => serde_json::Value::Null,
