@@ -34,6 +34,16 @@ fn offline(args: &[&str], out: &Path) {
     std::fs::write(out, text).unwrap();
 }
 
+/// Signs the root in `unsigned` with each of `keys` in turn, writing the
+/// result to `out`.
+fn sign_root(unsigned: &Path, keys: &[&Path], out: &Path) {
+    let mut from = unsigned.to_path_buf();
+    for key in keys {
+        offline(&["sign-root", path(&from), "--key-file", path(key)], out);
+        from = out.to_path_buf();
+    }
+}
+
 fn cluster_id_of(agent: &Agent) -> String {
     let line = ok(edgeconf(agent, &["status"]));
     line.trim().split(", ").nth(8).unwrap().to_string()
@@ -130,10 +140,7 @@ fn operator_keys_rotate_and_are_revoked_by_signed_root_updates_without_a_restart
     let err = failed(edgeconf(&agent, &["trust", "push", path(&v2_once)]));
     assert!(err.contains("the current root's keys"), "{err}");
     let v2_signed = d.join("v2.signed.json");
-    offline(
-        &["sign-root", path(&v2_once), "--key-file", path(&root2)],
-        &v2_signed,
-    );
+    sign_root(&v2_once, &[&root2], &v2_signed);
     ok(edgeconf(&agent, &["trust", "push", path(&v2_signed)]));
     wait_until("the new key is trusted", || {
         edgeconf(&agent, &["put", "--sign-key", path(&new), "/app/a", "2"])
@@ -149,15 +156,8 @@ fn operator_keys_rotate_and_are_revoked_by_signed_root_updates_without_a_restart
         &v3,
     );
     let v3_signed = d.join("v3.signed.json");
-    offline(
-        &["sign-root", path(&v3), "--key-file", path(&root1)],
-        &v3_signed,
-    );
-    offline(
-        &["sign-root", path(&v3_signed), "--key-file", path(&root2)],
-        &v3,
-    );
-    ok(edgeconf(&agent, &["trust", "push", path(&v3)]));
+    sign_root(&v3, &[&root1, &root2], &v3_signed);
+    ok(edgeconf(&agent, &["trust", "push", path(&v3_signed)]));
     wait_until("the old key is refused", || {
         !edgeconf(&agent, &["put", "--sign-key", path(&old), "/app/c", "1"])
             .status
