@@ -91,8 +91,27 @@ impl SignedPlan {
             .map_err(|err| RolloutPlanError::Malformed(format!("not a signed plan: {err}")))
     }
 
-    /// Checks both signatures against `trust` and the plan's shape.
+    /// Checks a new plan: both signatures against `trust` and the plan's
+    /// shape; its new value must be bound to this cluster and the trust
+    /// root in force, as any new write.
     pub fn verify(&self, trust: &TrustPolicy) -> Result<VerifiedPlan, RolloutPlanError> {
+        self.verify_with(trust, true)
+    }
+
+    /// Checks a plan already stored (a rollout under way or done): as
+    /// [`Self::verify`], except that its value may have been signed under
+    /// an earlier trust root (or before changes were bound), as stored
+    /// values may: a root update does not break a rollout whose signers
+    /// are still trusted.
+    pub fn verify_stored(&self, trust: &TrustPolicy) -> Result<VerifiedPlan, RolloutPlanError> {
+        self.verify_with(trust, false)
+    }
+
+    fn verify_with(
+        &self,
+        trust: &TrustPolicy,
+        new_write: bool,
+    ) -> Result<VerifiedPlan, RolloutPlanError> {
         let malformed = |problem: String| RolloutPlanError::Malformed(problem);
         let signer = parse_public_key(&self.signer).map_err(malformed)?;
         let signature = base64::engine::general_purpose::STANDARD
@@ -130,7 +149,11 @@ impl SignedPlan {
             ));
         }
         // The signer may sign the key, and the value's signature holds.
-        trust.check_change(&change)?;
+        if new_write {
+            trust.check_change(&change)?;
+        } else {
+            trust.check_stored_change(&change)?;
+        }
         let plan = Plan::parse(
             &body.stages,
             &body.gate,
@@ -259,5 +282,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("signed for"), "{err}");
+    }
+
+    #[test]
+    fn a_stored_plan_survives_a_trust_root_update_that_a_new_plan_does_not() {
+        let operator = SigningKey::from_bytes(&[7; 32]);
+        // Signed under root version 0; the policy is now root version 1.
+        let signed = SignedPlan::sign(&operator, &body(&operator));
+        let updated = TrustPolicy {
+            root_version: 1,
+            ..trusting(&operator)
+        };
+        signed.verify_stored(&updated).unwrap();
+        let err = signed.verify(&updated).unwrap_err().to_string();
+        assert!(err.contains("trust root version 0"), "{err}");
     }
 }

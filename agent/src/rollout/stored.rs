@@ -101,7 +101,7 @@ pub fn load(
             tracing::error!(rollout = %id, "unreadable rollout progress in the store; skipped");
             continue;
         };
-        let plan = signed.verify(trust).map_err(|err| err.to_string());
+        let plan = signed.verify_stored(trust).map_err(|err| err.to_string());
         rollouts.push(Rollout {
             id,
             signed,
