@@ -47,10 +47,7 @@ pub fn refresh(store: &Store, cell: &KeyringCell) {
         return;
     }
     if let Some(root) = &newest {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if let Err(err) = root::check_fresh(root, now) {
+        if let Err(err) = root::check_fresh(root, crate::consensus::now_unix_secs()) {
             tracing::warn!(error = %err, "the newest trust root has expired: operators should sign a new one");
         }
         tracing::info!(

@@ -273,10 +273,7 @@ impl Edgeconf for EdgeconfService {
             root_version: keyring.trust.root_version,
             root_expires_unix: keyring.root.as_ref().map_or(0, |root| root.expires_unix),
             root_expired: keyring.root.as_ref().is_some_and(|root| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                crate::signing::root::check_fresh(root, now).is_err()
+                crate::signing::root::check_fresh(root, crate::consensus::now_unix_secs()).is_err()
             }),
             pinned_root_keys: keyring.pinned.keys.len() as u32,
         }))

@@ -104,10 +104,7 @@ pub struct NextArgs {
 }
 
 fn expiry(valid_for: Duration) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    now.saturating_add(valid_for.as_secs())
+    crate::consensus::now_unix_secs().saturating_add(valid_for.as_secs())
 }
 
 fn public_key(text: &str) -> anyhow::Result<[u8; 32]> {

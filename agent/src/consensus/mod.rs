@@ -668,6 +668,11 @@ pub fn now_unix_ms() -> i64 {
         .saturating_add(crate::fault::clock_offset_ms())
 }
 
+/// [`now_unix_ms`] in whole seconds (0 before the epoch).
+pub fn now_unix_secs() -> u64 {
+    (now_unix_ms() / 1000).max(0) as u64
+}
+
 /// raft-rs logs through slog; send its records to tracing.
 fn raft_logger() -> slog::Logger {
     slog::Logger::root(TracingDrain, slog::o!())

@@ -118,7 +118,7 @@ impl FeedServer {
     fn checkpoint(&self, position: crate::feed::Position, key: &SigningKey) -> SignedCheckpoint {
         // The store may have moved on since the slice was read.
         let head = self.store.revision().max(position.revision);
-        let time_unix = (crate::consensus::now_unix_ms() / 1000).max(0) as u64;
+        let time_unix = crate::consensus::now_unix_secs();
         let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = signed.as_ref().filter(|c| {
             c.checkpoint.revision == position.revision

@@ -130,9 +130,7 @@ impl Keyring {
                         "this agent has no cluster id yet".into(),
                     ))
                 })?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = crate::consensus::now_unix_secs();
                 root::check_put(
                     self.root.as_ref(),
                     &self.pinned,

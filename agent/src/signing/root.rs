@@ -184,8 +184,8 @@ fn check_threshold(what: &str, keys: &[[u8; 32]], threshold: u32) -> Result<(), 
     let mut distinct = keys.to_vec();
     distinct.sort();
     distinct.dedup();
-    if distinct.len() != keys.len() && what == "root_keys" {
-        return Err(RootError::Malformed("root_keys lists a key twice".into()));
+    if distinct.len() != keys.len() {
+        return Err(RootError::Malformed(format!("{what} lists a key twice")));
     }
     if distinct.len() > MAX_KEYS {
         return Err(RootError::Malformed(format!(
@@ -444,17 +444,23 @@ pub fn check_put(
                 .into(),
         ));
     }
-    let new = SignedRoot::from_stored(value)?;
-    if key != root_key(new.root.version) {
+    let new = stored_at(key, value)?;
+    check_successor(current, pinned, &new, cluster_id, Some(now))?;
+    Ok(new)
+}
+
+/// The root stored as `value`, which must sit at its version's key.
+fn stored_at(key: &[u8], value: &[u8]) -> Result<SignedRoot, RootError> {
+    let root = SignedRoot::from_stored(value)?;
+    if key != root_key(root.root.version) {
         return Err(RootError::Malformed(format!(
             "root version {} belongs at {:?}, not at {:?}",
-            new.root.version,
-            String::from_utf8_lossy(&root_key(new.root.version)),
+            root.root.version,
+            String::from_utf8_lossy(&root_key(root.root.version)),
             String::from_utf8_lossy(key)
         )));
     }
-    check_successor(current, pinned, &new, cluster_id, Some(now))?;
-    Ok(new)
+    Ok(root)
 }
 
 /// Walks the stored roots (`(key, value)` under [`ROOT_PREFIX`], in key
@@ -469,13 +475,7 @@ pub fn walk<'a>(
 ) -> (Option<Root>, Option<String>) {
     let mut current: Option<Root> = None;
     for (key, value) in stored {
-        let next = SignedRoot::from_stored(value).and_then(|new| {
-            if key != root_key(new.root.version) {
-                return Err(RootError::Malformed(format!(
-                    "root version {} is stored at the wrong key",
-                    new.root.version
-                )));
-            }
+        let next = stored_at(key, value).and_then(|new| {
             check_successor(current.as_ref(), pinned, &new, cluster_id, None)?;
             Ok(new.root)
         });
