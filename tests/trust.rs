@@ -340,3 +340,67 @@ fn an_edge_cut_off_from_voter_timestamps_reports_itself_stale_within_its_limit()
     }
     wait_until("the edge is fresh again", || !stale(&cluster));
 }
+
+#[test]
+fn an_unsigned_delete_of_a_protected_key_is_refused_everywhere_and_never_rendered() {
+    use common::fleet::fleet_with;
+    const AGENTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (operator, operator_pub) = keygen(d, "operator.key");
+    let template = d.join("app.j2");
+    std::fs::write(
+        &template,
+        "{% for e in entries %}{{ e.name }}={{ e.value }}\n{% endfor %}",
+    )
+    .unwrap();
+    let file = |i: usize| d.join(format!("app-{i}.conf"));
+    let extra: Vec<String> = (0..AGENTS)
+        .map(|i| {
+            format!(
+                "[trust]\nkeys = [{operator_pub:?}]\n[[trust.prefix]]\nprefix = \"/app/\"\nkeys = [{operator_pub:?}]\n\n\
+                 [[render]]\nprefix = \"/app/\"\ntemplate = {:?}\ndest = {:?}\ndebounce = \"1ms\"\n",
+                path(&template),
+                path(&file(i))
+            )
+        })
+        .collect();
+    let head = vec![format!("sync = [\"/app/\"]\nrender_root = {:?}", path(d)); AGENTS];
+    let cluster = fleet_with(d, AGENTS - 3, |_| String::new(), "", &extra, &head);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let rendered = |i: usize| std::fs::read_to_string(file(i)).unwrap_or_default();
+
+    for (key, value) in [("/app/a", "1"), ("/app/b", "2")] {
+        ok(edgeconf(
+            agent(0),
+            &["put", "--sign-key", path(&operator), key, value],
+        ));
+    }
+    for i in 0..AGENTS {
+        wait_until(&format!("agent {i} renders both keys"), || {
+            rendered(i) == "a=1\nb=2\n"
+        });
+    }
+
+    // Unsigned deletes, at every agent (voters and the edge, which
+    // forward), of the key and of a range reaching it: all refused.
+    for i in 0..AGENTS {
+        for args in [&["del", "/app/a"][..], &["del", "/app/", "--prefix"][..]] {
+            let err = failed(edgeconf(agent(i), args));
+            assert!(err.contains("/app/"), "agent {i}: {err}");
+        }
+    }
+    // A signed delete of the other key goes through and reaches every
+    // file, while /app/a never left any.
+    ok(edgeconf(
+        agent(0),
+        &["del", "--sign-key", path(&operator), "/app/b"],
+    ));
+    for i in 0..AGENTS {
+        wait_until(&format!("agent {i} drops /app/b"), || {
+            rendered(i) == "a=1\n"
+        });
+        let log = agent(i).log();
+        assert!(!log.contains("left the store"), "agent {i}: {log}");
+    }
+}

@@ -188,7 +188,9 @@ pub fn verify_batch(
     })
 }
 
-/// One live key in an image.
+/// One live key in an image, or the tombstone of a signed delete (its value
+/// the signed delete change: the receiver's renderers verify it before a
+/// key leaves a file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageKv {
     #[serde(with = "serde_bytes")]
@@ -199,6 +201,7 @@ pub struct ImageKv {
     pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
+    pub deleted: bool,
 }
 
 /// Every live key under some prefixes at a revision, for a follower too far

@@ -317,6 +317,7 @@ fn image_of(voter: &Voter, revision: i64, prefixes: Prefixes) -> Image {
         mod_revision: 3,
         version: 1,
         lease: 0,
+        deleted: false,
     }];
     Image::sign(voter.position(revision), CLUSTER, prefixes, kvs, &voter.key)
 }

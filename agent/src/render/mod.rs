@@ -12,6 +12,7 @@ mod rollouts;
 pub mod runner;
 pub mod status;
 pub mod template;
+mod vanished;
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::reload::{Finished, Reloads};
 use super::rollouts::RolloutValues;
 use super::status::RenderStatus;
+use super::vanished::RenderedKeys;
 use super::{files, plain_values, produce_with, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
@@ -54,6 +55,9 @@ pub struct Runner {
     /// decrypted secret, which sets its default mode), to tell drift from
     /// our own writes.
     written: HashMap<PathBuf, (Vec<u8>, bool)>,
+    /// The protected keys last written into each file: one leaves a file
+    /// only behind a verified signed delete.
+    rendered_keys: RenderedKeys,
     /// Hand edits already reported (`on_drift = "report"`), by content.
     reported: HashMap<PathBuf, Option<Vec<u8>>>,
     /// Entries waiting for their debounce window to end, by index in plan.
@@ -101,6 +105,7 @@ impl Runner {
             reload_config,
             pending_file,
             written: HashMap::new(),
+            rendered_keys: RenderedKeys::default(),
             reported: HashMap::new(),
             dirty: HashMap::new(),
             refused: None,
@@ -466,6 +471,13 @@ impl Runner {
                 .apply(&range, &mut response.kvs, &mut sequences);
         }
         let keyring: Arc<Keyring> = self.keyring.get();
+        if let Err(err) =
+            self.rendered_keys
+                .check(&entry.dest, &keyring, self.node.store(), &response.kvs)
+        {
+            self.failed(compiled, err);
+            return Rendered::Refused;
+        }
         let holds_secret = response.kvs.iter().any(|kv| holds_secret(&kv.value));
         let applied = entry.for_content(holds_secret);
         let entry = &*applied;
@@ -514,6 +526,8 @@ impl Runner {
             s.drift = None;
         });
         self.reported.remove(&entry.dest);
+        self.rendered_keys
+            .remember(&entry.dest, &keyring, &response.kvs);
         self.written
             .insert(entry.dest.clone(), (content, holds_secret));
         if changed {
@@ -684,6 +698,7 @@ impl Runner {
             .collect();
         reloads.retain(&commands);
         self.plan = plan;
+        self.rendered_keys.clear();
         self.rollouts.forget();
         self.dirty.clear();
         let now = Instant::now();

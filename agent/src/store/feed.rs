@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::read::{event_from_record, for_each_live, get_at};
+use super::read::{event_from_record, for_each_newest, get_at};
 use super::tables::{
     read_feed_chain, Record, CHANGES, FEED, FEED_CHAIN, FEED_CHECKPOINT, FEED_LOG, FEED_LOG_RETAIN,
     KV, LIVE, META, META_COMPACT_REVISION, META_REVISION,
@@ -110,7 +110,9 @@ impl Store {
         Ok(Ok(slice))
     }
 
-    /// Every live key under `prefixes` now, and the position it reflects.
+    /// Every live key under `prefixes` now, and the position it reflects;
+    /// with the tombstones of signed deletes still kept (their value is the
+    /// signed delete), so a follower's renderers can verify why a key left.
     pub fn feed_image(&self, prefixes: &Prefixes) -> Result<(Position, Vec<ImageKv>)> {
         let txn = self.db.begin_read()?;
         let Position { revision, chain } = position_in(&txn)?;
@@ -118,11 +120,14 @@ impl Store {
         // Overlapping prefixes must not list a key twice.
         let mut kvs = BTreeMap::new();
         for prefix in &prefixes.0 {
-            for_each_live(
+            for_each_newest(
                 &kv,
                 &KeyRange::prefix(prefix.clone()),
                 revision,
                 |key, rev, record| {
+                    if record.deleted && record.value.is_empty() {
+                        return Ok(());
+                    }
                     kvs.insert(
                         key.to_vec(),
                         ImageKv {
@@ -132,6 +137,7 @@ impl Store {
                             mod_revision: rev,
                             version: record.version,
                             lease: record.lease,
+                            deleted: record.deleted,
                         },
                     );
                     Ok(())
@@ -226,8 +232,17 @@ impl Store {
         {
             let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
             let mut changes = txn.open_table(CHANGES)?;
-            let wanted: BTreeMap<&[u8], &ImageKv> =
-                kvs.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
+            let wanted: BTreeMap<&[u8], &ImageKv> = kvs
+                .iter()
+                .filter(|kv| !kv.deleted)
+                .map(|kv| (kv.key.as_slice(), kv))
+                .collect();
+            // The signed deletes of keys the image no longer has.
+            let deletes: BTreeMap<&[u8], &ImageKv> = kvs
+                .iter()
+                .filter(|kv| kv.deleted)
+                .map(|kv| (kv.key.as_slice(), kv))
+                .collect();
             let mut stale = Vec::new();
             for row in live.iter()? {
                 let (key, _) = row?;
@@ -237,7 +252,10 @@ impl Store {
                 }
             }
             for (sub, key) in (0u32..).zip(stale) {
-                let tombstone = Record::tombstone(time_unix_ms);
+                let mut tombstone = Record::tombstone(time_unix_ms);
+                if let Some(delete) = deletes.get(key.as_slice()) {
+                    tombstone.value = delete.value.clone();
+                }
                 kv.insert(
                     (key.as_slice(), position.revision),
                     tombstone.encode().as_slice(),
@@ -245,7 +263,7 @@ impl Store {
                 changes.insert((position.revision, sub), key.as_slice())?;
                 live.remove(key.as_slice())?;
             }
-            for image in kvs.iter().filter(|kv| prefixes.covers(&kv.key)) {
+            for image in wanted.values().filter(|kv| prefixes.covers(&kv.key)) {
                 let known = live.get(image.key.as_slice())?.map(|r| r.value());
                 if known != Some(image.mod_revision) {
                     // A change this follower never saw: watchers that

@@ -258,3 +258,62 @@ fn lease_expiry_and_signed_deletes_are_on_the_chain() {
         voter.feed_position().unwrap()
     );
 }
+
+#[test]
+fn an_image_carries_the_signed_deletes_of_keys_it_drops() {
+    let ((_a, voter), (_e, edge)) = (open(), open());
+    let key = SigningKey::from_bytes(&[1; 32]);
+    for name in ["/app/kept", "/app/signed", "/app/unsigned"] {
+        run(&[&voter, &edge], put(name, "v"));
+    }
+    run(
+        &[&voter],
+        Command::SignedDelete {
+            key: b"/app/signed".to_vec(),
+            sequence: 1,
+            change: b"the signed delete".to_vec(),
+        },
+    );
+    run(
+        &[&voter],
+        Command::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::single("/app/unsigned"),
+            prev_kv: false,
+        }),
+    );
+    let (position, kvs) = voter.feed_image(&app()).unwrap();
+    let deleted: Vec<&[u8]> = kvs
+        .iter()
+        .filter(|kv| kv.deleted)
+        .map(|kv| kv.key.as_slice())
+        .collect();
+    assert_eq!(deleted, [b"/app/signed".as_slice()]);
+    let stale = feed::Position {
+        revision: 1,
+        chain: edge.feed_position().unwrap().chain,
+    };
+    let image = Image::sign(position, CLUSTER, app(), kvs, &key);
+    let verified = feed::verify_image(
+        &stale,
+        CLUSTER,
+        &[key.verifying_key().to_bytes()],
+        &app(),
+        &image,
+    )
+    .unwrap();
+    edge.install_feed_image(&verified, &app(), &image.kvs, &[], 0)
+        .unwrap();
+    assert_eq!(live(&edge, "/app/"), live(&voter, "/app/"));
+    let newest = |name: &str| {
+        edge.history(name.as_bytes())
+            .unwrap()
+            .entries
+            .pop()
+            .unwrap()
+    };
+    let signed = newest("/app/signed");
+    assert!(signed.deleted);
+    assert_eq!(signed.value, b"the signed delete");
+    let unsigned = newest("/app/unsigned");
+    assert!(unsigned.deleted && unsigned.value.is_empty());
+}

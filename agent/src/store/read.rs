@@ -29,6 +29,15 @@ pub(crate) fn get_at(
     key: &[u8],
     revision: i64,
 ) -> Result<Option<(i64, Record)>> {
+    Ok(newest_at(kv, key, revision)?.filter(|(_, record)| !record.deleted))
+}
+
+/// The newest record of `key` at `revision`, a tombstone included.
+pub(crate) fn newest_at(
+    kv: &impl KvTable,
+    key: &[u8],
+    revision: i64,
+) -> Result<Option<(i64, Record)>> {
     let mut versions = kv.range((key, 0i64)..=(key, revision))?;
     let Some(entry) = versions.next_back() else {
         return Ok(None);
@@ -36,7 +45,7 @@ pub(crate) fn get_at(
     let (row_key, bytes) = entry?;
     let mod_revision = row_key.value().1;
     let record = Record::decode(key, mod_revision, bytes.value())?;
-    Ok((!record.deleted).then_some((mod_revision, record)))
+    Ok(Some((mod_revision, record)))
 }
 
 /// Calls `visit` for every key of `range` that existed at `revision`, in key
@@ -47,8 +56,24 @@ pub(crate) fn for_each_live(
     revision: i64,
     mut visit: impl FnMut(&[u8], i64, Record) -> Result<()>,
 ) -> Result<()> {
+    for_each_newest(kv, range, revision, |key, mod_revision, record| {
+        if record.deleted {
+            return Ok(());
+        }
+        visit(key, mod_revision, record)
+    })
+}
+
+/// Calls `visit` with the newest record at `revision` (a tombstone
+/// included) of every key of `range` that has one, in key order.
+pub(crate) fn for_each_newest(
+    kv: &impl KvTable,
+    range: &KeyRange,
+    revision: i64,
+    mut visit: impl FnMut(&[u8], i64, Record) -> Result<()>,
+) -> Result<()> {
     if range.end == RangeEnd::Single {
-        if let Some((mod_revision, record)) = get_at(kv, &range.start, revision)? {
+        if let Some((mod_revision, record)) = newest_at(kv, &range.start, revision)? {
             visit(&range.start, mod_revision, record)?;
         }
         return Ok(());
@@ -65,7 +90,7 @@ pub(crate) fn for_each_live(
         if !range.contains(&key) {
             break;
         }
-        if let Some((mod_revision, record)) = get_at(kv, &key, revision)? {
+        if let Some((mod_revision, record)) = newest_at(kv, &key, revision)? {
             visit(&key, mod_revision, record)?;
         }
         // The smallest key after `key`: skip the rest of its history.
