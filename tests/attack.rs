@@ -608,6 +608,7 @@ fn a_follower_cannot_forward_writes_that_skip_signatures_or_rollouts() {
                 keys: vec![stranger_pub],
                 prefixes: Vec::new(),
                 allow_unsigned: true,
+                audiences: Vec::new(),
             });
             forged.sign(&stranger).unwrap();
             forged.to_stored()

@@ -46,7 +46,8 @@ fn sign_root(unsigned: &Path, keys: &[&Path], out: &Path) {
 
 fn cluster_id_of(agent: &Agent) -> String {
     let line = ok(edgeconf(agent, &["status"]));
-    line.trim().split(", ").nth(8).unwrap().to_string()
+    let first = line.lines().next().unwrap_or_default();
+    first.trim().split(", ").nth(8).unwrap().to_string()
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -403,4 +404,186 @@ fn an_unsigned_delete_of_a_protected_key_is_refused_everywhere_and_never_rendere
         let log = agent(i).log();
         assert!(!log.contains("left the store"), "agent {i}: {log}");
     }
+}
+
+/// Makes an age identity file; returns its path and recipient.
+fn secret_identity(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = ok(run_with_timeout(
+        Command::new(BIN).args(["keygen", "--secret", "--out", path.to_str().unwrap()]),
+        Duration::from_secs(20),
+    ));
+    (path, out.trim().to_string())
+}
+
+#[test]
+fn audiences_and_expiry_live_in_the_root_and_hold_on_every_agent() {
+    use common::fleet::fleet_with;
+    const AGENTS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (root, root_pub) = keygen(d, "root.key");
+    let (operator, operator_pub) = keygen(d, "operator.key");
+    // n4 holds the identity of the "eu" group; n5 only one of its own.
+    let (eu, eu_pub) = secret_identity(d, "eu.age");
+    let (us, _) = secret_identity(d, "us.age");
+    let file = |i: usize, name: &str| d.join(format!("{name}-{i}"));
+    let extra: Vec<String> = (0..AGENTS)
+        .map(|i| {
+            let identity = match i {
+                3 => format!("[secrets]\nidentity_files = [{:?}]\n", path(&eu)),
+                4 => format!("[secrets]\nidentity_files = [{:?}]\n", path(&us)),
+                _ => String::new(),
+            };
+            let mut text = format!("[trust]\nroot_keys = [{root_pub:?}]\n{identity}");
+            for (key, name) in [
+                ("/app/secret", "secret"),
+                ("/app/short", "short"),
+                ("/app/keep/x", "kept"),
+            ] {
+                text += &format!(
+                    "[[render]]\nkey = {key:?}\ndest = {:?}\ndebounce = \"1ms\"\n",
+                    path(&file(i, name))
+                );
+            }
+            text
+        })
+        .collect();
+    let head = vec![format!("sync = [\"/app/\"]\nrender_root = {:?}", path(d)); AGENTS];
+    let cluster = fleet_with(d, AGENTS - 3, |_| String::new(), "", &extra, &head);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let cluster_id = cluster_id_of(agent(0));
+
+    // Four root versions, each signed and pushed in turn: the operator
+    // key; the "eu" audience; /app/keep/ as a prefix of its own; values
+    // there kept once expired.
+    let v1 = d.join("v1.json");
+    let args = ["init", "--cluster-id", &cluster_id, "--root-key", &root_pub];
+    offline(
+        &[&args[..], &["--operator-key", &operator_pub]].concat(),
+        &v1,
+    );
+    let edits: [&[&str]; 3] = [
+        &["set-audience", "--name", "eu", "--recipient", &eu_pub],
+        &[
+            "add-key",
+            "--operator-key",
+            &operator_pub,
+            "--prefix",
+            "/app/keep/",
+        ],
+        &[
+            "set-on-expiry",
+            "--prefix",
+            "/app/keep/",
+            "--on-expiry",
+            "keep",
+        ],
+    ];
+    let mut current = v1;
+    for (n, edit) in edits.iter().enumerate() {
+        sign_root(&current, &[&root], &current);
+        ok(edgeconf(agent(0), &["trust", "push", path(&current)]));
+        let next = d.join(format!("v{}.json", n + 2));
+        offline(&[&edit[..1], &[path(&current)], &edit[1..]].concat(), &next);
+        current = next;
+    }
+    sign_root(&current, &[&root], &current);
+    ok(edgeconf(agent(0), &["trust", "push", path(&current)]));
+    let status = |i: usize| {
+        let out = edgeconf(agent(i), &["-w", "json", "trust", "status"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    for i in 0..AGENTS {
+        wait_until(&format!("agent {i} has root 4 in force"), || {
+            status(i)["root_version"] == 4
+        });
+    }
+    assert_eq!(status(3)["audiences"], serde_json::json!(["eu"]));
+    assert_eq!(status(4)["audiences"], serde_json::json!([]));
+
+    // A secret for "eu": n4 renders it; n5 (and the voters, which hold no
+    // identity) never see the plaintext, and say why.
+    ok(edgeconf(
+        agent(0),
+        &[
+            "put",
+            "--sign-key",
+            path(&operator),
+            "--audience",
+            "eu",
+            "/app/secret",
+            "hunter2",
+        ],
+    ));
+    wait_until("n4 renders the secret", || {
+        std::fs::read_to_string(file(3, "secret")).unwrap_or_default() == "hunter2"
+    });
+    wait_until("n5 says it cannot decrypt", || {
+        agent(4).log().contains("holds no identity of")
+    });
+    for i in [0, 1, 2, 4] {
+        let rendered = std::fs::read_to_string(file(i, "secret")).unwrap_or_default();
+        assert!(!rendered.contains("hunter2"), "agent {i}: {rendered}");
+    }
+    let err = failed(edgeconf(
+        agent(0),
+        &[
+            "put",
+            "--sign-key",
+            path(&operator),
+            "--audience",
+            "asia",
+            "/app/x",
+            "1",
+        ],
+    ));
+    assert!(err.contains("no such audience (it has: eu)"), "{err}");
+
+    // Expiry. Already expired: refused. Under /app/ (refuse, the default)
+    // an expired value stops being served and the file keeps its last good
+    // content; under /app/keep/ it is served and reported.
+    let put = |key: &str, value: &str, expires: &str| {
+        edgeconf(
+            agent(0),
+            &[
+                "put",
+                "--sign-key",
+                path(&operator),
+                "--expires",
+                expires,
+                key,
+                value,
+            ],
+        )
+    };
+    let err = failed(put("/app/short", "late", "0s"));
+    assert!(err.contains("expired at"), "{err}");
+    ok(put("/app/short", "brief", "3s"));
+    ok(put("/app/keep/x", "kept", "3s"));
+    wait_until("the edge renders both", || {
+        std::fs::read_to_string(file(3, "short")).unwrap_or_default() == "brief"
+            && std::fs::read_to_string(file(3, "kept")).unwrap_or_default() == "kept"
+    });
+    let verify = |key: &str| edgeconf(agent(3), &["verify", key, "--consistency", "s"]);
+    let fresh = ok(verify("/app/short"));
+    assert!(fresh.contains(", expires 20"), "{fresh}");
+    wait_until("the short value is refused once expired", || {
+        !verify("/app/short").status.success()
+    });
+    let get = failed(edgeconf(
+        agent(3),
+        &["get", "/app/short", "--consistency", "s"],
+    ));
+    assert!(get.contains("expired at"), "{get}");
+    let kept = ok(verify("/app/keep/x"));
+    assert!(
+        kept.contains("EXPIRED at") && kept.contains("verified"),
+        "{kept}"
+    );
+    ok(edgeconf(
+        agent(3),
+        &["get", "/app/keep/x", "--consistency", "s"],
+    ));
+    assert_eq!(std::fs::read_to_string(file(3, "short")).unwrap(), "brief");
 }

@@ -8,7 +8,8 @@ mod support;
 use std::hint::black_box;
 
 use edgeconf::signing::{
-    keys, secrets, Binding, Identities, Keyring, Op, PrefixTrust, SignedChange, TrustPolicy,
+    keys, secrets, Binding, Identities, Keyring, OnExpiry, Op, PrefixTrust, SignedChange,
+    TrustPolicy,
 };
 
 const BINDING: Binding = Binding {
@@ -26,6 +27,7 @@ fn main() {
             prefix: b"/app/".to_vec(),
             keys: Vec::new(),
             threshold: 1,
+            on_expiry: OnExpiry::Refuse,
         }],
         allow_unsigned: true,
         cluster_id: Some(BINDING.cluster_id),
@@ -132,6 +134,7 @@ fn threshold(global: &ed25519_dalek::SigningKey) {
             prefix: b"/secure/".to_vec(),
             keys: vec![b.verifying_key().to_bytes(), c.verifying_key().to_bytes()],
             threshold: 2,
+            on_expiry: OnExpiry::Refuse,
         }],
         allow_unsigned: true,
         cluster_id: Some(BINDING.cluster_id),
@@ -184,9 +187,11 @@ fn root_update() {
                 prefix: format!("/p{i}/").into_bytes(),
                 keys: operators[2 + i..4 + i].to_vec(),
                 threshold: 2,
+                on_expiry: OnExpiry::Refuse,
             })
             .collect(),
         allow_unsigned: false,
+        audiences: Vec::new(),
     };
     let sign = |root: Root| {
         let mut signed = SignedRoot::new(root);

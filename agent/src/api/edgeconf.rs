@@ -81,6 +81,8 @@ fn signature_of(
         signer: change.signer_id(),
         root_version: change.binding.map_or(0, |b| b.root_version),
         bound: change.binding.is_some(),
+        expires_unix: change.expires_unix.unwrap_or_default(),
+        expired: change.is_expired(crate::consensus::now_unix_secs()),
         sequence: change.sequence,
         encrypted: change.encrypted,
         verified,
@@ -276,6 +278,7 @@ impl Edgeconf for EdgeconfService {
                 crate::signing::root::check_fresh(root, crate::consensus::now_unix_secs()).is_err()
             }),
             pinned_root_keys: keyring.pinned.keys.len() as u32,
+            audiences: keyring.audiences_held(),
         }))
     }
 

@@ -148,7 +148,7 @@ async fn start(
         Op::Put,
         value,
         sequence,
-        None,
+        &signing::Terms::default(),
     )?;
     let operator = keys::read_signing_key(&args.sign_key)?;
     let body = PlanBody {

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::output::{lossy, print_json, print_table, Format};
 use super::Client;
 use crate::api::pb;
+use crate::signing::root::{root_key, SignedRoot};
 use crate::signing::{keys, secrets, Binding, Op, Recipient, SignedChange};
 
 #[derive(Debug, Args)]
@@ -39,6 +40,54 @@ pub struct SignOptions {
     /// the recipients the agent has in [secrets] (not for `sign`).
     #[arg(long = "recipient")]
     pub recipients: Vec<String>,
+    /// Encrypt to an audience of the trust root (a group of agents: only
+    /// they decrypt it); repeat for several. Implies --encrypt.
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
+    /// The change expires this long after signing (e.g. `30d`); then its
+    /// prefix's `on_expiry` applies (refused by default).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires: Option<std::time::Duration>,
+}
+
+/// What a change carries beside its key, value and sequence.
+#[derive(Debug, Default)]
+pub struct Terms {
+    /// Encrypt the value to these recipients (a secret).
+    pub recipients: Option<Vec<Recipient>>,
+    /// Unix seconds from which the change is expired.
+    pub expires_unix: Option<u64>,
+}
+
+impl SignOptions {
+    fn expires_unix(&self) -> Option<u64> {
+        self.expires
+            .map(|valid_for| crate::consensus::now_unix_secs().saturating_add(valid_for.as_secs()))
+    }
+}
+
+/// The recipients of `names`, audiences of `root`.
+fn audience_recipients(root: &SignedRoot, names: &[String]) -> anyhow::Result<Vec<Recipient>> {
+    let mut texts = Vec::new();
+    for name in names {
+        let Some(audience) = root.root.audience(name) else {
+            let known: Vec<&str> = root
+                .root
+                .audiences
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
+            bail!(
+                "--audience {name:?}: trust root version {} has no such audience (it has: {}); add one with `edgeconf trust set-audience`",
+                root.root.version,
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            );
+        };
+        texts.extend(audience.recipients.iter().cloned());
+    }
+    texts.sort();
+    texts.dedup();
+    parse_recipients(&texts)
 }
 
 #[derive(Debug, Args)]
@@ -64,9 +113,13 @@ pub struct SignArgs {
     /// Sign a delete of KEY instead of a put.
     #[arg(long, conflicts_with_all = ["value", "file", "encrypt"])]
     pub delete: bool,
+    /// The trust root (JSON, from `edgeconf trust show`) whose audiences
+    /// --audience names.
+    #[arg(long, value_name = "FILE")]
+    pub root: Option<PathBuf>,
     /// Add this key's signature to the change in FILE (written by `edgeconf
     /// sign`) and print the result: for prefixes that need several signers.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value", "file", "delete", "cluster_id", "root_version", "seq", "encrypt"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value", "file", "delete", "cluster_id", "root_version", "seq", "encrypt", "audiences", "expires", "root"])]
     pub add: Option<PathBuf>,
     #[command(flatten)]
     pub options: SignOptions,
@@ -136,22 +189,24 @@ pub fn make_change(
     op: Op,
     value: Vec<u8>,
     sequence: u64,
-    recipients: Option<&[Recipient]>,
+    terms: &Terms,
 ) -> anyhow::Result<SignedChange> {
     let signing_key = keys::read_signing_key(key_file)?;
-    let (encrypted, value) = match recipients {
+    let (encrypted, value) = match &terms.recipients {
         Some(recipients) => (true, secrets::encrypt(recipients, &value)?),
         None => (false, value),
     };
-    Ok(SignedChange::sign(
-        &signing_key,
+    let mut change = SignedChange::unsigned(
         key.as_bytes().to_vec(),
         op,
         sequence,
         encrypted,
         value,
         binding,
-    )?)
+    );
+    change.expires_unix = terms.expires_unix;
+    change.add_signature(&signing_key)?;
+    Ok(change)
 }
 
 /// What changes signed against a running cluster are bound to: the cluster
@@ -211,24 +266,31 @@ pub fn sign(args: SignArgs) -> anyhow::Result<()> {
     } else {
         super::kv::read_value(args.value.as_deref(), args.file.as_deref())?
     };
-    let recipients = if args.options.encrypt {
-        if args.options.recipients.is_empty() {
-            bail!("--encrypt needs --recipient age1... when signing offline (the fleet's [secrets] recipients)");
+    let options = &args.options;
+    let recipients = if !options.audiences.is_empty() {
+        let Some(path) = &args.root else {
+            bail!("--audience needs --root FILE when signing offline (the trust root from `edgeconf trust show`)");
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the trust root {}", path.display()))?;
+        let root = SignedRoot::from_json(&text).with_context(|| format!("{}", path.display()))?;
+        let mut recipients = audience_recipients(&root, &options.audiences)?;
+        recipients.extend(parse_recipients(&options.recipients)?);
+        Some(recipients)
+    } else if options.encrypt {
+        if options.recipients.is_empty() {
+            bail!("--encrypt needs --recipient age1... (or --audience NAME --root FILE) when signing offline");
         }
-        Some(parse_recipients(&args.options.recipients)?)
+        Some(parse_recipients(&options.recipients)?)
     } else {
         None
     };
-    let sequence = args.options.seq.unwrap_or_else(|| default_sequence(0));
-    let change = make_change(
-        &args.key_file,
-        binding,
-        key,
-        op,
-        value,
-        sequence,
-        recipients.as_deref(),
-    )?;
+    let terms = Terms {
+        recipients,
+        expires_unix: options.expires_unix(),
+    };
+    let sequence = options.seq.unwrap_or_else(|| default_sequence(0));
+    let change = make_change(&args.key_file, binding, key, op, value, sequence, &terms)?;
     println!("{}", change.to_json());
     Ok(())
 }
@@ -255,7 +317,12 @@ pub async fn sign_and_write(
     value: Vec<u8>,
     options: &SignOptions,
 ) -> anyhow::Result<pb::SignedWriteResponse> {
-    let recipients = if options.encrypt {
+    let recipients = if !options.audiences.is_empty() {
+        let root = root_in_force(client).await?;
+        let mut recipients = audience_recipients(&root, &options.audiences)?;
+        recipients.extend(parse_recipients(&options.recipients)?);
+        Some(recipients)
+    } else if options.encrypt {
         let texts = if options.recipients.is_empty() {
             let mut edgeconf = client.edgeconf().await?;
             let keyring = client
@@ -285,16 +352,36 @@ pub async fn sign_and_write(
         }
     };
     let binding = cluster_binding(client).await?;
-    let change = make_change(
-        key_file,
-        binding,
-        key,
-        op,
-        value,
-        sequence,
-        recipients.as_deref(),
-    )?;
+    let terms = Terms {
+        recipients,
+        expires_unix: options.expires_unix(),
+    };
+    let change = make_change(key_file, binding, key, op, value, sequence, &terms)?;
     submit(client, &change, false).await
+}
+
+/// The trust root the agent has in force (it walked and verified the chain
+/// to it), read from the store.
+async fn root_in_force(client: &Client) -> anyhow::Result<SignedRoot> {
+    let mut edgeconf = client.edgeconf().await?;
+    let keyring = client
+        .request(edgeconf.keyring(pb::KeyringRequest {}))
+        .await?
+        .into_inner();
+    if keyring.root_version == 0 {
+        bail!("--audience: the agent has no trust root in force; audiences live in the trust root (`edgeconf trust set-audience`)");
+    }
+    let mut etcd = client.etcd().await?;
+    let resp = client
+        .request(etcd.get(root_key(keyring.root_version), None))
+        .await?;
+    let kv = resp.kvs().first().with_context(|| {
+        format!(
+            "trust root version {} is not in the store",
+            keyring.root_version
+        )
+    })?;
+    Ok(SignedRoot::from_stored(kv.value())?)
 }
 
 pub async fn submit(
@@ -380,8 +467,18 @@ pub fn signature_text(signature: Option<&pb::Signature>) -> String {
     } else {
         String::new()
     };
+    let expiry = match (signature.expires_unix, signature.expired) {
+        (0, _) => String::new(),
+        (at, expired) => format!(
+            ", {} {}",
+            if expired { "EXPIRED at" } else { "expires" },
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at)
+            )
+        ),
+    };
     format!(
-        "signed by {} seq {}{root}{secret}, {state}",
+        "signed by {} seq {}{root}{secret}{expiry}, {state}",
         signature.signer, signature.sequence
     )
 }
@@ -397,6 +494,8 @@ pub fn signature_json(signature: Option<&pb::Signature>) -> serde_json::Value {
             "decryptable": s.encrypted.then_some(s.decryptable),
             "bound": s.bound,
             "root_version": s.root_version,
+            "expires_unix": (s.expires_unix != 0).then_some(s.expires_unix),
+            "expired": s.expired,
         }),
         Some(s) if !s.problem.is_empty() => json!({ "verified": false, "problem": s.problem }),
         _ => serde_json::Value::Null,

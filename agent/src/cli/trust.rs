@@ -1,8 +1,9 @@
 //! `edgeconf trust`: write, sign, submit and inspect trust roots.
 //!
 //! A root is edited as a JSON file, offline: `init` writes version 1,
-//! `add-key`, `revoke-key` and `set-threshold` write the next version (with
-//! no signatures), `sign-root` adds a root key's signature, `push` submits
+//! `add-key`, `revoke-key`, `set-threshold`, `set-on-expiry`,
+//! `set-audience` and `remove-audience` write the next version (with no
+//! signatures), `sign-root` adds a root key's signature, `push` submits
 //! it, `show` prints the newest stored root (a starting point for the next
 //! edit) and `status` what the agent has in force.
 
@@ -17,7 +18,8 @@ use super::output::{print_json, Format};
 use super::Client;
 use crate::api::pb;
 use crate::signing::keys::{self, parse_public_key};
-use crate::signing::root::{root_key, Role, Root, SignedRoot, ROOT_PREFIX};
+use crate::signing::root::{root_key, Audience, Role, Root, SignedRoot, ROOT_PREFIX};
+use crate::signing::{OnExpiry, Recipient};
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
@@ -63,6 +65,40 @@ pub enum TrustCommand {
         root: bool,
         #[arg(long)]
         threshold: u32,
+        #[command(flatten)]
+        next: NextArgs,
+    },
+    /// The next version of the root in FILE, with what becomes of a
+    /// prefix's values once they expire (`put --expires`).
+    SetOnExpiry {
+        file: PathBuf,
+        #[arg(long)]
+        prefix: String,
+        /// `refuse`: no longer served or rendered; `keep`: served, and
+        /// reported.
+        #[arg(long = "on-expiry", value_parser = ["refuse", "keep"])]
+        on_expiry: String,
+        #[command(flatten)]
+        next: NextArgs,
+    },
+    /// The next version of the root in FILE, with an audience (a group that
+    /// secrets are encrypted to) set to these recipients.
+    SetAudience {
+        file: PathBuf,
+        /// The audience's name (e.g. a label value: `eu`).
+        #[arg(long)]
+        name: String,
+        /// An age recipient (`age1...`) of the group; repeat for several.
+        #[arg(long = "recipient", required = true)]
+        recipients: Vec<String>,
+        #[command(flatten)]
+        next: NextArgs,
+    },
+    /// The next version of the root in FILE, without an audience.
+    RemoveAudience {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
         #[command(flatten)]
         next: NextArgs,
     },
@@ -155,6 +191,7 @@ pub async fn run(client: &Client, format: Format, command: TrustCommand) -> anyh
                     .collect::<Result<_, _>>()?,
                 prefixes: Vec::new(),
                 allow_unsigned: !args.locked,
+                audiences: Vec::new(),
             };
             root.check_shape()?;
             println!("{}", SignedRoot::new(root).to_json());
@@ -192,6 +229,7 @@ pub async fn run(client: &Client, format: Format, command: TrustCommand) -> anyh
                         prefix: prefix.into_bytes(),
                         keys: vec![key],
                         threshold: 1,
+                        on_expiry: OnExpiry::Refuse,
                     }),
                 },
             }
@@ -232,6 +270,53 @@ pub async fn run(client: &Client, format: Format, command: TrustCommand) -> anyh
                         format!("the root has no prefix {prefix:?}: add a key under it first")
                     })?;
                 role.threshold = threshold;
+            }
+            next_version(root, &next)
+        }
+        TrustCommand::SetOnExpiry {
+            file,
+            prefix,
+            on_expiry,
+            next,
+        } => {
+            let mut root = read_root(&file)?.root;
+            let role = root
+                .prefixes
+                .iter_mut()
+                .find(|r| r.prefix == prefix.as_bytes())
+                .with_context(|| {
+                    format!("the root has no prefix {prefix:?}: add a key under it first")
+                })?;
+            role.on_expiry = match on_expiry.as_str() {
+                "keep" => OnExpiry::Keep,
+                _ => OnExpiry::Refuse,
+            };
+            next_version(root, &next)
+        }
+        TrustCommand::SetAudience {
+            file,
+            name,
+            recipients,
+            next,
+        } => {
+            let mut root = read_root(&file)?.root;
+            for recipient in &recipients {
+                Recipient::parse(recipient)
+                    .map_err(|problem| anyhow::anyhow!("--recipient: {problem}"))?;
+            }
+            let audience = Audience { name, recipients };
+            match root.audiences.iter_mut().find(|a| a.name == audience.name) {
+                Some(existing) => *existing = audience,
+                None => root.audiences.push(audience),
+            }
+            next_version(root, &next)
+        }
+        TrustCommand::RemoveAudience { file, name, next } => {
+            let mut root = read_root(&file)?.root;
+            let before = root.audiences.len();
+            root.audiences.retain(|a| a.name != name);
+            if root.audiences.len() == before {
+                bail!("the root has no audience {name:?}");
             }
             next_version(root, &next)
         }
@@ -293,6 +378,7 @@ fn status(format: Format, keyring: &pb::KeyringResponse) {
             "trusted_keys": keyring.trusted_keys,
             "prefixes": keyring.prefixes.iter().map(|p| json!({"prefix": p.prefix, "keys": p.keys})).collect::<Vec<_>>(),
             "allow_unsigned": keyring.allow_unsigned,
+            "audiences": keyring.audiences,
         })),
         _ => {
             if keyring.root_version == 0 {
@@ -326,6 +412,12 @@ fn status(format: Format, keyring: &pb::KeyringResponse) {
                     "refused"
                 }
             );
+            if !keyring.audiences.is_empty() {
+                println!(
+                    "audiences this agent decrypts: {}",
+                    keyring.audiences.join(", ")
+                );
+            }
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct TrustPrefixFile {
     /// How many distinct trusted keys must sign a change under `prefix`
     /// (default 1).
     pub threshold: Option<usize>,
+    /// What becomes of a value under `prefix` once it expires: `refuse`
+    /// (the default) or `keep`.
+    pub on_expiry: Option<crate::signing::OnExpiry>,
 }
 
 /// `[secrets]`: age identities this agent decrypts with, and the recipients
@@ -923,6 +926,7 @@ fn check_trust(origin: &Origin, file: TrustFile) -> Result<TrustPolicy, ConfigEr
             prefix: rule.prefix.clone().into_bytes(),
             keys: rule_keys,
             threshold,
+            on_expiry: rule.on_expiry.unwrap_or_default(),
         });
     }
     let allow_unsigned = file.allow_unsigned.unwrap_or(true);

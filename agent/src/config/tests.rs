@@ -1,4 +1,5 @@
 use super::*;
+use crate::signing::OnExpiry;
 
 fn load_text(text: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +170,7 @@ allow_unsigned = false
 [[trust.prefix]]
 prefix = "/app/"
 keys = []
+on_expiry = "keep"
 
 [secrets]
 recipients = ["age16p7w25nvqemft6ggg3vjzuthclz8ha7ulvswfwy5a3chtk3vaf8s057jr7"]
@@ -179,6 +181,8 @@ recipients = ["age16p7w25nvqemft6ggg3vjzuthclz8ha7ulvswfwy5a3chtk3vaf8s057jr7"]
     assert!(!config.trust.allow_unsigned);
     assert_eq!(config.trust.prefixes[0].prefix, b"/app/");
     assert_eq!(config.trust.threshold(b"/app/x"), 1);
+    assert_eq!(config.trust.on_expiry(b"/app/x"), OnExpiry::Keep);
+    assert_eq!(config.trust.on_expiry(b"/elsewhere"), OnExpiry::Refuse);
     assert!(config.trust.is_protected(b"/elsewhere"));
     assert_eq!(config.recipients.len(), 1);
     // Without [trust], nothing is protected.
@@ -216,6 +220,11 @@ fn bad_trust_and_secrets_name_the_field_and_what_to_do() {
             "is 0: expected 1 to 1",
         ),
         ("[trust]\nkey = []\n", "unknown field `key`", "expected one of"),
+        (
+            &format!("[trust]\nkeys = [\"{KEY}\"]\n[[trust.prefix]]\nprefix = \"/a\"\non_expiry = \"drop\"\n"),
+            "on_expiry",
+            "expected `refuse` or `keep`",
+        ),
         ("[secrets]\nrecipients = [\"age1nope\"]\n", ":2: `recipients`", "not an age recipient"),
         (
             "[secrets]\nidentity_files = [\"/nonexistent/fleet.age\"]\n",

@@ -107,12 +107,20 @@ pub(crate) fn plain_value(
     sequence: Option<u64>,
 ) -> Result<Vec<u8>, String> {
     let key = String::from_utf8_lossy(&kv.key);
-    match keyring.check_stored(&kv.key, &kv.value, sequence) {
+    let checked = keyring.check_stored(&kv.key, &kv.value, sequence);
+    if let Ok(Checked::Signed(change)) = &checked {
+        if change.is_expired(crate::consensus::now_unix_secs()) {
+            // Refused ones fail the check; this one's prefix keeps them.
+            tracing::warn!(key = %key, expires_unix = change.expires_unix, "rendering an expired value: its prefix has on_expiry = \"keep\"; sign it again with a later --expires");
+        }
+    }
+    match checked {
         Ok(Checked::Plain(value)) => Ok(value),
-        Ok(Checked::Signed(change)) if change.encrypted => keyring
-            .identities
-            .decrypt(&change.value)
-            .map_err(|err| format!("{key}: {err}")),
+        Ok(Checked::Signed(change)) if change.encrypted => {
+            keyring.identities.decrypt(&change.value).map_err(|err| {
+                format!("{key}: a secret encrypted to recipients this agent holds no identity of (an audience it is not in?): {err}")
+            })
+        }
         Ok(Checked::Signed(change)) => Ok(change.value),
         Err(err) => Err(format!("{key} at revision {}: {err}", kv.mod_revision)),
     }

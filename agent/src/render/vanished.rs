@@ -128,7 +128,7 @@ fn lossy(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::{keys, Binding, Identities, PrefixTrust, TrustPolicy};
+    use crate::signing::{keys, Binding, Identities, OnExpiry, PrefixTrust, TrustPolicy};
     use crate::store::{Command, DeleteRangeRequest, KeyRange, Proposal, PutRequest, RangeRequest};
 
     const CLUSTER: u64 = 0xc1;
@@ -139,6 +139,7 @@ mod tests {
                 prefix: b"/app/".to_vec(),
                 keys: vec![signer.verifying_key().to_bytes()],
                 threshold: 1,
+                on_expiry: OnExpiry::Refuse,
             }],
             cluster_id: Some(CLUSTER),
             ..TrustPolicy::default()

@@ -17,7 +17,9 @@
 //! SHA-256 of the value bytes, so a change signed for one cluster means
 //! nothing in another. Version 1 (one signature, no cluster) is still read,
 //! so values stored by older versions stay usable; new writes must be
-//! version 2 (see `trust.rs`).
+//! version 2 (see `trust.rs`). A change that expires (`expires_unix`) is
+//! stored as version 3: version 2 with the expiry, which its signatures
+//! cover under their own domain tag.
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
@@ -32,11 +34,14 @@ use super::SigningError;
 pub const STORED_MAGIC: &[u8] = b"\0edgeconf-signed-v1\0";
 /// The first bytes of a stored signed value of version 2.
 pub const STORED_MAGIC_V2: &[u8] = b"\0edgeconf-signed-v2\0";
+/// The first bytes of a stored signed value of version 3 (one that expires).
+pub const STORED_MAGIC_V3: &[u8] = b"\0edgeconf-signed-v3\0";
 
 /// The tags that start every signed message, so a signature made for
 /// edgeconf can never be passed off as one for anything else.
 const DOMAIN_TAG: &[u8] = b"edgeconf signed change v1\0";
 const DOMAIN_TAG_V2: &[u8] = b"edgeconf signed change v2\0";
+const DOMAIN_TAG_V3: &[u8] = b"edgeconf signed change v3\0";
 
 /// The `format` field of the JSON forms.
 pub const JSON_FORMAT: &str = "edgeconf-signed-change/1";
@@ -101,6 +106,9 @@ pub struct SignedChange {
     pub value: Vec<u8>,
     /// `None` for a version 1 change (bound to no cluster).
     pub binding: Option<Binding>,
+    /// Seconds since the Unix epoch from which the change is expired (what
+    /// then happens is the trust policy's `on_expiry`); `None`: never.
+    pub expires_unix: Option<u64>,
     /// At least one; a version 1 change has exactly one.
     pub signatures: Vec<KeySignature>,
 }
@@ -134,6 +142,21 @@ struct StoredV2 {
     signatures: Vec<KeySignature>,
 }
 
+/// The stored form of version 3: version 2 with an expiry.
+#[derive(Serialize, Deserialize)]
+struct StoredV3 {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    op: Op,
+    sequence: u64,
+    encrypted: bool,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    binding: Binding,
+    expires_unix: u64,
+    signatures: Vec<KeySignature>,
+}
+
 /// The JSON form, field by field (both versions).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +167,9 @@ struct JsonChange {
     cluster_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     root_version: Option<u64>,
+    /// Version 2: when the change expires (Unix seconds), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_unix: Option<u64>,
     key: String,
     op: Op,
     sequence: u64,
@@ -184,17 +210,35 @@ impl SignedChange {
         value: Vec<u8>,
         binding: Binding,
     ) -> Result<Self, SigningError> {
-        let mut change = SignedChange {
+        let mut change = Self::unsigned(key, op, sequence, encrypted, value, binding);
+        change.add_signature(signing_key)?;
+        Ok(change)
+    }
+
+    /// The change, not yet signed (set `expires_unix`, then add signatures).
+    pub fn unsigned(
+        key: Vec<u8>,
+        op: Op,
+        sequence: u64,
+        encrypted: bool,
+        value: Vec<u8>,
+        binding: Binding,
+    ) -> Self {
+        SignedChange {
             key,
             op,
             sequence,
             encrypted,
             value,
             binding: Some(binding),
+            expires_unix: None,
             signatures: Vec::new(),
-        };
-        change.add_signature(signing_key)?;
-        Ok(change)
+        }
+    }
+
+    /// Whether the change has expired at `now` (Unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_unix.is_some_and(|expires| now >= expires)
     }
 
     /// A version 1 change (one signature, no cluster), as older versions
@@ -215,6 +259,7 @@ impl SignedChange {
             encrypted,
             value,
             binding: None,
+            expires_unix: None,
             signatures: Vec::new(),
         };
         let signature = signing_key.sign(&change.message()).to_bytes().to_vec();
@@ -250,12 +295,18 @@ impl SignedChange {
     /// The bytes every signature covers.
     fn message(&self) -> Vec<u8> {
         let mut message = Vec::with_capacity(DOMAIN_TAG_V2.len() + self.key.len() + 64);
-        match self.binding {
-            None => message.extend_from_slice(DOMAIN_TAG),
-            Some(binding) => {
+        match (self.binding, self.expires_unix) {
+            (None, _) => message.extend_from_slice(DOMAIN_TAG),
+            (Some(binding), None) => {
                 message.extend_from_slice(DOMAIN_TAG_V2);
                 message.extend_from_slice(&binding.cluster_id.to_be_bytes());
                 message.extend_from_slice(&binding.root_version.to_be_bytes());
+            }
+            (Some(binding), Some(expires_unix)) => {
+                message.extend_from_slice(DOMAIN_TAG_V3);
+                message.extend_from_slice(&binding.cluster_id.to_be_bytes());
+                message.extend_from_slice(&binding.root_version.to_be_bytes());
+                message.extend_from_slice(&expires_unix.to_be_bytes());
             }
         }
         message.extend_from_slice(&(self.key.len() as u32).to_be_bytes());
@@ -293,6 +344,9 @@ impl SignedChange {
         }
         if self.binding.is_none() && self.signatures.len() > 1 {
             return malformed("a version 1 change carries more than one signature");
+        }
+        if self.binding.is_none() && self.expires_unix.is_some() {
+            return malformed("a version 1 change carries an expiry");
         }
         Ok(())
     }
@@ -339,9 +393,25 @@ impl SignedChange {
     }
 
     /// The stored form: version 1 for a version 1 change (so its bytes stay
-    /// as they were signed and stored), else version 2.
+    /// as they were signed and stored), version 3 for one that expires,
+    /// else version 2.
     pub fn to_stored(&self) -> Vec<u8> {
         match (self.binding, self.signatures.as_slice()) {
+            (Some(binding), _) if self.expires_unix.is_some() => {
+                let mut bytes = STORED_MAGIC_V3.to_vec();
+                let v3 = StoredV3 {
+                    key: self.key.clone(),
+                    op: self.op,
+                    sequence: self.sequence,
+                    encrypted: self.encrypted,
+                    value: self.value.clone(),
+                    binding,
+                    expires_unix: self.expires_unix.unwrap_or_default(),
+                    signatures: self.signatures.clone(),
+                };
+                postcard::to_io(&v3, &mut bytes).expect("encoding into memory cannot fail");
+                bytes
+            }
             (None, [only]) => {
                 let mut bytes = STORED_MAGIC.to_vec();
                 let v1 = StoredV1 {
@@ -388,6 +458,7 @@ impl SignedChange {
                 encrypted: v1.encrypted,
                 value: v1.value,
                 binding: None,
+                expires_unix: None,
                 signatures: vec![KeySignature {
                     signer: v1.signer,
                     signature: v1.signature,
@@ -402,7 +473,20 @@ impl SignedChange {
                 encrypted: v2.encrypted,
                 value: v2.value,
                 binding: Some(v2.binding),
+                expires_unix: None,
                 signatures: v2.signatures,
+            }
+        } else if let Some(body) = bytes.strip_prefix(STORED_MAGIC_V3) {
+            let v3: StoredV3 = postcard::from_bytes(body).map_err(undecodable)?;
+            SignedChange {
+                key: v3.key,
+                op: v3.op,
+                sequence: v3.sequence,
+                encrypted: v3.encrypted,
+                value: v3.value,
+                binding: Some(v3.binding),
+                expires_unix: Some(v3.expires_unix),
+                signatures: v3.signatures,
             }
         } else {
             return Ok(None);
@@ -413,7 +497,9 @@ impl SignedChange {
 
     /// True when `bytes` is (or claims to be) a stored signed change.
     pub fn is_stored(bytes: &[u8]) -> bool {
-        bytes.starts_with(STORED_MAGIC) || bytes.starts_with(STORED_MAGIC_V2)
+        [STORED_MAGIC, STORED_MAGIC_V2, STORED_MAGIC_V3]
+            .iter()
+            .any(|magic| bytes.starts_with(magic))
     }
 
     /// The JSON form, pretty-printed.
@@ -426,6 +512,7 @@ impl SignedChange {
             format: JSON_FORMAT_V2.to_string(),
             cluster_id: None,
             root_version: None,
+            expires_unix: self.expires_unix,
             key: lossy(&self.key),
             op: self.op,
             sequence: self.sequence,
@@ -482,15 +569,16 @@ impl SignedChange {
             })
         };
         let (binding, signatures) = if json.format == JSON_FORMAT {
-            let (Some(signer), Some(sig), None, None, true) = (
+            let (Some(signer), Some(sig), None, None, None, true) = (
                 json.signer.as_deref(),
                 json.signature.as_deref(),
                 &json.cluster_id,
                 json.root_version,
+                json.expires_unix,
                 json.signatures.is_empty(),
             ) else {
                 return Err(malformed(format!(
-                    "a {JSON_FORMAT} change has one signer and signature and no cluster_id, root_version or signatures"
+                    "a {JSON_FORMAT} change has one signer and signature and no cluster_id, root_version, expires_unix or signatures"
                 )));
             };
             (None, vec![signature(signer, sig)?])
@@ -532,6 +620,7 @@ impl SignedChange {
             encrypted: json.encrypted,
             value,
             binding,
+            expires_unix: json.expires_unix,
             signatures,
         };
         change.check_shape()?;

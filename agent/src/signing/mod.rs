@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod keys;
 pub mod root;
+mod root_json;
 #[cfg(test)]
 mod root_tests;
 pub mod secrets;
@@ -19,7 +20,7 @@ mod tests;
 
 pub use envelope::{Binding, Op, SignedChange, STORED_MAGIC};
 pub use secrets::{Identities, Recipient};
-pub use trust::{Checked, PrefixTrust, TrustPolicy};
+pub use trust::{Checked, OnExpiry, PrefixTrust, TrustPolicy};
 
 /// What one agent trusts and holds: the trust policy, the identities that
 /// decrypt secrets, and the fleet's recipients for new secrets.
@@ -111,6 +112,19 @@ impl Keyring {
             recipients: self.recipients.clone(),
             verified: Default::default(),
         }
+    }
+
+    /// The audiences of the root in force this agent holds an identity of.
+    pub fn audiences_held(&self) -> Vec<String> {
+        let Some(root) = &self.root else {
+            return Vec::new();
+        };
+        let held = self.identities.recipients();
+        root.audiences
+            .iter()
+            .filter(|audience| audience.recipients.iter().any(|r| held.contains(r)))
+            .map(|audience| audience.name.clone())
+            .collect()
     }
 
     /// Checks a command about to be proposed (or forwarded to the leader):
@@ -211,6 +225,12 @@ pub enum SigningError {
     WrongKey {
         stored_at: String,
         signed_for: String,
+    },
+    #[error("the signed value of {key:?} expired at {expires} ({protection} refuses expired values): sign it again with a later --expires")]
+    Expired {
+        key: String,
+        expires: String,
+        protection: String,
     },
     #[error("replayed change to {key:?}: sequence {sequence} is not above the stored sequence {stored}; sign it again with a higher --seq")]
     Replay {

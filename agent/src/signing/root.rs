@@ -24,13 +24,12 @@
 //!
 //! This module is pure: no I/O, no clock (the caller passes `now`).
 
-use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::envelope::KeySignature;
-use super::keys::{format_public_key, parse_public_key};
-use super::trust::{PrefixTrust, TrustPolicy};
+use super::secrets::Recipient;
+use super::trust::{OnExpiry, PrefixTrust, TrustPolicy};
 
 /// Where roots live in the store, one key per version.
 pub const ROOT_PREFIX: &[u8] = b"_edgeconf/trust/root/";
@@ -42,14 +41,22 @@ pub fn root_key(version: u64) -> Vec<u8> {
     key
 }
 
-/// Stored form: this magic, then postcard bytes.
+/// Stored form: this magic, then postcard bytes. A root that uses nothing
+/// added since version 1 (no audiences, every prefix refusing expired
+/// values) keeps version 1's layout, so roots stored and signed by older
+/// versions keep their bytes and signatures.
 const STORED_MAGIC: &[u8] = b"\0edgeconf-root-v1\0";
-/// Every root signature covers this tag first.
+const STORED_MAGIC_V2: &[u8] = b"\0edgeconf-root-v2\0";
+/// Every root signature covers its layout's tag first.
 const DOMAIN_TAG: &[u8] = b"edgeconf trust root v1\0";
+const DOMAIN_TAG_V2: &[u8] = b"edgeconf trust root v2\0";
 /// The `format` field of the JSON form.
 pub const JSON_FORMAT: &str = "edgeconf-trust-root/1";
 /// Bound on keys and signatures, to bound verifying work.
 const MAX_KEYS: usize = 64;
+/// Bound on audiences, and on the recipients of each.
+const MAX_AUDIENCES: usize = 64;
+const MAX_RECIPIENTS: usize = 1024;
 
 /// One prefix's signers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +65,17 @@ pub struct Role {
     pub prefix: Vec<u8>,
     pub keys: Vec<[u8; 32]>,
     pub threshold: u32,
+    /// What becomes of its values once they expire.
+    pub on_expiry: OnExpiry,
+}
+
+/// A group of agents secrets can be encrypted to: the age recipients
+/// (`age1...`) of its members, either one identity every agent of the group
+/// holds (say, per label) or each agent's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audience {
+    pub name: String,
+    pub recipients: Vec<String>,
 }
 
 /// The signed part of a root.
@@ -75,6 +93,83 @@ pub struct Root {
     pub prefixes: Vec<Role>,
     /// Keys outside every prefix take unsigned writes.
     pub allow_unsigned: bool,
+    /// The groups secrets are encrypted to (`put --encrypt --audience`).
+    pub audiences: Vec<Audience>,
+}
+
+/// Version 1's layout of a root, and of a role in it.
+#[derive(Serialize, Deserialize)]
+struct RootV1 {
+    cluster_id: u64,
+    version: u64,
+    expires_unix: u64,
+    root_keys: Vec<[u8; 32]>,
+    root_threshold: u32,
+    keys: Vec<[u8; 32]>,
+    prefixes: Vec<RoleV1>,
+    allow_unsigned: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoleV1 {
+    #[serde(with = "serde_bytes")]
+    prefix: Vec<u8>,
+    keys: Vec<[u8; 32]>,
+    threshold: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedRootV1 {
+    root: RootV1,
+    signatures: Vec<KeySignature>,
+}
+
+impl From<&Root> for RootV1 {
+    fn from(root: &Root) -> Self {
+        RootV1 {
+            cluster_id: root.cluster_id,
+            version: root.version,
+            expires_unix: root.expires_unix,
+            root_keys: root.root_keys.clone(),
+            root_threshold: root.root_threshold,
+            keys: root.keys.clone(),
+            prefixes: root
+                .prefixes
+                .iter()
+                .map(|role| RoleV1 {
+                    prefix: role.prefix.clone(),
+                    keys: role.keys.clone(),
+                    threshold: role.threshold,
+                })
+                .collect(),
+            allow_unsigned: root.allow_unsigned,
+        }
+    }
+}
+
+impl From<RootV1> for Root {
+    fn from(root: RootV1) -> Self {
+        Root {
+            cluster_id: root.cluster_id,
+            version: root.version,
+            expires_unix: root.expires_unix,
+            root_keys: root.root_keys,
+            root_threshold: root.root_threshold,
+            keys: root.keys,
+            prefixes: root
+                .prefixes
+                .into_iter()
+                .map(|role| Role {
+                    prefix: role.prefix,
+                    keys: role.keys,
+                    threshold: role.threshold,
+                    on_expiry: OnExpiry::Refuse,
+                })
+                .collect(),
+            allow_unsigned: root.allow_unsigned,
+            audiences: Vec::new(),
+        }
+    }
 }
 
 /// A root and the root keys' signatures over it.
@@ -118,9 +213,30 @@ pub enum RootError {
 impl Root {
     /// The bytes every root signature covers.
     fn message(&self) -> Vec<u8> {
-        let mut message = DOMAIN_TAG.to_vec();
-        postcard::to_io(self, &mut message).expect("encoding into memory cannot fail");
-        message
+        let encode = "encoding into memory cannot fail";
+        if self.fits_v1() {
+            let mut message = DOMAIN_TAG.to_vec();
+            postcard::to_io(&RootV1::from(self), &mut message).expect(encode);
+            message
+        } else {
+            let mut message = DOMAIN_TAG_V2.to_vec();
+            postcard::to_io(self, &mut message).expect(encode);
+            message
+        }
+    }
+
+    /// Whether the root uses nothing version 1's layout lacks.
+    fn fits_v1(&self) -> bool {
+        self.audiences.is_empty()
+            && self
+                .prefixes
+                .iter()
+                .all(|role| role.on_expiry == OnExpiry::Refuse)
+    }
+
+    /// The audience called `name`.
+    pub fn audience(&self, name: &str) -> Option<&Audience> {
+        self.audiences.iter().find(|audience| audience.name == name)
     }
 
     /// What holds for any root, signed or not.
@@ -157,6 +273,31 @@ impl Root {
                 "allow_unsigned is false but no operator key may sign outside the prefixes".into(),
             );
         }
+        if self.audiences.len() > MAX_AUDIENCES {
+            return malformed(format!("more than {MAX_AUDIENCES} audiences"));
+        }
+        for (i, audience) in self.audiences.iter().enumerate() {
+            let name = &audience.name;
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
+                return malformed(format!(
+                    "audience name {name:?}: expected 1 to 128 characters, no spaces"
+                ));
+            }
+            if self.audiences[..i].iter().any(|a| &a.name == name) {
+                return malformed(format!("audience {name:?} is listed twice"));
+            }
+            if audience.recipients.is_empty() || audience.recipients.len() > MAX_RECIPIENTS {
+                return malformed(format!(
+                    "audience {name:?} has {} recipients: expected 1 to {MAX_RECIPIENTS}",
+                    audience.recipients.len()
+                ));
+            }
+            for recipient in &audience.recipients {
+                Recipient::parse(recipient).map_err(|problem| {
+                    RootError::Malformed(format!("audience {name:?}: {problem}"))
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -171,6 +312,7 @@ impl Root {
                     prefix: role.prefix.clone(),
                     keys: role.keys.clone(),
                     threshold: role.threshold as usize,
+                    on_expiry: role.on_expiry,
                 })
                 .collect(),
             allow_unsigned: self.allow_unsigned,
@@ -267,116 +409,44 @@ impl SignedRoot {
     }
 
     pub fn to_stored(&self) -> Vec<u8> {
-        let mut bytes = STORED_MAGIC.to_vec();
-        postcard::to_io(self, &mut bytes).expect("encoding into memory cannot fail");
-        bytes
+        let encode = "encoding into memory cannot fail";
+        if self.root.fits_v1() {
+            let mut bytes = STORED_MAGIC.to_vec();
+            let v1 = SignedRootV1 {
+                root: RootV1::from(&self.root),
+                signatures: self.signatures.clone(),
+            };
+            postcard::to_io(&v1, &mut bytes).expect(encode);
+            bytes
+        } else {
+            let mut bytes = STORED_MAGIC_V2.to_vec();
+            postcard::to_io(self, &mut bytes).expect(encode);
+            bytes
+        }
     }
 
     pub fn from_stored(bytes: &[u8]) -> Result<Self, RootError> {
-        let body = bytes.strip_prefix(STORED_MAGIC).ok_or_else(|| {
-            RootError::Malformed(format!(
+        let undecodable =
+            |err: postcard::Error| RootError::Malformed(format!("cannot decode: {err}"));
+        let signed = if let Some(body) = bytes.strip_prefix(STORED_MAGIC) {
+            let v1: SignedRootV1 = postcard::from_bytes(body).map_err(undecodable)?;
+            SignedRoot {
+                root: v1.root.into(),
+                signatures: v1.signatures,
+            }
+        } else if let Some(body) = bytes.strip_prefix(STORED_MAGIC_V2) {
+            postcard::from_bytes::<SignedRoot>(body).map_err(undecodable)?
+        } else {
+            return Err(RootError::Malformed(format!(
                 "a value under {} is not a trust root (write roots with `edgeconf trust push`)",
                 String::from_utf8_lossy(ROOT_PREFIX)
-            ))
-        })?;
-        let signed: SignedRoot = postcard::from_bytes(body)
-            .map_err(|err| RootError::Malformed(format!("cannot decode: {err}")))?;
+            )));
+        };
         if signed.signatures.len() > MAX_KEYS {
             return Err(RootError::Malformed("too many signatures".into()));
         }
         signed.root.check_shape()?;
         Ok(signed)
-    }
-
-    pub fn to_json(&self) -> String {
-        let keys = |keys: &[[u8; 32]]| keys.iter().map(|k| format_public_key(k)).collect();
-        let json = JsonRoot {
-            format: JSON_FORMAT.into(),
-            cluster_id: format!("{:x}", self.root.cluster_id),
-            version: self.root.version,
-            expires_unix: self.root.expires_unix,
-            root_keys: keys(&self.root.root_keys),
-            root_threshold: self.root.root_threshold,
-            keys: keys(&self.root.keys),
-            prefixes: self
-                .root
-                .prefixes
-                .iter()
-                .map(|role| JsonRole {
-                    prefix: String::from_utf8_lossy(&role.prefix).into_owned(),
-                    keys: keys(&role.keys),
-                    threshold: role.threshold,
-                })
-                .collect(),
-            allow_unsigned: self.root.allow_unsigned,
-            signatures: self
-                .signatures
-                .iter()
-                .map(|s| JsonSignature {
-                    signer: format_public_key(&s.signer),
-                    signature: base64::engine::general_purpose::STANDARD.encode(&s.signature),
-                })
-                .collect(),
-        };
-        serde_json::to_string_pretty(&json).expect("encoding JSON into memory cannot fail")
-    }
-
-    pub fn from_json(text: &str) -> Result<Self, RootError> {
-        let malformed = |problem: String| RootError::Malformed(problem);
-        let json: JsonRoot = serde_json::from_str(text)
-            .map_err(|err| malformed(format!("not a trust root: {err}")))?;
-        if json.format != JSON_FORMAT {
-            return Err(malformed(format!(
-                "format is {:?}, expected {JSON_FORMAT:?}",
-                json.format
-            )));
-        }
-        let keys = |field: &str, texts: &[String]| {
-            texts
-                .iter()
-                .map(|text| parse_public_key(text).map_err(|p| malformed(format!("{field}: {p}"))))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let root = Root {
-            cluster_id: u64::from_str_radix(&json.cluster_id, 16).map_err(|_| {
-                malformed(format!(
-                    "cluster_id {:?} is not a hex number",
-                    json.cluster_id
-                ))
-            })?,
-            version: json.version,
-            expires_unix: json.expires_unix,
-            root_keys: keys("root_keys", &json.root_keys)?,
-            root_threshold: json.root_threshold,
-            keys: keys("keys", &json.keys)?,
-            prefixes: json
-                .prefixes
-                .iter()
-                .map(|role| {
-                    Ok(Role {
-                        prefix: role.prefix.clone().into_bytes(),
-                        keys: keys("prefixes.keys", &role.keys)?,
-                        threshold: role.threshold,
-                    })
-                })
-                .collect::<Result<_, RootError>>()?,
-            allow_unsigned: json.allow_unsigned,
-        };
-        root.check_shape()?;
-        let signatures = json
-            .signatures
-            .iter()
-            .map(|s| {
-                Ok(KeySignature {
-                    signer: parse_public_key(&s.signer)
-                        .map_err(|p| malformed(format!("signatures: {p}")))?,
-                    signature: base64::engine::general_purpose::STANDARD
-                        .decode(&s.signature)
-                        .map_err(|err| malformed(format!("signatures: {err}")))?,
-                })
-            })
-            .collect::<Result<_, RootError>>()?;
-        Ok(SignedRoot { root, signatures })
     }
 }
 
@@ -501,37 +571,4 @@ pub fn check_fresh(root: &Root, now: u64) -> Result<(), RootError> {
         });
     }
     Ok(())
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonRoot {
-    format: String,
-    cluster_id: String,
-    version: u64,
-    expires_unix: u64,
-    root_keys: Vec<String>,
-    root_threshold: u32,
-    #[serde(default)]
-    keys: Vec<String>,
-    #[serde(default)]
-    prefixes: Vec<JsonRole>,
-    allow_unsigned: bool,
-    #[serde(default)]
-    signatures: Vec<JsonSignature>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonRole {
-    prefix: String,
-    keys: Vec<String>,
-    threshold: u32,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonSignature {
-    signer: String,
-    signature: String,
 }

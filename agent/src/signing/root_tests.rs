@@ -5,6 +5,7 @@ use ed25519_dalek::SigningKey;
 
 use super::keys::generate_signing_key;
 use super::root::*;
+use super::OnExpiry;
 
 const CLUSTER: u64 = 0xc1;
 const NOW: u64 = 1_800_000_000;
@@ -31,8 +32,10 @@ fn root(version: u64, root_keys: &[&SigningKey], operator: &SigningKey) -> Root 
             prefix: b"/app/".to_vec(),
             keys: public(&[operator]),
             threshold: 1,
+            on_expiry: OnExpiry::Refuse,
         }],
         allow_unsigned: true,
+        audiences: Vec::new(),
     }
 }
 
@@ -284,4 +287,71 @@ fn puts_are_checked_at_their_version_key_and_the_chain_is_walked_from_the_pins()
     );
     assert_eq!(newest.unwrap().version, 1);
     assert!(problem.is_some());
+}
+
+/// A recipient made fresh for a test.
+fn recipient() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    super::secrets::generate_identity(&dir.path().join("id.age"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn roots_without_new_features_keep_version_1s_bytes() {
+    let (r1, r2, operator) = (key(), key(), key());
+    let plain = signed(root(1, &[&r1, &r2], &operator), &[&r1, &r2]);
+    let stored = plain.to_stored();
+    assert!(stored.starts_with(b"\0edgeconf-root-v1\0"));
+    assert_eq!(SignedRoot::from_stored(&stored).unwrap(), plain);
+    assert_eq!(plain.valid_signers(&public(&[&r1, &r2])), 2);
+
+    // Audiences and a prefix that keeps expired values need version 2,
+    // whose signatures cover them.
+    let mut rich = root(1, &[&r1, &r2], &operator);
+    rich.prefixes[0].on_expiry = OnExpiry::Keep;
+    rich.audiences.push(Audience {
+        name: "eu".into(),
+        recipients: vec![recipient()],
+    });
+    let rich = signed(rich, &[&r1, &r2]);
+    let stored = rich.to_stored();
+    assert!(stored.starts_with(b"\0edgeconf-root-v2\0"));
+    let back = SignedRoot::from_stored(&stored).unwrap();
+    assert_eq!(back, rich);
+    assert_eq!(back.valid_signers(&public(&[&r1, &r2])), 2);
+    assert_eq!(SignedRoot::from_json(&rich.to_json()).unwrap(), rich);
+    assert_eq!(rich.root.policy().on_expiry(b"/app/x"), OnExpiry::Keep);
+    assert_eq!(rich.root.policy().on_expiry(b"/other"), OnExpiry::Refuse);
+
+    // Moving a member out of an audience after signing breaks every
+    // signature.
+    let mut altered = rich.clone();
+    altered.root.audiences[0].recipients = vec![recipient()];
+    assert_eq!(altered.valid_signers(&public(&[&r1, &r2])), 0);
+    let mut altered = rich;
+    altered.root.prefixes[0].on_expiry = OnExpiry::Refuse;
+    assert_eq!(altered.valid_signers(&public(&[&r1, &r2])), 0);
+}
+
+#[test]
+fn audiences_must_be_named_once_and_hold_age_recipients() {
+    let (r1, r2, operator) = (key(), key(), key());
+    let with = |name: &str, recipients: Vec<String>| {
+        let mut root = root(1, &[&r1, &r2], &operator);
+        root.audiences.push(Audience {
+            name: name.into(),
+            recipients,
+        });
+        root
+    };
+    with("eu", vec![recipient()]).check_shape().unwrap();
+    let refused = |root: Root| root.check_shape().unwrap_err().to_string();
+    assert!(refused(with("eu", vec!["age1nope".into()])).contains("not an age recipient"));
+    assert!(refused(with("eu", Vec::new())).contains("0 recipients"));
+    assert!(refused(with("", vec![recipient()])).contains("audience name"));
+    assert!(refused(with("e u", vec![recipient()])).contains("audience name"));
+    let mut twice = with("eu", vec![recipient()]);
+    twice.audiences.push(twice.audiences[0].clone());
+    assert!(refused(twice).contains("listed twice"));
 }

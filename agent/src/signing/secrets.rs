@@ -111,6 +111,14 @@ impl Identities {
         &self.files
     }
 
+    /// The recipients (`age1...`) of the identities held.
+    pub fn recipients(&self) -> Vec<String> {
+        self.identities
+            .iter()
+            .map(|identity| identity.to_public().to_string())
+            .collect()
+    }
+
     /// Decrypts armored (or binary) age ciphertext with any identity held.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, SigningError> {
         if self.identities.is_empty() {

@@ -28,6 +28,7 @@ fn policy(
             prefix: b"/app/".to_vec(),
             keys: app.iter().map(|k| k.verifying_key().to_bytes()).collect(),
             threshold: 1,
+            on_expiry: OnExpiry::Refuse,
         }],
         allow_unsigned: true,
         cluster_id: Some(CLUSTER),
@@ -473,4 +474,74 @@ fn version_1_changes_are_still_served_but_no_longer_written() {
     // A version 1 change takes no second signature.
     let mut old = old;
     assert!(old.add_signature(&key()).is_err());
+}
+
+fn expiring(signer: &ed25519_dalek::SigningKey, expires_unix: u64) -> SignedChange {
+    let mut change = SignedChange::unsigned(
+        b"/app/x".to_vec(),
+        Op::Put,
+        3,
+        false,
+        b"v".to_vec(),
+        BINDING,
+    );
+    change.expires_unix = Some(expires_unix);
+    change.add_signature(signer).unwrap();
+    change
+}
+
+#[test]
+fn an_expiry_is_signed_and_stored_as_version_3() {
+    let signer = key();
+    let later = crate::consensus::now_unix_secs() + 3600;
+    let change = expiring(&signer, later);
+    let stored = change.to_stored();
+    assert!(stored.starts_with(envelope::STORED_MAGIC_V3));
+    assert_eq!(
+        SignedChange::from_stored(&stored).unwrap(),
+        Some(change.clone())
+    );
+    assert_eq!(SignedChange::from_json(&change.to_json()).unwrap(), change);
+    change.verify_signature().unwrap();
+    // The expiry is covered: moved or taken away, no signature holds.
+    let mut moved = change.clone();
+    moved.expires_unix = Some(later + 1);
+    assert!(moved.verify_signature().is_err());
+    let mut removed = change;
+    removed.expires_unix = None;
+    assert!(removed.verify_signature().is_err());
+    // A change without one keeps version 2's bytes.
+    assert!(put(&signer, "/app/x", 3, "v")
+        .to_stored()
+        .starts_with(STORED_MAGIC_V2));
+}
+
+#[test]
+fn expired_values_are_refused_or_kept_as_their_prefix_says() {
+    let signer = key();
+    let mut policy = policy(&[], &[&signer]);
+    let now = crate::consensus::now_unix_secs();
+    let fresh = expiring(&signer, now + 3600);
+    let expired = expiring(&signer, now.saturating_sub(1));
+    policy.check_change(&fresh).unwrap();
+    policy
+        .check_stored(b"/app/x", &fresh.to_stored(), Some(3))
+        .unwrap();
+    // A new write that has expired is refused whatever the policy.
+    let err = policy.check_change(&expired).unwrap_err();
+    assert!(matches!(err, SigningError::Expired { .. }), "{err}");
+    // Stored: refused by default, naming the key, the time and the rule.
+    let err = policy
+        .check_stored(b"/app/x", &expired.to_stored(), Some(3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"/app/x\" expired at 20"), "{err}");
+    assert!(err.contains("[[trust.prefix]] \"/app/\""), "{err}");
+    // Kept where the prefix says so.
+    policy.prefixes[0].on_expiry = OnExpiry::Keep;
+    let kept = policy
+        .check_stored(b"/app/x", &expired.to_stored(), Some(3))
+        .unwrap();
+    assert!(matches!(kept, Checked::Signed(change) if change.is_expired(now)));
+    assert!(policy.check_change(&expired).is_err());
 }

@@ -16,6 +16,24 @@ pub struct PrefixTrust {
     /// How many distinct trusted signers a change under `prefix` needs (at
     /// least 1, at most the number of keys that may sign it).
     pub threshold: usize,
+    /// What becomes of a stored value under `prefix` once it expires.
+    pub on_expiry: OnExpiry,
+}
+
+/// What becomes of a signed value past its expiry (`edgeconf put
+/// --expires`), per prefix. A new write that has expired already is
+/// refused either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// No longer served, rendered or handed to plugins, as a value that
+    /// fails its check (TUF's rule for expired metadata): a rendered file
+    /// keeps its last good content and reports the error.
+    #[default]
+    Refuse,
+    /// Still served and rendered, and reported (a warning in the log,
+    /// `EXPIRED` in `edgeconf verify` and `get`).
+    Keep,
 }
 
 /// The `[trust]` section, checked.
@@ -113,12 +131,36 @@ impl TrustPolicy {
         self.rule(key).map_or(1, |rule| rule.threshold.max(1))
     }
 
-    /// Checks a new signed write: it is bound to this cluster, its
-    /// signatures are sound and enough of its signers may sign its key. The
-    /// sequence is the store's to check.
+    /// What becomes of an expired value of `key`.
+    pub fn on_expiry(&self, key: &[u8]) -> OnExpiry {
+        self.rule(key)
+            .map_or(OnExpiry::Refuse, |rule| rule.on_expiry)
+    }
+
+    /// Checks a new signed write: it is bound to this cluster, has not
+    /// expired, its signatures are sound and enough of its signers may
+    /// sign its key. The sequence is the store's to check.
     pub fn check_change(&self, change: &SignedChange) -> Result<(), SigningError> {
         self.check_binding(change)?;
+        if change.is_expired(crate::consensus::now_unix_secs()) {
+            return Err(self.expired(change));
+        }
         self.check_signers(change, SignedChange::verify_signature)
+    }
+
+    fn expired(&self, change: &SignedChange) -> SigningError {
+        let expires = change.expires_unix.unwrap_or_default();
+        SigningError::Expired {
+            key: lossy(&change.key),
+            expires: humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires),
+            )
+            .to_string(),
+            protection: match self.rule(&change.key) {
+                Some(rule) => format!("[[trust.prefix]] {:?}", lossy(&rule.prefix)),
+                None => "the default policy".to_string(),
+            },
+        }
     }
 
     /// Checks a signed change already stored (a value or a delete's
@@ -340,6 +382,11 @@ impl TrustPolicy {
         }
         self.check_stored_binding(&change)?;
         self.check_signers(&change, verify)?;
+        if change.is_expired(crate::consensus::now_unix_secs())
+            && self.on_expiry(key) == OnExpiry::Refuse
+        {
+            return Err(self.expired(&change));
+        }
         if let Some(latest) = latest_sequence {
             if change.sequence < latest {
                 return Err(SigningError::Replay {
