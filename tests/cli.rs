@@ -247,3 +247,70 @@ fn an_unreachable_endpoint_is_a_clear_error_not_a_hang() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_line_definition() {
+    let run = |args: &[&str]| {
+        ok(run_with_timeout(
+            Command::new(BIN).args(args),
+            Duration::from_secs(20),
+        ))
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completion", shell]);
+        for word in ["edgeconf", "trust", "set-audience", "snapshot-count"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // The bash script is valid bash.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("edgeconf.bash");
+    std::fs::write(&script, run(&["completion", "bash"])).unwrap();
+    ok(run_with_timeout(
+        Command::new("bash").arg("-n").arg(&script),
+        Duration::from_secs(20),
+    ));
+    let err = stderr(&run_with_timeout(
+        Command::new(BIN).args(["completion", "tcsh"]),
+        Duration::from_secs(20),
+    ));
+    assert!(err.contains("possible values: bash"), "{err}");
+
+    let page = run(&["man"]);
+    assert!(page.contains(".TH edgeconf 1"), "{page}");
+    assert!(
+        page.contains("Configuration agent for edge fleets"),
+        "{page}"
+    );
+    let pages = dir.path().join("man");
+    run(&["man", "--out-dir", pages.to_str().unwrap()]);
+    for name in [
+        "edgeconf.1",
+        "edgeconf-put.1",
+        "edgeconf-trust-set-audience.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(name)).unwrap();
+        assert!(text.starts_with(".ie"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn the_agent_logs_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(dir.path(), common::free_port(), &["--log-format", "json"]);
+    ok(edgeconf(&agent, &["put", "/k", "v"]));
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{line:?}: {err}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l["message"].is_string()), "{log}");
+}

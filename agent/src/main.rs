@@ -79,14 +79,17 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
         );
     }
     let filter: tracing_subscriber::filter::Targets = filter.parse()?;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(filter)
-        .init();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .with(filter)
+            .init(),
+        cli::LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().flatten_event(true))
+            .with(filter)
+            .init(),
+    }
     let rt = runtime()?;
     let reload = {
         let (path, overrides) = (args.config.clone(), args.overrides());

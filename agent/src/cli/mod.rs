@@ -5,6 +5,7 @@ mod auth;
 pub mod bench;
 mod cert;
 mod client;
+mod generate;
 mod kv;
 mod lease;
 mod member;
@@ -181,6 +182,16 @@ pub enum Command {
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
     Bench(bench::BenchArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, ...).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one per command into --out-dir.
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// `edgeconf agent`: the TOML file, and the same settings as flags, which
@@ -215,6 +226,9 @@ pub struct AgentArgs {
     /// Log filter, e.g. info or edgeconf=debug.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Milliseconds between leader heartbeats.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
@@ -227,6 +241,13 @@ pub struct AgentArgs {
     /// Log entries kept for slow followers after a compaction.
     #[arg(long)]
     pub snapshot_catchup_entries: Option<u64>,
+}
+
+/// How the agent writes its log (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl AgentArgs {
@@ -328,5 +349,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::render(&client, args).await,
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Bench(args) => bench::bench(&client, format, args).await,
+        Command::Completion { shell } => generate::completion(shell),
+        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
     }
 }
