@@ -153,6 +153,7 @@ pub async fn run(
         services: services.clone(),
         leave: leave_request.clone(),
         feed: feed.clone(),
+        quota_bytes: config.upkeep.quota_bytes,
     };
     for listener in listeners {
         let (node, keyring, stopped) = (node.clone(), keyring.clone(), stopped.clone());
@@ -171,6 +172,11 @@ pub async fn run(
     if config.role == Role::Voter {
         let node = node.clone();
         tasks.spawn(async move { node.publish_self().await });
+    }
+    if config.role == Role::Voter {
+        let (node, membership, stopped) = (node.clone(), membership.clone(), stopped.clone());
+        let settings = config.upkeep.clone();
+        tasks.spawn(async move { crate::upkeep::run(node, membership, settings, stopped).await });
     }
     {
         let (store, keyring, stopped) = (store.clone(), keyring.clone(), stopped.clone());
@@ -387,6 +393,7 @@ fn start_gossip(
         checks: Vec::new(),
         feed_group: String::new(),
         dials_out: config.gossip.dial_out_only,
+        store: Default::default(),
     };
     let settings = crate::gossip::Config {
         probe_interval_ms: config.gossip.probe_interval.as_millis() as u64,

@@ -16,6 +16,8 @@
 //! | `fault-clock`         | its number (ms, may be negative) is added to the   |
 //! |                       | wall clock the agent stamps revisions and rollouts |
 //! |                       | with                                               |
+//! | `fault-corrupt`       | the store's newest value is changed in place, once |
+//! |                       | (bit rot the corruption check must catch)          |
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
@@ -32,6 +34,7 @@ pub const PARTITION_OUT: &str = "fault-partition-out";
 pub const RAFT_CRASH: &str = "fault-raft-crash";
 pub const DISK: &str = "fault-disk";
 pub const CLOCK: &str = "fault-clock";
+pub const CORRUPT: &str = "fault-corrupt";
 
 /// What WAL writes do (one agent per process: a process-wide switch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +72,7 @@ pub async fn watch_switches(node: Arc<Node>, data_dir: PathBuf) {
     let path = |name: &str| data_dir.join(name);
     tracing::warn!(data_dir = %data_dir.display(), "fault injection enabled");
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut crashed = false;
+    let (mut crashed, mut corrupted) = (false, false);
     loop {
         tick.tick().await;
         let transport = node.transport();
@@ -79,6 +82,17 @@ pub async fn watch_switches(node: Arc<Node>, data_dir: PathBuf) {
             tracing::warn!("fault injection: crashing the raft thread");
             node.inject_crash();
             crashed = true;
+        }
+        if !corrupted && path(CORRUPT).exists() {
+            corrupted = true;
+            match node.store().inject_corruption() {
+                Ok(key) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key.unwrap_or_default()), "fault injection: corrupted the newest value in place")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "fault injection: cannot corrupt the store")
+                }
+            }
         }
         set_disk(read_switch(&path(DISK)).as_deref());
         set_clock(read_switch(&path(CLOCK)).as_deref());

@@ -9,6 +9,7 @@
 //! - [`transport`]: QUIC between members, mutual TLS with node keys;
 //! - [`api`]: the etcd v3 gRPC API and the Edgeconf service;
 //! - [`render`]: keys materialized into local files;
+//! - [`upkeep`]: quota, auto-compaction and corruption alarms;
 //! - [`cli`]: the `edgeconf` command line, a client of the API.
 
 pub mod agent;
@@ -31,3 +32,4 @@ pub mod signing;
 pub mod store;
 pub mod transport;
 pub mod trust_root;
+pub mod upkeep;

@@ -92,6 +92,7 @@ pub fn render_text(sources: &Sources) -> String {
     if let Some(feed) = &sources.feed {
         feed_metrics(&mut out, feed);
     }
+    alarm_metrics(&mut out, node.store());
     let _ = writeln!(
         out,
         "# HELP edgeconf_raft_refused_total Raft messages and frames refused (a sender that is not a member, not verified yet, not a voter key, or speaking for another member; an oversized, undecodable or invalid snapshot frame; a snapshot while another is received).\n\
@@ -172,6 +173,23 @@ pub fn render_text(sources: &Sources) -> String {
     plugin_metrics(&mut out, &sources.plugins);
     fleet_metrics(&mut out, sources);
     out
+}
+
+/// etcd's alarms in force (NOSPACE, CORRUPT), one series per member and
+/// alarm; none when there are none.
+fn alarm_metrics(out: &mut String, store: &crate::store::Store) {
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_alarm 1 for each alarm in force (`etcdctl alarm list`).\n# TYPE edgeconf_alarm gauge"
+    );
+    for active in crate::upkeep::alarms::active(store).unwrap_or_default() {
+        let _ = writeln!(
+            out,
+            "edgeconf_alarm{{alarm=\"{}\",member=\"{:x}\"}} 1",
+            active.alarm.name(),
+            active.member
+        );
+    }
 }
 
 /// Gossip members by state, local health, and this agent's services.

@@ -14,7 +14,7 @@ use super::Context;
 use crate::auth::{token, Access, AuthState, Credential};
 use crate::consensus::ProposeError;
 use crate::store::{
-    Applied, Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, Store, TxnOp,
+    Applied, Command, DeleteRangeRequest, KeyRange, PutRequest, RangeEnd, Store, StoreError, TxnOp,
 };
 
 /// The caller of one request, with the auth state it was resolved against.
@@ -90,6 +90,9 @@ impl Context {
         caller: &Caller,
         command: Command,
     ) -> Result<Applied, ProposeError> {
+        if crate::upkeep::alarms::takes_space(&command) {
+            self.check_space()?;
+        }
         let command = Command::Authorized {
             auth_revision: caller.auth.revision,
             command: Box::new(command),
@@ -97,6 +100,33 @@ impl Context {
         self.node
             .propose_as(command, caller.credential.clone())
             .await
+    }
+}
+
+impl super::Context {
+    /// etcd's quota: a write that takes space is refused while a NOSPACE
+    /// alarm is active anywhere in the cluster, or while this member's own
+    /// store is over the quota (the leader raises the alarm soon after).
+    fn check_space(&self) -> Result<(), ProposeError> {
+        let store = self.node.store();
+        let size = store.size_bytes();
+        if size > self.quota_bytes {
+            return Err(ProposeError::Rejected(StoreError::NoSpace(format!(
+                "this member's store is {size} bytes, over quota_backend_bytes ({})",
+                self.quota_bytes
+            ))));
+        }
+        let alarms = crate::upkeep::alarms::active(store)?;
+        if let Some(alarm) = alarms
+            .iter()
+            .find(|a| a.alarm == crate::upkeep::alarms::Alarm::NoSpace)
+        {
+            return Err(ProposeError::Rejected(StoreError::NoSpace(format!(
+                "NOSPACE alarm of member {:x}: {}",
+                alarm.member, alarm.reason
+            ))));
+        }
+        Ok(())
     }
 }
 

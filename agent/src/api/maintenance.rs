@@ -1,18 +1,25 @@
 //! etcd's Maintenance service: Status (what `etcdctl endpoint status`
-//! shows) and Alarm; the rest is not offered yet.
+//! shows), Alarm, Hash and HashKV, Defragment and MoveLeader; Snapshot
+//! and Downgrade are not offered yet.
 
 use std::pin::Pin;
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
-    PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse,
-    PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse, PbSnapshotRequest,
-    PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse,
+    PbDowngradeRequest, PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest,
+    PbHashResponse, PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse,
+    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{unsupported, Context};
+use super::{propose_status, store_status, unsupported, Context};
+use crate::upkeep::alarms::{self, Alarm};
+
+/// etcd's `AlarmRequest.AlarmAction`.
+const ALARM_GET: i32 = 0;
+const ALARM_ACTIVATE: i32 = 1;
+const ALARM_DEACTIVATE: i32 = 2;
 
 /// The etcd API version reported to clients, which some of them check.
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -26,10 +33,58 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
         self.0.caller(&request)?.check_admin("alarm")?;
-        // No alarms are raised yet (no space quota): report none.
+        let ask = *request.get_ref();
+        // Raising and disarming are writes under `_edgeconf/`: only the
+        // leader proposes them.
+        if ask.action != ALARM_GET {
+            if let Some(answer) = self
+                .0
+                .to_leader("/etcdserverpb.Maintenance/Alarm", &request)
+                .await
+            {
+                return answer;
+            }
+        }
+        let node = &self.0.node;
+        let wanted = Alarm::from_etcd_type(ask.alarm);
+        match ask.action {
+            ALARM_GET => {}
+            ALARM_ACTIVATE | ALARM_DEACTIVATE => {
+                let Some(alarm) = wanted else {
+                    return Err(Status::invalid_argument(format!(
+                        "etcdserver: alarm type {} is not NOSPACE (1) or CORRUPT (2)",
+                        ask.alarm
+                    )));
+                };
+                let command = if ask.action == ALARM_ACTIVATE {
+                    alarms::raise(
+                        ask.member_id,
+                        alarm,
+                        "raised by an admin (Maintenance.Alarm)",
+                    )
+                } else {
+                    alarms::disarm(ask.member_id, alarm)
+                };
+                node.propose(command).await.map_err(propose_status)?;
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: alarm action {other} is not GET, ACTIVATE or DEACTIVATE"
+                )))
+            }
+        }
+        let active = alarms::active(node.store()).map_err(store_status)?;
         Ok(Response::new(PbAlarmResponse {
             header: Some(self.0.current_header()),
-            alarms: Vec::new(),
+            alarms: active
+                .into_iter()
+                .filter(|a| ask.member_id == 0 || a.member == ask.member_id)
+                .filter(|a| wanted.is_none_or(|w| w == a.alarm))
+                .map(|a| PbAlarmMember {
+                    member_id: a.member,
+                    alarm: a.alarm.etcd_type(),
+                })
+                .collect(),
         }))
     }
 
@@ -60,7 +115,18 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
         self.0.caller(&request)?.check_admin("defragment")?;
-        Err(unsupported("Defragment"))
+        let store = self.0.node.store().clone();
+        let done = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|err| Status::internal(format!("etcdserver: defragment failed: {err}")))?
+            .map_err(store_status)?;
+        tracing::info!(
+            bytes_before = done.bytes_before,
+            bytes_after = done.bytes_after,
+            "defragmented the store"
+        );
+        // As etcd: no header.
+        Ok(Response::new(PbDefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -68,7 +134,15 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbHashRequest>,
     ) -> Result<Response<PbHashResponse>, Status> {
         self.0.caller(&request)?.check_admin("hash")?;
-        Err(unsupported("Hash"))
+        let store = self.0.node.store().clone();
+        let (hash, revision) = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|err| Status::internal(format!("etcdserver: hash failed: {err}")))?
+            .map_err(store_status)?;
+        Ok(Response::new(PbHashResponse {
+            header: Some(self.0.header(revision)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
@@ -76,7 +150,18 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
         self.0.caller(&request)?.check_admin("hashkv")?;
-        Err(unsupported("HashKV"))
+        let revision = request.get_ref().revision;
+        let store = self.0.node.store().clone();
+        let hashed = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|err| Status::internal(format!("etcdserver: hashkv failed: {err}")))?
+            .map_err(store_status)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: Some(self.0.current_header()),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Status>> + Send>>;
@@ -94,7 +179,22 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
         self.0.caller(&request)?.check_admin("move-leader")?;
-        Err(unsupported("MoveLeader"))
+        if let Some(answer) = self
+            .0
+            .to_leader("/etcdserverpb.Maintenance/MoveLeader", &request)
+            .await
+        {
+            return answer;
+        }
+        let target = request.get_ref().target_id;
+        self.0
+            .node
+            .move_leader(target)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: Some(self.0.current_header()),
+        }))
     }
 
     async fn downgrade(

@@ -65,6 +65,8 @@ pub(crate) struct Context {
     to_leader: Arc<forward::Forwarder>,
     /// On an edge agent: how fresh its feed is.
     feed: Option<Arc<crate::edge::follow::FollowStatus>>,
+    /// `quota_backend_bytes`.
+    quota_bytes: u64,
 }
 
 /// Gossip membership and the service catalog, for the fleet RPCs.
@@ -88,6 +90,8 @@ pub struct Shared {
     pub leave: Arc<tokio::sync::Notify>,
     /// On an edge: its feed follower (writes are forwarded to a voter).
     pub feed: Option<Arc<crate::edge::follow::FollowStatus>>,
+    /// `quota_backend_bytes`.
+    pub quota_bytes: u64,
 }
 
 impl Context {
@@ -208,6 +212,7 @@ pub async fn serve(
             .then(|| Arc::new(forward::Forwarder::new(tls.as_ref().map(|t| t.files())))),
         to_leader: Arc::new(forward::Forwarder::new(tls.as_ref().map(|t| t.files()))),
         feed: shared.feed,
+        quota_bytes: shared.quota_bytes,
         fleet: Fleet {
             membership: shared.membership,
             services: shared.services,
@@ -281,6 +286,11 @@ pub(crate) fn store_status(err: StoreError) -> Status {
             Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
         }
         StoreError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+        // etcd's clients match this message exactly.
+        StoreError::NoSpace(why) => {
+            tracing::warn!(%why, "write refused: no space");
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+        }
         err @ StoreError::StaleSequence { .. } => {
             Status::failed_precondition(format!("edgeconf: {err}"))
         }

@@ -8,6 +8,7 @@ mod client;
 mod generate;
 mod kv;
 mod lease;
+mod maintenance;
 mod member;
 mod output;
 mod plugin;
@@ -182,6 +183,17 @@ pub enum Command {
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
     Bench(bench::BenchArgs),
+    /// Endpoint checks: health, status, hashkv.
+    #[command(subcommand)]
+    Endpoint(maintenance::EndpointCommand),
+    /// Defragment each endpoint's store (after a compaction, to give the
+    /// space back).
+    Defrag,
+    /// Hand the cluster's leadership to member ID (hex).
+    MoveLeader { id: String },
+    /// List or disarm alarms (NOSPACE, CORRUPT).
+    #[command(subcommand)]
+    Alarm(maintenance::AlarmCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, ...).
     Completion {
         #[arg(value_enum)]
@@ -285,6 +297,10 @@ impl AgentArgs {
             sync: Vec::new(),
             max_staleness: None,
             stale_is_unhealthy: None,
+            quota_backend_bytes: None,
+            auto_compaction_mode: None,
+            auto_compaction_retention: None,
+            corrupt_check_interval: None,
             labels: None,
             gossip: None,
             service: Vec::new(),
@@ -349,6 +365,10 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::render(&client, args).await,
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Bench(args) => bench::bench(&client, format, args).await,
+        Command::Endpoint(command) => maintenance::endpoint(&client, format, command).await,
+        Command::Defrag => maintenance::defrag(&client, format).await,
+        Command::MoveLeader { id } => maintenance::move_leader(&client, format, &id).await,
+        Command::Alarm(command) => maintenance::alarm(&client, format, command).await,
         Command::Completion { shell } => generate::completion(shell),
         Command::Man { out_dir } => generate::man(out_dir.as_deref()),
     }

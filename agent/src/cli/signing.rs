@@ -472,15 +472,23 @@ pub fn signature_text(signature: Option<&pb::Signature>) -> String {
         (at, expired) => format!(
             ", {} {}",
             if expired { "EXPIRED at" } else { "expires" },
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at)
-            )
+            format_unix(at)
         ),
     };
     format!(
         "signed by {} seq {}{root}{secret}{expiry}, {state}",
         signature.signer, signature.sequence
     )
+}
+
+/// `at` (Unix seconds) as RFC 3339, or as a number when no date can show it
+/// (an agent's answer is not trusted to be in range).
+fn format_unix(at: u64) -> String {
+    if at > crate::signing::envelope::MAX_EXPIRES_UNIX {
+        return format!("{at} (Unix seconds)");
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
+        .to_string()
 }
 
 pub fn signature_json(signature: Option<&pb::Signature>) -> serde_json::Value {

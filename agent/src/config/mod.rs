@@ -7,6 +7,7 @@
 pub mod plugins;
 pub mod render;
 pub mod services;
+pub mod upkeep;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,16 @@ pub struct ConfigFile {
     pub max_staleness: Option<String>,
     /// A stale edge answers /health with 503 (default true).
     pub stale_is_unhealthy: Option<bool>,
+    /// etcd's backend quota: past it, NOSPACE (0: 2 GiB).
+    pub quota_backend_bytes: Option<u64>,
+    /// etcd's auto-compaction: "periodic" (default) or "revision".
+    pub auto_compaction_mode: Option<String>,
+    /// How much history to keep ("1h", "72" hours, or "1000" revisions;
+    /// default "0": off).
+    pub auto_compaction_retention: Option<String>,
+    /// How often voters compare history checksums (default "60s"; "0s":
+    /// off).
+    pub corrupt_check_interval: Option<String>,
     /// `[labels]`: what this agent announces about itself (for selectors).
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// `[gossip]`: seeds and timing of the fleet membership.
@@ -241,6 +252,8 @@ pub struct Config {
     /// See the file's `max_staleness` and `stale_is_unhealthy`.
     pub max_staleness: std::time::Duration,
     pub stale_is_unhealthy: bool,
+    /// Quota, auto-compaction and corruption checks.
+    pub upkeep: crate::upkeep::Settings,
     /// Raw ed25519 keys of the voters, whose feed checkpoints edges accept.
     pub voter_keys: Vec<[u8; 32]>,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -372,6 +385,14 @@ impl ConfigFile {
             role: overrides.role.or(self.role),
             max_staleness: overrides.max_staleness.or(self.max_staleness),
             stale_is_unhealthy: overrides.stale_is_unhealthy.or(self.stale_is_unhealthy),
+            quota_backend_bytes: overrides.quota_backend_bytes.or(self.quota_backend_bytes),
+            auto_compaction_mode: overrides.auto_compaction_mode.or(self.auto_compaction_mode),
+            auto_compaction_retention: overrides
+                .auto_compaction_retention
+                .or(self.auto_compaction_retention),
+            corrupt_check_interval: overrides
+                .corrupt_check_interval
+                .or(self.corrupt_check_interval),
             sync: if overrides.sync.is_empty() {
                 self.sync
             } else {
@@ -613,6 +634,13 @@ impl Config {
                     )
                 })?,
         };
+        let upkeep = upkeep::check(upkeep::UpkeepFields {
+            quota_backend_bytes: file.quota_backend_bytes,
+            auto_compaction_mode: file.auto_compaction_mode.as_deref(),
+            auto_compaction_retention: file.auto_compaction_retention.as_deref(),
+            corrupt_check_interval: file.corrupt_check_interval.as_deref(),
+        })
+        .map_err(|(field, problem)| origin.invalid(field, problem))?;
         let check_plugins: Vec<String> = plugins
             .plugins
             .iter()
@@ -655,6 +683,7 @@ impl Config {
             sync,
             max_staleness,
             stale_is_unhealthy: file.stale_is_unhealthy.unwrap_or(true),
+            upkeep,
             voter_keys,
             labels,
             gossip,

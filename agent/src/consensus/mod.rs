@@ -401,6 +401,9 @@ impl Node {
                         Input::ReadIndex { reply } => {
                             let _ = reply.send(Ok(()));
                         }
+                        Input::TransferLeader { reply, .. } => {
+                            let _ = reply.send(Err(ProposeError::Failed(refusal.clone())));
+                        }
                         Input::Delivery(_) | Input::Crash => {}
                         Input::Stop => return,
                     }
@@ -502,6 +505,26 @@ impl Node {
             Ok(Err(_)) => Err(ProposeError::Stopped),
             Err(_) => Err(ProposeError::Timeout),
         }
+    }
+
+    /// etcd's MoveLeader, on the leader: hands leadership to voter
+    /// `target` and waits until it leads (or an election timeout passes).
+    pub async fn move_leader(&self, target: u64) -> Result<(), ProposeError> {
+        if self.leader() == target {
+            return Ok(());
+        }
+        self.ask(|reply| raft_loop::Input::TransferLeader { target, reply })
+            .await?;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if self.leader() == target {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(ProposeError::Failed(format!(
+            "member {target:x} did not take over the lead in time (is it caught up and reachable?)"
+        )))
     }
 
     /// Proposes a command and waits until this member has applied it.

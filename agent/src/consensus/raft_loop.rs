@@ -60,6 +60,11 @@ pub(crate) enum Input {
     ReadIndex {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
+    /// etcd's MoveLeader: the leader hands leadership to `target`.
+    TransferLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
     Delivery(Delivery),
     /// Sent by the fault-injection switch only (tests): the raft thread
     /// panics, as a raft-rs `fatal!` would make it.
@@ -410,6 +415,20 @@ impl RaftLoop {
                 }
             }
             Input::ReadIndex { reply } => reads.push(reply),
+            Input::TransferLeader { target, reply } => {
+                let raft = &self.raw.raft;
+                let outcome = if raft.state != raft::StateRole::Leader {
+                    Err(ProposeError::NotLeader(raft.leader_id))
+                } else if !raft.prs().conf().voters().contains(target) {
+                    Err(ProposeError::Failed(format!(
+                        "member {target:x} is not a voter of this cluster"
+                    )))
+                } else {
+                    self.raw.transfer_leader(target);
+                    Ok(())
+                };
+                let _ = reply.send(outcome);
+            }
             Input::Delivery(Delivery::Message(message)) => self.step(message),
             Input::Delivery(Delivery::Unreachable(id)) => self.raw.report_unreachable(id),
             Input::Delivery(Delivery::SnapshotSent { to, ok }) => {

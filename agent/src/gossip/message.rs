@@ -38,6 +38,20 @@ pub struct Meta {
     /// This member cannot be dialed (`[gossip] dial_out_only`, behind
     /// NAT): only voters, to which it holds connections, send to it.
     pub dials_out: bool,
+    /// A voter's store, for the leader's upkeep (quota and corruption
+    /// alarms). The leader reads it only from records whose name and peer
+    /// URL are a raft voter's.
+    pub store: StoreReport,
+}
+
+/// What a voter says of its store: its size, and its history checksum
+/// (etcd's HashKV) at a revision (0: none taken yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreReport {
+    pub db_size: u64,
+    pub hash: u32,
+    pub revision: i64,
+    pub compact_revision: i64,
 }
 
 /// The latest result of one of an agent's `[[check]]` entries.

@@ -18,6 +18,6 @@ mod tests;
 pub use membership::Membership;
 pub use message::{
     Addr, AgentCheck, Health, Message, Meta, NodeId, Record, RolloutMark, ServiceState, State,
-    Update,
+    StoreReport, Update,
 };
 pub use swim::{Config, Outgoing, StateChange, Swim};

@@ -75,6 +75,7 @@ impl Sim {
             checks: Vec::new(),
             feed_group: "5f3a9c1e".into(),
             dials_out: false,
+            store: Default::default(),
         });
         let mut members: Vec<Swim> = (0..n)
             .map(|i| {

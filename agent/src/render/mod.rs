@@ -109,9 +109,15 @@ pub(crate) fn plain_value(
     let key = String::from_utf8_lossy(&kv.key);
     let checked = keyring.check_stored(&kv.key, &kv.value, sequence);
     if let Ok(Checked::Signed(change)) = &checked {
-        if change.is_expired(crate::consensus::now_unix_secs()) {
-            // Refused ones fail the check; this one's prefix keeps them.
+        // Refused ones fail the check; this one's prefix keeps them. Said
+        // once per value.
+        static WARNED: std::sync::Mutex<Vec<(Vec<u8>, u64)>> = std::sync::Mutex::new(Vec::new());
+        let now = crate::consensus::now_unix_secs();
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        let this = (kv.key.clone(), change.sequence);
+        if change.is_expired(now) && !warned.contains(&this) {
             tracing::warn!(key = %key, expires_unix = change.expires_unix, "rendering an expired value: its prefix has on_expiry = \"keep\"; sign it again with a later --expires");
+            warned.push(this);
         }
     }
     match checked {

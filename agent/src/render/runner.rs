@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::reload::{Finished, Reloads};
 use super::rollouts::RolloutValues;
 use super::status::RenderStatus;
-use super::vanished::RenderedKeys;
+use super::vanished::{protected, RenderedKeys};
 use super::{files, plain_values, produce_with, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
@@ -465,12 +465,14 @@ impl Runner {
                 return Rendered::Failed;
             }
         };
+        let keyring: Arc<Keyring> = self.keyring.get();
+        // What the store holds, before rollout values stand in for it.
+        let stored_keys = protected(&keyring, &response.kvs);
         if let Some(range) = compiled.range() {
             *used = self
                 .rollouts
                 .apply(&range, &mut response.kvs, &mut sequences);
         }
-        let keyring: Arc<Keyring> = self.keyring.get();
         if let Err(err) =
             self.rendered_keys
                 .check(&entry.dest, &keyring, self.node.store(), &response.kvs)
@@ -527,7 +529,7 @@ impl Runner {
         });
         self.reported.remove(&entry.dest);
         self.rendered_keys
-            .remember(&entry.dest, &keyring, &response.kvs);
+            .remember(&entry.dest, compiled.range(), stored_keys);
         self.written
             .insert(entry.dest.clone(), (content, holds_secret));
         if changed {
@@ -697,8 +699,13 @@ impl Runner {
             .filter_map(|c| c.entry.reload.clone())
             .collect();
         reloads.retain(&commands);
+        let sources: Vec<_> = plan
+            .entries
+            .iter()
+            .map(|c| (c.entry.dest.clone(), c.range()))
+            .collect();
+        self.rendered_keys.retain_unchanged(&sources);
         self.plan = plan;
-        self.rendered_keys.clear();
         self.rollouts.forget();
         self.dirty.clear();
         let now = Instant::now();

@@ -8,21 +8,37 @@
 //! signed delete (a forged image, a hostile voter, a bug) never empties a
 //! file that a signed value filled.
 //!
-//! After a restart the renderer starts from the store as it is; what it
-//! remembers is in memory only.
+//! Only keys the store holds are remembered: a key a rollout added (its
+//! new value, not yet stored) leaves freely when the rollout ends. What it
+//! remembers is kept across edits of the config for files whose source is
+//! unchanged, and is in memory only: after a restart the renderer starts
+//! from the store as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::signing::{Keyring, Op, SignedChange};
-use crate::store::{HistoryEntry, KeyValue, Store};
+use crate::store::{HistoryEntry, KeyRange, KeyValue, Store};
 
-/// A protected key as last rendered: the sequence of its signed value.
-type Sequences = BTreeMap<Vec<u8>, u64>;
+/// Protected keys as last rendered: the sequence of each signed value.
+pub(crate) type Sequences = BTreeMap<Vec<u8>, u64>;
 
-/// The protected keys last rendered into each file.
+/// The protected keys last rendered into each file, with the range the
+/// file's entry reads.
 #[derive(Default)]
-pub(crate) struct RenderedKeys(HashMap<PathBuf, Sequences>);
+pub(crate) struct RenderedKeys(HashMap<PathBuf, (Option<KeyRange>, Sequences)>);
+
+/// The protected keys of `kvs` (as the store holds them) and the sequences
+/// of their signed values.
+pub(crate) fn protected(keyring: &Keyring, kvs: &[KeyValue]) -> Sequences {
+    kvs.iter()
+        .filter(|kv| keyring.trust.is_protected(&kv.key))
+        .filter_map(|kv| {
+            let change = SignedChange::from_stored(&kv.value).ok()??;
+            Some((kv.key.clone(), change.sequence))
+        })
+        .collect()
+}
 
 impl RenderedKeys {
     /// Checks the keys last rendered into `dest` that `kvs` no longer has.
@@ -33,7 +49,7 @@ impl RenderedKeys {
         store: &Store,
         kvs: &[KeyValue],
     ) -> Result<(), String> {
-        let Some(before) = self.0.get(dest) else {
+        let Some((_, before)) = self.0.get(dest) else {
             return Ok(());
         };
         let now: std::collections::BTreeSet<&[u8]> =
@@ -50,23 +66,21 @@ impl RenderedKeys {
         Ok(())
     }
 
-    /// Notes the protected keys just rendered into `dest`.
-    pub(crate) fn remember(&mut self, dest: &Path, keyring: &Keyring, kvs: &[KeyValue]) {
-        let sequences: Sequences = kvs
-            .iter()
-            .filter(|kv| keyring.trust.is_protected(&kv.key))
-            .filter_map(|kv| {
-                let change = SignedChange::from_stored(&kv.value).ok()??;
-                Some((kv.key.clone(), change.sequence))
-            })
-            .collect();
-        self.0.insert(dest.to_path_buf(), sequences);
+    /// Notes the protected keys (from [`protected`]) just rendered into
+    /// `dest` from `range`.
+    pub(crate) fn remember(&mut self, dest: &Path, range: Option<KeyRange>, keys: Sequences) {
+        self.0.insert(dest.to_path_buf(), (range, keys));
     }
 
-    /// Forgets every file: the entries changed, and a key may leave a file
-    /// because it is no longer in the entry's source.
-    pub(crate) fn clear(&mut self) {
-        self.0.clear();
+    /// After an edit of the config: forgets the files whose entry is gone
+    /// or reads another range (a key may leave such a file because it is
+    /// no longer in the entry's source); keeps the others.
+    pub(crate) fn retain_unchanged(&mut self, entries: &[(PathBuf, Option<KeyRange>)]) {
+        self.0.retain(|dest, (range, _)| {
+            entries
+                .iter()
+                .any(|(other, other_range)| other == dest && other_range == range)
+        });
     }
 }
 
@@ -80,7 +94,7 @@ pub(crate) fn check_delete(
 ) -> Result<(), String> {
     let refuse = |why: String| {
         Err(format!(
-            "{} left the store {why}; it stays in the file until a signed delete (`edgeconf del --sign-key`) or a new signed value arrives",
+            "{} left the store {why}; it stays in the file until the key is signed anew (put a signed value, then `edgeconf del --sign-key` it) or the agent restarts",
             lossy(key)
         ))
     };
@@ -203,7 +217,8 @@ mod tests {
             },
         );
         run(&store, Command::Put(PutRequest::new("/app/plain", "p")));
-        rendered.remember(dest, &keyring, &kvs(&store));
+        let range = Some(KeyRange::prefix("/app/"));
+        rendered.remember(dest, range.clone(), protected(&keyring, &kvs(&store)));
 
         // A delete that reached the store without a signed change (as if
         // the leader's checks were bypassed) is refused.
@@ -242,8 +257,16 @@ mod tests {
             .check(dest, &keyring, &store, &kvs(&store))
             .unwrap();
 
-        // Another file, and a file rendered before the reload, check nothing.
-        rendered.clear();
+        // A config edit that keeps the file's source keeps what it
+        // remembers; one that changes it forgets.
+        rendered.remember(dest, range.clone(), [(b"/app/gone".to_vec(), 1)].into());
+        rendered.retain_unchanged(&[(dest.to_path_buf(), range)]);
+        let err = rendered.check(dest, &keyring, &store, &[]).unwrap_err();
+        assert!(
+            err.contains("/app/gone left the store with no record"),
+            "{err}"
+        );
+        rendered.retain_unchanged(&[(dest.to_path_buf(), Some(KeyRange::prefix("/other/")))]);
         rendered.check(dest, &keyring, &store, &[]).unwrap();
     }
 

@@ -57,6 +57,10 @@ const MAX_KEY_LEN: usize = 64 * 1024;
 /// More signatures than any threshold needs: a bound on verifying work.
 pub const MAX_SIGNATURES: usize = 16;
 
+/// The latest expiry a change may carry: the end of year 9999 (UTC), the
+/// last second RFC 3339 can write.
+pub const MAX_EXPIRES_UNIX: u64 = 253_402_300_799;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
@@ -347,6 +351,9 @@ impl SignedChange {
         }
         if self.binding.is_none() && self.expires_unix.is_some() {
             return malformed("a version 1 change carries an expiry");
+        }
+        if self.expires_unix.is_some_and(|at| at > MAX_EXPIRES_UNIX) {
+            return malformed("the expiry is after the year 9999; give a shorter --expires");
         }
         Ok(())
     }

@@ -435,7 +435,15 @@ impl SignedRoot {
                 signatures: v1.signatures,
             }
         } else if let Some(body) = bytes.strip_prefix(STORED_MAGIC_V2) {
-            postcard::from_bytes::<SignedRoot>(body).map_err(undecodable)?
+            let signed = postcard::from_bytes::<SignedRoot>(body).map_err(undecodable)?;
+            if signed.root.fits_v1() {
+                // One stored form per root.
+                return Err(RootError::Malformed(
+                    "a root without audiences or kept expired values is stored in version 1's form"
+                        .into(),
+                ));
+            }
+            signed
         } else {
             return Err(RootError::Malformed(format!(
                 "a value under {} is not a trust root (write roots with `edgeconf trust push`)",

@@ -304,6 +304,10 @@ fn roots_without_new_features_keep_version_1s_bytes() {
     let stored = plain.to_stored();
     assert!(stored.starts_with(b"\0edgeconf-root-v1\0"));
     assert_eq!(SignedRoot::from_stored(&stored).unwrap(), plain);
+    // The same root behind version 2's magic is not a second form of it.
+    let mut relabelled = b"\0edgeconf-root-v2\0".to_vec();
+    relabelled.extend(postcard::to_stdvec(&plain).unwrap());
+    assert!(SignedRoot::from_stored(&relabelled).is_err());
     assert_eq!(plain.valid_signers(&public(&[&r1, &r2])), 2);
 
     // Audiences and a prefix that keeps expired values need version 2,

@@ -510,6 +510,12 @@ fn an_expiry_is_signed_and_stored_as_version_3() {
     let mut removed = change;
     removed.expires_unix = None;
     assert!(removed.verify_signature().is_err());
+    // An expiry past the year 9999 is refused, not a crash when shown.
+    let mut far =
+        SignedChange::unsigned(b"/app/x".to_vec(), Op::Put, 3, false, Vec::new(), BINDING);
+    far.expires_unix = Some(u64::MAX);
+    let err = far.add_signature(&signer).unwrap_err().to_string();
+    assert!(err.contains("after the year 9999"), "{err}");
     // A change without one keeps version 2's bytes.
     assert!(put(&signer, "/app/x", 3, "v")
         .to_stored()

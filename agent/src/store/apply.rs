@@ -438,7 +438,11 @@ impl<'txn> Writer<'txn> {
         }
         for key in &touched {
             // Keep the version visible at `revision` so reads there still
-            // work, unless it is a tombstone older than `revision`.
+            // work, unless it is a tombstone older than `revision`. A
+            // tombstone that holds a signed delete stays too: it is what
+            // renderers (and edges, through feed images) verify before a
+            // protected key leaves a file. One row per deleted key, until
+            // the key is written again.
             let mut doomed = Vec::new();
             for entry in self
                 .kv
@@ -446,10 +450,11 @@ impl<'txn> Writer<'txn> {
             {
                 let (row_key, bytes) = entry?;
                 let rev = row_key.value().1;
-                doomed.push((rev, Record::decode(key, rev, bytes.value())?.deleted));
+                let record = Record::decode(key, rev, bytes.value())?;
+                doomed.push((rev, record.deleted && record.value.is_empty()));
             }
-            if let Some(&(rev, deleted)) = doomed.last() {
-                if rev == revision || !deleted {
+            if let Some(&(rev, bare_tombstone)) = doomed.last() {
+                if rev == revision || !bare_tombstone {
                     doomed.pop();
                 }
             }

@@ -46,7 +46,7 @@ pub enum SliceRefusal {
 impl Store {
     /// The current revision and the chain value after it.
     pub fn feed_position(&self) -> Result<Position> {
-        position_in(&self.db.begin_read()?)
+        position_in(&self.db().begin_read()?)
     }
 
     /// Every change after `after` up to now, with the values under
@@ -57,7 +57,7 @@ impl Store {
         prefixes: &Prefixes,
         max_revisions: i64,
     ) -> Result<std::result::Result<FeedSlice, SliceRefusal>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |name| -> Result<i64> { Ok(meta.get(name)?.map_or(0, |v| v.value() as i64)) };
         let (current, compacted) = (get(META_REVISION)?, get(META_COMPACT_REVISION)?);
@@ -114,7 +114,7 @@ impl Store {
     /// with the tombstones of signed deletes still kept (their value is the
     /// signed delete), so a follower's renderers can verify why a key left.
     pub fn feed_image(&self, prefixes: &Prefixes) -> Result<(Position, Vec<ImageKv>)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let Position { revision, chain } = position_in(&txn)?;
         let kv = txn.open_table(KV)?;
         // Overlapping prefixes must not list a key twice.
@@ -159,7 +159,7 @@ impl Store {
         time_unix_ms: i64,
     ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         let mut events = Vec::new();
         {
             let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
@@ -228,7 +228,7 @@ impl Store {
         time_unix_ms: i64,
     ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         {
             let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
             let mut changes = txn.open_table(CHANGES)?;
@@ -300,7 +300,7 @@ impl Store {
     /// it holds of them under `prefixes`, ending at the last checkpoint it
     /// verified, for relaying; `None` when it does not have all of them.
     pub fn feed_relay_since(&self, after: i64, prefixes: &Prefixes) -> Result<Option<Batch>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let Some(checkpoint) = txn.open_table(FEED)?.get(FEED_CHECKPOINT)?.map(|v| {
             postcard::from_bytes::<SignedCheckpoint>(v.value())
                 .map_err(|err| StoreError::Corrupt(format!("the stored feed checkpoint: {err}")))

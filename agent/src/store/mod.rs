@@ -8,6 +8,7 @@
 
 mod apply;
 mod feed;
+mod maintenance;
 mod members;
 mod read;
 mod snapshot;
@@ -16,9 +17,12 @@ mod types;
 mod watch;
 
 pub use feed::{FeedSlice, SliceRefusal};
+pub use maintenance::{Defragmented, KvHash};
 
 #[cfg(test)]
 mod feed_tests;
+#[cfg(test)]
+mod maintenance_tests;
 #[cfg(test)]
 mod tests;
 
@@ -57,7 +61,9 @@ pub struct LeaseInfo {
 }
 
 pub struct Store {
-    db: Database,
+    /// Taken for reading only to begin a transaction; for writing only by
+    /// [`Store::defragment`], which needs the database to itself.
+    db: std::sync::RwLock<Database>,
     path: PathBuf,
     /// The last committed revision, readable without a transaction.
     revision: AtomicI64,
@@ -133,7 +139,7 @@ impl Store {
         txn.commit()?;
         let (live, _) = broadcast::channel(watch::LIVE_CAPACITY);
         let store = Self {
-            db,
+            db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
             revision: AtomicI64::new(0),
             live,
@@ -144,6 +150,12 @@ impl Store {
         let (revision, _) = store.revisions()?;
         store.revision.store(revision, Ordering::SeqCst);
         Ok(store)
+    }
+
+    /// The database, to begin a transaction with (transactions outlive the
+    /// guard).
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn path(&self) -> &Path {
@@ -157,12 +169,12 @@ impl Store {
 
     /// `(current revision, compact revision)` from one snapshot.
     pub fn revisions(&self) -> Result<(i64, i64)> {
-        snapshot_revisions(&self.db.begin_read()?)
+        snapshot_revisions(&self.db().begin_read()?)
     }
 
     /// Reads a scalar the agent keeps beside the data, if it is set.
     pub fn meta(&self, name: &str) -> Result<Option<u64>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -175,7 +187,7 @@ impl Store {
     /// Reads a scalar the agent keeps beside the data (such as its ids),
     /// storing `default` first if it is not set yet.
     pub fn meta_or_insert(&self, name: &str, default: u64) -> Result<u64> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         let value = {
             let mut meta = txn.open_table(META)?;
             let existing = meta.get(name)?.map(|v| v.value());
@@ -198,7 +210,7 @@ impl Store {
 
     /// Re-reads the auth state from the file (after opening or restoring).
     fn reload_auth(&self) -> Result<()> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let state = apply::read_auth(&txn.open_table(tables::AUTH)?)?;
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
         Ok(())
@@ -211,7 +223,7 @@ impl Store {
 
     /// Reads a range; returns it with the revision it was read at.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
-        range_in(&self.db.begin_read()?, req)
+        range_in(&self.db().begin_read()?, req)
     }
 
     /// [`Self::range`], plus for each key read at the current revision
@@ -221,7 +233,7 @@ impl Store {
         &self,
         req: &RangeRequest,
     ) -> Result<(RangeResponse, i64, Vec<Option<u64>>)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let (response, current) = range_in(&txn, req)?;
         let at_current = req.revision == 0 || req.revision == current;
         let sequences_table = txn.open_table(tables::SEQUENCES)?;
@@ -243,14 +255,14 @@ impl Store {
 
     /// The latest signed sequence applied to `key` (0 when none).
     pub fn sequence(&self, key: &[u8]) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(tables::SEQUENCES)?;
         let sequence = table.get(key)?.map_or(0, |s| s.value());
         Ok(sequence)
     }
 
     pub fn history(&self, key: &[u8]) -> Result<History> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let (revision, compact_revision) = snapshot_revisions(&txn)?;
         let kv = txn.open_table(KV)?;
         Ok(History {
@@ -269,7 +281,7 @@ impl Store {
         to: i64,
         max_events: usize,
     ) -> Result<(Vec<Event>, i64)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let (_, compacted) = snapshot_revisions(&txn)?;
         if from < compacted {
             return Err(StoreError::Compacted {
@@ -282,7 +294,7 @@ impl Store {
     }
 
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let Some(ttl) = txn.open_table(LEASES)?.get(id)?.map(|v| v.value()) else {
             return Ok(None);
         };
@@ -296,7 +308,7 @@ impl Store {
 
     /// Every granted lease as `(id, ttl)`.
     pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let leases = txn.open_table(LEASES)?;
         let mut all = Vec::new();
         for entry in leases.iter()? {
@@ -308,7 +320,7 @@ impl Store {
 
     /// The last raft index applied.
     pub fn applied_index(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta
             .get(META_APPLIED_INDEX)?
@@ -319,7 +331,7 @@ impl Store {
     /// Makes every earlier commit durable (one fsync).
     pub fn sync(&self) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.db.begin_write()?.commit()?;
+        self.db().begin_write()?.commit()?;
         Ok(())
     }
 
@@ -337,7 +349,7 @@ impl Store {
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db().begin_write()?;
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }

@@ -89,7 +89,7 @@ impl Store {
     /// Writes a consistent copy of the replicated state to `out` and returns
     /// the raft index it reflects.
     pub fn write_snapshot(&self, out: &mut impl Write) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
         let header = Header {
@@ -162,7 +162,7 @@ impl Store {
             )));
         }
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
             let mut live = txn.open_table(LIVE)?;
@@ -235,7 +235,7 @@ impl Store {
 impl Store {
     /// What `restore_snapshot` was last given as `consensus`.
     pub fn installed_snapshot(&self) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(CONSENSUS)?;
         let value = table.get(CONSENSUS_SNAPSHOT)?.map(|v| v.value().to_vec());
         Ok(value)

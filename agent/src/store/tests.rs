@@ -642,7 +642,7 @@ fn the_current_version_index_agrees_with_history_after_any_writes() {
     }
     let all = KeyRange::from_etcd(vec![0], vec![0]);
     let indexed = store.range(&RangeRequest::new(all.clone())).unwrap().0;
-    let txn = store.db.begin_read().unwrap();
+    let txn = store.db().begin_read().unwrap();
     let kv = txn.open_table(tables::KV).unwrap();
     let through_history = read::range(&kv, &RangeRequest::new(all), store.revision(), 0).unwrap();
     assert_eq!(indexed, through_history);
@@ -665,7 +665,7 @@ fn a_store_written_before_the_index_existed_gets_it_built_on_open() {
             }),
         )
         .unwrap();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().begin_write().unwrap();
         txn.delete_table(tables::LIVE).unwrap();
         txn.commit().unwrap();
     }

@@ -386,6 +386,9 @@ pub enum StoreError {
     Compacted { compact_revision: i64 },
     #[error("mvcc: required revision is a future revision (current revision is {current})")]
     FutureRevision { current: i64 },
+    /// etcd's NOSPACE: a write that takes space while the quota is reached.
+    #[error("mvcc: database space exceeded ({0}); compact, defragment (`edgeconf defrag`), then disarm the alarm (`etcdctl alarm disarm`)")]
+    NoSpace(String),
     #[error("requested lease not found (lease {0:x})")]
     LeaseNotFound(i64),
     #[error("lease already exists (lease {0:x})")]
