@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::fleet::{http_get, wait_until};
-use common::{edgeconf, etcdctl, failed, free_port, ok, Agent};
+use common::{edgeconf, etcdctl, failed, free_port, ok, run_with_timeout, Agent, BIN};
 
 fn member_ids(agent: &Agent) -> Vec<(String, String)> {
     let list = ok(etcdctl(agent, &["member", "list"]));
@@ -221,4 +221,95 @@ fn auto_compaction_by_revision_keeps_the_newest_revisions() {
         "20"
     );
     assert!(agent.log().contains("auto-compacted"));
+}
+
+#[test]
+fn a_snapshot_restores_a_new_cluster_serving_every_key_at_its_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Cluster::start(&dir.path().join("old"), 3, 3);
+    let agent = old.agents[0].as_ref().unwrap();
+    for i in 0..50 {
+        ok(etcdctl(
+            agent,
+            &["put", &format!("/k/{i:02}"), &format!("v{i}")],
+        ));
+    }
+    ok(etcdctl(agent, &["del", "/k/07"]));
+    let before = ok(etcdctl(agent, &["-w", "json", "get", "/k/", "--prefix"]));
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let image = dir.path().join("backup.db");
+    let saved = ok(edgeconf(
+        agent,
+        &["snapshot", "save", image.to_str().unwrap()],
+    ));
+    assert!(saved.contains("Snapshot saved"), "{saved}");
+    // etcdctl saves the same stream.
+    let by_etcdctl = dir.path().join("etcdctl.db");
+    ok(etcdctl(
+        agent,
+        &["snapshot", "save", by_etcdctl.to_str().unwrap()],
+    ));
+    let status = ok(edgeconf(
+        agent,
+        &[
+            "-w",
+            "json",
+            "snapshot",
+            "status",
+            by_etcdctl.to_str().unwrap(),
+        ],
+    ));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["totalKey"].as_u64().unwrap() >= 49, "{status}");
+    // A damaged image is refused.
+    let mut bytes = std::fs::read(&image).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    let damaged = dir.path().join("damaged.db");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err = failed(edgeconf(
+        agent,
+        &["snapshot", "status", damaged.to_str().unwrap()],
+    ));
+    assert!(err.contains("does not match"), "{err}");
+    drop(old);
+
+    // Three new members from the image, with other names and ports.
+    let mut new = Cluster::new(&dir.path().join("new"), 3);
+    let initial = new.initial_cluster(0..3);
+    for i in 0..3 {
+        let slot = &new.slots[i];
+        let restored = ok(run_with_timeout(
+            std::process::Command::new(BIN).args([
+                "snapshot",
+                "restore",
+                image.to_str().unwrap(),
+                "--data-dir",
+                slot.data_dir.to_str().unwrap(),
+                "--name",
+                &slot.name,
+                "--initial-cluster",
+                &initial,
+            ]),
+            Duration::from_secs(30),
+        ));
+        assert!(restored.contains("restored revision"), "{restored}");
+        new.write_config(i, &initial, "new");
+        new.run(i);
+    }
+    new.wait_for_leader();
+    for i in 0..3 {
+        let agent = new.agents[i].as_ref().unwrap();
+        let after = ok(etcdctl(agent, &["-w", "json", "get", "/k/", "--prefix"]));
+        let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+        assert_eq!(after["kvs"], before["kvs"], "member {i}");
+        assert_eq!(after["count"].as_i64(), Some(49));
+        assert!(
+            after["header"]["revision"].as_i64() >= before["header"]["revision"].as_i64(),
+            "{after}"
+        );
+    }
+    // The new cluster takes writes, at the next revision.
+    let agent = new.agents[0].as_ref().unwrap();
+    ok(etcdctl(agent, &["put", "/k/new", "1"]));
 }

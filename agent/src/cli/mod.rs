@@ -16,6 +16,7 @@ mod render;
 mod rollout;
 mod service;
 mod signing;
+mod snapshot;
 mod status;
 mod trust;
 mod watch;
@@ -191,6 +192,10 @@ pub enum Command {
     Defrag,
     /// Hand the cluster's leadership to member ID (hex).
     MoveLeader { id: String },
+    /// Backup images: save one from an endpoint, check one, restore one
+    /// into the data dir of a new cluster's member.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// List or disarm alarms (NOSPACE, CORRUPT).
     #[command(subcommand)]
     Alarm(maintenance::AlarmCommand),
@@ -367,6 +372,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(&client, format, args).await,
         Command::Endpoint(command) => maintenance::endpoint(&client, format, command).await,
         Command::Defrag => maintenance::defrag(&client, format).await,
+        Command::Snapshot(command) => snapshot::run(&client, format, command).await,
         Command::MoveLeader { id } => maintenance::move_leader(&client, format, &id).await,
         Command::Alarm(command) => maintenance::alarm(&client, format, command).await,
         Command::Completion { shell } => generate::completion(shell),

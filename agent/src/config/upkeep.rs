@@ -25,12 +25,14 @@ pub struct UpkeepFields<'a> {
 pub fn check(fields: UpkeepFields<'_>) -> Result<Settings, (&'static str, String)> {
     let quota_bytes = match fields.quota_backend_bytes {
         None | Some(0) => DEFAULT_QUOTA_BYTES,
-        Some(bytes) if bytes < 1 << 20 => return Err((
-            "quota_backend_bytes",
-            format!(
+        Some(bytes) if bytes < 1 << 20 => {
+            return Err((
+                "quota_backend_bytes",
+                format!(
                 "is {bytes}: expected at least 1048576 (1 MiB), or 0 for etcd's default of 2 GiB"
             ),
-        )),
+            ))
+        }
         Some(bytes) => bytes,
     };
     let retention = fields.auto_compaction_retention.unwrap_or("0").trim();

@@ -8,6 +8,7 @@
 
 mod apply;
 mod feed;
+pub mod image;
 mod maintenance;
 mod members;
 mod read;
@@ -18,6 +19,7 @@ mod watch;
 
 pub use feed::{FeedSlice, SliceRefusal};
 pub use maintenance::{Defragmented, KvHash};
+pub use snapshot::CopySummary;
 
 #[cfg(test)]
 mod feed_tests;

@@ -232,6 +232,43 @@ impl Store {
     }
 }
 
+/// What a copy holds, read without restoring it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopySummary {
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Keys alive at `revision`.
+    pub keys: u64,
+    /// Stored revisions of keys (history included).
+    pub kv_rows: u64,
+}
+
+/// Reads a whole copy from `input`, checking that every record decodes.
+pub fn summarize_copy(mut input: impl Read) -> Result<CopySummary> {
+    let mut buf = Vec::new();
+    let header: Header = read_record(&mut input, &mut buf)?;
+    if header.format != FORMAT {
+        return Err(corrupt(format!(
+            "format {} (this edgeconf reads {FORMAT})",
+            header.format
+        )));
+    }
+    let mut summary = CopySummary {
+        revision: header.revision as i64,
+        compact_revision: header.compact_revision as i64,
+        keys: 0,
+        kv_rows: 0,
+    };
+    loop {
+        match read_record(&mut input, &mut buf)? {
+            Row::Kv(..) => summary.kv_rows += 1,
+            Row::Live(..) => summary.keys += 1,
+            Row::End => return Ok(summary),
+            _ => {}
+        }
+    }
+}
+
 impl Store {
     /// What `restore_snapshot` was last given as `consensus`.
     pub fn installed_snapshot(&self) -> Result<Option<Vec<u8>>> {
