@@ -386,3 +386,106 @@ async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchRespon
         .unwrap()
         .expect("stream open")
 }
+
+#[tokio::test]
+async fn the_lock_and_election_services_queue_contenders_by_create_revision() {
+    use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let mut client = etcd_client(&agent).await;
+    let lease = |client: &mut etcd_client::Client| {
+        let mut client = client.clone();
+        async move { client.lease_grant(30, None).await.unwrap().id() }
+    };
+
+    // Lock: the first holder gets its key at once; the second waits until
+    // the first unlocks.
+    let (l1, l2) = (lease(&mut client).await, lease(&mut client).await);
+    let held = client
+        .lock("jobs", Some(LockOptions::new().with_lease(l1)))
+        .await
+        .unwrap();
+    assert_eq!(held.key(), format!("jobs/{l1:x}").as_bytes());
+    let mut waiter = client.clone();
+    let second = tokio::spawn(async move {
+        waiter
+            .lock("jobs", Some(LockOptions::new().with_lease(l2)))
+            .await
+            .unwrap()
+            .key()
+            .to_vec()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second got the lock while the first held it"
+    );
+    client.unlock(held.key()).await.unwrap();
+    let key = tokio::time::timeout(TIMEOUT, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, format!("jobs/{l2:x}").as_bytes());
+    // No lease, no lock.
+    let err = client.lock("jobs", None).await.unwrap_err().to_string();
+    assert!(err.contains("needs a lease"), "{err}");
+
+    // Election: the first candidate leads, a proclaim changes its value,
+    // the second leads once it resigns; observers see each leader.
+    let (e1, e2) = (lease(&mut client).await, lease(&mut client).await);
+    let mut observe = client.observe("web").await.unwrap();
+    let won = client.campaign("web", "p1", e1).await.unwrap();
+    let leader = won.leader().unwrap().clone();
+    let seen = tokio::time::timeout(TIMEOUT, observe.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.kv().unwrap().value(), b"p1");
+    client
+        .proclaim(
+            "p1-v2",
+            Some(ProclaimOptions::new().with_leader(leader.clone())),
+        )
+        .await
+        .unwrap();
+    let now = client.leader("web").await.unwrap();
+    assert_eq!(now.kv().unwrap().value(), b"p1-v2");
+    let mut other = client.clone();
+    let challenger = tokio::spawn(async move { other.campaign("web", "p2", e2).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!challenger.is_finished(), "two leaders at once");
+    client
+        .resign(Some(ResignOptions::new().with_leader(leader.clone())))
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(TIMEOUT, challenger)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.leader().unwrap().key(),
+        format!("web/{e2:x}").as_bytes()
+    );
+    assert_eq!(
+        client.leader("web").await.unwrap().kv().unwrap().value(),
+        b"p2"
+    );
+    // The old leader can no longer proclaim.
+    let err = client
+        .proclaim("stale", Some(ProclaimOptions::new().with_leader(leader)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not leader"), "{err}");
+    let mut values = Vec::new();
+    while values.last().map(Vec::as_slice) != Some(b"p2".as_slice()) {
+        let seen = tokio::time::timeout(TIMEOUT, observe.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        values.push(seen.kv().unwrap().value().to_vec());
+    }
+    assert!(values.contains(&b"p1-v2".to_vec()), "{values:?}");
+}

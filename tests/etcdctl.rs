@@ -267,3 +267,121 @@ fn requests_over_etcds_size_limit_are_refused_as_etcd_refuses_them() {
     let stored = ok(etcdctl(&agent, &["get", "/big", "--print-value-only"]));
     assert_eq!(stored.len(), (1 << 20) + 1, "the 1 MiB value stays");
 }
+
+/// An etcdctl process left running (a lock holder, a candidate, a
+/// listener), killed when dropped.
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(agent: &Agent, args: &[&str], out: &std::path::Path) -> Running {
+        let log = std::fs::File::create(out).unwrap();
+        let child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(agent.endpoint())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Running(child)
+    }
+
+    /// SIGINT, as Ctrl-C: etcdctl unlocks or resigns before it exits.
+    fn interrupt(&mut self) {
+        let pid = self.0.id().to_string();
+        ok(run_with_timeout(
+            Command::new("kill").args(["-INT", &pid]),
+            Duration::from_secs(5),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcdctl did not exit on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn etcdctl_lock_and_elect_between_two_clients() {
+    require_etcdctl();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let d = dir.path();
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+
+    // Two clients take one lock: the second runs only after the first let
+    // go.
+    let order = d.join("order");
+    let script = |who: &str| {
+        format!(
+            "echo {who} >> {0}; sleep 1; echo {who}-done >> {0}",
+            order.display()
+        )
+    };
+    let (a, b) = (script("a"), script("b"));
+    let mut first = Running::start(
+        &agent,
+        &["lock", "jobs", "--", "sh", "-c", &a],
+        &d.join("a.log"),
+    );
+    wait_for("a holds the lock", || read("order").contains('a'));
+    let mut second = Running::start(
+        &agent,
+        &["lock", "jobs", "--", "sh", "-c", &b],
+        &d.join("b.log"),
+    );
+    for process in [&mut first, &mut second] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while process.0.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a lock holder never finished"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(read("order"), "a\na-done\nb\nb-done\n", "{}", read("b.log"));
+    // Released: nothing is left under the lock's name.
+    let left = ok(etcdctl(
+        &agent,
+        &["get", "jobs/", "--prefix", "--keys-only"],
+    ));
+    assert!(left.trim().is_empty(), "{left}");
+
+    // An election: p1 leads, p2 waits, a listener sees p1 and then p2 once
+    // p1 resigns.
+    let mut p1 = Running::start(&agent, &["elect", "web", "p1"], &d.join("p1.log"));
+    wait_for("p1 leads", || read("p1.log").contains("p1"));
+    let _p2 = Running::start(&agent, &["elect", "web", "p2"], &d.join("p2.log"));
+    let _listener = Running::start(&agent, &["elect", "--listen", "web"], &d.join("listen.log"));
+    wait_for("the listener sees p1", || read("listen.log").contains("p1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !read("p2.log").contains("p2"),
+        "p2 led while p1 did: {}",
+        read("p2.log")
+    );
+    p1.interrupt();
+    wait_for("p2 leads", || read("p2.log").contains("p2"));
+    wait_for("the listener sees p2", || read("listen.log").contains("p2"));
+}

@@ -76,7 +76,7 @@ pub fn range_from_pb(req: PbRangeRequest) -> Result<RangeRequest, Status> {
         || req.max_create_revision != 0
     {
         return Err(Status::unimplemented(
-            "edgeconf does not support min/max revision filters on range yet",
+            "edgeconf does not support min/max revision filters on a range inside a txn yet",
         ));
     }
     Ok(RangeRequest {
@@ -88,6 +88,62 @@ pub fn range_from_pb(req: PbRangeRequest) -> Result<RangeRequest, Status> {
         sort_order,
         sort_target,
     })
+}
+
+/// A Range's revision filters (`min_mod_revision` ...; 0: none), which
+/// etcd applies to the keys found before `limit`, leaving `count` as it
+/// was (what etcd's concurrency package waits on: the newest contender
+/// created before its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevisionFilters {
+    pub min_mod: i64,
+    pub max_mod: i64,
+    pub min_create: i64,
+    pub max_create: i64,
+}
+
+impl RevisionFilters {
+    pub fn keeps(&self, kv: &crate::store::KeyValue) -> bool {
+        let within = |value: i64, min: i64, max: i64| {
+            (min == 0 || value >= min) && (max == 0 || value <= max)
+        };
+        within(kv.mod_revision, self.min_mod, self.max_mod)
+            && within(kv.create_revision, self.min_create, self.max_create)
+    }
+}
+
+/// A top-level Range: the request, with its revision filters apart (the
+/// store reads with no limit when there are some).
+pub fn filtered_range_from_pb(
+    mut req: PbRangeRequest,
+) -> Result<(RangeRequest, Option<RevisionFilters>), Status> {
+    let filters = RevisionFilters {
+        min_mod: req.min_mod_revision,
+        max_mod: req.max_mod_revision,
+        min_create: req.min_create_revision,
+        max_create: req.max_create_revision,
+    };
+    if [
+        filters.min_mod,
+        filters.max_mod,
+        filters.min_create,
+        filters.max_create,
+    ]
+    .iter()
+    .any(|r| *r < 0)
+    {
+        return Err(Status::invalid_argument(
+            "etcdserver: revision filters must not be negative",
+        ));
+    }
+    if filters == RevisionFilters::default() {
+        return Ok((range_from_pb(req)?, None));
+    }
+    req.min_mod_revision = 0;
+    req.max_mod_revision = 0;
+    req.min_create_revision = 0;
+    req.max_create_revision = 0;
+    Ok((range_from_pb(req)?, Some(filters)))
 }
 
 pub fn range_to_pb(resp: RangeResponse, header: PbResponseHeader) -> PbRangeResponse {

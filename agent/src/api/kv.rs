@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::access::Caller;
 use super::convert::{
-    delete_from_pb, delete_to_pb, put_from_pb, put_to_pb, range_from_pb, range_to_pb, txn_from_pb,
-    txn_to_pb,
+    delete_from_pb, delete_to_pb, filtered_range_from_pb, put_from_pb, put_to_pb, range_to_pb,
+    txn_from_pb, txn_to_pb,
 };
 use super::signed::{admit, put_command, serve_values, serve_values_after_write};
 use super::{propose_status, store_status, unsupported, Context};
@@ -72,13 +72,33 @@ impl PbKvService for KvService {
             Access::Read,
             &KeyRange::from_etcd(request.key.clone(), request.range_end.clone()),
         )?;
-        let req = range_from_pb(request)?;
-        let (mut resp, revision, sequences) = self
+        let (mut req, filters) = filtered_range_from_pb(request)?;
+        let limit = req.limit;
+        if filters.is_some() {
+            req.limit = 0;
+        }
+        let (mut resp, revision, mut sequences) = self
             .0
             .node
             .store()
             .range_with_sequences(&req)
             .map_err(store_status)?;
+        if let Some(filters) = filters {
+            // As etcd: prune, then limit; the count stays the range's.
+            let kept: Vec<_> = resp
+                .kvs
+                .drain(..)
+                .zip(sequences.drain(..))
+                .filter(|(kv, _)| filters.keeps(kv))
+                .collect();
+            resp.more = limit > 0 && kept.len() as i64 > limit;
+            let take = if limit > 0 {
+                limit as usize
+            } else {
+                kept.len()
+            };
+            (resp.kvs, sequences) = kept.into_iter().take(take).unzip();
+        }
         if !(req.keys_only || req.count_only) {
             serve_values(&self.0.keyring.get(), &mut resp.kvs, Some(&sequences))?;
         }

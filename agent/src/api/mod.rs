@@ -10,6 +10,7 @@ pub mod admission;
 pub mod auth;
 mod authority;
 mod cluster;
+pub mod concurrency;
 mod convert;
 mod edgeconf;
 mod fleet;
@@ -247,6 +248,14 @@ pub async fn serve(
                 passwords,
             })
             .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(concurrency::pb::v3lockpb::lock_server::LockServer::new(
+            concurrency::LockService(context.clone()),
+        ))
+        .add_service(
+            concurrency::pb::v3electionpb::election_server::ElectionServer::new(
+                concurrency::ElectionService(context.clone()),
+            ),
         )
         .add_service(
             pb::edgeconf_server::EdgeconfServer::new(edgeconf::EdgeconfService(context))
