@@ -314,3 +314,133 @@ fn the_agent_logs_json_lines_when_asked() {
     );
     assert!(lines.iter().any(|l| l["message"].is_string()), "{log}");
 }
+
+#[test]
+fn watch_resumes_from_its_last_revision_after_the_agent_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut agent = Agent::start_with(dir.path(), port, &[]);
+    ok(edgeconf(&agent, &["put", "/r/a", "1"]));
+    let watcher = std::thread::spawn({
+        let endpoint = agent.endpoint();
+        move || {
+            run_with_timeout(
+                Command::new(BIN).args(["--endpoints", &endpoint, "watch", "/r/", "--prefix"]),
+                Duration::from_secs(15),
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(edgeconf(&agent, &["put", "/r/b", "2"]));
+    std::thread::sleep(Duration::from_millis(300));
+    agent.stop();
+    // Changes while the watch is cut off are printed once it is back.
+    let agent = Agent::start_with(dir.path(), port, &[]);
+    ok(edgeconf(&agent, &["put", "/r/c", "3"]));
+    ok(edgeconf(&agent, &["del", "/r/b"]));
+    let output = watcher.join().unwrap();
+    assert_eq!(
+        stdout(&output),
+        "PUT\n/r/b\n2\nPUT\n/r/c\n3\nDELETE\n/r/b\n",
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("resumed from revision 3"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn txn_reads_compares_and_requests_as_etcdctl_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    ok(edgeconf(&agent, &["put", "/t/mode", "blue"]));
+    let txn = |script: &str| {
+        common::run_with_input(
+            Command::new(BIN).args(["--endpoints", &agent.endpoint(), "txn"]),
+            Some(script.as_bytes()),
+            Duration::from_secs(20),
+        )
+    };
+    let script = "value(\"/t/mode\") = \"blue\"\nmod(\"/t/mode\") > \"0\"\n\nput /t/mode green\nget /t/mode\n\nput /t/mode red\n";
+    let first = txn(script);
+    assert_eq!(
+        stdout(&first),
+        "SUCCESS\n\nOK\n\n/t/mode\ngreen\n",
+        "{}",
+        stderr(&first)
+    );
+    // Now the value is green: the failure branch runs.
+    let second = txn(script);
+    assert_eq!(stdout(&second), "FAILURE\n\nOK\n");
+    assert_eq!(
+        ok(edgeconf(&agent, &["get", "/t/mode", "--print-value-only"])),
+        "red\n"
+    );
+    // A line that does not parse names itself and what was expected.
+    let bad = txn("size(\"/t/mode\") = \"1\"\n\n\n");
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("expected TARGET"), "{}", stderr(&bad));
+}
+
+#[test]
+fn lock_runs_holders_one_at_a_time_and_elect_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let d = dir.path().to_path_buf();
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let spawn = |args: Vec<String>, log: &str| {
+        let out = std::fs::File::create(d.join(log)).unwrap();
+        Command::new(BIN)
+            .args(["--endpoints", &agent.endpoint()])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap()
+    };
+    let order = d.join("order").display().to_string();
+    let holder = |who: &str| {
+        let script = format!("echo {who} >> {order}; sleep 1; echo {who}-done >> {order}");
+        ["lock", "jobs", "--", "sh", "-c", &script]
+            .map(String::from)
+            .to_vec()
+    };
+    let mut first = spawn(holder("a"), "a.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !read("order").contains('a') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never held the lock: {}",
+            read("a.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut second = spawn(holder("b"), "b.log");
+    assert!(first.wait().unwrap().success(), "{}", read("a.log"));
+    assert!(second.wait().unwrap().success(), "{}", read("b.log"));
+    assert_eq!(read("order"), "a\na-done\nb\nb-done\n");
+
+    let mut leader = spawn(["elect", "web", "p1"].map(String::from).to_vec(), "p1.log");
+    let mut listener = spawn(
+        ["elect", "--listen", "web"].map(String::from).to_vec(),
+        "listen.log",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !read("listen.log").contains("p1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader seen: {}",
+            read("listen.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(read("p1.log").starts_with("web/"), "{}", read("p1.log"));
+    for child in [&mut leader, &mut listener] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

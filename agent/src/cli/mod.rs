@@ -5,6 +5,7 @@ mod auth;
 pub mod bench;
 mod cert;
 mod client;
+mod concurrency;
 mod generate;
 mod kv;
 mod lease;
@@ -19,6 +20,7 @@ mod signing;
 mod snapshot;
 mod status;
 mod trust;
+mod txn;
 mod watch;
 
 use std::path::PathBuf;
@@ -184,6 +186,15 @@ pub enum Command {
     Status,
     /// Measure throughput and latency of a workload against the endpoints.
     Bench(bench::BenchArgs),
+    /// Run a transaction read from standard input (or typed with -i), as
+    /// etcdctl txn.
+    Txn(txn::TxnArgs),
+    /// Take a lock (run a command while holding it, or hold it until
+    /// Ctrl-C), as etcdctl lock.
+    Lock(concurrency::LockArgs),
+    /// Campaign in an election (or --listen to its leaders), as etcdctl
+    /// elect.
+    Elect(concurrency::ElectArgs),
     /// Endpoint checks: health, status, hashkv.
     #[command(subcommand)]
     Endpoint(maintenance::EndpointCommand),
@@ -370,6 +381,9 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::render(&client, args).await,
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Bench(args) => bench::bench(&client, format, args).await,
+        Command::Txn(args) => txn::txn(&client, format, args).await,
+        Command::Lock(args) => concurrency::lock(&client, args).await,
+        Command::Elect(args) => concurrency::elect(&client, args).await,
         Command::Endpoint(command) => maintenance::endpoint(&client, format, command).await,
         Command::Defrag => maintenance::defrag(&client, format).await,
         Command::Snapshot(command) => snapshot::run(&client, format, command).await,

@@ -1,4 +1,5 @@
-//! `edgeconf watch`: print events until interrupted, as etcdctl does.
+//! `edgeconf watch`: print events until interrupted, as etcdctl does; a
+//! dropped connection is made again from the last revision seen.
 
 use anyhow::bail;
 use clap::Args;
@@ -25,63 +26,106 @@ pub struct WatchArgs {
 }
 
 pub async fn watch(client: &Client, format: Format, args: WatchArgs) -> anyhow::Result<()> {
-    let mut options = WatchOptions::new().with_start_revision(args.rev);
-    if args.prefix {
-        options = options.with_prefix();
-    } else if let Some(end) = &args.range_end {
-        options = options.with_range(end.as_bytes());
-    }
-    if args.prev_kv {
-        options = options.with_prev_key();
-    }
-    let mut etcd = client.etcd().await?;
-    let mut stream = client.request(etcd.watch(args.key, Some(options))).await?;
+    // The next revision to see: after a dropped connection the watch is
+    // made again from it, so no event is lost or printed twice.
+    let mut next = args.rev;
+    let mut dropped: Option<std::time::Instant> = None;
     loop {
-        let response = match stream.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => bail!("the agent closed the watch stream"),
-            Err(err) => return Err(client.describe(err)),
+        let mut options = WatchOptions::new().with_start_revision(next);
+        if args.prefix {
+            options = options.with_prefix();
+        } else if let Some(end) = &args.range_end {
+            options = options.with_range(end.as_bytes());
+        }
+        if args.prev_kv {
+            options = options.with_prev_key();
+        }
+        let opened = async {
+            let mut etcd = client.etcd().await?;
+            client
+                .request(etcd.watch(args.key.clone(), Some(options)))
+                .await
+        }
+        .await;
+        let mut stream = match (opened, dropped) {
+            (Ok(stream), _) => stream,
+            (Err(err), None) => return Err(err),
+            (Err(_), Some(since)) => {
+                // Keep trying, as etcdctl does; say so now and then.
+                if since.elapsed().as_secs() % 10 == 0 {
+                    eprintln!("watch: reconnecting (revision {next} onwards)...");
+                }
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
         };
-        if response.canceled() {
-            if response.compact_revision() > 0 {
-                bail!(
-                    "watch canceled: revision {} is compacted; the oldest revision you can watch from is {}",
-                    args.rev,
-                    response.compact_revision()
-                );
-            }
-            bail!("watch canceled: {}", response.cancel_reason());
+        if dropped.take().is_some() {
+            eprintln!("watch: resumed from revision {next}");
         }
-        if format == Format::Json {
-            if !response.events().is_empty() {
-                print_json(&json!({
-                    "header": header_json(response.header()),
-                    "watch_id": response.watch_id(),
-                    "events": response.events().iter().map(|e| json!({
-                        "type": match e.event_type() { EventType::Put => "PUT", EventType::Delete => "DELETE" },
-                        "kv": e.kv().map(kv_json),
-                        "prev_kv": e.prev_kv().map(kv_json),
-                    })).collect::<Vec<_>>(),
-                }));
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) | Err(_) => {
+                    eprintln!("watch: the connection dropped; resuming from revision {next}");
+                    dropped = Some(std::time::Instant::now());
+                    break;
+                }
+            };
+            if response.canceled() {
+                if response.compact_revision() > 0 {
+                    bail!(
+                        "watch canceled: revision {next} is compacted; the oldest revision you can watch from is {}",
+                        response.compact_revision()
+                    );
+                }
+                bail!("watch canceled: {}", response.cancel_reason());
             }
-            continue;
+            if next == 0 {
+                // Watching from now: a resumed watch starts after what the
+                // first answer saw.
+                next = response.header().map_or(0, |h| h.revision()) + 1;
+            }
+            if let Some(last) = response.events().last().and_then(|e| e.kv()) {
+                next = next.max(last.mod_revision() + 1);
+            }
+            print_events(format, &response);
         }
-        for event in response.events() {
-            println!(
-                "{}",
-                match event.event_type() {
-                    EventType::Put => "PUT",
-                    EventType::Delete => "DELETE",
-                }
-            );
-            if let Some(prev) = event.prev_kv() {
-                println!("{}\n{}", lossy(prev.key()), lossy(prev.value()));
+    }
+}
+
+/// How long to wait before reconnecting a dropped watch.
+const RECONNECT: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn print_events(format: Format, response: &etcd_client::WatchResponse) {
+    if format == Format::Json {
+        if !response.events().is_empty() {
+            print_json(&json!({
+                "header": header_json(response.header()),
+                "watch_id": response.watch_id(),
+                "events": response.events().iter().map(|e| json!({
+                    "type": match e.event_type() { EventType::Put => "PUT", EventType::Delete => "DELETE" },
+                    "kv": e.kv().map(kv_json),
+                    "prev_kv": e.prev_kv().map(kv_json),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        return;
+    }
+    for event in response.events() {
+        println!(
+            "{}",
+            match event.event_type() {
+                EventType::Put => "PUT",
+                EventType::Delete => "DELETE",
             }
-            if let Some(kv) = event.kv() {
-                println!("{}", lossy(kv.key()));
-                if event.event_type() == EventType::Put {
-                    println!("{}", lossy(kv.value()));
-                }
+        );
+        if let Some(prev) = event.prev_kv() {
+            println!("{}\n{}", lossy(prev.key()), lossy(prev.value()));
+        }
+        if let Some(kv) = event.kv() {
+            println!("{}", lossy(kv.key()));
+            if event.event_type() == EventType::Put {
+                println!("{}", lossy(kv.value()));
             }
         }
     }
