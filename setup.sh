@@ -10,6 +10,10 @@ packages=(protobuf-compiler libprotobuf-dev etcd-client etcd-server)
 # Debian's Rust with the WebAssembly targets, for the plugins (rustup's
 # toolchain here has no wasm target): see plugins/build.sh.
 packages+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
+# The Debian package and its systemd unit: dpkg-deb builds it, the tests
+# check the unit with systemd-analyze (kill for ExecReload, man for its
+# Documentation= line).
+packages+=(dpkg-dev systemd procps man-db)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -185,9 +185,10 @@ pub async fn run(
     #[cfg(unix)]
     {
         let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
-        let store = store.clone();
+        let (store, running) = (store.clone(), config.clone());
         tasks.spawn(async move {
             reload_on_hangup(
+                running,
                 keyring,
                 cluster_id,
                 move || reload(),
@@ -282,6 +283,11 @@ pub async fn run(
         revision = store.revision(),
         "edgeconf agent ready"
     );
+    // systemd's Type=notify: started once every listener serves.
+    tell_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
 
     let mut failure = None;
     tokio::select! {
@@ -301,6 +307,7 @@ pub async fn run(
         tokio::time::sleep(FAILED_HEALTH_GRACE).await;
     }
     tracing::info!("stopping: finishing in-flight requests");
+    tell_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop.send(true);
     // Watch streams never end by themselves: give requests a moment, then
     // drop what is left. Acknowledged writes are already durable.
@@ -484,6 +491,7 @@ fn keyring(config: &Config, cluster_id: u64) -> anyhow::Result<Keyring> {
 /// refused with its error, and the running keys stay.
 #[cfg(unix)]
 async fn reload_on_hangup(
+    running: Config,
     keyring: Arc<KeyringCell>,
     cluster_id: u64,
     reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
@@ -495,7 +503,14 @@ async fn reload_on_hangup(
         return;
     };
     while hangups.recv().await.is_some() {
-        match reload().and_then(|config| self::keyring(&config, cluster_id)) {
+        let fresh_config = reload();
+        if let Ok(fresh) = &fresh_config {
+            let restart = crate::config::reload::needs_restart(&running, fresh);
+            if !restart.is_empty() {
+                tracing::warn!(settings = %restart.join(", "), "these settings changed and take effect after a restart (systemctl restart edgeconf)");
+            }
+        }
+        match fresh_config.and_then(|config| self::keyring(&config, cluster_id)) {
             Ok(fresh) => {
                 tracing::info!(
                     trusted_keys = fresh.trust.keys.len(),
@@ -509,5 +524,13 @@ async fn reload_on_hangup(
                 tracing::error!(error = %format!("{err:#}"), "config reload refused; keeping the running trust policy and keys");
             }
         }
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the agent is doing; does
+/// nothing unless systemd started it (`$NOTIFY_SOCKET`).
+fn tell_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        tracing::warn!(error = %err, "cannot notify systemd");
     }
 }

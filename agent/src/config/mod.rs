@@ -5,6 +5,7 @@
 //! the file, line and field at fault; nothing starts from a bad file.
 
 pub mod plugins;
+pub mod reload;
 pub mod render;
 pub mod services;
 pub mod upkeep;

@@ -1,0 +1,99 @@
+//! What a reload (SIGHUP) applies and what needs a restart. `[trust]` and
+//! `[secrets]` are swapped whole on SIGHUP; `[[render]]` entries and
+//! templates apply when the file changes (the renderer watches it); every
+//! other setting is read once, at start: the log names those that changed.
+
+use super::Config;
+
+/// The settings that differ between `running` and `fresh` and take effect
+/// only after a restart, by their names in the file.
+pub fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("name", running.name != fresh.name);
+    check("data_dir", running.data_dir != fresh.data_dir);
+    check(
+        "listen_client_urls",
+        running.listen_client != fresh.listen_client,
+    );
+    check(
+        "advertise_client_urls",
+        running.advertise_client_urls != fresh.advertise_client_urls,
+    );
+    check("listen_peer_urls", running.listen_peer != fresh.listen_peer);
+    check(
+        "initial_advertise_peer_urls",
+        running.initial_advertise_peer_urls != fresh.initial_advertise_peer_urls,
+    );
+    check(
+        "initial_cluster",
+        running.initial_cluster != fresh.initial_cluster,
+    );
+    check("log_level", running.log_level != fresh.log_level);
+    check(
+        "heartbeat_interval / election_timeout",
+        running.heartbeat_interval != fresh.heartbeat_interval
+            || running.election_timeout != fresh.election_timeout,
+    );
+    check(
+        "[peer_trust]",
+        running.peer_keys != fresh.peer_keys || running.voter_keys != fresh.voter_keys,
+    );
+    check(
+        "snapshot_count / snapshot_catchup_entries",
+        running.snapshot_count != fresh.snapshot_count
+            || running.snapshot_catchup_entries != fresh.snapshot_catchup_entries,
+    );
+    check("client TLS", running.client_tls != fresh.client_tls);
+    check(
+        "[trust] root_keys",
+        running.pinned_root != fresh.pinned_root,
+    );
+    check(
+        "listen_metrics_url",
+        running.listen_metrics != fresh.listen_metrics,
+    );
+    check("render_root", running.render_root != fresh.render_root);
+    check(
+        "[[plugin]] / [[validate]] / [[check]]",
+        running.plugins != fresh.plugins,
+    );
+    check(
+        "role / sync",
+        running.role != fresh.role || running.sync != fresh.sync,
+    );
+    check(
+        "max_staleness / stale_is_unhealthy",
+        running.max_staleness != fresh.max_staleness
+            || running.stale_is_unhealthy != fresh.stale_is_unhealthy,
+    );
+    check(
+        "quota / auto-compaction / corrupt_check_interval",
+        running.upkeep != fresh.upkeep,
+    );
+    check("[labels]", running.labels != fresh.labels);
+    check("[gossip]", running.gossip != fresh.gossip);
+    check("[[service]]", running.services != fresh.services);
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_changed_and_is_not_reloaded_is_named() {
+        let running = Config::load(None, super::super::ConfigFile::default()).unwrap();
+        let same = running.clone();
+        assert!(needs_restart(&running, &same).is_empty());
+        let mut fresh = running.clone();
+        fresh.labels.insert("region".into(), "eu".into());
+        fresh.log_level = "debug".into();
+        fresh.trust.allow_unsigned = !fresh.trust.allow_unsigned;
+        assert_eq!(needs_restart(&running, &fresh), ["log_level", "[labels]"]);
+    }
+}
