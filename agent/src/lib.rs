@@ -30,6 +30,7 @@ pub mod rollout;
 pub mod services;
 pub mod signing;
 pub mod store;
+pub mod telemetry;
 pub mod transport;
 pub mod trust_root;
 pub mod upkeep;

@@ -93,6 +93,8 @@ pub fn render_text(sources: &Sources) -> String {
         feed_metrics(&mut out, feed);
     }
     alarm_metrics(&mut out, node.store());
+    crate::telemetry::render(&mut out);
+    peer_metrics(&mut out, node);
     let _ = writeln!(
         out,
         "# HELP edgeconf_raft_refused_total Raft messages and frames refused (a sender that is not a member, not verified yet, not a voter key, or speaking for another member; an oversized, undecodable or invalid snapshot frame; a snapshot while another is received).\n\
@@ -173,6 +175,25 @@ pub fn render_text(sources: &Sources) -> String {
     plugin_metrics(&mut out, &sources.plugins);
     fleet_metrics(&mut out, sources);
     out
+}
+
+/// On the leader: each member's replication lag and whether it answers.
+fn peer_metrics(out: &mut String, node: &crate::consensus::Node) {
+    let _ = writeln!(
+        out,
+        "# HELP edgeconf_raft_peer_lag_entries On the leader: entries committed that a member's log lacks.\n# TYPE edgeconf_raft_peer_lag_entries gauge\n\
+         # HELP edgeconf_raft_peer_reachable On the leader: 1 when a member answered within the election timeout.\n# TYPE edgeconf_raft_peer_reachable gauge"
+    );
+    let commit = node.commit_index();
+    for peer in node.peer_progress() {
+        let member = format!("{:x}", peer.id);
+        let _ = writeln!(
+            out,
+            "edgeconf_raft_peer_lag_entries{{member=\"{member}\"}} {}\nedgeconf_raft_peer_reachable{{member=\"{member}\"}} {}",
+            commit.saturating_sub(peer.matched),
+            u8::from(peer.recently_active)
+        );
+    }
 }
 
 /// etcd's alarms in force (NOSPACE, CORRUPT), one series per member and

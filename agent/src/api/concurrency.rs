@@ -250,6 +250,17 @@ fn while_leading(leader: &msg::LeaderKey, then: TxnOp) -> Command {
     })
 }
 
+/// Fails unless the caller may read the queue under `prefix`.
+fn check_may_read(caller: &Caller, prefix: &[u8]) -> Result<(), Status> {
+    caller.check_command(&Command::Txn(TxnRequest {
+        compare: Vec::new(),
+        success: vec![TxnOp::Range(RangeRequest::new(KeyRange::prefix(
+            prefix.to_vec(),
+        )))],
+        failure: Vec::new(),
+    }))
+}
+
 fn not_leader() -> Status {
     Status::failed_precondition("election: not leader")
 }
@@ -339,13 +350,7 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
         }
         let caller = self.0.caller(&request)?;
         let prefix = queue(&request.get_ref().name)?;
-        caller.check_command(&Command::Txn(TxnRequest {
-            compare: Vec::new(),
-            success: vec![TxnOp::Range(RangeRequest::new(KeyRange::prefix(
-                prefix.clone(),
-            )))],
-            failure: Vec::new(),
-        }))?;
+        check_may_read(&caller, &prefix)?;
         self.0.node.read_index().await.map_err(propose_status)?;
         let (kvs, revision) = self.0.queue_now(&prefix)?;
         let kv = kvs
@@ -371,13 +376,7 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
         }
         let caller = self.0.caller(&request)?;
         let prefix = queue(&request.get_ref().name)?;
-        caller.check_command(&Command::Txn(TxnRequest {
-            compare: Vec::new(),
-            success: vec![TxnOp::Range(RangeRequest::new(KeyRange::prefix(
-                prefix.clone(),
-            )))],
-            failure: Vec::new(),
-        }))?;
+        check_may_read(&caller, &prefix)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let context = self.0.clone();
         tokio::spawn(async move {

@@ -223,6 +223,7 @@ pub async fn serve(
     let passwords = shared.passwords;
     const MAX_MESSAGE: usize = convert::MAX_REQUEST_BYTES + convert::GRPC_OVERHEAD_BYTES;
     let router = tonic::transport::Server::builder()
+        .layer(crate::telemetry::RpcTimer)
         .add_service(
             PbKvServer::new(kv::KvService(context.clone())).max_decoding_message_size(MAX_MESSAGE),
         )

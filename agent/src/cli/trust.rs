@@ -153,6 +153,14 @@ fn read_root(path: &Path) -> anyhow::Result<SignedRoot> {
     SignedRoot::from_json(&text).with_context(|| format!("{}", path.display()))
 }
 
+/// The rule of `prefix` in `root`.
+fn role_of<'a>(root: &'a mut Root, prefix: &str) -> anyhow::Result<&'a mut Role> {
+    root.prefixes
+        .iter_mut()
+        .find(|r| r.prefix == prefix.as_bytes())
+        .with_context(|| format!("the root has no prefix {prefix:?}: add a key under it first"))
+}
+
 /// `root` as its next version, unsigned, valid for `next.expires`.
 fn next_version(mut root: Root, next: &NextArgs) -> anyhow::Result<()> {
     root.version += 1;
@@ -261,15 +269,7 @@ pub async fn run(client: &Client, format: Format, command: TrustCommand) -> anyh
             if for_root {
                 root.root_threshold = threshold;
             } else {
-                let prefix = prefix.unwrap_or_default();
-                let role = root
-                    .prefixes
-                    .iter_mut()
-                    .find(|r| r.prefix == prefix.as_bytes())
-                    .with_context(|| {
-                        format!("the root has no prefix {prefix:?}: add a key under it first")
-                    })?;
-                role.threshold = threshold;
+                role_of(&mut root, &prefix.unwrap_or_default())?.threshold = threshold;
             }
             next_version(root, &next)
         }
@@ -280,14 +280,7 @@ pub async fn run(client: &Client, format: Format, command: TrustCommand) -> anyh
             next,
         } => {
             let mut root = read_root(&file)?.root;
-            let role = root
-                .prefixes
-                .iter_mut()
-                .find(|r| r.prefix == prefix.as_bytes())
-                .with_context(|| {
-                    format!("the root has no prefix {prefix:?}: add a key under it first")
-                })?;
-            role.on_expiry = match on_expiry.as_str() {
+            role_of(&mut root, &prefix)?.on_expiry = match on_expiry.as_str() {
                 "keep" => OnExpiry::Keep,
                 _ => OnExpiry::Refuse,
             };

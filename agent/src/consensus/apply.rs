@@ -71,9 +71,8 @@ impl RaftLoop {
             return Ok(());
         }
         let (origins, proposals): (Vec<Option<u64>>, Vec<Proposal>) = batch.drain(..).unzip();
-        let outcomes = self
-            .store
-            .apply_batch(&proposals, through, false)
+        let outcomes = crate::telemetry::APPLY
+            .time(|| self.store.apply_batch(&proposals, through, false))
             .map_err(|e| {
                 format!(
                     "the entries from {} through {through} cannot be applied: {e}",

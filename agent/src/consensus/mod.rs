@@ -13,6 +13,7 @@ mod apply;
 mod lessor;
 mod log;
 mod raft_loop;
+pub use raft_loop::PeerProgress;
 mod snapshots;
 mod wal;
 
@@ -486,6 +487,15 @@ impl Node {
         self.status.is_leader.load(Ordering::SeqCst)
     }
 
+    /// On the leader, how each other member's replication stands.
+    pub fn peer_progress(&self) -> Vec<PeerProgress> {
+        self.status
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn commit_index(&self) -> u64 {
         self.status.commit.load(Ordering::SeqCst)
     }
@@ -543,11 +553,16 @@ impl Node {
             command,
             time_unix_ms: now_unix_ms(),
         };
-        self.ask(|reply| Input::Propose {
-            body: Body::CommandAs(proposal, credential),
-            reply,
-        })
-        .await
+        let outcome = self
+            .ask(|reply| Input::Propose {
+                body: Body::CommandAs(proposal, credential),
+                reply,
+            })
+            .await;
+        if outcome.is_err() {
+            crate::telemetry::PROPOSALS_FAILED.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
     }
 
     /// Waits until this member has applied everything committed when the

@@ -117,6 +117,18 @@ pub struct RaftStatus {
     /// Why consensus stopped, once it has (the raft thread ended other
     /// than by `Stop`, or panicked).
     pub failure: tokio::sync::watch::Sender<Option<String>>,
+    /// On the leader: each other member's replication (empty elsewhere).
+    pub peers: std::sync::Mutex<Vec<PeerProgress>>,
+}
+
+/// How far one member's log is, as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    /// The highest index known to be in its log.
+    pub matched: u64,
+    /// It answered within the last election timeout.
+    pub recently_active: bool,
 }
 
 impl RaftStatus {
@@ -671,12 +683,29 @@ impl RaftLoop {
             // A new leader gives every lease a full TTL, as etcd does.
             self.lessor.promote(&self.store);
         }
-        self.status.leader.store(raft.leader_id, Ordering::SeqCst);
+        let before = self.status.leader.swap(raft.leader_id, Ordering::SeqCst);
+        if before != raft.leader_id && raft.leader_id != 0 {
+            crate::telemetry::LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
+        }
         self.status.term.store(raft.term, Ordering::SeqCst);
         self.status
             .commit
             .store(raft.raft_log.committed, Ordering::SeqCst);
         self.status.applied.store(self.applied, Ordering::SeqCst);
+        let peers: Vec<PeerProgress> = if is_leader {
+            raft.prs()
+                .iter()
+                .filter(|(id, _)| **id != raft.id)
+                .map(|(id, progress)| PeerProgress {
+                    id: *id,
+                    matched: progress.matched,
+                    recently_active: progress.recent_active,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 }
 

@@ -193,7 +193,7 @@ impl Wal {
         if crate::fault::disk() == DiskFault::FailingFsync {
             return Err(io::Error::other("fdatasync failed (fault injection)"));
         }
-        current.file.sync_data()?;
+        crate::telemetry::WAL_FSYNC.time(|| current.file.sync_data())?;
         self.offset += buffer.len() as u64;
         self.last_crc = crc;
         if let Some(last) = entries.last() {

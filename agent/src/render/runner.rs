@@ -437,7 +437,9 @@ impl Runner {
     async fn render_one(&mut self, index: usize, compiled: &Compiled, startup: bool) -> Rendered {
         let mut used = Vec::new();
         self.last_failure = None;
+        let start = Instant::now();
         let rendered = self.render_entry(compiled, startup, &mut used).await;
+        crate::telemetry::RENDER.observe(start.elapsed());
         let failure = self.last_failure.take();
         self.rollouts.record(index, used, failure.as_deref());
         rendered
