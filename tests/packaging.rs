@@ -105,7 +105,7 @@ fn the_deb_builds_installs_into_a_scratch_root_and_its_unit_verifies() {
 }
 
 #[test]
-fn the_agent_tells_systemd_it_is_ready_and_names_what_a_reload_cannot_change() {
+fn the_agent_tells_systemd_it_is_ready_and_reloads_what_it_can_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -113,19 +113,18 @@ fn the_agent_tells_systemd_it_is_ready_and_names_what_a_reload_cannot_change() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let config = dir.path().join("agent.toml");
-    let write_config = |labels: &str| {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let write_config = |client_port: u16, extra: &str| {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{}\"]\nlisten_peer_urls = [\"quic://127.0.0.1:{}\"]\n[labels]\n{labels}\n",
+                "data_dir = {:?}\nlisten_client_urls = [\"http://127.0.0.1:{client_port}\"]\nlisten_peer_urls = [\"quic://127.0.0.1:{peer_port}\"]\n{extra}\n",
                 dir.path().join("data").display().to_string(),
-                free_port(),
-                free_port()
             ),
         )
         .unwrap()
     };
-    write_config("region = \"eu\"");
+    write_config(client_port, "[labels]\nregion = \"eu\"");
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut agent = Command::new(BIN)
         .args(["agent", "--config", config.to_str().unwrap()])
@@ -139,8 +138,13 @@ fn the_agent_tells_systemd_it_is_ready_and_names_what_a_reload_cannot_change() {
     let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
     assert!(message.contains("READY=1"), "{message}");
 
-    // SIGHUP: the agent stays up and says which edits need a restart.
-    write_config("region = \"us\"");
+    // SIGHUP: the agent stays up, applies what it can and says which
+    // edits need a restart.
+    let service = "[[service]]\nname = \"web\"\nport = 8080\n";
+    write_config(
+        free_port(),
+        &format!("[labels]\nregion = \"us\"\n\n{service}"),
+    );
     ok(run_with_timeout(
         Command::new("kill").args(["-HUP", &agent.id().to_string()]),
         Duration::from_secs(5),
@@ -151,7 +155,31 @@ fn the_agent_tells_systemd_it_is_ready_and_names_what_a_reload_cannot_change() {
         assert!(std::time::Instant::now() < deadline, "{}", read_log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(read_log().contains("[labels]"), "{}", read_log());
+    // The new labels apply at once; the new client port needs a restart.
+    assert!(read_log().contains("reloaded [labels]"), "{}", read_log());
+    assert!(read_log().contains("listen_client_urls"), "{}", read_log());
+    // The new [[service]] is announced without a restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = run_with_timeout(
+            Command::new(BIN).args([
+                "--endpoints",
+                &format!("127.0.0.1:{client_port}"),
+                "service",
+                "list",
+            ]),
+            Duration::from_secs(10),
+        );
+        if String::from_utf8_lossy(&listed.stdout).contains("web") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reloaded service is not listed: {}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         agent.try_wait().unwrap().is_none(),
         "the agent exited on SIGHUP"

@@ -186,9 +186,22 @@ pub async fn run(
     {
         let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
         let (store, running) = (store.clone(), config.clone());
+        let live = Reloadable {
+            membership: membership.clone(),
+            services: services.clone(),
+        };
+        // Installed now, before systemd hears READY: a SIGHUP from then on
+        // reloads (its default action would end the process).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tasks.spawn(async move {
+            let Ok(hangups) = hangups else {
+                tracing::warn!("cannot install a SIGHUP handler: reload the config by restarting");
+                return;
+            };
             reload_on_hangup(
+                hangups,
                 running,
+                live,
                 keyring,
                 cluster_id,
                 move || reload(),
@@ -491,17 +504,14 @@ fn keyring(config: &Config, cluster_id: u64) -> anyhow::Result<Keyring> {
 /// refused with its error, and the running keys stay.
 #[cfg(unix)]
 async fn reload_on_hangup(
-    running: Config,
+    mut hangups: tokio::signal::unix::Signal,
+    mut running: Config,
+    live: Reloadable,
     keyring: Arc<KeyringCell>,
     cluster_id: u64,
     reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
     under_root: impl Fn(Keyring) -> Keyring + Send + 'static,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler: reload the config by restarting");
-        return;
-    };
     while hangups.recv().await.is_some() {
         let fresh_config = reload();
         if let Ok(fresh) = &fresh_config {
@@ -509,6 +519,17 @@ async fn reload_on_hangup(
             if !restart.is_empty() {
                 tracing::warn!(settings = %restart.join(", "), "these settings changed and take effect after a restart (systemctl restart edgeconf)");
             }
+            if fresh.labels != running.labels {
+                let labels = fresh.labels.clone();
+                live.membership.update_meta(|meta| meta.labels = labels);
+                tracing::info!(labels = ?fresh.labels, "reloaded [labels]");
+            }
+            if fresh.services != running.services {
+                let changed = live.services.reconfigure(fresh.services.clone());
+                tracing::info!(changed, "reloaded [[service]] entries");
+            }
+            running.labels = fresh.labels.clone();
+            running.services = fresh.services.clone();
         }
         match fresh_config.and_then(|config| self::keyring(&config, cluster_id)) {
             Ok(fresh) => {
@@ -525,6 +546,13 @@ async fn reload_on_hangup(
             }
         }
     }
+}
+
+/// What a SIGHUP changes besides the keyring.
+#[cfg(unix)]
+struct Reloadable {
+    membership: Arc<crate::gossip::Membership>,
+    services: Arc<crate::services::Services>,
 }
 
 /// Tells systemd (a `Type=notify` unit) how the agent is doing; does

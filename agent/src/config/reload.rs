@@ -1,7 +1,8 @@
-//! What a reload (SIGHUP) applies and what needs a restart. `[trust]` and
-//! `[secrets]` are swapped whole on SIGHUP; `[[render]]` entries and
-//! templates apply when the file changes (the renderer watches it); every
-//! other setting is read once, at start: the log names those that changed.
+//! What a reload (SIGHUP) applies and what needs a restart. `[trust]`,
+//! `[secrets]`, `[labels]` and `[[service]]` apply on SIGHUP; `[[render]]`
+//! entries and templates apply when the file changes (the renderer watches
+//! it); every other setting is read once, at start: the log names those
+//! that changed.
 
 use super::Config;
 
@@ -75,9 +76,7 @@ pub fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
         "quota / auto-compaction / corrupt_check_interval",
         running.upkeep != fresh.upkeep,
     );
-    check("[labels]", running.labels != fresh.labels);
     check("[gossip]", running.gossip != fresh.gossip);
-    check("[[service]]", running.services != fresh.services);
     changed
 }
 
@@ -94,6 +93,10 @@ mod tests {
         fresh.labels.insert("region".into(), "eu".into());
         fresh.log_level = "debug".into();
         fresh.trust.allow_unsigned = !fresh.trust.allow_unsigned;
-        assert_eq!(needs_restart(&running, &fresh), ["log_level", "[labels]"]);
+        fresh.render_root = Some("/elsewhere".into());
+        assert_eq!(
+            needs_restart(&running, &fresh),
+            ["log_level", "render_root"]
+        );
     }
 }

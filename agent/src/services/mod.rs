@@ -103,6 +103,42 @@ impl Services {
         services
     }
 
+    /// Applies the `[[service]]` entries of a reloaded config: entries gone
+    /// stop, new or changed ones start (their checks from scratch),
+    /// unchanged ones keep running; API registrations stay. Returns how
+    /// many changed.
+    pub fn reconfigure(self: &Arc<Self>, configured: Vec<ServiceEntry>) -> usize {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(id, local)| {
+                local.from_config && !configured.iter().any(|entry| &entry.id == *id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = gone.len();
+        for id in gone {
+            if let Some(runner) = self.lock().remove(&id).and_then(|s| s.runner) {
+                runner.abort();
+            }
+        }
+        for entry in configured {
+            let same = self
+                .lock()
+                .get(&entry.id)
+                .is_some_and(|local| local.from_config && local.entry == entry);
+            if !same {
+                changed += 1;
+                self.add(entry, true);
+            }
+        }
+        if changed > 0 {
+            self.publish();
+        }
+        changed
+    }
+
     /// Registers (or replaces) a service through the API.
     pub fn register(self: &Arc<Self>, file: ServiceFile) -> Result<ServiceEntry, ServiceError> {
         let entry = check_service(file, &self.check_plugins())
