@@ -72,9 +72,21 @@ cat >"$root/DEBIAN/postinst" <<'POSTINST'
 set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null || true
-  echo "edgeconf: edit /etc/edgeconf/edgeconf.toml, then: systemctl enable --now edgeconf"
+  if [ -n "$2" ]; then
+    # An upgrade: a running agent restarts on the new binary.
+    systemctl try-restart edgeconf.service >/dev/null || true
+  else
+    echo "edgeconf: edit /etc/edgeconf/edgeconf.toml, then: systemctl enable --now edgeconf"
+  fi
 fi
 POSTINST
+cat >"$root/DEBIAN/prerm" <<'PRERM'
+#!/bin/sh
+set -e
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  systemctl stop edgeconf.service >/dev/null || true
+fi
+PRERM
 cat >"$root/DEBIAN/postrm" <<'POSTRM'
 #!/bin/sh
 set -e
@@ -82,7 +94,7 @@ if [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null || true
 fi
 POSTRM
-chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
 
 mkdir -p "$out"
 deb="$out/edgeconf_${version}_${arch}.deb"

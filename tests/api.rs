@@ -429,6 +429,42 @@ async fn the_lock_and_election_services_queue_contenders_by_create_revision() {
     // No lease, no lock.
     let err = client.lock("jobs", None).await.unwrap_err().to_string();
     assert!(err.contains("needs a lease"), "{err}");
+    // Edgeconf's own records are not a lock's to write (an alarm, here).
+    let l3 = lease(&mut client).await;
+    let err = client
+        .lock("_edgeconf/alarm", Some(LockOptions::new().with_lease(l3)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("_edgeconf/"), "{err}");
+    // A waiter whose client goes away leaves the queue at once.
+    let (l4, l5) = (lease(&mut client).await, lease(&mut client).await);
+    let held = client
+        .lock("queue", Some(LockOptions::new().with_lease(l4)))
+        .await
+        .unwrap();
+    let mut waiter = client.clone();
+    let gone = tokio::spawn(async move {
+        let _ = waiter
+            .lock("queue", Some(LockOptions::new().with_lease(l5)))
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    let waiting = format!("queue/{l5:x}");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = client.get(waiting.as_str(), None).await.unwrap();
+        if left.kvs().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cancelled waiter stayed queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.unlock(held.key()).await.unwrap();
 
     // Election: the first candidate leads, a proclaim changes its value,
     // the second leads once it resigns; observers see each leader.

@@ -167,6 +167,20 @@ fn every_permission_kind_holds_through_etcdctl_and_the_cli() {
         &["role", "grant-permission", "reader", "readwrite", "/"],
     ));
     denied(cli(&agent, "ro:ropw", &["compact", "1"]));
+    // Maintenance is an admin's: defragmenting, backups, checksums,
+    // alarms, moving the lead.
+    denied(ctl(&agent, "ro:ropw", &["defrag"]));
+    denied(ctl(&agent, "ro:ropw", &["alarm", "list"]));
+    denied(ctl(&agent, "ro:ropw", &["endpoint", "hashkv"]));
+    let image = agent.data_dir.with_file_name("denied.db");
+    denied(ctl(
+        &agent,
+        "ro:ropw",
+        &["snapshot", "save", image.to_str().unwrap()],
+    ));
+    denied(ctl(&agent, "ro:ropw", &["move-leader", &member_id]));
+    // Locks write their queue: a reader may not take one on /app/.
+    denied(cli(&agent, "ro:ropw", &["lock", "/app/jobs", "--", "true"]));
     denied(cli(&agent, "ro:ropw", &["user", "list"]));
     // Users may look at their own account and roles.
     let own = ok(cli(&agent, "ro:ropw", &["user", "get", "ro"]));

@@ -188,6 +188,8 @@ fn the_quota_refuses_writes_until_compaction_defrag_and_disarm() {
     // Deletes and compaction still work; small writes do not.
     let small = failed(etcdctl(&agent, &["put", "/small", "1"]));
     assert!(small.contains("database space exceeded"), "{small}");
+    let lease = failed(etcdctl(&agent, &["lease", "grant", "60"]));
+    assert!(lease.contains("database space exceeded"), "{lease}");
     ok(etcdctl(&agent, &["del", "/big/", "--prefix"]));
     let status = ok(etcdctl(&agent, &["-w", "json", "endpoint", "status"]));
     let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]

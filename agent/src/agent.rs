@@ -514,7 +514,11 @@ async fn reload_on_hangup(
 ) {
     while hangups.recv().await.is_some() {
         let fresh_config = reload();
-        if let Ok(fresh) = &fresh_config {
+        let fresh_keyring = fresh_config
+            .as_ref()
+            .map_err(|err| anyhow::anyhow!("{err:#}"))
+            .and_then(|config| self::keyring(config, cluster_id));
+        if let (Ok(fresh), Ok(_)) = (&fresh_config, &fresh_keyring) {
             let restart = crate::config::reload::needs_restart(&running, fresh);
             if !restart.is_empty() {
                 tracing::warn!(settings = %restart.join(", "), "these settings changed and take effect after a restart (systemctl restart edgeconf)");
@@ -531,7 +535,7 @@ async fn reload_on_hangup(
             running.labels = fresh.labels.clone();
             running.services = fresh.services.clone();
         }
-        match fresh_config.and_then(|config| self::keyring(&config, cluster_id)) {
+        match fresh_keyring {
             Ok(fresh) => {
                 tracing::info!(
                     trusted_keys = fresh.trust.keys.len(),

@@ -103,6 +103,7 @@ const MAX_METHODS: usize = 128;
 static RPCS: Mutex<BTreeMap<String, &'static Histogram>> = Mutex::new(BTreeMap::new());
 
 fn record_rpc(method: &str, took: Duration) {
+    // Known services, and a name that needs no escaping in a label.
     let known = [
         "/etcdserverpb.",
         "/edgeconf.v1.",
@@ -110,7 +111,10 @@ fn record_rpc(method: &str, took: Duration) {
         "/v3electionpb.",
     ]
     .iter()
-    .any(|service| method.starts_with(service));
+    .any(|service| method.starts_with(service))
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'_'));
     let method = if known { method } else { "other" };
     let mut rpcs = RPCS.lock().unwrap_or_else(|e| e.into_inner());
     let histogram = match rpcs.get(method) {
@@ -145,9 +149,9 @@ pub struct Timed<S> {
     inner: S,
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for Timed<S>
+impl<S, B, R> tower_service::Service<http::Request<B>> for Timed<S>
 where
-    S: tower_service::Service<http::Request<B>>,
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -164,7 +168,18 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let out = answer.await;
-            record_rpc(&method, start.elapsed());
+            // A method no service has (gRPC status 12, Unimplemented) is
+            // not recorded: a client cannot fill the table with made-up
+            // names.
+            let unimplemented = out.as_ref().is_ok_and(|response| {
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|status| status == "12")
+            });
+            if !unimplemented {
+                record_rpc(&method, start.elapsed());
+            }
             out
         })
     }

@@ -18,6 +18,7 @@ use crate::store::{
 };
 
 /// The caller of one request, with the auth state it was resolved against.
+#[derive(Clone)]
 pub(crate) struct Caller {
     auth: Arc<AuthState>,
     /// `None` when auth is disabled, or for a caller that gave no
@@ -107,7 +108,7 @@ impl super::Context {
     /// etcd's quota: a write that takes space is refused while a NOSPACE
     /// alarm is active anywhere in the cluster, or while this member's own
     /// store is over the quota (the leader raises the alarm soon after).
-    fn check_space(&self) -> Result<(), ProposeError> {
+    pub(crate) fn check_space(&self) -> Result<(), ProposeError> {
         let store = self.node.store();
         let size = store.size_bytes();
         if size > self.quota_bytes {

@@ -10,9 +10,13 @@
 //! - the leader of an election is the key with the smallest create
 //!   revision; proclaiming rewrites its value only while it still is.
 //!
-//! Every write is a client write: checked against the caller's permissions
-//! (writing and reading `NAME/`), proposed through raft; an edge sends the
-//! request to a voter.
+//! Every write is a client write, checked as KV's are: the caller's
+//! permissions (writing and reading `NAME/`), the trust policy (a protected
+//! key takes no unsigned write or delete), edgeconf's own records, keys
+//! under a rollout and validator plugins; then proposed through raft. An
+//! edge sends the request to a voter. A contender whose client goes away
+//! while waiting leaves the queue at once, as etcd's concurrency package
+//! does.
 
 use std::pin::Pin;
 
@@ -81,6 +85,8 @@ impl Context {
     ) -> Result<(CommandResponse, i64), Status> {
         caller.check_command(&command)?;
         self.check_lease_puts(caller, &command)?;
+        super::signed::admit(&self.keyring.get(), &command)?;
+        self.validate(&command).await?;
         let applied = self
             .propose_checked(caller, command)
             .await
@@ -190,6 +196,39 @@ impl Context {
     }
 }
 
+/// A contender's place in a queue while it waits: if the wait ends other
+/// than with the lock (the client went away, the wait failed), its key is
+/// deleted, so no one ends up holding a lock nobody waits for.
+struct Seat {
+    context: Option<(Context, Caller, Vec<u8>)>,
+}
+
+impl Seat {
+    fn new(context: &Context, caller: &Caller, key: &[u8]) -> Seat {
+        Seat {
+            context: Some((context.clone(), caller.clone(), key.to_vec())),
+        }
+    }
+
+    /// The wait succeeded: the key stays.
+    fn keep(mut self) {
+        self.context = None;
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let Some((context, caller, key)) = self.context.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(err) = context.delete_key(&caller, key.clone()).await {
+                tracing::warn!(key = %String::from_utf8_lossy(&key), error = %err.message(), "cannot leave the queue of a lock or election");
+            }
+        });
+    }
+}
+
 #[tonic::async_trait]
 impl pb::v3lockpb::lock_server::Lock for LockService {
     async fn lock(
@@ -203,7 +242,9 @@ impl pb::v3lockpb::lock_server::Lock for LockService {
         let ask = request.into_inner();
         let prefix = queue(&ask.name)?;
         let mine = self.0.join_queue(&caller, &prefix, ask.lease, b"").await?;
+        let seat = Seat::new(&self.0, &caller, &mine.key);
         let revision = self.0.wait_for_turn(&prefix, &mine).await?;
+        seat.keep();
         Ok(Response::new(msg::LockResponse {
             header: Some(self.0.concurrency_header(revision)),
             key: mine.key,
@@ -287,7 +328,9 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
             .0
             .join_queue(&caller, &prefix, ask.lease, &ask.value)
             .await?;
+        let seat = Seat::new(&self.0, &caller, &mine.key);
         let revision = self.0.wait_for_turn(&prefix, &mine).await?;
+        seat.keep();
         let leader = msg::LeaderKey {
             name: ask.name,
             key: mine.key.clone(),

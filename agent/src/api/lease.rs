@@ -30,6 +30,8 @@ impl PbLeaseService for LeaseService {
             return answer;
         }
         self.0.caller(&request)?.check_signed_in()?;
+        // etcd's quota: a lease grant takes space.
+        self.0.check_space().map_err(propose_status)?;
         let req = request.into_inner();
         let applied = self
             .0

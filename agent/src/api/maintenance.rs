@@ -51,12 +51,17 @@ impl PbMaintenanceService for MaintenanceService {
         match ask.action {
             ALARM_GET => {}
             ALARM_ACTIVATE | ALARM_DEACTIVATE => {
+                // As etcd: an alarm of type NONE changes nothing.
                 let Some(alarm) = wanted else {
-                    return Err(Status::invalid_argument(format!(
-                        "etcdserver: alarm type {} is not NOSPACE (1) or CORRUPT (2)",
-                        ask.alarm
-                    )));
+                    return Ok(Response::new(PbAlarmResponse {
+                        header: Some(self.0.current_header()),
+                        alarms: Vec::new(),
+                    }));
                 };
+                let existed = alarms::active(node.store())
+                    .map_err(store_status)?
+                    .iter()
+                    .any(|a| a.member == ask.member_id && a.alarm == alarm);
                 let command = if ask.action == ALARM_ACTIVATE {
                     alarms::raise(
                         ask.member_id,
@@ -67,6 +72,19 @@ impl PbMaintenanceService for MaintenanceService {
                     alarms::disarm(ask.member_id, alarm)
                 };
                 node.propose(command).await.map_err(propose_status)?;
+                // As etcd: the alarm raised, or the one disarmed (none if
+                // it was not raised).
+                let changed = ask.action == ALARM_ACTIVATE || existed;
+                return Ok(Response::new(PbAlarmResponse {
+                    header: Some(self.0.current_header()),
+                    alarms: changed
+                        .then_some(PbAlarmMember {
+                            member_id: ask.member_id,
+                            alarm: alarm.etcd_type(),
+                        })
+                        .into_iter()
+                        .collect(),
+                }));
             }
             other => {
                 return Err(Status::invalid_argument(format!(

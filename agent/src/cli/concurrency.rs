@@ -33,7 +33,8 @@ pub struct ElectArgs {
     pub listen: bool,
 }
 
-/// Grants a lease and keeps it alive in the background.
+/// Grants a lease and keeps it alive in the background; the task ends
+/// when the lease can no longer be renewed (the lock or lead is lost).
 async fn held_lease(client: &Client) -> anyhow::Result<(i64, tokio::task::JoinHandle<()>)> {
     let mut etcd = client.etcd().await?;
     let lease = client.request(etcd.lease_grant(TTL, None)).await?.id();
@@ -41,12 +42,22 @@ async fn held_lease(client: &Client) -> anyhow::Result<(i64, tokio::task::JoinHa
     let renew = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs((TTL / 3) as u64)).await;
-            if keeper.keep_alive().await.is_err() || responses.message().await.is_err() {
+            let renewed = keeper.keep_alive().await.is_ok()
+                && matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0);
+            if !renewed {
                 return;
             }
         }
     });
     Ok((lease, renew))
+}
+
+/// Waits for Ctrl-C; fails if the lease ends first.
+async fn hold(renew: &mut tokio::task::JoinHandle<()>, what: &str) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = renew => anyhow::bail!("the lease behind the {what} could not be renewed: it is lost"),
+    }
 }
 
 async fn let_go(client: &Client, lease: i64, renew: tokio::task::JoinHandle<()>) {
@@ -57,7 +68,7 @@ async fn let_go(client: &Client, lease: i64, renew: tokio::task::JoinHandle<()>)
 }
 
 pub async fn lock(client: &Client, args: LockArgs) -> anyhow::Result<()> {
-    let (lease, renew) = held_lease(client).await?;
+    let (lease, mut renew) = held_lease(client).await?;
     let mut etcd = client.etcd().await?;
     let held = tokio::select! {
         held = etcd.lock(args.name.clone(), Some(LockOptions::new().with_lease(lease))) => held,
@@ -76,8 +87,7 @@ pub async fn lock(client: &Client, args: LockArgs) -> anyhow::Result<()> {
     let outcome = match args.command.split_first() {
         None => {
             println!("{}", lossy(held.key()));
-            let _ = tokio::signal::ctrl_c().await;
-            Ok(())
+            hold(&mut renew, "lock").await
         }
         Some((program, rest)) => {
             let status = tokio::process::Command::new(program)
@@ -116,7 +126,7 @@ pub async fn elect(client: &Client, args: ElectArgs) -> anyhow::Result<()> {
         }
     }
     let value = args.value.unwrap_or_default();
-    let (lease, renew) = held_lease(client).await?;
+    let (lease, mut renew) = held_lease(client).await?;
     let won = tokio::select! {
         won = etcd.campaign(args.name.clone(), value.clone(), lease) => won,
         _ = tokio::signal::ctrl_c() => {
@@ -131,13 +141,14 @@ pub async fn elect(client: &Client, args: ElectArgs) -> anyhow::Result<()> {
             return Err(client.describe(err));
         }
     };
+    let mut outcome = Ok(());
     if let Some(leader) = won.leader() {
         println!("{}\n{value}", lossy(leader.key()));
-        let _ = tokio::signal::ctrl_c().await;
+        outcome = hold(&mut renew, "lead").await;
         let _ = etcd
             .resign(Some(ResignOptions::new().with_leader(leader.clone())))
             .await;
     }
     let_go(client, lease, renew).await;
-    Ok(())
+    outcome
 }

@@ -54,9 +54,48 @@ async fn save(client: &Client, format: Format, file: &Path) -> anyhow::Result<()
     if client.endpoints.len() != 1 {
         bail!("snapshot save takes one endpoint (--endpoints HOST:PORT): each member's store is its own");
     }
-    let partial = file.with_extension("part");
-    let mut out = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    // The image holds every key and the auth state: only its owner reads it.
+    let mut out = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?
+    };
+    let received = match receive(client, format, &mut out, &partial).await {
+        Ok(received) => received,
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(err);
+        }
+    };
+    out.sync_all()
+        .and_then(|()| std::fs::rename(&partial, file))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    match format {
+        Format::Json => print_json(&json!({"file": file, "bytes": received})),
+        _ => println!(
+            "Snapshot saved at {} ({})",
+            file.display(),
+            format_size(received)
+        ),
+    }
+    Ok(())
+}
+
+/// Streams the image into `out`, checking its digest; returns its size.
+async fn receive(
+    client: &Client,
+    format: Format,
+    out: &mut std::fs::File,
+    partial: &Path,
+) -> anyhow::Result<u64> {
     let mut etcd = client.etcd().await?;
     let mut stream = client.request(etcd.snapshot()).await?;
     let bar = indicatif::ProgressBar::new(0);
@@ -87,21 +126,9 @@ async fn save(client: &Client, format: Format, file: &Path) -> anyhow::Result<()
     }
     bar.finish_and_clear();
     if tail.len() != 32 || hasher.finalize().as_slice() != tail.as_slice() {
-        let _ = std::fs::remove_file(&partial);
         bail!("the image received does not match its SHA-256 (the connection broke?); nothing was saved");
     }
-    out.sync_all()
-        .and_then(|()| std::fs::rename(&partial, file))
-        .with_context(|| format!("cannot write {}", file.display()))?;
-    match format {
-        Format::Json => print_json(&json!({"file": file, "bytes": received})),
-        _ => println!(
-            "Snapshot saved at {} ({})",
-            file.display(),
-            format_size(received)
-        ),
-    }
-    Ok(())
+    Ok(received)
 }
 
 fn status(format: Format, file: &Path) -> anyhow::Result<()> {
@@ -164,9 +191,24 @@ fn restore(format: Format, args: &RestoreArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::private_files::dir(dir)
         .with_context(|| format!("cannot make {} private", dir.display()))?;
-    let store = Store::open(&dir.join("store.redb"))?;
+    // Built under another name and renamed at the end: a restore cut
+    // short leaves no store a member would start from.
+    let building = dir.join("store.redb.restoring");
+    let _ = std::fs::remove_file(&building);
+    let store = Store::open(&building)?;
     let summary = store.restore_image(&args.file)?;
+    let alarms = crate::upkeep::alarms::active(&store)?;
     drop(store);
+    std::fs::rename(&building, dir.join("store.redb"))
+        .with_context(|| format!("cannot write {}", dir.join("store.redb").display()))?;
+    for alarm in &alarms {
+        eprintln!(
+            "warning: the image holds a {} alarm of member {:x} ({}): once the new cluster runs, disarm it (`etcdctl alarm disarm`) if it no longer holds",
+            alarm.alarm.name(),
+            alarm.member,
+            alarm.reason
+        );
+    }
     match format {
         Format::Json => print_json(&json!({
             "data_dir": dir,

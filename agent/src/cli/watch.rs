@@ -50,6 +50,7 @@ pub async fn watch(client: &Client, format: Format, args: WatchArgs) -> anyhow::
         let mut stream = match (opened, dropped) {
             (Ok(stream), _) => stream,
             (Err(err), None) => return Err(err),
+            (Err(err), Some(_)) if is_permanent(&err) => return Err(err),
             (Err(_), Some(since)) => {
                 // Keep trying, as etcdctl does; say so now and then.
                 if since.elapsed().as_secs() % 10 == 0 {
@@ -91,6 +92,20 @@ pub async fn watch(client: &Client, format: Format, args: WatchArgs) -> anyhow::
             print_events(format, &response);
         }
     }
+}
+
+/// Errors no reconnecting mends: the caller may not watch, or asked for
+/// something invalid.
+fn is_permanent(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    [
+        "permission denied",
+        "user name is empty",
+        "invalid auth token",
+        "InvalidArgument",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
 }
 
 /// How long to wait before reconnecting a dropped watch.

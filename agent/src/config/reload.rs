@@ -49,7 +49,11 @@ pub fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
         running.snapshot_count != fresh.snapshot_count
             || running.snapshot_catchup_entries != fresh.snapshot_catchup_entries,
     );
-    check("client TLS", running.client_tls != fresh.client_tls);
+    check(
+        "client TLS / allow_insecure_client",
+        running.client_tls != fresh.client_tls
+            || running.allow_insecure_client != fresh.allow_insecure_client,
+    );
     check(
         "[trust] root_keys",
         running.pinned_root != fresh.pinned_root,

@@ -105,18 +105,26 @@ impl Store {
 
     /// etcd's Defragment: moves the file's pages together and gives the
     /// free ones back to the file system, so the file shrinks after a
-    /// compaction. Writes and new reads wait while it runs; it fails
-    /// (changing nothing) when a long read, such as a snapshot being sent,
-    /// does not finish within a few seconds.
+    /// compaction. Writes and new reads wait while it runs (as with etcd:
+    /// defragment followers first, and move the lead away before the
+    /// leader's turn). While reads are in progress it lets go and tries
+    /// again; it fails, changing nothing, when a long read (a snapshot
+    /// being sent) does not finish within a few seconds.
     pub fn defragment(&self) -> Result<Defragmented> {
-        let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let bytes_before = self.size_bytes();
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         let deadline = Instant::now() + DEFRAGMENT_PATIENCE;
         loop {
-            match db.compact() {
-                Ok(true) => continue,
-                Ok(false) => break,
+            let outcome = {
+                let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+                let mut outcome = db.compact();
+                while matches!(outcome, Ok(true)) {
+                    outcome = db.compact();
+                }
+                outcome
+            };
+            match outcome {
+                Ok(_) => break,
                 Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -127,7 +135,6 @@ impl Store {
                 }
             }
         }
-        drop(db);
         Ok(Defragmented {
             bytes_before,
             bytes_after: self.size_bytes(),

@@ -16,7 +16,7 @@
 pub mod alarms;
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub async fn run(
     let mut next_check = start;
     let mut compactor = settings.retention.map(AutoCompactor::new);
     let mut last_report = StoreReport::default();
+    // The checksums already compared: each announcement is checked once
+    // (a full scan of the leader's store each), not at every tick.
+    let mut compared: HashSet<(u64, i64, u32)> = HashSet::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,7 +85,7 @@ pub async fn run(
         if !node.is_leader() {
             continue;
         }
-        raise_alarms(&node, &membership, settings.quota_bytes).await;
+        raise_alarms(&node, &membership, settings.quota_bytes, &mut compared).await;
         if let Some(compactor) = &mut compactor {
             compact(&node, compactor, start.elapsed()).await;
         }
@@ -129,8 +132,23 @@ fn voter_reports(node: &Node, membership: &Membership) -> Vec<Report> {
         .collect()
 }
 
-async fn raise_alarms(node: &Arc<Node>, membership: &Membership, quota: u64) {
-    let reports = voter_reports(node, membership);
+async fn raise_alarms(
+    node: &Arc<Node>,
+    membership: &Membership,
+    quota: u64,
+    compared: &mut HashSet<(u64, i64, u32)>,
+) {
+    let mut reports = voter_reports(node, membership);
+    for report in &mut reports {
+        if let Some(hash) = report.kv_hash {
+            if !compared.insert((report.member, hash.revision, hash.hash)) {
+                report.kv_hash = None;
+            }
+        }
+    }
+    if compared.len() > 1024 {
+        compared.clear();
+    }
     let store = node.store().clone();
     let decided = tokio::task::spawn_blocking(move || {
         let active = alarms::active(&store)?;
