@@ -5,8 +5,9 @@
 #
 #   packaging/build-deb.sh [--binary PATH] [--out DIR] [--fast]
 #
-# Without --binary it builds the release binary first (cargo build
-# --release) and strips it. --fast compresses with gzip -1 (for tests).
+# Without --binary it builds the shipped binary first (cargo build
+# --profile dist: one codegen unit, LTO, optimized for size) and strips it.
+# --fast compresses with gzip -1 (for tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,8 @@ while (($#)); do
 done
 
 if [ -z "$binary" ]; then
-  cargo build --release --locked -p edgeconf
-  binary=target/release/edgeconf
+  cargo build --profile dist --locked -p edgeconf
+  binary=target/dist/edgeconf
 fi
 [ -x "$binary" ] || { echo "build-deb: $binary is not an executable" >&2; exit 1; }
 
