@@ -487,3 +487,100 @@ async fn etcdctl_lists_adds_and_removes_members() {
     assert!(removed.contains("removed from cluster"), "{removed}");
     assert_eq!(etcdctl(&["member", "list"]).lines().count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_update_moves_a_member_to_a_new_peer_url_and_it_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let (moved, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let etcdctl = |endpoint: String, args: &[&str]| {
+        run_with_timeout(
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &endpoint])
+                .args(args),
+            Duration::from_secs(30),
+        )
+    };
+    let listed = ok(etcdctl(cluster.endpoint(other), &["member", "list"]));
+    let name = cluster.slots[moved].name.clone();
+    let id = listed
+        .lines()
+        .find(|l| l.contains(&format!(", {name}, ")))
+        .and_then(|l| l.split(", ").next())
+        .unwrap()
+        .to_string();
+
+    // Refused with the reason: another member's URL, an unknown member.
+    let taken = etcdctl(
+        cluster.endpoint(other),
+        &[
+            "member",
+            "update",
+            &id,
+            "--peer-urls",
+            &cluster.slots[leader].peer_url.replace("quic://", "http://"),
+        ],
+    );
+    assert!(!taken.status.success());
+    let why = String::from_utf8_lossy(&taken.stderr);
+    assert!(why.contains("is already member"), "{why}");
+    let unknown = etcdctl(
+        cluster.endpoint(other),
+        &[
+            "member",
+            "update",
+            "1234",
+            "--peer-urls",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert!(!unknown.status.success());
+    let why = String::from_utf8_lossy(&unknown.stderr);
+    assert!(why.contains("not found"), "{why}");
+
+    // etcdctl through a follower (passed on to the leader), as etcd tools
+    // spell peer URLs (http://, read as QUIC).
+    let port = free_port();
+    let new_url = format!("quic://127.0.0.1:{port}");
+    let updated = ok(etcdctl(
+        cluster.endpoint(other),
+        &[
+            "member",
+            "update",
+            &id,
+            "--peer-urls",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    ));
+    assert!(updated.contains("updated in cluster"), "{updated}");
+
+    // Restarted at its new address, it keeps its id and follows writes.
+    tokio::task::block_in_place(|| cluster.stop(moved));
+    cluster.slots[moved].peer_url = new_url.clone();
+    let initial = cluster.initial_cluster(0..3);
+    cluster.write_config(moved, &initial, "new");
+    tokio::task::block_in_place(|| cluster.run(moved));
+    let mut client = cluster.client(leader).await;
+    let put = client.put("/moved", "here", None).await.unwrap();
+    let revision = put.header().unwrap().revision();
+    wait_for_revision(&cluster, moved, revision).await;
+    for i in 0..3 {
+        let listed = ok(etcdctl(cluster.endpoint(i), &["member", "list"]));
+        assert!(
+            listed.contains(&format!("{id}, started, {name}, {new_url}")),
+            "member list on {}: {listed}",
+            cluster.slots[i].name
+        );
+    }
+    // Raft reaches it both ways at the new address: it can lead.
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    ok(etcdctl(cluster.endpoint(leader), &["move-leader", &id]));
+    let now = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    assert_eq!(now, moved, "the moved member did not take the lead");
+    let mut client = cluster.client(other).await;
+    client.put("/led-by-moved", "yes", None).await.unwrap();
+    let read = client.get("/led-by-moved", None).await.unwrap();
+    assert_eq!(read.kvs()[0].value(), b"yes");
+}

@@ -10,6 +10,15 @@ fn no_fault_breaks_linearizability_loses_a_write_or_skips_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let report = fault_suite::run(dir.path(), &fault_suite::Settings::short());
     eprintln!("{}", report.summary());
+    if !report.anomalies.is_empty() {
+        // Keep the agents' logs and data for the post-mortem.
+        let kept = dir.keep();
+        panic!(
+            "{}\nlogs and data kept in {}",
+            report.summary(),
+            kept.display()
+        );
+    }
     let every_fault = fault_suite::nemesis::ALL
         .iter()
         .all(|fault| report.faults.contains_key(fault));
@@ -23,5 +32,4 @@ fn no_fault_breaks_linearizability_loses_a_write_or_skips_an_event() {
         "too few operations succeeded to judge the run: {}",
         report.summary()
     );
-    assert!(report.anomalies.is_empty(), "{}", report.summary());
 }

@@ -40,7 +40,7 @@ pub enum Outcome {
 }
 
 /// One operation of one client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub client: usize,
     pub key: String,

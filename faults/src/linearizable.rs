@@ -28,6 +28,8 @@ pub enum Verdict {
     NotLinearizable {
         key: String,
         explanation: String,
+        /// The operation the search could not place (for a post-mortem).
+        stuck: Option<Entry>,
     },
     /// The search ran past its budget on `key` without an answer.
     Inconclusive {
@@ -45,10 +47,13 @@ pub fn check(history: &History) -> Verdict {
     for (key, entries) in history.by_key() {
         match check_key(&entries, STEP_BUDGET) {
             Verdict::Linearizable => {}
-            Verdict::NotLinearizable { explanation, .. } => {
+            Verdict::NotLinearizable {
+                explanation, stuck, ..
+            } => {
                 return Verdict::NotLinearizable {
                     key: key.to_string(),
                     explanation,
+                    stuck,
                 }
             }
             Verdict::Inconclusive { steps, .. } => {
@@ -213,6 +218,7 @@ pub fn check_key(entries: &[&Entry], budget: u64) -> Verdict {
             return Verdict::NotLinearizable {
                 key,
                 explanation: explain(&ops, deepest, stuck_at),
+                stuck: stuck_at.map(|op| ops[op].clone()),
             };
         };
         let op = events.op[call];

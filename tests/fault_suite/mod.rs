@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgeconf_faults::history::Counts;
+use edgeconf_faults::history::{Counts, Entry};
 use edgeconf_faults::{check, Verdict};
 use etcd_client::{GetOptions, WatchOptions};
 
@@ -156,10 +156,17 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
 
     let history = workload.recorder.history();
     let started = Instant::now();
+    let mut stuck_op = None;
     match check(&history) {
         Verdict::Linearizable => {}
-        Verdict::NotLinearizable { key, explanation } => {
-            anomalies.push(format!("not linearizable on {key}: {explanation}"))
+        Verdict::NotLinearizable {
+            key,
+            explanation,
+            stuck,
+        } => {
+            anomalies.push(format!("not linearizable on {key}: {explanation}"));
+            write_key_history(dir, &history, &key);
+            stuck_op = stuck;
         }
         Verdict::Inconclusive { key, steps } => anomalies.push(format!(
             "the linearizability search on {key} gave up after {steps} steps"
@@ -168,6 +175,9 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
     let check_time = started.elapsed();
     let leader = cluster.wait_for_leader();
     let replays = runtime.block_on(converged_replays(&cluster, leader));
+    if let Some(stuck) = &stuck_op {
+        anomalies.push(post_mortem(&history, stuck, &replays[0]));
+    }
     check_acknowledged(&history, &replays, &mut anomalies);
     runtime.block_on(check_watchers(&watched, &replays, &mut anomalies));
     watch_stop.store(true, Ordering::Relaxed);
@@ -374,6 +384,73 @@ async fn check_rendered(cluster: &Cluster, files: &[PathBuf], anomalies: &mut Ve
             ));
         }
     }
+}
+
+/// What the history and the converged store say about the operation the
+/// linearizability search could not place: who wrote the value it saw,
+/// and where (and how often) that value stands in the key's history.
+fn post_mortem(history: &edgeconf_faults::History, stuck: &Entry, replay: &[Event]) -> String {
+    use edgeconf_faults::history::{Op, Outcome};
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let Outcome::Read(Some(seen)) = stuck.outcome else {
+        return format!("post-mortem: the stuck operation is {stuck:?}");
+    };
+    let writers: Vec<String> = history
+        .entries
+        .iter()
+        .filter(|e| matches!(e.op, Op::Write(v) | Op::Cas { new: v, .. } if v == seen))
+        .map(|e| {
+            format!(
+                "client {} {:?} -> {:?} invoked {:.1} ms answered {:.1} ms rev {}",
+                e.client,
+                e.op,
+                e.outcome,
+                ms(e.invoked),
+                ms(e.completed),
+                e.revision
+            )
+        })
+        .collect();
+    let events: Vec<&Event> = replay.iter().filter(|e| e.1 == stuck.key).collect();
+    let at: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.2 == seen.to_string())
+        .map(|(i, _)| i)
+        .collect();
+    let around = at.first().map_or(String::new(), |&i| {
+        events[i.saturating_sub(3)..(i + 6).min(events.len())]
+            .iter()
+            .map(|(rev, _, value)| format!("{rev}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    format!(
+        "post-mortem of the read of {seen} by client {} ({:.1}..{:.1} ms): written by [{}]; the value stands {} time(s) in the key's history; around it: {around}",
+        stuck.client,
+        ms(stuck.invoked),
+        ms(stuck.completed),
+        writers.join("; "),
+        at.len()
+    )
+}
+
+/// Writes every operation on `key`, in invocation order, to
+/// `history-of-<key>.txt` in `dir`, for a failed run's post-mortem.
+fn write_key_history(dir: &Path, history: &edgeconf_faults::History, key: &str) {
+    let mut entries: Vec<_> = history.entries.iter().filter(|e| e.key == key).collect();
+    entries.sort_by_key(|e| e.invoked);
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{:>10} {:>10} client {} {:?} -> {:?} rev {}",
+                e.invoked, e.completed, e.client, e.op, e.outcome, e.revision
+            )
+        })
+        .collect();
+    let name = format!("history-of-{}.txt", key.trim_matches('/').replace('/', "-"));
+    let _ = std::fs::write(dir.join(name), lines.join("\n"));
 }
 
 /// No agent panicked in any of its lives.

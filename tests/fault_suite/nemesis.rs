@@ -61,8 +61,18 @@ pub fn run(
 ) -> (BTreeMap<Fault, usize>, Vec<String>) {
     let mut rng = Rng(seed | 1);
     let (mut injected, mut unexpected) = (BTreeMap::new(), Vec::new());
-    for fault in ALL.iter().cycle() {
-        if stop.load(Ordering::Relaxed) && injected.len() == ALL.len() {
+    // For chasing a few faults: EDGECONF_FAULTS_ONLY=KillLeader,PauseLeader
+    // cycles through these alone.
+    let only = std::env::var("EDGECONF_FAULTS_ONLY").ok();
+    let faults: Vec<Fault> = ALL
+        .into_iter()
+        .filter(|f| {
+            only.as_ref()
+                .is_none_or(|names| names.split(',').any(|name| format!("{f:?}") == name))
+        })
+        .collect();
+    for fault in faults.iter().cycle() {
+        if stop.load(Ordering::Relaxed) && injected.len() == faults.len() {
             break;
         }
         // Voters first in the slots; agents past them are edges (no WAL).

@@ -7,7 +7,7 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{propose_status, store_status, unsupported, Context};
+use super::{propose_status, store_status, Context};
 use crate::config::socket_addr;
 
 pub(crate) struct ClusterService(pub Context);
@@ -131,10 +131,35 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        // The leader checks the caller, as for any client of its own.
+        if let Some(answer) = self
+            .0
+            .to_leader("/etcdserverpb.Cluster/MemberUpdate", &request)
+            .await
+        {
+            return answer;
+        }
         self.0.caller(&request)?.check_admin("member update")?;
-        Err(unsupported(
-            "MemberUpdate (remove and add the member instead)",
-        ))
+        let req = request.into_inner();
+        if req.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument(
+                "etcdserver: member update needs the member's new peer URLs (quic://IP:PORT)",
+            ));
+        }
+        let peer_urls = req
+            .peer_ur_ls
+            .iter()
+            .map(|url| normalize_peer_url(url))
+            .collect::<Result<_, _>>()?;
+        self.0
+            .node
+            .update_member(req.id, peer_urls)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(PbMemberUpdateResponse {
+            header: Some(self.0.current_header()),
+            members: self.members()?,
+        }))
     }
 
     async fn member_promote(

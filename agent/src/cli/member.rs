@@ -1,5 +1,5 @@
 //! `edgeconf member`: the fleet as gossip sees it (every agent), leaving
-//! it, and the raft members (list --raft, add, remove, promote).
+//! it, and the raft members (list --raft, add, remove, promote, update).
 
 use clap::Subcommand;
 use etcd_client::MemberAddOptions;
@@ -36,6 +36,14 @@ pub enum MemberCommand {
     Remove { id: String },
     /// Promote a learner to a voting member (hexadecimal id).
     Promote { id: String },
+    /// Move a member to new peer URLs (hexadecimal id); restart it listening
+    /// there afterwards. Its id, name and data stay.
+    Update {
+        id: String,
+        /// Its new peer URLs, quic://IP:PORT.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
 }
 
 fn parse_member_id(text: &str) -> anyhow::Result<u64> {
@@ -164,6 +172,20 @@ pub async fn run(client: &Client, format: Format, command: MemberCommand) -> any
             match format {
                 Format::Json => print_json(&json!({ "header": header_json(resp.header()) })),
                 _ => println!("Member {id:x} removed"),
+            }
+        }
+        MemberCommand::Update { id, peer_urls } => {
+            let id = parse_member_id(&id)?;
+            let resp = client
+                .request(etcd.member_update(id, peer_urls.clone()))
+                .await?;
+            match format {
+                Format::Json => print_json(&json!({ "header": header_json(resp.header()) })),
+                _ => println!(
+                    "Member {id:x} updated: peer URLs {}. Restart it with listen_peer_urls = [\"{}\"]",
+                    peer_urls.join(","),
+                    peer_urls[0]
+                ),
             }
         }
         MemberCommand::Promote { id } => {

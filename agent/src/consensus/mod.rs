@@ -593,6 +593,7 @@ impl Node {
                 "a member with peer URL {url} already exists ({id:x})"
             )));
         }
+        self.check_peer_urls_free(&peer_urls, None)?;
         let record = MemberRecord {
             name: String::new(),
             peer_urls,
@@ -629,6 +630,45 @@ impl Node {
             MemberChange::Upsert { id, record },
         )
         .await
+    }
+
+    /// etcd's MemberUpdate: member `id` is to be reached at `peer_urls`
+    /// from now on (its id stays: it is kept in its data dir, not derived
+    /// again). Every member's transport dials the new address once this
+    /// applies; the member itself must be restarted listening there.
+    pub async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<(), ProposeError> {
+        self.known_member(id)?;
+        if peer_urls.is_empty() {
+            return Err(ProposeError::Failed(
+                "a member needs at least one peer URL".into(),
+            ));
+        }
+        self.check_peer_urls_free(&peer_urls, Some(id))?;
+        self.ask(|reply| Input::Propose {
+            body: Body::Member(MemberChange::UpdatePeerUrls { id, peer_urls }),
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Refuses peer URLs another member (other than `except`) already has.
+    fn check_peer_urls_free(
+        &self,
+        urls: &[String],
+        except: Option<u64>,
+    ) -> Result<(), ProposeError> {
+        for (id, record) in self.members()? {
+            if Some(id) == except {
+                continue;
+            }
+            if let Some(url) = urls.iter().find(|url| record.peer_urls.contains(url)) {
+                return Err(ProposeError::Failed(format!(
+                    "peer URL {url} is already member {id:x}'s"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn known_member(&self, id: u64) -> Result<MemberRecord, ProposeError> {

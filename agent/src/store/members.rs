@@ -32,6 +32,14 @@ pub enum MemberChange {
         name: String,
         client_urls: Vec<String>,
     },
+    /// etcd's MemberUpdate, proposed by the leader: the member's peer URLs
+    /// change; its id, name, client URLs and role stay. An unknown member
+    /// is ignored. (A new variant: members older than it cannot apply it,
+    /// so upgrade every member before moving one.)
+    UpdatePeerUrls {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
 }
 
 impl Store {
@@ -67,18 +75,14 @@ impl Store {
                     id,
                     name,
                     client_urls,
-                } => {
-                    let existing = table.get(*id)?.map(|bytes| bytes.value().to_vec());
-                    if let Some(bytes) = existing {
-                        let mut record: MemberRecord =
-                            postcard::from_bytes(&bytes).map_err(|err| {
-                                StoreError::Corrupt(format!("member record {id:x}: {err}"))
-                            })?;
-                        record.name = name.clone();
-                        record.client_urls = client_urls.clone();
-                        let bytes = postcard::to_allocvec(&record).expect("encoding into memory");
-                        table.insert(*id, bytes.as_slice())?;
-                    }
+                } => update_record(&mut table, *id, |record| {
+                    record.name = name.clone();
+                    record.client_urls = client_urls.clone();
+                })?,
+                MemberChange::UpdatePeerUrls { id, peer_urls } => {
+                    update_record(&mut table, *id, |record| {
+                        record.peer_urls = peer_urls.clone()
+                    })?
                 }
             }
             txn.open_table(META)?
@@ -87,4 +91,21 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Changes the record of member `id` in place, if there is one.
+fn update_record(
+    table: &mut redb::Table<u64, &[u8]>,
+    id: u64,
+    change: impl FnOnce(&mut MemberRecord),
+) -> Result<()> {
+    let Some(bytes) = table.get(id)?.map(|bytes| bytes.value().to_vec()) else {
+        return Ok(());
+    };
+    let mut record: MemberRecord = postcard::from_bytes(&bytes)
+        .map_err(|err| StoreError::Corrupt(format!("member record {id:x}: {err}")))?;
+    change(&mut record);
+    let bytes = postcard::to_allocvec(&record).expect("encoding into memory");
+    table.insert(id, bytes.as_slice())?;
+    Ok(())
 }

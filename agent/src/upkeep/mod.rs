@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use policy::{AutoCompactor, Report, Retention};
 
-use crate::consensus::{member_id, Node};
+use crate::consensus::Node;
 use crate::gossip::{Membership, StoreReport};
 use crate::store::{Command, KvHash};
 
@@ -112,10 +112,11 @@ fn voter_reports(node: &Node, membership: &Membership) -> Vec<Report> {
                     kv_hash: None,
                 });
             }
+            // The gossip record that speaks for this member: its name and a
+            // peer URL of its replicated record (ids are not derived again
+            // from URLs: `member update` moves a member, its id stays).
             let record = records.iter().find(|record| {
-                *record.id == *member.name
-                    && member.peer_urls.contains(&record.meta.peer_url)
-                    && member_id(&record.meta.peer_url) == id
+                *record.id == *member.name && member.peer_urls.contains(&record.meta.peer_url)
             })?;
             let store = record.meta.store;
             Some(Report {

@@ -38,7 +38,9 @@ fn verdict(entries: Vec<Entry>) -> Verdict {
 
 fn refused(entries: Vec<Entry>) -> String {
     match verdict(entries) {
-        Verdict::NotLinearizable { key, explanation } => {
+        Verdict::NotLinearizable {
+            key, explanation, ..
+        } => {
             assert_eq!(key, K);
             explanation
         }
