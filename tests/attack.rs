@@ -144,6 +144,19 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
             // As itself, to the leader: a membership change proposed
             // through raft (the leader takes them only from its API).
             follower.send(vec![add_member_proposal(id(f2), id(leader), term)]);
+            // ...and a move of the other follower to the attacker's address
+            // (etcd's MemberUpdate is the leader's API's alone).
+            let mut moved = message(MessageType::MsgPropose, id(f2), id(leader), 0);
+            let change = edgeconf::store::MemberChange::UpdatePeerUrls {
+                id: id(f1),
+                peer_urls: vec!["quic://127.0.0.1:9".into()],
+            };
+            moved.entries = vec![Entry {
+                data: edgeconf::consensus::forwarded_member_change(id(f2), 1, change).into(),
+                ..Default::default()
+            }]
+            .into();
+            follower.send(vec![moved]);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         edge.close();
@@ -377,6 +390,19 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     assert!(
         log.contains("refused a membership change forwarded by a follower"),
         "{log}"
+    );
+    assert!(
+        log.contains("refused a member record change forwarded by a follower"),
+        "{log}"
+    );
+    let raft = ok(edgeconf(
+        cluster.agents[leader].as_ref().unwrap(),
+        &["-w", "simple", "member", "list", "--raft"],
+    ));
+    assert!(raft.contains(&cluster.slots[f1].peer_url), "{raft}");
+    assert!(
+        !raft.contains("127.0.0.1:9,") && !raft.contains("127.0.0.1:9 "),
+        "{raft}"
     );
 }
 

@@ -37,7 +37,7 @@ use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store
 use crate::transport::{Delivery, Transport, TransportError};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
-pub use raft_loop::{forwarded_entry, Admission, Compaction, RaftStatus};
+pub use raft_loop::{forwarded_entry, forwarded_member_change, Admission, Compaction, RaftStatus};
 use raft_loop::{Body, Input, LoopSettings, RaftLoop};
 
 /// How long a client waits for its write or read to be applied.

@@ -274,6 +274,17 @@ pub fn forwarded_entry(node: u64, seq: u64, command: Command, credential: Creden
     postcard::to_allocvec(&data).expect("encoding into memory")
 }
 
+/// The wire form of a member record change a follower would forward (the
+/// leader takes only a member's own `Publish` this way). Public for the
+/// tests that play a hostile follower.
+pub fn forwarded_member_change(node: u64, seq: u64, change: MemberChange) -> Vec<u8> {
+    let data = EntryData {
+        origin: Origin { node, seq },
+        body: Body::Member(change),
+    };
+    postcard::to_allocvec(&data).expect("encoding into memory")
+}
+
 /// How the loop runs: its tick, when to compact, what the leader admits.
 pub(crate) struct LoopSettings {
     pub tick: Duration,
