@@ -132,9 +132,12 @@ pub fn run(dir: &Path, settings: &Settings) -> Report {
     let nemesis = {
         let stop = nemesis_stop.clone();
         let (hold, quiet, seed) = (settings.hold, settings.quiet, settings.seed);
+        let recorder = workload.recorder.clone();
         std::thread::spawn(move || {
             std::thread::sleep(quiet);
-            let (faults, unexpected) = nemesis::run(&mut cluster, hold, quiet, seed, &stop);
+            let clock = move || recorder.now() as f64 / 1e9;
+            let (faults, unexpected) =
+                nemesis::run(&mut cluster, (hold, quiet), seed, &stop, &clock);
             (cluster, faults, unexpected)
         })
     };

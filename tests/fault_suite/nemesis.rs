@@ -52,12 +52,14 @@ pub const ALL: [Fault; 10] = [
 /// each kind), each held for `hold` and followed by `quiet` without faults.
 /// Returns how many of each it injected, and the agents that exited
 /// without being made to.
+/// `clock` is the history's (seconds): the log says when each fault began
+/// and ended, to line them up with the operations.
 pub fn run(
     cluster: &mut Cluster,
-    hold: Duration,
-    quiet: Duration,
+    (hold, quiet): (Duration, Duration),
     seed: u64,
     stop: &AtomicBool,
+    clock: &dyn Fn() -> f64,
 ) -> (BTreeMap<Fault, usize>, Vec<String>) {
     let mut rng = Rng(seed | 1);
     let (mut injected, mut unexpected) = (BTreeMap::new(), Vec::new());
@@ -84,13 +86,16 @@ pub fn run(
             Fault::KillEdge => voters as usize + rng.below(agents - voters) as usize,
             _ => leader,
         };
-        eprintln!(
-            "nemesis: {fault:?} on {} (leader {})",
-            cluster.slots[target].name, cluster.slots[leader].name
-        );
+        let began = clock();
         inject(cluster, *fault, target, hold);
         *injected.entry(*fault).or_default() += 1;
         unexpected.extend(heal(cluster));
+        eprintln!(
+            "nemesis: {fault:?} on {} (leader {}) from {began:.3} s to {:.3} s",
+            cluster.slots[target].name,
+            cluster.slots[leader].name,
+            clock()
+        );
         std::thread::sleep(quiet);
     }
     (injected, unexpected)

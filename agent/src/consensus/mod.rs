@@ -13,6 +13,7 @@ mod apply;
 mod lessor;
 mod log;
 mod raft_loop;
+mod reads;
 pub use raft_loop::PeerProgress;
 mod snapshots;
 mod wal;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::log::RaftLog;
+use super::reads::{ReadReply, ReadRounds};
 use super::{Lessor, ProposeError};
 use crate::auth::Credential;
 use crate::store::{Applied, Command, MemberChange, Proposal, Store};
@@ -142,7 +143,6 @@ impl RaftStatus {
 }
 
 type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
-type ReadReply = oneshot::Sender<Result<(), ProposeError>>;
 
 pub(crate) struct RaftLoop {
     pub raw: RawNode<RaftLog>,
@@ -158,9 +158,8 @@ pub(crate) struct RaftLoop {
     /// were sent to.
     pub(super) pending: HashMap<u64, (u64, Reply)>,
     pub(super) leader: u64,
-    /// ReadIndex rounds in flight: context -> (when sent, waiting readers).
-    pub(super) reads_sent: HashMap<Vec<u8>, (Instant, Vec<ReadReply>)>,
-    pub(super) reads_waiting: Vec<(u64, ReadReply)>,
+    /// Linearizable reads: ReadIndex rounds and their readers.
+    pub(super) reads: ReadRounds,
     pub(super) applied: u64,
     pub(super) durable_applied: u64,
     pub(super) last_sync: Instant,
@@ -317,14 +316,13 @@ impl RaftLoop {
             lessor,
             tick,
             compaction,
-            // A fresh start point each run: entries and reads from an earlier
+            // A fresh start point each run: entries from an earlier
             // run of this member may still come back, and must not match
             // this run's waiting clients.
             next_seq: rand::random::<u64>() >> 1,
             pending: HashMap::new(),
             leader: 0,
-            reads_sent: HashMap::new(),
-            reads_waiting: Vec::new(),
+            reads: ReadRounds::new(id),
             applied,
             durable_applied: applied,
             last_sync: Instant::now(),
@@ -354,15 +352,15 @@ impl RaftLoop {
             }
             if !reads.is_empty() {
                 // One ReadIndex round serves every read queued meanwhile.
-                let ctx = self.next_seq.to_be_bytes().to_vec();
-                self.next_seq += 1;
-                self.raw.read_index(ctx.clone());
-                self.reads_sent.insert(ctx, (Instant::now(), reads));
+                let ctx = self.reads.start(reads);
+                self.raw.read_index(ctx);
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
-                self.retry_reads();
+                if let Some(ctx) = self.reads.retry(self.tick * 3) {
+                    self.raw.read_index(ctx);
+                }
             }
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
@@ -595,46 +593,14 @@ impl RaftLoop {
         self.maybe_sync()
     }
 
-    /// raft drops a ReadIndex request silently when there is no leader, or
-    /// the leader has not yet committed an entry of its term: ask again.
-    fn retry_reads(&mut self) {
-        let stale = self.tick * 3;
-        for (ctx, (sent, _)) in self.reads_sent.iter_mut() {
-            if sent.elapsed() >= stale {
-                self.raw.read_index(ctx.clone());
-                *sent = Instant::now();
-            }
-        }
-        // Readers who gave up (timed out) need no answer.
-        self.reads_sent.retain(|_, (_, replies)| {
-            replies.retain(|reply| !reply.is_closed());
-            !replies.is_empty()
-        });
-    }
-
     fn take_read_states(&mut self, states: Vec<ReadState>) {
         for state in states {
-            if let Some((_, replies)) = self.reads_sent.remove(&state.request_ctx) {
-                self.reads_waiting
-                    .extend(replies.into_iter().map(|reply| (state.index, reply)));
-            }
+            self.reads.answered(&state.request_ctx, state.index);
         }
     }
 
     fn answer_reads(&mut self) {
-        let applied = self.applied;
-        let waiting: Vec<_> = std::mem::take(&mut self.reads_waiting)
-            .into_iter()
-            .filter_map(|(index, reply)| {
-                if index <= applied {
-                    let _ = reply.send(Ok(()));
-                    None
-                } else {
-                    Some((index, reply))
-                }
-            })
-            .collect();
-        self.reads_waiting = waiting;
+        self.reads.release(self.applied);
     }
 
     fn maybe_sync(&mut self) -> Result<(), String> {
