@@ -716,3 +716,76 @@ fn validators_guard_a_cluster_at_every_member_and_the_leader() {
         assert!(value.trim().is_empty(), "member {i} stored a refused value");
     }
 }
+
+#[test]
+fn validators_and_checks_reload_on_sighup() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let caps_tcp = format!("[plugin.capabilities]\ntcp = [\"{}\"]", service.addr());
+    let plugins = format!(
+        "{}{}",
+        plugin("limits", &wasm("json-schema"), "validator", ""),
+        plugin("tcp", &wasm("tcp-check"), "health-check", &caps_tcp),
+    );
+    let agent = start(dir.path(), &plugins);
+    ok(edgeconf(
+        &agent,
+        &["put", "/app/limits/a", r#"{"max":500}"#],
+    ));
+    assert_eq!(check_status(&status_of(&agent), "port"), "absent");
+
+    // Bind the validator and add a check: a SIGHUP applies both.
+    let bound = format!(
+        "{plugins}[[validate]]\nprefix = \"/app/limits/\"\nplugin = \"limits\"\nsettings = {{ schema = '{LIMITS_SCHEMA}' }}\n\
+         [[check]]\nname = \"port\"\nplugin = \"tcp\"\ninterval = \"200ms\"\nargs = [\"{}\"]\n",
+        service.addr()
+    );
+    std::fs::write(dir.path().join("agent.toml"), &bound).unwrap();
+    agent.signal("HUP");
+    agent.wait_for_log("reloaded plugin bindings", TIMEOUT);
+    let err = failed(edgeconf(
+        &agent,
+        &["put", "/app/limits/a", r#"{"max":500}"#],
+    ));
+    assert!(err.contains("rejected by plugin limits"), "{err}");
+    ok(edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":5}"#]));
+    wait_for_status(&agent, "the new check passing", |s| {
+        check_status(s, "port") == "passing"
+    });
+
+    // A new [[plugin]] needs a restart: nothing else of that reload applies.
+    let more = format!(
+        "{}{}",
+        bound.replace(LIMITS_SCHEMA, r#"{"type":"object"}"#),
+        plugin("modes", &wasm("allow-list"), "validator", "")
+    );
+    std::fs::write(dir.path().join("agent.toml"), &more).unwrap();
+    agent.signal("HUP");
+    agent.wait_for_log("take effect after a restart", TIMEOUT);
+    assert!(agent.log().contains("settings=[[plugin]]"), "{}", agent.log());
+    failed(edgeconf(
+        &agent,
+        &["put", "/app/limits/a", r#"{"max":500}"#],
+    ));
+
+    // Unbound again: values pass, the check and its result are gone.
+    std::fs::write(dir.path().join("agent.toml"), &plugins).unwrap();
+    agent.signal("HUP");
+    let deadline = Instant::now() + TIMEOUT;
+    while edgeconf(&agent, &["put", "/app/limits/a", r#"{"max":500}"#])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "the validator was never unbound");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_status(&agent, "the check gone", |s| {
+        check_status(s, "port") == "absent"
+    });
+}
+
+fn status_of(agent: &Agent) -> serde_json::Value {
+    let text = ok(edgeconf(agent, &["status", "-w", "json"]));
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()[0].clone()
+}

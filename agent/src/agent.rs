@@ -182,6 +182,21 @@ pub async fn run(
         let (store, keyring, stopped) = (store.clone(), keyring.clone(), stopped.clone());
         tasks.spawn(async move { crate::trust_root::follow(store, keyring, stopped).await });
     }
+    // `[[validate]]` and `[[check]]` over the plugins loaded at start; a
+    // SIGHUP may replace them.
+    let plugin_reload = plugins.plugins.as_ref().map(|loaded| {
+        let keys: Arc<dyn crate::plugins::KeyReader> = Arc::new(crate::plugins::StoreKeys {
+            store: store.clone(),
+            keyring: keyring.clone(),
+        });
+        Arc::new(crate::plugins::reload::PluginReload::new(
+            loaded.clone(),
+            plugins.validators.clone(),
+            keys,
+            plugins.checks.clone(),
+            stopped.clone(),
+        ))
+    });
     #[cfg(unix)]
     {
         let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
@@ -189,6 +204,7 @@ pub async fn run(
         let live = Reloadable {
             membership: membership.clone(),
             services: services.clone(),
+            plugins: plugin_reload.clone(),
         };
         // Installed now, before systemd hears READY: a SIGHUP from then on
         // reloads (its default action would end the process).
@@ -257,29 +273,15 @@ pub async fn run(
         let stopped = stopped.clone();
         tasks.spawn(async move { runner.run(stopped).await });
     }
-    if let Some(loaded) = &plugins.plugins {
+    if let (Some(loaded), Some(plugin_reload)) = (&plugins.plugins, &plugin_reload) {
         let (loaded, stop_watching) = (loaded.clone(), stopped.clone());
         tasks.spawn(async move { crate::plugins::watch::run(loaded, stop_watching).await });
-        if !config.plugins.checks.is_empty() {
-            let keys: Arc<dyn crate::plugins::KeyReader> = Arc::new(crate::plugins::StoreKeys {
-                store: store.clone(),
-                keyring: keyring.clone(),
-            });
-            let (loaded, checks, status) = (
-                plugins.plugins.clone().expect("checked above"),
-                config.plugins.checks.clone(),
-                plugins.checks.clone(),
-            );
-            let stopped = stopped.clone();
-            let announced = (status.clone(), membership.clone(), stopped.clone());
-            tasks.spawn(async move {
-                crate::plugins::checks::run(loaded, checks, Some(keys), status, stopped).await
-            });
-            tasks.spawn(async move {
-                let (status, membership, stopped) = announced;
-                crate::plugins::checks::announce(status, membership, stopped).await
-            });
-        }
+        plugin_reload.run_checks(config.plugins.checks.clone());
+        let announced = (plugins.checks.clone(), membership.clone(), stopped.clone());
+        tasks.spawn(async move {
+            let (status, membership, stopped) = announced;
+            crate::plugins::checks::announce(status, membership, stopped).await
+        });
     }
     if crate::fault::enabled() {
         let (node, data_dir) = (node.clone(), config.data_dir.clone());
@@ -348,7 +350,8 @@ async fn load_plugins(
     store: &Arc<Store>,
     keyring: &Arc<KeyringCell>,
 ) -> anyhow::Result<crate::plugins::AgentPlugins> {
-    use crate::plugins::{validators::Validators, AgentPlugins, KeyReader, Plugins, StoreKeys};
+    use crate::plugins::validators::{Validators, ValidatorsCell};
+    use crate::plugins::{AgentPlugins, KeyReader, Plugins, StoreKeys};
     if config.plugins.plugins.is_empty() {
         return Ok(AgentPlugins::default());
     }
@@ -371,7 +374,7 @@ async fn load_plugins(
     });
     Ok(AgentPlugins {
         plugins: Some(plugins),
-        validators,
+        validators: Arc::new(ValidatorsCell::new(validators)),
         checks: Default::default(),
     })
 }
@@ -532,6 +535,14 @@ async fn reload_on_hangup(
                 let changed = live.services.reconfigure(fresh.services.clone());
                 tracing::info!(changed, "reloaded [[service]] entries");
             }
+            if let Some(plugins) = &live.plugins {
+                let reloaded = plugins.apply(&running.plugins, &fresh.plugins);
+                if !reloaded.is_empty() {
+                    tracing::info!(sections = %reloaded.join(", "), validators = fresh.plugins.validate.len(), checks = fresh.plugins.checks.len(), "reloaded plugin bindings");
+                    running.plugins.validate = fresh.plugins.validate.clone();
+                    running.plugins.checks = fresh.plugins.checks.clone();
+                }
+            }
             running.labels = fresh.labels.clone();
             running.services = fresh.services.clone();
         }
@@ -557,6 +568,8 @@ async fn reload_on_hangup(
 struct Reloadable {
     membership: Arc<crate::gossip::Membership>,
     services: Arc<crate::services::Services>,
+    /// None without `[[plugin]]` entries at start.
+    plugins: Option<Arc<crate::plugins::reload::PluginReload>>,
 }
 
 /// Tells systemd (a `Type=notify` unit) how the agent is doing; does

@@ -39,13 +39,18 @@ impl LeaderChecks {
         plugins: &crate::plugins::AgentPlugins,
         client_tls: Option<Arc<super::tls::ClientTlsFiles>>,
     ) -> LeaderChecks {
-        let screening = plugins.validators.clone().map(|validators| {
-            let keyring = keyring.clone();
-            Arc::new(move |command: &Command, _: &Credential| {
-                validators
-                    .check_command(command, &keyring.get())
-                    .map_err(|err| err.to_string())
-            }) as Admission
+        // With plugins loaded, the `[[validate]]` bindings of the moment
+        // (a SIGHUP may change them); without, nothing to screen.
+        let screening = plugins.plugins.as_ref().map(|_| {
+            let (keyring, validators) = (keyring.clone(), plugins.validators.clone());
+            Arc::new(
+                move |command: &Command, _: &Credential| match validators.get() {
+                    Some(validators) => validators
+                        .check_command(command, &keyring.get())
+                        .map_err(|err| err.to_string()),
+                    None => Ok(()),
+                },
+            ) as Admission
         });
         LeaderChecks {
             admission: forwarded(store.clone(), keyring.clone(), client_tls),

@@ -116,7 +116,7 @@ impl Context {
         if let Some(problem) = problem {
             return Err(Status::failed_precondition(format!("edgeconf: {problem}")));
         }
-        let Some(validators) = &self.plugins.validators else {
+        let Some(validators) = self.plugins.validators.get() else {
             return Ok(());
         };
         validators

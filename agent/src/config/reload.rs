@@ -1,5 +1,6 @@
 //! What a reload (SIGHUP) applies and what needs a restart. `[trust]`,
-//! `[secrets]`, `[labels]` and `[[service]]` apply on SIGHUP; `[[render]]`
+//! `[secrets]`, `[labels]`, `[[service]]`, and `[[validate]]` and
+//! `[[check]]` over the `[[plugin]]`s loaded at start apply on SIGHUP; `[[render]]`
 //! entries and templates apply when the file changes (the renderer watches
 //! it); every other setting is read once, at start: the log names those
 //! that changed.
@@ -64,8 +65,8 @@ pub fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     );
     check("render_root", running.render_root != fresh.render_root);
     check(
-        "[[plugin]] / [[validate]] / [[check]]",
-        running.plugins != fresh.plugins,
+        "[[plugin]]",
+        running.plugins.plugins != fresh.plugins.plugins,
     );
     check(
         "role / sync",

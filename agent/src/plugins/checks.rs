@@ -48,6 +48,14 @@ impl CheckStatus {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Forgets the results of checks no longer configured.
+    pub fn retain(&self, names: &[&str]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| names.contains(&name.as_str()));
+    }
+
     fn record(&self, entry: &CheckEntry, health: Health, output: String, plugin_failed: bool) {
         let now = now_unix_ms();
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());

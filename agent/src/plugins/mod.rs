@@ -12,6 +12,7 @@ pub mod checks;
 pub mod host;
 mod keys;
 mod plugin;
+pub mod reload;
 mod runtime;
 pub mod validators;
 pub mod watch;
@@ -36,7 +37,7 @@ use crate::config::PluginEntry;
 #[derive(Clone, Default)]
 pub struct AgentPlugins {
     pub plugins: Option<Arc<Plugins>>,
-    pub validators: Option<Arc<validators::Validators>>,
+    pub validators: Arc<validators::ValidatorsCell>,
     pub checks: Arc<checks::CheckStatus>,
 }
 

@@ -46,6 +46,26 @@ pub struct Validators {
     permits: Arc<tokio::sync::Semaphore>,
 }
 
+/// The `[[validate]]` bindings in force: a SIGHUP may replace them (see
+/// `crate::config::reload`). Readers take the bindings of the moment; a
+/// call under way finishes with the ones it started with.
+#[derive(Default)]
+pub struct ValidatorsCell(std::sync::RwLock<Option<Arc<Validators>>>);
+
+impl ValidatorsCell {
+    pub fn new(validators: Option<Arc<Validators>>) -> ValidatorsCell {
+        ValidatorsCell(std::sync::RwLock::new(validators))
+    }
+
+    pub fn get(&self) -> Option<Arc<Validators>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, validators: Option<Arc<Validators>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = validators;
+    }
+}
+
 /// Plugin calls the API runs at once; more wait.
 const CONCURRENT_CALLS: usize = 64;
 

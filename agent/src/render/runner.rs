@@ -24,7 +24,7 @@ use super::{files, plain_values, produce_with, Compiled, Plan};
 use crate::config::{Config, OnDrift};
 use crate::consensus::Node;
 use crate::gossip::Membership;
-use crate::plugins::validators::Validators;
+use crate::plugins::validators::ValidatorsCell;
 use crate::rollout::stored::is_rollout_key;
 use crate::services::{discover, Instance, Query};
 use crate::signing::{Keyring, KeyringCell};
@@ -65,7 +65,7 @@ pub struct Runner {
     /// The last refused config edit, so one edit is reported once.
     refused: Option<String>,
     /// Validator plugins every value passes before it is rendered.
-    validators: Option<Arc<Validators>>,
+    validators: Arc<ValidatorsCell>,
     /// The fleet's membership, for templates that show services and for
     /// this agent's name and labels in rollouts.
     membership: Option<Arc<Membership>>,
@@ -109,7 +109,7 @@ impl Runner {
             reported: HashMap::new(),
             dirty: HashMap::new(),
             refused: None,
-            validators: None,
+            validators: Arc::default(),
             membership: None,
             rollouts: RolloutValues::default(),
             last_failure: None,
@@ -117,7 +117,7 @@ impl Runner {
     }
 
     /// Values pass these validator plugins before they are rendered.
-    pub fn with_validators(mut self, validators: Option<Arc<Validators>>) -> Self {
+    pub fn with_validators(mut self, validators: Arc<ValidatorsCell>) -> Self {
         self.validators = validators;
         self
     }
@@ -405,7 +405,7 @@ impl Runner {
         let plain = plain_values(keyring, kvs, sequences)?;
         let Some(validators) = self
             .validators
-            .clone()
+            .get()
             .filter(|v| plain.iter().any(|(key, _)| v.covers(key)))
         else {
             return produce_with(compiled, &plain, &self.services(compiled));
