@@ -264,3 +264,101 @@ fn edges_follow_the_feed_through_kills_absences_and_offline_boots() {
         "{status}"
     );
 }
+
+/// `[peer_trust] keys` reload on SIGHUP: an edge struck off the voters'
+/// keys loses its connections at once and gets nothing new (what it has
+/// stays); listed again, it catches up.
+#[test]
+fn peer_trust_reloads_on_sighup_and_a_key_struck_off_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), 4);
+    let seeds: Vec<String> = cluster.slots[..3]
+        .iter()
+        .map(|slot| format!("{:?}", slot.peer_url.trim_start_matches("quic://")))
+        .collect();
+    for i in 0..4 {
+        cluster.member_head[i] = if i < 3 {
+            "role = \"voter\"".to_string()
+        } else {
+            "role = \"edge\"\nsync = [\"/app/\"]".to_string()
+        };
+        cluster.member_config[i] = format!(
+            "[gossip]\nseeds = [{}]\nprobe_interval = \"300ms\"\nprobe_timeout = \"150ms\"\n",
+            seeds.join(", ")
+        );
+    }
+    let edge_key = format!(", {:?}", cluster.slots[3].key);
+    let initial = cluster.initial_cluster(0..3);
+    let write_voters = |cluster: &Cluster, trust_edge: bool| {
+        for i in 0..3 {
+            cluster.write_config(i, &initial, "new");
+            if !trust_edge {
+                let path = cluster.config_path(i);
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains(&edge_key));
+                std::fs::write(&path, text.replace(&edge_key, "")).unwrap();
+            }
+        }
+    };
+    let sighup_voters = |cluster: &Cluster, times: usize| {
+        for i in 0..3 {
+            let agent = cluster.agents[i].as_ref().unwrap();
+            agent.signal("HUP");
+            wait_until("the voter reloads [peer_trust]", TIMEOUT, || {
+                agent.log().matches("reloaded [peer_trust]").count() >= times
+            });
+        }
+    };
+    write_voters(&cluster, true);
+    for i in 0..3 {
+        cluster.run(i);
+    }
+    let leader = cluster.wait_for_leader();
+    let own = cluster.initial_cluster(3..4);
+    cluster.write_config(3, &own, "new");
+    cluster.run(3);
+    let voter = cluster.agents[leader].as_ref().unwrap();
+    let edge = cluster.agents[3].as_ref().unwrap();
+    let local = |key: &str| {
+        ok(edgeconf(
+            edge,
+            &["get", key, "--print-value-only", "--consistency", "s"],
+        ))
+    };
+    ok(edgeconf(voter, &["put", "/app/x", "1"]));
+    wait_until("the trusted edge follows", TIMEOUT, || {
+        local("/app/x") == "1\n"
+    });
+
+    write_voters(&cluster, false);
+    sighup_voters(&cluster, 1);
+    let closed: usize = (0..3)
+        .map(|i| {
+            let log = cluster.agents[i].as_ref().unwrap().log();
+            let line = log
+                .lines()
+                .rfind(|l| l.contains("reloaded [peer_trust]"))
+                .unwrap()
+                .to_string();
+            line.split("closed_connections=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no count in {line}"))
+        })
+        .sum();
+    assert!(closed >= 1, "no connection of the edge was closed");
+    ok(edgeconf(voter, &["put", "/app/y", "2"]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(local("/app/y"), "", "a key struck off still got the feed");
+    assert_eq!(local("/app/x"), "1\n", "what the edge had stays");
+    wait_until("the voters refuse the edge's handshakes", TIMEOUT, || {
+        voter.log().contains("not in peer_trust.keys")
+    });
+
+    write_voters(&cluster, true);
+    sighup_voters(&cluster, 2);
+    wait_until("the edge catches up once listed again", TIMEOUT, || {
+        local("/app/y") == "2\n"
+    });
+}

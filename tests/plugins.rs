@@ -762,7 +762,11 @@ fn validators_and_checks_reload_on_sighup() {
     std::fs::write(dir.path().join("agent.toml"), &more).unwrap();
     agent.signal("HUP");
     agent.wait_for_log("take effect after a restart", TIMEOUT);
-    assert!(agent.log().contains("settings=[[plugin]]"), "{}", agent.log());
+    assert!(
+        agent.log().contains("settings=[[plugin]]"),
+        "{}",
+        agent.log()
+    );
     failed(edgeconf(
         &agent,
         &["put", "/app/limits/a", r#"{"max":500}"#],

@@ -205,6 +205,7 @@ pub async fn run(
             membership: membership.clone(),
             services: services.clone(),
             plugins: plugin_reload.clone(),
+            transport: transport.clone(),
         };
         // Installed now, before systemd hears READY: a SIGHUP from then on
         // reloads (its default action would end the process).
@@ -535,6 +536,15 @@ async fn reload_on_hangup(
                 let changed = live.services.reconfigure(fresh.services.clone());
                 tracing::info!(changed, "reloaded [[service]] entries");
             }
+            if fresh.peer_keys != running.peer_keys
+                || (running.role == Role::Voter && fresh.voter_keys != running.voter_keys)
+            {
+                reload_peer_trust(&live, &running, fresh);
+                running.peer_keys = fresh.peer_keys.clone();
+                if running.role == Role::Voter {
+                    running.voter_keys = fresh.voter_keys.clone();
+                }
+            }
             if let Some(plugins) = &live.plugins {
                 let reloaded = plugins.apply(&running.plugins, &fresh.plugins);
                 if !reloaded.is_empty() {
@@ -563,6 +573,29 @@ async fn reload_on_hangup(
     }
 }
 
+/// `[peer_trust]` on SIGHUP: handshakes and gossip records take the new
+/// keys at once, and connections of keys no longer listed close; on a
+/// voter, raft is taken from the new `voters`. (An edge's `voters`, whose
+/// attestations it takes, need a restart: `config::reload` says so.)
+#[cfg(unix)]
+fn reload_peer_trust(live: &Reloadable, running: &Config, fresh: &Config) {
+    let closed = live.transport.set_trusted(&fresh.peer_keys);
+    live.membership.set_trusted(&fresh.peer_keys);
+    if running.role == Role::Voter && fresh.voter_keys != running.voter_keys {
+        if fresh.voter_keys.is_empty() {
+            live.transport.senders().unpin();
+        } else {
+            live.transport.senders().pin(&fresh.voter_keys);
+        }
+    }
+    tracing::info!(
+        keys = fresh.peer_keys.len(),
+        voters = fresh.voter_keys.len(),
+        closed_connections = closed,
+        "reloaded [peer_trust]"
+    );
+}
+
 /// What a SIGHUP changes besides the keyring.
 #[cfg(unix)]
 struct Reloadable {
@@ -570,6 +603,7 @@ struct Reloadable {
     services: Arc<crate::services::Services>,
     /// None without `[[plugin]]` entries at start.
     plugins: Option<Arc<crate::plugins::reload::PluginReload>>,
+    transport: Arc<Transport>,
 }
 
 /// Tells systemd (a `Type=notify` unit) how the agent is doing; does

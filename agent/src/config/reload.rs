@@ -1,6 +1,7 @@
 //! What a reload (SIGHUP) applies and what needs a restart. `[trust]`,
-//! `[secrets]`, `[labels]`, `[[service]]`, and `[[validate]]` and
-//! `[[check]]` over the `[[plugin]]`s loaded at start apply on SIGHUP; `[[render]]`
+//! `[secrets]`, `[labels]`, `[[service]]`, `[peer_trust]` (but an edge's
+//! `voters`), and `[[validate]]` and `[[check]]` over the `[[plugin]]`s
+//! loaded at start apply on SIGHUP; `[[render]]`
 //! entries and templates apply when the file changes (the renderer watches
 //! it); every other setting is read once, at start: the log names those
 //! that changed.
@@ -42,8 +43,8 @@ pub fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
             || running.election_timeout != fresh.election_timeout,
     );
     check(
-        "[peer_trust]",
-        running.peer_keys != fresh.peer_keys || running.voter_keys != fresh.voter_keys,
+        "[peer_trust] voters (on an edge)",
+        running.role == super::Role::Edge && running.voter_keys != fresh.voter_keys,
     );
     check(
         "snapshot_count / snapshot_catchup_entries",
@@ -102,6 +103,19 @@ mod tests {
         assert_eq!(
             needs_restart(&running, &fresh),
             ["log_level", "render_root"]
+        );
+        // Peer trust reloads, but an edge's voters take a restart.
+        let mut fresh = running.clone();
+        fresh.peer_keys.push([7; 32]);
+        fresh.voter_keys.push([7; 32]);
+        assert!(needs_restart(&running, &fresh).is_empty());
+        let mut edge = running.clone();
+        edge.role = super::super::Role::Edge;
+        let mut fresh = edge.clone();
+        fresh.voter_keys.push([7; 32]);
+        assert_eq!(
+            needs_restart(&edge, &fresh),
+            ["[peer_trust] voters (on an edge)"]
         );
     }
 }

@@ -114,6 +114,11 @@ impl Membership {
         self.lock().id().to_string()
     }
 
+    /// Trusts exactly `keys` from now on for members' records (on SIGHUP).
+    pub fn set_trusted(&self, keys: &[[u8; 32]]) {
+        self.lock().set_trusted(keys.iter().copied());
+    }
+
     /// Changes what this agent announces; the change spreads by gossip.
     pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) {
         {

@@ -84,29 +84,56 @@ pub struct Transport {
     contact: Arc<Contact>,
     /// Which node key speaks for which member (see `senders`).
     senders: Arc<Senders>,
+    /// The peer keys every handshake admits.
+    trusted: tls::TrustedPeers,
 }
 
 /// When this agent last completed a QUIC handshake with a trusted peer (in
 /// either direction), in milliseconds since the Unix epoch; 0 for never.
 /// A member that has never reached a peer is most often one whose
 /// `[peer_trust] keys` do not match the others' node keys.
+/// Also keeps every open connection, so that a peer key no longer trusted
+/// loses its connections at once (see [`Transport::set_trusted`]).
 #[derive(Default)]
-pub struct Contact(std::sync::atomic::AtomicU64);
+pub struct Contact {
+    last: std::sync::atomic::AtomicU64,
+    open: Mutex<Vec<quinn::Connection>>,
+}
 
 impl Contact {
-    fn touch(&self) {
+    /// A handshake completed with a trusted peer: `connection`.
+    fn touch(&self, connection: &quinn::Connection) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.0.store(now.max(1), Ordering::Relaxed);
+        self.last.store(now.max(1), Ordering::Relaxed);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|c| c.close_reason().is_none());
+        open.push(connection.clone());
     }
 
     /// The last contact, or `None` if no peer was ever reached.
     pub fn last(&self) -> Option<std::time::SystemTime> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.last.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
         }
+    }
+
+    /// Closes the open connections of peers whose key is not in `trusted`;
+    /// returns how many.
+    fn close_untrusted(&self, trusted: &std::collections::BTreeSet<[u8; 32]>) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        open.retain(|connection| {
+            let kept = tls::peer_key(connection).is_some_and(|key| trusted.contains(&key));
+            if !kept {
+                connection.close(0u32.into(), b"key no longer trusted");
+                closed += 1;
+            }
+            kept && connection.close_reason().is_none()
+        });
+        closed
     }
 }
 
@@ -163,6 +190,7 @@ impl Transport {
             muted: AtomicBool::new(false),
             contact: contact.clone(),
             senders: senders.clone(),
+            trusted: configs.trusted.clone(),
         });
         tokio::spawn(accept_peers(
             endpoint,
@@ -275,6 +303,15 @@ impl Transport {
         }
     }
 
+    /// Trusts exactly `keys` from now on (`[peer_trust] keys`, on SIGHUP):
+    /// new handshakes check them, and open connections of keys no longer
+    /// listed close at once. Returns how many closed.
+    pub fn set_trusted(&self, keys: &[[u8; 32]]) -> usize {
+        let keys: std::collections::BTreeSet<[u8; 32]> = keys.iter().copied().collect();
+        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.clone();
+        self.contact.close_untrusted(&keys)
+    }
+
     /// Queues messages for their peers without waiting.
     pub fn send(&self, messages: Vec<Message>) {
         let isolated = self.isolated.load(Ordering::SeqCst) || self.muted.load(Ordering::SeqCst);
@@ -351,7 +388,7 @@ async fn accept_peers(
                 connection.close(0u32.into(), b"too many connections");
                 return;
             };
-            contact.touch();
+            contact.touch(&connection);
             if tls::protocol(&connection).is_some_and(|p| p == tls::ALPN_FEED) {
                 if let Some(handler) = sinks.feed.get() {
                     feed::serve(connection, handler.clone(), isolated).await;
@@ -537,7 +574,7 @@ async fn connect(
         .ok()?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => {
-            contact.touch();
+            contact.touch(&connection);
             Some(connection)
         }
         Ok(Err(err)) => {

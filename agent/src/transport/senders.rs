@@ -62,6 +62,11 @@ impl Senders {
             Some(keys.iter().copied().collect());
     }
 
+    /// Raft from any trusted key again (`[peer_trust] voters` emptied).
+    pub fn unpin(&self) {
+        *self.pinned.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn is_pinned_out(&self, key: &[u8; 32]) -> bool {
         self.pinned
             .lock()

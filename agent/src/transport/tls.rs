@@ -112,11 +112,15 @@ impl NodeKey {
 use crate::signing::keys::create_private_file;
 pub use crate::signing::keys::{format_public_key as format_key, parse_public_key as parse_key};
 
+/// The peer keys trusted now (`[peer_trust] keys`): shared by every
+/// handshake's verifier, replaced on SIGHUP (see `Transport::set_trusted`).
+pub type TrustedPeers = Arc<std::sync::RwLock<BTreeSet<[u8; 32]>>>;
+
 /// Admits peers whose certificate carries one of the pinned ed25519 keys,
 /// after checking the handshake signature with that key.
 #[derive(Debug)]
 struct PinnedKeys {
-    keys: BTreeSet<[u8; 32]>,
+    keys: TrustedPeers,
     provider: Arc<CryptoProvider>,
 }
 
@@ -128,7 +132,16 @@ impl PinnedKeys {
         let raw = spki.subject_public_key.data.as_ref();
         let ed25519 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519;
         match <[u8; 32]>::try_from(raw) {
-            Ok(key) if ed25519 && self.keys.contains(&key) => Ok(()),
+            Ok(key)
+                if ed25519
+                    && self
+                        .keys
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&key) =>
+            {
+                Ok(())
+            }
             _ => {
                 let shown = if ed25519 {
                     format_key(raw)
@@ -255,6 +268,8 @@ pub struct QuicConfigs {
     /// Gossip with keep-alives, for connections held open.
     pub gossip_held_client: quinn::ClientConfig,
     pub feed_client: quinn::ClientConfig,
+    /// The keys every configuration above admits, replaceable.
+    pub trusted: TrustedPeers,
 }
 
 /// The ALPN a connection negotiated.
@@ -278,8 +293,9 @@ pub fn peer_key(connection: &quinn::Connection) -> Option<[u8; 32]> {
 
 pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConfigs, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let trusted: TrustedPeers = Arc::new(std::sync::RwLock::new(trusted.iter().copied().collect()));
     let verifier = Arc::new(PinnedKeys {
-        keys: trusted.iter().copied().collect(),
+        keys: trusted.clone(),
         provider: provider.clone(),
     });
     let (cert, key) = node_key.certificate()?;
@@ -348,5 +364,6 @@ pub fn quic_configs(node_key: &NodeKey, trusted: &[[u8; 32]]) -> Result<QuicConf
         gossip_client,
         gossip_held_client,
         feed_client,
+        trusted,
     })
 }
