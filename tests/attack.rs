@@ -43,7 +43,10 @@ fn voters_with(dir: &std::path::Path, slots: usize, extra: &str) -> (Cluster, Ve
     cluster.extra_config = extra.to_string();
     let metrics: Vec<u16> = (0..VOTERS).map(|_| common::free_port()).collect();
     for (i, port) in metrics.iter().enumerate() {
-        cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
+        // Stores compared every second: a forged report would raise CORRUPT.
+        cluster.member_head[i] = format!(
+            "listen_metrics_url = \"http://127.0.0.1:{port}\"\ncorrupt_check_interval = \"1s\""
+        );
     }
     let initial = cluster.initial_cluster(0..VOTERS);
     for i in 0..VOTERS {
@@ -717,6 +720,13 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
         let my_addr: std::sync::Arc<str> = transport.local_addr().unwrap().to_string().into();
         let forged_meta = Meta {
             role: "voter".into(),
+            // n3's store, said to differ from the leader's at revision 1.
+            store: edgeconf::gossip::StoreReport {
+                db_size: 1,
+                hash: 0xbad,
+                revision: 1,
+                compact_revision: 0,
+            },
             services: vec![edgeconf::gossip::ServiceState {
                 id: "db".into(),
                 name: "db".into(),
@@ -788,7 +798,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
 
     // Unharmed: every voter still sees the three alive, nobody runs the
     // forged database, and each refusal is counted and logged.
-    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
+    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(3)));
     assert!(alive_everywhere(VOTERS));
     for (i, &port) in metrics.iter().enumerate() {
         let text = http_get(port, "/metrics");
@@ -814,6 +824,9 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
         let agent = cluster.agents[i].as_ref().unwrap();
         let services = ok(edgeconf(agent, &["-w", "json", "service", "list"]));
         assert!(!services.contains("10.6.6.6"), "{services}");
+        // The forged store report raised no alarm on anyone.
+        let alarms = ok(edgeconf(agent, &["alarm", "list"]));
+        assert!(!alarms.contains("CORRUPT"), "n{}: {alarms}", i + 1);
         let log = agent.log();
         assert!(
             log.contains("refused a gossip update with a bad signature"),
