@@ -342,6 +342,14 @@ fn images_must_be_signed_newer_and_cover_the_subscription() {
     let mut tampered = image.clone();
     tampered.kvs[0].value = b"evil".to_vec();
     assert!(matches!(check(1, &tampered), Err(FeedError::ImageMismatch)));
+    // A relay can neither pass a key off as a signed delete's tombstone
+    // nor leave a tombstone (or a key) out: the signature covers both.
+    let mut marked = image.clone();
+    marked.kvs[0].deleted = true;
+    assert!(matches!(check(1, &marked), Err(FeedError::ImageMismatch)));
+    let mut dropped = image.clone();
+    dropped.kvs.clear();
+    assert!(matches!(check(1, &dropped), Err(FeedError::ImageMismatch)));
     let narrow = image_of(&voter, 4, Prefixes(vec![b"/app/b".to_vec()]));
     assert!(matches!(
         check(1, &narrow),
