@@ -24,6 +24,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::access::Caller;
+use super::convert::kv_to_pb;
 use super::{propose_status, store_status, Context};
 use crate::store::{
     Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyRange,
@@ -68,16 +69,6 @@ fn contender_key(prefix: &[u8], lease: i64) -> Vec<u8> {
 }
 
 impl Context {
-    fn concurrency_header(&self, revision: i64) -> msg::ResponseHeader {
-        let header = self.header(revision);
-        msg::ResponseHeader {
-            cluster_id: header.cluster_id,
-            member_id: header.member_id,
-            revision: header.revision,
-            raft_term: header.raft_term,
-        }
-    }
-
     async fn propose_as_client(
         &self,
         caller: &Caller,
@@ -246,7 +237,7 @@ impl pb::v3lockpb::lock_server::Lock for LockService {
         let revision = self.0.wait_for_turn(&prefix, &mine).await?;
         seat.keep();
         Ok(Response::new(msg::LockResponse {
-            header: Some(self.0.concurrency_header(revision)),
+            header: Some(self.0.header(revision)),
             key: mine.key,
         }))
     }
@@ -261,19 +252,8 @@ impl pb::v3lockpb::lock_server::Lock for LockService {
         let caller = self.0.caller(&request)?;
         let revision = self.0.delete_key(&caller, request.into_inner().key).await?;
         Ok(Response::new(msg::UnlockResponse {
-            header: Some(self.0.concurrency_header(revision)),
+            header: Some(self.0.header(revision)),
         }))
-    }
-}
-
-fn leader_kv(kv: KeyValue) -> msg::KeyValue {
-    msg::KeyValue {
-        key: kv.key,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value,
-        lease: kv.lease,
     }
 }
 
@@ -347,7 +327,7 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
                 .await?;
         }
         Ok(Response::new(msg::CampaignResponse {
-            header: Some(self.0.concurrency_header(revision)),
+            header: Some(self.0.header(revision)),
             leader: Some(leader),
         }))
     }
@@ -376,7 +356,7 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
             return Err(not_leader());
         }
         Ok(Response::new(msg::ProclaimResponse {
-            header: Some(self.0.concurrency_header(revision)),
+            header: Some(self.0.header(revision)),
         }))
     }
 
@@ -401,8 +381,8 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
             .next()
             .ok_or_else(|| Status::not_found("election: no leader"))?;
         Ok(Response::new(msg::LeaderResponse {
-            header: Some(self.0.concurrency_header(revision)),
-            kv: Some(leader_kv(kv)),
+            header: Some(self.0.header(revision)),
+            kv: Some(kv_to_pb(kv)),
         }))
     }
 
@@ -437,8 +417,8 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
                     if last.as_ref() != Some(&now) {
                         last = Some(now);
                         let response = msg::LeaderResponse {
-                            header: Some(context.concurrency_header(revision)),
-                            kv: Some(leader_kv(kv)),
+                            header: Some(context.header(revision)),
+                            kv: Some(kv_to_pb(kv)),
                         };
                         if sender.send(Ok(response)).await.is_err() {
                             return;
@@ -485,7 +465,7 @@ impl pb::v3electionpb::election_server::Election for ElectionService {
             .propose_as_client(&caller, while_leading(&leader, delete))
             .await?;
         Ok(Response::new(msg::ResignResponse {
-            header: Some(self.0.concurrency_header(revision)),
+            header: Some(self.0.header(revision)),
         }))
     }
 }
