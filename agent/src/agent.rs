@@ -90,7 +90,7 @@ pub async fn run(
     // The newest trust root in the store, before anything reads with it.
     crate::trust_root::refresh(&store, &keyring);
     let leave_request = Arc::new(tokio::sync::Notify::new());
-    let plugins = load_plugins(&config, &store, &keyring).await?;
+    let plugins = load_plugins(&config, &store, &keyring, stopped.clone()).await?;
     let listeners = api::bind(&config.listen_client).await?;
     let client_tls = match &config.client_tls {
         Some(files) => Some(Arc::new(
@@ -182,21 +182,6 @@ pub async fn run(
         let (store, keyring, stopped) = (store.clone(), keyring.clone(), stopped.clone());
         tasks.spawn(async move { crate::trust_root::follow(store, keyring, stopped).await });
     }
-    // `[[validate]]` and `[[check]]` over the plugins loaded at start; a
-    // SIGHUP may replace them.
-    let plugin_reload = plugins.plugins.as_ref().map(|loaded| {
-        let keys: Arc<dyn crate::plugins::KeyReader> = Arc::new(crate::plugins::StoreKeys {
-            store: store.clone(),
-            keyring: keyring.clone(),
-        });
-        Arc::new(crate::plugins::reload::PluginReload::new(
-            loaded.clone(),
-            plugins.validators.clone(),
-            keys,
-            plugins.checks.clone(),
-            stopped.clone(),
-        ))
-    });
     #[cfg(unix)]
     {
         let (keyring, reload, cluster_id) = (keyring.clone(), reload.clone(), identity.cluster_id);
@@ -204,7 +189,7 @@ pub async fn run(
         let live = Reloadable {
             membership: membership.clone(),
             services: services.clone(),
-            plugins: plugin_reload.clone(),
+            plugins: plugins.reload.clone(),
             transport: transport.clone(),
         };
         // Installed now, before systemd hears READY: a SIGHUP from then on
@@ -274,7 +259,7 @@ pub async fn run(
         let stopped = stopped.clone();
         tasks.spawn(async move { runner.run(stopped).await });
     }
-    if let (Some(loaded), Some(plugin_reload)) = (&plugins.plugins, &plugin_reload) {
+    if let (Some(loaded), Some(plugin_reload)) = (&plugins.plugins, &plugins.reload) {
         let (loaded, stop_watching) = (loaded.clone(), stopped.clone());
         tasks.spawn(async move { crate::plugins::watch::run(loaded, stop_watching).await });
         plugin_reload.run_checks(config.plugins.checks.clone());
@@ -350,9 +335,9 @@ async fn load_plugins(
     config: &Config,
     store: &Arc<Store>,
     keyring: &Arc<KeyringCell>,
+    stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<crate::plugins::AgentPlugins> {
-    use crate::plugins::validators::{Validators, ValidatorsCell};
-    use crate::plugins::{AgentPlugins, KeyReader, Plugins, StoreKeys};
+    use crate::plugins::{reload::PluginReload, AgentPlugins, Plugins, StoreKeys};
     if config.plugins.plugins.is_empty() {
         return Ok(AgentPlugins::default());
     }
@@ -362,21 +347,23 @@ async fn load_plugins(
         .await
         .context("loading plugins")??;
     let plugins = Arc::new(plugins);
-    let keys: Arc<dyn KeyReader> = Arc::new(StoreKeys {
-        store: store.clone(),
-        keyring: keyring.clone(),
-    });
-    let validators = (!config.plugins.validate.is_empty()).then(|| {
-        Arc::new(Validators::new(
-            plugins.clone(),
-            &config.plugins.validate,
-            Some(keys),
-        ))
-    });
+    let (validators, checks) = (Arc::default(), Arc::default());
+    let reload = Arc::new(PluginReload::new(
+        plugins.clone(),
+        Arc::clone(&validators),
+        Arc::new(StoreKeys {
+            store: store.clone(),
+            keyring: keyring.clone(),
+        }),
+        Arc::clone(&checks),
+        stopped,
+    ));
+    reload.bind_validators(&config.plugins.validate);
     Ok(AgentPlugins {
         plugins: Some(plugins),
-        validators: Arc::new(ValidatorsCell::new(validators)),
-        checks: Default::default(),
+        validators,
+        checks,
+        reload: Some(reload),
     })
 }
 

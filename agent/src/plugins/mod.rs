@@ -39,6 +39,9 @@ pub struct AgentPlugins {
     pub plugins: Option<Arc<Plugins>>,
     pub validators: Arc<validators::ValidatorsCell>,
     pub checks: Arc<checks::CheckStatus>,
+    /// What binds `[[validate]]` and runs `[[check]]` over `plugins`, at
+    /// start and on SIGHUP (None without plugins).
+    pub reload: Option<Arc<reload::PluginReload>>,
 }
 
 #[derive(Debug, thiserror::Error)]

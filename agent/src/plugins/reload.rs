@@ -12,7 +12,7 @@ use super::checks::{self, CheckStatus};
 use super::host::KeyReader;
 use super::validators::{Validators, ValidatorsCell};
 use super::Plugins;
-use crate::config::{CheckEntry, PluginSections};
+use crate::config::{CheckEntry, PluginSections, ValidateEntry};
 
 /// The plugins' parts a reload replaces.
 pub struct PluginReload {
@@ -41,6 +41,18 @@ impl PluginReload {
             stopped,
             checks: Mutex::new(None),
         }
+    }
+
+    /// Binds `entries` as the `[[validate]]` bindings in force.
+    pub fn bind_validators(&self, entries: &[ValidateEntry]) {
+        let validators = (!entries.is_empty()).then(|| {
+            Arc::new(Validators::new(
+                self.plugins.clone(),
+                entries,
+                Some(self.keys.clone()),
+            ))
+        });
+        self.validators.set(validators);
     }
 
     /// Runs `entries` as the checks (stopping the ones before, and
@@ -74,14 +86,7 @@ impl PluginReload {
             return reloaded;
         }
         if fresh.validate != running.validate {
-            let validators = (!fresh.validate.is_empty()).then(|| {
-                Arc::new(Validators::new(
-                    self.plugins.clone(),
-                    &fresh.validate,
-                    Some(self.keys.clone()),
-                ))
-            });
-            self.validators.set(validators);
+            self.bind_validators(&fresh.validate);
             reloaded.push("[[validate]]");
         }
         if fresh.checks != running.checks {

@@ -53,10 +53,6 @@ pub struct Validators {
 pub struct ValidatorsCell(std::sync::RwLock<Option<Arc<Validators>>>);
 
 impl ValidatorsCell {
-    pub fn new(validators: Option<Arc<Validators>>) -> ValidatorsCell {
-        ValidatorsCell(std::sync::RwLock::new(validators))
-    }
-
     pub fn get(&self) -> Option<Arc<Validators>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
