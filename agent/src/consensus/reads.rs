@@ -62,24 +62,15 @@ impl ReadRounds {
     /// module's comment), returned to ask again with. Readers who gave up
     /// (timed out) are forgotten.
     pub fn retry(&mut self, patience: Duration) -> Option<Vec<u8>> {
-        let due: Vec<Vec<u8>> = self
-            .asked
-            .iter()
-            .filter(|(_, (asked, _))| asked.elapsed() >= patience)
-            .map(|(ctx, _)| ctx.clone())
-            .collect();
-        let mut readers = Vec::new();
-        for ctx in due {
-            if let Some((_, mut gone)) = self.asked.remove(&ctx) {
-                readers.append(&mut gone);
+        let mut due = Vec::new();
+        self.asked.retain(|_, (asked, readers)| {
+            readers.retain(|reply| !reply.is_closed());
+            if asked.elapsed() >= patience {
+                due.append(readers);
             }
-        }
-        readers.retain(|reply| !reply.is_closed());
-        self.asked.retain(|_, (_, replies)| {
-            replies.retain(|reply| !reply.is_closed());
-            !replies.is_empty()
+            !readers.is_empty()
         });
-        (!readers.is_empty()).then(|| self.start(readers))
+        (!due.is_empty()).then(|| self.start(due))
     }
 
     /// raft answered the round `ctx` with the commit index `index`. An
