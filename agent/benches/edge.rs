@@ -11,14 +11,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_port, median, Server, EDGECONF};
+use support::{edgeconf, free_port, median, Server};
 
 const KEYS: usize = 100;
 const WRITES: usize = 10_000;
 const VALUE: usize = 256;
 
 fn node_key(dir: &Path) -> String {
-    let out = Command::new(EDGECONF)
+    let out = Command::new(edgeconf())
         .arg("node-key")
         .arg("--data-dir")
         .arg(dir)
@@ -30,7 +30,7 @@ fn node_key(dir: &Path) -> String {
 fn spawn(dir: &Path, name: &str, toml: String, client: u16) -> Server {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, toml).unwrap();
-    let mut command = Command::new(EDGECONF);
+    let mut command = Command::new(edgeconf());
     command.arg("agent").arg("--config").arg(&config);
     Server::spawn(name, &mut command, client)
 }

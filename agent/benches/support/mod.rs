@@ -8,7 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const EDGECONF: &str = env!("CARGO_BIN_EXE_edgeconf");
+/// The agent binary the benchmarks start: this build's, unless
+/// `EDGECONF_BIN` names another (such as the shipped `target/dist/edgeconf`).
+pub fn edgeconf() -> String {
+    std::env::var("EDGECONF_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_edgeconf").to_string())
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -136,7 +140,7 @@ pub struct MemberConfig {
 
 impl MemberConfig {
     pub fn spawn(&self, i: usize) -> Server {
-        let mut command = Command::new(EDGECONF);
+        let mut command = Command::new(edgeconf());
         command.arg("agent").arg("--config").arg(&self.config);
         Server::spawn(&format!("edgeconf n{i}"), &mut command, self.client_port)
     }
@@ -156,7 +160,7 @@ pub fn edgeconf_configs(
         .collect();
     let keys: Vec<String> = (0..n)
         .map(|i| {
-            let out = Command::new(EDGECONF)
+            let out = Command::new(edgeconf())
                 .arg("node-key")
                 .arg("--data-dir")
                 .arg(dir.join(format!("edgeconf-{i}")))

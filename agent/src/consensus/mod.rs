@@ -10,6 +10,7 @@
 //! that is the API's and the store's job.
 
 mod apply;
+mod inbox;
 mod lessor;
 mod log;
 mod raft_loop;
@@ -20,7 +21,7 @@ mod wal;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender as Sender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,7 @@ use tokio::sync::oneshot;
 use crate::auth::Credential;
 use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store, StoreError};
 use crate::transport::{Delivery, Transport, TransportError};
+use inbox::{inbox, InboxSender as Sender};
 
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
 pub use raft_loop::{forwarded_entry, forwarded_member_change, Admission, Compaction, RaftStatus};
@@ -146,20 +148,17 @@ fn submit(inputs: &Sender<Input>, input: Input) -> Result<(), ProposeError> {
 }
 
 /// Queues a peer's message; a full inbox drops it (raft retransmits),
-/// while the transport's own reports (unreachable, snapshot sent) wait
-/// for room on a blocking thread: raft would stall without them, and the
-/// raft thread itself reports through here, so it must never wait.
-fn deliver(inputs: &Sender<Input>, runtime: &tokio::runtime::Handle, delivery: Delivery) {
+/// while the transport's own reports (unreachable, snapshot sent) queue
+/// past the bound: raft would stall without them, and the raft thread
+/// itself reports through here, so it must never wait.
+fn deliver(inputs: &Sender<Input>, delivery: Delivery) {
     match inputs.try_send(Input::Delivery(delivery)) {
         Ok(()) | Err(TrySendError::Disconnected(_)) => {}
         Err(TrySendError::Full(Input::Delivery(Delivery::Message(_)))) => {
             tracing::debug!("raft inbox full: dropped a peer message");
         }
         Err(TrySendError::Full(report)) => {
-            let inputs = inputs.clone();
-            runtime.spawn_blocking(move || {
-                let _ = inputs.send(report);
-            });
+            inputs.send_past_bound(report);
         }
     }
 }
@@ -175,10 +174,9 @@ fn screened_sink(
     screening: Option<Admission>,
     status: Arc<RaftStatus>,
 ) -> crate::transport::Sink {
-    let handle = tokio::runtime::Handle::current();
     let Some(screening) = screening else {
         return Arc::new(move |delivery: Delivery| {
-            deliver(&inputs, &handle, delivery);
+            deliver(&inputs, delivery);
         });
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(SCREENING_CONCURRENCY));
@@ -191,13 +189,12 @@ fn screened_sink(
                 message
             }
             other => {
-                deliver(&inputs, &handle, other);
+                deliver(&inputs, other);
                 return;
             }
         };
         let (inputs, screening, permits) = (inputs.clone(), screening.clone(), permits.clone());
         let status = status.clone();
-        let handle = handle.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
@@ -213,7 +210,7 @@ fn screened_sink(
             .await;
             if let Ok(message) = screened {
                 if !message.entries.is_empty() {
-                    deliver(&inputs, &handle, Delivery::Message(message));
+                    deliver(&inputs, Delivery::Message(message));
                 }
             }
         });
@@ -328,7 +325,7 @@ impl Node {
             raw.campaign()?;
         }
 
-        let (inputs, queue) = std::sync::mpsc::sync_channel(INBOX);
+        let (inputs, queue) = inbox(INBOX);
         let status = Arc::new(RaftStatus::default());
         let sink = screened_sink(inputs.clone(), settings.screening, status.clone());
         let transport = settings.transport;
@@ -389,13 +386,13 @@ impl Node {
         transport: Arc<Transport>,
         refusal: String,
     ) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
-        let (inputs, queue) = std::sync::mpsc::sync_channel::<Input>(INBOX);
+        let (inputs, queue) = inbox::<Input>(INBOX);
         let lessor = Arc::new(Lessor::recover(&store)?);
         let thread = std::thread::Builder::new()
             .name("edgeconf-follower".into())
             .spawn(move || {
                 let refuse = || Err(ProposeError::Failed(refusal.clone()));
-                while let Ok(input) = queue.recv() {
+                while let Some(input) = queue.recv() {
                     match input {
                         Input::Propose { reply, .. } | Input::ConfChange { reply, .. } => {
                             let _ = reply.send(refuse());
@@ -426,7 +423,7 @@ impl Node {
 
     /// Stops the raft thread (after a final store sync) and the transport.
     pub fn stop(&self) {
-        let _ = self.inputs.send(Input::Stop);
+        self.inputs.send_past_bound(Input::Stop);
         self.transport.close();
     }
 
@@ -791,7 +788,7 @@ mod inbox_tests {
 
     #[test]
     fn a_full_inbox_refuses_requests_with_too_many_requests() {
-        let (inputs, queue) = std::sync::mpsc::sync_channel(1);
+        let (inputs, queue) = inbox(1);
         assert!(submit(&inputs, Input::Stop).is_ok());
         assert!(matches!(
             submit(&inputs, Input::Stop),

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -331,7 +331,7 @@ impl RaftLoop {
     }
 
     /// Runs until `Stop` (Ok) or until a round fails (the reason).
-    pub fn run(mut self, inputs: Receiver<Input>) -> Result<(), String> {
+    pub fn run(mut self, inputs: super::inbox::InboxReceiver<Input>) -> Result<(), String> {
         self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
