@@ -46,14 +46,17 @@ stop_all() {
   pids=()
 }
 
+config() { # name client-port peer-port [more lines]: writes name.toml
+  {
+    printf 'name = "%s"\ndata_dir = "%s.data"\nlog_level = "info"\n' "$1" "$1"
+    printf 'listen_client_urls = ["http://127.0.0.1:%s"]\n' "$2"
+    printf 'listen_peer_urls = ["quic://127.0.0.1:%s"]\n' "$3"
+    printf '%s\n' "${@:4}"
+  } >"$1.toml"
+}
+
 echo "order-symbols: a single agent (puts, gets, watches, status)"
-cat >single.toml <<T
-name = "single"
-data_dir = "single.data"
-listen_client_urls = ["http://127.0.0.1:27579"]
-listen_peer_urls = ["quic://127.0.0.1:27580"]
-log_level = "info"
-T
+config single 27579 27580
 traced single single.toml
 wait_port 27579
 for n in $(seq 20); do cli 27579 put "/app/key$n" "value $n"; done
@@ -70,29 +73,10 @@ stop_all
 echo "order-symbols: a voter and an edge agent following /app/"
 voter_key=$("$bin" node-key --data-dir voter.data)
 edge_key=$("$bin" node-key --data-dir edge.data)
-cat >voter.toml <<T
-name = "v"
-data_dir = "voter.data"
-listen_client_urls = ["http://127.0.0.1:27679"]
-listen_peer_urls = ["quic://127.0.0.1:27680"]
-log_level = "info"
-[peer_trust]
-keys = ["$voter_key", "$edge_key"]
-T
-cat >edge.toml <<T
-name = "e"
-role = "edge"
-data_dir = "edge.data"
-listen_client_urls = ["http://127.0.0.1:27779"]
-listen_peer_urls = ["quic://127.0.0.1:27780"]
-log_level = "info"
-sync = ["/app/"]
-[gossip]
-seeds = ["127.0.0.1:27680"]
-[peer_trust]
-keys = ["$voter_key"]
-voters = ["$voter_key"]
-T
+config voter 27679 27680 "[peer_trust]" "keys = [\"$voter_key\", \"$edge_key\"]"
+config edge 27779 27780 'role = "edge"' 'sync = ["/app/"]' \
+  "[gossip]" 'seeds = ["127.0.0.1:27680"]' \
+  "[peer_trust]" "keys = [\"$voter_key\"]" "voters = [\"$voter_key\"]"
 traced voter voter.toml
 wait_port 27679
 traced edge edge.toml
