@@ -94,22 +94,46 @@ pub struct Transport {
 /// `[peer_trust] keys` do not match the others' node keys.
 /// Also keeps every open connection, so that a peer key no longer trusted
 /// loses its connections at once (see [`Transport::set_trusted`]).
-#[derive(Default)]
 pub struct Contact {
     last: std::sync::atomic::AtomicU64,
     open: Mutex<Vec<quinn::Connection>>,
+    trusted: tls::TrustedPeers,
 }
 
 impl Contact {
-    /// A handshake completed with a trusted peer: `connection`.
-    fn touch(&self, connection: &quinn::Connection) {
+    fn new(trusted: tls::TrustedPeers) -> Contact {
+        Contact {
+            last: std::sync::atomic::AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
+            trusted,
+        }
+    }
+
+    /// A handshake completed: `connection`. Its key was trusted when the
+    /// handshake checked it; if [`Transport::set_trusted`] has struck the
+    /// key off since, the connection closes here and this says false.
+    /// The keys are read while `open` is held, and `set_trusted` changes
+    /// them before it takes `open` to close connections: so either it
+    /// closes this connection or this sees its keys. (Without the check, a
+    /// handshake finishing while `set_trusted` ran kept its connection.)
+    fn touch(&self, connection: &quinn::Connection) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_trusted(connection) {
+            connection.close(0u32.into(), b"key no longer trusted");
+            return false;
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.last.store(now.max(1), Ordering::Relaxed);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|c| c.close_reason().is_none());
         open.push(connection.clone());
+        true
+    }
+
+    fn is_trusted(&self, connection: &quinn::Connection) -> bool {
+        let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
+        tls::peer_key(connection).is_some_and(|key| trusted.contains(&key))
     }
 
     /// The last contact, or `None` if no peer was ever reached.
@@ -120,13 +144,13 @@ impl Contact {
         }
     }
 
-    /// Closes the open connections of peers whose key is not in `trusted`;
-    /// returns how many.
-    fn close_untrusted(&self, trusted: &std::collections::BTreeSet<[u8; 32]>) -> usize {
+    /// Closes the open connections of peers whose key is no longer
+    /// trusted; returns how many.
+    fn close_untrusted(&self) -> usize {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
         open.retain(|connection| {
-            let kept = tls::peer_key(connection).is_some_and(|key| trusted.contains(&key));
+            let kept = self.is_trusted(connection);
             if !kept {
                 connection.close(0u32.into(), b"key no longer trusted");
                 closed += 1;
@@ -164,7 +188,7 @@ impl Transport {
         let isolated = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();
         let sinks = Sinks::default();
-        let contact = Arc::new(Contact::default());
+        let contact = Arc::new(Contact::new(configs.trusted.clone()));
         let senders = Arc::new(Senders::default());
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
@@ -307,9 +331,8 @@ impl Transport {
     /// new handshakes check them, and open connections of keys no longer
     /// listed close at once. Returns how many closed.
     pub fn set_trusted(&self, keys: &[[u8; 32]]) -> usize {
-        let keys: std::collections::BTreeSet<[u8; 32]> = keys.iter().copied().collect();
-        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.clone();
-        self.contact.close_untrusted(&keys)
+        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.iter().copied().collect();
+        self.contact.close_untrusted()
     }
 
     /// Queues messages for their peers without waiting.
@@ -388,7 +411,9 @@ async fn accept_peers(
                 connection.close(0u32.into(), b"too many connections");
                 return;
             };
-            contact.touch(&connection);
+            if !contact.touch(&connection) {
+                return;
+            }
             if tls::protocol(&connection).is_some_and(|p| p == tls::ALPN_FEED) {
                 if let Some(handler) = sinks.feed.get() {
                     feed::serve(connection, handler.clone(), isolated).await;
@@ -573,10 +598,7 @@ async fn connect(
         .connect_with(config.clone(), addr, tls::SERVER_NAME)
         .ok()?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(connection)) => {
-            contact.touch(&connection);
-            Some(connection)
-        }
+        Ok(Ok(connection)) => contact.touch(&connection).then_some(connection),
         Ok(Err(err)) => {
             tracing::debug!(%addr, error = %err, "connecting to peer failed");
             None
