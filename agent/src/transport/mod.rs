@@ -84,8 +84,6 @@ pub struct Transport {
     contact: Arc<Contact>,
     /// Which node key speaks for which member (see `senders`).
     senders: Arc<Senders>,
-    /// The peer keys every handshake admits.
-    trusted: tls::TrustedPeers,
 }
 
 /// When this agent last completed a QUIC handshake with a trusted peer (in
@@ -97,6 +95,7 @@ pub struct Transport {
 pub struct Contact {
     last: std::sync::atomic::AtomicU64,
     open: Mutex<Vec<quinn::Connection>>,
+    /// The peer keys every handshake admits (shared with the verifiers).
     trusted: tls::TrustedPeers,
 }
 
@@ -112,8 +111,8 @@ impl Contact {
     /// A handshake completed: `connection`. Its key was trusted when the
     /// handshake checked it; if [`Transport::set_trusted`] has struck the
     /// key off since, the connection closes here and this says false.
-    /// The keys are read while `open` is held, and `set_trusted` changes
-    /// them before it takes `open` to close connections: so either it
+    /// The keys are read while `open` is held, and [`Contact::set_trusted`]
+    /// changes them before it takes `open` to close connections: so either it
     /// closes this connection or this sees its keys. (Without the check, a
     /// handshake finishing while `set_trusted` ran kept its connection.)
     fn touch(&self, connection: &quinn::Connection) -> bool {
@@ -144,9 +143,11 @@ impl Contact {
         }
     }
 
-    /// Closes the open connections of peers whose key is no longer
-    /// trusted; returns how many.
-    fn close_untrusted(&self) -> usize {
+    /// Trusts exactly `keys` from now on and closes the open connections
+    /// of peers whose key is not among them; returns how many. The keys
+    /// change before `open` is taken (see [`Contact::touch`]).
+    fn set_trusted(&self, keys: &[[u8; 32]]) -> usize {
+        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.iter().copied().collect();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
         open.retain(|connection| {
@@ -214,7 +215,6 @@ impl Transport {
             muted: AtomicBool::new(false),
             contact: contact.clone(),
             senders: senders.clone(),
-            trusted: configs.trusted.clone(),
         });
         tokio::spawn(accept_peers(
             endpoint,
@@ -331,8 +331,7 @@ impl Transport {
     /// new handshakes check them, and open connections of keys no longer
     /// listed close at once. Returns how many closed.
     pub fn set_trusted(&self, keys: &[[u8; 32]]) -> usize {
-        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.iter().copied().collect();
-        self.contact.close_untrusted()
+        self.contact.set_trusted(keys)
     }
 
     /// Queues messages for their peers without waiting.
