@@ -576,6 +576,12 @@ fn audiences_and_expiry_live_in_the_root_and_hold_on_every_agent() {
         &["get", "/app/short", "--consistency", "s"],
     ));
     assert!(get.contains("expired at"), "{get}");
+    // /app/keep/x was put after /app/short, so it may expire a second later.
+    wait_until("the kept value is reported expired", || {
+        let kept = verify("/app/keep/x");
+        let text = String::from_utf8_lossy(&kept.stdout);
+        kept.status.success() && text.contains("EXPIRED at")
+    });
     let kept = ok(verify("/app/keep/x"));
     assert!(
         kept.contains("EXPIRED at") && kept.contains("verified"),
