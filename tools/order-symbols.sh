@@ -81,11 +81,15 @@ traced voter voter.toml
 wait_port 27679
 traced edge edge.toml
 wait_port 27779
-for n in $(seq 50); do cli 27679 put "/app/key$n" "value $n"; done
+# As the edge bench does: 100 values of 256 bytes, then serializable reads
+# on the edge, then idle long enough for its periodic work to run.
+value=$(printf '%0256d' 0)
+for n in $(seq 100); do cli 27679 put "/app/key$n" "$value"; done
 sleep 10
 cli 27779 get /app/ --prefix --consistency s
+for n in $(seq 5); do cli 27779 get "/app/key$n" --consistency s; done
 cli 27779 status
-sleep 10
+sleep 20
 stop_all
 
 python3 - "$bin" "$out" "$run"/*.cg <<'PY'
