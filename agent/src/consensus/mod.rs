@@ -14,6 +14,7 @@ mod inbox;
 mod lessor;
 mod log;
 mod raft_loop;
+mod read_batch;
 mod reads;
 pub use raft_loop::PeerProgress;
 mod snapshots;
@@ -243,6 +244,8 @@ pub struct Node {
     identity: Identity,
     member: Member,
     inputs: Sender<Input>,
+    /// Linearizable reads, batched into ReadIndex rounds.
+    reads: read_batch::ReadBatcher,
     status: Arc<RaftStatus>,
     transport: Arc<Transport>,
     pub lessor: Arc<Lessor>,
@@ -367,6 +370,7 @@ impl Node {
             store,
             identity: settings.identity,
             member: settings.member,
+            reads: read_batch::ReadBatcher::new(inputs.clone()),
             inputs,
             status,
             transport,
@@ -413,6 +417,7 @@ impl Node {
             store,
             identity,
             member,
+            reads: read_batch::ReadBatcher::new(inputs.clone()),
             inputs,
             status: Arc::new(RaftStatus::default()),
             transport,
@@ -566,7 +571,7 @@ impl Node {
     /// Waits until this member has applied everything committed when the
     /// call began: a read after it is linearizable.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
-        self.ask(|reply| Input::ReadIndex { reply }).await
+        self.reads.read_index().await
     }
 
     /// Members with their records, as replicated.
