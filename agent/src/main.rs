@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Command::Agent(ref args) => run_agent(args),
         _ => {
             quiet_on_closed_stdout();
-            runtime().and_then(|rt| rt.block_on(cli::run_client(cli)))
+            runtime(None).and_then(|rt| rt.block_on(cli::run_client(cli)))
         }
     };
     match outcome {
@@ -49,10 +49,14 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// A multi-thread runtime, with tokio's default number of workers unless
+/// `workers` says otherwise.
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 /// The agent's runtime. An edge host is small and an edge agent is off
@@ -63,18 +67,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// defaults, which serve concurrent clients best.
 fn agent_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     if config.role != edgeconf::config::Role::Edge {
-        return runtime();
+        return runtime(None);
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a tunable of the allocator; called before
-    // any other thread exists, so no allocation runs beside it.
+    // SAFETY: mallopt only sets one of the allocator's tunables, under the
+    // allocator's own lock. Called before the runtime's threads start, so
+    // they all share the main arena.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?)
+    runtime(Some(1))
 }
 
 fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {

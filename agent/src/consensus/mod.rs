@@ -148,6 +148,26 @@ fn submit(inputs: &Sender<Input>, input: Input) -> Result<(), ProposeError> {
     })
 }
 
+/// Queues `input` for the raft thread and waits for its reply.
+async fn ask<T>(
+    inputs: &Sender<Input>,
+    input: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Input,
+) -> Result<T, ProposeError> {
+    let (reply, outcome) = oneshot::channel();
+    submit(inputs, input(reply))?;
+    wait(outcome).await
+}
+
+/// Waits for a reply, at most [`REQUEST_TIMEOUT`]; a reply dropped
+/// unanswered means the agent is stopping.
+async fn wait<T>(outcome: oneshot::Receiver<Result<T, ProposeError>>) -> Result<T, ProposeError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ProposeError::Stopped),
+        Err(_) => Err(ProposeError::Timeout),
+    }
+}
+
 /// Queues a peer's message; a full inbox drops it (raft retransmits),
 /// while the transport's own reports (unreachable, snapshot sent) queue
 /// past the bound: raft would stall without them, and the raft thread
@@ -507,27 +527,17 @@ impl Node {
         self.status.applied.load(Ordering::SeqCst)
     }
 
-    async fn ask<T>(
-        &self,
-        input: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Input,
-    ) -> Result<T, ProposeError> {
-        let (reply, outcome) = oneshot::channel();
-        submit(&self.inputs, input(reply))?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::Stopped),
-            Err(_) => Err(ProposeError::Timeout),
-        }
-    }
-
     /// etcd's MoveLeader, on the leader: hands leadership to voter
     /// `target` and waits until it leads (or an election timeout passes).
     pub async fn move_leader(&self, target: u64) -> Result<(), ProposeError> {
         if self.leader() == target {
             return Ok(());
         }
-        self.ask(|reply| raft_loop::Input::TransferLeader { target, reply })
-            .await?;
+        ask(&self.inputs, |reply| raft_loop::Input::TransferLeader {
+            target,
+            reply,
+        })
+        .await?;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
             if self.leader() == target {
@@ -556,12 +566,11 @@ impl Node {
             command,
             time_unix_ms: now_unix_ms(),
         };
-        let outcome = self
-            .ask(|reply| Input::Propose {
-                body: Body::CommandAs(proposal, credential),
-                reply,
-            })
-            .await;
+        let outcome = ask(&self.inputs, |reply| Input::Propose {
+            body: Body::CommandAs(proposal, credential),
+            reply,
+        })
+        .await;
         if outcome.is_err() {
             crate::telemetry::PROPOSALS_FAILED.fetch_add(1, Ordering::Relaxed);
         }
@@ -647,7 +656,7 @@ impl Node {
             ));
         }
         self.check_peer_urls_free(&peer_urls, Some(id))?;
-        self.ask(|reply| Input::Propose {
+        ask(&self.inputs, |reply| Input::Propose {
             body: Body::Member(MemberChange::UpdatePeerUrls { id, peer_urls }),
             reply,
         })
@@ -693,7 +702,7 @@ impl Node {
         single.node_id = id;
         let mut change = ConfChangeV2::default();
         change.set_changes(vec![single].into());
-        self.ask(|reply| Input::ConfChange {
+        ask(&self.inputs, |reply| Input::ConfChange {
             change,
             member,
             reply,
@@ -726,12 +735,11 @@ impl Node {
                     name: self.member.name.clone(),
                     client_urls: self.member.client_urls.clone(),
                 };
-                let published = self
-                    .ask(|reply| Input::Propose {
-                        body: Body::Member(change),
-                        reply,
-                    })
-                    .await;
+                let published = ask(&self.inputs, |reply| Input::Propose {
+                    body: Body::Member(change),
+                    reply,
+                })
+                .await;
                 if published.is_ok() {
                     continue;
                 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::raft_loop::Input;
-use super::{submit, ProposeError, Sender, REQUEST_TIMEOUT};
+use super::{ask, wait, ProposeError, Sender};
 
 type Reader = oneshot::Sender<Result<(), ProposeError>>;
 
@@ -52,11 +52,7 @@ impl ReadBatcher {
             // must not take the others' round with it.
             tokio::spawn(ask_rounds(self.inputs.clone(), self.pending.clone()));
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, outcome).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::Stopped),
-            Err(_) => Err(ProposeError::Timeout),
-        }
+        wait(outcome).await
     }
 }
 
@@ -73,21 +69,12 @@ async fn ask_rounds(inputs: Sender<Input>, pending: Arc<Mutex<Pending>>) {
             }
             std::mem::take(&mut pending.readers)
         };
-        let outcome = ask_round(&inputs).await;
+        // A round that times out drops its reply: the raft thread stops
+        // asking it.
+        let outcome = ask(&inputs, |reply| Input::ReadIndex { reply }).await;
         for reader in readers {
             let _ = reader.send(outcome.as_ref().map_err(again).copied());
         }
-    }
-}
-
-async fn ask_round(inputs: &Sender<Input>) -> Result<(), ProposeError> {
-    let (reply, answer) = oneshot::channel();
-    submit(inputs, Input::ReadIndex { reply })?;
-    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(ProposeError::Stopped),
-        // Dropping `answer` tells the raft thread to stop asking.
-        Err(_) => Err(ProposeError::Timeout),
     }
 }
 
