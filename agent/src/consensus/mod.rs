@@ -10,6 +10,7 @@
 //! that is the API's and the store's job.
 
 mod apply;
+mod commit_notice;
 mod inbox;
 mod lessor;
 mod log;
@@ -339,6 +340,9 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            // The commit index rides on the next append; the raft loop
+            // broadcasts it only if none comes soon (`commit_notice`).
+            skip_bcast_commit: true,
             ..raft::Config::default()
         };
         config.validate()?;

@@ -27,6 +27,7 @@ use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::commit_notice::CommitNotice;
 use super::log::RaftLog;
 use super::reads::{ReadReply, ReadRounds};
 use super::{Lessor, ProposeError};
@@ -164,6 +165,8 @@ pub(crate) struct RaftLoop {
     pub(super) durable_applied: u64,
     pub(super) last_sync: Instant,
     pub(super) admission: Admission,
+    /// On the leader: whether followers have heard the commit index.
+    pub(super) commit_notice: CommitNotice,
 }
 
 /// Checks a command a follower forwarded, with the credential of the
@@ -327,6 +330,7 @@ impl RaftLoop {
             durable_applied: applied,
             last_sync: Instant::now(),
             admission,
+            commit_notice: CommitNotice::default(),
         }
     }
 
@@ -335,7 +339,11 @@ impl RaftLoop {
         self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wake = match self.commit_notice.deadline() {
+                Some(deadline) => deadline.min(next_tick),
+                None => next_tick,
+            };
+            let wait = wake.saturating_duration_since(Instant::now());
             let mut reads = Vec::new();
             match inputs.recv_timeout(wait) {
                 Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -364,9 +372,9 @@ impl RaftLoop {
             }
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
-            if let Err(err) = self.on_ready() {
+            if let Err(err) = self.round() {
                 self.stop();
-                return Err(err.to_string());
+                return Err(err);
             }
             self.publish_status();
         }
@@ -522,13 +530,23 @@ impl RaftLoop {
             .fetch_add(refused, Ordering::Relaxed);
     }
 
+    /// Handles what raft has ready; then, on the leader, the commit index
+    /// no message carried in time.
+    fn round(&mut self) -> Result<(), String> {
+        self.on_ready()?;
+        if self.tell_commit_if_due() {
+            self.on_ready()?;
+        }
+        Ok(())
+    }
+
     fn on_ready(&mut self) -> Result<(), String> {
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
+            self.send(ready.take_messages());
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -574,7 +592,7 @@ impl RaftLoop {
             .append(ready.entries(), ready.hs())
             .map_err(|e| format!("persisting raft entries: {e}"))?;
         if !ready.persisted_messages().is_empty() {
-            self.transport.send(ready.take_persisted_messages());
+            self.send(ready.take_persisted_messages());
         }
         self.apply(committed)?;
         self.take_read_states(ready.take_read_states());
@@ -586,11 +604,43 @@ impl RaftLoop {
                 .set_commit(commit)
                 .map_err(|e| format!("recording the commit index: {e}"))?;
         }
-        self.transport.send(light.take_messages());
+        self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.answer_reads();
         self.maybe_sync()
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        self.commit_notice.sent(&messages);
+        self.transport.send(messages);
+    }
+
+    /// On the leader, broadcasts the commit index if no append or
+    /// heartbeat has carried it to every peer in time (see
+    /// `commit_notice`).
+    fn tell_commit_if_due(&mut self) -> bool {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            self.commit_notice.forget();
+            return false;
+        }
+        let committed = raft.raft_log.committed;
+        let peers: Vec<u64> = raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.id)
+            .collect();
+        if self
+            .commit_notice
+            .due(committed, peers.iter().copied(), Instant::now())
+        {
+            self.raw.raft.bcast_append();
+            self.commit_notice.broadcast(committed, peers);
+            return true;
+        }
+        false
     }
 
     fn take_read_states(&mut self, states: Vec<ReadState>) {
