@@ -16,7 +16,7 @@ use crate::store::{
 };
 
 /// Keys no client may write.
-pub const RESERVED_PREFIX: &str = "_edgeconf/";
+pub const RESERVED_PREFIX: &str = crate::store::INTERNAL_PREFIX;
 const PLAN_PREFIX: &str = "_edgeconf/rollout/plan/";
 const PROGRESS_PREFIX: &str = "_edgeconf/rollout/progress/";
 const ACTIVE_PREFIX: &str = "_edgeconf/rollout/active/";
@@ -128,12 +128,11 @@ pub fn load_active(store: &Store, trust: &TrustPolicy) -> Result<Vec<Rollout>, S
 
 /// `(key, rollout id)` of every key under a rollout.
 pub fn active_ids(store: &Store) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
-    let (kvs, _) = store.range(&RangeRequest::new(KeyRange::prefix(
-        ACTIVE_PREFIX.as_bytes().to_vec(),
-    )))?;
-    Ok(kvs
+    // Read on every client write (`refuse_write`): from memory.
+    let active = store.internal_range(ACTIVE_PREFIX)?;
+    Ok(active
         .kvs
-        .into_iter()
+        .iter()
         .map(|kv| {
             let key = kv.key[ACTIVE_PREFIX.len()..].to_vec();
             (key, String::from_utf8_lossy(&kv.value).into_owned())

@@ -7,7 +7,6 @@
 //! verdict ([`Accepted`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -212,7 +211,11 @@ impl Store {
                 .insert(FEED_CHECKPOINT, checkpoint.as_slice())?;
         }
         txn.commit()?;
-        self.publish(accepted.position.revision, events, false);
+        self.publish(Committed {
+            revision: accepted.position.revision,
+            events,
+            replaced: false,
+        });
         Ok(())
     }
 
@@ -292,7 +295,11 @@ impl Store {
             txn.open_table(FEED)?.remove(FEED_CHECKPOINT)?;
         }
         txn.commit()?;
-        self.publish(position.revision, Vec::new(), true);
+        self.publish(Committed {
+            revision: position.revision,
+            events: Vec::new(),
+            replaced: true,
+        });
         Ok(())
     }
 
@@ -345,16 +352,6 @@ impl Store {
             return Ok(None);
         }
         Ok(Some(batch))
-    }
-
-    fn publish(&self, revision: i64, events: Vec<super::types::Event>, replaced: bool) {
-        self.revision
-            .store(revision, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.live.send(Arc::new(Committed {
-            revision,
-            events,
-            replaced,
-        }));
     }
 }
 

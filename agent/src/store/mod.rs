@@ -9,6 +9,7 @@
 mod apply;
 mod feed;
 pub mod image;
+mod internal;
 mod maintenance;
 mod members;
 mod read;
@@ -18,6 +19,7 @@ mod types;
 mod watch;
 
 pub use feed::{FeedSlice, SliceRefusal};
+pub use internal::INTERNAL_PREFIX;
 pub use maintenance::{Defragmented, KvHash};
 pub use snapshot::CopySummary;
 
@@ -75,6 +77,8 @@ pub struct Store {
     write_lock: Mutex<()>,
     /// The committed auth state, read by every authorized request.
     auth: RwLock<Arc<AuthState>>,
+    /// Reads of edgeconf's own keys, kept while they hold.
+    internal: internal::InternalReads,
 }
 
 impl Store {
@@ -147,6 +151,7 @@ impl Store {
             live,
             write_lock: Mutex::new(()),
             auth: RwLock::new(Arc::default()),
+            internal: internal::InternalReads::default(),
         };
         store.reload_auth()?;
         let (revision, _) = store.revisions()?;
@@ -376,10 +381,16 @@ impl Store {
         if let Some(auth) = auth {
             *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
         }
+        self.publish(committed);
+        Ok(outcomes)
+    }
+
+    /// A commit is visible to readers: its revision and events go out.
+    fn publish(&self, committed: Committed) {
         self.revision.store(committed.revision, Ordering::SeqCst);
+        self.internal.committed(&committed);
         // No receivers is fine: nobody is watching.
         let _ = self.live.send(Arc::new(committed));
-        Ok(outcomes)
     }
 
     /// Applies one proposal on its own, durably (tests, tools).

@@ -220,14 +220,12 @@ impl Store {
         }
         txn.commit()?;
         self.reload_auth()?;
-        self.revision
-            .store(header.revision as i64, std::sync::atomic::Ordering::SeqCst);
         // Wake watchers: they replay whatever they miss from the new state.
-        let _ = self.live.send(std::sync::Arc::new(Committed {
+        self.publish(Committed {
             revision: header.revision as i64,
             events: Vec::new(),
             replaced: true,
-        }));
+        });
         Ok(header.applied_index)
     }
 }

@@ -11,7 +11,7 @@
 //! alarm anywhere refuses every write that takes space, on every member's
 //! API, until an admin disarms it (after compacting and defragmenting).
 
-use crate::store::{Command, KeyRange, PutRequest, RangeRequest, Store, StoreError, TxnOp};
+use crate::store::{Command, KeyRange, PutRequest, Store, StoreError, TxnOp};
 
 /// Where alarms live.
 pub const PREFIX: &str = "_edgeconf/alarm/";
@@ -69,7 +69,8 @@ pub struct Active {
 
 /// The alarms active in `store`, by member and alarm.
 pub fn active(store: &Store) -> Result<Vec<Active>, StoreError> {
-    let (response, _) = store.range(&RangeRequest::new(KeyRange::prefix(PREFIX)))?;
+    // Read on every client write (`check_space`): from memory.
+    let response = store.internal_range(PREFIX)?;
     Ok(response
         .kvs
         .iter()
