@@ -1,33 +1,27 @@
 //! Telling followers the commit index without a message round of its own.
 //!
-//! raft-rs, by default, broadcasts an empty append as soon as the leader's
-//! commit index moves. Every write then costs each follower a second
-//! message, a second wake-up and a second store transaction (to apply),
-//! and the leader a second acknowledgement per follower to take in. With
-//! raft-rs's `skip_bcast_commit` (as TiKV runs it) the commit index rides
-//! on the next append or heartbeat instead. Left at that, the last write
-//! of a burst would reach the followers' stores (their reads, watches and
-//! rendered files) only at the next heartbeat; so the leader broadcasts
-//! the commit index itself once no message has carried it to every peer
-//! within [`DELAY`]. Only liveness is at stake: what is committed does not
-//! depend on who has heard of it.
+//! raft-rs, by default, broadcasts an empty append every time the leader's
+//! commit index moves, that is for every acknowledgement that moves it.
+//! Under load a write then costs each follower an extra message, wake-up
+//! and store transaction (to apply), and the leader an extra
+//! acknowledgement per follower to take in. With raft-rs's
+//! `skip_bcast_commit` (as TiKV runs it) it does not, and the raft loop
+//! decides once per round, before handling `ready()`: if this round's
+//! appends (of the proposals it took in) carry the commit index to every
+//! peer, nothing more is sent; otherwise the leader broadcasts it then,
+//! before it applies, as raft-rs would have. So followers hear of a commit
+//! no later than before, and the last write of a burst reaches their
+//! stores (reads, watches, rendered files) as soon as it did. Only liveness
+//! is at stake: what is committed does not depend on who has heard of it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Message, MessageType};
 
-/// How long a commit index may wait for a message that carries it anyway.
-/// Far below the render target (20 ms to a file on every member), and
-/// above the time a client takes to send its next write.
-pub(super) const DELAY: Duration = Duration::from_millis(1);
-
 #[derive(Default)]
 pub(super) struct CommitNotice {
-    /// The highest commit index sent to each peer.
+    /// The highest commit index sent (or about to be sent) to each peer.
     told: HashMap<u64, u64>,
-    /// Since when some peer has not heard of the commit index.
-    owed_since: Option<Instant>,
 }
 
 impl CommitNotice {
@@ -44,51 +38,26 @@ impl CommitNotice {
         }
     }
 
-    /// On the leader, after each round: true when the commit index has
-    /// waited [`DELAY`] for a message to carry it to some of `peers`, and
-    /// should be broadcast now.
-    pub fn due(
-        &mut self,
-        committed: u64,
-        peers: impl IntoIterator<Item = u64>,
-        now: Instant,
-    ) -> bool {
-        let owed = peers
+    /// Whether some of `peers` has not been sent `committed`.
+    pub fn owed(&self, committed: u64, peers: impl IntoIterator<Item = u64>) -> bool {
+        peers
             .into_iter()
-            .any(|peer| self.told.get(&peer).copied().unwrap_or(0) < committed);
-        if !owed {
-            self.owed_since = None;
-            return false;
-        }
-        let since = *self.owed_since.get_or_insert(now);
-        if now.duration_since(since) < DELAY {
-            return false;
-        }
-        // Broadcast once: a peer the broadcast cannot reach (down, or
-        // paused while it catches up) hears at its next append.
-        self.owed_since = None;
-        true
+            .any(|peer| self.told.get(&peer).copied().unwrap_or(0) < committed)
     }
 
-    /// When [`CommitNotice::due`] should be asked again, if something is owed.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.owed_since.map(|since| since + DELAY)
-    }
-
-    /// Not (or no longer) the leader: nothing is owed.
-    pub fn forget(&mut self) {
-        self.told.clear();
-        self.owed_since = None;
-    }
-
-    /// The broadcast went out (or could not reach some peers): those
-    /// reached are noted by [`CommitNotice::sent`]; the others are not
-    /// owed this index again.
+    /// `committed` was broadcast to `peers`. A peer the broadcast does not
+    /// reach (down, or paused while it catches up) hears of it with its
+    /// next append, and is not owed this index again.
     pub fn broadcast(&mut self, committed: u64, peers: impl IntoIterator<Item = u64>) {
         for peer in peers {
             let told = self.told.entry(peer).or_default();
             *told = (*told).max(committed);
         }
+    }
+
+    /// Not (or no longer) the leader: start from nothing told.
+    pub fn forget(&mut self) {
+        self.told.clear();
     }
 }
 
@@ -96,57 +65,54 @@ impl CommitNotice {
 mod tests {
     use super::*;
 
-    fn append(to: u64, commit: u64) -> Message {
+    fn message(kind: MessageType, to: u64, commit: u64) -> Message {
         let mut message = Message::default();
-        message.set_msg_type(MessageType::MsgAppend);
+        message.set_msg_type(kind);
         message.to = to;
         message.commit = commit;
         message
     }
 
+    fn append(to: u64, commit: u64) -> Message {
+        message(MessageType::MsgAppend, to, commit)
+    }
+
     #[test]
-    fn a_commit_carried_by_the_next_append_is_never_broadcast() {
+    fn a_commit_the_rounds_appends_carry_is_not_owed() {
         let mut notice = CommitNotice::default();
-        let start = Instant::now();
         notice.sent(&[append(2, 4), append(3, 4)]);
         // Entry 5 commits; nobody has heard yet.
-        assert!(!notice.due(5, [2, 3], start));
-        assert_eq!(notice.deadline(), Some(start + DELAY));
-        // The next write's appends carry commit 5 before the delay ends.
+        assert!(notice.owed(5, [2, 3]));
+        // This round's appends carry commit 5.
         notice.sent(&[append(2, 5), append(3, 5)]);
-        assert!(!notice.due(5, [2, 3], start + DELAY * 2));
-        assert_eq!(notice.deadline(), None);
+        assert!(!notice.owed(5, [2, 3]));
     }
 
     #[test]
-    fn the_last_commit_of_a_burst_is_broadcast_once_after_the_delay() {
+    fn a_commit_some_peer_misses_is_owed_until_broadcast() {
         let mut notice = CommitNotice::default();
-        let start = Instant::now();
         notice.sent(&[append(2, 5), append(3, 4)]);
-        assert!(!notice.due(5, [2, 3], start));
-        assert!(!notice.due(5, [2, 3], start + DELAY / 2));
-        assert!(notice.due(5, [2, 3], start + DELAY));
+        assert!(notice.owed(5, [2, 3]));
+        assert!(!notice.owed(5, [2]));
         notice.broadcast(5, [2, 3]);
-        // Once only, even if peer 3 was not reached.
-        assert!(!notice.due(5, [2, 3], start + DELAY * 10));
-        assert_eq!(notice.deadline(), None);
-        // A heartbeat's commit counts too; a new commit is owed afresh.
-        let mut heartbeat = append(2, 6);
-        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
-        notice.sent(&[heartbeat]);
-        assert!(!notice.due(6, [2, 3], start + DELAY * 11));
-        assert!(notice.due(6, [2, 3], start + DELAY * 12));
+        assert!(!notice.owed(5, [2, 3]));
+        // A heartbeat's commit counts; other messages do not.
+        notice.sent(&[
+            message(MessageType::MsgHeartbeat, 2, 6),
+            message(MessageType::MsgTimeoutNow, 3, 6),
+        ]);
+        assert!(!notice.owed(6, [2]));
+        assert!(notice.owed(6, [3]));
     }
 
     #[test]
-    fn a_former_leader_owes_nothing() {
+    fn a_former_leader_owes_from_nothing_told() {
         let mut notice = CommitNotice::default();
-        let start = Instant::now();
-        assert!(!notice.due(3, [2], start));
+        notice.broadcast(3, [2]);
         notice.forget();
-        assert_eq!(notice.deadline(), None);
-        // Leading again, it starts from nothing told.
-        assert!(!notice.due(3, [2], start + DELAY * 5));
-        assert!(notice.due(3, [2], start + DELAY * 6));
+        assert!(notice.owed(3, [2]));
+        // A peer never heard from is owed anything above zero.
+        assert!(notice.owed(1, [7]));
+        assert!(!notice.owed(0, [7]));
     }
 }

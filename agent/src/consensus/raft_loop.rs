@@ -339,11 +339,7 @@ impl RaftLoop {
         self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            let wake = match self.commit_notice.deadline() {
-                Some(deadline) => deadline.min(next_tick),
-                None => next_tick,
-            };
-            let wait = wake.saturating_duration_since(Instant::now());
+            let wait = next_tick.saturating_duration_since(Instant::now());
             let mut reads = Vec::new();
             match inputs.recv_timeout(wait) {
                 Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -372,7 +368,8 @@ impl RaftLoop {
             }
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
-            if let Err(err) = self.round() {
+            self.tell_commit();
+            if let Err(err) = self.on_ready() {
                 self.stop();
                 return Err(err);
             }
@@ -530,16 +527,6 @@ impl RaftLoop {
             .fetch_add(refused, Ordering::Relaxed);
     }
 
-    /// Handles what raft has ready; then, on the leader, the commit index
-    /// no message carried in time.
-    fn round(&mut self) -> Result<(), String> {
-        self.on_ready()?;
-        if self.tell_commit_if_due() {
-            self.on_ready()?;
-        }
-        Ok(())
-    }
-
     fn on_ready(&mut self) -> Result<(), String> {
         if !self.raw.has_ready() {
             return Ok(());
@@ -616,15 +603,21 @@ impl RaftLoop {
         self.transport.send(messages);
     }
 
-    /// On the leader, broadcasts the commit index if no append or
-    /// heartbeat has carried it to every peer in time (see
+    /// On the leader, before handling `ready()`: broadcasts the commit
+    /// index unless this round's appends carry it to every peer (see
     /// `commit_notice`).
-    fn tell_commit_if_due(&mut self) -> bool {
+    fn tell_commit(&mut self) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             self.commit_notice.forget();
-            return false;
+            return;
         }
+        // Queued this round, sent with its `ready()`. (A commit index that
+        // moves later, in `advance()`, would need the leader's own fsync to
+        // complete a quorum after a follower's acknowledgement, which cannot
+        // be: the leader persists in the round that sends the entries.
+        // Heartbeats carry it anyway.)
+        self.commit_notice.sent(&raft.msgs);
         let committed = raft.raft_log.committed;
         let peers: Vec<u64> = raft
             .prs()
@@ -632,15 +625,10 @@ impl RaftLoop {
             .map(|(id, _)| *id)
             .filter(|id| *id != self.id)
             .collect();
-        if self
-            .commit_notice
-            .due(committed, peers.iter().copied(), Instant::now())
-        {
+        if self.commit_notice.owed(committed, peers.iter().copied()) {
             self.raw.raft.bcast_append();
             self.commit_notice.broadcast(committed, peers);
-            return true;
         }
-        false
     }
 
     fn take_read_states(&mut self, states: Vec<ReadState>) {
