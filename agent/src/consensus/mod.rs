@@ -340,8 +340,9 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
-            // The commit index rides on the next append; the raft loop
-            // broadcasts it only if none comes soon (`commit_notice`).
+            // The commit index rides on the appends of the next round; the
+            // raft loop broadcasts it only when a round's appends do not
+            // carry it to every peer (`commit_notice`).
             skip_bcast_commit: true,
             ..raft::Config::default()
         };
