@@ -619,15 +619,10 @@ impl RaftLoop {
         // Heartbeats carry it anyway.)
         self.commit_notice.sent(&raft.msgs);
         let committed = raft.raft_log.committed;
-        let peers: Vec<u64> = raft
-            .prs()
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != self.id)
-            .collect();
-        if self.commit_notice.owed(committed, peers.iter().copied()) {
+        if self.commit_notice.owed(committed, peers(raft)) {
             self.raw.raft.bcast_append();
-            self.commit_notice.broadcast(committed, peers);
+            self.commit_notice
+                .broadcast(committed, peers(&self.raw.raft));
         }
     }
 
@@ -722,6 +717,15 @@ impl RaftLoop {
         };
         *self.status.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
     }
+}
+
+/// The ids of the other members raft tracks (voters and learners).
+fn peers(raft: &raft::Raft<RaftLog>) -> impl Iterator<Item = u64> + '_ {
+    let me = raft.id;
+    raft.prs()
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(move |id| *id != me)
 }
 
 fn not_proposed(err: raft::Error) -> ProposeError {

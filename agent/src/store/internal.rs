@@ -36,6 +36,12 @@ impl InternalReads {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
+
+    fn cached(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<&'static str, (u64, Arc<RangeResponse>)>> {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Store {
@@ -45,22 +51,18 @@ impl Store {
     pub fn internal_range(&self, prefix: &'static str) -> Result<Arc<RangeResponse>> {
         debug_assert!(prefix.starts_with(INTERNAL_PREFIX));
         let generation = self.internal.generation.load(Ordering::SeqCst);
-        let cached = |reads: &InternalReads| {
-            let cached = reads.cached.lock().unwrap_or_else(|e| e.into_inner());
-            cached
-                .get(prefix)
-                .filter(|(at, _)| *at == generation)
-                .map(|(_, response)| response.clone())
-        };
-        if let Some(response) = cached(&self.internal) {
-            return Ok(response);
+        if let Some((_, response)) = self
+            .internal
+            .cached()
+            .get(prefix)
+            .filter(|(at, _)| *at == generation)
+        {
+            return Ok(response.clone());
         }
         let (response, _) = self.range(&RangeRequest::new(KeyRange::prefix(prefix)))?;
         let response = Arc::new(response);
         self.internal
-            .cached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .cached()
             .insert(prefix, (generation, response.clone()));
         Ok(response)
     }
