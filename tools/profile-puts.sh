@@ -4,6 +4,11 @@
 # PERF_CMD (default: perf record of the leader for SECONDS_REC seconds;
 # `true` for none) runs against the leader's pid.
 #   BIN=target/dist/edgeconf CLIENTS=64 TOTAL=30000 PERF_CMD=true tools/profile-puts.sh
+# WORKLOAD=get for linearizable gets (`bench get` first writes the 1,100
+# keys it reads, and that CPU counts too), CONNECTIONS=8 for clients
+# sharing 8 connections, SPREAD=1 for clients spread over all three
+# members (as `cargo bench --bench cluster`), AGENT_ENV="VAR=value" for the
+# members' environment only.
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
 bin=$(realpath "${BIN:-target/release/edgeconf}")
@@ -26,7 +31,7 @@ log_level = "warn"
 [peer_trust]
 keys = [$trust]
 T
-  $bin agent --config n$((i+1)).toml 2> n$((i+1)).log & pids+=($!)
+  env ${AGENT_ENV:-} $bin agent --config n$((i+1)).toml 2> n$((i+1)).log & pids+=($!)
 done
 sleep 3
 leader=""
@@ -41,7 +46,9 @@ perfpid=$!
 sleep 0.5
 snap() { for p in "${pids[@]}"; do awk '{printf "%s ", ($14+$15)/100}' /proc/$p/stat; done; echo; }
 before=$(snap)
-/usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints 127.0.0.1:${ports[$leader]} bench put --clients ${CLIENTS:-1} --total ${TOTAL:-4000}
+endpoints=127.0.0.1:${ports[$leader]}
+if [ -n "${SPREAD:-}" ]; then endpoints=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}; fi
+/usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints $endpoints bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-4000}
 after=$(snap)
-python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per put us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
+python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per request us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
 wait $perfpid || true
