@@ -3,7 +3,10 @@
 //! etcd v3 API, 256-byte values, both fsyncing before acknowledging.
 //!
 //! Run: `cargo bench --bench cluster` (prints figures; asserts nothing).
-//! Each throughput scenario runs ROUNDS times; medians are printed.
+//! Each throughput scenario runs ROUNDS times; medians are printed, and the
+//! CPU all three members spent per request over the rounds (user and
+//! system time from /proc): on a machine the members and the load
+//! generator share, throughput follows it.
 
 mod support;
 
@@ -22,6 +25,10 @@ struct System {
 impl System {
     fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.members.iter().map(Server::cpu_seconds).sum()
     }
 }
 
@@ -44,8 +51,8 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
 
     println!(
-        "{:<40} {:>9} {:>10} {:>9} {:>9}",
-        "scenario (3 members)", "system", "req/s", "p50 ms", "p99 ms"
+        "{:<40} {:>9} {:>10} {:>9} {:>9} {:>13}",
+        "scenario (3 members)", "system", "req/s", "p50 ms", "p99 ms", "cpu us/req"
     );
     let scenarios = [
         ("put, 1 client sequential", Workload::Put, 1, 1, 2_000),
@@ -78,10 +85,12 @@ fn main() {
             if workload == Workload::Get {
                 rt.block_on(prepare(&system.endpoints(), &args)).unwrap();
             }
+            let cpu_before = system.cpu_seconds();
             let (throughput, p50, p99) = measure(&rt, &system.endpoints(), &args, ROUNDS);
+            let cpu = (system.cpu_seconds() - cpu_before) / (total * ROUNDS) as f64 * 1e6;
             throughputs.push(throughput);
             println!(
-                "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2}",
+                "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2} {cpu:>13.0}",
                 system.name
             );
         }
