@@ -227,6 +227,41 @@ fn errors_are_one_line_on_stderr_with_exit_code_1() {
 }
 
 #[test]
+fn bench_reads_linearizable_or_serializable() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let run = |consistency: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "-w",
+            "json",
+            "bench",
+            "get",
+            "--total",
+            "60",
+            "--clients",
+            "3",
+        ];
+        args.extend(["--key-space", "20"]);
+        args.extend(consistency);
+        serde_json::from_str(&ok(edgeconf(&agent, &args))).unwrap()
+    };
+    let linearizable = run(&[]);
+    assert_eq!(linearizable["consistency"], "linearizable");
+    assert_eq!(linearizable["requests"], 60);
+    let serializable = run(&["--consistency", "s"]);
+    assert_eq!(serializable["consistency"], "serializable");
+    assert_eq!(serializable["requests"], 60);
+    // A value etcd's benchmark does not take either is refused up front.
+    let output = edgeconf(&agent, &["bench", "get", "--consistency", "x"]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--consistency") && err.contains("[possible values: l, s]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unreachable_endpoint_is_a_clear_error_not_a_hang() {
     let port = common::free_port().to_string();
     let output = run_with_timeout(

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use edgeconf::cli::bench::{prepare, BenchArgs, Workload};
+use edgeconf::cli::bench::{prepare, BenchArgs, Consistency, Workload};
 use support::{edgeconf_cluster, etcd_available, etcd_cluster, measure};
 
 const ROUNDS: usize = 3;
@@ -46,6 +46,7 @@ fn main() {
             total,
             value_size: 256,
             key_space: 1_000,
+            consistency: Consistency::Linearizable,
         };
         let mut throughputs = Vec::new();
         for server in &servers {

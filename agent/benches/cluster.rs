@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use edgeconf::cli::bench::{prepare, watch_latency, BenchArgs, Report, Workload};
+use edgeconf::cli::bench::{prepare, watch_latency, BenchArgs, Consistency, Report, Workload};
 use support::{edgeconf_cluster, etcd_available, etcd_cluster, measure, median, Server};
 
 const ROUNDS: usize = 3;
@@ -79,6 +79,7 @@ fn main() {
             total,
             value_size: 256,
             key_space: 1_000,
+            consistency: Consistency::Linearizable,
         };
         let mut throughputs = Vec::new();
         for system in &systems {
@@ -135,6 +136,7 @@ fn main() {
         total: 10_000,
         value_size: 256,
         key_space: 10_000,
+        consistency: Consistency::Linearizable,
     };
     for system in &systems {
         rt.block_on(prepare(&system.endpoints(), &load)).unwrap();

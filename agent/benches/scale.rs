@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeconf::cli::bench::{run, BenchArgs, Report, Workload};
+use edgeconf::cli::bench::{run, BenchArgs, Consistency, Report, Workload};
 use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
 
 const STEPS: [usize; 3] = [10_000, 100_000, 1_000_000];
@@ -147,6 +147,7 @@ fn workload(
         total: 20_000,
         value_size: VALUE,
         key_space: keys,
+        consistency: Consistency::Linearizable,
     };
     rt.block_on(run(&system.endpoints(), &args))
         .expect("workload")

@@ -20,6 +20,17 @@ pub enum Workload {
     Prefix,
 }
 
+/// How the read workloads read, as etcd's `benchmark range --consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// Linearizable: each read waits for a ReadIndex round (the default).
+    #[value(name = "l")]
+    Linearizable,
+    /// Serializable: the member answers from its own store at once.
+    #[value(name = "s")]
+    Serializable,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     #[arg(value_enum)]
@@ -39,6 +50,9 @@ pub struct BenchArgs {
     /// Distinct keys written (put) or read (get).
     #[arg(long, default_value_t = 1_000)]
     pub key_space: usize,
+    /// Reads (get, prefix): l (linearizable) or s (serializable).
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
 }
 
 /// What one run measured.
@@ -120,9 +134,15 @@ pub async fn run(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<Repor
                 let sent = Instant::now();
                 match args.workload {
                     Workload::Put => client.put(key(i), value.clone(), None).await.map(|_| ())?,
-                    Workload::Get => client.get(key(i), None).await.map(|_| ())?,
+                    Workload::Get => client
+                        .get(key(i), Some(read_options(args.consistency)))
+                        .await
+                        .map(|_| ())?,
                     Workload::Prefix => client
-                        .get("bench/prefix/", Some(GetOptions::new().with_prefix()))
+                        .get(
+                            "bench/prefix/",
+                            Some(read_options(args.consistency).with_prefix()),
+                        )
                         .await
                         .map(|_| ())?,
                 }
@@ -138,6 +158,13 @@ pub async fn run(endpoints: &[String], args: &BenchArgs) -> anyhow::Result<Repor
     Ok(Report::new(latencies, start.elapsed()))
 }
 
+fn read_options(consistency: Consistency) -> GetOptions {
+    match consistency {
+        Consistency::Linearizable => GetOptions::new(),
+        Consistency::Serializable => GetOptions::new().with_serializable(),
+    }
+}
+
 pub async fn bench(client: &Client, format: Format, args: BenchArgs) -> anyhow::Result<()> {
     if args.workload != Workload::Put {
         prepare(&client.endpoints, &args).await?;
@@ -146,6 +173,7 @@ pub async fn bench(client: &Client, format: Format, args: BenchArgs) -> anyhow::
     match format {
         Format::Json => print_json(&json!({
             "workload": format!("{:?}", args.workload).to_lowercase(),
+            "consistency": format!("{:?}", args.consistency).to_lowercase(),
             "clients": args.clients,
             "requests": report.requests,
             "throughput": report.throughput(),
