@@ -231,17 +231,8 @@ fn bench_reads_linearizable_or_serializable() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path());
     let run = |consistency: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "-w",
-            "json",
-            "bench",
-            "get",
-            "--total",
-            "60",
-            "--clients",
-            "3",
-        ];
-        args.extend(["--key-space", "20"]);
+        let mut args = vec!["-w", "json", "bench", "get", "--total", "60"];
+        args.extend(["--clients", "3", "--key-space", "20"]);
         args.extend(consistency);
         serde_json::from_str(&ok(edgeconf(&agent, &args))).unwrap()
     };
