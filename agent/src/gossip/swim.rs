@@ -729,6 +729,13 @@ impl Swim {
     /// suspicion by gossip and missed the refutation (lossy networks) then
     /// rarely declare a live member dead. Only if that fails too, within a
     /// probe timeout, is the member dead.
+    ///
+    /// A member behind NAT is probed by the voters alone, and only they can
+    /// give it a last chance: a member that cannot reach the suspect waits
+    /// for their verdict (a `Dead`, or the suspect's refutation) instead of
+    /// declaring it dead on its own timer. Otherwise an edge that missed a
+    /// refutation (gossip reaches edges behind NAT only through the voters
+    /// and their own probes) declared a live member dead.
     fn expire_suspicions(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
         let expired: Vec<(NodeId, u64, bool)> = self
             .suspicions
@@ -737,6 +744,12 @@ impl Swim {
             .map(|(id, s)| (id.clone(), s.incarnation, s.last_chance))
             .collect();
         for (id, incarnation, had_last_chance) in expired {
+            if self.members.get(&id).is_some_and(|m| !self.can_reach(m)) {
+                if let Some(suspicion) = self.suspicions.get_mut(&id) {
+                    suspicion.deadline_ms = now_ms + suspicion.max_ms;
+                }
+                continue;
+            }
             let addr = self.members.get(&id).map(|m| m.record.addr.clone());
             if let (false, Some(addr)) = (had_last_chance, addr) {
                 if let Some(suspicion) = self.suspicions.get_mut(&id) {

@@ -138,6 +138,58 @@ fn higher_incarnations_win_and_suspicion_is_refuted() {
 }
 
 #[test]
+fn only_members_that_reach_one_behind_nat_declare_it_dead() {
+    let voter_meta = Meta {
+        role: "voter".into(),
+        ..Meta::default()
+    };
+    let voter_of = |name: &str, seed| {
+        let addr = format!("{name}:1");
+        Swim::new(
+            Config::default(),
+            Arc::from(name),
+            Arc::from(addr.as_str()),
+            voter_meta.clone(),
+            key(name),
+            0,
+            seed,
+        )
+    };
+    let (mut edge, mut voter) = (member("e"), voter_of("v", 2));
+    edge.apply(alive("v", 1), 0);
+    let behind_nat = Meta {
+        dials_out: true,
+        ..Meta::default()
+    };
+    for swim in [&mut edge, &mut voter] {
+        swim.apply(alive("w", 1), 0);
+        swim.apply(alive_by("n", 1, behind_nat.clone(), "n"), 0);
+        // Another voter's probe of n failed: both hear the suspicion.
+        swim.apply(suspect("n", 1, "w"), 0);
+        assert_eq!(swim.state_of("n"), Some(State::Suspect));
+    }
+    // Far past every suspicion timeout and last chance: n never answers.
+    for second in 1..=120 {
+        edge.tick(second * SECOND);
+        voter.tick(second * SECOND);
+    }
+    // The voter can reach n and declares it dead; the edge cannot, and
+    // waits for the voters' verdict rather than give its own.
+    assert_eq!(voter.state_of("n"), Some(State::Dead));
+    assert_eq!(edge.state_of("n"), Some(State::Suspect));
+    edge.apply(dead("n", 1, "v"), 121 * SECOND);
+    assert_eq!(edge.state_of("n"), Some(State::Dead));
+    // A refutation clears an edge's suspicion as it always did.
+    let mut other = member("o");
+    other.apply(alive("w", 1), 0);
+    other.apply(alive_by("n", 1, behind_nat.clone(), "n"), 0);
+    other.apply(suspect("n", 1, "w"), 0);
+    other.tick(60 * SECOND);
+    other.apply(alive_by("n", 2, behind_nat, "n"), 61 * SECOND);
+    assert_eq!(other.state_of("n"), Some(State::Alive));
+}
+
+#[test]
 fn a_killed_member_is_declared_dead_by_everyone_and_nobody_else_is() {
     let mut sim = Sim::new(40, Config::default(), lan(), 7);
     sim.run_until(10 * SECOND, |_| false);
