@@ -263,23 +263,11 @@ fn process_metrics(out: &mut String) {
             );
         }
     }
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces).
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            // utime and stime are fields 14 and 15 of stat (11 and 12 here).
-            let seconds = (ticks(11) + ticks(12)) / 100.0;
-            let _ = writeln!(
-                out,
-                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {seconds}"
-            );
-        }
+    if let Some(seconds) = cpu_seconds("self") {
+        let _ = writeln!(
+            out,
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {seconds}"
+        );
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         let _ = writeln!(
@@ -288,6 +276,24 @@ fn process_metrics(out: &mut String) {
             fds.count()
         );
     }
+}
+
+/// CPU time (user and system, in seconds) process `pid` ("self" for
+/// this one) has used so far, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat (11 and 12 here), in
+    // clock ticks of 1/100 s.
+    Some((ticks(11) + ticks(12)) / 100.0)
 }
 
 #[cfg(test)]
@@ -313,5 +319,20 @@ mod tests {
             bare.contains("y_bucket{le=\"+Inf\"} 3\n") && bare.contains("y_count 3\n"),
             "{bare}"
         );
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let before = cpu_seconds("self").expect("this process's stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut spin = 0u64;
+        while cpu_seconds("self").unwrap() <= before && std::time::Instant::now() < deadline {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        assert!(cpu_seconds("self").unwrap() > before, "no CPU time counted");
+        assert_eq!(cpu_seconds("0"), None, "no such process");
+        let mut out = String::new();
+        process_metrics(&mut out);
+        assert!(out.contains("process_cpu_seconds_total "), "{out}");
     }
 }

@@ -57,19 +57,7 @@ impl Server {
     /// CPU time the process has used so far (user and system), in
     /// seconds, from /proc.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command (which may hold spaces), from field 3.
-        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<f64> = after_comm
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
-        // utime and stime are fields 14 and 15 (indexes 11 and 12 here).
-        let ticks = fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0);
-        // SAFETY: sysconf only reads a constant of the system.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks / per_second.max(1.0)
+        edgeconf::telemetry::cpu_seconds(&self.child.id().to_string()).unwrap_or(0.0)
     }
 
     /// Resident memory in MiB, from /proc.
