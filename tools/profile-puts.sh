@@ -8,7 +8,9 @@
 # keys it reads, and that CPU counts too), CONNECTIONS=8 for clients
 # sharing 8 connections, SPREAD=1 for clients spread over all three
 # members (as `cargo bench --bench cluster`), AGENT_ENV="VAR=value" for the
-# members' environment only, CONSISTENCY=s for serializable reads.
+# members' environment only, CONSISTENCY=s for serializable reads. After
+# the run it prints each member's count and mean time of store applies
+# and of WAL fsyncs.
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
 bin=$(realpath "${BIN:-target/release/edgeconf}")
@@ -28,6 +30,7 @@ listen_client_urls = ["http://127.0.0.1:${ports[$i]}"]
 listen_peer_urls = ["quic://127.0.0.1:${peers[$i]}"]
 initial_cluster = "$initial"
 log_level = "warn"
+listen_metrics_url = "http://127.0.0.1:$((ports[$i]+10))"
 [peer_trust]
 keys = [$trust]
 T
@@ -51,4 +54,17 @@ if [ -n "${SPREAD:-}" ]; then endpoints=127.0.0.1:${ports[0]},127.0.0.1:${ports[
 /usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints $endpoints bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-4000} --consistency ${CONSISTENCY:-l}
 after=$(snap)
 python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per request us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
+for i in 0 1 2; do
+  curl -s http://127.0.0.1:$((ports[$i]+10))/metrics | awk -v n=n$((i+1)) '
+    /^edgeconf_(apply|wal_fsync)_duration_seconds_(sum|count)/ {v[$1]=$2}
+    END {
+      split("apply wal_fsync", names, " ")
+      line = n ":"
+      for (i = 1; i <= 2; i++) {
+        c = v["edgeconf_" names[i] "_duration_seconds_count"]
+        line = line sprintf(" %s %d x %.1f us,", names[i], c, c ? v["edgeconf_" names[i] "_duration_seconds_sum"] / c * 1e6 : 0)
+      }
+      print line
+    }'
+done
 wait $perfpid || true
