@@ -10,7 +10,7 @@
 # members (as `cargo bench --bench cluster`), AGENT_ENV="VAR=value" for the
 # members' environment only, CONSISTENCY=s for serializable reads. After
 # the run it prints each member's count and mean time of store applies
-# and of WAL fsyncs.
+# and of WAL fsyncs (with curl, if installed).
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
 bin=$(realpath "${BIN:-target/release/edgeconf}")
@@ -54,7 +54,7 @@ if [ -n "${SPREAD:-}" ]; then endpoints=127.0.0.1:${ports[0]},127.0.0.1:${ports[
 /usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints $endpoints bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-4000} --consistency ${CONSISTENCY:-l}
 after=$(snap)
 python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per request us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
-for i in 0 1 2; do
+command -v curl >/dev/null && for i in 0 1 2; do
   curl -s http://127.0.0.1:$((ports[$i]+10))/metrics | awk -v n=n$((i+1)) '
     /^edgeconf_(apply|wal_fsync)_duration_seconds_(sum|count)/ {v[$1]=$2}
     END {
