@@ -7,7 +7,8 @@
 # WORKLOAD=get for linearizable gets (`bench get` first writes the 1,100
 # keys it reads, and that CPU counts too), CONNECTIONS=8 for clients
 # sharing 8 connections, SPREAD=1 for clients spread over all three
-# members (as `cargo bench --bench cluster`), AGENT_ENV="VAR=value" for the
+# members (as `cargo bench --bench cluster`), FOLLOWER=1 for clients of
+# one follower only, AGENT_ENV="VAR=value" for the
 # members' environment only, CONSISTENCY=s for serializable reads. After
 # the run it prints each member's count and mean time of store applies
 # and of WAL fsyncs (with curl, if installed).
@@ -51,6 +52,7 @@ snap() { for p in "${pids[@]}"; do awk '{printf "%s ", ($14+$15)/100}' /proc/$p/
 before=$(snap)
 endpoints=127.0.0.1:${ports[$leader]}
 if [ -n "${SPREAD:-}" ]; then endpoints=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}; fi
+if [ -n "${FOLLOWER:-}" ]; then endpoints=127.0.0.1:${ports[$(( (leader + 1) % 3 ))]}; fi
 /usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints $endpoints bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-4000} --consistency ${CONSISTENCY:-l}
 after=$(snap)
 python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per request us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
