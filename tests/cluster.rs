@@ -584,3 +584,111 @@ async fn member_update_moves_a_member_to_a_new_peer_url_and_it_keeps_its_id() {
     let read = client.get("/led-by-moved", None).await.unwrap();
     assert_eq!(read.kvs()[0].value(), b"yes");
 }
+
+/// A follower sends its clients' writes to the leader itself (not through
+/// its raft thread) and answers each once applied. Writes through both
+/// followers all land, in order, and they go on being answered while the
+/// leader moves: each either succeeds or fails in bounded time, and every
+/// acknowledged one is on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_followers_are_answered_while_the_leader_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    let mut last = 0;
+    for n in 0..40 {
+        let f = followers[n % 2];
+        let put = cluster
+            .client(f)
+            .await
+            .put(format!("/f/{n}"), format!("via {f}"), None)
+            .await
+            .unwrap();
+        let revision = put.header().unwrap().revision();
+        assert!(revision > last, "revisions go up: {revision} after {last}");
+        last = revision;
+        // Answered after the follower applied it: its own store has it.
+        let local = cluster
+            .client(f)
+            .await
+            .get(
+                format!("/f/{n}"),
+                Some(GetOptions::new().with_serializable()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(local.kvs()[0].mod_revision(), revision);
+    }
+
+    // Now move the leader to each follower in turn while both followers'
+    // clients keep writing.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, f) in followers.into_iter().enumerate() {
+        let (endpoint, acknowledged, stop) =
+            (cluster.endpoint(f), acknowledged.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([format!("http://{endpoint}")], None)
+                .await
+                .unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("/m/{w}/{n}");
+                let started = Instant::now();
+                let put = client.put(key.clone(), "v", None).await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "a write through member {f} took {:?}",
+                    started.elapsed()
+                );
+                if put.is_ok() {
+                    acknowledged.lock().unwrap().push(key);
+                }
+                n += 1;
+            }
+        }));
+    }
+    for target in followers {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let current = tokio::task::block_in_place(|| cluster.wait_for_leader());
+        let mut client = cluster.client(current).await;
+        let members = client.member_list().await.unwrap();
+        let id = members
+            .members()
+            .iter()
+            .find(|m| m.name() == cluster.slots[target].name)
+            .unwrap()
+            .id();
+        client.move_leader(id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 20,
+        "too few writes were acknowledged: {}",
+        acknowledged.len()
+    );
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let revision = cluster
+        .client(leader)
+        .await
+        .get("/m/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for i in 0..3 {
+        wait_for_revision(&cluster, i, revision).await;
+        let state = local_state(&cluster, i, "/m/").await;
+        for key in &acknowledged {
+            assert!(state.contains_key(key), "member {i} lacks {key}");
+        }
+    }
+}

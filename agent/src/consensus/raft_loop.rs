@@ -62,6 +62,14 @@ pub(crate) enum Input {
     ReadIndex {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
+    /// A proposal the API sent to `leader` itself (see
+    /// `Node::propose_as`): answer `reply` when the entry from this member
+    /// with `seq` is applied, or fail it if the leader changes first.
+    Await {
+        seq: u64,
+        leader: u64,
+        reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    },
     /// etcd's MoveLeader: the leader hands leadership to `target`.
     TransferLeader {
         target: u64,
@@ -441,6 +449,13 @@ impl RaftLoop {
                 }
             }
             Input::ReadIndex { reply } => reads.push(reply),
+            Input::Await { seq, leader, reply } => {
+                if self.raw.raft.leader_id == leader {
+                    self.pending.insert(seq, (leader, reply));
+                } else {
+                    let _ = reply.send(Err(ProposeError::LeaderChanged));
+                }
+            }
             Input::TransferLeader { target, reply } => {
                 let raft = &self.raw.raft;
                 let outcome = if raft.state != raft::StateRole::Leader {
