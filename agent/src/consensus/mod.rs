@@ -633,10 +633,12 @@ impl Node {
             },
             body: Body::CommandAs(proposal, credential),
         };
-        let mut entry = Entry::default();
-        entry.data = postcard::to_allocvec(&data)
-            .expect("encoding into memory")
-            .into();
+        let entry = Entry {
+            data: postcard::to_allocvec(&data)
+                .expect("encoding into memory")
+                .into(),
+            ..Default::default()
+        };
         let mut message = raft::eraftpb::Message::default();
         message.set_msg_type(MessageType::MsgPropose);
         message.from = self.identity.member_id;
