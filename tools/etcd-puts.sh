@@ -6,6 +6,7 @@
 #   BIN=target/dist/edgeconf CLIENTS=1 TOTAL=3000 tools/etcd-puts.sh
 # Needs etcd and etcdctl (./setup.sh installs both).
 set -euo pipefail
+source "$(dirname "$0")/leader.sh"
 bin=$(realpath "${BIN:-target/release/edgeconf}")
 run=/tmp/etcd-puts-run; rm -rf $run; mkdir -p $run; cd $run
 clients=(31379 32379 33379); peers=(31380 32380 33380)
@@ -19,11 +20,8 @@ for i in 0 1 2; do
     --initial-cluster "$initial" --initial-cluster-state new --log-level error 2> e$i.log & pids+=($!)
 done
 sleep 4
-leader=""
-for i in 0 1 2; do
-  st=$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:${clients[$i]} endpoint status -w json)
-  if python3 -c 'import json,sys; d=json.loads(sys.argv[1])[0]["Status"]; sys.exit(0 if d["header"]["member_id"]==d["leader"] else 1)' "$st"; then leader=$i; fi
-done
+leader=$(leader_index "${clients[@]}")
+[ -n "$leader" ] || { echo "no member leads yet" >&2; exit 1; }
 follower=$(( (leader + 1) % 3 ))
 echo "leader: e$leader"
 $bin --endpoints 127.0.0.1:${clients[$leader]} bench put --clients 1 --total 500 >/dev/null

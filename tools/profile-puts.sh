@@ -14,6 +14,7 @@
 # and of WAL fsyncs (with curl, if installed).
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
+source "$(dirname "$0")/leader.sh"
 bin=$(realpath "${BIN:-target/release/edgeconf}")
 run=/tmp/prof-run; rm -rf $run; mkdir -p $run; cd $run
 ports=(21479 22479 23479); peers=(21480 22480 23480)
@@ -38,11 +39,8 @@ T
   env ${AGENT_ENV:-} $bin agent --config n$((i+1)).toml 2> n$((i+1)).log & pids+=($!)
 done
 sleep 3
-leader=""
-for i in 0 1 2; do
-  st=$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:${ports[$i]} endpoint status -w json)
-  if python3 -c 'import json,sys; d=json.loads(sys.argv[1])[0]["Status"]; sys.exit(0 if d["header"]["member_id"]==d["leader"] else 1)' "$st"; then leader=$i; fi
-done
+leader=$(leader_index "${ports[@]}")
+[ -n "$leader" ] || { echo "no member leads yet" >&2; exit 1; }
 echo "leader: n$((leader+1)) pid ${pids[$leader]}"
 $bin --endpoints 127.0.0.1:${ports[$leader]} bench put --clients 1 --total 500 >/dev/null
 ${PERF_CMD:-perf record -F 1999 -g -o $run/perf.data} -p "${pids[$leader]}" -- sleep ${SECONDS_REC:-8} &> $run/perf.out &
