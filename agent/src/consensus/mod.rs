@@ -587,8 +587,8 @@ impl Node {
             command,
             time_unix_ms: now_unix_ms(),
         };
-        let leader = self.status.leader.load(Ordering::SeqCst);
-        let outcome = if leader != 0 && leader != self.identity.member_id && !self.is_leader() {
+        let leader = self.leader();
+        let outcome = if leader != 0 && leader != self.identity.member_id {
             self.forward(leader, proposal, credential).await
         } else {
             ask(&self.inputs, |reply| Input::Propose {
@@ -626,17 +626,9 @@ impl Node {
         let seq = FORWARDED_SEQ | self.forwarded_seq.fetch_add(1, Ordering::Relaxed);
         let (reply, outcome) = oneshot::channel();
         submit(&self.inputs, Input::Await { seq, leader, reply })?;
-        let data = raft_loop::EntryData {
-            origin: raft_loop::Origin {
-                node: self.identity.member_id,
-                seq,
-            },
-            body: Body::CommandAs(proposal, credential),
-        };
+        let body = Body::CommandAs(proposal, credential);
         let entry = Entry {
-            data: postcard::to_allocvec(&data)
-                .expect("encoding into memory")
-                .into(),
+            data: raft_loop::entry_bytes(self.identity.member_id, seq, body).into(),
             ..Default::default()
         };
         let mut message = raft::eraftpb::Message::default();

@@ -257,42 +257,36 @@ fn admitted(
     if !drop_credentials {
         return true;
     }
-    let admitted = EntryData {
-        origin: data.origin,
-        body: Body::Command(proposal),
-    };
-    entry.data = postcard::to_allocvec(&admitted)
-        .expect("encoding into memory")
-        .into();
+    entry.data = entry_bytes(data.origin.node, data.origin.seq, Body::Command(proposal)).into();
     true
+}
+
+/// A normal entry's wire form: who proposed it (so that member can answer
+/// its client), and what.
+pub(super) fn entry_bytes(node: u64, seq: u64, body: Body) -> Vec<u8> {
+    postcard::to_allocvec(&EntryData {
+        origin: Origin { node, seq },
+        body,
+    })
+    .expect("encoding into memory")
 }
 
 /// The wire form of a client's write as a follower forwards it to the
 /// leader (`Origin` names the proposer, so it can answer its client).
 /// Public for the tests that play a hostile follower.
 pub fn forwarded_entry(node: u64, seq: u64, command: Command, credential: Credential) -> Vec<u8> {
-    let data = EntryData {
-        origin: Origin { node, seq },
-        body: Body::CommandAs(
-            Proposal {
-                command,
-                time_unix_ms: 0,
-            },
-            credential,
-        ),
+    let proposal = Proposal {
+        command,
+        time_unix_ms: 0,
     };
-    postcard::to_allocvec(&data).expect("encoding into memory")
+    entry_bytes(node, seq, Body::CommandAs(proposal, credential))
 }
 
 /// The wire form of a member record change a follower would forward (the
 /// leader takes only a member's own `Publish` this way). Public for the
 /// tests that play a hostile follower.
 pub fn forwarded_member_change(node: u64, seq: u64, change: MemberChange) -> Vec<u8> {
-    let data = EntryData {
-        origin: Origin { node, seq },
-        body: Body::Member(change),
-    };
-    postcard::to_allocvec(&data).expect("encoding into memory")
+    entry_bytes(node, seq, Body::Member(change))
 }
 
 /// How the loop runs: its tick, when to compact, what the leader admits.
@@ -410,12 +404,10 @@ impl RaftLoop {
                     }
                 }
                 let seq = self.take_seq();
-                let data = EntryData {
-                    origin: Origin { node: self.id, seq },
-                    body,
-                };
-                let bytes = postcard::to_allocvec(&data).expect("encoding into memory");
-                match self.raw.propose(Vec::new(), bytes) {
+                match self
+                    .raw
+                    .propose(Vec::new(), entry_bytes(self.id, seq, body))
+                {
                     Ok(()) => {
                         self.pending.insert(seq, (self.raw.raft.leader_id, reply));
                     }
