@@ -692,3 +692,65 @@ async fn writes_through_followers_are_answered_while_the_leader_moves() {
         }
     }
 }
+
+/// A leader sends a round's appends to a peer as one message, and a round
+/// of large values must still fit what a peer's transport takes (16 MiB a
+/// message): 32 clients each put 1 MiB at once, and every write commits and
+/// reaches every member. The leader's disk is made slow (fault injection:
+/// each WAL sync 200 ms longer), so that the writes pile up into one round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_of_large_values_commits_on_every_member() {
+    const CLIENTS: usize = 32;
+    const VALUE: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let slow_disk = cluster.slots[leader].data_dir.join("fault-disk");
+    std::fs::write(&slow_disk, "slow").unwrap();
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    agent(leader).wait_for_log("Slow", TIMEOUT);
+    let start = Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    let mut writers = Vec::new();
+    for c in 0..CLIENTS {
+        let (endpoint, start) = (cluster.endpoint(leader), start.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([format!("http://{endpoint}")], None)
+                .await
+                .unwrap();
+            start.wait().await;
+            let value = vec![b'a' + (c % 26) as u8; VALUE];
+            tokio::time::timeout(TIMEOUT, client.put(format!("/big/{c}"), value, None))
+                .await
+                .unwrap_or_else(|_| panic!("put {c} was not answered within {TIMEOUT:?}"))
+                .unwrap_or_else(|e| panic!("put {c} failed: {e}"))
+                .header()
+                .unwrap()
+                .revision()
+        }));
+    }
+    let mut last = 0;
+    for writer in writers {
+        last = last.max(writer.await.unwrap());
+    }
+    std::fs::remove_file(&slow_disk).unwrap();
+    for i in 0..3 {
+        // Raft recovers from a dropped append by sending it again, so the
+        // writes would still commit: that no member dropped one is the check.
+        let log = agent(i).log();
+        assert!(!log.contains("dropped a raft frame"), "member {i}:\n{log}");
+        wait_for_revision(&cluster, i, last).await;
+        let mut client = cluster.client(i).await;
+        for c in 0..CLIENTS {
+            let got = client
+                .get(
+                    format!("/big/{c}"),
+                    Some(GetOptions::new().with_serializable()),
+                )
+                .await
+                .unwrap();
+            let value = got.kvs()[0].value();
+            assert_eq!(value.len(), VALUE, "member {i}, /big/{c}");
+            assert!(value.iter().all(|&b| b == b'a' + (c % 26) as u8));
+        }
+    }
+}

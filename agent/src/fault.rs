@@ -12,7 +12,8 @@
 //! |                       | still hears its peers (an asymmetric partition)    |
 //! | `fault-raft-crash`    | the raft thread panics (once)                      |
 //! | `fault-disk`          | `fsync`: WAL syncs fail; `full`: WAL writes fail   |
-//! |                       | with "no space left on device"                     |
+//! |                       | with "no space left on device"; `slow`: each WAL   |
+//! |                       | sync takes [`SLOW_FSYNC`] longer                   |
 //! | `fault-clock`         | its number (ms, may be negative) is added to the   |
 //! |                       | wall clock the agent stamps revisions and rollouts |
 //! |                       | with                                               |
@@ -43,7 +44,11 @@ pub enum DiskFault {
     Healthy = 0,
     FailingFsync = 1,
     Full = 2,
+    Slow = 3,
 }
+
+/// How much longer a WAL sync takes on a `slow` disk.
+pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
 
 static DISK_FAULT: AtomicU8 = AtomicU8::new(DiskFault::Healthy as u8);
 static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
@@ -53,6 +58,7 @@ pub fn disk() -> DiskFault {
     match DISK_FAULT.load(Ordering::Relaxed) {
         1 => DiskFault::FailingFsync,
         2 => DiskFault::Full,
+        3 => DiskFault::Slow,
         _ => DiskFault::Healthy,
     }
 }
@@ -109,6 +115,7 @@ fn set_disk(switch: Option<&str>) {
     let fault = match switch {
         None => DiskFault::Healthy,
         Some("full") => DiskFault::Full,
+        Some("slow") => DiskFault::Slow,
         Some(_) => DiskFault::FailingFsync,
     };
     if DISK_FAULT.swap(fault as u8, Ordering::Relaxed) != fault as u8 {

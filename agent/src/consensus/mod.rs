@@ -9,6 +9,7 @@
 //! This layer never serves clients and never decides what a command means:
 //! that is the API's and the store's job.
 
+mod appends;
 mod apply;
 mod commit_notice;
 mod inbox;
@@ -350,12 +351,16 @@ impl Node {
             applied,
             check_quorum: true,
             pre_vote: true,
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: appends::MAX_APPEND_BYTES,
             max_inflight_msgs: 256,
             // The commit index rides on the appends of the next round; the
             // raft loop broadcasts it only when a round's appends do not
             // carry it to every peer (`commit_notice`).
             skip_bcast_commit: true,
+            // A round's appends to a peer go as one message (cut back to
+            // `MAX_APPEND_BYTES` where large values make it bigger: see
+            // `appends`).
+            batch_append: true,
             ..raft::Config::default()
         };
         config.validate()?;

@@ -606,6 +606,7 @@ impl RaftLoop {
     }
 
     fn send(&mut self, messages: Vec<Message>) {
+        let messages = super::appends::split_oversized(messages, super::appends::MAX_APPEND_BYTES);
         self.commit_notice.sent(&messages);
         self.transport.send(messages);
     }

@@ -190,8 +190,12 @@ impl Wal {
         }
         let current = self.segments.last_mut().expect("a segment is always open");
         current.file.write_all_at(&buffer, self.offset)?;
-        if crate::fault::disk() == DiskFault::FailingFsync {
-            return Err(io::Error::other("fdatasync failed (fault injection)"));
+        match crate::fault::disk() {
+            DiskFault::FailingFsync => {
+                return Err(io::Error::other("fdatasync failed (fault injection)"));
+            }
+            DiskFault::Slow => std::thread::sleep(crate::fault::SLOW_FSYNC),
+            DiskFault::Healthy | DiskFault::Full => {}
         }
         crate::telemetry::WAL_FSYNC.time(|| current.file.sync_data())?;
         self.offset += buffer.len() as u64;
