@@ -8,7 +8,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft_proto::ConfChangeI;
 
-use super::raft_loop::{Body, ConfContext, EntryData, RaftLoop};
+use super::entries::{Body, ConfContext, EntryData};
+use super::raft_loop::RaftLoop;
 use super::ProposeError;
 use crate::store::{Applied, CommandResponse, MemberChange, Proposal};
 

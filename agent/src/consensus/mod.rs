@@ -12,6 +12,7 @@
 mod appends;
 mod apply;
 mod commit_notice;
+mod entries;
 mod identity;
 mod inbox;
 mod lessor;
@@ -44,9 +45,11 @@ use crate::store::{Applied, Command, MemberChange, MemberRecord, Proposal, Store
 use crate::transport::{Delivery, Transport, TransportError};
 use inbox::{inbox, InboxSender as Sender};
 
+use entries::Body;
+pub use entries::{forwarded_entry, forwarded_member_change, Admission};
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
-pub use raft_loop::{forwarded_entry, forwarded_member_change, Admission, Compaction, RaftStatus};
-use raft_loop::{Body, Input, LoopSettings, RaftLoop};
+pub use raft_loop::{Compaction, RaftStatus};
+use raft_loop::{Input, LoopSettings, RaftLoop};
 
 /// How long a client waits for its write or read to be applied.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -182,7 +185,7 @@ fn screened_sink(
             };
             let screened = tokio::task::spawn_blocking(move || {
                 let mut message = message;
-                let refused = raft_loop::retain_screened(&mut message, &screening);
+                let refused = entries::retain_screened(&mut message, &screening);
                 status
                     .forwarded_refused
                     .fetch_add(refused, Ordering::Relaxed);
@@ -591,7 +594,7 @@ impl Node {
         submit(&self.inputs, Input::Await { seq, leader, reply })?;
         let body = Body::CommandAs(proposal, credential);
         let entry = Entry {
-            data: raft_loop::entry_bytes(self.identity.member_id, seq, body).into(),
+            data: entries::entry_bytes(self.identity.member_id, seq, body).into(),
             ..Default::default()
         };
         let mut message = raft::eraftpb::Message::default();
