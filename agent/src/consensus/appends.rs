@@ -6,8 +6,9 @@
 //! raft-rs's `batch_append` (set in `Node::start`) a round's appends to a
 //! peer become one message, but raft-rs does not bound its size: a round
 //! of large values could outgrow what a peer's transport takes
-//! (`transport::frames::MAX_MESSAGE`), and the peer would drop it, every
-//! time, so nothing would commit. [`split_oversized`] cuts such an append
+//! (`transport::frames::MAX_MESSAGE`). The peer drops it, and while writes
+//! keep coming each resend is batched as large again, so they time out
+//! (BENCHMARKS.md, issue 19). [`split_oversized`] cuts such an append
 //! back into a run of appends each within the bound raft-rs keeps for the
 //! ones it does not batch (`max_size_per_msg`): the same entries, in
 //! order, each part naming the entry before it as raft's log matching
