@@ -238,10 +238,23 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let members = client.member_list().await.unwrap();
-    let promoted = members.members().iter().find(|m| m.id() == new_id).unwrap();
-    assert!(!promoted.is_learner());
-    assert_eq!(promoted.name(), "n4", "the newcomer publishes its name");
+    // The newcomer publishes its name with a proposal of its own, which
+    // may still be on its way when the promotion lands.
+    let deadline = Instant::now() + TIMEOUT;
+    let members = loop {
+        let members = client.member_list().await.unwrap();
+        let promoted = members.members().iter().find(|m| m.id() == new_id).unwrap();
+        assert!(!promoted.is_learner());
+        if promoted.name() == "n4" {
+            break members;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the newcomer never published its name: {:?}",
+            promoted.name()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     // Remove n1; the other three carry on.
     let n1 = members
