@@ -4,6 +4,7 @@
 # the leader and through a follower, to set beside
 # `tools/profile-puts.sh` (FOLLOWER=1 for the follower).
 #   BIN=target/dist/edgeconf CLIENTS=1 TOTAL=3000 tools/etcd-puts.sh
+# WORKLOAD="get --consistency l" (or s) runs `bench get` instead of puts.
 # Needs etcd and etcdctl (./setup.sh installs both).
 set -euo pipefail
 source "$(dirname "$0")/leader.sh"
@@ -28,5 +29,5 @@ $bin --endpoints 127.0.0.1:${clients[$leader]} bench put --clients 1 --total 500
 for target in leader follower; do
   port=${clients[$leader]}; [ $target = follower ] && port=${clients[$follower]}
   echo -n "to the $target: "
-  $bin --endpoints 127.0.0.1:$port bench put --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-3000}
+  $bin --endpoints 127.0.0.1:$port bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-3000}
 done
