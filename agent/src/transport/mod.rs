@@ -6,6 +6,7 @@
 //! told it is unreachable; raft retransmits), never stalling the others.
 //! The transport knows nothing of raft's logic, only how to move messages.
 
+mod contact;
 pub mod feed;
 pub mod frames;
 pub mod gossip;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
+pub use contact::Contact;
 pub use feed::{FeedHandler, FeedNet, FeedNetError};
 pub use gossip::{GossipNet, GossipSink};
 pub use senders::Senders;
@@ -84,82 +86,6 @@ pub struct Transport {
     contact: Arc<Contact>,
     /// Which node key speaks for which member (see `senders`).
     senders: Arc<Senders>,
-}
-
-/// When this agent last completed a QUIC handshake with a trusted peer (in
-/// either direction), in milliseconds since the Unix epoch; 0 for never.
-/// A member that has never reached a peer is most often one whose
-/// `[peer_trust] keys` do not match the others' node keys.
-/// Also keeps every open connection, so that a peer key no longer trusted
-/// loses its connections at once (see [`Transport::set_trusted`]).
-pub struct Contact {
-    last: std::sync::atomic::AtomicU64,
-    open: Mutex<Vec<quinn::Connection>>,
-    /// The peer keys every handshake admits (shared with the verifiers).
-    trusted: tls::TrustedPeers,
-}
-
-impl Contact {
-    fn new(trusted: tls::TrustedPeers) -> Contact {
-        Contact {
-            last: std::sync::atomic::AtomicU64::new(0),
-            open: Mutex::new(Vec::new()),
-            trusted,
-        }
-    }
-
-    /// A handshake completed: `connection`. Its key was trusted when the
-    /// handshake checked it; if [`Transport::set_trusted`] has struck the
-    /// key off since, the connection closes here and this says false.
-    /// The keys are read while `open` is held, and [`Contact::set_trusted`]
-    /// changes them before it takes `open` to close connections: so either it
-    /// closes this connection or this sees its keys. (Without the check, a
-    /// handshake finishing while `set_trusted` ran kept its connection.)
-    fn touch(&self, connection: &quinn::Connection) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.is_trusted(connection) {
-            connection.close(0u32.into(), b"key no longer trusted");
-            return false;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last.store(now.max(1), Ordering::Relaxed);
-        open.retain(|c| c.close_reason().is_none());
-        open.push(connection.clone());
-        true
-    }
-
-    fn is_trusted(&self, connection: &quinn::Connection) -> bool {
-        let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
-        tls::peer_key(connection).is_some_and(|key| trusted.contains(&key))
-    }
-
-    /// The last contact, or `None` if no peer was ever reached.
-    pub fn last(&self) -> Option<std::time::SystemTime> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
-        }
-    }
-
-    /// Trusts exactly `keys` from now on and closes the open connections
-    /// of peers whose key is not among them; returns how many. The keys
-    /// change before `open` is taken (see [`Contact::touch`]).
-    fn set_trusted(&self, keys: &[[u8; 32]]) -> usize {
-        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = keys.iter().copied().collect();
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let mut closed = 0;
-        open.retain(|connection| {
-            let kept = self.is_trusted(connection);
-            if !kept {
-                connection.close(0u32.into(), b"key no longer trusted");
-                closed += 1;
-            }
-            kept && connection.close_reason().is_none()
-        });
-        closed
-    }
 }
 
 struct Peer {
@@ -647,56 +573,4 @@ async fn send_snapshot(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A dial-out agent ignores connections, yet gets answers over the
-    /// connection it makes: the peer sends back to the address it sees.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_agent_behind_nat_is_reached_over_the_connection_it_dialed() {
-        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let key_a = NodeKey::load_or_create(dir_a.path()).unwrap();
-        let key_b = NodeKey::load_or_create(dir_b.path()).unwrap();
-        let keys = [key_a.public_key_raw(), key_b.public_key_raw()];
-        let any = "127.0.0.1:0".parse().unwrap();
-        let behind = Transport::start(any, &key_a, &keys, true).unwrap();
-        let open = Transport::start(any, &key_b, &keys, false).unwrap();
-        let (addr_a, addr_b) = (behind.local_addr().unwrap(), open.local_addr().unwrap());
-        let inbox = |transport: &Transport| {
-            let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, SocketAddr)>();
-            let tx = Mutex::new(tx);
-            transport.attach_gossip(Arc::new(move |bytes, via, _| {
-                let _ = tx.lock().unwrap().send((bytes, via));
-            }));
-            rx
-        };
-        let (to_a, to_b) = (inbox(&behind), inbox(&open));
-        let wait = |rx: &std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>| {
-            rx.recv_timeout(Duration::from_secs(3))
-        };
-
-        // The open agent cannot dial in.
-        open.gossip().send(addr_a, b"knock".to_vec());
-        tokio::time::sleep(CONNECT_TIMEOUT + Duration::from_millis(500)).await;
-        assert!(
-            to_a.try_recv().is_err(),
-            "a dial-out agent took a connection"
-        );
-
-        // Once the agent behind NAT dials out, answers come back over it.
-        behind.gossip().send(addr_b, b"ping".to_vec());
-        let got = tokio::task::block_in_place(|| wait(&to_b)).unwrap();
-        assert_eq!(got, (b"ping".to_vec(), addr_a));
-        open.gossip().send(addr_a, b"ack".to_vec());
-        let got = tokio::task::block_in_place(|| wait(&to_a)).unwrap();
-        assert_eq!(got, (b"ack".to_vec(), addr_b));
-
-        // An announced address that differs (address translation) is an
-        // alias of the connection.
-        let announced: SocketAddr = "127.0.0.9:9".parse().unwrap();
-        open.gossip().alias(announced, addr_a);
-        open.gossip().send(announced, b"via alias".to_vec());
-        let got = tokio::task::block_in_place(|| wait(&to_a)).unwrap();
-        assert_eq!(got.0, b"via alias".to_vec());
-    }
-}
+mod tests;
