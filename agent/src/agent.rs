@@ -11,7 +11,7 @@ use crate::api;
 use crate::config::ClusterState;
 use crate::config::Config;
 use crate::config::Role;
-use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings};
+use crate::consensus::{Compaction, Identity, Member, Node, NodeSettings, RaftRuntime};
 use crate::gossip::{Membership, Meta};
 use crate::signing::{Identities, Keyring, KeyringCell, Recipient};
 use crate::store::{Store, StoreError};
@@ -56,12 +56,22 @@ pub async fn run(
     })?;
     let store = Arc::new(store);
     let node_key = NodeKey::load_or_create(&config.data_dir)?;
-    let transport = Transport::start(
-        config.listen_peer[0],
-        &node_key,
-        &config.peer_keys,
-        config.gossip.dial_out_only,
-    )?;
+    // A voter's transport runs on its raft thread (`consensus::runtime`).
+    let raft_runtime = match config.role {
+        Role::Voter => Some(RaftRuntime::start().context("cannot start the raft thread")?),
+        Role::Edge => None,
+    };
+    let transport = {
+        let _on_raft_thread = raft_runtime
+            .as_ref()
+            .map(|runtime| runtime.handle().enter());
+        Transport::start(
+            config.listen_peer[0],
+            &node_key,
+            &config.peer_keys,
+            config.gossip.dial_out_only,
+        )?
+    };
     if config.role == Role::Voter && !config.voter_keys.is_empty() {
         // Raft only from the listed voters' keys (see `transport::senders`).
         transport.senders().pin(&config.voter_keys);
@@ -105,16 +115,17 @@ pub async fn run(
             None
         }
     };
-    let (node, raft_thread) = match config.role {
-        Role::Voter => start_voter(
+    let (node, raft_thread) = match raft_runtime {
+        Some(raft_runtime) => start_voter(
             &config,
             &store,
             &transport,
             api::admission::LeaderChecks::new(&store, &keyring, &plugins, client_tls.clone()),
             identity,
             member,
+            raft_runtime,
         )?,
-        Role::Edge => Node::start_follower(
+        None => Node::start_follower(
             store.clone(),
             identity,
             member,
@@ -434,6 +445,7 @@ fn start_voter(
     checks: api::admission::LeaderChecks,
     identity: Identity,
     member: Member,
+    runtime: RaftRuntime,
 ) -> anyhow::Result<(Arc<Node>, JoinHandle<()>)> {
     Ok(Node::start(
         store.clone(),
@@ -454,6 +466,7 @@ fn start_voter(
             },
             admission: checks.admission,
             screening: checks.screening,
+            runtime,
         },
     )?)
 }

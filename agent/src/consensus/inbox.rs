@@ -8,14 +8,15 @@
 //! arrive and frees them as they leave, is bounded by a counter.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
+use std::sync::mpsc::{TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 /// Makes an inbox that refuses [`InboxSender::try_send`] while `capacity`
 /// inputs wait.
 pub(crate) fn inbox<T>(capacity: usize) -> (InboxSender<T>, InboxReceiver<T>) {
-    let (sender, receiver) = mpsc::channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
     let waiting = Arc::new(AtomicUsize::new(0));
     (
         InboxSender {
@@ -28,7 +29,7 @@ pub(crate) fn inbox<T>(capacity: usize) -> (InboxSender<T>, InboxReceiver<T>) {
 }
 
 pub(crate) struct InboxSender<T> {
-    sender: mpsc::Sender<T>,
+    sender: mpsc::UnboundedSender<T>,
     waiting: Arc<AtomicUsize>,
     capacity: usize,
 }
@@ -70,25 +71,30 @@ impl<T> InboxSender<T> {
 }
 
 pub(crate) struct InboxReceiver<T> {
-    receiver: mpsc::Receiver<T>,
+    receiver: mpsc::UnboundedReceiver<T>,
     waiting: Arc<AtomicUsize>,
 }
 
 impl<T> InboxReceiver<T> {
-    pub(crate) fn recv(&self) -> Option<T> {
-        let input = self.receiver.recv().ok()?;
+    /// Waits for an input on a thread outside any runtime.
+    pub(crate) fn recv(&mut self) -> Option<T> {
+        let input = self.receiver.blocking_recv()?;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         Some(input)
     }
 
-    pub(crate) fn recv_timeout(&self, wait: Duration) -> Result<T, RecvTimeoutError> {
-        let input = self.receiver.recv_timeout(wait)?;
+    /// Waits for an input (`None`: every sender has gone).
+    pub(crate) async fn next(&mut self) -> Option<T> {
+        let input = self.receiver.recv().await?;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
-        Ok(input)
+        Some(input)
     }
 
-    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
-        let input = self.receiver.try_recv()?;
+    pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        let input = self.receiver.try_recv().map_err(|err| match err {
+            mpsc::error::TryRecvError::Empty => TryRecvError::Empty,
+            mpsc::error::TryRecvError::Disconnected => TryRecvError::Disconnected,
+        })?;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         Ok(input)
     }
@@ -108,21 +114,21 @@ mod tests {
 
     #[test]
     fn refuses_while_full_and_takes_again_once_one_is_taken() {
-        let (sender, receiver) = inbox(2);
+        let (sender, mut receiver) = inbox(2);
         assert!(sender.try_send(1).is_ok());
         assert!(sender.clone().try_send(2).is_ok());
         assert!(matches!(sender.try_send(3), Err(TrySendError::Full(3))));
         assert_eq!(receiver.try_recv(), Ok(1));
         assert!(sender.try_send(3).is_ok());
         assert!(matches!(sender.try_send(4), Err(TrySendError::Full(4))));
-        assert_eq!(receiver.recv_timeout(Duration::ZERO), Ok(2));
+        assert_eq!(receiver.try_recv(), Ok(2));
         assert_eq!(receiver.recv(), Some(3));
         assert_eq!(receiver.try_recv(), Err(TryRecvError::Empty));
     }
 
     #[test]
     fn past_the_bound_always_queues_and_still_counts() {
-        let (sender, receiver) = inbox(1);
+        let (sender, mut receiver) = inbox(1);
         assert!(sender.try_send("request").is_ok());
         assert!(sender.send_past_bound("report"));
         assert!(matches!(
@@ -141,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_gone_receiver_refuses_without_counting() {
-        let (sender, receiver) = inbox(1);
+        let (sender, mut receiver) = inbox(1);
         assert!(sender.try_send(0).is_ok());
         drop(receiver);
         assert!(matches!(

@@ -21,7 +21,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::snapshots::Snapshots;
-use super::wal::{Slot, Wal};
+use super::wal::{Slot, Unsynced, Wal};
 use crate::store::Store;
 use crate::transport::SnapshotDir;
 
@@ -188,6 +188,21 @@ impl RaftLog {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), raft::Error> {
+        match self.write(entries, hard_state)? {
+            Some(unsynced) => unsynced.sync().map_err(storage_err),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Log::append`], but the entries' `fdatasync` is left to the
+    /// caller (see [`Wal::write`]): raft must not hear they are persisted
+    /// until it has returned. The hard state is durable on return.
+    pub fn write(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<Option<Unsynced>, raft::Error> {
+        let mut unsynced = None;
         if let Some(first) = entries.first() {
             if first.index <= self.snapshot_meta.index {
                 return Err(storage_err(format!(
@@ -195,7 +210,8 @@ impl RaftLog {
                     first.index, self.snapshot_meta.index
                 )));
             }
-            let slots = self.wal.append(entries).map_err(storage_err)?;
+            let (slots, written) = self.wal.write(entries).map_err(storage_err)?;
+            unsynced = Some(written);
             while self.slots.back().is_some_and(|s| s.index >= first.index) {
                 self.slots.pop_back();
             }
@@ -231,7 +247,7 @@ impl RaftLog {
             }
             self.hard_state = hs.clone();
         }
-        Ok(())
+        Ok(unsynced)
     }
 
     pub fn set_commit(&mut self, commit: u64) -> Result<(), raft::Error> {

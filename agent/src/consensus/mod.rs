@@ -21,8 +21,11 @@ mod membership;
 mod raft_loop;
 mod read_batch;
 mod reads;
+mod runtime;
+mod status;
 pub use identity::{member_id, Identity};
 pub use raft_loop::PeerProgress;
+pub use runtime::RaftRuntime;
 mod snapshots;
 mod wal;
 
@@ -33,6 +36,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, MessageType, SnapshotMetadata,
@@ -220,6 +224,8 @@ pub struct NodeSettings<'a> {
     /// Slow checks of forwarded commands (validator plugins): run on a
     /// blocking thread as proposals arrive, never on the raft thread.
     pub screening: Option<Admission>,
+    /// The thread the raft loop runs on, beside the transport's tasks.
+    pub runtime: RaftRuntime,
 }
 
 pub struct Node {
@@ -351,24 +357,21 @@ impl Node {
         );
         raft_loop.update_peers();
         let watched = status.clone();
-        let thread = std::thread::Builder::new()
-            .name("edgeconf-raft".into())
-            .spawn(move || {
-                // Fail stop: however the raft thread ends other than by
-                // `Stop` (a failed round, a raft-rs `fatal!` panic), the
-                // agent hears why and exits rather than serve without
-                // consensus.
-                let ran =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raft_loop.run(queue)));
-                let reason = match ran {
-                    Ok(Ok(())) => return,
-                    Ok(Err(err)) => err,
-                    Err(panic) => format!("the raft thread panicked: {}", panic_message(&*panic)),
-                };
-                tracing::error!(%reason, "consensus stopped");
-                watched.fail(reason);
-            })
-            .expect("spawning the raft thread");
+        let thread = settings.runtime.run(async move {
+            // Fail stop: however the raft loop ends other than by `Stop`
+            // (a failed round, a raft-rs `fatal!` panic), the agent hears
+            // why and exits rather than serve without consensus.
+            let ran = std::panic::AssertUnwindSafe(raft_loop.run(queue))
+                .catch_unwind()
+                .await;
+            let reason = match ran {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => err,
+                Err(panic) => format!("the raft thread panicked: {}", panic_message(&*panic)),
+            };
+            tracing::error!(%reason, "consensus stopped");
+            watched.fail(reason);
+        });
         let node = Arc::new(Node {
             store,
             identity: settings.identity,
@@ -399,6 +402,7 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name("edgeconf-follower".into())
             .spawn(move || {
+                let mut queue = queue;
                 let refuse = || Err(ProposeError::Failed(refusal.clone()));
                 while let Some(input) = queue.recv() {
                     match input {

@@ -10,13 +10,18 @@
 //!    answer reads;
 //! 3. `advance()`: record the commit index, send, apply, `advance_apply()`.
 //!
+//! The loop is a task on the raft thread's own runtime, beside the peer
+//! transport (`runtime.rs`): it lets the transport run before each round,
+//! after sending a round's messages (so they leave before this member's
+//! apply and fsync), and while the leader's fsync runs on a blocking
+//! thread.
+//!
 //! Applied entries reach the store without an fsync: the raft log already
 //! holds them durably. Every so often the store is synced, and only then is
 //! the log compacted up to what the store durably has.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,8 @@ use super::commit_notice::CommitNotice;
 use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext, Origin};
 use super::log::RaftLog;
 use super::reads::{ReadReply, ReadRounds};
+pub use super::status::{PeerProgress, RaftStatus};
+use super::wal::Unsynced;
 use super::{Lessor, ProposeError};
 use crate::store::{Applied, MemberChange, Store};
 use crate::transport::{Delivery, SnapshotRef, Transport};
@@ -79,44 +86,6 @@ pub(crate) enum Input {
     /// panics, as a raft-rs `fatal!` would make it.
     Crash,
     Stop,
-}
-
-/// Raft facts the rest of the agent reads without asking the thread.
-#[derive(Default)]
-pub struct RaftStatus {
-    pub leader: AtomicU64,
-    pub term: AtomicU64,
-    pub is_leader: AtomicBool,
-    pub commit: AtomicU64,
-    pub applied: AtomicU64,
-    /// Entries followers forwarded that this member, as leader, refused
-    /// (`edgeconf_forwarded_refused_total`).
-    pub forwarded_refused: AtomicU64,
-    /// Why consensus stopped, once it has (the raft thread ended other
-    /// than by `Stop`, or panicked).
-    pub failure: tokio::sync::watch::Sender<Option<String>>,
-    /// On the leader: each other member's replication (empty elsewhere).
-    pub peers: std::sync::Mutex<Vec<PeerProgress>>,
-}
-
-/// How far one member's log is, as the leader sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerProgress {
-    pub id: u64,
-    /// The highest index known to be in its log.
-    pub matched: u64,
-    /// It answered within the last election timeout.
-    pub recently_active: bool,
-}
-
-impl RaftStatus {
-    /// Consensus is gone: no leader from here on, and whoever waits on
-    /// `failure` (the agent, to exit) hears why.
-    pub fn fail(&self, reason: String) {
-        self.leader.store(0, Ordering::SeqCst);
-        self.is_leader.store(false, Ordering::SeqCst);
-        self.failure.send_replace(Some(reason));
-    }
 }
 
 type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
@@ -193,16 +162,22 @@ impl RaftLoop {
     }
 
     /// Runs until `Stop` (Ok) or until a round fails (the reason).
-    pub fn run(mut self, inputs: super::inbox::InboxReceiver<Input>) -> Result<(), String> {
+    pub async fn run(
+        mut self,
+        mut inputs: super::inbox::InboxReceiver<Input>,
+    ) -> Result<(), String> {
         self.publish_status();
         let mut next_tick = Instant::now() + self.tick;
         loop {
+            // The transport's tasks share this thread: let them run before
+            // each round (a busy inbox never makes `next` wait).
+            tokio::task::yield_now().await;
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut reads = Vec::new();
-            match inputs.recv_timeout(wait) {
-                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(input) => self.handle(input, &mut reads),
-                Err(RecvTimeoutError::Timeout) => {}
+            match tokio::time::timeout(wait, inputs.next()).await {
+                Ok(Some(Input::Stop)) | Ok(None) => break,
+                Ok(Some(input)) => self.handle(input, &mut reads),
+                Err(_) => {}
             }
             // Take everything already queued, so one round serves many.
             while let Ok(input) = inputs.try_recv() {
@@ -227,7 +202,7 @@ impl RaftLoop {
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
             self.tell_commit();
-            if let Err(err) = self.on_ready() {
+            if let Err(err) = self.on_ready().await {
                 self.stop();
                 return Err(err);
             }
@@ -390,13 +365,16 @@ impl RaftLoop {
             .fetch_add(refused, Ordering::Relaxed);
     }
 
-    fn on_ready(&mut self) -> Result<(), String> {
+    async fn on_ready(&mut self) -> Result<(), String> {
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
             self.send(ready.take_messages());
+            // Out before this member's own fsync and apply, which take the
+            // thread the transport shares.
+            tokio::task::yield_now().await;
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -437,12 +415,20 @@ impl RaftLoop {
         if self.raw.raft.state == StateRole::Leader {
             self.apply(std::mem::take(&mut committed))?;
         }
-        self.raw
+        let unsynced = self
+            .raw
             .mut_store()
-            .append(ready.entries(), ready.hs())
+            .write(ready.entries(), ready.hs())
             .map_err(|e| format!("persisting raft entries: {e}"))?;
+        if let Some(unsynced) = unsynced {
+            self.sync(unsynced)
+                .await
+                .map_err(|e| format!("persisting raft entries: {e}"))?;
+        }
         if !ready.persisted_messages().is_empty() {
             self.send(ready.take_persisted_messages());
+            // A follower's acknowledgement goes before its apply.
+            tokio::task::yield_now().await;
         }
         self.apply(committed)?;
         self.take_read_states(ready.take_read_states());
@@ -459,6 +445,20 @@ impl RaftLoop {
         self.raw.advance_apply();
         self.answer_reads();
         self.maybe_sync()
+    }
+
+    /// Waits until this round's entries are on disk. The leader syncs on
+    /// a blocking thread, so its transport, which shares this thread,
+    /// goes on meanwhile: a slow disk must not hold up the appends and
+    /// heartbeats it has sent, nor the acknowledgements coming back. A
+    /// follower syncs here, as its acknowledgement waits for it anyway.
+    async fn sync(&self, unsynced: Unsynced) -> std::io::Result<()> {
+        if self.raw.raft.state != StateRole::Leader {
+            return unsynced.sync();
+        }
+        tokio::task::spawn_blocking(move || unsynced.sync())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     fn send(&mut self, messages: Vec<Message>) {

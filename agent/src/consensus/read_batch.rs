@@ -107,7 +107,7 @@ mod tests {
 
     /// Stands in for the raft thread: hands each ReadIndex ask it takes to
     /// the test, which answers it.
-    fn raft_thread(queue: InboxReceiver<Input>) -> tokio::sync::mpsc::UnboundedReceiver<Round> {
+    fn raft_thread(mut queue: InboxReceiver<Input>) -> tokio::sync::mpsc::UnboundedReceiver<Round> {
         let (rounds, asked) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             while let Some(input) = queue.recv() {
@@ -162,7 +162,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_that_cannot_be_asked_fails_its_readers_and_the_next_asks_again() {
-        let (inputs, queue) = inbox(1);
+        let (inputs, mut queue) = inbox(1);
         // The inbox is full: the round is refused, as a request would be.
         assert!(inputs.try_send(Input::Stop).is_ok());
         let batcher = Arc::new(ReadBatcher::new(inputs));

@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::Entry;
@@ -38,7 +39,7 @@ struct Segment {
     /// Sequence number, from the file name.
     seq: u64,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Highest index written to this segment (0: none).
     last_index: u64,
 }
@@ -104,7 +105,7 @@ impl Wal {
         let mut segments = Vec::new();
         let mut end_of_last = (0, 0, false);
         for (seq, path) in &paths {
-            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
             let replayed = replay(path, &file, *seq, &mut slots)?;
             segments.push(Segment {
                 seq: *seq,
@@ -152,7 +153,18 @@ impl Wal {
 
     /// Appends entries durably (one write, one `fdatasync`) and returns
     /// their slots.
+    #[cfg(test)]
     pub fn append(&mut self, entries: &[Entry]) -> io::Result<Vec<Slot>> {
+        let (slots, unsynced) = self.write(entries)?;
+        unsynced.sync()?;
+        Ok(slots)
+    }
+
+    /// Writes entries and returns their slots, and the `fdatasync` still
+    /// owed before they count as durable (it may run on another thread).
+    /// Nothing may rely on them being on disk until it has returned; if it
+    /// fails, the log is not to be used again (the raft loop stops).
+    pub fn write(&mut self, entries: &[Entry]) -> io::Result<(Vec<Slot>, Unsynced)> {
         let mut records = Vec::with_capacity(entries.len());
         let mut size = 0;
         for entry in entries {
@@ -190,14 +202,9 @@ impl Wal {
         }
         let current = self.segments.last_mut().expect("a segment is always open");
         current.file.write_all_at(&buffer, self.offset)?;
-        match crate::fault::disk() {
-            DiskFault::FailingFsync => {
-                return Err(io::Error::other("fdatasync failed (fault injection)"));
-            }
-            DiskFault::Slow => std::thread::sleep(crate::fault::SLOW_FSYNC),
-            DiskFault::Healthy | DiskFault::Full => {}
-        }
-        crate::telemetry::WAL_FSYNC.time(|| current.file.sync_data())?;
+        let unsynced = Unsynced {
+            file: current.file.clone(),
+        };
         self.offset += buffer.len() as u64;
         self.last_crc = crc;
         if let Some(last) = entries.last() {
@@ -205,7 +212,7 @@ impl Wal {
             // segment's bound as the highest ever written, which is safe.
             current.last_index = current.last_index.max(last.index);
         }
-        Ok(slots)
+        Ok((slots, unsynced))
     }
 
     /// Reads back the entry at `slot`, checking that the record is the one
@@ -297,7 +304,7 @@ fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<Segment> {
     Ok(Segment {
         seq,
         path,
-        file,
+        file: Arc::new(file),
         last_index: 0,
     })
 }
@@ -312,6 +319,26 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     } else {
         // Not every filesystem can: fall back to a plain length.
         file.set_len(bytes)
+    }
+}
+
+/// Entries written to a segment but not yet synced: see [`Wal::write`].
+#[must_use = "the entries are not durable until synced"]
+pub struct Unsynced {
+    file: Arc<File>,
+}
+
+impl Unsynced {
+    pub fn sync(self) -> io::Result<()> {
+        use crate::fault::DiskFault;
+        match crate::fault::disk() {
+            DiskFault::FailingFsync => {
+                return Err(io::Error::other("fdatasync failed (fault injection)"));
+            }
+            DiskFault::Slow => std::thread::sleep(crate::fault::SLOW_FSYNC),
+            DiskFault::Healthy | DiskFault::Full => {}
+        }
+        crate::telemetry::WAL_FSYNC.time(|| self.file.sync_data())
     }
 }
 
