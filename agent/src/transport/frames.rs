@@ -150,7 +150,7 @@ pub async fn read(
                 .await
                 .map_err(|err| FrameError::Read(err.to_string()))?;
             let bytes = read_growing(stream, len).await?;
-            Message::parse_from_bytes(&bytes).map_err(|e| FrameError::Undecodable(e.to_string()))?
+            decode(bytes).await?
         };
         let admitted = screen(&message);
         if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -175,6 +175,25 @@ pub async fn read(
         }
         first = false;
     }
+}
+
+/// Messages at least this big are encoded and decoded on a blocking
+/// thread: the transport shares the raft thread (`consensus::runtime`),
+/// which must not spend tens of milliseconds on one large append while
+/// heartbeats wait.
+pub const OFF_THREAD_BYTES: usize = 1 << 20;
+
+async fn decode(bytes: Vec<u8>) -> Result<Message, FrameError> {
+    let large = bytes.len() >= OFF_THREAD_BYTES;
+    let parse = move || {
+        Message::parse_from_bytes(&bytes).map_err(|e| FrameError::Undecodable(e.to_string()))
+    };
+    if !large {
+        return parse();
+    }
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|err| FrameError::Read(err.to_string()))?
 }
 
 /// Reads `len` bytes, growing the buffer as they arrive rather than

@@ -543,7 +543,19 @@ async fn send_messages(
         Some(open) => open,
         None => stream.insert(connection.open_uni().await.map_err(|e| e.to_string())?),
     };
-    for frame in frames::encode(messages) {
+    let bytes: usize = messages
+        .iter()
+        .map(|m| m.entries.iter().map(|e| e.data.len()).sum::<usize>())
+        .sum();
+    let frames = if bytes < frames::OFF_THREAD_BYTES {
+        frames::encode(messages)
+    } else {
+        let messages = messages.to_vec();
+        tokio::task::spawn_blocking(move || frames::encode(&messages))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    for frame in frames {
         open.write_all(&frame).await.map_err(|e| e.to_string())?;
     }
     Ok(())
