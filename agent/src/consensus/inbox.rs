@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_gone_receiver_refuses_without_counting() {
-        let (sender, mut receiver) = inbox(1);
+        let (sender, receiver) = inbox(1);
         assert!(sender.try_send(0).is_ok());
         drop(receiver);
         assert!(matches!(

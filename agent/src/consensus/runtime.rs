@@ -71,3 +71,44 @@ impl RaftRuntime {
         self.thread
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_spawned_before_the_loop_run_beside_it_and_end_with_it() {
+        let runtime = RaftRuntime::start().unwrap();
+        // A transport task, spawned before the loop exists.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        runtime.handle().spawn(async move {
+            tx.send(std::thread::current().name().map(String::from))
+                .unwrap();
+            let _ = stopped.await;
+        });
+        let thread = runtime.run(async move {
+            tokio::task::yield_now().await;
+            drop(stop);
+        });
+        thread.join().unwrap();
+        assert_eq!(rx.recv().unwrap().as_deref(), Some("edgeconf-raft"));
+    }
+
+    #[test]
+    fn a_runtime_never_given_a_loop_ends_its_thread_when_dropped() {
+        let runtime = RaftRuntime::start().unwrap();
+        // A task that would hold its sender for ever.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        runtime.handle().spawn(async move {
+            let _held = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(runtime);
+        // The thread ends and drops its tasks with the runtime.
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+}

@@ -88,9 +88,32 @@ pub struct Transport {
     senders: Arc<Senders>,
 }
 
+/// A peer's two senders, each with its own queue and connection: one for
+/// the messages raft takes in any order and that keep its leadership and
+/// elections apart from replication ([`is_urgent`]: heartbeats, votes,
+/// read rounds), one for the rest, in order. A heartbeat never waits
+/// behind megabytes of appends, in a queue, on a stream, or in a
+/// congestion window (etcd too keeps its appends on a stream apart).
 struct Peer {
     addr: SocketAddr,
     queue: mpsc::Sender<Message>,
+    urgent: mpsc::Sender<Message>,
+}
+
+/// Messages raft accepts in any order relative to the others: none of them
+/// carries entries, and a late or lost one is sent again.
+fn is_urgent(message: &Message) -> bool {
+    matches!(
+        message.get_msg_type(),
+        MessageType::MsgHeartbeat
+            | MessageType::MsgHeartbeatResponse
+            | MessageType::MsgRequestVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestPreVoteResponse
+            | MessageType::MsgReadIndex
+            | MessageType::MsgReadIndexResp
+    )
 }
 
 impl Transport {
@@ -211,20 +234,27 @@ impl Transport {
         peers.retain(|id, peer| wanted.contains(&(*id, peer.addr)));
         for &(id, addr) in wanted {
             peers.entry(id).or_insert_with(|| {
-                let (queue, outbox) = mpsc::channel(PEER_QUEUE);
-                self.runtime.spawn(send_to_peer(
-                    self.endpoint.clone(),
-                    self.client_config.clone(),
-                    (
-                        self.contact.clone(),
-                        self.senders.clone(),
-                        snapshots.clone(),
-                    ),
-                    (id, addr),
-                    outbox,
-                    sink.clone(),
-                ));
-                Peer { addr, queue }
+                let sender = || {
+                    let (queue, outbox) = mpsc::channel(PEER_QUEUE);
+                    self.runtime.spawn(send_to_peer(
+                        self.endpoint.clone(),
+                        self.client_config.clone(),
+                        (
+                            self.contact.clone(),
+                            self.senders.clone(),
+                            snapshots.clone(),
+                        ),
+                        (id, addr),
+                        outbox,
+                        sink.clone(),
+                    ));
+                    queue
+                };
+                Peer {
+                    addr,
+                    queue: sender(),
+                    urgent: sender(),
+                }
             });
         }
     }
@@ -268,9 +298,14 @@ impl Transport {
             let to = message.to;
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let queued = !isolated
-                && peers
-                    .get(&to)
-                    .is_some_and(|peer| peer.queue.try_send(message).is_ok());
+                && peers.get(&to).is_some_and(|peer| {
+                    let queue = if is_urgent(&message) {
+                        &peer.urgent
+                    } else {
+                        &peer.queue
+                    };
+                    queue.try_send(message).is_ok()
+                });
             if !queued {
                 self.deliver(Delivery::Unreachable(to));
                 // raft keeps a follower paused while a snapshot to it is in

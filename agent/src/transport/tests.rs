@@ -51,3 +51,32 @@ async fn an_agent_behind_nat_is_reached_over_the_connection_it_dialed() {
     let got = tokio::task::block_in_place(|| wait(&to_a)).unwrap();
     assert_eq!(got.0, b"via alias".to_vec());
 }
+
+#[test]
+fn heartbeats_votes_and_read_rounds_go_apart_from_appends_and_snapshots() {
+    let of = |kind| {
+        let mut message = Message::default();
+        message.set_msg_type(kind);
+        is_urgent(&message)
+    };
+    for kind in [
+        MessageType::MsgHeartbeat,
+        MessageType::MsgHeartbeatResponse,
+        MessageType::MsgRequestPreVote,
+        MessageType::MsgRequestVoteResponse,
+        MessageType::MsgReadIndex,
+        MessageType::MsgReadIndexResp,
+    ] {
+        assert!(of(kind), "{kind:?}");
+    }
+    // Anything that carries entries, or whose order raft relies on.
+    for kind in [
+        MessageType::MsgAppend,
+        MessageType::MsgAppendResponse,
+        MessageType::MsgSnapshot,
+        MessageType::MsgPropose,
+        MessageType::MsgTimeoutNow,
+    ] {
+        assert!(!of(kind), "{kind:?}");
+    }
+}
