@@ -194,7 +194,7 @@ impl RaftLog {
         }
     }
 
-    /// As [`Log::append`], but the entries' `fdatasync` is left to the
+    /// As [`RaftLog::append`], but the entries' `fdatasync` is left to the
     /// caller (see [`Wal::write`]): raft must not hear they are persisted
     /// until it has returned. The hard state is durable on return.
     pub fn write(

@@ -180,7 +180,8 @@ pub async fn read(
 /// Messages at least this big are encoded and decoded on a blocking
 /// thread: the transport shares the raft thread (`consensus::runtime`),
 /// which must not spend tens of milliseconds on one large append while
-/// heartbeats wait.
+/// heartbeats wait. A peer cannot use this to take many blocking threads:
+/// `read` holds the frame's share of the read budget until it is decoded.
 pub const OFF_THREAD_BYTES: usize = 1 << 20;
 
 async fn decode(bytes: Vec<u8>) -> Result<Message, FrameError> {
