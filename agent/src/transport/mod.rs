@@ -525,7 +525,7 @@ async fn send_to_peer(
             continue;
         };
         if !messages.is_empty() {
-            if let Err(err) = send_messages(conn, &mut stream, &messages).await {
+            if let Err(err) = send_messages(conn, &mut stream, messages).await {
                 tracing::debug!(peer = format_args!("{id:x}"), error = %err, "sending raft messages failed");
                 stream = None;
                 connection = None;
@@ -572,7 +572,7 @@ async fn connect(
 async fn send_messages(
     connection: &quinn::Connection,
     stream: &mut Option<quinn::SendStream>,
-    messages: &[Message],
+    messages: Vec<Message>,
 ) -> Result<(), String> {
     let open = match stream {
         Some(open) => open,
@@ -583,9 +583,8 @@ async fn send_messages(
         .map(|m| m.entries.iter().map(|e| e.data.len()).sum::<usize>())
         .sum();
     let frames = if bytes < frames::OFF_THREAD_BYTES {
-        frames::encode(messages)
+        frames::encode(&messages)
     } else {
-        let messages = messages.to_vec();
         tokio::task::spawn_blocking(move || frames::encode(&messages))
             .await
             .map_err(|e| e.to_string())?
