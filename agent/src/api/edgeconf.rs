@@ -116,6 +116,7 @@ impl Edgeconf for EdgeconfService {
         }
         caller.check(Access::Read, &KeyRange::single(req.key.clone()))?;
         let store = self.0.node.store();
+        store.caught_up().await;
         let history = store.history(&req.key).map_err(store_status)?;
         let latest = store.sequence(&req.key).map_err(store_status)?;
         let count = history.entries.len();
@@ -216,6 +217,8 @@ impl Edgeconf for EdgeconfService {
         }
         if !request.get_ref().serializable {
             self.0.node.read_index().await.map_err(propose_status)?;
+        } else {
+            self.0.node.store().caught_up().await;
         }
         let caller = self.0.caller(&request)?;
         let req = request.into_inner();

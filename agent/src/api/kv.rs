@@ -65,6 +65,9 @@ impl PbKvService for KvService {
             // Linearizable: first catch up with everything committed so far
             // (auth changes included, so the check below sees them).
             self.0.node.read_index().await.map_err(propose_status)?;
+        } else {
+            // Serializable: at least what this member told its clients.
+            self.0.node.store().caught_up().await;
         }
         let caller = self.0.caller(&request)?;
         let request = request.into_inner();

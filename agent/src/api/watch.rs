@@ -142,6 +142,8 @@ impl WatchStream {
                 })
                 .await;
         }
+        // A client that was told of a write watches from after it.
+        self.context.node.store().caught_up().await;
         // Tell the client first: it matches `created` replies to its requests.
         let created = PbWatchResponse {
             header: Some(self.context.current_header()),

@@ -8,6 +8,7 @@
 
 mod apply;
 mod feed;
+mod foresee;
 pub mod image;
 mod internal;
 mod maintenance;
@@ -19,6 +20,7 @@ mod types;
 mod watch;
 
 pub use feed::{FeedSlice, SliceRefusal};
+pub use foresee::foresee;
 pub use internal::INTERNAL_PREFIX;
 pub use maintenance::{Defragmented, KvHash};
 pub use snapshot::CopySummary;
@@ -71,6 +73,11 @@ pub struct Store {
     path: PathBuf,
     /// The last committed revision, readable without a transaction.
     revision: AtomicI64,
+    /// The highest revision a client was told of before it was committed
+    /// here (see [`foresee`]); serializable reads wait for it.
+    promised: AtomicI64,
+    /// Woken at every commit, for readers waiting on `promised`.
+    visible: tokio::sync::Notify,
     live: broadcast::Sender<Arc<Committed>>,
     /// Held from the start of a write transaction until its events are
     /// published, so watchers receive batches in commit order.
@@ -148,6 +155,8 @@ impl Store {
             db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
             revision: AtomicI64::new(0),
+            promised: AtomicI64::new(0),
+            visible: tokio::sync::Notify::new(),
             live,
             write_lock: Mutex::new(()),
             auth: RwLock::new(Arc::default()),
@@ -172,6 +181,39 @@ impl Store {
     /// The last committed revision.
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::SeqCst)
+    }
+
+    /// A client is about to be told that `revision` is written, before
+    /// the commit that writes it is visible here: readers that must see
+    /// it wait in [`Store::caught_up`] until it is.
+    pub fn promise(&self, revision: i64) {
+        self.promised.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// Withdraws the promises above the current revision: the commit did
+    /// not write what was foreseen (a bug, logged by the caller), and
+    /// readers must not wait for a revision that will not come.
+    pub fn settle_promises(&self) {
+        self.promised.store(self.revision(), Ordering::SeqCst);
+    }
+
+    /// Returns once every revision a client of this member was told of is
+    /// visible to reads: a serializable read waits here first, so a client
+    /// reads its own writes. Immediate unless a commit is under way.
+    pub async fn caught_up(&self) {
+        loop {
+            let promised = self.promised.load(Ordering::SeqCst);
+            if self.revision() >= promised {
+                return;
+            }
+            let notified = self.visible.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.revision() >= promised {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// `(current revision, compact revision)` from one snapshot.
@@ -388,6 +430,7 @@ impl Store {
     /// A commit is visible to readers: its revision and events go out.
     fn publish(&self, committed: Committed) {
         self.revision.store(committed.revision, Ordering::SeqCst);
+        self.visible.notify_waiters();
         self.internal.committed(&committed);
         // No receivers is fine: nobody is watching.
         let _ = self.live.send(Arc::new(committed));
