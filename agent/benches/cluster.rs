@@ -3,7 +3,9 @@
 //! etcd v3 API, 256-byte values, both fsyncing before acknowledging.
 //!
 //! Run: `cargo bench --bench cluster` (prints figures; asserts nothing).
-//! Each throughput scenario runs ROUNDS times; medians are printed, and the
+//! Each throughput scenario runs ROUNDS times per system, the systems'
+//! rounds alternating; medians are printed, the median of the rounds'
+//! ratios (each Edgeconf round against the etcd round after it), and the
 //! CPU all three members spent per request over the rounds (user and
 //! system time from /proc): on a machine the members and the load
 //! generator share, throughput follows it.
@@ -12,10 +14,10 @@ mod support;
 
 use std::time::Duration;
 
-use edgeconf::cli::bench::{prepare, watch_latency, BenchArgs, Consistency, Report, Workload};
-use support::{edgeconf_cluster, etcd_available, etcd_cluster, measure, median, Server};
+use edgeconf::cli::bench::{prepare, run, watch_latency, BenchArgs, Consistency, Report, Workload};
+use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 struct System {
     name: &'static str,
@@ -81,22 +83,56 @@ fn main() {
             key_space: 1_000,
             consistency: Consistency::Linearizable,
         };
-        let mut throughputs = Vec::new();
         for system in &systems {
             if workload == Workload::Get {
                 rt.block_on(prepare(&system.endpoints(), &args)).unwrap();
             }
-            let cpu_before = system.cpu_seconds();
-            let (throughput, p50, p99) = measure(&rt, &system.endpoints(), &args, ROUNDS);
-            let cpu = (system.cpu_seconds() - cpu_before) / (total * ROUNDS) as f64 * 1e6;
-            throughputs.push(throughput);
+        }
+        // Rounds alternate between the systems, so that a machine growing
+        // busier or quieter during the run weighs on both alike.
+        let mut reports: Vec<Vec<Report>> = systems.iter().map(|_| Vec::new()).collect();
+        let mut cpu: Vec<f64> = vec![0.0; systems.len()];
+        for _ in 0..ROUNDS {
+            for (i, system) in systems.iter().enumerate() {
+                let before = system.cpu_seconds();
+                reports[i].push(
+                    rt.block_on(run(&system.endpoints(), &args))
+                        .expect("benchmark run"),
+                );
+                cpu[i] += system.cpu_seconds() - before;
+            }
+        }
+        for (i, system) in systems.iter().enumerate() {
+            let rounds = &reports[i];
+            let throughput = median(rounds.iter().map(Report::throughput).collect());
+            let p50 = median(rounds.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
+            let p99 = median(rounds.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+            let cpu = cpu[i] / (total * ROUNDS) as f64 * 1e6;
             println!(
                 "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2} {cpu:>13.0}",
                 system.name
             );
         }
-        if let [ours, etcd] = throughputs[..] {
-            println!("{label:<40} {:>9} {:>9.2}x", "ratio", ours / etcd);
+        if let [ours, etcd] = &reports[..] {
+            // The median of the ratios of rounds run one after the other.
+            let ratios: Vec<f64> = ours
+                .iter()
+                .zip(etcd)
+                .map(|(ours, etcd)| ours.throughput() / etcd.throughput())
+                .collect();
+            let p50_ratios: Vec<f64> = ours
+                .iter()
+                .zip(etcd)
+                .map(|(ours, etcd)| ours.p50.as_secs_f64() / etcd.p50.as_secs_f64())
+                .collect();
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "{label:<40} {:>9} {:>9.2}x rate (rounds {}), p50 {:.2}x",
+                "ratio",
+                median(ratios.clone()),
+                each.join(" "),
+                median(p50_ratios)
+            );
         }
     }
 
