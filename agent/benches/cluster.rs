@@ -164,7 +164,9 @@ fn main() {
         );
     }
 
-    // Memory after loading 10,000 keys.
+    // Memory holding 10,000 keys: first on the clusters that ran the
+    // scenarios above (their history and buffers included), then on fresh
+    // clusters that hold exactly those keys.
     let load = BenchArgs {
         workload: Workload::Put,
         clients: 64,
@@ -174,19 +176,58 @@ fn main() {
         key_space: 10_000,
         consistency: Consistency::Linearizable,
     };
+    let mut rss = Vec::new();
     for system in &systems {
-        rt.block_on(prepare(&system.endpoints(), &load)).unwrap();
-        std::thread::sleep(Duration::from_secs(1));
-        let rss: Vec<String> = system
-            .members
-            .iter()
-            .map(|m| format!("{:.1}", m.rss_mib()))
-            .collect();
+        rss.push(load_and_measure(&rt, system, &load));
+        print_rss(
+            "after the scenarios, 10,000 keys",
+            system,
+            &rss[rss.len() - 1],
+        );
+    }
+    print_rss_ratio("after the scenarios", &rss);
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let names: Vec<&'static str> = systems.iter().map(|s| s.name).collect();
+    drop(systems);
+    let mut rss = Vec::new();
+    for name in names {
+        let members = match name {
+            "edgeconf" => edgeconf_cluster(fresh_dir.path(), 3),
+            _ => etcd_cluster(fresh_dir.path(), 3),
+        };
+        let system = System { name, members };
+        std::thread::sleep(Duration::from_secs(3));
+        rss.push(load_and_measure(&rt, &system, &load));
+        print_rss("fresh cluster, 10,000 keys", &system, &rss[rss.len() - 1]);
+    }
+    print_rss_ratio("fresh clusters", &rss);
+}
+
+/// Writes `load` and returns each member's RSS in MiB a second later.
+fn load_and_measure(rt: &tokio::runtime::Runtime, system: &System, load: &BenchArgs) -> Vec<f64> {
+    rt.block_on(prepare(&system.endpoints(), load)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    system.members.iter().map(Server::rss_mib).collect()
+}
+
+fn print_rss(label: &str, system: &System, rss: &[f64]) {
+    let each: Vec<String> = rss.iter().map(|mib| format!("{mib:.1}")).collect();
+    println!(
+        "{label:<40} {:>9} RSS per member MiB: {}",
+        system.name,
+        each.join(" / ")
+    );
+}
+
+/// The ratio of the members' mean RSS, Edgeconf's over etcd's.
+fn print_rss_ratio(label: &str, rss: &[Vec<f64>]) {
+    if let [ours, etcd] = rss {
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
         println!(
-            "{:<40} {:>9} RSS per member MiB: {}",
-            "after loading 10,000 keys",
-            system.name,
-            rss.join(" / ")
+            "{:<40} {:>9} {:>9.2}x mean RSS per member ({label})",
+            "memory",
+            "ratio",
+            mean(ours) / mean(etcd)
         );
     }
 }
