@@ -113,6 +113,10 @@ fn main() {
                 system.name
             );
         }
+        for system in &systems {
+            let rss: Vec<f64> = system.members.iter().map(Server::rss_mib).collect();
+            print_rss("  RSS after it", system, &rss);
+        }
         if let [ours, etcd] = &reports[..] {
             // The median of the ratios of rounds run one after the other.
             let ratios: Vec<f64> = ours
