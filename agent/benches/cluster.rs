@@ -160,12 +160,22 @@ fn main() {
         );
     }
     if let [ours, etcd] = p50s[..] {
-        println!(
-            "{:<40} {:>9} {:>9.2}x (p50, lower is better)",
-            "watch latency",
-            "ratio",
-            ours / etcd
-        );
+        // Both are often under 10 µs, where a ratio says nothing.
+        if etcd >= 0.01 {
+            println!(
+                "{:<40} {:>9} {:>9.2}x (p50, lower is better)",
+                "watch latency",
+                "ratio",
+                ours / etcd
+            );
+        } else {
+            println!(
+                "{:<40} {:>9} {:>+9.2} ms (p50, edgeconf's minus etcd's)",
+                "watch latency",
+                "difference",
+                ours - etcd
+            );
+        }
     }
 
     // Memory holding 10,000 keys: first on the clusters that ran the
