@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use edgeconf::cli::bench::{prepare, run, watch_latency, BenchArgs, Consistency, Report, Workload};
-use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, Server};
+use support::{edgeconf_cluster, etcd_available, etcd_cluster, median, medians, Server};
 
 const ROUNDS: usize = 5;
 
@@ -34,18 +34,21 @@ impl System {
     }
 }
 
+/// Three members of `name` ("edgeconf" or "etcd") with data under `dir`.
+fn start(name: &'static str, dir: &std::path::Path) -> System {
+    let members = match name {
+        "edgeconf" => edgeconf_cluster(dir, 3),
+        _ => etcd_cluster(dir, 3),
+    };
+    System { name, members }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut systems = vec![System {
-        name: "edgeconf",
-        members: edgeconf_cluster(dir.path(), 3),
-    }];
+    let mut systems = vec![start("edgeconf", dir.path())];
     if etcd_available() {
-        systems.push(System {
-            name: "etcd",
-            members: etcd_cluster(dir.path(), 3),
-        });
+        systems.push(start("etcd", dir.path()));
     } else {
         println!("(etcd not found: run ./setup.sh for the side-by-side figures)");
     }
@@ -103,10 +106,7 @@ fn main() {
             }
         }
         for (i, system) in systems.iter().enumerate() {
-            let rounds = &reports[i];
-            let throughput = median(rounds.iter().map(Report::throughput).collect());
-            let p50 = median(rounds.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
-            let p99 = median(rounds.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+            let (throughput, p50, p99) = medians(&reports[i]);
             let cpu = cpu[i] / (total * ROUNDS) as f64 * 1e6;
             println!(
                 "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2} {cpu:>13.0}",
@@ -118,22 +118,20 @@ fn main() {
             print_rss("  RSS after it", system, &rss);
         }
         if let [ours, etcd] = &reports[..] {
-            // The median of the ratios of rounds run one after the other.
-            let ratios: Vec<f64> = ours
-                .iter()
-                .zip(etcd)
-                .map(|(ours, etcd)| ours.throughput() / etcd.throughput())
-                .collect();
-            let p50_ratios: Vec<f64> = ours
-                .iter()
-                .zip(etcd)
-                .map(|(ours, etcd)| ours.p50.as_secs_f64() / etcd.p50.as_secs_f64())
-                .collect();
+            // The ratios of rounds run one after the other.
+            let paired = |figure: fn(&Report) -> f64| -> Vec<f64> {
+                ours.iter()
+                    .zip(etcd)
+                    .map(|(ours, etcd)| figure(ours) / figure(etcd))
+                    .collect()
+            };
+            let ratios = paired(Report::throughput);
+            let p50_ratios = paired(|r| r.p50.as_secs_f64());
             let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
                 "{label:<40} {:>9} {:>9.2}x rate (rounds {}), p50 {:.2}x",
                 "ratio",
-                median(ratios.clone()),
+                median(ratios),
                 each.join(" "),
                 median(p50_ratios)
             );
@@ -192,12 +190,9 @@ fn main() {
     };
     let mut rss = Vec::new();
     for system in &systems {
-        rss.push(load_and_measure(&rt, system, &load));
-        print_rss(
-            "after the scenarios, 10,000 keys",
-            system,
-            &rss[rss.len() - 1],
-        );
+        let measured = load_and_measure(&rt, system, &load);
+        print_rss("after the scenarios, 10,000 keys", system, &measured);
+        rss.push(measured);
     }
     print_rss_ratio("after the scenarios", &rss);
     let fresh_dir = tempfile::tempdir().unwrap();
@@ -205,14 +200,11 @@ fn main() {
     drop(systems);
     let mut rss = Vec::new();
     for name in names {
-        let members = match name {
-            "edgeconf" => edgeconf_cluster(fresh_dir.path(), 3),
-            _ => etcd_cluster(fresh_dir.path(), 3),
-        };
-        let system = System { name, members };
+        let system = start(name, fresh_dir.path());
         std::thread::sleep(Duration::from_secs(3));
-        rss.push(load_and_measure(&rt, &system, &load));
-        print_rss("fresh cluster, 10,000 keys", &system, &rss[rss.len() - 1]);
+        let measured = load_and_measure(&rt, &system, &load);
+        print_rss("fresh cluster, 10,000 keys", &system, &measured);
+        rss.push(measured);
     }
     print_rss_ratio("fresh clusters", &rss);
 }

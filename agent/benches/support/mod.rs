@@ -215,6 +215,12 @@ pub fn measure(
     let reports: Vec<Report> = (0..rounds)
         .map(|_| rt.block_on(run(endpoints, args)).expect("benchmark run"))
         .collect();
+    medians(&reports)
+}
+
+/// The medians of rounds' throughput (req/s), p50 and p99 (ms).
+pub fn medians(reports: &[edgeconf::cli::bench::Report]) -> (f64, f64, f64) {
+    use edgeconf::cli::bench::Report;
     (
         median(reports.iter().map(Report::throughput).collect()),
         median(reports.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
