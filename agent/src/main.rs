@@ -65,30 +65,59 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The agent's runtime. An edge host is small and an edge agent is off
 /// every write path, so an edge runs one worker thread and one malloc
-/// arena (glibc gives each thread that allocates an arena of its own, and
-/// what an arena frees it keeps resident): about 0.7 MiB less resident
-/// memory (BENCHMARKS.md, issue 19).
+/// arena: about 0.7 MiB less resident memory (BENCHMARKS.md, issue 19).
 ///
 /// A voter runs one worker fewer than it has CPUs (at least one), which
 /// leaves a CPU to the raft thread: every write waits on it, and a busy
 /// worker taking its CPU delays every write at once. On two CPUs that is
 /// a quarter more linearizable gets, each for a fifth less CPU, and 7% off
 /// a lone put's latency (BENCHMARKS.md). `TOKIO_WORKER_THREADS` still sets
-/// the count.
+/// the count. It runs one malloc arena per two CPUs ([`voter_arenas`]).
 fn agent_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
-    if config.role != edgeconf::config::Role::Edge {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (workers, arenas) = if config.role == edgeconf::config::Role::Edge {
+        (1, 1)
+    } else {
         let workers = workers_from_env()?.unwrap_or_else(|| voter_workers(cpus));
-        return runtime(Some(workers));
+        (workers, voter_arenas(cpus))
+    };
+    limit_malloc_arenas(arenas);
+    runtime(Some(workers))
+}
+
+/// Caps glibc's malloc arenas, unless the environment already does
+/// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`).
+///
+/// glibc gives each thread that allocates an arena of its own (up to eight
+/// per CPU), and keeps resident what an arena frees. redb's page cache
+/// frees pages on whichever thread evicts them and allocates them on
+/// whichever thread reads: pages freed by the raft thread's applies stay
+/// resident in its arena while the workers' reads allocate new ones in
+/// theirs. Three members on two CPUs, after 200,000 linearizable gets:
+/// 27 MiB each with glibc's arenas, 23.5 MiB with one, at the same rates
+/// (BENCHMARKS.md, issue 19).
+fn limit_malloc_arenas(arenas: usize) {
+    let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if tuned {
+        return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets one of the allocator's tunables, under the
     // allocator's own lock. Called before the runtime's threads start, so
-    // they all share the main arena.
+    // every thread they start shares the arenas allowed.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_ARENA_MAX, arenas.try_into().unwrap_or(i32::MAX));
     }
-    runtime(Some(1))
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
+}
+
+/// Malloc arenas of a voter with `cpus` CPUs: one per two CPUs, so that on
+/// a small host its threads share one, and on a large one the workers do
+/// not all wait on one arena's lock.
+fn voter_arenas(cpus: usize) -> usize {
+    (cpus / 2).max(1)
 }
 
 /// Worker threads of a voter with `cpus` CPUs: one CPU is the raft
@@ -170,7 +199,7 @@ fn run_agent(args: &cli::AgentArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_workers, voter_workers};
+    use super::{parse_workers, voter_arenas, voter_workers};
 
     #[test]
     fn a_voter_leaves_one_cpu_to_the_raft_thread() {
@@ -179,6 +208,15 @@ mod tests {
         // With one CPU (or none reported) it still has a worker.
         assert_eq!(voter_workers(1), 1);
         assert_eq!(voter_workers(0), 1);
+    }
+
+    #[test]
+    fn a_voter_shares_one_malloc_arena_per_two_cpus() {
+        assert_eq!(voter_arenas(2), 1);
+        assert_eq!(voter_arenas(3), 1);
+        assert_eq!(voter_arenas(8), 4);
+        assert_eq!(voter_arenas(1), 1);
+        assert_eq!(voter_arenas(0), 1);
     }
 
     #[test]
