@@ -8,7 +8,9 @@
 //! ratios (each Edgeconf round against the etcd round after it), and the
 //! CPU all three members spent per request over the rounds (user and
 //! system time from /proc): on a machine the members and the load
-//! generator share, throughput follows it.
+//! generator share, throughput follows it. The load generator's own CPU
+//! per request (this process's) is printed beside it: the same generator
+//! drives both systems, and what it spends the members cannot.
 
 mod support;
 
@@ -56,8 +58,8 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
 
     println!(
-        "{:<40} {:>9} {:>10} {:>9} {:>9} {:>13}",
-        "scenario (3 members)", "system", "req/s", "p50 ms", "p99 ms", "cpu us/req"
+        "{:<40} {:>9} {:>10} {:>9} {:>9} {:>13} {:>13}",
+        "scenario (3 members)", "system", "req/s", "p50 ms", "p99 ms", "cpu us/req", "gen us/req"
     );
     let scenarios = [
         ("put, 1 client sequential", Workload::Put, 1, 1, 2_000),
@@ -95,21 +97,24 @@ fn main() {
         // busier or quieter during the run weighs on both alike.
         let mut reports: Vec<Vec<Report>> = systems.iter().map(|_| Vec::new()).collect();
         let mut cpu: Vec<f64> = vec![0.0; systems.len()];
+        let mut generator_cpu: Vec<f64> = vec![0.0; systems.len()];
         for _ in 0..ROUNDS {
             for (i, system) in systems.iter().enumerate() {
-                let before = system.cpu_seconds();
+                let before = (system.cpu_seconds(), own_cpu_seconds());
                 reports[i].push(
                     rt.block_on(run(&system.endpoints(), &args))
                         .expect("benchmark run"),
                 );
-                cpu[i] += system.cpu_seconds() - before;
+                cpu[i] += system.cpu_seconds() - before.0;
+                generator_cpu[i] += own_cpu_seconds() - before.1;
             }
         }
         for (i, system) in systems.iter().enumerate() {
             let (throughput, p50, p99) = medians(&reports[i]);
-            let cpu = cpu[i] / (total * ROUNDS) as f64 * 1e6;
+            let per_request = |seconds: f64| seconds / (total * ROUNDS) as f64 * 1e6;
+            let (cpu, generator) = (per_request(cpu[i]), per_request(generator_cpu[i]));
             println!(
-                "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2} {cpu:>13.0}",
+                "{label:<40} {:>9} {throughput:>10.0} {p50:>9.2} {p99:>9.2} {cpu:>13.0} {generator:>13.0}",
                 system.name
             );
         }
@@ -207,6 +212,11 @@ fn main() {
         rss.push(measured);
     }
     print_rss_ratio("fresh clusters", &rss);
+}
+
+/// CPU time this process (the load generator) has used, in seconds.
+fn own_cpu_seconds() -> f64 {
+    edgeconf::telemetry::cpu_seconds("self").unwrap_or(0.0)
 }
 
 /// Writes `load` and returns each member's RSS in MiB a second later.
