@@ -10,6 +10,7 @@ pub mod admission;
 pub mod auth;
 mod authority;
 mod cluster;
+mod coalesce;
 pub mod concurrency;
 mod convert;
 mod edgeconf;
@@ -30,6 +31,7 @@ use etcd_client::proto::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
     PbWatchServer,
 };
+use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
@@ -270,19 +272,26 @@ pub async fn serve(
     };
     match tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls, shutdown.clone())
-                .map(|stream| stream.map(authority::LenientAuthority::new));
+            let incoming =
+                tls::incoming(listener, tls, shutdown.clone()).map(|stream| stream.map(accepted));
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
         None => {
             let incoming = TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
-                .map(|stream| stream.map(authority::LenientAuthority::new));
+                .map(|stream| stream.map(accepted));
             let _ = &mut shutdown;
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
     }
+}
+
+/// What the server reads and writes for a client connection: its request
+/// headers repaired (`authority`), its writes held until the server flushes
+/// (`coalesce`).
+fn accepted<S: AsyncWrite>(stream: S) -> authority::LenientAuthority<coalesce::CoalescedWrites<S>> {
+    authority::LenientAuthority::new(coalesce::CoalescedWrites::new(stream))
 }
 
 /// Maps store errors to gRPC statuses, with etcd's messages where etcd

@@ -1,0 +1,113 @@
+//! Lets the HTTP/2 server send what it has ready in one write.
+//!
+//! On a connection that takes vectored writes, the `h2` crate keeps a DATA
+//! frame's payload of 256 bytes or more as a buffer of its own and writes
+//! it out before it encodes the next frame. A gRPC response whose message
+//! is that large (a get of a 256-byte value) therefore left in two writes,
+//! its headers and message and then its trailers, and the responses of the
+//! streams sharing a connection never left together: 2.0 `writev`s per get
+//! under 64 clients, each one a pass through the TCP stack for this member
+//! and a wake-up for the client.
+//!
+//! [`CoalescedWrites`] tells the server that the connection takes no
+//! vectored writes, so `h2` copies payloads under 1 KiB into its own
+//! buffer, and it holds the server's writes in a [`BufWriter`] until the
+//! server flushes, so a larger frame's header and payload still leave in
+//! one write.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+
+/// A client connection whose writes wait for the server's flush.
+pub struct CoalescedWrites<S> {
+    inner: BufWriter<S>,
+}
+
+impl<S: AsyncWrite> CoalescedWrites<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner: BufWriter::new(inner),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescedWrites<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    /// False, so that `h2` buffers small frames itself (see the module's
+    /// documentation); the writes still reach the socket whole.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: tonic::transport::server::Connected + AsyncWrite> tonic::transport::server::Connected
+    for CoalescedWrites<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.get_ref().connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn writes_leave_together_when_the_server_flushes() {
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut conn = CoalescedWrites::new(server);
+        assert!(!conn.is_write_vectored(), "h2 must buffer small frames");
+
+        // A frame header and payload, then the trailers, as h2 writes them.
+        conn.write_all(&[1; 9]).await.unwrap();
+        conn.write_all(&[2; 2000]).await.unwrap();
+        conn.write_all(&[3; 10]).await.unwrap();
+        let mut got = vec![0; 4096];
+        let early = tokio::time::timeout(Duration::from_millis(50), client.read(&mut got)).await;
+        assert!(early.is_err(), "nothing may leave before the flush");
+
+        conn.flush().await.unwrap();
+        let n = client.read(&mut got).await.unwrap();
+        assert_eq!(n, 2019, "the three writes leave as one");
+        assert_eq!(&got[..9], &[1; 9]);
+        assert_eq!(got[2018], 3);
+
+        // The other direction is untouched.
+        client.write_all(b"request").await.unwrap();
+        let mut read = [0; 7];
+        conn.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"request");
+    }
+}
