@@ -20,6 +20,7 @@ mod log;
 mod membership;
 mod raft_loop;
 mod read_batch;
+mod read_quorum;
 mod reads;
 mod requests;
 mod runtime;

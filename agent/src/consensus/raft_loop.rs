@@ -112,6 +112,10 @@ pub(crate) struct RaftLoop {
     pub(super) admission: Admission,
     /// On the leader: whether followers have heard the commit index.
     pub(super) commit_notice: CommitNotice,
+    /// Peers by how recently a message came from them (higher: later),
+    /// and the counter that orders them.
+    pub(super) heard: HashMap<u64, u64>,
+    pub(super) heard_seq: u64,
 }
 
 /// How the loop runs: its tick, when to compact, what the leader admits.
@@ -158,6 +162,8 @@ impl RaftLoop {
             last_sync: Instant::now(),
             admission,
             commit_notice: CommitNotice::default(),
+            heard: HashMap::new(),
+            heard_seq: 0,
         }
     }
 
@@ -192,7 +198,16 @@ impl RaftLoop {
                 let ctx = self.reads.start(reads);
                 self.raw.read_index(ctx);
             }
-            if Instant::now() >= next_tick {
+            // Read rounds asked since the last tick need only a quorum's
+            // followers (`read_quorum`); a tick's heartbeats go to all.
+            let ticking = Instant::now() >= next_tick;
+            if !ticking && self.raw.raft.state == StateRole::Leader {
+                let mut msgs = std::mem::take(&mut self.raw.raft.msgs);
+                let prs = self.raw.raft.prs();
+                super::read_quorum::narrow(&mut msgs, self.id, &self.heard, |q| prs.has_quorum(q));
+                self.raw.raft.msgs = msgs;
+            }
+            if ticking {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
                 if let Some(ctx) = self.reads.retry(self.tick * 3) {
@@ -341,6 +356,8 @@ impl RaftLoop {
     }
 
     fn step(&mut self, mut message: Message) {
+        self.heard_seq += 1;
+        self.heard.insert(message.from, self.heard_seq);
         if message.get_msg_type() == MessageType::MsgPropose
             && self.raw.raft.state == StateRole::Leader
         {
