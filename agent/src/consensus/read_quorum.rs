@@ -161,6 +161,16 @@ mod tests {
         assert_eq!(sent(&messages), vec![2, 2, 3]);
     }
 
+    /// A follower may name any member in its context: the round still goes
+    /// to enough members for a quorum.
+    #[test]
+    fn a_context_naming_no_peer_still_reaches_a_quorum() {
+        let mut messages = vec![heartbeat(2, &ctx(99, 1)), heartbeat(3, &ctx(99, 1))];
+        let heard = HashMap::from([(2, 4), (3, 3)]);
+        narrow(&mut messages, 1, &heard, majority(&[1, 2, 3]));
+        assert_eq!(sent(&messages), vec![2]);
+    }
+
     #[test]
     fn a_context_of_another_form_still_reaches_a_quorum() {
         let mut messages = vec![heartbeat(2, b"odd"), heartbeat(3, b"odd")];
