@@ -199,7 +199,9 @@ impl RaftLoop {
                 self.raw.read_index(ctx);
             }
             // Read rounds asked since the last tick need only a quorum's
-            // followers (`read_quorum`); a tick's heartbeats go to all.
+            // followers (`read_quorum`); a tick's heartbeats go to all. Done
+            // before `tell_commit`, which counts the heartbeats queued as
+            // telling their peers the commit index: a dropped one must not.
             let ticking = Instant::now() >= next_tick;
             if !ticking && self.raw.raft.state == StateRole::Leader {
                 let mut msgs = std::mem::take(&mut self.raw.raft.msgs);
