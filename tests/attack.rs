@@ -837,6 +837,83 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
 }
 
 /// `edgeconf_forwarded_refused_total` as the metrics on `port` say.
+/// A follower's stolen key cannot tell the other follower that entries
+/// are durable on the leader (`consensus::leader_persisted`): only the
+/// leader of the receiver's term may, and a notice from any other member
+/// is dropped and counted. The leader's own notices work meanwhile: puts
+/// through a follower are answered from them.
+#[test]
+fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, metrics) = voters(dir.path(), VOTERS);
+    let leader = cluster.wait_for_leader();
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let counter = |i: usize, line: &str| -> u64 {
+        let text = http_get(metrics[i], "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let inferred = |i: usize| counter(i, "edgeconf_commits_inferred_total ");
+    let forged = |i: usize| counter(i, "edgeconf_raft_refused_total{reason=\"forged_notice\"} ");
+
+    // Sequential puts through f1: each is answered once f1 and the leader
+    // both hold it, and every member has it.
+    for n in 0..20 {
+        ok(edgeconf(agent(f1), &["put", "/app/seq", &n.to_string()]));
+    }
+    assert!(inferred(f1) >= 1, "{}", http_get(metrics[f1], "/metrics"));
+    for i in 0..VOTERS {
+        let value = ok(edgeconf(
+            agent(i),
+            &["get", "/app/seq", "--print-value-only"],
+        ));
+        assert_eq!(value, "19\n", "member {i}");
+    }
+
+    // f2's key, as itself, to f1: "my log is durable through a far index",
+    // in f1's term and the next. (As the leader it cannot even speak: the
+    // transport refuses a key speaking for another member.)
+    let term = status(&cluster, leader)["raft_term"].as_u64().unwrap();
+    let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
+    let notices: Vec<Message> = (0..20)
+        .map(|n| edgeconf::consensus::persisted_notice(id(f2), id(f1), term + n % 2, u64::MAX / 2))
+        .collect();
+    send_as(&cluster, f2, f1, notices);
+    wait_until(
+        "f1 counts the forged notices",
+        Duration::from_secs(10),
+        || forged(f1) >= 10,
+    );
+    assert_eq!(forged(f1), 10, "only the ones of f1's term are forged");
+    let log = agent(f1).log();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Unharmed: writes through either follower still reach every member.
+    ok(edgeconf(agent(f2), &["put", "/app/seq", "after"]));
+    for i in 0..VOTERS {
+        wait_until(
+            "every member has the write",
+            Duration::from_secs(10),
+            || {
+                ok(edgeconf(
+                    agent(i),
+                    &[
+                        "get",
+                        "/app/seq",
+                        "--print-value-only",
+                        "--consistency",
+                        "s",
+                    ],
+                )) == "after\n"
+            },
+        );
+    }
+    assert_eq!(forged(leader), 0);
+}
+
 fn forwarded_refused(port: u16) -> u64 {
     let text = http_get(port, "/metrics");
     text.lines()

@@ -57,6 +57,7 @@ python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float
 command -v curl >/dev/null && for i in 0 1 2; do
   curl -s http://127.0.0.1:$((ports[$i]+10))/metrics | awk -v n=n$((i+1)) '
     /^edgeconf_(apply|wal_fsync)_duration_seconds_(sum|count)/ {v[$1]=$2}
+    /^edgeconf_commits_inferred_total/ {inferred=$2}
     END {
       split("apply wal_fsync", names, " ")
       line = n ":"
@@ -64,7 +65,7 @@ command -v curl >/dev/null && for i in 0 1 2; do
         c = v["edgeconf_" names[i] "_duration_seconds_count"]
         line = line sprintf(" %s %d x %.1f us,", names[i], c, c ? v["edgeconf_" names[i] "_duration_seconds_sum"] / c * 1e6 : 0)
       }
-      print line
+      print line " commits inferred " inferred
     }'
 done
 wait $perfpid || true

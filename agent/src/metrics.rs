@@ -97,7 +97,7 @@ pub fn render_text(sources: &Sources) -> String {
     peer_metrics(&mut out, node);
     let _ = writeln!(
         out,
-        "# HELP edgeconf_raft_refused_total Raft messages and frames refused (a sender that is not a member, not verified yet, not a voter key, or speaking for another member; an oversized, undecodable or invalid snapshot frame; a snapshot while another is received).\n\
+        "# HELP edgeconf_raft_refused_total Raft messages and frames refused (a sender that is not a member, not verified yet, not a voter key, or speaking for another member; an oversized, undecodable or invalid snapshot frame; a snapshot while another is received; a notice that the leader's log is durable from a member that does not lead).\n\
          # TYPE edgeconf_raft_refused_total counter"
     );
     for (reason, count) in node.transport().senders().refused() {

@@ -95,6 +95,7 @@ pub static APPLY: Histogram = Histogram::new();
 pub static RENDER: Histogram = Histogram::new();
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 pub static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
+pub static COMMITS_INFERRED: AtomicU64 = AtomicU64::new(0);
 
 /// gRPC methods seen, each with its histogram. Only methods of the
 /// services served are kept (a client cannot grow the map with made-up
@@ -233,6 +234,11 @@ pub fn render(out: &mut String) {
             "edgeconf_proposals_failed_total",
             "Proposals that failed (no leader, timeout, refused).",
             &PROPOSALS_FAILED,
+        ),
+        (
+            "edgeconf_commits_inferred_total",
+            "Times a follower learned of a commit from the leader's notice that its log is durable, before the leader's commit index came.",
+            &COMMITS_INFERRED,
         ),
     ] {
         help(out, name, "counter", text);

@@ -90,6 +90,11 @@ impl<T> InboxReceiver<T> {
         Some(input)
     }
 
+    /// Whether no input waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let input = self.receiver.try_recv().map_err(|err| match err {
             mpsc::error::TryRecvError::Empty => TryRecvError::Empty,

@@ -15,6 +15,7 @@ mod commit_notice;
 mod entries;
 mod identity;
 mod inbox;
+mod leader_persisted;
 mod lessor;
 mod log;
 mod membership;
@@ -53,6 +54,7 @@ use requests::{ask, screened_sink, submit, wait, INBOX};
 
 use entries::Body;
 pub use entries::{forwarded_entry, forwarded_member_change, Admission};
+pub use leader_persisted::notice as persisted_notice;
 pub use lessor::{LeaseStatus, Lessor, MAX_LEASE_TTL};
 pub use raft_loop::{Compaction, RaftStatus};
 use raft_loop::{Input, LoopSettings, RaftLoop};

@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 
 use super::commit_notice::CommitNotice;
 use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext, Origin};
+use super::leader_persisted::{self, LeaderPersisted};
 use super::log::RaftLog;
 use super::reads::{ReadReply, ReadRounds};
 pub use super::status::{PeerProgress, RaftStatus};
@@ -116,6 +117,11 @@ pub(crate) struct RaftLoop {
     /// and the counter that orders them.
     pub(super) heard: HashMap<u64, u64>,
     pub(super) heard_seq: u64,
+    /// On a follower: how far the leader has said its log is durable.
+    pub(super) leader_persisted: LeaderPersisted,
+    /// On the leader: followers whose proposals it took in since its last
+    /// `ready()`, told once those entries are durable (`leader_persisted`).
+    pub(super) forwarded_by: Vec<u64>,
 }
 
 /// How the loop runs: its tick, when to compact, what the leader admits.
@@ -164,6 +170,8 @@ impl RaftLoop {
             commit_notice: CommitNotice::default(),
             heard: HashMap::new(),
             heard_seq: 0,
+            leader_persisted: LeaderPersisted::default(),
+            forwarded_by: Vec::new(),
         }
     }
 
@@ -219,7 +227,7 @@ impl RaftLoop {
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
             self.tell_commit();
-            if let Err(err) = self.on_ready().await {
+            if let Err(err) = self.on_ready(&inputs).await {
                 self.stop();
                 return Err(err);
             }
@@ -360,12 +368,19 @@ impl RaftLoop {
     fn step(&mut self, mut message: Message) {
         self.heard_seq += 1;
         self.heard.insert(message.from, self.heard_seq);
+        if leader_persisted::is_notice(&message) {
+            self.take_persisted_notice(&message);
+            return;
+        }
         if message.get_msg_type() == MessageType::MsgPropose
             && self.raw.raft.state == StateRole::Leader
         {
             self.admit_forwarded(&mut message);
             if message.entries.is_empty() {
                 return;
+            }
+            if !self.forwarded_by.contains(&message.from) {
+                self.forwarded_by.push(message.from);
             }
         }
         if let Err(err) = self.raw.step(message) {
@@ -384,7 +399,10 @@ impl RaftLoop {
             .fetch_add(refused, Ordering::Relaxed);
     }
 
-    async fn on_ready(&mut self) -> Result<(), String> {
+    async fn on_ready(
+        &mut self,
+        inputs: &super::inbox::InboxReceiver<Input>,
+    ) -> Result<(), String> {
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -434,6 +452,8 @@ impl RaftLoop {
         if self.raw.raft.state == StateRole::Leader {
             self.apply(std::mem::take(&mut committed))?;
         }
+        let forwarded_by = std::mem::take(&mut self.forwarded_by);
+        let last_new = ready.entries().last().map(|entry| entry.index);
         let unsynced = self
             .raw
             .mut_store()
@@ -443,6 +463,14 @@ impl RaftLoop {
             self.sync(unsynced)
                 .await
                 .map_err(|e| format!("persisting raft entries: {e}"))?;
+        }
+        if let Some(last_new) = last_new {
+            // A leader with inputs waiting (acknowledgements among them)
+            // tells the commit in its next round anyway.
+            if inputs.is_empty() {
+                self.tell_persisted(forwarded_by, last_new);
+            }
+            self.infer_commit(last_new);
         }
         if !ready.persisted_messages().is_empty() {
             self.send(ready.take_persisted_messages());
@@ -480,7 +508,7 @@ impl RaftLoop {
             .map_err(std::io::Error::other)?
     }
 
-    fn send(&mut self, messages: Vec<Message>) {
+    pub(super) fn send(&mut self, messages: Vec<Message>) {
         let messages = super::appends::split_oversized(messages, super::appends::MAX_APPEND_BYTES);
         self.commit_notice.sent(&messages);
         self.transport.send(messages);

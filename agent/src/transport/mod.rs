@@ -101,11 +101,14 @@ struct Peer {
 }
 
 /// Messages raft accepts in any order relative to the others: none of them
-/// carries entries, and a late or lost one is sent again.
+/// carries entries, and a late or lost one is sent again (`MsgBeat` marks
+/// the leader's notice that its log is durable, `consensus::leader_persisted`;
+/// a lost one only leaves its follower to hear of the commit as before).
 fn is_urgent(message: &Message) -> bool {
     matches!(
         message.get_msg_type(),
-        MessageType::MsgHeartbeat
+        MessageType::MsgBeat
+            | MessageType::MsgHeartbeat
             | MessageType::MsgHeartbeatResponse
             | MessageType::MsgRequestVote
             | MessageType::MsgRequestVoteResponse
