@@ -226,10 +226,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
         // the counts below.)
         let invalid = || {
             let text = http_get(metrics[f1], "/metrics");
-            let line = "edgeconf_raft_refused_total{reason=\"snapshot_invalid\"} ";
-            text.lines()
-                .find_map(|l| l.strip_prefix(line))
-                .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+            metric(&text, "edgeconf_raft_refused_total{reason=\"snapshot_invalid\"} ").unwrap_or(0)
         };
         for (refused, (bytes, sent)) in [(3 << 20, 3 << 20), (3 << 20, 1 << 20), (16 << 30, 1 << 20)]
             .into_iter()
@@ -333,9 +330,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_raft_for_a_member_or_as_one() {
     let count = |f: usize, reason: &str| -> u64 {
         let text = http_get(metrics[f], "/metrics");
         let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |n| n.trim().parse().unwrap())
+        metric(&text, &line).unwrap_or(0)
     };
     assert_eq!(
         count(f1, "snapshot_invalid"),
@@ -815,10 +810,7 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
         };
         for reason in reasons {
             let line = format!("edgeconf_gossip_refused_total{{reason=\"{reason}\"}} ");
-            let count: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix(&line))
-                .map_or(0, |n| n.trim().parse().unwrap());
+            let count = metric(&text, &line).unwrap_or(0);
             assert!(count >= 1, "n{}: {reason} not counted:\n{text}", i + 1);
         }
         let agent = cluster.agents[i].as_ref().unwrap();
@@ -851,10 +843,7 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     let (f1, f2) = (followers[0], followers[1]);
     let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
     let counter = |i: usize, line: &str| -> u64 {
-        let text = http_get(metrics[i], "/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(line))
-            .map_or(0, |n| n.trim().parse().unwrap())
+        metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0)
     };
     let inferred = |i: usize| counter(i, "edgeconf_commits_inferred_total ");
     let forged = |i: usize| counter(i, "edgeconf_raft_refused_total{reason=\"forged_notice\"} ");
@@ -914,11 +903,17 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     assert_eq!(forged(leader), 0);
 }
 
+/// The value of the `/metrics` line that starts with `line` (its name and
+/// labels, then a space), if `text` has one.
+fn metric(text: &str, line: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map(|n| n.trim().parse().unwrap())
+}
+
 fn forwarded_refused(port: u16) -> u64 {
     let text = http_get(port, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix("edgeconf_forwarded_refused_total "))
-        .and_then(|n| n.trim().parse().ok())
+    metric(&text, "edgeconf_forwarded_refused_total ")
         .unwrap_or_else(|| panic!("no edgeconf_forwarded_refused_total in {text}"))
 }
 
