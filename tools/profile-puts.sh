@@ -10,8 +10,9 @@
 # members (as `cargo bench --bench cluster`), FOLLOWER=1 for clients of
 # one follower only, AGENT_ENV="VAR=value" for the
 # members' environment only, CONSISTENCY=s for serializable reads. After
-# the run it prints each member's count and mean time of store applies
-# and of WAL fsyncs (with curl, if installed).
+# the run it prints each member's context switches per request (its raft
+# thread's, and its other threads' together), and its count and mean time
+# of store applies and of WAL fsyncs (with curl, if installed).
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
 source "$(dirname "$0")/leader.sh"
@@ -47,13 +48,26 @@ ${PERF_CMD:-perf record -F 1999 -g -o $run/perf.data} -p "${pids[$leader]}" -- s
 perfpid=$!
 sleep 0.5
 snap() { for p in "${pids[@]}"; do awk '{printf "%s ", ($14+$15)/100}' /proc/$p/stat; done; echo; }
+# Context switches (voluntary and not) of each member's raft thread and of
+# its other threads together: how often each sleeps and is woken.
+switches() {
+  for p in "${pids[@]}"; do
+    for t in /proc/$p/task/*; do
+      [ "$(cat $t/comm)" = edgeconf-raft ] && echo -n "r " || echo -n "o "
+      awk '/ctxt_switches/ {s += $2} END {print s}' $t/status
+    done | awk '{s[$1] += $2} END {printf "%d %d ", s["r"], s["o"]}'
+  done
+  echo
+}
 before=$(snap)
+switched=$(switches)
 endpoints=127.0.0.1:${ports[$leader]}
 if [ -n "${SPREAD:-}" ]; then endpoints=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}; fi
 if [ -n "${FOLLOWER:-}" ]; then endpoints=127.0.0.1:${ports[$(( (leader + 1) % 3 ))]}; fi
 /usr/bin/time -f "client cpu s: %U user %S sys" $bin --endpoints $endpoints bench ${WORKLOAD:-put} --clients ${CLIENTS:-1} --connections ${CONNECTIONS:-0} --total ${TOTAL:-4000} --consistency ${CONSISTENCY:-l}
 after=$(snap)
 python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float,sys.argv[2].split())); d=[x-y for x,y in zip(a,b)]; print('member cpu s:', ' '.join('%.2f'%x for x in d), 'total %.2f'%sum(d), 'per request us %.0f'%(sum(d)/${TOTAL:-4000}*1e6))" "$before" "$after"
+python3 -c "import sys; b=list(map(int,sys.argv[1].split())); a=list(map(int,sys.argv[2].split())); d=[(x-y)/${TOTAL:-4000} for x,y in zip(a,b)]; print('context switches per request, raft thread / other threads:', ', '.join('n%d %.1f / %.1f'%(i+1,d[2*i],d[2*i+1]) for i in range(3)))" "$switched" "$(switches)"
 command -v curl >/dev/null && for i in 0 1 2; do
   curl -s http://127.0.0.1:$((ports[$i]+10))/metrics | awk -v n=n$((i+1)) '
     /^edgeconf_(apply|wal_fsync)_duration_seconds_(sum|count)/ {v[$1]=$2}
