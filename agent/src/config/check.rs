@@ -147,10 +147,14 @@ impl Config {
             }
         }
 
-        // An edge agent serves no followers: it keeps a short raft log.
+        // A voter syncs its store every `snapshot_count` entries (or 5 s),
+        // and each sync stalls its raft thread for tens of milliseconds
+        // under load: etcd's default (100,000) keeps that to the 5 s timer
+        // (BENCHMARKS.md, issue 19). An edge agent serves no followers: it
+        // keeps a short raft log.
         let role = file.role.unwrap_or_default();
         let (default_count, default_catchup) = match role {
-            Role::Voter => (10_000, 5_000),
+            Role::Voter => (100_000, 5_000),
             Role::Edge => (1_000, 100),
         };
         let snapshot_count = file.snapshot_count.unwrap_or(default_count);

@@ -53,6 +53,12 @@ fn no_file_gives_a_single_local_node() {
         config.initial_cluster,
         [("default".to_string(), "quic://127.0.0.1:2380".to_string())]
     );
+    // etcd's defaults: a store sync (and log compaction) every 100,000
+    // entries, 5,000 entries kept for followers behind.
+    assert_eq!(
+        (config.snapshot_count, config.snapshot_catchup_entries),
+        (100_000, 5_000)
+    );
 }
 
 #[test]
