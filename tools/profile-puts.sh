@@ -53,8 +53,10 @@ snap() { for p in "${pids[@]}"; do awk '{printf "%s ", ($14+$15)/100}' /proc/$p/
 switches() {
   for p in "${pids[@]}"; do
     for t in /proc/$p/task/*; do
-      [ "$(cat $t/comm)" = edgeconf-raft ] && echo -n "r " || echo -n "o "
-      awk '/ctxt_switches/ {s += $2} END {print s}' $t/status
+      # A blocking-pool thread may exit meanwhile: skip it.
+      comm=$(cat $t/comm 2>/dev/null) || continue
+      n=$(awk '/ctxt_switches/ {s += $2} END {print s}' $t/status 2>/dev/null) || continue
+      [ "$comm" = edgeconf-raft ] && echo "r $n" || echo "o $n"
     done | awk '{s[$1] += $2} END {printf "%d %d ", s["r"], s["o"]}'
   done
   echo
