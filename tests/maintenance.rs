@@ -97,13 +97,15 @@ fn members_agree_on_hashkv_a_corrupted_member_is_alarmed_and_leadership_moves() 
         .trim()
         .is_empty());
 
-    // Observability: latency histograms per RPC, WAL fsync and apply;
-    // leader changes; each follower's lag and reachability; the process.
+    // Observability: latency histograms per RPC, WAL fsync, apply and
+    // store sync; leader changes; each follower's lag and reachability;
+    // the process.
     let scraped = http_get(metrics[leader], "/metrics");
     for series in [
         "edgeconf_grpc_request_duration_seconds_bucket{method=\"/etcdserverpb.KV/Put\",le=\"+Inf\"} 20",
         "edgeconf_wal_fsync_duration_seconds_count ",
         "edgeconf_apply_duration_seconds_count ",
+        "edgeconf_store_sync_duration_seconds_count ",
         "edgeconf_leader_changes_total ",
         "edgeconf_raft_peer_lag_entries{member=",
         "edgeconf_raft_peer_reachable{member=",

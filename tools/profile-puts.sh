@@ -12,7 +12,7 @@
 # members' environment only, CONSISTENCY=s for serializable reads. After
 # the run it prints each member's context switches per request (its raft
 # thread's, and its other threads' together), and its count and mean time
-# of store applies and of WAL fsyncs (with curl, if installed).
+# of store applies, WAL fsyncs and store syncs (with curl, if installed).
 # Needs etcdctl (./setup.sh installs it) and, for profiles, perf.
 set -euo pipefail
 source "$(dirname "$0")/leader.sh"
@@ -72,12 +72,12 @@ python3 -c "import sys; b=list(map(float,sys.argv[1].split())); a=list(map(float
 python3 -c "import sys; b=list(map(int,sys.argv[1].split())); a=list(map(int,sys.argv[2].split())); d=[(x-y)/${TOTAL:-4000} for x,y in zip(a,b)]; print('context switches per request, raft thread / other threads:', ', '.join('n%d %.1f / %.1f'%(i+1,d[2*i],d[2*i+1]) for i in range(3)))" "$switched" "$(switches)"
 command -v curl >/dev/null && for i in 0 1 2; do
   curl -s http://127.0.0.1:$((ports[$i]+10))/metrics | awk -v n=n$((i+1)) '
-    /^edgeconf_(apply|wal_fsync)_duration_seconds_(sum|count)/ {v[$1]=$2}
+    /^edgeconf_(apply|wal_fsync|store_sync)_duration_seconds_(sum|count)/ {v[$1]=$2}
     /^edgeconf_commits_inferred_total/ {inferred=$2}
     END {
-      split("apply wal_fsync", names, " ")
+      split("apply wal_fsync store_sync", names, " ")
       line = n ":"
-      for (i = 1; i <= 2; i++) {
+      for (i = 1; i <= 3; i++) {
         c = v["edgeconf_" names[i] "_duration_seconds_count"]
         line = line sprintf(" %s %d x %.1f us,", names[i], c, c ? v["edgeconf_" names[i] "_duration_seconds_sum"] / c * 1e6 : 0)
       }

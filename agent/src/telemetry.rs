@@ -1,6 +1,6 @@
 //! Latency histograms and counters the agent keeps as it works, for
 //! `/metrics`: gRPC requests by method, WAL fsyncs, applying committed
-//! entries, rendering files; leader changes and failed proposals; and the
+//! entries, the store's syncs, rendering files; leader changes and failed proposals; and the
 //! process's own figures (memory, CPU, open files) from `/proc`.
 //!
 //! One agent runs per process, so these are process-wide statics: the
@@ -92,6 +92,7 @@ impl Default for Histogram {
 
 pub static WAL_FSYNC: Histogram = Histogram::new();
 pub static APPLY: Histogram = Histogram::new();
+pub static STORE_SYNC: Histogram = Histogram::new();
 pub static RENDER: Histogram = Histogram::new();
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 pub static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
@@ -214,6 +215,11 @@ pub fn render(out: &mut String) {
             "edgeconf_apply_duration_seconds",
             "Applying a batch of committed entries to the store.",
             &APPLY,
+        ),
+        (
+            "edgeconf_store_sync_duration_seconds",
+            "Making the store's applied entries durable (one durable redb commit), so the raft log can be compacted.",
+            &STORE_SYNC,
         ),
         (
             "edgeconf_render_duration_seconds",

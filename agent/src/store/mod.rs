@@ -377,11 +377,15 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Makes every earlier commit durable (one fsync).
+    /// Makes every earlier commit durable (one fsync). It writes what redb
+    /// still buffers and waits for the disk, so it takes longer the more
+    /// was applied since the last sync (`edgeconf_store_sync_duration_seconds`).
     pub fn sync(&self) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.db().begin_write()?.commit()?;
-        Ok(())
+        crate::telemetry::STORE_SYNC.time(|| -> Result<()> {
+            self.db().begin_write()?.commit()?;
+            Ok(())
+        })
     }
 
     /// Applies proposals in order, in one write transaction, and records
