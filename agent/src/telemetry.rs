@@ -1,7 +1,8 @@
 //! Latency histograms and counters the agent keeps as it works, for
 //! `/metrics`: gRPC requests by method, WAL fsyncs, applying committed
-//! entries, the store's syncs, rendering files; leader changes and failed proposals; and the
-//! process's own figures (memory, CPU, open files) from `/proc`.
+//! entries, the store's syncs, rendering files; leader changes and failed
+//! proposals; and the process's own figures (memory, CPU, open files) from
+//! `/proc`.
 //!
 //! One agent runs per process, so these are process-wide statics: the
 //! layers record into them without being handed a registry.
