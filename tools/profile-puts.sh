@@ -75,9 +75,9 @@ command -v curl >/dev/null && for i in 0 1 2; do
     /^edgeconf_(apply|wal_fsync|store_sync)_duration_seconds_(sum|count)/ {v[$1]=$2}
     /^edgeconf_commits_inferred_total/ {inferred=$2}
     END {
-      split("apply wal_fsync store_sync", names, " ")
+      count = split("apply wal_fsync store_sync", names, " ")
       line = n ":"
-      for (i = 1; i <= 3; i++) {
+      for (i = 1; i <= count; i++) {
         c = v["edgeconf_" names[i] "_duration_seconds_count"]
         line = line sprintf(" %s %d x %.1f us,", names[i], c, c ? v["edgeconf_" names[i] "_duration_seconds_sum"] / c * 1e6 : 0)
       }
