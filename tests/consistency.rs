@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::{Cluster, TIMEOUT};
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, WatchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_serializable_read_after_a_put_sees_it_on_every_member() {
@@ -75,4 +75,110 @@ async fn a_watch_opened_after_a_put_starts_after_it() {
             );
         }
     }
+}
+
+/// Under load a member holds rounds of plain puts for a later round's
+/// store transaction (`consensus::held_applies`), after their clients were
+/// answered. Every client still reads its own write on its member, a
+/// linearizable read on another member sees every last write, and a watch
+/// opened before the load sees every put once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn puts_held_under_load_are_read_and_watched_in_order() {
+    const CLIENTS: usize = 48;
+    const PUTS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), 3);
+    let metrics: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    for (i, port) in metrics.iter().enumerate() {
+        cluster.member_head[i] = format!("listen_metrics_url = \"http://127.0.0.1:{port}\"");
+    }
+    let initial = cluster.initial_cluster(0..3);
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            cluster.write_config(i, &initial, "new");
+            cluster.run(i);
+        }
+        cluster.wait_for_leader();
+    });
+    let mut watcher = cluster.client(2).await;
+    let mut stream = watcher
+        .watch("/held/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for n in 0..CLIENTS {
+        let mut client = cluster.client(n % 3).await;
+        tasks.push(tokio::spawn(async move {
+            let key = format!("/held/{n:02}");
+            for value in 0..PUTS {
+                let put = client.put(key.as_str(), value.to_string(), None).await;
+                let written = put.unwrap().header().unwrap().revision();
+                let read = client
+                    .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+                    .await
+                    .unwrap();
+                assert!(
+                    read.header().unwrap().revision() >= written,
+                    "{key}: read at {:?} after a put at {written}",
+                    read.header()
+                );
+                assert_eq!(read.kvs()[0].value(), value.to_string().as_bytes(), "{key}");
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("the clients finish")
+            .unwrap();
+    }
+
+    let held: u64 = metrics
+        .iter()
+        .map(|port| {
+            let text = common::fleet::http_get(*port, "/metrics");
+            text.lines()
+                .find_map(|line| line.strip_prefix("edgeconf_applies_held_total "))
+                .expect("the metric is served")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(held > 0, "no member held a round: the load did not test it");
+
+    let mut reader = cluster.client(1).await;
+    let all = reader
+        .get("/held/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(all.kvs().len(), CLIENTS);
+    for kv in all.kvs() {
+        assert_eq!(kv.value(), (PUTS - 1).to_string().as_bytes(), "{kv:?}");
+    }
+
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+    let mut last_revision = 0;
+    let mut events = 0;
+    while events < CLIENTS * PUTS {
+        let response = tokio::time::timeout(TIMEOUT, stream.message())
+            .await
+            .expect("every put is watched")
+            .unwrap()
+            .expect("the stream stays open");
+        for event in response.events() {
+            let kv = event.kv().unwrap();
+            assert!(
+                kv.mod_revision() > last_revision,
+                "events in revision order"
+            );
+            last_revision = kv.mod_revision();
+            let next = seen.entry(kv.key().to_vec()).or_default();
+            assert_eq!(kv.value(), next.to_string().as_bytes(), "{kv:?}");
+            *next += 1;
+            events += 1;
+        }
+    }
+    assert_eq!(events, CLIENTS * PUTS);
 }

@@ -98,6 +98,7 @@ pub static RENDER: Histogram = Histogram::new();
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 pub static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static COMMITS_INFERRED: AtomicU64 = AtomicU64::new(0);
+pub static APPLIES_HELD: AtomicU64 = AtomicU64::new(0);
 
 /// gRPC methods seen, each with its histogram. Only methods of the
 /// services served are kept (a client cannot grow the map with made-up
@@ -246,6 +247,11 @@ pub fn render(out: &mut String) {
             "edgeconf_commits_inferred_total",
             "Times a follower learned of a commit from the leader's notice that its log is durable, before the leader's commit index came.",
             &COMMITS_INFERRED,
+        ),
+        (
+            "edgeconf_applies_held_total",
+            "Committed plain puts held for a later round's store transaction, under load.",
+            &APPLIES_HELD,
         ),
     ] {
         help(out, name, "counter", text);

@@ -2,8 +2,11 @@
 //! store transaction per batch, membership changes one by one, and the
 //! answers to this member's waiting clients (a plain put's before the
 //! store applies it, see [`crate::store::foresee`]; the others' after).
+//! Under load, rounds of plain puts are held for a later round's
+//! transaction (`held_applies`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
@@ -18,15 +21,89 @@ impl RaftLoop {
     /// Applies committed entries: normal entries in one store transaction,
     /// membership changes one by one.
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        self.apply_entries(entries).map_err(|err| {
-            format!(
-                "cannot apply a committed entry: {err}. It stays committed, so every restart stops \
-                 here too: if a newer edgeconf wrote it, upgrade this agent; otherwise remove this \
-                 member (`edgeconf member remove {:x}` on a healthy member) and add it back with an \
-                 empty data dir, so that it starts from a snapshot",
-                self.id
-            )
-        })
+        let Some(through) = entries.last().map(|entry| entry.index) else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        if self.held.should_hold(entries.len(), now) {
+            if let Some(round) = plain_round(&entries, self.id) {
+                if self.held.should_hold(round.len(), now) && self.hold(round, through, now) {
+                    return Ok(());
+                }
+            }
+        }
+        self.apply_held()?;
+        self.apply_entries(entries)
+            .map_err(|err| self.unappliable(err))
+    }
+
+    /// Applies the plain puts held for a later round (`held_applies`):
+    /// before anything else is applied, before linearizable readers are
+    /// released, when the window ends, and before the store is replaced
+    /// or the loop stops.
+    pub(super) fn apply_held(&mut self) -> Result<(), String> {
+        let Some(taken) = self.held.take(std::time::Instant::now()) else {
+            return Ok(());
+        };
+        let foreseen = taken.revision;
+        // Their clients were answered when they were held.
+        let mut batch = taken.proposals.into_iter().map(|p| (None, p)).collect();
+        self.flush(&mut batch, taken.through)
+            .map_err(|err| self.unappliable(err))?;
+        if self.store.revision() != foreseen {
+            tracing::error!(
+                foreseen,
+                applied = self.store.revision(),
+                "held puts' clients were answered before their apply, and the apply did \
+                 otherwise; please report this as a bug"
+            );
+            debug_assert!(
+                false,
+                "foreseen {foreseen}, applied {}",
+                self.store.revision()
+            );
+            self.store.settle_promises();
+        }
+        Ok(())
+    }
+
+    /// Holds a round of plain puts if their outcomes are all foreseen,
+    /// and answers this member's clients among them. Returns whether it
+    /// held them.
+    fn hold(
+        &mut self,
+        round: Vec<(Option<u64>, Proposal)>,
+        through: u64,
+        now: std::time::Instant,
+    ) -> bool {
+        let after = self
+            .held
+            .revision()
+            .unwrap_or_else(|| self.store.revision());
+        let foreseen = crate::store::foresee(
+            after,
+            self.store.auth().revision,
+            round.iter().map(|(_, proposal)| &proposal.command),
+        );
+        if foreseen.len() != round.len() {
+            return false;
+        }
+        let (origins, proposals): (Vec<Option<u64>>, Vec<Proposal>) = round.into_iter().unzip();
+        self.answer(&origins, &foreseen);
+        let revision = foreseen.last().map_or(after, |applied| applied.revision);
+        crate::telemetry::APPLIES_HELD.fetch_add(proposals.len() as u64, Ordering::Relaxed);
+        self.held.hold(proposals, through, revision, now);
+        true
+    }
+
+    fn unappliable(&self, err: String) -> String {
+        format!(
+            "cannot apply a committed entry: {err}. It stays committed, so every restart stops \
+             here too: if a newer edgeconf wrote it, upgrade this agent; otherwise remove this \
+             member (`edgeconf member remove {:x}` on a healthy member) and add it back with an \
+             empty data dir, so that it starts from a snapshot",
+            self.id
+        )
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
@@ -122,8 +199,21 @@ impl RaftLoop {
             self.store.auth().revision,
             proposals.iter().map(|proposal| &proposal.command),
         );
+        if self.answer(origins, &foreseen) {
+            // The answers woke the API's threads; when the host has no
+            // idle CPU for them, the apply that follows would run first.
+            // A single agent answers 19% sooner with this (BENCHMARKS.md).
+            std::thread::yield_now();
+        }
+        foreseen
+    }
+
+    /// Answers this member's clients among `origins` with the outcomes
+    /// `foreseen` for them, promising the store's readers the last
+    /// revision first. Returns whether it answered any.
+    fn answer(&mut self, origins: &[Option<u64>], foreseen: &[Applied]) -> bool {
         let mut promised = false;
-        for (origin, applied) in origins.iter().zip(&foreseen) {
+        for (origin, applied) in origins.iter().zip(foreseen) {
             if let Some((_, reply)) = origin.and_then(|seq| self.pending.remove(&seq)) {
                 if !promised {
                     // Before the first answer: its client may read next.
@@ -134,13 +224,7 @@ impl RaftLoop {
                 let _ = reply.send(Ok(applied.clone()));
             }
         }
-        if promised {
-            // The answers woke the API's threads; when the host has no
-            // idle CPU for them, the apply that follows would run first.
-            // A single agent answers 19% sooner with this (BENCHMARKS.md).
-            std::thread::yield_now();
-        }
-        foreseen
+        promised
     }
 
     fn apply_member(
@@ -245,4 +329,27 @@ impl RaftLoop {
             .collect();
         self.transport.set_peers(&peers);
     }
+}
+
+/// The proposals of a round whose entries are all normal commands (or
+/// empty), with this member's sequence for its own; `None` when one is
+/// anything else (a membership change), or unreadable (`apply_entries`
+/// reports it).
+fn plain_round(entries: &[Entry], me: u64) -> Option<Vec<(Option<u64>, Proposal)>> {
+    let mut round = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return None;
+        }
+        if entry.data.is_empty() {
+            continue;
+        }
+        let data: EntryData = postcard::from_bytes(&entry.data).ok()?;
+        let mine = (data.origin.node == me).then_some(data.origin.seq);
+        match data.body {
+            Body::Command(proposal) | Body::CommandAs(proposal, _) => round.push((mine, proposal)),
+            Body::Member(_) => return None,
+        }
+    }
+    Some(round)
 }

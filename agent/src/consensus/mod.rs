@@ -13,6 +13,7 @@ mod appends;
 mod apply;
 mod commit_notice;
 mod entries;
+mod held_applies;
 mod identity;
 mod inbox;
 mod leader_persisted;

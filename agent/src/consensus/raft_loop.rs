@@ -8,7 +8,10 @@
 //!    (a follower after the next step), persist new entries and the hard
 //!    state (fsync), send the messages that had to wait for persistence,
 //!    answer reads;
-//! 3. `advance()`: record the commit index, send, apply, `advance_apply()`.
+//! 3. `advance_append()`: record the commit index, send, apply, and tell
+//!    raft what the store has applied (`advance_apply_to`). Under load,
+//!    plain puts wait a few milliseconds for a later round's apply
+//!    (`held_applies.rs`).
 //!
 //! The loop is a task on the raft thread's own runtime, beside the peer
 //! transport (`runtime.rs`): it lets the transport run before each round,
@@ -33,6 +36,7 @@ use tokio::sync::oneshot;
 
 use super::commit_notice::CommitNotice;
 use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext, Origin};
+use super::held_applies::HeldApplies;
 use super::leader_persisted::{self, LeaderPersisted};
 use super::log::RaftLog;
 use super::reads::{ReadReply, ReadRounds};
@@ -122,6 +126,8 @@ pub(crate) struct RaftLoop {
     /// On the leader: followers whose proposals it took in since its last
     /// `ready()`, told once those entries are durable (`leader_persisted`).
     pub(super) forwarded_by: Vec<u64>,
+    /// Committed plain puts not yet applied (`held_applies`).
+    pub(super) held: HeldApplies,
 }
 
 /// How the loop runs: its tick, when to compact, what the leader admits.
@@ -172,6 +178,7 @@ impl RaftLoop {
             heard_seq: 0,
             leader_persisted: LeaderPersisted::default(),
             forwarded_by: Vec::new(),
+            held: HeldApplies::default(),
         }
     }
 
@@ -186,7 +193,11 @@ impl RaftLoop {
             // The transport's tasks share this thread: let them run before
             // each round (a busy inbox never makes `next` wait).
             tokio::task::yield_now().await;
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wake = self
+                .held
+                .deadline()
+                .map_or(next_tick, |due| due.min(next_tick));
+            let wait = wake.saturating_duration_since(Instant::now());
             let mut reads = Vec::new();
             match tokio::time::timeout(wait, inputs.next()).await {
                 Ok(Some(Input::Stop)) | Ok(None) => break,
@@ -224,6 +235,13 @@ impl RaftLoop {
                     self.raw.read_index(ctx);
                 }
             }
+            if self.held.is_due(Instant::now()) {
+                if let Err(err) = self.apply_held() {
+                    self.stop();
+                    return Err(err);
+                }
+                self.answer_reads();
+            }
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
             self.tell_commit();
@@ -238,6 +256,9 @@ impl RaftLoop {
     }
 
     fn stop(mut self) {
+        if let Err(err) = self.apply_held() {
+            tracing::error!(error = %err, "applying the last committed puts failed");
+        }
         if let Err(err) = self.raw.mut_store().flush_commit() {
             tracing::error!(error = %err, "saving the commit index failed");
         }
@@ -414,6 +435,9 @@ impl RaftLoop {
             tokio::task::yield_now().await;
         }
         if !ready.snapshot().is_empty() {
+            // What is held is older than the snapshot: apply it first, so
+            // the store is never behind it, nor written to after it.
+            self.apply_held()?;
             let snapshot = ready.snapshot().clone();
             // The store first, with the snapshot's metadata: a crash before
             // the log is reset leaves what `Node::start` needs to finish it.
@@ -480,7 +504,8 @@ impl RaftLoop {
         self.apply(committed)?;
         self.take_read_states(ready.take_read_states());
 
-        let mut light = self.raw.advance(ready);
+        // raft's applied index is what the store has: held puts are not.
+        let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw
                 .mut_store()
@@ -489,7 +514,10 @@ impl RaftLoop {
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
+        if self.reads.has_waiting() {
+            self.apply_held()?;
+        }
+        self.raw.advance_apply_to(self.applied);
         self.answer_reads();
         self.maybe_sync()
     }

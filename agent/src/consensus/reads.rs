@@ -82,6 +82,11 @@ impl ReadRounds {
         }
     }
 
+    /// Whether readers have their read index and wait for the apply.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// This member has applied through `applied`: the readers waiting for
     /// no more than that may read now.
     pub fn release(&mut self, applied: u64) {
