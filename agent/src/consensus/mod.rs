@@ -19,6 +19,7 @@ mod inbox;
 mod leader_persisted;
 mod lessor;
 mod log;
+mod log_compaction;
 mod membership;
 mod raft_loop;
 mod read_batch;

@@ -21,7 +21,7 @@
 //!
 //! Applied entries reach the store without an fsync: the raft log already
 //! holds them durably. Every so often the store is synced, and only then is
-//! the log compacted up to what the store durably has.
+//! the log compacted up to what the store durably has (`log_compaction.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -39,25 +39,13 @@ use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext,
 use super::held_applies::HeldApplies;
 use super::leader_persisted::{self, LeaderPersisted};
 use super::log::RaftLog;
+pub use super::log_compaction::Compaction;
 use super::reads::{ReadReply, ReadRounds};
 pub use super::status::{PeerProgress, RaftStatus};
 use super::wal::Unsynced;
 use super::{Lessor, ProposeError};
 use crate::store::{Applied, MemberChange, Store};
 use crate::transport::{Delivery, SnapshotRef, Transport};
-
-/// Sync the store at least this often when entries were applied.
-const SYNC_EVERY: Duration = Duration::from_secs(5);
-
-/// When the log is compacted.
-#[derive(Clone, Copy, Debug)]
-pub struct Compaction {
-    /// Sync the store (and compact the log) after this many applied entries.
-    pub every_entries: u64,
-    /// Entries kept below the durable applied index, so a follower briefly
-    /// behind catches up from the log instead of a snapshot.
-    pub retain: u64,
-}
 
 /// What reaches the raft thread.
 pub(crate) enum Input {
@@ -240,6 +228,7 @@ impl RaftLoop {
                     self.stop();
                     return Err(err);
                 }
+                self.raw.advance_apply_to(self.applied);
                 self.answer_reads();
             }
             // Replies sent while handling `ready` carry these facts.
@@ -573,32 +562,6 @@ impl RaftLoop {
 
     fn answer_reads(&mut self) {
         self.reads.release(self.applied);
-    }
-
-    fn maybe_sync(&mut self) -> Result<(), String> {
-        let unsynced = self.applied - self.durable_applied;
-        if unsynced == 0
-            || (unsynced < self.compaction.every_entries && self.last_sync.elapsed() < SYNC_EVERY)
-        {
-            return Ok(());
-        }
-        self.raw
-            .mut_store()
-            .flush_commit()
-            .map_err(|e| format!("saving the commit index: {e}"))?;
-        self.store
-            .sync()
-            .map_err(|e| format!("syncing the store: {e}"))?;
-        self.durable_applied = self.applied;
-        self.last_sync = Instant::now();
-        let compact_to = self.durable_applied.saturating_sub(self.compaction.retain);
-        if compact_to >= self.raw.store().first_index_value() {
-            self.raw
-                .mut_store()
-                .compact(compact_to)
-                .map_err(|e| format!("compacting the raft log: {e}"))?;
-        }
-        Ok(())
     }
 
     /// Proposals sent to a leader that lost its office are most likely lost:
