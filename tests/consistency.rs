@@ -8,6 +8,26 @@ mod common;
 use common::cluster::{Cluster, TIMEOUT};
 use etcd_client::{GetOptions, WatchOptions};
 
+/// Puts `value` at `key`, a key no one else writes, then reads it back
+/// serializably through the same client: the read is at or past the
+/// put's revision and holds the value. Returns the put's revision.
+async fn put_and_read_own(client: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    let put = client.put(key, value, None).await.unwrap();
+    let written = put.header().unwrap().revision();
+    let read = client
+        .get(key, Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert!(
+        read.header().unwrap().revision() >= written,
+        "{key}: read at {:?} after a put at {written}",
+        read.header()
+    );
+    assert_eq!(read.kvs()[0].value(), value.as_bytes(), "{key}");
+    assert_eq!(read.kvs()[0].mod_revision(), written, "{key}");
+    written
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_serializable_read_after_a_put_sees_it_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
@@ -16,19 +36,7 @@ async fn a_serializable_read_after_a_put_sees_it_on_every_member() {
         let mut client = cluster.client(member).await;
         let key = format!("/ryw/{member}");
         for n in 0..100 {
-            let put = client.put(key.as_str(), n.to_string(), None).await.unwrap();
-            let written = put.header().unwrap().revision();
-            let read = client
-                .get(key.as_str(), Some(GetOptions::new().with_serializable()))
-                .await
-                .unwrap();
-            assert!(
-                read.header().unwrap().revision() >= written,
-                "member {member}: read at {:?} after a put at {written}",
-                read.header()
-            );
-            assert_eq!(read.kvs()[0].value(), n.to_string().as_bytes());
-            assert_eq!(read.kvs()[0].mod_revision(), written);
+            let written = put_and_read_own(&mut client, &key, &n.to_string()).await;
             // The revision the put named can be read at once.
             let at = client
                 .get(
@@ -112,18 +120,7 @@ async fn puts_held_under_load_are_read_and_watched_in_order() {
         tasks.push(tokio::spawn(async move {
             let key = format!("/held/{n:02}");
             for value in 0..PUTS {
-                let put = client.put(key.as_str(), value.to_string(), None).await;
-                let written = put.unwrap().header().unwrap().revision();
-                let read = client
-                    .get(key.as_str(), Some(GetOptions::new().with_serializable()))
-                    .await
-                    .unwrap();
-                assert!(
-                    read.header().unwrap().revision() >= written,
-                    "{key}: read at {:?} after a put at {written}",
-                    read.header()
-                );
-                assert_eq!(read.kvs()[0].value(), value.to_string().as_bytes(), "{key}");
+                put_and_read_own(&mut client, &key, &value.to_string()).await;
             }
         }));
     }
