@@ -25,6 +25,8 @@ impl RaftLoop {
             return Ok(());
         };
         let now = std::time::Instant::now();
+        // Asked first of the whole round, so that a round at light load is
+        // applied without being decoded twice.
         if self.held.should_hold(entries.len(), now) {
             if let Some(round) = plain_round(&entries, self.id) {
                 if self.held.should_hold(round.len(), now) && self.hold(round, through, now) {
@@ -113,22 +115,17 @@ impl RaftLoop {
             last = Some(entry.index);
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
-                EntryType::EntryNormal => {
-                    let data: EntryData = postcard::from_bytes(&entry.data)
-                        .map_err(|e| format!("entry {} is unreadable: {e}", entry.index))?;
-                    let mine = (data.origin.node == self.id).then_some(data.origin.seq);
-                    match data.body {
-                        // `CommandAs` never enters a log (the leader drops
-                        // the credential); were one there, it is a command.
-                        Body::Command(proposal) | Body::CommandAs(proposal, _) => {
-                            batch.push((mine, proposal))
-                        }
-                        Body::Member(change) => {
-                            self.flush(&mut batch, entry.index - 1)?;
-                            self.apply_member(&change, entry.index, mine)?;
-                        }
+                EntryType::EntryNormal => match decode_normal(&entry, self.id)? {
+                    // `CommandAs` never enters a log (the leader drops the
+                    // credential); were one there, it is a command.
+                    (mine, Body::Command(proposal) | Body::CommandAs(proposal, _)) => {
+                        batch.push((mine, proposal))
                     }
-                }
+                    (mine, Body::Member(change)) => {
+                        self.flush(&mut batch, entry.index - 1)?;
+                        self.apply_member(&change, entry.index, mine)?;
+                    }
+                },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.flush(&mut batch, entry.index - 1)?;
                     self.apply_conf_change(&entry)?;
@@ -344,12 +341,21 @@ fn plain_round(entries: &[Entry], me: u64) -> Option<Vec<(Option<u64>, Proposal)
         if entry.data.is_empty() {
             continue;
         }
-        let data: EntryData = postcard::from_bytes(&entry.data).ok()?;
-        let mine = (data.origin.node == me).then_some(data.origin.seq);
-        match data.body {
-            Body::Command(proposal) | Body::CommandAs(proposal, _) => round.push((mine, proposal)),
-            Body::Member(_) => return None,
+        match decode_normal(entry, me).ok()? {
+            (mine, Body::Command(proposal) | Body::CommandAs(proposal, _)) => {
+                round.push((mine, proposal))
+            }
+            (_, Body::Member(_)) => return None,
         }
     }
     Some(round)
+}
+
+/// A normal entry's body, with the proposing member's sequence when that
+/// member is `me`.
+fn decode_normal(entry: &Entry, me: u64) -> Result<(Option<u64>, Body), String> {
+    let data: EntryData = postcard::from_bytes(&entry.data)
+        .map_err(|e| format!("entry {} is unreadable: {e}", entry.index))?;
+    let mine = (data.origin.node == me).then_some(data.origin.seq);
+    Ok((mine, data.body))
 }

@@ -4,10 +4,10 @@
 //! Every member applies every committed entry to its store, one redb
 //! write transaction per raft round. Under many clients a round commits
 //! about 17 puts, and each transaction copies the B-tree pages it touches
-//! and frees the copies of the round before: glibc's allocator and redb's
-//! commit were a fifth of the leader's CPU (BENCHMARKS.md, "Several rounds
-//! in one store transaction"). Holding the rounds' puts for [`WINDOW`]
-//! applies about 70 at once.
+//! and frees the copies of the round before: glibc's allocator alone was
+//! 13.9% of the leader's samples (BENCHMARKS.md, "Several rounds in one
+//! store transaction"). Holding the rounds' puts for [`WINDOW`] applies
+//! about 65 at once.
 //!
 //! Only plain puts are held ([`crate::store::foresee`]): their clients are
 //! answered when they commit, before any apply. What waits for a held put:
