@@ -179,3 +179,56 @@ async fn puts_held_under_load_are_read_and_watched_in_order() {
     }
     assert_eq!(events, CLIENTS * PUTS);
 }
+
+/// A follower answers a put once it and the leader have both stored it,
+/// before the leader has counted its acknowledgement
+/// (`consensus::leader_persisted`). A linearizable read that starts after
+/// that answer must see the put, on any member, even while the leader has
+/// not yet heard the acknowledgement: here it never hears it until the
+/// fault is lifted (the third member is cut off, so the follower's
+/// acknowledgement is the only one that can commit the put).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linearizable_read_sees_a_put_the_leader_has_not_counted_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(dir.path(), 3, 3));
+    let leader = tokio::task::block_in_place(|| cluster.wait_for_leader());
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut at_leader = cluster.client(leader).await;
+    let before = at_leader.put("/lin/k", "old", None).await.unwrap();
+    for i in 0..3 {
+        common::cluster::wait_for_revision(&cluster, i, before.header().unwrap().revision())
+            .await;
+    }
+    let partition = cluster.slots[other].data_dir.join("fault-partition");
+    let drop_acks = cluster.slots[follower].data_dir.join("fault-drop-acks");
+    std::fs::write(&partition, "").unwrap();
+    std::fs::write(&drop_acks, "").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut at_follower = cluster.client(follower).await;
+    tokio::time::timeout(TIMEOUT, at_follower.put("/lin/k", "new", None))
+        .await
+        .expect("the follower answers the put it and the leader hold")
+        .unwrap();
+    let read = tokio::spawn(async move { at_leader.get("/lin/k", None).await });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let early = read.is_finished();
+    std::fs::remove_file(&drop_acks).unwrap();
+    let read = tokio::time::timeout(TIMEOUT, read)
+        .await
+        .expect("the read is answered once the leader commits")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.kvs()[0].value(),
+        b"new",
+        "a linearizable read after the put's answer (answered {}) missed it",
+        if early {
+            "before the leader counted the put"
+        } else {
+            "after"
+        }
+    );
+    assert!(!early, "the leader answered a read before it could count the put");
+    std::fs::remove_file(&partition).unwrap();
+}

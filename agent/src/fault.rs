@@ -10,6 +10,8 @@
 //! | `fault-partition`     | every peer message in or out is dropped            |
 //! | `fault-partition-out` | raft messages this member sends are dropped; it    |
 //! |                       | still hears its peers (an asymmetric partition)    |
+//! | `fault-drop-acks`     | this member's acknowledgements of appends are      |
+//! |                       | dropped: its leader never learns what it stored    |
 //! | `fault-raft-crash`    | the raft thread panics (once)                      |
 //! | `fault-disk`          | `fsync`: WAL syncs fail; `full`: WAL writes fail   |
 //! |                       | with "no space left on device"; `slow`: each WAL   |
@@ -32,6 +34,7 @@ pub const ENV: &str = "EDGECONF_FAULT_INJECTION";
 
 pub const PARTITION: &str = "fault-partition";
 pub const PARTITION_OUT: &str = "fault-partition-out";
+pub const DROP_ACKS: &str = "fault-drop-acks";
 pub const RAFT_CRASH: &str = "fault-raft-crash";
 pub const DISK: &str = "fault-disk";
 pub const CLOCK: &str = "fault-clock";
@@ -84,6 +87,7 @@ pub async fn watch_switches(node: Arc<Node>, data_dir: PathBuf) {
         let transport = node.transport();
         transport.set_isolated(path(PARTITION).exists());
         transport.set_muted(path(PARTITION_OUT).exists());
+        transport.set_acks_dropped(path(DROP_ACKS).exists());
         if !crashed && path(RAFT_CRASH).exists() {
             tracing::warn!("fault injection: crashing the raft thread");
             node.inject_crash();

@@ -99,6 +99,7 @@ pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 pub static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static COMMITS_INFERRED: AtomicU64 = AtomicU64::new(0);
 pub static APPLIES_HELD: AtomicU64 = AtomicU64::new(0);
+pub static READS_WITNESSED: AtomicU64 = AtomicU64::new(0);
 
 /// gRPC methods seen, each with its histogram. Only methods of the
 /// services served are kept (a client cannot grow the map with made-up
@@ -252,6 +253,11 @@ pub fn render(out: &mut String) {
             "edgeconf_applies_held_total",
             "Committed plain puts held for a later round's store transaction, under load.",
             &APPLIES_HELD,
+        ),
+        (
+            "edgeconf_reads_witnessed_total",
+            "Followers' read asks the leader answered at once, the asker making a quorum with it.",
+            &READS_WITNESSED,
         ),
     ] {
         help(out, name, "counter", text);

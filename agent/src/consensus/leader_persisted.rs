@@ -160,6 +160,7 @@ impl RaftLoop {
             .map(|follower| notice(self.id, follower, raft.term, last))
             .collect();
         if !notices.is_empty() {
+            self.read_asks.told(raft.term, last);
             self.send(notices);
         }
     }

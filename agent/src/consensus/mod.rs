@@ -23,6 +23,7 @@ mod log_compaction;
 mod membership;
 mod raft_loop;
 mod read_batch;
+mod read_asks;
 mod read_quorum;
 mod reads;
 mod requests;

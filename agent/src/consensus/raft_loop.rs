@@ -39,6 +39,7 @@ use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext,
 use super::held_applies::HeldApplies;
 use super::leader_persisted::{self, LeaderPersisted};
 use super::log::RaftLog;
+use super::read_asks::ReadAsks;
 pub use super::log_compaction::Compaction;
 use super::reads::{ReadReply, ReadRounds};
 pub use super::status::{PeerProgress, RaftStatus};
@@ -111,6 +112,8 @@ pub(crate) struct RaftLoop {
     pub(super) heard_seq: u64,
     /// On a follower: how far the leader has said its log is durable.
     pub(super) leader_persisted: LeaderPersisted,
+    /// Read asks held until the commit index covers what was told.
+    pub(super) read_asks: ReadAsks,
     /// On the leader: followers whose proposals it took in since its last
     /// `ready()`, told once those entries are durable (`leader_persisted`).
     pub(super) forwarded_by: Vec<u64>,
@@ -165,6 +168,7 @@ impl RaftLoop {
             heard: HashMap::new(),
             heard_seq: 0,
             leader_persisted: LeaderPersisted::default(),
+            read_asks: ReadAsks::default(),
             forwarded_by: Vec::new(),
             held: HeldApplies::default(),
         }
@@ -203,7 +207,7 @@ impl RaftLoop {
             if !reads.is_empty() {
                 // One ReadIndex round serves every read queued meanwhile.
                 let ctx = self.reads.start(reads);
-                self.raw.read_index(ctx);
+                self.ask_read_index(ctx);
             }
             // Read rounds asked since the last tick need only a quorum's
             // followers (`read_quorum`); a tick's heartbeats go to all. Done
@@ -220,7 +224,7 @@ impl RaftLoop {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
                 if let Some(ctx) = self.reads.retry(self.tick * 3) {
-                    self.raw.read_index(ctx);
+                    self.ask_read_index(ctx);
                 }
             }
             if self.held.is_due(Instant::now()) {
@@ -231,6 +235,7 @@ impl RaftLoop {
                 self.raw.advance_apply_to(self.applied);
                 self.answer_reads();
             }
+            self.release_read_asks();
             // Replies sent while handling `ready` carry these facts.
             self.publish_status();
             self.tell_commit();
@@ -382,6 +387,14 @@ impl RaftLoop {
             self.take_persisted_notice(&message);
             return;
         }
+        match message.get_msg_type() {
+            MessageType::MsgReadIndex => match self.take_read_ask(message) {
+                Some(ask) => message = ask,
+                None => return,
+            },
+            MessageType::MsgReadIndexResp if !self.check_read_answer(&message) => return,
+            _ => {}
+        }
         if message.get_msg_type() == MessageType::MsgPropose
             && self.raw.raft.state == StateRole::Leader
         {
@@ -393,6 +406,10 @@ impl RaftLoop {
                 self.forwarded_by.push(message.from);
             }
         }
+        self.step_raft(message);
+    }
+
+    pub(super) fn step_raft(&mut self, message: Message) {
         if let Err(err) = self.raw.step(message) {
             tracing::debug!(error = %err, "raft refused a message");
         }

@@ -82,6 +82,10 @@ pub struct Transport {
     /// Fault injection: while set, raft messages this member sends are
     /// dropped, but it still hears its peers (an asymmetric partition).
     muted: AtomicBool,
+    /// Fault injection: while set, this member's acknowledgements of
+    /// appends (`MsgAppendResp`) are dropped: its leader never learns what
+    /// it stored, though everything else it says gets through.
+    acks_dropped: AtomicBool,
     /// When a peer last completed a handshake with us, either way.
     contact: Arc<Contact>,
     /// Which node key speaks for which member (see `senders`).
@@ -165,6 +169,7 @@ impl Transport {
             runtime,
             isolated: isolated.clone(),
             muted: AtomicBool::new(false),
+            acks_dropped: AtomicBool::new(false),
             contact: contact.clone(),
             senders: senders.clone(),
         });
@@ -286,6 +291,18 @@ impl Transport {
         }
     }
 
+    /// Drops this member's acknowledgements of appends (or sends them
+    /// again): a fault injection, see `crate::fault`.
+    pub fn set_acks_dropped(&self, dropped: bool) {
+        if self.acks_dropped.swap(dropped, Ordering::SeqCst) != dropped {
+            tracing::warn!(
+                dropped,
+                "fault injection: acknowledgements of appends {}",
+                if dropped { "dropped" } else { "restored" }
+            );
+        }
+    }
+
     /// Trusts exactly `keys` from now on (`[peer_trust] keys`, on SIGHUP):
     /// new handshakes check them, and open connections of keys no longer
     /// listed close at once. Returns how many closed.
@@ -296,10 +313,14 @@ impl Transport {
     /// Queues messages for their peers without waiting.
     pub fn send(&self, messages: Vec<Message>) {
         let isolated = self.isolated.load(Ordering::SeqCst) || self.muted.load(Ordering::SeqCst);
+        let acks_dropped = self.acks_dropped.load(Ordering::SeqCst);
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for message in messages {
             let to = message.to;
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            if acks_dropped && message.get_msg_type() == MessageType::MsgAppendResponse {
+                continue;
+            }
             let queued = !isolated
                 && peers.get(&to).is_some_and(|peer| {
                     let queue = if is_urgent(&message) {
