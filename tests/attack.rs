@@ -903,6 +903,78 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     assert_eq!(forged(leader), 0);
 }
 
+/// A follower's linearizable read is answered by the leader at once when
+/// the two of them are a quorum (`consensus::read_asks`), so a follower
+/// takes a read answer only from the leader of its term: one from another
+/// member, however it names the read, is dropped and counted, and reads
+/// go on seeing every write.
+#[test]
+fn a_follower_takes_read_answers_only_from_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, metrics) = voters(dir.path(), VOTERS);
+    let leader = cluster.wait_for_leader();
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
+    let counter = |i: usize, line: &str| -> u64 {
+        metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0)
+    };
+    let forged = |i: usize| {
+        counter(
+            i,
+            "edgeconf_raft_refused_total{reason=\"forged_read_answer\"} ",
+        )
+    };
+    let read_at = |i: usize| {
+        ok(edgeconf(
+            agent(i),
+            &["get", "/app/read", "--print-value-only"],
+        ))
+    };
+
+    ok(edgeconf(agent(leader), &["put", "/app/read", "1"]));
+    assert_eq!(read_at(f1), "1\n");
+    assert!(
+        counter(leader, "edgeconf_reads_witnessed_total ") >= 1,
+        "{}",
+        http_get(metrics[leader], "/metrics")
+    );
+
+    // f2's key, as itself, to f1: "your reads may be served at index 1",
+    // for the rounds f1 would start next (a context is the asker's id and
+    // a counter), in f1's term and the next.
+    let term = status(&cluster, leader)["raft_term"].as_u64().unwrap();
+    let id = |i: usize| edgeconf::consensus::member_id(&cluster.slots[i].peer_url);
+    let answers: Vec<Message> = (0..20u64)
+        .map(|n| {
+            let mut answer = message(MessageType::MsgReadIndexResp, id(f2), id(f1), term + n % 2);
+            answer.index = 1;
+            let mut ctx = id(f1).to_be_bytes().to_vec();
+            ctx.extend_from_slice(&n.to_be_bytes());
+            answer.entries = vec![Entry {
+                data: ctx.into(),
+                ..Default::default()
+            }]
+            .into();
+            answer
+        })
+        .collect();
+    send_as(&cluster, f2, f1, answers);
+    wait_until(
+        "f1 counts the forged answers",
+        Duration::from_secs(10),
+        || forged(f1) >= 10,
+    );
+    assert_eq!(forged(f1), 10, "only the ones of f1's term are forged");
+    let log = agent(f1).log();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Unharmed: f1's linearizable reads still see the newest write.
+    ok(edgeconf(agent(leader), &["put", "/app/read", "2"]));
+    assert_eq!(read_at(f1), "2\n");
+    assert_eq!(forged(leader), 0);
+}
+
 /// The value of the `/metrics` line that starts with `line` (its name and
 /// labels, then a space), if `text` has one.
 fn metric(text: &str, line: &str) -> Option<u64> {

@@ -196,8 +196,7 @@ async fn a_linearizable_read_sees_a_put_the_leader_has_not_counted_yet() {
     let mut at_leader = cluster.client(leader).await;
     let before = at_leader.put("/lin/k", "old", None).await.unwrap();
     for i in 0..3 {
-        common::cluster::wait_for_revision(&cluster, i, before.header().unwrap().revision())
-            .await;
+        common::cluster::wait_for_revision(&cluster, i, before.header().unwrap().revision()).await;
     }
     let partition = cluster.slots[other].data_dir.join("fault-partition");
     let drop_acks = cluster.slots[follower].data_dir.join("fault-drop-acks");
@@ -229,6 +228,9 @@ async fn a_linearizable_read_sees_a_put_the_leader_has_not_counted_yet() {
             "after"
         }
     );
-    assert!(!early, "the leader answered a read before it could count the put");
+    assert!(
+        !early,
+        "the leader answered a read before it could count the put"
+    );
     std::fs::remove_file(&partition).unwrap();
 }

@@ -39,8 +39,8 @@ use super::entries::{entry_bytes, retain_admitted, Admission, Body, ConfContext,
 use super::held_applies::HeldApplies;
 use super::leader_persisted::{self, LeaderPersisted};
 use super::log::RaftLog;
-use super::read_asks::ReadAsks;
 pub use super::log_compaction::Compaction;
+use super::read_asks::ReadAsks;
 use super::reads::{ReadReply, ReadRounds};
 pub use super::status::{PeerProgress, RaftStatus};
 use super::wal::Unsynced;

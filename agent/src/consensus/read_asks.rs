@@ -154,7 +154,7 @@ impl RaftLoop {
     }
 
     /// A follower's ask, on the leader: held, answered at once, or given
-    /// to raft-rs for a heartbeat round. Returns whether it was taken.
+    /// to raft-rs for a heartbeat round (returned, for the caller to step).
     pub(super) fn take_read_ask(&mut self, ask: Message) -> Option<Message> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
