@@ -28,6 +28,24 @@ async fn put_and_read_own(client: &mut etcd_client::Client, key: &str, value: &s
     written
 }
 
+/// Opens a watch and waits for its `created` reply: the watch starts at
+/// the revision current when the member takes the request, and
+/// etcd-client returns once the call is open, before that.
+async fn watch_created(
+    client: &mut etcd_client::Client,
+    key: &str,
+    options: Option<WatchOptions>,
+) -> etcd_client::WatchStream {
+    let mut stream = client.watch(key, options).await.unwrap();
+    let created = tokio::time::timeout(TIMEOUT, stream.message())
+        .await
+        .expect("the watch is created")
+        .unwrap()
+        .expect("the stream stays open");
+    assert!(created.created(), "{created:?}");
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_serializable_read_after_a_put_sees_it_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +77,7 @@ async fn a_watch_opened_after_a_put_starts_after_it() {
         for n in 0..30 {
             let key = format!("/watch/{member}/{n}");
             let before = client.put(key.as_str(), "before", None).await.unwrap();
-            let mut stream = client.watch(key.as_str(), None).await.unwrap();
+            let mut stream = watch_created(&mut client, &key, None).await;
             let after = client.put(key.as_str(), "after", None).await.unwrap();
             let mut seen = Vec::new();
             while seen.is_empty() {
@@ -109,10 +127,12 @@ async fn puts_held_under_load_are_read_and_watched_in_order() {
         cluster.wait_for_leader();
     });
     let mut watcher = cluster.client(2).await;
-    let mut stream = watcher
-        .watch("/held/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let mut stream = watch_created(
+        &mut watcher,
+        "/held/",
+        Some(WatchOptions::new().with_prefix()),
+    )
+    .await;
 
     let mut tasks = Vec::new();
     for n in 0..CLIENTS {

@@ -380,21 +380,16 @@ impl RaftLoop {
         seq
     }
 
-    fn step(&mut self, mut message: Message) {
+    fn step(&mut self, message: Message) {
         self.heard_seq += 1;
         self.heard.insert(message.from, self.heard_seq);
         if leader_persisted::is_notice(&message) {
             self.take_persisted_notice(&message);
             return;
         }
-        match message.get_msg_type() {
-            MessageType::MsgReadIndex => match self.take_read_ask(message) {
-                Some(ask) => message = ask,
-                None => return,
-            },
-            MessageType::MsgReadIndexResp if !self.check_read_answer(&message) => return,
-            _ => {}
-        }
+        let Some(mut message) = self.screen_read_message(message) else {
+            return;
+        };
         if message.get_msg_type() == MessageType::MsgPropose
             && self.raw.raft.state == StateRole::Leader
         {

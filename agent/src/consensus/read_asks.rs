@@ -45,6 +45,10 @@ use raft::StateRole;
 
 use super::raft_loop::RaftLoop;
 
+/// Read asks held at most, of each kind: a leader that cannot commit
+/// drops the oldest (their askers ask again).
+const MAX_HELD: usize = 1024;
+
 /// Read asks the leader holds until its commit index reaches the highest
 /// index it has told a follower is durable.
 #[derive(Debug, Default)]
@@ -75,11 +79,17 @@ impl ReadAsks {
 
     pub fn hold_own(&mut self, ctx: Vec<u8>) {
         if !self.own.contains(&ctx) {
+            if self.own.len() == MAX_HELD {
+                self.own.remove(0);
+            }
             self.own.push(ctx);
         }
     }
 
     pub fn hold_peer(&mut self, ask: Message) {
+        if self.peers.len() == MAX_HELD {
+            self.peers.remove(0);
+        }
         self.peers.push(ask);
     }
 
@@ -150,6 +160,16 @@ impl RaftLoop {
             self.read_asks.hold_own(ctx);
         } else {
             self.raw.read_index(ctx);
+        }
+    }
+
+    /// A read ask or answer from a peer, before raft-rs: returns it if
+    /// raft-rs is to step it.
+    pub(super) fn screen_read_message(&mut self, message: Message) -> Option<Message> {
+        match message.get_msg_type() {
+            MessageType::MsgReadIndex => self.take_read_ask(message),
+            MessageType::MsgReadIndexResp if !self.check_read_answer(&message) => None,
+            _ => Some(message),
         }
     }
 
@@ -287,6 +307,20 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_that_cannot_commit_holds_a_bounded_number_of_asks() {
+        let mut asks = ReadAsks::default();
+        for n in 0..MAX_HELD as u64 + 10 {
+            asks.hold_own(n.to_be_bytes().to_vec());
+            asks.hold_peer(ask(n));
+        }
+        let (own, peers) = asks.take();
+        assert_eq!((own.len(), peers.len()), (MAX_HELD, MAX_HELD));
+        // The newest are kept.
+        assert_eq!(own[0], 10u64.to_be_bytes().to_vec());
+        assert_eq!(peers[MAX_HELD - 1].from, MAX_HELD as u64 + 9);
+    }
+
+    #[test]
     fn a_follower_that_makes_a_quorum_with_the_leader_is_answered_at_once() {
         let answer = witness_answer(&ask(2), 1, 7, 40, true, of_three).unwrap();
         assert_eq!(answer.get_msg_type(), MessageType::MsgReadIndexResp);
@@ -314,9 +348,11 @@ mod tests {
 
     #[test]
     fn a_follower_takes_answers_only_from_its_leader_in_its_term() {
-        let mut answer = Message::default();
-        answer.from = 1;
-        answer.term = 7;
+        let mut answer = Message {
+            from: 1,
+            term: 7,
+            ..Default::default()
+        };
         assert!(from_the_leader(&answer, 1, 7));
         assert!(!from_the_leader(&answer, 3, 7));
         assert!(!from_the_leader(&answer, 1, 8));
