@@ -828,7 +828,6 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
     }
 }
 
-/// `edgeconf_forwarded_refused_total` as the metrics on `port` say.
 /// A follower's stolen key cannot tell the other follower that entries
 /// are durable on the leader (`consensus::leader_persisted`): only the
 /// leader of the receiver's term may, and a notice from any other member
@@ -838,13 +837,10 @@ fn a_peer_with_a_trusted_key_cannot_speak_for_another_member_in_gossip() {
 fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, metrics) = voters(dir.path(), VOTERS);
-    let leader = cluster.wait_for_leader();
-    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
-    let (f1, f2) = (followers[0], followers[1]);
+    let (leader, f1, f2) = leader_and_followers(&cluster);
     let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
-    let counter = |i: usize, line: &str| -> u64 {
-        metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0)
-    };
+    let counter =
+        |i: usize, line: &str| metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0);
     let inferred = |i: usize| counter(i, "edgeconf_commits_inferred_total ");
     let forged = |i: usize| counter(i, "edgeconf_raft_refused_total{reason=\"forged_notice\"} ");
 
@@ -870,15 +866,7 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     let notices: Vec<Message> = (0..20)
         .map(|n| edgeconf::consensus::persisted_notice(id(f2), id(f1), term + n % 2, u64::MAX / 2))
         .collect();
-    send_as(&cluster, f2, f1, notices);
-    wait_until(
-        "f1 counts the forged notices",
-        Duration::from_secs(10),
-        || forged(f1) >= 10,
-    );
-    assert_eq!(forged(f1), 10, "only the ones of f1's term are forged");
-    let log = agent(f1).log();
-    assert!(!log.contains("panicked"), "{log}");
+    send_forged(&cluster, &metrics, f2, f1, notices, "forged_notice");
 
     // Unharmed: writes through either follower still reach every member.
     ok(edgeconf(agent(f2), &["put", "/app/seq", "after"]));
@@ -912,13 +900,10 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
 fn a_follower_takes_read_answers_only_from_its_leader() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, metrics) = voters(dir.path(), VOTERS);
-    let leader = cluster.wait_for_leader();
-    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
-    let (f1, f2) = (followers[0], followers[1]);
+    let (leader, f1, f2) = leader_and_followers(&cluster);
     let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
-    let counter = |i: usize, line: &str| -> u64 {
-        metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0)
-    };
+    let counter =
+        |i: usize, line: &str| metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0);
     let forged = |i: usize| {
         counter(
             i,
@@ -959,20 +944,48 @@ fn a_follower_takes_read_answers_only_from_its_leader() {
             answer
         })
         .collect();
-    send_as(&cluster, f2, f1, answers);
-    wait_until(
-        "f1 counts the forged answers",
-        Duration::from_secs(10),
-        || forged(f1) >= 10,
-    );
-    assert_eq!(forged(f1), 10, "only the ones of f1's term are forged");
-    let log = agent(f1).log();
-    assert!(!log.contains("panicked"), "{log}");
+    send_forged(&cluster, &metrics, f2, f1, answers, "forged_read_answer");
 
     // Unharmed: f1's linearizable reads still see the newest write.
     ok(edgeconf(agent(leader), &["put", "/app/read", "2"]));
     assert_eq!(read_at(f1), "2\n");
     assert_eq!(forged(leader), 0);
+}
+
+/// The leader of the voters, and its two followers.
+fn leader_and_followers(cluster: &Cluster) -> (usize, usize, usize) {
+    let leader = cluster.wait_for_leader();
+    let followers: Vec<usize> = (0..VOTERS).filter(|&i| i != leader).collect();
+    (leader, followers[0], followers[1])
+}
+
+/// Sends `messages`, half of them in `to`'s term and half in the next,
+/// from slot `from` with its stolen key, and checks that `to` counts the
+/// half of its term as refused for `reason`, and does not panic.
+fn send_forged(
+    cluster: &Cluster,
+    metrics: &[u16],
+    from: usize,
+    to: usize,
+    messages: Vec<Message>,
+    reason: &str,
+) {
+    let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
+    let refused = || metric(&http_get(metrics[to], "/metrics"), &line).unwrap_or(0);
+    let of_the_term = messages.len() as u64 / 2;
+    send_as(cluster, from, to, messages);
+    wait_until(
+        &format!("member {to} counts the forged messages"),
+        Duration::from_secs(10),
+        || refused() >= of_the_term,
+    );
+    assert_eq!(
+        refused(),
+        of_the_term,
+        "only the ones of its term are forged"
+    );
+    let log = cluster.agents[to].as_ref().unwrap().log();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 /// The value of the `/metrics` line that starts with `line` (its name and
@@ -983,6 +996,7 @@ fn metric(text: &str, line: &str) -> Option<u64> {
         .map(|n| n.trim().parse().unwrap())
 }
 
+/// `edgeconf_forwarded_refused_total` as the metrics on `port` say.
 fn forwarded_refused(port: u16) -> u64 {
     let text = http_get(port, "/metrics");
     metric(&text, "edgeconf_forwarded_refused_total ")
