@@ -108,6 +108,16 @@ struct Peer {
 /// carries entries, and a late or lost one is sent again (`MsgBeat` marks
 /// the leader's notice that its log is durable, `consensus::leader_persisted`;
 /// a lost one only leaves its follower to hear of the commit as before).
+/// Sets a fault switch that drops `what`, and logs when it changes.
+fn flip_fault(switch: &AtomicBool, dropped: bool, what: &str) {
+    if switch.swap(dropped, Ordering::SeqCst) != dropped {
+        tracing::warn!(
+            "fault injection: {what} {}",
+            if dropped { "dropped" } else { "restored" }
+        );
+    }
+}
+
 fn is_urgent(message: &Message) -> bool {
     matches!(
         message.get_msg_type(),
@@ -270,37 +280,19 @@ impl Transport {
     /// Cuts this member off from its peers (or reconnects it): a fault
     /// injection for partition tests, see `crate::fault`.
     pub fn set_isolated(&self, isolated: bool) {
-        if self.isolated.swap(isolated, Ordering::SeqCst) != isolated {
-            tracing::warn!(
-                isolated,
-                "fault injection: peer traffic {}",
-                if isolated { "dropped" } else { "restored" }
-            );
-        }
+        flip_fault(&self.isolated, isolated, "peer traffic");
     }
 
     /// Drops the raft messages this member sends (or sends them again):
     /// a fault injection for asymmetric partitions, see `crate::fault`.
     pub fn set_muted(&self, muted: bool) {
-        if self.muted.swap(muted, Ordering::SeqCst) != muted {
-            tracing::warn!(
-                muted,
-                "fault injection: outgoing raft messages {}",
-                if muted { "dropped" } else { "restored" }
-            );
-        }
+        flip_fault(&self.muted, muted, "outgoing raft messages");
     }
 
     /// Drops this member's acknowledgements of appends (or sends them
     /// again): a fault injection, see `crate::fault`.
     pub fn set_acks_dropped(&self, dropped: bool) {
-        if self.acks_dropped.swap(dropped, Ordering::SeqCst) != dropped {
-            tracing::warn!(
-                dropped,
-                "fault injection: acknowledgements of appends {}",
-                if dropped { "dropped" } else { "restored" }
-            );
-        }
+        flip_fault(&self.acks_dropped, dropped, "acknowledgements of appends");
     }
 
     /// Trusts exactly `keys` from now on (`[peer_trust] keys`, on SIGHUP):
