@@ -839,8 +839,7 @@ fn a_follower_cannot_tell_another_what_the_leader_has_stored() {
     let (cluster, metrics) = voters(dir.path(), VOTERS);
     let (leader, f1, f2) = leader_and_followers(&cluster);
     let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
-    let counter =
-        |i: usize, line: &str| metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0);
+    let counter = |i: usize, line: &str| counter(metrics[i], line);
     let inferred = |i: usize| counter(i, "edgeconf_commits_inferred_total ");
     let forged = |i: usize| counter(i, "edgeconf_raft_refused_total{reason=\"forged_notice\"} ");
 
@@ -902,8 +901,7 @@ fn a_follower_takes_read_answers_only_from_its_leader() {
     let (cluster, metrics) = voters(dir.path(), VOTERS);
     let (leader, f1, f2) = leader_and_followers(&cluster);
     let agent = |i: usize| cluster.agents[i].as_ref().unwrap();
-    let counter =
-        |i: usize, line: &str| metric(&http_get(metrics[i], "/metrics"), line).unwrap_or(0);
+    let counter = |i: usize, line: &str| counter(metrics[i], line);
     let forged = |i: usize| {
         counter(
             i,
@@ -971,7 +969,7 @@ fn send_forged(
     reason: &str,
 ) {
     let line = format!("edgeconf_raft_refused_total{{reason=\"{reason}\"}} ");
-    let refused = || metric(&http_get(metrics[to], "/metrics"), &line).unwrap_or(0);
+    let refused = || counter(metrics[to], &line);
     let of_the_term = messages.len() as u64 / 2;
     send_as(cluster, from, to, messages);
     wait_until(
@@ -986,6 +984,12 @@ fn send_forged(
     );
     let log = cluster.agents[to].as_ref().unwrap().log();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The counter on the `/metrics` line of the server on `port` that starts
+/// with `line`, 0 while there is none.
+fn counter(port: u16, line: &str) -> u64 {
+    metric(&http_get(port, "/metrics"), line).unwrap_or(0)
 }
 
 /// The value of the `/metrics` line that starts with `line` (its name and

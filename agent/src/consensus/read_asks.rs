@@ -40,7 +40,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 
-use raft::eraftpb::{Entry, Message, MessageType};
+use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 
 use super::raft_loop::RaftLoop;
@@ -134,11 +134,8 @@ pub(super) fn witness_answer<S: BuildHasher + Default>(
     answer.to = ask.from;
     answer.term = term;
     answer.index = committed;
-    let ctx = Entry {
-        data: ask.entries[0].data.clone(),
-        ..Default::default()
-    };
-    answer.set_entries(vec![ctx].into());
+    // The ask's one entry is its context, answered as raft-rs does.
+    answer.entries = ask.entries.clone();
     Some(answer)
 }
 
@@ -151,16 +148,21 @@ pub(super) fn from_the_leader(answer: &Message, leader: u64, term: u64) -> bool 
 impl RaftLoop {
     /// Starts a read round of this member's own, or holds it (the floor).
     pub(super) fn ask_read_index(&mut self, ctx: Vec<u8>) {
-        let raft = &self.raw.raft;
-        if self.read_asks.must_wait(
-            raft.state == StateRole::Leader,
-            raft.term,
-            raft.raft_log.committed,
-        ) {
+        if self.reads_must_wait() {
             self.read_asks.hold_own(ctx);
         } else {
             self.raw.read_index(ctx);
         }
+    }
+
+    /// Whether read asks must wait now (see [`ReadAsks::must_wait`]).
+    fn reads_must_wait(&self) -> bool {
+        let raft = &self.raw.raft;
+        self.read_asks.must_wait(
+            raft.state == StateRole::Leader,
+            raft.term,
+            raft.raft_log.committed,
+        )
     }
 
     /// A read ask or answer from a peer, before raft-rs: returns it if
@@ -176,17 +178,14 @@ impl RaftLoop {
     /// A follower's ask, on the leader: held, answered at once, or given
     /// to raft-rs for a heartbeat round (returned, for the caller to step).
     pub(super) fn take_read_ask(&mut self, ask: Message) -> Option<Message> {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
+        if self.raw.raft.state != StateRole::Leader {
             return Some(ask);
         }
-        if self
-            .read_asks
-            .must_wait(true, raft.term, raft.raft_log.committed)
-        {
+        if self.reads_must_wait() {
             self.read_asks.hold_peer(ask);
             return None;
         }
+        let raft = &self.raw.raft;
         let prs = raft.prs();
         let answer = witness_answer(
             &ask,
@@ -227,14 +226,7 @@ impl RaftLoop {
 
     /// Asks again for the reads held, once they need not wait.
     pub(super) fn release_read_asks(&mut self) {
-        let raft = &self.raw.raft;
-        if self.read_asks.is_empty()
-            || self.read_asks.must_wait(
-                raft.state == StateRole::Leader,
-                raft.term,
-                raft.raft_log.committed,
-            )
-        {
+        if self.read_asks.is_empty() || self.reads_must_wait() {
             return;
         }
         let (own, peers) = self.read_asks.take();
@@ -256,6 +248,7 @@ impl RaftLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft::eraftpb::Entry;
 
     fn ask(from: u64) -> Message {
         let mut ask = Message::default();
