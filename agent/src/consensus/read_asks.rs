@@ -177,7 +177,7 @@ impl RaftLoop {
 
     /// A follower's ask, on the leader: held, answered at once, or given
     /// to raft-rs for a heartbeat round (returned, for the caller to step).
-    pub(super) fn take_read_ask(&mut self, ask: Message) -> Option<Message> {
+    fn take_read_ask(&mut self, ask: Message) -> Option<Message> {
         if self.raw.raft.state != StateRole::Leader {
             return Some(ask);
         }
@@ -208,7 +208,7 @@ impl RaftLoop {
 
     /// A read answer, on a follower: dropped unless from its leader in its
     /// term. Returns whether raft-rs may take it.
-    pub(super) fn check_read_answer(&mut self, answer: &Message) -> bool {
+    fn check_read_answer(&mut self, answer: &Message) -> bool {
         let raft = &self.raw.raft;
         if from_the_leader(answer, raft.leader_id, raft.term) {
             return true;
