@@ -15,23 +15,86 @@
 //! server flushes, so a larger frame's header and payload still leave in
 //! one write. The buffer costs 8 KiB per client connection; frames larger
 //! than that leave in two writes.
+//!
+//! A flush also waits for its turn: the first time the server flushes
+//! what it holds, the flush goes behind the tasks the worker has queued
+//! (tokio's `yield_now` defers a wake-up until the worker runs out of
+//! queued tasks, or to its periodic check of the I/O driver, after at most
+//! `event_interval` tasks). The readers of one ReadIndex round are woken
+//! together. Without the wait, the first one's response woke the
+//! connection's task into the worker's LIFO slot and left alone, then the
+//! next one's, one write per response. With it, the responses the round's
+//! readers finish meanwhile leave in one write. A worker with nothing else
+//! queued gives the turn at once, so a lone client does not wait.
 
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 
-/// A client connection whose writes wait for the server's flush.
+/// A client connection whose writes wait for the server's flush, and
+/// whose flushes wait for their turn on the worker.
 pub struct CoalescedWrites<S> {
     inner: BufWriter<S>,
+    turn: Turn,
 }
 
 impl<S: AsyncWrite> CoalescedWrites<S> {
     pub fn new(inner: S) -> Self {
         Self {
             inner: BufWriter::new(inner),
+            turn: Turn::default(),
         }
+    }
+}
+
+/// A flush's place behind the worker's queued tasks (see the module's
+/// documentation). At most one deferred wake-up is out at a time.
+#[derive(Default)]
+struct Turn {
+    due: Arc<Due>,
+    waiting: bool,
+}
+
+/// The deferred wake-up: marks the turn come and wakes the connection's
+/// task (whichever waker it last polled with).
+#[derive(Default)]
+struct Due {
+    come: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Due {
+    fn wake(self: Arc<Self>) {
+        self.come.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Turn {
+    /// Whether the flush may go now; if not, the task is woken when it may.
+    fn come(&mut self, cx: &mut Context<'_>) -> bool {
+        self.due.task.register(cx.waker());
+        if self.waiting {
+            if !self.due.come.load(Ordering::Acquire) {
+                return false;
+            }
+            self.waiting = false;
+            return true;
+        }
+        self.due.come.store(false, Ordering::Release);
+        let waker = Waker::from(self.due.clone());
+        // Outside a runtime, yield_now wakes at once and the turn has come.
+        let deferred = pin!(tokio::task::yield_now())
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending();
+        self.waiting = deferred && !self.due.come.load(Ordering::Acquire);
+        !self.waiting
     }
 }
 
@@ -61,6 +124,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.inner.buffer().is_empty() && !self.turn.come(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -110,5 +176,35 @@ mod tests {
         let mut read = [0; 7];
         conn.read_exact(&mut read).await.unwrap();
         assert_eq!(&read, b"request");
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_for_the_tasks_already_queued() {
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut conn = CoalescedWrites::new(server);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+        // A reader's response is ready; another reader's task is queued.
+        conn.write_all(b"first").await.unwrap();
+        let queued = order.clone();
+        tokio::spawn(async move { queued.lock().unwrap().push("queued task ran") });
+        conn.flush().await.unwrap();
+        order.lock().unwrap().push("flushed");
+        assert_eq!(*order.lock().unwrap(), ["queued task ran", "flushed"]);
+        let mut got = [0; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first");
+
+        // With nothing queued the turn comes at once, every time.
+        for round in 0..3u8 {
+            conn.write_all(&[round]).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), conn.flush())
+                .await
+                .expect("a flush with nothing queued finishes")
+                .unwrap();
+            let mut one = [0; 1];
+            client.read_exact(&mut one).await.unwrap();
+            assert_eq!(one, [round]);
+        }
     }
 }

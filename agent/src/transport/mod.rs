@@ -104,10 +104,6 @@ struct Peer {
     urgent: mpsc::Sender<Message>,
 }
 
-/// Messages raft accepts in any order relative to the others: none of them
-/// carries entries, and a late or lost one is sent again (`MsgBeat` marks
-/// the leader's notice that its log is durable, `consensus::leader_persisted`;
-/// a lost one only leaves its follower to hear of the commit as before).
 /// Sets a fault switch that drops `what`, and logs when it changes.
 fn flip_fault(switch: &AtomicBool, dropped: bool, what: &str) {
     if switch.swap(dropped, Ordering::SeqCst) != dropped {
@@ -118,6 +114,10 @@ fn flip_fault(switch: &AtomicBool, dropped: bool, what: &str) {
     }
 }
 
+/// Messages raft accepts in any order relative to the others: none of them
+/// carries entries, and a late or lost one is sent again (`MsgBeat` marks
+/// the leader's notice that its log is durable, `consensus::leader_persisted`;
+/// a lost one only leaves its follower to hear of the commit as before).
 fn is_urgent(message: &Message) -> bool {
     matches!(
         message.get_msg_type(),
