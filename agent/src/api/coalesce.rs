@@ -32,7 +32,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
@@ -54,11 +54,24 @@ impl<S: AsyncWrite> CoalescedWrites<S> {
 }
 
 /// A flush's place behind the worker's queued tasks (see the module's
-/// documentation). At most one deferred wake-up is out at a time.
+/// documentation). A turn, once come, lasts until the flush completes, so
+/// a flush that waits for the socket does not queue again. At most one
+/// deferred wake-up is out at a time.
 #[derive(Default)]
 struct Turn {
     due: Arc<Due>,
-    waiting: bool,
+    state: TurnState,
+}
+
+#[derive(Default, PartialEq)]
+enum TurnState {
+    /// No flush is under way.
+    #[default]
+    None,
+    /// A deferred wake-up is out.
+    Waiting,
+    /// The turn has come; the flush may write.
+    Come,
 }
 
 /// The deferred wake-up: marks the turn come and wakes the connection's
@@ -77,24 +90,32 @@ impl Wake for Due {
 }
 
 impl Turn {
-    /// Whether the flush may go now; if not, the task is woken when it may.
+    /// Whether the flush may write now; if not, the task is woken when it
+    /// may.
     fn come(&mut self, cx: &mut Context<'_>) -> bool {
-        self.due.task.register(cx.waker());
-        if self.waiting {
+        if self.state == TurnState::None {
+            self.due.come.store(false, Ordering::Release);
+            let waker = Waker::from(self.due.clone());
+            // Outside a runtime, yield_now wakes at once: the turn has come.
+            let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
+            self.state = TurnState::Waiting;
+        }
+        if self.state == TurnState::Waiting {
+            self.due.task.register(cx.waker());
             if !self.due.come.load(Ordering::Acquire) {
                 return false;
             }
-            self.waiting = false;
-            return true;
+            self.state = TurnState::Come;
         }
-        self.due.come.store(false, Ordering::Release);
-        let waker = Waker::from(self.due.clone());
-        // Outside a runtime, yield_now wakes at once and the turn has come.
-        let deferred = pin!(tokio::task::yield_now())
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending();
-        self.waiting = deferred && !self.due.come.load(Ordering::Acquire);
-        !self.waiting
+        true
+    }
+
+    /// The flush completed: the next one waits for a turn of its own. (A
+    /// flush of an empty buffer leaves a wake-up that is out to come.)
+    fn used(&mut self) {
+        if self.state == TurnState::Come {
+            self.state = TurnState::None;
+        }
     }
 }
 
@@ -127,7 +148,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         if !self.inner.buffer().is_empty() && !self.turn.come(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        self.turn.used();
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
