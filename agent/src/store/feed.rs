@@ -158,7 +158,7 @@ impl Store {
         time_unix_ms: i64,
     ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         let mut events = Vec::new();
         {
             let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
@@ -231,7 +231,7 @@ impl Store {
         time_unix_ms: i64,
     ) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         {
             let (mut kv, mut live) = (txn.open_table(KV)?, txn.open_table(LIVE)?);
             let mut changes = txn.open_table(CHANGES)?;

@@ -78,7 +78,7 @@ impl Store {
         let (copy, _) = open_copy(path)?;
         self.restore_snapshot(copy, &[])?;
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         {
             txn.open_table(MEMBERS)?.retain(|_, _| false)?;
             let mut meta = txn.open_table(META)?;

@@ -117,6 +117,9 @@ impl Store {
             let outcome = {
                 let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
                 let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+                // The shared read view is a live read transaction, which
+                // compaction waits out.
+                self.views.outdate();
                 let mut outcome = db.compact();
                 while matches!(outcome, Ok(true)) {
                     outcome = db.compact();
@@ -148,7 +151,7 @@ impl Store {
     /// raft entry. Returns the key changed.
     pub fn inject_corruption(&self) -> Result<Option<Vec<u8>>> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         let changed = {
             let newest = txn
                 .open_table(CHANGES)?

@@ -60,7 +60,7 @@ impl Store {
     /// Records a membership change applied at raft index `applied_index`.
     pub fn apply_member_change(&self, change: &MemberChange, applied_index: u64) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(MEMBERS)?;
             match change {

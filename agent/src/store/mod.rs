@@ -17,6 +17,7 @@ mod read;
 mod snapshot;
 mod tables;
 mod types;
+mod view;
 mod watch;
 
 pub use feed::{FeedSlice, SliceRefusal};
@@ -86,6 +87,8 @@ pub struct Store {
     auth: RwLock<Arc<AuthState>>,
     /// Reads of edgeconf's own keys, kept while they hold.
     internal: internal::InternalReads,
+    /// The read snapshot shared by reads between two commits.
+    views: view::Views,
 }
 
 impl Store {
@@ -161,6 +164,7 @@ impl Store {
             write_lock: Mutex::new(()),
             auth: RwLock::new(Arc::default()),
             internal: internal::InternalReads::default(),
+            views: view::Views::default(),
         };
         store.reload_auth()?;
         let (revision, _) = store.revisions()?;
@@ -172,6 +176,12 @@ impl Store {
     /// guard).
     fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
         self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Begins a write transaction whose commit outdates the shared read
+    /// view: every write to the store begins here.
+    fn begin_write(&self) -> Result<view::WriteTxn<'_>> {
+        view::WriteTxn::begin(&self.db(), &self.views)
     }
 
     pub fn path(&self) -> &Path {
@@ -236,7 +246,7 @@ impl Store {
     /// Reads a scalar the agent keeps beside the data (such as its ids),
     /// storing `default` first if it is not set yet.
     pub fn meta_or_insert(&self, name: &str, default: u64) -> Result<u64> {
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         let value = {
             let mut meta = txn.open_table(META)?;
             let existing = meta.get(name)?.map(|v| v.value());
@@ -272,7 +282,7 @@ impl Store {
 
     /// Reads a range; returns it with the revision it was read at.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
-        range_in(&self.db().begin_read()?, req)
+        range_in(&*self.views.current(&self.db())?, req)
     }
 
     /// [`Self::range`], plus for each key read at the current revision
@@ -282,10 +292,10 @@ impl Store {
         &self,
         req: &RangeRequest,
     ) -> Result<(RangeResponse, i64, Vec<Option<u64>>)> {
-        let txn = self.db().begin_read()?;
-        let (response, current) = range_in(&txn, req)?;
+        let view = self.views.current(&self.db())?;
+        let (response, current) = range_in(&view, req)?;
         let at_current = req.revision == 0 || req.revision == current;
-        let sequences_table = txn.open_table(tables::SEQUENCES)?;
+        let sequences_table = &view.sequences;
         let mut sequences = Vec::with_capacity(response.kvs.len());
         for kv in &response.kvs {
             let sequence = if at_current && crate::signing::SignedChange::is_stored(&kv.value) {
@@ -383,7 +393,7 @@ impl Store {
     pub fn sync(&self) -> Result<()> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         crate::telemetry::STORE_SYNC.time(|| -> Result<()> {
-            self.db().begin_write()?.commit()?;
+            self.begin_write()?.commit()?;
             Ok(())
         })
     }
@@ -402,7 +412,7 @@ impl Store {
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut txn = self.db().begin_write()?;
+        let mut txn = self.begin_write()?;
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
@@ -464,16 +474,14 @@ fn snapshot_revisions(txn: &redb::ReadTransaction) -> Result<(i64, i64)> {
     Ok((get(META_REVISION)?, get(META_COMPACT_REVISION)?))
 }
 
-/// Reads a range inside `txn`; returns it with the revision it was read at.
-fn range_in(txn: &redb::ReadTransaction, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
-    let (current, compacted) = snapshot_revisions(txn)?;
-    let kv = txn.open_table(KV)?;
-    let live = txn.open_table(LIVE)?;
+/// Reads a range in `view`; returns it with the revision it was read at.
+fn range_in(view: &view::ReadView, req: &RangeRequest) -> Result<(RangeResponse, i64)> {
+    let (current, compacted) = (view.current, view.compacted);
     let response = read::range_with(req, current, compacted, |revision, visit| {
         if revision == current {
-            read::for_each_current(&kv, &live, &req.range, visit)
+            read::for_each_current(&view.kv, &view.live, &req.range, visit)
         } else {
-            read::for_each_live(&kv, &req.range, revision, visit)
+            read::for_each_live(&view.kv, &req.range, revision, visit)
         }
     })?;
     Ok((response, current))

@@ -162,7 +162,7 @@ impl Store {
             )));
         }
         let _order = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db().begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
             let mut live = txn.open_table(LIVE)?;

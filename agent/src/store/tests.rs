@@ -45,6 +45,26 @@ fn prefix(store: &Store, p: &str) -> RangeResponse {
 }
 
 #[test]
+fn reads_between_commits_share_one_snapshot_and_a_commit_outdates_it() {
+    let (_dir, store) = open();
+    put(&store, "a", "1");
+    let first = store.views.current(&store.db()).unwrap();
+    let again = store.views.current(&store.db()).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "no commit between: one view");
+    put(&store, "a", "2");
+    let after = store.views.current(&store.db()).unwrap();
+    assert!(!Arc::ptr_eq(&first, &after), "a commit outdates the view");
+    assert_eq!((first.current, after.current), (1, 2));
+    assert_eq!(get_at(&store, "a", 0).unwrap().value, b"2");
+    // A view held by a reader across a commit still reads its snapshot.
+    let held = store.views.current(&store.db()).unwrap();
+    put(&store, "a", "3");
+    let (response, current) = range_in(&held, &RangeRequest::new(KeyRange::single("a"))).unwrap();
+    assert_eq!((response.kvs[0].value.as_slice(), current), (&b"2"[..], 2));
+    assert_eq!(get_at(&store, "a", 0).unwrap().value, b"3");
+}
+
+#[test]
 fn every_write_makes_a_new_revision_and_key_versions_count_up() {
     let (_dir, store) = open();
     assert_eq!(put(&store, "a", "1"), 1);
