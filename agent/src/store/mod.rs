@@ -68,6 +68,10 @@ pub struct LeaseInfo {
 }
 
 pub struct Store {
+    /// The read snapshot shared by reads between two commits. Declared
+    /// first, so it is dropped first: the database then closes with no
+    /// read transaction of ours alive.
+    views: view::Views,
     /// Taken for reading only to begin a transaction; for writing only by
     /// [`Store::defragment`], which needs the database to itself.
     db: std::sync::RwLock<Database>,
@@ -87,8 +91,6 @@ pub struct Store {
     auth: RwLock<Arc<AuthState>>,
     /// Reads of edgeconf's own keys, kept while they hold.
     internal: internal::InternalReads,
-    /// The read snapshot shared by reads between two commits.
-    views: view::Views,
 }
 
 impl Store {

@@ -65,6 +65,32 @@ fn reads_between_commits_share_one_snapshot_and_a_commit_outdates_it() {
 }
 
 #[test]
+fn a_store_closed_while_its_shared_view_is_alive_reopens_whole_without_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path).unwrap();
+    put(&store, "a", "1");
+    // Applied without a sync, as a voter applies: the close makes it durable.
+    let proposal = Proposal {
+        command: Command::Put(PutRequest::new("b", "2")),
+        time_unix_ms: 1_700_000_000_000,
+    };
+    store.apply_batch(&[proposal], 2, false).unwrap();
+    assert_eq!(get_at(&store, "b", 0).unwrap().value, b"2");
+    drop(store);
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = repaired.clone();
+    let db = redb::Builder::new()
+        .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .create(&path)
+        .unwrap();
+    assert!(!repaired.load(std::sync::atomic::Ordering::SeqCst));
+    drop(db);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(get_at(&store, "b", 0).unwrap().value, b"2");
+}
+
+#[test]
 fn every_write_makes_a_new_revision_and_key_versions_count_up() {
     let (_dir, store) = open();
     assert_eq!(put(&store, "a", "1"), 1);
