@@ -150,13 +150,16 @@ fn the_agent_tells_systemd_it_is_ready_and_reloads_what_it_can_on_sighup() {
         Duration::from_secs(5),
     ));
     let read_log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    // The agent logs the settings that need a restart before it applies
+    // the labels: wait for both lines.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !read_log().contains("take effect after a restart") {
+    while !(read_log().contains("take effect after a restart")
+        && read_log().contains("reloaded [labels]"))
+    {
         assert!(std::time::Instant::now() < deadline, "{}", read_log());
         std::thread::sleep(Duration::from_millis(100));
     }
     // The new labels apply at once; the new client port needs a restart.
-    assert!(read_log().contains("reloaded [labels]"), "{}", read_log());
     assert!(read_log().contains("listen_client_urls"), "{}", read_log());
     // The new [[service]] is announced without a restart.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
