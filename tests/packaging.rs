@@ -153,10 +153,12 @@ fn the_agent_tells_systemd_it_is_ready_and_reloads_what_it_can_on_sighup() {
     // The agent logs the settings that need a restart before it applies
     // the labels: wait for both lines.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !(read_log().contains("take effect after a restart")
-        && read_log().contains("reloaded [labels]"))
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", read_log());
+    loop {
+        let log = read_log();
+        if log.contains("take effect after a restart") && log.contains("reloaded [labels]") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
         std::thread::sleep(Duration::from_millis(100));
     }
     // The new labels apply at once; the new client port needs a restart.
